@@ -1,0 +1,141 @@
+"""Preference objectives as pure functions of per-completion log-probs. Needs torch only.
+
+    from prefopt.losses import LOSSES, ListBatch
+    out = LOSSES["dpo"](ListBatch(logps=..., ref_logps=..., lengths=..., scores=...), beta=0.1)
+    out.loss      # [B] per-example losses
+    out.metrics   # detached [B] tensors: rewards, margins, accuracies, Kendall τ, NDCG
+
+`Objective({"dpo": 1.0, "sft": 0.5}, params={"dpo": {"beta": 0.1}})` mixes losses by weight.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from prefopt.losses import listwise, pairwise, sft, unlearning
+from prefopt.losses.base import ListBatch, LossInfo, LossOutput, Pairs
+from prefopt.losses.pairwise import RunningMean
+
+LOSSES: dict[str, Callable[..., LossOutput]] = {
+    "dpo": pairwise.dpo,
+    "cdpo": pairwise.cdpo,
+    "robust": pairwise.robust,
+    "ipo": pairwise.ipo,
+    "hinge": pairwise.hinge,
+    "slic": pairwise.slic,
+    "rpo": pairwise.rpo,
+    "discopop": pairwise.discopop,
+    "simpo": pairwise.simpo,
+    "orpo": pairwise.orpo,
+    "exo": pairwise.exo,
+    "apo_zero": pairwise.apo_zero,
+    "apo_down": pairwise.apo_down,
+    "bco_pair": pairwise.bco_pair,
+    "sppo_hard": pairwise.sppo_hard,
+    "nca": listwise.nca,
+    "infonca": listwise.infonca,
+    "plackett_luce": listwise.plackett_luce,
+    "pro": listwise.pro,
+    "lipo_lambda": listwise.lipo_lambda,
+    "list_softmax": listwise.list_softmax,
+    "rank_dpo": listwise.rank_dpo,
+    "npo": unlearning.npo,
+    "simnpo": unlearning.simnpo,
+    "sft": sft.sft,
+    "dft": sft.dft,
+    "asft": pairwise.asft,
+    "prob_sft": sft.prob_sft,
+}
+
+_STATE_ARGUMENT = "running"
+
+
+def loss_defaults(name: str) -> dict[str, Any]:
+    """The keyword-only hyperparameters of a registered loss and their defaults."""
+    parameters = inspect.signature(get_loss(name)).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name != _STATE_ARGUMENT}
+
+
+def get_loss(name: str) -> Callable[..., LossOutput]:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
+
+
+class Objective:
+    """A weighted sum of registered losses, L = Σ_k w_k·L_k, checked when built: unknown loss
+    names, unknown hyperparameters and invalid values (β ≤ 0, …) raise ValueError at once,
+    not at the first training step. Holds the state of stateful losses (BCO's reward shift)."""
+
+    def __init__(self, weights: str | Mapping[str, float], params: Mapping[str, Mapping[str, Any]] | None = None):
+        self.weights = {weights: 1.0} if isinstance(weights, str) else dict(weights)
+        self.params = {name: dict(values) for name, values in (params or {}).items()}
+        if not self.weights:
+            raise ValueError("loss: give at least one loss name")
+        for name, weight in self.weights.items():
+            get_loss(name)
+            if not isinstance(weight, (int, float)) or weight < 0:
+                raise ValueError(f"loss: weight of {name!r} must be a number >= 0, got {weight!r}")
+        for name, values in self.params.items():
+            if name not in self.weights:
+                raise ValueError(f"loss_params: {name!r} is not one of the losses in use ({', '.join(self.weights)})")
+            allowed = loss_defaults(name)
+            for key in values:
+                if key not in allowed:
+                    valid = ", ".join(allowed) or "none"
+                    raise ValueError(f"loss_params: {name} has no parameter {key!r}; valid: {valid}")
+        self.states = {name: RunningMean() for name in self.weights if LOSSES[name].info.stateful}
+        self(_probe_batch(), train=False)  # value checks live in the losses; run them now
+
+    @property
+    def needs(self) -> set[str]:
+        return {need for name in self.weights for need in LOSSES[name].info.needs}
+
+    @property
+    def needs_reference(self) -> bool:
+        return "ref" in self.needs
+
+    def __call__(self, batch: ListBatch, *, train: bool = True) -> LossOutput:
+        total, metrics = None, {}
+        prefix = len(self.weights) > 1
+        for name, weight in self.weights.items():
+            kwargs = dict(self.params.get(name, {}))
+            if name in self.states:
+                if train:
+                    kwargs.setdefault(_STATE_ARGUMENT, self.states[name])
+                else:
+                    kwargs.setdefault("delta", self.states[name].mean if self.states[name].count >= 1 else None)
+            out = LOSSES[name](batch, **kwargs)
+            total = weight * out.loss if total is None else total + weight * out.loss
+            for key, value in out.metrics.items():
+                metrics[f"{name}/{key}" if prefix else key] = value
+            if prefix:
+                metrics[f"{name}/loss"] = out.loss.detach()
+        return LossOutput(loss=total, metrics=metrics)
+
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        return {name: state.state_dict() for name, state in self.states.items()}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, float]]) -> None:
+        for name, values in state.items():
+            self.states[name].load_state_dict(values)
+
+
+def _probe_batch() -> ListBatch:
+    token_logps = torch.tensor([[[-0.5, -1.0, -0.3], [-1.2, -0.8, -2.0]]])
+    token_mask = torch.tensor([[[True, True, False], [True, True, True]]])
+    return ListBatch(
+        logps=(token_logps * token_mask).sum(-1),
+        ref_logps=torch.tensor([[-2.0, -3.5]]),
+        scores=torch.tensor([[1.0, 0.0]]),
+        token_logps=token_logps,
+        token_mask=token_mask,
+    )
+
+
+__all__ = ["LOSSES", "ListBatch", "LossInfo", "LossOutput", "Objective", "Pairs", "RunningMean", "get_loss",
+           "loss_defaults"]

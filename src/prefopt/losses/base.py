@@ -1,0 +1,272 @@
+"""The batch every objective reads, the pair expansion pairwise losses share, and the metrics
+every objective reports. Needs torch only."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOutput:
+    """`loss`: [B] per-example loss (grad). `metrics`: name -> detached [B] tensor (NaN where
+    a metric is undefined for that example, e.g. no pair in an all-tied list)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class ListBatch:
+    """Per-completion quantities for B prompts with K completions each (a pair is K=2 with
+    scores (1, 0)). Masked items (ragged lists) are zeroed on construction so that whatever
+    padding holds never reaches a loss or its gradient. Floating inputs are promoted to at
+    least float32, so bf16 log-probs are never combined in bf16."""
+
+    logps: torch.Tensor  # [B, K] summed completion log-probs under the policy
+    ref_logps: torch.Tensor | None = None  # [B, K] same under the reference
+    lengths: torch.Tensor | None = None  # [B, K] completion token counts
+    scores: torch.Tensor | None = None  # [B, K] higher is better
+    mask: torch.Tensor | None = None  # [B, K] False for padding items
+    token_logps: torch.Tensor | None = None  # [B, K, T] per-token log-probs (policy)
+    token_mask: torch.Tensor | None = None  # [B, K, T] True at completion tokens
+
+    def __post_init__(self) -> None:
+        logps = _as_float(self.logps)
+        if logps.dim() != 2:
+            raise ValueError(f"ListBatch: logps must be [B, K], got shape {tuple(logps.shape)}")
+        shape = logps.shape
+        mask = torch.ones(shape, dtype=torch.bool, device=logps.device) if self.mask is None else self.mask.bool()
+        scores = self.scores
+        if scores is None:
+            if shape[1] != 2:
+                raise ValueError("ListBatch: scores are required when K != 2 (a pair defaults to scores (1, 0))")
+            scores = torch.tensor([1.0, 0.0], dtype=logps.dtype, device=logps.device).expand(shape)
+        token_mask = self.token_mask
+        token_logps = self.token_logps
+        if token_logps is not None:
+            token_logps = _as_float(token_logps)
+            if token_logps.shape[:2] != shape:
+                raise ValueError(f"ListBatch: token_logps must be [B, K, T] with [B, K] = {tuple(shape)}")
+            token_mask = torch.ones_like(token_logps, dtype=torch.bool) if token_mask is None else token_mask.bool()
+            token_mask = token_mask & mask.unsqueeze(-1)
+            token_logps = token_logps.masked_fill(~token_mask, 0.0)
+        lengths = self.lengths
+        if lengths is None and token_mask is not None:
+            lengths = token_mask.sum(-1)
+        fields = {"ref_logps": self.ref_logps, "lengths": lengths, "scores": scores, "mask": mask}
+        for name, value in fields.items():
+            if value is not None and value.shape != shape:
+                raise ValueError(f"ListBatch: {name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+        set_field = functools.partial(object.__setattr__, self)
+        set_field("mask", mask)
+        set_field("logps", logps.masked_fill(~mask, 0.0))
+        set_field("scores", _as_float(scores).masked_fill(~mask, 0.0))
+        if self.ref_logps is not None:
+            set_field("ref_logps", _as_float(self.ref_logps).masked_fill(~mask, 0.0))
+        if lengths is not None:
+            set_field("lengths", _as_float(lengths).masked_fill(~mask, 1.0))
+        set_field("token_logps", token_logps)
+        set_field("token_mask", token_mask)
+
+    @classmethod
+    def from_pairs(
+        cls,
+        chosen_logps: torch.Tensor,
+        rejected_logps: torch.Tensor,
+        ref_chosen_logps: torch.Tensor | None = None,
+        ref_rejected_logps: torch.Tensor | None = None,
+        chosen_lengths: torch.Tensor | None = None,
+        rejected_lengths: torch.Tensor | None = None,
+    ) -> ListBatch:
+        """A batch of B pairs as K=2 lists, chosen first."""
+
+        def stack(a, b):
+            return None if a is None else torch.stack([torch.as_tensor(a), torch.as_tensor(b)], dim=-1)
+
+        return cls(
+            logps=stack(chosen_logps, rejected_logps),
+            ref_logps=stack(ref_chosen_logps, ref_rejected_logps),
+            lengths=stack(chosen_lengths, rejected_lengths),
+        )
+
+    # ----- what a loss asks of the batch; each names the loss in its error -----
+
+    def log_ratios(self, loss: str) -> torch.Tensor:
+        """ρ = S_θ − S_ref per item."""
+        if self.ref_logps is None:
+            raise ValueError(f"{loss}: needs ref_logps (reference log-probs); it is a reference-based loss")
+        return self.logps - self.ref_logps
+
+    def safe_lengths(self, loss: str) -> torch.Tensor:
+        if self.lengths is None:
+            raise ValueError(f"{loss}: needs lengths (completion token counts) for length normalisation")
+        return self.lengths.clamp(min=1.0)
+
+    def avg_logps(self, loss: str) -> torch.Tensor:
+        """A_θ = S_θ / |y| per item."""
+        return self.logps / self.safe_lengths(loss)
+
+    def tokens(self, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.token_logps is None:
+            raise ValueError(f"{loss}: needs token_logps and token_mask (it is a token-level objective)")
+        return self.token_logps, self.token_mask
+
+    @functools.cached_property
+    def pairs(self) -> Pairs:
+        return Pairs.of(self.scores, self.mask)
+
+    @functools.cached_property
+    def best(self) -> torch.Tensor:
+        """[B, K] bool: valid items holding the top score of their list (ties: all of them)."""
+        top = self.scores.masked_fill(~self.mask, -math.inf).amax(dim=1, keepdim=True)
+        return self.mask & (self.scores == top)
+
+    @property
+    def worse(self) -> torch.Tensor:
+        """[B, K] bool: valid items below the top score of their list."""
+        return self.mask & ~self.best
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+    """Every (better, worse) pair of a list: items i < j oriented by score; ties and padding
+    make no pair. Shapes [B, P] with P = K(K−1)/2."""
+
+    better: torch.Tensor
+    worse: torch.Tensor
+    valid: torch.Tensor
+
+    @classmethod
+    def of(cls, scores: torch.Tensor, mask: torch.Tensor) -> Pairs:
+        batch, k = scores.shape
+        i, j = torch.triu_indices(k, k, offset=1, device=scores.device)
+        score_i, score_j = scores[:, i], scores[:, j]
+        i_wins = score_i > score_j
+        better = torch.where(i_wins, i, j)
+        worse = torch.where(i_wins, j, i)
+        valid = (score_i != score_j) & mask[:, i] & mask[:, j]
+        return cls(better=better, worse=worse, valid=valid)
+
+    def take(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pair (better, worse) values of a [B, K] tensor."""
+        return values.gather(1, self.better), values.gather(1, self.worse)
+
+    def mean(self, per_pair: torch.Tensor) -> torch.Tensor:
+        """[B, P] -> [B]: mean over each example's valid pairs (0 where it has none)."""
+        count = self.valid.sum(1)
+        total = torch.where(self.valid, per_pair, torch.zeros_like(per_pair)).sum(1)
+        return total / count.clamp(min=1)
+
+    def metric_mean(self, per_pair: torch.Tensor) -> torch.Tensor:
+        """Like `mean`, detached, with NaN for examples that have no pair."""
+        count = self.valid.sum(1)
+        total = torch.where(self.valid, per_pair.detach().to(torch.float32), 0.0).sum(1)
+        return torch.where(count > 0, total / count.clamp(min=1), math.nan)
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Mean of values where mask, along dim (0 where mask is empty)."""
+    total = torch.where(mask, values, torch.zeros_like(values)).sum(dim)
+    return total / mask.sum(dim).clamp(min=1)
+
+
+# ----- hyperparameter checks: every message names the loss and the parameter -----
+
+
+def check(ok: bool, loss: str, name: str, value: Any, requirement: str) -> None:
+    if not ok:
+        raise ValueError(f"{loss}: {name} {requirement}, got {value!r}")
+
+
+def check_choice(loss: str, name: str, value: Any, choices: tuple) -> None:
+    check(value in choices, loss, name, value, f"must be one of {', '.join(map(repr, choices))}")
+
+
+# ----- metrics every loss reports -----
+
+
+def outputs(loss: torch.Tensor, rewards: torch.Tensor, batch: ListBatch, **extra: torch.Tensor) -> LossOutput:
+    """Bundle a per-example loss with the standard metrics of its implicit rewards [B, K]."""
+    return LossOutput(loss=loss, metrics={**reward_metrics(rewards, batch), **extra})
+
+
+def reward_metrics(rewards: torch.Tensor, batch: ListBatch) -> dict[str, torch.Tensor]:
+    """Implicit rewards per item, margin and accuracy over (better, worse) pairs, policy log-probs
+    and ranking accuracy of the policy likelihood (spec §25: S_θ(better) ≥ S_θ(worse)), and for
+    K > 2 Kendall τ and NDCG of the reward ordering against the scores."""
+    rewards = rewards.detach().to(torch.float32)
+    logps = batch.logps.detach().to(torch.float32)
+    pairs = batch.pairs
+    reward_better, reward_worse = pairs.take(rewards)
+    logps_better, logps_worse = pairs.take(logps)
+    metrics = {
+        "rewards": rewards,
+        "rewards/chosen": pairs.metric_mean(reward_better),
+        "rewards/rejected": pairs.metric_mean(reward_worse),
+        "reward_margin": pairs.metric_mean(reward_better - reward_worse),
+        "reward_accuracy": pairs.metric_mean((reward_better > reward_worse).float()),
+        "logps/chosen": pairs.metric_mean(logps_better),
+        "logps/rejected": pairs.metric_mean(logps_worse),
+        "ranking_accuracy": pairs.metric_mean((logps_better >= logps_worse).float()),
+    }
+    if rewards.shape[1] > 2:
+        metrics["kendall_tau"] = pairs.metric_mean(torch.sign(reward_better - reward_worse))
+        metrics["ndcg"] = ndcg(rewards, batch.scores.to(torch.float32), batch.mask)
+    return metrics
+
+
+def ndcg(predicted: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """NDCG of the order by `predicted` against graded relevance from `scores`: an item's
+    relevance is the number of valid items scored strictly below it, gain 2^rel − 1, discount
+    1/log2(1 + position). Ties in `predicted` keep item order. NaN for lists with no gain."""
+    below = (scores.unsqueeze(2) > scores.unsqueeze(1)) & mask.unsqueeze(1)
+    gains = torch.where(mask, 2.0 ** below.sum(2).to(scores.dtype) - 1.0, 0.0)
+    positions = torch.arange(1, scores.shape[1] + 1, device=scores.device, dtype=scores.dtype)
+    discounts = 1.0 / torch.log2(1.0 + positions)
+
+    def dcg(order_by: torch.Tensor) -> torch.Tensor:
+        order = torch.sort(order_by.masked_fill(~mask, -math.inf), dim=1, descending=True, stable=True).indices
+        return (gains.gather(1, order) * discounts).sum(1)
+
+    ideal = dcg(scores)
+    return torch.where(ideal > 0, dcg(predicted) / ideal.clamp(min=1e-12), math.nan)
+
+
+# ----- descriptions for `prefopt losses` -----
+
+
+@dataclasses.dataclass(frozen=True)
+class LossInfo:
+    formula: str
+    paper: str
+    family: str  # pairwise | listwise | sft | unlearning
+    needs: tuple[str, ...]  # subset of ("ref", "lengths", "tokens")
+    experimental: bool = False
+    stateful: bool = False
+
+
+def describe(*, formula: str, paper: str, family: str, needs: tuple[str, ...] = (), **flags: bool) -> Callable:
+    """Attach a LossInfo to a loss function (read by the CLI and the docs test)."""
+
+    def attach(fn: Callable) -> Callable:
+        fn.info = LossInfo(formula=formula, paper=paper, family=family, needs=needs, **flags)
+        return fn
+
+    return attach
+
+
+def log_sigmoid(z: torch.Tensor) -> torch.Tensor:
+    """log σ(z) = −softplus(−z), stable at both ends."""
+    return -F.softplus(-z)

@@ -1,0 +1,23 @@
+"""Shared fixtures: the real `prefopt` entry point of the environment running the tests."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def prefopt_cli():
+    """Run the installed console script; returns a function giving CompletedProcess."""
+    script = Path(sys.executable).parent / "prefopt"
+    assert script.exists(), f"console script missing: {script} (install with `pip install -e .`)"
+
+    def run(*args, cwd=None, timeout=600, env=None):
+        return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                              timeout=timeout, env={**os.environ, "NO_COLOR": "1", **(env or {})})
+
+    return run

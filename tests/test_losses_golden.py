@@ -1,0 +1,155 @@
+"""Every objective against the golden numbers of spec/ALGORITHMS.md, in float64 at atol 1e-6.
+Adding a loss adds a row."""
+
+import math
+
+import pytest
+import torch
+
+from prefopt.losses import LOSSES, ListBatch, Objective
+
+f64 = torch.float64
+
+
+def pair(chosen, rejected, ref_chosen=None, ref_rejected=None, len_chosen=None, len_rejected=None):
+    t = lambda v: None if v is None else torch.tensor([float(v)], dtype=f64)
+    return ListBatch.from_pairs(t(chosen), t(rejected), t(ref_chosen), t(ref_rejected), t(len_chosen), t(len_rejected))
+
+
+# spec §0.4
+A = pair(-10, -12, -11, -11, 5, 8)
+B = pair(-15, -9, -14, -10, 6, 4)
+C = pair(-10, -12, -11.5, -12.5)
+
+# spec Part II table: ψ, ρ = S_θ − S_ref, PRO reward, S_θ, lengths
+LIST = ListBatch(
+    logps=torch.tensor([[2.0, 6.0, -4.0]], dtype=f64),
+    ref_logps=torch.zeros(1, 3, dtype=f64),
+    scores=torch.tensor([[0.8, 0.5, 0.2]], dtype=f64),
+)
+PRO_LIST = ListBatch(
+    logps=torch.tensor([[-4.0, -9.0, -4.0]], dtype=f64),
+    lengths=torch.tensor([[4.0, 6.0, 5.0]], dtype=f64),
+    scores=torch.tensor([[2.0, 1.0, -1.0]], dtype=f64),
+)
+PL_ON_AVG = ListBatch(  # plain PL on A_θ = [−1, −1.5, −0.8]
+    logps=torch.tensor([[-1.0, -1.5, -0.8]], dtype=f64),
+    ref_logps=torch.zeros(1, 3, dtype=f64),
+    scores=torch.tensor([[2.0, 1.0, -1.0]], dtype=f64),
+)
+# spec §18–19: one forget completion
+FORGET = ListBatch(logps=torch.tensor([[-20.0]], dtype=f64), ref_logps=torch.tensor([[-15.0]], dtype=f64),
+                   lengths=torch.tensor([[10.0]], dtype=f64), scores=torch.zeros(1, 1, dtype=f64))
+# spec §20, §22: token probabilities [0.9, 0.5, 0.1] of one target completion
+_token_logps = torch.log(torch.tensor([[[0.9, 0.5, 0.1]]], dtype=f64))
+TOKENS = ListBatch(logps=_token_logps.sum(-1), token_logps=_token_logps, scores=torch.ones(1, 1, dtype=f64))
+
+GOLDEN = [
+    # (loss, params, batch, expected)
+    ("dpo", {}, A, 0.5981388694),
+    ("dpo", {}, B, 0.7981388694),
+    ("dpo", {}, pair(-3, -3, -3, -3), math.log(2)),
+    ("cdpo", {"label_smoothing": 0.1}, A, 0.6181388694),
+    ("cdpo", {"label_smoothing": 0.1}, B, 0.7781388694),
+    ("robust", {"label_smoothing": 0.1}, A, 0.5731388694),
+    ("robust", {"label_smoothing": 0.1}, B, 0.8231388694),
+    ("ipo", {}, A, 9.0),
+    ("ipo", {}, B, 49.0),
+    ("ipo", {"length_normalize": True}, A, 21.855625),
+    ("ipo", {"length_normalize": True}, B, 29.3402777778),
+    ("hinge", {}, A, 0.8),
+    ("hinge", {}, B, 1.2),
+    ("slic", {"delta": 1.0}, A, 0.0),
+    ("slic", {"delta": 1.0}, B, 7.0),
+    ("rpo", {"beta": 0.1, "eta": 0.005}, A, 0.6031388694),
+    ("rpo", {"beta": 0.1, "eta": 0.005}, B, 0.8056388694),
+    ("discopop", {"beta": 0.1, "tau": 0.05}, A, 0.8147631411),
+    ("discopop", {"beta": 0.1, "tau": 0.05}, B, 0.8057517826),
+    ("discopop", {"beta": 0.05, "tau": 0.05}, A, 0.8737921187),
+    ("discopop", {"beta": 0.05, "tau": 0.05}, B, 0.7874020058),
+    ("simpo", {"beta": 2.0, "gamma_beta_ratio": 0.25}, A, 1.7014132780),
+    ("simpo", {"beta": 2.0, "gamma_beta_ratio": 0.25}, B, 1.3132616875),
+    ("simpo", {"beta": 2.0, "gamma_beta_ratio": 0.5}, A, 2.1269280110),
+    ("simpo", {"beta": 2.0, "gamma_beta_ratio": 0.5}, B, 1.7014132780),
+    ("orpo", {"odds_weight": 0.1}, A, 2.1042057808),
+    ("orpo", {"odds_weight": 0.1}, B, 2.5840484036),
+    ("nca", {"beta": 0.1}, A, 1.3387933201),
+    ("nca", {"beta": 0.1}, B, 1.4387933201),
+    ("infonca", {"beta": 0.1}, A, 0.5981388694),
+    ("exo", {"beta": 0.1, "label_smoothing": 1e-3}, A, 2.4220146207),
+    ("exo", {"beta": 0.1, "label_smoothing": 1e-3}, B, 3.1103970188),
+    ("apo_zero", {}, A, 0.9500416250),
+    ("apo_zero", {}, B, 1.0499583750),
+    ("apo_down", {}, A, 0.9751451902),
+    ("apo_down", {}, B, 1.0248548098),
+    ("bco_pair", {}, A, 1.2887933201),
+    ("bco_pair", {}, B, 1.4887933201),
+    ("bco_pair", {}, C, 1.3369192960),
+    ("bco_pair", {"delta": 0.0}, C, 1.3394166958),
+    ("sppo_hard", {}, A, 32.0),
+    ("sppo_hard", {}, B, 72.0),
+    ("asft", {"odds_weight": 0.1}, A, 2.2252482459),
+    ("plackett_luce", {"beta": 0.1}, A, 0.5981388694),
+    ("plackett_luce", {"beta": 0.05}, LIST, 1.5600163018),
+    ("plackett_luce", {"beta": 1.0}, PL_ON_AVG, 2.1427322528),
+    ("pro", {"sft_weight": 0.05}, PRO_LIST, 4.4088132489),
+    ("lipo_lambda", {"beta": 0.05, "discount": "ln"}, LIST, 0.2917503128),
+    ("lipo_lambda", {"beta": 0.05, "discount": "log2"}, LIST, 0.2022259067),
+    ("rank_dpo", {"beta": 0.05, "gain": "exp2", "discount": "ln"}, LIST, 0.2917503128),
+    ("rank_dpo", {"beta": 0.05, "gain": "exp2", "discount": "log2"}, LIST, 0.2022259067),
+    ("list_softmax", {"beta": 0.05}, LIST, 1.0592726510),
+    ("npo", {"beta": 0.1, "target": "all"}, FORGET, 9.4815396836),
+    ("simnpo", {"beta": 2.5, "gamma": 0.0, "target": "all"}, FORGET, 0.0053722788),
+    ("simnpo", {"beta": 2.5, "gamma": 1.0, "target": "all"}, FORGET, 0.0145199423),
+    ("simnpo", {"beta": 2.5, "gamma": 1.0, "gamma_scaled_by_beta": True, "target": "all"}, FORGET, 0.0631117874),
+    ("sft", {}, TOKENS, 1.0336975964),
+    ("dft", {}, TOKENS, 0.2238855212),
+    ("prob_sft", {"objective": "nll"}, TOKENS, 1.0336975964),
+    ("prob_sft", {"objective": "one_minus_p"}, TOKENS, 0.5),
+    ("prob_sft", {"objective": "power", "q": 10.0}, TOKENS, 0.0883448332),
+    ("prob_sft", {"objective": "one_minus_p", "keep": "top", "threshold": 0.3}, TOKENS, 0.3),
+    ("prob_sft", {"objective": "nll", "keep": "bottom", "threshold": 0.5}, TOKENS, 1.4978661368),
+]
+
+
+@pytest.mark.parametrize(("name", "params", "batch", "expected"), GOLDEN,
+                         ids=[f"{g[0]}-{i}" for i, g in enumerate(GOLDEN)])
+def test_golden(name, params, batch, expected):
+    out = LOSSES[name](batch, **params)
+    assert out.loss.dtype == f64
+    assert out.loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_every_registered_loss_has_a_golden_row():
+    assert {row[0] for row in GOLDEN} == set(LOSSES)
+
+
+def test_golden_components():
+    orpo = LOSSES["orpo"](A)
+    assert orpo.metrics["log_odds_ratio"].item() == pytest.approx(-0.6070690011, abs=1e-6)
+    assert LOSSES["orpo"](B).metrics["log_odds_ratio"].item() == pytest.approx(-0.2757272374, abs=1e-6)
+    # ASFT alignment term alone: (total − NLL) / λ
+    assert (LOSSES["asft"](A, odds_weight=1.0).loss.item() - 2.0) == pytest.approx(2.2524824589, abs=1e-6)
+    pro = LOSSES["pro"](PRO_LIST, sft_weight=0.05)
+    assert pro.metrics["pro_ranking"].item() == pytest.approx(1.9883958386 + 1.6204174103, abs=1e-6)
+    assert pro.metrics["pro_sft"].item() == pytest.approx(0.8, abs=1e-9)
+    # stage 2 of the list is stage 1 of its tail (items 2 and 3)
+    tail = ListBatch(logps=PRO_LIST.logps[:, 1:], lengths=PRO_LIST.lengths[:, 1:], scores=PRO_LIST.scores[:, 1:])
+    stage2 = LOSSES["pro"](tail, sft_weight=0.0).loss.item()
+    assert stage2 == pytest.approx(1.6204174103, abs=1e-6)
+    assert LOSSES["pro"](PRO_LIST, sft_weight=0.0).loss.item() - stage2 == pytest.approx(1.9883958386, abs=1e-6)
+    # all-pairs logistic (Δ ≡ 1) is DPO summed over the list's 3 pairs
+    assert 3 * LOSSES["dpo"](LIST, beta=0.05).loss.item() == pytest.approx(1.8265710980, abs=1e-6)
+    # the implicit reward model: r̂ = βρ, margin, accuracy
+    metrics = LOSSES["dpo"](A).metrics
+    assert metrics["rewards"][0].tolist() == pytest.approx([0.1, -0.1])
+    assert metrics["reward_margin"].item() == pytest.approx(0.2)
+    assert metrics["reward_accuracy"].item() == 1.0
+    assert LOSSES["dpo"](B).metrics["reward_accuracy"].item() == 0.0
+
+
+def test_trl_rpo_alpha_is_a_mixture():
+    # TRL's rpo_alpha=1: DPO + token-mean NLL of the chosen response (spec §6)
+    mix = Objective({"dpo": 1.0, "sft": 1.0})
+    assert mix(A).loss.item() == pytest.approx(2.5981388694, abs=1e-6)
+    assert mix(B).loss.item() == pytest.approx(3.2981388694, abs=1e-6)
