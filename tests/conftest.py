@@ -21,3 +21,11 @@ def prefopt_cli():
                               timeout=timeout, env={**os.environ, "NO_COLOR": "1", **(env or {})})
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """Folder of a tiny random Llama + tokenizer (built once per test session)."""
+    from tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

@@ -4,6 +4,8 @@ library function; heavy imports happen inside the commands that need them."""
 from __future__ import annotations
 
 import inspect
+import os
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -19,12 +21,12 @@ app = typer.Typer(
 
 
 def _console() -> Console:
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
+    console = Console(soft_wrap=True)
+    return console if console.is_terminal else Console(width=200, soft_wrap=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -72,6 +74,53 @@ def losses_command(name: str = typer.Argument(None, help="Show one loss in full.
         console.print(f"  {label:9}{value}", highlight=False, markup=False)
     console.print()
     console.print(inspect.getdoc(fn), highlight=False, markup=False)
+
+
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_command(
+    ctx: typer.Context,
+    config: Path = typer.Argument(None, help="YAML config (see the settings table in the README).", show_default=False),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in output_dir."),
+    merge: bool = typer.Option(False, "--merge", help="With LoRA, also save a merged full model."),
+) -> None:
+    """Train a model on pairs or ranked lists: prefopt train CONFIG.yaml [--key=value ...]."""
+    from prefopt.config import ConfigError, TrainConfig, load_config
+
+    overrides = list(ctx.args) + (["--merge=true"] if merge else [])
+    try:
+        settings = load_config(TrainConfig, config, overrides)
+    except ConfigError as error:
+        _fail(str(error))
+    _run_library(lambda: _train(settings, resume))
+
+
+def _train(settings, resume: bool) -> None:
+    from prefopt.train import train
+
+    result = train(settings, resume=resume, console=_console())
+    start, end = result.eval_start, result.eval_end
+    if start and end:
+        for key in ("reward_accuracy", "ranking_accuracy", "loss"):
+            if key in start and key in end:
+                _console().print(f"eval {key}: {start[key]:.4f} -> {end[key]:.4f}", highlight=False)
+    _console().print(f"{result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
+                     f"output in {result.output_dir}", highlight=False)
+
+
+def _run_library(job) -> None:
+    """Run a library call; expected failures become one clear line and a non-zero exit, not a
+    traceback (set PREFOPT_DEBUG=1 to see the traceback)."""
+    from prefopt.data import DataError
+    from prefopt.train import TrainingError
+
+    try:
+        job()
+    except KeyboardInterrupt:
+        _fail("interrupted; run the same command with --resume to continue from the last checkpoint", 130)
+    except (DataError, TrainingError, FileNotFoundError, ValueError) as error:
+        if os.environ.get("PREFOPT_DEBUG"):
+            raise
+        _fail(str(error), 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,64 @@
+"""Checkpoints that resume a run exactly: the trained weights (safetensors; with LoRA only the
+adapters), optimizer, scheduler, RNG states, loop position and loss state. Written to a
+temporary folder and renamed, so an interrupted save never looks like a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+_NAME = re.compile(r"^step-(\d+)$")
+
+
+def save_checkpoint(out_dir: Path, module: torch.nn.Module, optimizer, scheduler, state: dict,
+                    objective_state: dict) -> Path:
+    target = Path(out_dir) / "checkpoints" / f"step-{state['step']}"
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    trained = {name: p.detach().contiguous().cpu() for name, p in module.named_parameters() if p.requires_grad}
+    save_file(trained, staging / "trained.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optimizer.pt")
+    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, staging / "rng.pt")
+    (staging / "state.json").write_text(json.dumps({"state": state, "objective": objective_state}, indent=1))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    folder = Path(out_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return max(found)[1] if found else None
+
+
+def load_checkpoint(path: Path, module: torch.nn.Module, optimizer, scheduler) -> dict:
+    trained = load_file(path / "trained.safetensors")
+    expected = {name for name, p in module.named_parameters() if p.requires_grad}
+    if set(trained) != expected:
+        raise ValueError(f"{path}: the checkpoint's trained weights do not match this model and settings "
+                         f"({len(trained)} saved tensors, {len(expected)} trainable here); was lora or model changed?")
+    with torch.no_grad():
+        parameters = dict(module.named_parameters())
+        for name, value in trained.items():
+            parameters[name].copy_(value)
+    saved = torch.load(path / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / "state.json").read_text())

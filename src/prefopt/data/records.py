@@ -1,0 +1,180 @@
+"""One record type for every preference format: a prompt and K completions with scores (a pair is
+K = 2 with scores (1, 0)). `parse_row` turns one row of any supported format into a record or
+raises a DataError that names the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+Message = dict[str, str]
+Text = str | list[Message]  # a plain string, or chat messages [{"role", "content"}, ...]
+
+
+class DataError(ValueError):
+    """Bad input, with where it came from: `data/train.jsonl, row 17: "chosen" is empty`."""
+
+    def __init__(self, message: str, *, source: str = "", row: int | None = None, reason: str | None = None):
+        self.detail, self.source, self.row = message, source, row
+        self.reason = reason or message
+        where = ", ".join(part for part in (source, f"row {row}" if row is not None else "") if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceRecord:
+    prompt: Text
+    completions: tuple[Text, ...]  # each a string or the assistant turn(s) that follow the prompt
+    scores: tuple[float, ...]  # higher is better
+    source: str = ""  # "file, row N", for messages later on
+
+    @property
+    def is_chat(self) -> bool:
+        return isinstance(self.prompt, list)
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt as one string (the last user turn for chat), for splitting and display."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        return "\n".join(m["content"] for m in self.prompt)
+
+
+def parse_row(row: Any, *, require_completions: bool = True) -> PreferenceRecord:
+    """Read one row: pairwise {prompt?, chosen, rejected}, ranked/scored {prompt, completions,
+    scores | ranks}, UltraFeedback-style {prompt, completions: [{text|response, score}]}, or
+    prompt-only {prompt} when `require_completions` is False."""
+    if not isinstance(row, dict):
+        raise DataError(f"expected an object with fields, got {type(row).__name__}", reason="not an object")
+    if "chosen" in row or "rejected" in row:
+        return _pair(row)
+    if "completions" in row:
+        return _ranked(row)
+    if require_completions:
+        fields = ", ".join(sorted(map(str, row))) or "none"
+        raise DataError(f'missing completions: give "chosen" and "rejected", or "completions" with "scores" or '
+                        f'"ranks" (fields present: {fields})', reason="missing completions")
+    return PreferenceRecord(prompt=_prompt(row), completions=(), scores=())
+
+
+def _pair(row: dict) -> PreferenceRecord:
+    for field in ("chosen", "rejected"):
+        if field not in row:
+            raise DataError(f'missing field "{field}"', reason=f'missing "{field}"')
+    chosen, rejected = _text(row["chosen"], "chosen"), _text(row["rejected"], "rejected")
+    if "prompt" in row and row["prompt"] is not None:
+        prompt = _prompt(row)
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        prompt, chosen, rejected = _split_shared_prefix(chosen, rejected)
+    else:
+        raise DataError('missing field "prompt" (an implicit prompt needs "chosen" and "rejected" as chat '
+                        "messages that share the conversation up to the answer)", reason='missing "prompt"')
+    return _record(prompt, (chosen, rejected), (1.0, 0.0), ('"chosen"', '"rejected"'))
+
+
+def _ranked(row: dict) -> PreferenceRecord:
+    prompt = _prompt(row)
+    items = row["completions"]
+    if not isinstance(items, list):
+        raise DataError(f'"completions" must be a list, got {type(items).__name__}', reason="wrong type")
+    if items and all(isinstance(item, dict) and "role" not in item for item in items):  # UltraFeedback style
+        completions, scores = [], []
+        for i, item in enumerate(items):
+            key = "text" if "text" in item else "response" if "response" in item else None
+            if key is None:
+                raise DataError(f'"completions"[{i}] needs a "text" or "response" field', reason="missing text")
+            completions.append(item[key])
+            scores.append(item.get("score", item.get("overall_score")))
+            if scores[-1] is None:
+                raise DataError(f'"completions"[{i}] needs a "score"', reason="missing score")
+    else:
+        completions = items
+        scores = _scores_field(row, len(items))
+    names = tuple(f'"completions"[{i}]' for i in range(len(completions)))
+    texts = tuple(_text(c, name) for c, name in zip(completions, names, strict=True))
+    return _record(prompt, texts, tuple(_number(s, f'"scores"[{i}]') for i, s in enumerate(scores)), names)
+
+
+def _scores_field(row: dict, count: int) -> list:
+    if "scores" in row and "ranks" in row:
+        raise DataError('give "scores" or "ranks", not both', reason="scores and ranks")
+    if "scores" not in row and "ranks" not in row:
+        raise DataError('missing field "scores" (or "ranks", 1 = best) for "completions"', reason='missing "scores"')
+    field = "scores" if "scores" in row else "ranks"
+    values = row[field]
+    if not isinstance(values, list):
+        raise DataError(f'"{field}" must be a list of numbers, got {type(values).__name__}', reason="wrong type")
+    if len(values) != count:
+        raise DataError(f'"completions" has {count} items but "{field}" has {len(values)}',
+                        reason="length mismatch")
+    numbers = [_number(v, f'"{field}"[{i}]') for i, v in enumerate(values)]
+    return numbers if field == "scores" else [-rank for rank in numbers]
+
+
+def _record(prompt: Text, completions: tuple, scores: tuple, names: tuple) -> PreferenceRecord:
+    if len(completions) < 2:
+        raise DataError(f"needs at least two completions, got {len(completions)}", reason="fewer than two completions")
+    seen: dict[str, str] = {}
+    for completion, name in zip(completions, names, strict=True):
+        key = repr(completion)
+        if key in seen:
+            raise DataError(f"{name} is identical to {seen[key]}", reason="identical completions")
+        seen[key] = name
+    if len(set(scores)) == 1:
+        raise DataError(f"all scores are tied ({scores[0]}), so there is nothing to prefer", reason="all scores tied")
+    return PreferenceRecord(prompt=prompt, completions=completions, scores=scores)
+
+
+def _prompt(row: dict) -> Text:
+    if "prompt" not in row or row["prompt"] is None:
+        raise DataError('missing field "prompt"', reason='missing "prompt"')
+    prompt = _text(row["prompt"], "prompt")
+    if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
+        raise DataError('"prompt" must not end with an assistant turn', reason="bad messages")
+    return prompt
+
+
+def _text(value: Any, name: str) -> Text:
+    label = name if name.startswith('"') else f'"{name}"'
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{label} is empty", reason="empty text")
+        return value
+    if isinstance(value, dict) and "role" in value:
+        value = [value]
+    if isinstance(value, list) and value:
+        for i, message in enumerate(value):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise DataError(f'{label}[{i}] must be a message {{"role", "content"}}', reason="bad messages")
+            content = message.get("content")
+            if not isinstance(content, str):
+                raise DataError(f'{label}[{i}]["content"] must be a string, got {type(content).__name__}',
+                                reason="wrong type")
+            if not content.strip():
+                raise DataError(f'{label}[{i}]["content"] is empty', reason="empty text")
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    if isinstance(value, list):
+        raise DataError(f"{label} is an empty list", reason="empty text")
+    raise DataError(f"{label} must be a string or a list of chat messages, got {type(value).__name__}",
+                    reason="wrong type")
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{name} must be a finite number, got {value!r}", reason="wrong type")
+    return float(value)
+
+
+def _split_shared_prefix(chosen: list[Message], rejected: list[Message]) -> tuple[list, list, list]:
+    """The conversation both share up to the first differing turn is the prompt."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        raise DataError('missing field "prompt", and "chosen" and "rejected" share no conversation prefix',
+                        reason='missing "prompt"')
+    if shared == len(chosen) or shared == len(rejected):
+        raise DataError('"chosen" and "rejected" are identical after their shared prompt',
+                        reason="identical completions")
+    return chosen[:shared], chosen[shared:], rejected[shared:]

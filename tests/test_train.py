@@ -1,0 +1,175 @@
+"""The training loop on a tiny random Llama: invariants (accumulation, K=2 listwise = DPO, resume),
+learning on a toy task, failure handling and the saved model."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prefopt.checkpoint import latest_checkpoint
+from prefopt.config import TrainConfig
+from prefopt.train import TrainingError, train
+from tiny import toy_rows, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("data") / "pairs.jsonl", toy_rows(48, seed=1))
+
+
+@pytest.fixture(scope="module")
+def lists_file(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("data") / "lists.jsonl", toy_rows(40, seed=2, k=4))
+
+
+def config(tiny_model, data, out, **overrides):
+    settings = dict(model=str(tiny_model), data=str(data), output_dir=str(out), loss="dpo", lora=False,
+                    precision="fp32", learning_rate=1e-3, batch_size=4, max_steps=4, eval_fraction=0.25,
+                    warmup_ratio=0.0, scheduler="constant")
+    return TrainConfig(**{**settings, **overrides})
+
+
+def trained(out):
+    return load_file(latest_checkpoint(out) / "trained.safetensors")
+
+
+def train_metrics(out):
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [line for line in lines if line["split"] == "train"]
+
+
+def assert_same_weights(a, b, atol):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+
+
+def test_batch_8_equals_batch_1_with_accumulation_8(tiny_model, pairs_file, tmp_path):
+    common = dict(max_steps=3, learning_rate=1e-4, eval_fraction=0.0)
+    train(config(tiny_model, pairs_file, tmp_path / "a", batch_size=8, gradient_accumulation_steps=1, **common))
+    train(config(tiny_model, pairs_file, tmp_path / "b", batch_size=1, gradient_accumulation_steps=8, **common))
+    for line_a, line_b in zip(train_metrics(tmp_path / "a"), train_metrics(tmp_path / "b"), strict=True):
+        assert line_a["loss"] == pytest.approx(line_b["loss"], rel=1e-5)
+        assert line_a["grad_norm"] == pytest.approx(line_b["grad_norm"], rel=1e-4)
+    assert_same_weights(trained(tmp_path / "a"), trained(tmp_path / "b"), atol=1e-6)
+
+
+def test_k2_listwise_through_the_pipeline_equals_pairwise_dpo(tiny_model, pairs_file, tmp_path):
+    train(config(tiny_model, pairs_file, tmp_path / "dpo", loss="dpo", loss_params={"dpo": {"beta": 0.2}}))
+    train(config(tiny_model, pairs_file, tmp_path / "pl", loss="plackett_luce",
+                 loss_params={"plackett_luce": {"beta": 0.2}}))
+    for a, b in zip(train_metrics(tmp_path / "dpo"), train_metrics(tmp_path / "pl"), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    assert_same_weights(trained(tmp_path / "dpo"), trained(tmp_path / "pl"), atol=1e-6)
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_resume_equals_uninterrupted(tiny_model, pairs_file, tmp_path, lora):
+    settings = dict(max_steps=6, save_every=2, lora=lora, lora_dropout=0.1, lora_r=4, scheduler="cosine",
+                    warmup_ratio=0.2, learning_rate=1e-3, batch_size=4, epochs=1)
+    whole = train(config(tiny_model, pairs_file, tmp_path / "whole", **settings))
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_5(state, record):
+        if state.step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(config(tiny_model, pairs_file, tmp_path / "cut", **settings), on_step=crash_at_step_5)
+    assert latest_checkpoint(tmp_path / "cut").name == "step-4"
+    resumed = train(config(tiny_model, pairs_file, tmp_path / "cut", **settings), resume=True)
+    assert resumed.steps == whole.steps == 6
+    assert_same_weights(trained(tmp_path / "whole"), trained(tmp_path / "cut"), atol=0)
+    losses = lambda out: [(m["step"], m["loss"]) for m in train_metrics(out)]
+    assert losses(tmp_path / "whole") == losses(tmp_path / "cut")
+    assert resumed.eval_end == pytest.approx(whole.eval_end)
+
+
+def test_learns_the_toy_task(tiny_model, pairs_file, tmp_path):
+    result = train(config(tiny_model, pairs_file, tmp_path / "run", max_steps=30, batch_size=8,
+                          loss_params={"dpo": {"beta": 0.5}}))
+    metrics = train_metrics(tmp_path / "run")
+    first, last = metrics[:3], metrics[-3:]
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)
+    assert mean(last, "loss") < mean(first, "loss") - 0.1
+    assert mean(last, "reward_accuracy") > mean(first, "reward_accuracy")
+    assert result.eval_start["reward_accuracy"] == 0.0  # policy = reference: every reward is exactly 0
+    assert result.eval_start["loss"] == pytest.approx(0.6931471806, abs=1e-6)
+    assert result.eval_end["reward_accuracy"] > 0.9
+    assert result.eval_end["loss"] < result.eval_start["loss"]
+
+
+@pytest.mark.parametrize(("loss", "params"), [
+    ("lipo_lambda", {}), ("pro", {}), ({"plackett_luce": 1.0, "sft": 0.1}, {}), ("dft", {}), ("orpo", {}),
+    ("bco_pair", {}),
+])
+def test_ranked_lists_with_any_loss(tiny_model, lists_file, tmp_path, loss, params):
+    result = train(config(tiny_model, lists_file, tmp_path / "run", loss=loss, loss_params=params, max_steps=3,
+                          lora=True))
+    metrics = train_metrics(tmp_path / "run")
+    assert len(metrics) == 3 and all(m["loss"] == m["loss"] for m in metrics)
+    assert "kendall_tau" in result.eval_end or "plackett_luce/kendall_tau" in result.eval_end
+
+
+def test_non_finite_loss_stops_with_a_checkpoint(tiny_model, pairs_file, tmp_path, monkeypatch):
+    real_objective = TrainConfig.objective
+    calls = []
+
+    def objective_that_overflows_at_call_4(self):
+        objective = real_objective(self)
+        real_call = objective.__call__
+
+        def call(batch, *, train=True):
+            out = real_call(batch, train=train)
+            calls.append(train)
+            if train and calls.count(True) == 4:
+                return dataclasses.replace(out, loss=out.loss * float("inf"))
+            return out
+
+        objective.__call__ = call
+        return _Callable(objective)
+
+    monkeypatch.setattr(TrainConfig, "objective", objective_that_overflows_at_call_4)
+    with pytest.raises(TrainingError, match=r"step 4: the loss is (nan|inf).*last good state is saved in .*step-3"):
+        train(config(tiny_model, pairs_file, tmp_path / "run", max_steps=10))
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    assert checkpoint.name == "step-3"
+    assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "trained.safetensors").values())
+    resumed = train(config(tiny_model, pairs_file, tmp_path / "run", max_steps=10), resume=True)
+    assert resumed.steps == 10
+
+
+class _Callable:
+    """Route calls through an instance attribute (dunder calls bypass instance attributes)."""
+
+    def __init__(self, objective):
+        self._objective = objective
+
+    def __call__(self, batch, *, train=True):
+        return self._objective.__call__(batch, train=train)
+
+    def __getattr__(self, name):
+        return getattr(self._objective, name)
+
+
+def test_saved_models_load_with_transformers_alone(tiny_model, pairs_file, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    train(config(tiny_model, pairs_file, tmp_path / "full", max_steps=2))
+    full = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "model")
+    assert AutoTokenizer.from_pretrained(tmp_path / "full" / "model").chat_template
+    assert (tmp_path / "full" / "model" / "model.safetensors").exists()
+    assert (tmp_path / "full" / "config.yaml").exists()
+
+    train(config(tiny_model, pairs_file, tmp_path / "lora", max_steps=2, lora=True, merge=True, learning_rate=1e-2))
+    assert (tmp_path / "lora" / "model" / "adapter_config.json").exists()
+    adapter = AutoModelForCausalLM.from_pretrained(tmp_path / "lora" / "model")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora" / "merged")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(ids).logits, merged(ids).logits, atol=1e-4, rtol=0)
+        assert not torch.allclose(full(ids).logits, merged(ids).logits)

@@ -1,0 +1,70 @@
+"""A tiny random Llama with a 512-token byte-level BPE tokenizer and a ChatML chat template,
+built in code (no download), and a learnable toy preference task."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+WORDS = ("apple river stone cloud green quick seven happy ocean light table music garden window paper "
+         "yes no good bad answer question please thanks short long word list first second").split()
+
+
+def build_tiny_model(path: Path, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    corpus = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(300)]
+    corpus += [" ".join(WORDS).upper(), "user assistant system 0123456789 .,;:!?-'\"()[]{}<>/\\@#$%^&*_=+~`|"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def toy_rows(n: int, seed: int = 0, k: int = 2, chat: bool = False) -> list[dict]:
+    """A learnable preference: completions made of lowercase words beat the same words in capitals,
+    and (for lists) shorter answers beat longer ones."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        prompt = f"question {i}: " + " ".join(rng.choice(WORDS) for _ in range(3))
+        words = [rng.choice(WORDS) for _ in range(4)]
+        if k == 2:
+            chosen, rejected = " ".join(words), " ".join(words).upper()
+            if chat:
+                rows.append({"prompt": [{"role": "user", "content": prompt}],
+                             "chosen": [{"role": "assistant", "content": chosen}],
+                             "rejected": [{"role": "assistant", "content": rejected}]})
+            else:
+                rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        else:
+            completions = [" ".join(words[: 2 + j % 3]) if j % 2 == 0 else " ".join(words[: 2 + j % 3]).upper()
+                           for j in range(k)]
+            scores = [(1.0 if j % 2 == 0 else 0.0) * 10 - len(c.split()) for j, c in enumerate(completions)]
+            completions = [c + f" {j}" for j, c in enumerate(completions)]
+            rows.append({"prompt": prompt, "completions": completions, "scores": scores})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
