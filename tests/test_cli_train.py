@@ -55,7 +55,7 @@ def test_config_errors_name_the_field(prefopt_cli, tmp_path):
                               ("--loss=dpoo", "unknown loss 'dpoo'; valid losses:"),
                               ("--loss_params.dpo.betta=1", "dpo has no parameter 'betta'; valid: beta"),
                               ("--loss_params.dpo.beta=-1", "dpo: beta must be > 0, got -1"),
-                              ("--precision=fp8", "precision: Input should be 'fp32' or 'bf16'")]:
+                              ("--precision=fp8", "precision: Input should be 'auto', 'fp32' or 'bf16' (got 'fp8')")]:
         result = prefopt_cli("train", cfg, override)
         assert result.returncode == 2, override
         assert message in result.stderr, (override, result.stderr)

@@ -26,3 +26,11 @@ def test_readme_opens_with_the_two_commands():
     head = README[:1500]
     assert "make demo" in head and "make test" in head
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
+
+
+def test_every_train_setting_is_in_the_readme():
+    from prefopt.config import TrainConfig
+
+    section = README.split("## Settings of `prefopt train`", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_0-9]+)`", section, flags=re.M))
+    assert documented == set(TrainConfig.model_fields)

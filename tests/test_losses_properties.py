@@ -244,6 +244,13 @@ def test_metrics_rank_lists():
     assert metrics["ndcg"][0].item() == pytest.approx(1.0)
     assert metrics["ndcg"][1].item() < 0.7
     assert metrics["ranking_accuracy"].tolist() == [1.0, 0.0]
+    # all rewards tied (policy = reference): no credit for the stored order
+    tied = LOSSES["dpo"](ListBatch(logps=torch.zeros(1, 3), ref_logps=torch.zeros(1, 3),
+                                   scores=torch.tensor([[3.0, 2.0, 1.0]]))).metrics
+    random_order_dcg = (3 + 1 + 0) / 3 * sum(1 / math.log2(1 + p) for p in (1, 2, 3))
+    ideal_dcg = 3 + 1 / math.log2(3)
+    assert tied["ndcg"].item() == pytest.approx(random_order_dcg / ideal_dcg)
+    assert tied["kendall_tau"].item() == 0.0 and tied["reward_accuracy"].item() == 0.0
 
 
 @st.composite

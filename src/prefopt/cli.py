@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -47,7 +48,7 @@ def _defaults(name: str) -> str:
 
 
 @app.command("losses")
-def losses_command(name: str = typer.Argument(None, help="Show one loss in full.")) -> None:
+def losses_command(name: Annotated[str | None, typer.Argument(help="Show one loss in full.")] = None) -> None:
     """List every registered objective with its formula, paper, inputs and defaults."""
     from prefopt.losses import LOSSES
 
@@ -79,9 +80,9 @@ def losses_command(name: str = typer.Argument(None, help="Show one loss in full.
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train_command(
     ctx: typer.Context,
-    config: Path = typer.Argument(None, help="YAML config (see the settings table in the README).", show_default=False),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in output_dir."),
-    merge: bool = typer.Option(False, "--merge", help="With LoRA, also save a merged full model."),
+    config: Annotated[Path | None, typer.Argument(help="YAML config (settings table in the README).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in output_dir.")] = False,
+    merge: Annotated[bool, typer.Option("--merge", help="With LoRA, also save a merged full model.")] = False,
 ) -> None:
     """Train a model on pairs or ranked lists: prefopt train CONFIG.yaml [--key=value ...]."""
     from prefopt.config import ConfigError, TrainConfig, load_config
@@ -95,14 +96,14 @@ def train_command(
 
 
 def _train(settings, resume: bool) -> None:
-    from prefopt.train import train
+    from prefopt.train import HEADLINE_METRICS, headline, train
 
     result = train(settings, resume=resume, console=_console())
     start, end = result.eval_start, result.eval_end
-    if start and end:
-        for key in ("reward_accuracy", "ranking_accuracy", "loss"):
-            if key in start and key in end:
-                _console().print(f"eval {key}: {start[key]:.4f} -> {end[key]:.4f}", highlight=False)
+    for key in HEADLINE_METRICS:
+        before, after = headline(start, key), headline(end, key)
+        if before is not None and after is not None:
+            _console().print(f"eval {key}: {before:.4f} -> {after:.4f}", highlight=False)
     _console().print(f"{result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
                      f"output in {result.output_dir}", highlight=False)
 

@@ -48,9 +48,11 @@ class TrainConfig(BaseModel):
     lora_target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Module names that get adapters.")
-    precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16: autocast matmuls to bfloat16 (faster on "
-                                                                   "CPUs with matrix units and on GPUs); losses and "
-                                                                   "log-prob sums stay float32.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocasts matmuls to bfloat16; "
+                                                                           "losses and log-prob sums stay float32. "
+                                                                           "auto measures both matmuls at start-up "
+                                                                           "and picks the faster (bf16 needs CPU "
+                                                                           "matrix units or a GPU to pay off).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass "
                                                             "(less memory, ~30% slower).")
 

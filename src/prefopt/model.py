@@ -30,10 +30,14 @@ def cache_dir() -> Path:
 
 def _quiet_transformers() -> None:
     """prefopt draws its own progress; transformers' per-file bars would interleave with it."""
+    import warnings
+
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
+    # peft still asks the deprecated name; nothing for a user to act on
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def resolve_model_path(spec: str) -> str:
@@ -78,6 +82,38 @@ def _clear_quantization_marker(model) -> None:
                     delattr(owner, attribute)
                 except AttributeError:
                     setattr(owner, attribute, None)
+
+
+def choose_precision(requested: str, device) -> tuple[str, str]:
+    """`auto` picks bf16 where it is faster: on a GPU that supports it, or on a CPU whose bf16
+    matmul measures clearly faster than fp32 (CPUs with matrix units); fp32 otherwise.
+    Returns (precision, reason)."""
+    import torch
+
+    if requested != "auto":
+        return requested, "as configured"
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+        return ("bf16" if supported else "fp32"), f"GPU {'supports' if supported else 'lacks'} bf16"
+    if device.type != "cpu":
+        return "fp32", f"{device.type} device"
+    speeds = {dtype: _matmul_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    fp32, bf16 = speeds[torch.float32], speeds[torch.bfloat16]
+    choice = "bf16" if bf16 > 1.5 * fp32 else "fp32"
+    return choice, f"matmul on this CPU: bf16 {bf16:.0f} vs fp32 {fp32:.0f} GFLOP/s"
+
+
+def _matmul_gflops(dtype, size: int = 768, repeats: int = 4) -> float:
+    import time
+
+    import torch
+
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * 2 * size**3 / (time.perf_counter() - started) / 1e9
 
 
 def load_tokenizer(spec: str):

@@ -52,12 +52,13 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    from prefopt.model import LoraSettings, load_model, load_tokenizer
+    from prefopt.model import LoraSettings, choose_precision, load_model, load_tokenizer
 
     console = console or Console()
     started = time.perf_counter()
     out_dir = Path(config.output_dir)
-    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no")
+    precision, why = choose_precision(config.precision, Accelerator().device)
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
     say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
     _seed_everything(config.seed)
     objective = config.objective()
@@ -69,8 +70,9 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
     model = load_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing)
     engine = CompletionLogpsModel(model, with_tokens="tokens" in objective.needs)
     params = [p for p in engine.parameters() if p.requires_grad]
-    say(f"model: {config.model} ({sum(p.numel() for p in engine.parameters()) / 1e6:.1f} M parameters, "
-        f"{sum(p.numel() for p in params) / 1e6:.2f} M trained{', LoRA' if lora else ''}), precision {config.precision}")
+    total = sum(p.numel() for p in engine.parameters())
+    say(f"model: {config.model} ({total / 1e6:.1f} M parameters, {sum(p.numel() for p in params) / 1e6:.2f} M "
+        f"trained{', LoRA' if lora else ''}), precision {precision} ({why})")
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     engine, optimizer = accelerator.prepare(engine, optimizer)
     pad_id = tokenizer.pad_token_id
@@ -95,7 +97,8 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
-    metrics_log = _MetricsLog(out_dir / "metrics.jsonl", keep_until=state.step if checkpoint else -1)
+    metrics_log = _MetricsLog(out_dir / "metrics.jsonl", keep_until=state.step if checkpoint else -1,
+                              enabled=accelerator.is_main_process)
 
     def lists_logps(indices: list[int], examples, ref: torch.Tensor | None, train: bool) -> tuple[LossOutput, int]:
         collated = collate([examples[i] for i in indices], indices, pad_id).to(accelerator.device)
@@ -107,10 +110,18 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
                           token_logps=result.token_logps, token_mask=result.token_mask)
         return objective(batch, train=train), collated.num_tokens
 
+    def checkpoint_now() -> Path:
+        path = out_dir / "checkpoints" / f"step-{state.step}"
+        if accelerator.is_main_process:
+            path = save_checkpoint(out_dir, accelerator.unwrap_model(engine), optimizer, scheduler,
+                                   dataclasses.asdict(state), objective.state_dict())
+        accelerator.wait_for_everyone()
+        return path
+
     ref_train = ref_eval = None
     if objective.needs_reference:
-        ref_train, ref_eval = _reference(out_dir, accelerator, engine, lists_logps, train_data, eval_data, config,
-                                         lora is not None, say)
+        ref_train, ref_eval = _reference(out_dir, accelerator, engine, train_data, eval_data, config,
+                                         lora is not None, console, say)
 
     def evaluate() -> dict[str, float]:
         if not eval_data:
@@ -155,8 +166,7 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
                         out, tokens = lists_logps(indices, train_data, ref_train, train=True)
                         loss = out.loss.mean()
                         if not torch.isfinite(loss):
-                            path = save_checkpoint(out_dir, accelerator.unwrap_model(engine), optimizer, scheduler,
-                                                   dataclasses.asdict(state), objective.state_dict())
+                            path = checkpoint_now()
                             raise TrainingError(f"step {state.step + 1}: the loss is {loss.item()} (non-finite); "
                                                 f"stopped. The last good state is saved in {path}; lower the "
                                                 "learning rate or check the data, then resume.")
@@ -182,8 +192,7 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
                 if config.eval_every and state.step % config.eval_every == 0 and state.step < total_steps:
                     metrics_log.write({"step": state.step, "split": "eval", **evaluate()})
                 if config.save_every and state.step % config.save_every == 0 and state.step < total_steps:
-                    save_checkpoint(out_dir, accelerator.unwrap_model(engine), optimizer, scheduler,
-                                    dataclasses.asdict(state), objective.state_dict())
+                    checkpoint_now()
                 if on_step is not None:
                     on_step(state, record)
             else:
@@ -194,8 +203,7 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
     if eval_end:
         metrics_log.write({"step": state.step, "split": "eval", **eval_end})
         say("eval at end:   " + _brief(eval_end))
-    save_checkpoint(out_dir, accelerator.unwrap_model(engine), optimizer, scheduler, dataclasses.asdict(state),
-                    objective.state_dict())
+    checkpoint_now()
     if accelerator.is_main_process:
         _save_final(accelerator.unwrap_model(engine).model, tokenizer, out_dir, merge=config.merge and lora is not None)
         say(f"saved the model to {out_dir / 'model'}" + (f" and {out_dir / 'merged'}" if config.merge and lora else ""))
@@ -223,7 +231,7 @@ def _load_data(config: TrainConfig, tokenizer, say):
     return train_data, eval_data
 
 
-def _reference(out_dir, accelerator, engine, lists_logps, train_data, eval_data, config, lora, say):
+def _reference(out_dir, accelerator, engine, train_data, eval_data, config, lora, console, say):
     """Reference log-probs of every completion, computed once in inference mode (LoRA: the same
     model with adapters off; full fine-tuning: the policy before its first step) and saved in the
     run folder so that a resumed run uses the same ones."""
@@ -235,11 +243,16 @@ def _reference(out_dir, accelerator, engine, lists_logps, train_data, eval_data,
     base = accelerator.unwrap_model(engine).model
     tables = []
     engine.eval()
-    with torch.inference_mode(), base.disable_adapter() if lora else contextlib.nullcontext():
+    progress = Progress(TextColumn("[bold]reference log-probs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console, disable=not accelerator.is_main_process,
+                        transient=True)
+    with (torch.inference_mode(), base.disable_adapter() if lora else contextlib.nullcontext(), progress):
+        task = progress.add_task("reference", total=len(train_data) + len(eval_data))
         for examples in (train_data, eval_data):
             k_max = max((len(e.completion_ids) for e in examples), default=2)
             table = torch.zeros(len(examples), k_max, device=accelerator.device)
             for start in range(0, len(examples), config.eval_batch_size):
+                progress.advance(task, min(config.eval_batch_size, len(examples) - start))
                 indices = list(range(start, min(len(examples), start + config.eval_batch_size)))
                 collated = collate([examples[i] for i in indices], indices, 0).to(accelerator.device)
                 with accelerator.autocast():
@@ -269,9 +282,19 @@ def _per_example(out: LossOutput) -> dict[str, torch.Tensor]:
     return {key: value for key, value in out.metrics.items() if value.dim() == 1} | {"loss": out.loss.detach()}
 
 
+HEADLINE_METRICS = ("loss", "reward_accuracy", "ranking_accuracy", "reward_margin", "kendall_tau", "logps/chosen")
+
+
+def headline(metrics: dict, key: str) -> float | None:
+    """A metric by its plain name; in a loss mixture, the first loss's (`dpo/reward_accuracy`)."""
+    if key in metrics:
+        return metrics[key]
+    return next((value for name, value in metrics.items() if name.endswith("/" + key)), None)
+
+
 def _brief(metrics: dict) -> str:
-    keys = [k for k in ("loss", "reward_accuracy", "ranking_accuracy", "reward_margin", "kendall_tau") if k in metrics]
-    return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys)
+    values = {key: headline(metrics, key) for key in HEADLINE_METRICS}
+    return "  ".join(f"{key} {value:.4g}" for key, value in values.items() if value is not None)
 
 
 def _seed_everything(seed: int) -> None:
@@ -284,8 +307,10 @@ class _MetricsLog:
     """metrics.jsonl; on resume, lines after the checkpoint's step are dropped so the file reads as
     if the run had never stopped."""
 
-    def __init__(self, path: Path, keep_until: int):
-        self.path = path
+    def __init__(self, path: Path, keep_until: int, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
         if keep_until >= 0 and path.exists():
             lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= keep_until]
             path.write_text("".join(line + "\n" for line in lines))
@@ -293,6 +318,8 @@ class _MetricsLog:
             path.unlink(missing_ok=True)
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 

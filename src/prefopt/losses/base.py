@@ -230,15 +230,20 @@ def reward_metrics(rewards: torch.Tensor, batch: ListBatch) -> dict[str, torch.T
 def ndcg(predicted: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """NDCG of the order by `predicted` against graded relevance from `scores`: an item's
     relevance is the number of valid items scored strictly below it, gain 2^rel − 1, discount
-    1/log2(1 + position). Ties in `predicted` keep item order. NaN for lists with no gain."""
+    1/log2(1 + position). Tied predictions score the expected DCG of a random tie-break (each
+    place of a tied group gets the group's mean gain), so ties earn no credit for item order.
+    NaN for lists with no gain."""
     below = (scores.unsqueeze(2) > scores.unsqueeze(1)) & mask.unsqueeze(1)
     gains = torch.where(mask, 2.0 ** below.sum(2).to(scores.dtype) - 1.0, 0.0)
     positions = torch.arange(1, scores.shape[1] + 1, device=scores.device, dtype=scores.dtype)
     discounts = 1.0 / torch.log2(1.0 + positions)
 
     def dcg(order_by: torch.Tensor) -> torch.Tensor:
-        order = torch.sort(order_by.masked_fill(~mask, -math.inf), dim=1, descending=True, stable=True).indices
-        return (gains.gather(1, order) * discounts).sum(1)
+        ranked = torch.sort(order_by.masked_fill(~mask, -math.inf), dim=1, descending=True, stable=True)
+        ranked_gains = gains.gather(1, ranked.indices)
+        tied = (ranked.values.unsqueeze(2) == ranked.values.unsqueeze(1)).to(gains.dtype)
+        group_mean_gains = (tied @ ranked_gains.unsqueeze(-1)).squeeze(-1) / tied.sum(-1)
+        return (group_mean_gains * discounts).sum(1)
 
     ideal = dcg(scores)
     return torch.where(ideal > 0, dcg(predicted) / ideal.clamp(min=1e-12), math.nan)
