@@ -173,3 +173,26 @@ def test_saved_models_load_with_transformers_alone(tiny_model, pairs_file, tmp_p
     with torch.no_grad():
         torch.testing.assert_close(adapter(ids).logits, merged(ids).logits, atol=1e-4, rtol=0)
         assert not torch.allclose(full(ids).logits, merged(ids).logits)
+
+
+def test_two_processes_equal_one_with_accumulation(tiny_model, pairs_file, tmp_path):
+    """DDP over 2 CPU processes (gloo, started by torchrun): each process takes one micro-batch of
+    the step, so the result equals one process accumulating both."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    settings = dict(model=str(tiny_model), data=str(pairs_file), loss="dpo", lora=False, precision="fp32",
+                    learning_rate=1e-4, batch_size=2, max_steps=3, eval_fraction=0.0, scheduler="constant",
+                    warmup_ratio=0.0)
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump({**settings, "output_dir": str(tmp_path / "ddp")}))
+    launcher = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run([str(launcher), "--nproc_per_node", "2", "-m", "prefopt.cli", "train",
+                             str(tmp_path / "ddp.yaml")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train(TrainConfig(**settings, output_dir=str(tmp_path / "one"), gradient_accumulation_steps=2))
+    for a, b in zip(train_metrics(tmp_path / "ddp"), train_metrics(tmp_path / "one"), strict=True):
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert_same_weights(trained(tmp_path / "ddp"), trained(tmp_path / "one"), atol=1e-6)

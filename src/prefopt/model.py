@@ -32,8 +32,10 @@ def _quiet_transformers() -> None:
     """prefopt draws its own progress; transformers' per-file bars would interleave with it."""
     import warnings
 
+    from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging
 
+    disable_progress_bars()
     logging.disable_progress_bar()
     logging.set_verbosity_error()
     # peft still asks the deprecated name; nothing for a user to act on

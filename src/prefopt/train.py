@@ -57,8 +57,10 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
     console = console or Console()
     started = time.perf_counter()
     out_dir = Path(config.output_dir)
-    precision, why = choose_precision(config.precision, Accelerator().device)
-    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    on_gpu = torch.cuda.is_available()
+    precision, why = choose_precision(config.precision, torch.device("cuda" if on_gpu else "cpu"))
+    # without cpu=True, accelerate ignores torchrun's multi-process environment on a CPU-only machine
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not on_gpu)
     say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
     _seed_everything(config.seed)
     objective = config.objective()
