@@ -29,3 +29,11 @@ def tiny_model(tmp_path_factory):
     from tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's prefopt cache."""
+    folder = tmp_path_factory.mktemp("prefopt-cache")
+    monkeypatch.setenv("PREFOPT_CACHE", str(folder))
+    return folder

@@ -69,35 +69,63 @@ def test_truncation_is_explicit_and_counted(tokenizer):
     assert start.prompt_ids == full.prompt_ids[:3]
 
 
-def _ragged_batch(tokenizer):
+def _ragged_examples(tokenizer):
     records = [
         PreferenceRecord(prompt="apple river stone", completions=("yes good", "no", "maybe later today"),
                          scores=(2, 0, 1)),
         PreferenceRecord(prompt="hi", completions=("a longer answer here", "short"), scores=(1, 0)),
     ]
-    examples, _ = tokenize_records(records, tokenizer, TokenizeSettings())
-    return collate(examples, [0, 1], tokenizer.pad_token_id)
+    return tokenize_records(records, tokenizer, TokenizeSettings())[0]
 
 
-def test_engine_equals_naive_full_sequence(model, tokenizer):
-    batch = _ragged_batch(tokenizer)
+@pytest.mark.parametrize("share_prompt", [True, False], ids=["packed", "rows"])
+@pytest.mark.parametrize("pad_multiple", [1, 16])
+def test_engine_equals_naive_full_sequence(model, tokenizer, share_prompt, pad_multiple):
+    examples = _ragged_examples(tokenizer)
+    batch = collate(examples, [0, 1], tokenizer.pad_token_id, share_prompt=share_prompt, pad_multiple=pad_multiple)
     assert batch.mask.tolist() == [[True, True, True], [True, True, False]]
+    assert batch.input_ids.shape[0] == (2 if share_prompt else 5)
+    assert batch.input_ids.shape[1] % pad_multiple == 0
     with torch.no_grad():
-        naive = naive_completion_logps(model, batch)
+        naive = naive_completion_logps(model, examples)
         for chunk in (1024, 3):
             fast = completion_logps(model, batch, chunk_tokens=chunk, with_tokens=True)
             torch.testing.assert_close(fast.logps, naive, atol=1e-5, rtol=0)
-            torch.testing.assert_close(fast.token_logps.sum(-1), fast.logps, atol=1e-5, rtol=0)
+            torch.testing.assert_close((fast.token_logps * fast.token_mask).sum(-1), fast.logps, atol=1e-5, rtol=0)
     assert fast.lengths[1, 2] == 0 and fast.token_mask[1, 2].sum() == 0
     assert (fast.token_mask.sum(-1) == fast.lengths).all()
 
 
-def test_engine_gradients_equal_naive(model, tokenizer):
-    batch = _ragged_batch(tokenizer)
+def test_shared_prompt_costs_p_plus_k_c(tokenizer):
+    examples = _ragged_examples(tokenizer)
+    packed = collate(examples, [0, 1], tokenizer.pad_token_id, share_prompt=True)
+    rows = collate(examples, [0, 1], tokenizer.pad_token_id, share_prompt=False)
+    prompt_tokens = sum(len(e.prompt_ids) for e in examples)
+    completion_tokens = sum(len(c) for e in examples for c in e.completion_ids)
+    assert packed.real_tokens == prompt_tokens + completion_tokens
+    assert rows.real_tokens == sum(len(e.prompt_ids) * len(e.completion_ids) for e in examples) + completion_tokens
+
+
+@pytest.mark.parametrize("share_prompt", [True, False], ids=["packed", "rows"])
+def test_engine_gradients_equal_naive(model, tokenizer, share_prompt):
+    examples = _ragged_examples(tokenizer)
+    batch = collate(examples, [0, 1], tokenizer.pad_token_id, share_prompt=share_prompt)
     grads = []
-    for fn in (lambda: completion_logps(model, batch, chunk_tokens=4).logps, lambda: naive_completion_logps(model,
-                                                                                                        batch)):
+    for fn in (lambda: completion_logps(model, batch, chunk_tokens=4).logps,
+               lambda: naive_completion_logps(model, examples)):
         model.zero_grad()
         fn().sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_same_padded_length_gives_bitwise_equal_logps_whatever_the_batch(model, tokenizer):
+    """Why cached reference log-probs equal the policy's exactly at step 0."""
+    records = [PreferenceRecord(prompt=f"question {i} apple", completions=(f"yes {i} good", "no"), scores=(1, 0))
+               for i in range(4)]
+    examples, _ = tokenize_records(records, tokenizer, TokenizeSettings())
+    with torch.no_grad():
+        together = completion_logps(model, collate(examples, [0, 1, 2, 3], 0, pad_multiple=32)).logps
+        for i, example in enumerate(examples):
+            alone = completion_logps(model, collate([example], [i], 0, pad_multiple=32)).logps
+            assert torch.equal(alone[0], together[i])

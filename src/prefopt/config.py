@@ -53,6 +53,16 @@ class TrainConfig(BaseModel):
                                                                            "auto measures both matmuls at start-up "
                                                                            "and picks the faster (bf16 needs CPU "
                                                                            "matrix units or a GPU to pay off).")
+    share_prompt: bool = Field(True, description="Encode each prompt once per list and score its K completions "
+                                                 "against it (one packed row per list, block attention mask); "
+                                                 "false: one row per prompt + completion.")
+    pad_multiple: int = Field(16, ge=1, description="Rows are padded to a multiple of this and batches hold lists "
+                                                    "of one padded length (length bucketing).")
+    chunk_tokens: int = Field(1024, ge=64, description="Completion tokens per LM-head chunk (the logits of one chunk "
+                                                       "exist at a time).")
+    reference_cache: bool = Field(True, description="Keep reference log-probs on disk (in the prefopt cache "
+                                                    "folder) and reuse them in every later epoch, run and trial "
+                                                    "with the same model, data and settings.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass "
                                                             "(less memory, ~30% slower).")
 

@@ -1,8 +1,15 @@
 """Per-completion log-probs of K completions per prompt: the one engine every loss reads from.
 
-The decoder runs once over each (prompt + completion) row; the LM head is applied only at the
-positions that predict completion tokens, in chunks that are recomputed in the backward pass, so
-the [tokens × vocabulary] logits never exist at once."""
+Two layouts of a batch, the same numbers (tested):
+- packed (default): one row per list, [prompt, completion 1, ..., completion K], with a block
+  attention mask (each completion sees the prompt and itself) and position ids that restart after
+  the prompt, so the prompt is encoded once and shared: cost P + K·C instead of K·(P + C).
+- rows: one row per (prompt + completion), as most tools do.
+Collation precomputes, for every completion token, which hidden state predicts it; the LM head
+runs only there, in chunks recomputed in the backward pass, so the [tokens × vocabulary] logits
+never exist at once. Rows are padded to a multiple of `pad_multiple` tokens; batches of one such
+length give bitwise the same numbers whatever else is in the batch, so cached reference log-probs
+equal the policy's at step 0 exactly."""
 
 from __future__ import annotations
 
@@ -17,56 +24,91 @@ from prefopt.data.tokenize import TokenizedList
 
 @dataclasses.dataclass
 class Collated:
-    """B lists flattened into R rows of prompt + completion, right-padded."""
-
     input_ids: torch.Tensor  # [R, L]
-    attention_mask: torch.Tensor  # [R, L]
-    prompt_lengths: torch.Tensor  # [R]
-    completion_lengths: torch.Tensor  # [R]
-    item_rows: torch.Tensor  # [B, K] row of each item, −1 for padding items
+    attention_mask: torch.Tensor  # [R, L] (rows) or [R, 1, L, L] bool (packed)
+    position_ids: torch.Tensor | None  # [R, L] (packed)
+    pred_rows: torch.Tensor  # [N] row of the hidden state that predicts each completion token
+    pred_positions: torch.Tensor  # [N] its position in the row
+    targets: torch.Tensor  # [N] the completion token it predicts
+    pred_items: torch.Tensor  # [N] flat item index b·K + k
+    pred_offsets: torch.Tensor  # [N] token index within its completion
+    lengths: torch.Tensor  # [B, K] completion token counts (0 for padding items)
     scores: torch.Tensor  # [B, K]
     mask: torch.Tensor  # [B, K]
-    indices: torch.Tensor  # [B] position of each list in its data set (reference log-prob lookup)
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
-    @property
-    def padded_tokens(self) -> int:
-        return int(self.attention_mask.numel() - self.attention_mask.sum())
+    indices: torch.Tensor  # [B] position of each list in its data set
+    real_tokens: int = 0
+    padded_tokens: int = 0
 
     def to(self, device) -> Collated:
-        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **moved)
 
 
-def collate(examples: list[TokenizedList], indices: list[int], pad_id: int) -> Collated:
+def row_length(example: TokenizedList, share_prompt: bool) -> int:
+    """Tokens of the longest row this list puts in a batch."""
+    completions = [len(c) for c in example.completion_ids]
+    return len(example.prompt_ids) + (sum(completions) if share_prompt else max(completions))
+
+
+def padded_length(length: int, pad_multiple: int) -> int:
+    return -(-length // pad_multiple) * pad_multiple
+
+
+def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, share_prompt: bool = True,
+            pad_multiple: int = 1) -> Collated:
     k_max = max(len(e.completion_ids) for e in examples)
-    rows = [(e.prompt_ids, c) for e in examples for c in e.completion_ids]
-    length = max(len(p) + len(c) for p, c in rows)
-    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for r, (prompt, completion) in enumerate(rows):
-        ids = prompt + completion
-        input_ids[r, : len(ids)] = torch.tensor(ids)
-        attention_mask[r, : len(ids)] = 1
-    item_rows = torch.full((len(examples), k_max), -1, dtype=torch.long)
+    length = padded_length(max(row_length(e, share_prompt) for e in examples), pad_multiple)
+    rows = len(examples) if share_prompt else sum(len(e.completion_ids) for e in examples)
+    input_ids = torch.full((rows, length), pad_id, dtype=torch.long)
+    segments = torch.full((rows, length), -1, dtype=torch.long)  # −1 pad, 0 prompt, k+1 completion k
+    positions = torch.zeros((rows, length), dtype=torch.long)
+    lengths = torch.zeros((len(examples), k_max), dtype=torch.long)
     scores = torch.zeros((len(examples), k_max))
+    pred_rows, pred_positions, pred_items, pred_offsets, targets = [], [], [], [], []
     row = 0
-    for b, e in enumerate(examples):
-        k = len(e.completion_ids)
-        item_rows[b, :k] = torch.arange(row, row + k)
-        scores[b, :k] = torch.tensor(e.scores)
-        row += k
+    for b, example in enumerate(examples):
+        prompt = example.prompt_ids
+        start = 0
+        for k, completion in enumerate(example.completion_ids):
+            if not share_prompt or k == 0:
+                input_ids[row, : len(prompt)] = torch.tensor(prompt)
+                segments[row, : len(prompt)] = 0
+                positions[row, : len(prompt)] = torch.arange(len(prompt))
+                start = len(prompt)
+            end = start + len(completion)
+            input_ids[row, start:end] = torch.tensor(completion)
+            segments[row, start:end] = k + 1
+            positions[row, start:end] = torch.arange(len(prompt), len(prompt) + len(completion))
+            # token t of the completion is predicted by the hidden state of the token before it:
+            # the prompt's last token for t = 0, else completion token t − 1
+            pred_rows += [row] * len(completion)
+            pred_positions += [len(prompt) - 1] + list(range(start, end - 1))
+            pred_items += [b * k_max + k] * len(completion)
+            pred_offsets += list(range(len(completion)))
+            targets += completion
+            lengths[b, k] = len(completion)
+            scores[b, k] = example.scores[k]
+            start = end
+            if not share_prompt:
+                row += 1
+        if share_prompt:
+            row += 1
+    real = segments >= 0
+    if share_prompt:
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        query, key = segments.unsqueeze(2), segments.unsqueeze(1)
+        attention = causal & (key >= 0) & ((key == query) | (key == 0))
+        attention |= torch.eye(length, dtype=torch.bool)  # padding queries see themselves (no empty rows)
+        attention_mask, position_ids = attention.unsqueeze(1), positions
+    else:
+        attention_mask, position_ids = real.long(), None
     return Collated(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        prompt_lengths=torch.tensor([len(p) for p, _ in rows]),
-        completion_lengths=torch.tensor([len(c) for _, c in rows]),
-        item_rows=item_rows,
-        scores=scores,
-        mask=item_rows >= 0,
-        indices=torch.tensor(indices),
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        pred_rows=torch.tensor(pred_rows), pred_positions=torch.tensor(pred_positions),
+        targets=torch.tensor(targets), pred_items=torch.tensor(pred_items), pred_offsets=torch.tensor(pred_offsets),
+        lengths=lengths, scores=scores, mask=lengths > 0, indices=torch.tensor(indices),
+        real_tokens=int(real.sum()), padded_tokens=int((~real).sum()),
     )
 
 
@@ -82,29 +124,20 @@ def completion_logps(model, batch: Collated, *, chunk_tokens: int = 1024, with_t
                      ) -> CompletionLogps:
     """Summed log-probs of every completion of the batch under `model` (grad follows the
     caller's mode). Only completion positions reach the LM head."""
-    hidden = _decoder(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-    rows, length = batch.input_ids.shape
-    positions = torch.arange(length, device=hidden.device).unsqueeze(0)
-    start = (batch.prompt_lengths - 1).unsqueeze(1)
-    predicts = (positions >= start) & (positions < start + batch.completion_lengths.unsqueeze(1))  # [R, L]
-    row_of, position_of = predicts.nonzero(as_tuple=True)
-    targets = batch.input_ids[row_of, position_of + 1]
-    token_logps = _head_logps(model, hidden[row_of, position_of], targets, chunk_tokens)
-    per_row = torch.zeros(rows, dtype=token_logps.dtype, device=hidden.device).index_add(0, row_of, token_logps)
-    item_rows = batch.item_rows.clamp(min=0)
-    mask = batch.mask
-    result = CompletionLogps(
-        logps=per_row[item_rows].masked_fill(~mask, 0.0),
-        lengths=batch.completion_lengths[item_rows].masked_fill(~mask, 0).to(torch.float32),
-    )
+    kwargs = {"position_ids": batch.position_ids} if batch.position_ids is not None else {}
+    hidden = _decoder(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs
+                             ).last_hidden_state
+    token_logps = _head_logps(model, hidden[batch.pred_rows, batch.pred_positions], batch.targets, chunk_tokens)
+    b, k = batch.lengths.shape
+    sums = torch.zeros(b * k, dtype=token_logps.dtype, device=hidden.device).index_add(0, batch.pred_items,
+                                                                                      token_logps)
+    result = CompletionLogps(logps=sums.view(b, k), lengths=batch.lengths.to(torch.float32))
     if with_tokens:
-        t_max = int(batch.completion_lengths.max())
-        offset = position_of - (batch.prompt_lengths[row_of] - 1)
-        per_row_tokens = torch.zeros(rows, t_max, dtype=token_logps.dtype, device=hidden.device)
-        per_row_tokens = per_row_tokens.index_put((row_of, offset), token_logps)
-        token_mask = torch.arange(t_max, device=hidden.device) < batch.completion_lengths.unsqueeze(1)
-        result.token_mask = token_mask[item_rows] & mask.unsqueeze(-1)
-        result.token_logps = per_row_tokens[item_rows].masked_fill(~result.token_mask, 0.0)
+        t_max = max(int(batch.lengths.max()), 1)
+        per_token = torch.zeros(b * k, t_max, dtype=token_logps.dtype, device=hidden.device)
+        per_token = per_token.index_put((batch.pred_items, batch.pred_offsets), token_logps)
+        result.token_logps = per_token.view(b, k, t_max)
+        result.token_mask = torch.arange(t_max, device=hidden.device) < batch.lengths.unsqueeze(-1)
     return result
 
 
@@ -116,8 +149,19 @@ def _decoder(model):
     return decoder
 
 
+_HEAD_ROWS = 64  # BLAS picks its kernel by row count; whole blocks of 64 rows give batch-independent results
+
+
 def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    """log p(target) for each row of `hidden`. Chunks are multiples of 64 rows (the last padded
+    with zeros), so a token's log-prob does not depend on what else is in the batch."""
     head = model.get_output_embeddings()
+    chunk_tokens = padded_length(chunk_tokens, _HEAD_ROWS)
+    count = hidden.shape[0]
+    padding = padded_length(count, _HEAD_ROWS) - count
+    if padding:
+        hidden = torch.cat([hidden, hidden.new_zeros(padding, hidden.shape[1])])
+        targets = torch.cat([targets, targets.new_zeros(padding)])
     softcap = getattr(model.config, "final_logit_softcapping", None)
 
     def chunk_logps(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -132,20 +176,24 @@ def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens
             pieces.append(checkpoint(chunk_logps, h, t, use_reentrant=False))
         else:
             pieces.append(chunk_logps(h, t))
-    if not pieces:
-        return hidden.new_zeros(0, dtype=torch.float32)
-    return torch.cat(pieces)
+    return torch.cat(pieces)[:count] if pieces else hidden.new_zeros(0, dtype=torch.float32)
 
 
-def naive_completion_logps(model, batch: Collated) -> torch.Tensor:
-    """Reference implementation for tests: full-sequence logits, log_softmax, mask, sum. [B, K]."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
-    token_logps = F.log_softmax(logits[:, :-1], -1).gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    positions = torch.arange(1, batch.input_ids.shape[1], device=logits.device).unsqueeze(0)
-    is_completion = (positions >= batch.prompt_lengths.unsqueeze(1)) & (
-        positions < (batch.prompt_lengths + batch.completion_lengths).unsqueeze(1))
-    per_row = (token_logps * is_completion).sum(1)
-    return per_row[batch.item_rows.clamp(min=0)].masked_fill(~batch.mask, 0.0)
+def naive_completion_logps(model, examples: list[TokenizedList]) -> torch.Tensor:
+    """Reference implementation for tests: each (prompt + completion) alone through the whole
+    model, full-vocabulary log_softmax, summed over the completion tokens. [B, K]."""
+    k_max = max(len(e.completion_ids) for e in examples)
+    out = torch.zeros(len(examples), k_max)
+    rows = []
+    for b, example in enumerate(examples):
+        for k, completion in enumerate(example.completion_ids):
+            ids = torch.tensor([list(example.prompt_ids) + list(completion)])
+            logits = model(input_ids=ids).logits.float()[0, :-1]
+            token_logps = F.log_softmax(logits, -1).gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
+            rows.append((b, k, token_logps[len(example.prompt_ids) - 1:].sum()))
+    for b, k, value in rows:
+        out = out.index_put((torch.tensor([b]), torch.tensor([k])), value.unsqueeze(0))
+    return out
 
 
 class CompletionLogpsModel(torch.nn.Module):

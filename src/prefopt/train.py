@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import random
 import shutil
 import time
@@ -22,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from prefopt.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.config import TrainConfig, save_config
 from prefopt.data import TokenizeSettings, load_records, split_by_prompt, tokenize_records
-from prefopt.logps import CompletionLogpsModel, collate
+from prefopt.logps import CompletionLogpsModel, collate, padded_length, row_length
 from prefopt.losses import ListBatch, LossOutput
 
 
@@ -70,7 +69,7 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
     lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout,
                         tuple(config.lora_target_modules)) if config.lora else None
     model = load_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing)
-    engine = CompletionLogpsModel(model, with_tokens="tokens" in objective.needs)
+    engine = CompletionLogpsModel(model, chunk_tokens=config.chunk_tokens, with_tokens="tokens" in objective.needs)
     params = [p for p in engine.parameters() if p.requires_grad]
     total = sum(p.numel() for p in engine.parameters())
     say(f"model: {config.model} ({total / 1e6:.1f} M parameters, {sum(p.numel() for p in params) / 1e6:.2f} M "
@@ -79,8 +78,8 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
     engine, optimizer = accelerator.prepare(engine, optimizer)
     pad_id = tokenizer.pad_token_id
 
-    steps_per_epoch = math.ceil(math.ceil(len(train_data) / config.batch_size) /
-                                (config.gradient_accumulation_steps * accelerator.num_processes))
+    processes = accelerator.num_processes
+    steps_per_epoch = len(_epoch_steps(train_data, config, 0, processes))
     total_steps = config.max_steps or steps_per_epoch * config.epochs
     scheduler = get_scheduler("constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
                               optimizer, num_warmup_steps=round(config.warmup_ratio * total_steps),
@@ -102,15 +101,16 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
     metrics_log = _MetricsLog(out_dir / "metrics.jsonl", keep_until=state.step if checkpoint else -1,
                               enabled=accelerator.is_main_process)
 
-    def lists_logps(indices: list[int], examples, ref: torch.Tensor | None, train: bool) -> tuple[LossOutput, int]:
-        collated = collate([examples[i] for i in indices], indices, pad_id).to(accelerator.device)
+    def lists_logps(indices: list[int], examples, ref: torch.Tensor | None, train: bool):
+        collated = collate([examples[i] for i in indices], indices, pad_id, share_prompt=config.share_prompt,
+                           pad_multiple=config.pad_multiple).to(accelerator.device)
         with accelerator.autocast():
             result = engine(collated)
         k = collated.mask.shape[1]
         batch = ListBatch(logps=result.logps, ref_logps=None if ref is None else ref[collated.indices, :k],
                           lengths=result.lengths, scores=collated.scores, mask=collated.mask,
                           token_logps=result.token_logps, token_mask=result.token_mask)
-        return objective(batch, train=train), collated.num_tokens
+        return objective(batch, train=train), collated
 
     def checkpoint_now() -> Path:
         path = out_dir / "checkpoints" / f"step-{state.step}"
@@ -122,8 +122,8 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
 
     ref_train = ref_eval = None
     if objective.needs_reference:
-        ref_train, ref_eval = _reference(out_dir, accelerator, engine, train_data, eval_data, config,
-                                         lora is not None, console, say)
+        ref_train, ref_eval = _reference(out_dir, accelerator, engine, pad_id, train_data, eval_data, config,
+                                         lora is not None, precision, console, say)
 
     def evaluate() -> dict[str, float]:
         if not eval_data:
@@ -132,8 +132,7 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         with torch.no_grad():
-            for start in range(0, len(eval_data), config.eval_batch_size):
-                indices = list(range(start, min(len(eval_data), start + config.eval_batch_size)))
+            for indices in _inference_batches(eval_data, config):
                 out, _ = lists_logps(indices, eval_data, ref_eval, train=False)
                 for key, value in _per_example(out).items():
                     finite = value[~torch.isnan(value)]
@@ -154,28 +153,33 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
     with progress:
         task = progress.add_task("train", total=total_steps, completed=state.step, status="")
         while state.step < total_steps:
-            groups = _epoch_groups(len(train_data), config, state.epoch, accelerator.num_processes)
-            for group in groups[state.step_in_epoch:]:
+            for step_lists in _epoch_steps(train_data, config, state.epoch, processes)[state.step_in_epoch:]:
                 if state.step >= total_steps:
                     break
                 step_started = time.perf_counter()
-                micro = group[accelerator.process_index::accelerator.num_processes]
+                micro = _micro_batches(step_lists, config, processes)[accelerator.process_index::processes]
                 totals: dict[str, float] = {}
-                step_tokens = 0
+                step_tokens = padded_tokens = 0
                 for i, indices in enumerate(micro):
                     sync = i == len(micro) - 1
                     with contextlib.nullcontext() if sync else accelerator.no_sync(engine):
-                        out, tokens = lists_logps(indices, train_data, ref_train, train=True)
+                        out, collated = lists_logps(indices, train_data, ref_train, train=True)
                         loss = out.loss.mean()
                         if not torch.isfinite(loss):
                             path = checkpoint_now()
                             raise TrainingError(f"step {state.step + 1}: the loss is {loss.item()} (non-finite); "
                                                 f"stopped. The last good state is saved in {path}; lower the "
                                                 "learning rate or check the data, then resume.")
-                        accelerator.backward(loss / len(micro))
-                    step_tokens += tokens
-                    for key, value in {"loss": loss.detach(), **_per_example(out)}.items():
-                        totals[key] = totals.get(key, 0.0) + float(torch.nanmean(value.float())) / len(micro)
+                        # every list of the step weighs the same, however the step is split into
+                        # micro-batches and processes (DDP averages over processes)
+                        accelerator.backward(out.loss.sum() * processes / len(step_lists))
+                    step_tokens += collated.real_tokens
+                    padded_tokens += collated.padded_tokens
+                    for key, value in _per_example(out).items():
+                        totals[key] = totals.get(key, 0.0) + float(torch.nansum(value.float()))
+                        totals[key + "#"] = totals.get(key + "#", 0) + int((~torch.isnan(value)).sum())
+                totals = {key: totals[key] / totals[key + "#"] for key in totals
+                          if not key.endswith("#") and totals[key + "#"]}
                 grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
                 optimizer.step()
                 scheduler.step()
@@ -187,7 +191,8 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
                 train_seconds += elapsed
                 record = {"step": state.step, "split": "train", "epoch": state.epoch,
                           "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                          "tokens_per_s": step_tokens / elapsed, **totals}
+                          "tokens_per_s": step_tokens / elapsed, "lists_per_s": len(step_lists) / elapsed,
+                          "padding": padded_tokens / max(1, step_tokens + padded_tokens), **totals}
                 if state.step % config.log_every == 0 or state.step == total_steps:
                     metrics_log.write(record)
                 progress.update(task, completed=state.step, status=_brief(record))
@@ -233,17 +238,26 @@ def _load_data(config: TrainConfig, tokenizer, say):
     return train_data, eval_data
 
 
-def _reference(out_dir, accelerator, engine, train_data, eval_data, config, lora, console, say):
+def _reference(out_dir, accelerator, engine, pad_id, train_data, eval_data, config, lora, precision, console, say):
     """Reference log-probs of every completion, computed once in inference mode (LoRA: the same
-    model with adapters off; full fine-tuning: the policy before its first step) and saved in the
-    run folder so that a resumed run uses the same ones."""
-    path = out_dir / "reference_logps.pt"
-    if path.exists():
-        saved = torch.load(path)
+    model with adapters off; full fine-tuning: the policy before its first step), batched by the
+    same padded lengths as training so that step-0 rewards are exactly zero. Kept in the run
+    folder (for --resume) and in the shared cache (for every later run with the same settings)."""
+    from prefopt.model import cache_dir
+    from prefopt.refcache import ReferenceCache, weights_fingerprint
+
+    run_copy = out_dir / "reference_logps.pt"
+    if run_copy.exists():
+        saved = torch.load(run_copy)
         if saved["train"].shape[0] == len(train_data) and saved["eval"].shape[0] == len(eval_data):
             return saved["train"].to(accelerator.device), saved["eval"].to(accelerator.device)
     base = accelerator.unwrap_model(engine).model
-    tables = []
+    cache = None
+    if config.reference_cache:
+        setting = {"weights": weights_fingerprint(base), "precision": precision, "share_prompt": config.share_prompt,
+                   "pad_multiple": config.pad_multiple, "engine": 1}
+        cache = ReferenceCache(cache_dir() / "reference", setting)
+    tables, hits = [], 0
     engine.eval()
     progress = Progress(TextColumn("[bold]reference log-probs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=console, disable=not accelerator.is_main_process,
@@ -253,31 +267,70 @@ def _reference(out_dir, accelerator, engine, train_data, eval_data, config, lora
         for examples in (train_data, eval_data):
             k_max = max((len(e.completion_ids) for e in examples), default=2)
             table = torch.zeros(len(examples), k_max, device=accelerator.device)
-            for start in range(0, len(examples), config.eval_batch_size):
-                progress.advance(task, min(config.eval_batch_size, len(examples) - start))
-                indices = list(range(start, min(len(examples), start + config.eval_batch_size)))
-                collated = collate([examples[i] for i in indices], indices, 0).to(accelerator.device)
+            missing = []
+            for i, example in enumerate(examples):
+                cached = cache.get(example) if cache is not None else None
+                if cached is None:
+                    missing.append(i)
+                else:
+                    table[i, : len(cached)] = torch.tensor(cached, device=accelerator.device)
+                    hits += 1
+            progress.advance(task, len(examples) - len(missing))
+            for indices in _inference_batches(examples, config, subset=missing):
+                collated = collate([examples[i] for i in indices], indices, pad_id, share_prompt=config.share_prompt,
+                                   pad_multiple=config.pad_multiple).to(accelerator.device)
                 with accelerator.autocast():
-                    logps = engine(collated).logps
-                table[indices, : logps.shape[1]] = logps.float()
+                    logps = engine(collated).logps.float()
+                for row, i in enumerate(indices):
+                    k = len(examples[i].completion_ids)
+                    table[i, :k] = logps[row, :k]
+                    if cache is not None:
+                        cache.put(examples[i], logps[row, :k].tolist())
+                progress.advance(task, len(indices))
             tables.append(table)
     engine.train()
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"train": tables[0].cpu(), "eval": tables[1].cpu()}, path)
-    say(f"reference log-probs computed for {len(train_data) + len(eval_data)} lists")
+        torch.save({"train": tables[0].cpu(), "eval": tables[1].cpu()}, run_copy)
+        if cache is not None:
+            cache.save()
+    total = len(train_data) + len(eval_data)
+    say(f"reference log-probs: {hits} of {total} lists from the cache, {total - hits} computed")
     return tables[0].clone(), tables[1].clone()
 
 
-def _epoch_groups(n: int, config: TrainConfig, epoch: int, processes: int) -> list[list[list[int]]]:
-    """The epoch's optimizer steps: seeded order, micro-batches of batch_size, groups of
-    accumulation × processes micro-batches (a tail group too small to give every process a
-    micro-batch is dropped)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)).tolist()
-    micro = [order[i: i + config.batch_size] for i in range(0, n, config.batch_size)]
-    size = config.gradient_accumulation_steps * processes
-    groups = [micro[i: i + size] for i in range(0, len(micro), size)]
-    return [g for g in groups if len(g) >= processes]
+def _bucket(example, config: TrainConfig) -> int:
+    return padded_length(row_length(example, config.share_prompt), config.pad_multiple)
+
+
+def _epoch_steps(examples, config: TrainConfig, epoch: int, processes: int) -> list[list[int]]:
+    """The lists of each optimizer step of an epoch: a seeded shuffle, grouped by padded length
+    (every list of a step has the same padded length), steps of batch_size × accumulation ×
+    processes lists, then the steps shuffled. A bucket's last step may hold fewer lists; a step
+    too small to give every process a list is left out."""
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    buckets: dict[int, list[int]] = {}
+    for i in torch.randperm(len(examples), generator=generator).tolist():
+        buckets.setdefault(_bucket(examples[i], config), []).append(i)
+    size = config.batch_size * config.gradient_accumulation_steps * processes
+    steps = [lists[j: j + size] for _, lists in sorted(buckets.items()) for j in range(0, len(lists), size)]
+    steps = [steps[i] for i in torch.randperm(len(steps), generator=generator).tolist()]
+    return [step for step in steps if len(step) >= processes]
+
+
+def _micro_batches(step_lists: list[int], config: TrainConfig, processes: int) -> list[list[int]]:
+    """Split a step's lists into accumulation × processes micro-batches, round-robin."""
+    slots = config.gradient_accumulation_steps * processes
+    return [step_lists[j::slots] for j in range(slots) if step_lists[j::slots]]
+
+
+def _inference_batches(examples, config: TrainConfig, subset: list[int] | None = None) -> list[list[int]]:
+    """Batches of eval_batch_size lists of one padded length, in data order."""
+    buckets: dict[int, list[int]] = {}
+    for i in range(len(examples)) if subset is None else subset:
+        buckets.setdefault(_bucket(examples[i], config), []).append(i)
+    size = config.eval_batch_size
+    return [lists[j: j + size] for _, lists in sorted(buckets.items()) for j in range(0, len(lists), size)]
 
 
 def _per_example(out: LossOutput) -> dict[str, torch.Tensor]:

@@ -1,0 +1,83 @@
+"""The speed and memory machinery changes no number: step-0 rewards are exactly zero, cached
+reference log-probs equal fresh ones, the cache misses when anything it depends on changes, and a
+run with every optimization on matches a run with all of them off."""
+
+import json
+
+import pytest
+import torch
+
+from prefopt.config import TrainConfig
+from prefopt.train import train
+from tiny import toy_rows, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def lists_file(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("data") / "lists.jsonl", toy_rows(32, seed=4, k=4))
+
+
+def config(tiny_model, data, out, **overrides):
+    settings = dict(model=str(tiny_model), data=str(data), output_dir=str(out), loss="plackett_luce", lora=True,
+                    precision="fp32", learning_rate=1e-3, batch_size=4, max_steps=3, eval_fraction=0.25,
+                    warmup_ratio=0.0, scheduler="constant")
+    return TrainConfig(**{**settings, **overrides})
+
+
+def first_step(out):
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [line for line in lines if line["split"] == "train"][0]
+
+
+@pytest.mark.parametrize("share_prompt", [True, False], ids=["packed", "rows"])
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_step_zero_rewards_are_exactly_zero(tiny_model, lists_file, tmp_path, share_prompt, lora):
+    result = train(config(tiny_model, lists_file, tmp_path / "run", share_prompt=share_prompt, lora=lora,
+                          max_steps=1))
+    step = first_step(tmp_path / "run")
+    assert step["reward_margin"] == 0.0 and step["rewards/chosen"] == 0.0 and step["rewards/rejected"] == 0.0
+    assert result.eval_start["reward_margin"] == 0.0
+
+
+def test_cached_reference_equals_fresh_and_is_reused(tiny_model, lists_file, tmp_path, capsys):
+    train(config(tiny_model, lists_file, tmp_path / "fresh", reference_cache=False))
+    train(config(tiny_model, lists_file, tmp_path / "first"))
+    assert "0 of 32 lists from the cache, 32 computed" in capsys.readouterr().out
+    train(config(tiny_model, lists_file, tmp_path / "second", learning_rate=5e-4))
+    assert "32 of 32 lists from the cache, 0 computed" in capsys.readouterr().out
+    fresh = torch.load(tmp_path / "fresh" / "reference_logps.pt")
+    cached = torch.load(tmp_path / "second" / "reference_logps.pt")
+    for split in ("train", "eval"):
+        assert torch.equal(fresh[split], cached[split])
+
+
+@pytest.mark.parametrize("change", [{"max_completion_tokens": 3}, {"pad_multiple": 8}, {"share_prompt": False},
+                                    {"chat_template": "always"}])
+def test_cache_misses_when_its_key_changes(tiny_model, lists_file, tmp_path, capsys, change):
+    train(config(tiny_model, lists_file, tmp_path / "a"))
+    capsys.readouterr()
+    train(config(tiny_model, lists_file, tmp_path / "b", **change))
+    assert "0 of 32 lists from the cache" in capsys.readouterr().out
+
+
+def test_cache_misses_for_other_weights(tiny_model, lists_file, tmp_path, capsys):
+    from tiny import build_tiny_model
+
+    train(config(tiny_model, lists_file, tmp_path / "a"))
+    other = build_tiny_model(tmp_path / "other-model", seed=1)
+    capsys.readouterr()
+    train(config(other, lists_file, tmp_path / "b"))
+    assert "0 of 32 lists from the cache" in capsys.readouterr().out
+
+
+def test_every_optimization_on_matches_all_off(tiny_model, lists_file, tmp_path):
+    # one length bucket in both layouts, so both runs see the same lists in the same steps
+    on = dict(share_prompt=True, reference_cache=True, chunk_tokens=64, pad_multiple=512)
+    off = dict(share_prompt=False, reference_cache=False, chunk_tokens=100_000, pad_multiple=512)
+    train(config(tiny_model, lists_file, tmp_path / "on", **on))
+    train(config(tiny_model, lists_file, tmp_path / "off", **off))
+    read = lambda out: [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(read(tmp_path / "on"), read(tmp_path / "off"), strict=True):
+        assert a["step"] == b["step"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    assert first_step(tmp_path / "on")["tokens_per_s"] > 0
