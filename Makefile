@@ -26,7 +26,7 @@ demo: install
 	$(BIN)/prefopt train examples/train_lists.yaml
 
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks examples
 
 test: lint
 	$(BIN)/python -m pytest

@@ -99,13 +99,13 @@ def choose_precision(requested: str, device) -> tuple[str, str]:
         return ("bf16" if supported else "fp32"), f"GPU {'supports' if supported else 'lacks'} bf16"
     if device.type != "cpu":
         return "fp32", f"{device.type} device"
-    speeds = {dtype: _matmul_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    speeds = {dtype: matmul_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
     fp32, bf16 = speeds[torch.float32], speeds[torch.bfloat16]
     choice = "bf16" if bf16 > 1.5 * fp32 else "fp32"
     return choice, f"matmul on this CPU: bf16 {bf16:.0f} vs fp32 {fp32:.0f} GFLOP/s"
 
 
-def _matmul_gflops(dtype, size: int = 768, repeats: int = 4) -> float:
+def matmul_gflops(dtype, size: int = 768, repeats: int = 4) -> float:
     import time
 
     import torch

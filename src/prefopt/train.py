@@ -44,6 +44,8 @@ class TrainResult:
     eval_end: dict[str, float]
     seconds: float
     tokens_per_second: float
+    reference_seconds: float = 0.0  # the reference pass (0 when cached or reference-free)
+    loop_seconds: float = 0.0  # optimizer steps, without evaluation and checkpoints
 
 
 def train(config: TrainConfig, *, resume: bool = False, console: Console | None = None,
@@ -121,9 +123,12 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
         return path
 
     ref_train = ref_eval = None
+    reference_started = time.perf_counter()
     if objective.needs_reference:
         ref_train, ref_eval = _reference(out_dir, accelerator, engine, pad_id, train_data, eval_data, config,
                                          lora is not None, precision, console, say)
+
+    reference_seconds = time.perf_counter() - reference_started
 
     def evaluate() -> dict[str, float]:
         if not eval_data:
@@ -216,7 +221,8 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
         say(f"saved the model to {out_dir / 'model'}" + (f" and {out_dir / 'merged'}" if config.merge and lora else ""))
     return TrainResult(output_dir=out_dir, steps=state.step, eval_start=eval_start, eval_end=eval_end,
                        seconds=time.perf_counter() - started,
-                       tokens_per_second=tokens_seen / train_seconds if train_seconds else 0.0)
+                       tokens_per_second=tokens_seen / train_seconds if train_seconds else 0.0,
+                       reference_seconds=reference_seconds, loop_seconds=train_seconds)
 
 
 def _load_data(config: TrainConfig, tokenizer, say):

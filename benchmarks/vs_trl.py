@@ -1,0 +1,219 @@
+"""prefopt against TRL's DPOTrainer on the same model, data and hyperparameters.
+
+Each measurement runs in a process of its own (prefopt and TRL alternating), so peak RSS is
+per run. Workloads (synthetic text of controlled token lengths, seeded):
+  pairs         prompt + chosen + rejected ≈ 510 tokens, DPO on both sides
+  long_prompts  ≈ 400-token prompt, ≈ 80-token completions, DPO on both sides
+  lists         ranked lists of K = 4: prefopt with a listwise loss (Plackett–Luce) on each list,
+                TRL with DPO on all 6 pairs of each list
+Epoch time counts the reference pass and the optimizer steps (not model loading or
+tokenization) on both sides. TRL needs `pip install -e '.[bench]'`.
+
+    python benchmarks/vs_trl.py --quick                     # < 3 minutes
+    python benchmarks/vs_trl.py --json results.json         # the full table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORKLOADS = {
+    # name: (lists, prompt tokens, completion tokens, K)
+    "pairs": (64, 170, 170, 2),
+    "long_prompts": (48, 400, 80, 2),
+    "lists": (24, 120, 90, 4),
+}
+QUICK = {"pairs": (4, 64, 64, 2), "long_prompts": (4, 160, 32, 2), "lists": (4, 32, 24, 4)}
+WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an "
+         "they you were her she there can all their one been if more when will would who so no model data train "
+         "rank list prompt answer better worse score human label prefer policy reward value").split()
+
+
+def synthetic_lists(tokenizer, count: int, prompt_tokens: int, completion_tokens: int, k: int, seed: int) -> list:
+    rng = random.Random(seed)
+
+    def text(tokens: int) -> str:
+        words = [rng.choice(WORDS) for _ in range(tokens)]
+        while len(tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]) > tokens:
+            words.pop()
+        return " ".join(words)
+
+    return [{"prompt": text(prompt_tokens), "completions": [text(completion_tokens) for _ in range(k)],
+             "scores": list(range(k, 0, -1))} for _ in range(count)]
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def run_prefopt(args, rows, model_path: str) -> dict:
+    from prefopt.config import TrainConfig
+    from prefopt.train import train
+
+    with tempfile.TemporaryDirectory() as folder:
+        data = Path(folder) / "data.jsonl"
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        loss = "plackett_luce" if len(rows[0]["completions"]) > 2 else "dpo"
+        config = TrainConfig(
+            model=model_path, data=str(data), output_dir=str(Path(folder) / "run"), loss=loss,
+            loss_params={loss: {"beta": args.beta}}, lora=args.lora, precision=args.precision,
+            learning_rate=args.lr, batch_size=args.batch_size, epochs=1, eval_fraction=0.0, warmup_ratio=0.0,
+            scheduler="constant", max_prompt_tokens=args.max_length, max_completion_tokens=args.max_length,
+            chat_template="never", reference_cache=False, max_grad_norm=None,
+        )
+        result = train(config)
+        first = json.loads((Path(folder) / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    return {"seconds": result.reference_seconds + result.loop_seconds, "reference_seconds": result.reference_seconds,
+            "step1_loss": first["loss"], "steps": result.steps, "peak_rss_gb": peak_rss_gb()}
+
+
+def run_trl(args, rows, model_path: str) -> dict:
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    pairs = [{"prompt": row["prompt"], "chosen": row["completions"][i], "rejected": row["completions"][j]}
+             for row in rows for i in range(len(row["completions"])) for j in range(i + 1, len(row["completions"]))]
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"])
+    with tempfile.TemporaryDirectory() as folder:
+        config = DPOConfig(output_dir=folder, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
+                           beta=args.beta, max_length=2 * args.max_length, num_train_epochs=1, logging_steps=1,
+                           save_strategy="no", report_to=[], use_cpu=True, bf16=args.precision == "bf16",
+                           lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0,
+                           precompute_ref_log_probs=args.trl_precompute, dataloader_num_workers=0, seed=0)
+        trainer = DPOTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(pairs),
+                             processing_class=tokenizer, peft_config=peft_config)
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {"seconds": seconds, "step1_loss": losses[0], "steps": trainer.state.global_step,
+            "peak_rss_gb": peak_rss_gb()}
+
+
+def required_flops(model_path: str, prompt_tokens: int, completion_tokens: int, lora: bool) -> float:
+    """Model FLOPs of one epoch of the work itself, the same number for both tools: every prompt
+    once and every completion once per list, forward and backward (backward ≈ 2 forwards, ≈ 1
+    with LoRA, whose frozen weights need no gradient), one reference forward, and the LM head at
+    completion positions only. Attention scores are left out (small at these lengths)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    hidden, vocab = config.hidden_size, config.vocab_size
+    kv = hidden * config.num_key_value_heads // config.num_attention_heads
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * config.intermediate_size
+    body = 2 * config.num_hidden_layers * per_layer  # forward FLOPs per token
+    head = 2 * hidden * vocab  # forward FLOPs per completion token
+    passes = 3 if lora else 4  # forward + backward (2 or 1) + reference forward
+    return passes * (body * (prompt_tokens + completion_tokens) + head * completion_tokens)
+
+
+def worker(args) -> None:
+    from prefopt.model import resolve_model_path
+
+    model_path = resolve_model_path(args.model)
+    import torch
+    from transformers import AutoTokenizer
+
+    from prefopt.model import matmul_gflops
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    sizes = (QUICK if args.quick else WORKLOADS)[args.workload]
+    rows = synthetic_lists(tokenizer, *sizes, seed=0)
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    prompt_tokens = sum(count(r["prompt"]) for r in rows)
+    completion_tokens = sum(count(c) + 1 for r in rows for c in r["completions"])  # + EOS
+    peak = matmul_gflops(torch.bfloat16 if args.precision == "bf16" else torch.float32, size=1024) * 1e9
+    result = (run_prefopt if args.worker == "prefopt" else run_trl)(args, rows, model_path)
+    flops = required_flops(model_path, prompt_tokens, completion_tokens, args.lora)
+    result |= {"lists": len(rows), "data_tokens": prompt_tokens + completion_tokens,
+               "lists_per_s": len(rows) / result["seconds"],
+               "tokens_per_s": (prompt_tokens + completion_tokens) / result["seconds"],
+               "model_tflops": flops / 1e12, "peak_gflops": peak / 1e9, "mfu": flops / result["seconds"] / peak}
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def measure(args, framework: str, workload: str) -> dict:
+    command = [sys.executable, __file__, "--worker", framework, "--workload", workload, "--model", args.model,
+               "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--beta", str(args.beta),
+               "--max-length", str(args.max_length), "--precision", args.precision]
+    command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--trl-precompute"] * args.trl_precompute
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PREFOPT_CACHE":
+                                                                          args.cache})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{framework} on {workload} failed:\n{done.stderr[-4000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small data: finishes in under 3 minutes")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--workloads", default="pairs,long_prompts,lists")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=5e-6)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--lora", action="store_true", help="LoRA on both sides (reference = adapters off)")
+    parser.add_argument("--trl-precompute", action="store_true", help="TRL precompute_ref_log_probs=True")
+    parser.add_argument("--worker", choices=["prefopt", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--workload", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    args.cache = tempfile.mkdtemp(prefix="prefopt-bench-cache-")
+    results = {}
+    for workload in args.workloads.split(","):
+        prefopt_result = measure(args, "prefopt", workload)
+        trl_result = measure(args, "trl", workload)
+        results[workload] = {
+            "prefopt": prefopt_result, "trl": trl_result,
+            "speedup": trl_result["seconds"] / prefopt_result["seconds"],
+            "memory_ratio": prefopt_result["peak_rss_gb"] / trl_result["peak_rss_gb"],
+            "step1_loss_difference": abs(prefopt_result["step1_loss"] - trl_result["step1_loss"]),
+        }
+    table = Table(title=f"prefopt vs TRL DPOTrainer ({'LoRA' if args.lora else 'full fine-tuning'}, "
+                        f"{args.precision}, batch {args.batch_size}{', quick' if args.quick else ''})")
+    for column in ("workload", "tool", "epoch s", "tokens/s", "lists/s", "peak RSS GB", "step-1 loss", "MFU",
+                   "speedup", "memory ratio"):
+        table.add_column(column, justify="right")
+    for workload, row in results.items():
+        for tool in ("prefopt", "trl"):
+            r = row[tool]
+            ratios = (f"{row['speedup']:.2f}×", f"{row['memory_ratio']:.2f}") if tool == "prefopt" else ("", "")
+            table.add_row(workload, tool, f"{r['seconds']:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['lists_per_s']:.2f}",
+                          f"{r['peak_rss_gb']:.2f}", f"{r['step1_loss']:.5f}",
+                          f"{r['mfu']:.0%} of {r['peak_gflops']:.0f} GFLOP/s", *ratios)
+    Console(width=160).print(table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
