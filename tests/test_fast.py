@@ -81,3 +81,12 @@ def test_every_optimization_on_matches_all_off(tiny_model, lists_file, tmp_path)
         assert a["step"] == b["step"]
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     assert first_step(tmp_path / "on")["tokens_per_s"] > 0
+
+
+def test_a_fresh_run_never_reuses_an_earlier_runs_reference(tiny_model, lists_file, tmp_path, capsys):
+    other = write_jsonl(tmp_path / "other.jsonl", toy_rows(32, seed=9, k=4))  # same size, other data
+    train(config(tiny_model, lists_file, tmp_path / "run", reference_cache=False))
+    first = torch.load(tmp_path / "run" / "reference_logps.pt")
+    train(config(tiny_model, other, tmp_path / "run", reference_cache=False))
+    second = torch.load(tmp_path / "run" / "reference_logps.pt")
+    assert not torch.equal(first["train"], second["train"])

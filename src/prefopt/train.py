@@ -96,8 +96,9 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
         state = TrainState(**saved["state"])
         objective.load_state_dict(saved["objective"])
         say(f"resumed from {checkpoint} at step {state.step}")
-    elif out_dir.exists() and any(out_dir.iterdir()) and not resume:
+    else:  # a fresh start: nothing of an earlier run in this folder may leak into this one
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        (out_dir / "reference_logps.pt").unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     metrics_log = _MetricsLog(out_dir / "metrics.jsonl", keep_until=state.step if checkpoint else -1,
@@ -248,7 +249,8 @@ def _reference(out_dir, accelerator, engine, pad_id, train_data, eval_data, conf
     """Reference log-probs of every completion, computed once in inference mode (LoRA: the same
     model with adapters off; full fine-tuning: the policy before its first step), batched by the
     same padded lengths as training so that step-0 rewards are exactly zero. Kept in the run
-    folder (for --resume) and in the shared cache (for every later run with the same settings)."""
+    folder (read back only by --resume: by then a fully fine-tuned policy is no longer the
+    reference) and in the shared cache (for every later run with the same settings)."""
     from prefopt.model import cache_dir
     from prefopt.refcache import ReferenceCache, weights_fingerprint
 
