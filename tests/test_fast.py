@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
-from prefopt.config import TrainConfig
 from prefopt.train import train
-from tiny import toy_rows, write_jsonl
+from tiny import tiny_train_config, toy_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +17,8 @@ def lists_file(tmp_path_factory):
 
 
 def config(tiny_model, data, out, **overrides):
-    settings = dict(model=str(tiny_model), data=str(data), output_dir=str(out), loss="plackett_luce", lora=True,
-                    precision="fp32", learning_rate=1e-3, batch_size=4, max_steps=3, eval_fraction=0.25,
-                    warmup_ratio=0.0, scheduler="constant")
-    return TrainConfig(**{**settings, **overrides})
+    return tiny_train_config(tiny_model, data, out,
+                             **{"loss": "plackett_luce", "lora": True, "max_steps": 3, **overrides})
 
 
 def first_step(out):

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from prefopt.checkpoint import latest_checkpoint
 from prefopt.config import TrainConfig
 from prefopt.train import TrainingError, train
-from tiny import toy_rows, write_jsonl
+from tiny import tiny_train_config, toy_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +25,7 @@ def lists_file(tmp_path_factory):
 
 
 def config(tiny_model, data, out, **overrides):
-    settings = dict(model=str(tiny_model), data=str(data), output_dir=str(out), loss="dpo", lora=False,
-                    precision="fp32", learning_rate=1e-3, batch_size=4, max_steps=4, eval_fraction=0.25,
-                    warmup_ratio=0.0, scheduler="constant")
-    return TrainConfig(**{**settings, **overrides})
+    return tiny_train_config(tiny_model, data, out, **{"loss": "dpo", "lora": False, "max_steps": 4, **overrides})
 
 
 def trained(out):

@@ -65,6 +65,16 @@ def toy_rows(n: int, seed: int = 0, k: int = 2, chat: bool = False) -> list[dict
     return rows
 
 
+def tiny_train_config(tiny_model, data, out, **overrides):
+    """A TrainConfig for fast runs on the tiny model: fp32, constant learning rate, a quarter of
+    the prompts held out; anything can be overridden."""
+    from prefopt.config import TrainConfig
+
+    settings = dict(model=str(tiny_model), data=str(data), output_dir=str(out), precision="fp32",
+                    learning_rate=1e-3, batch_size=4, eval_fraction=0.25, warmup_ratio=0.0, scheduler="constant")
+    return TrainConfig(**{**settings, **overrides})
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path

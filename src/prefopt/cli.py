@@ -98,13 +98,14 @@ def train_command(
 def _train(settings, resume: bool) -> None:
     from prefopt.train import HEADLINE_METRICS, headline, train
 
-    result = train(settings, resume=resume, console=_console())
+    console = _console()
+    result = train(settings, resume=resume, console=console)
     start, end = result.eval_start, result.eval_end
     for key in HEADLINE_METRICS:
         before, after = headline(start, key), headline(end, key)
         if before is not None and after is not None:
-            _console().print(f"eval {key}: {before:.4f} -> {after:.4f}", highlight=False)
-    _console().print(f"{result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
+            console.print(f"eval {key}: {before:.4f} -> {after:.4f}", highlight=False)
+    console.print(f"{result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
                      f"output in {result.output_dir}", highlight=False)
 
 

@@ -183,17 +183,17 @@ def naive_completion_logps(model, examples: list[TokenizedList]) -> torch.Tensor
     """Reference implementation for tests: each (prompt + completion) alone through the whole
     model, full-vocabulary log_softmax, summed over the completion tokens. [B, K]."""
     k_max = max(len(e.completion_ids) for e in examples)
-    out = torch.zeros(len(examples), k_max)
     rows = []
-    for b, example in enumerate(examples):
-        for k, completion in enumerate(example.completion_ids):
+    for example in examples:
+        sums = []
+        for completion in example.completion_ids:
             ids = torch.tensor([list(example.prompt_ids) + list(completion)])
             logits = model(input_ids=ids).logits.float()[0, :-1]
             token_logps = F.log_softmax(logits, -1).gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
-            rows.append((b, k, token_logps[len(example.prompt_ids) - 1:].sum()))
-    for b, k, value in rows:
-        out = out.index_put((torch.tensor([b]), torch.tensor([k])), value.unsqueeze(0))
-    return out
+            sums.append(token_logps[len(example.prompt_ids) - 1:].sum())
+        sums += [torch.zeros(())] * (k_max - len(sums))
+        rows.append(torch.stack(sums))
+    return torch.stack(rows)
 
 
 class CompletionLogpsModel(torch.nn.Module):

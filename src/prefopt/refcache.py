@@ -51,11 +51,11 @@ class ReferenceCache:
             except Exception:  # a damaged cache file is only a cache: start it again
                 self.entries = {}
 
-    def get(self, example: TokenizedList) -> list[float] | None:
-        return self.entries.get(list_key(example))
+    def get(self, key: str) -> list[float] | None:
+        return self.entries.get(key)
 
-    def put(self, example: TokenizedList, logps: list[float]) -> None:
-        self.entries[list_key(example)] = logps
+    def put(self, key: str, logps: list[float]) -> None:
+        self.entries[key] = logps
         self.changed = True
 
     def save(self) -> None:

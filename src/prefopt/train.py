@@ -105,8 +105,7 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
                               enabled=accelerator.is_main_process)
 
     def lists_logps(indices: list[int], examples, ref: torch.Tensor | None, train: bool):
-        collated = collate([examples[i] for i in indices], indices, pad_id, share_prompt=config.share_prompt,
-                           pad_multiple=config.pad_multiple).to(accelerator.device)
+        collated = _collate(examples, indices, pad_id, config).to(accelerator.device)
         with accelerator.autocast():
             result = engine(collated)
         k = collated.mask.shape[1]
@@ -135,23 +134,17 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
         if not eval_data:
             return {}
         engine.eval()
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        metrics = _MetricMeans()
         with torch.no_grad():
             for indices in _inference_batches(eval_data, config):
-                out, _ = lists_logps(indices, eval_data, ref_eval, train=False)
-                for key, value in _per_example(out).items():
-                    finite = value[~torch.isnan(value)]
-                    sums[key] = sums.get(key, 0.0) + float(finite.sum())
-                    counts[key] = counts.get(key, 0) + finite.numel()
+                metrics.add(lists_logps(indices, eval_data, ref_eval, train=False)[0])
         engine.train()
-        return {key: sums[key] / counts[key] for key in sums if counts[key]}
+        return metrics.means()
 
     eval_start = evaluate() if state.step == 0 else {}
     if eval_start:
         metrics_log.write({"step": 0, "split": "eval", **eval_start})
         say("eval at start: " + _brief(eval_start))
-    engine.train()
     tokens_seen, train_seconds = 0, 0.0
     progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console,
@@ -164,7 +157,7 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
                     break
                 step_started = time.perf_counter()
                 micro = _micro_batches(step_lists, config, processes)[accelerator.process_index::processes]
-                totals: dict[str, float] = {}
+                metrics = _MetricMeans()
                 step_tokens = padded_tokens = 0
                 for i, indices in enumerate(micro):
                     sync = i == len(micro) - 1
@@ -181,11 +174,7 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
                         accelerator.backward(out.loss.sum() * processes / len(step_lists))
                     step_tokens += collated.real_tokens
                     padded_tokens += collated.padded_tokens
-                    for key, value in _per_example(out).items():
-                        totals[key] = totals.get(key, 0.0) + float(torch.nansum(value.float()))
-                        totals[key + "#"] = totals.get(key + "#", 0) + int((~torch.isnan(value)).sum())
-                totals = {key: totals[key] / totals[key + "#"] for key in totals
-                          if not key.endswith("#") and totals[key + "#"]}
+                    metrics.add(out)
                 grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
                 optimizer.step()
                 scheduler.step()
@@ -198,7 +187,7 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
                 record = {"step": state.step, "split": "train", "epoch": state.epoch,
                           "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                           "tokens_per_s": step_tokens / elapsed, "lists_per_s": len(step_lists) / elapsed,
-                          "padding": padded_tokens / max(1, step_tokens + padded_tokens), **totals}
+                          "padding": padded_tokens / max(1, step_tokens + padded_tokens), **metrics.means()}
                 if state.step % config.log_every == 0 or state.step == total_steps:
                     metrics_log.write(record)
                 progress.update(task, completed=state.step, status=_brief(record))
@@ -252,7 +241,7 @@ def _reference(out_dir, accelerator, engine, pad_id, train_data, eval_data, conf
     folder (read back only by --resume: by then a fully fine-tuned policy is no longer the
     reference) and in the shared cache (for every later run with the same settings)."""
     from prefopt.model import cache_dir
-    from prefopt.refcache import ReferenceCache, weights_fingerprint
+    from prefopt.refcache import ReferenceCache, list_key, weights_fingerprint
 
     run_copy = out_dir / "reference_logps.pt"
     if run_copy.exists():
@@ -276,8 +265,9 @@ def _reference(out_dir, accelerator, engine, pad_id, train_data, eval_data, conf
             k_max = max((len(e.completion_ids) for e in examples), default=2)
             table = torch.zeros(len(examples), k_max, device=accelerator.device)
             missing = []
-            for i, example in enumerate(examples):
-                cached = cache.get(example) if cache is not None else None
+            keys = [list_key(example) for example in examples] if cache is not None else []
+            for i in range(len(examples)):
+                cached = cache.get(keys[i]) if cache is not None else None
                 if cached is None:
                     missing.append(i)
                 else:
@@ -285,15 +275,14 @@ def _reference(out_dir, accelerator, engine, pad_id, train_data, eval_data, conf
                     hits += 1
             progress.advance(task, len(examples) - len(missing))
             for indices in _inference_batches(examples, config, subset=missing):
-                collated = collate([examples[i] for i in indices], indices, pad_id, share_prompt=config.share_prompt,
-                                   pad_multiple=config.pad_multiple).to(accelerator.device)
+                collated = _collate(examples, indices, pad_id, config).to(accelerator.device)
                 with accelerator.autocast():
                     logps = engine(collated).logps.float()
                 for row, i in enumerate(indices):
                     k = len(examples[i].completion_ids)
                     table[i, :k] = logps[row, :k]
                     if cache is not None:
-                        cache.put(examples[i], logps[row, :k].tolist())
+                        cache.put(keys[i], logps[row, :k].tolist())
                 progress.advance(task, len(indices))
             tables.append(table)
     engine.train()
@@ -341,8 +330,28 @@ def _inference_batches(examples, config: TrainConfig, subset: list[int] | None =
     return [lists[j: j + size] for _, lists in sorted(buckets.items()) for j in range(0, len(lists), size)]
 
 
-def _per_example(out: LossOutput) -> dict[str, torch.Tensor]:
-    return {key: value for key, value in out.metrics.items() if value.dim() == 1} | {"loss": out.loss.detach()}
+def _collate(examples, indices: list[int], pad_id: int, config: TrainConfig):
+    return collate([examples[i] for i in indices], indices, pad_id, share_prompt=config.share_prompt,
+                   pad_multiple=config.pad_multiple)
+
+
+class _MetricMeans:
+    """Means over examples of the loss and every per-example metric, skipping NaN (a metric
+    undefined for an example, e.g. accuracy of an all-tied list)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, out: LossOutput) -> None:
+        per_example = {key: v for key, v in out.metrics.items() if v.dim() == 1} | {"loss": out.loss.detach()}
+        for key, value in per_example.items():
+            defined = value[~torch.isnan(value)].float()
+            self.sums[key] = self.sums.get(key, 0.0) + float(defined.sum())
+            self.counts[key] = self.counts.get(key, 0) + defined.numel()
+
+    def means(self) -> dict[str, float]:
+        return {key: self.sums[key] / self.counts[key] for key in self.sums if self.counts[key]}
 
 
 HEADLINE_METRICS = ("loss", "reward_accuracy", "ranking_accuracy", "reward_margin", "kendall_tau", "logps/chosen")

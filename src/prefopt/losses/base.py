@@ -190,6 +190,10 @@ def check(ok: bool, loss: str, name: str, value: Any, requirement: str) -> None:
         raise ValueError(f"{loss}: {name} {requirement}, got {value!r}")
 
 
+def check_beta(loss: str, beta: float) -> None:
+    check(beta > 0, loss, "beta", beta, "must be > 0")
+
+
 def check_choice(loss: str, name: str, value: Any, choices: tuple) -> None:
     check(value in choices, loss, name, value, f"must be one of {', '.join(map(repr, choices))}")
 

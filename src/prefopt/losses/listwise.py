@@ -8,11 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from prefopt.losses.base import ListBatch, LossOutput, check, check_choice, describe, log_sigmoid, outputs
-
-
-def _beta(loss: str, beta: float) -> None:
-    check(beta > 0, loss, "beta", beta, "must be > 0")
+from prefopt.losses.base import ListBatch, LossOutput, check, check_beta, check_choice, describe, log_sigmoid, outputs
 
 
 def _masked_log_softmax(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -30,7 +26,7 @@ def plackett_luce(batch: ListBatch, *, beta: float = 0.1, top_k: int | None = No
     Ties use Breslow's rule (as in Cox regression): an item's denominator holds every item
     scored at or below it, so tied items are treated alike and the order of items never
     matters. Without ties this is the usual PL likelihood."""
-    _beta("plackett_luce", beta)
+    check_beta("plackett_luce", beta)
     check(top_k is None or top_k >= 1, "plackett_luce", "top_k", top_k, "must be >= 1 or None")
     rewards = beta * batch.log_ratios("plackett_luce")
     scores, mask = batch.scores, batch.mask
@@ -115,7 +111,7 @@ def lipo_lambda(batch: ListBatch, *, beta: float = 0.05, discount: str = "ln") -
     where τ is the rank of the item by the current s (Δ carries no gradient). `discount="log2"`
     is TF-Ranking's base (rescales Δ by ln 2). Summed over pairs. Defaults β = 0.05, natural log
     (the paper's; K = 8 lists in its main runs, from memory, unverified)."""
-    _beta("lipo_lambda", beta)
+    check_beta("lipo_lambda", beta)
     check_choice("lipo_lambda", "discount", discount, ("ln", "log2"))
     rewards = beta * batch.log_ratios("lipo_lambda")
     return outputs(_lambda_weighted_logistic(batch, rewards, gain="exp2", discount=discount), rewards, batch)
@@ -131,7 +127,7 @@ def rank_dpo(batch: ListBatch, *, beta: float = 0.1, score: str = "log_ratio", g
     gain: "rank" (default) G = 2^rel − 1 with rel the number of items scored below, so any score
     scale works (rewards, ranks, votes); "exp2" G = 2^ψ − 1 (LiPO-λ on ψ); "linear" G = ψ.
     The paper's exact gain is unverified; it is configuration."""
-    _beta("rank_dpo", beta)
+    check_beta("rank_dpo", beta)
     check_choice("rank_dpo", "score", score, ("log_ratio", "avg_log_ratio", "avg_logps"))
     check_choice("rank_dpo", "gain", gain, ("rank", "exp2", "linear"))
     check_choice("rank_dpo", "discount", discount, ("ln", "log2"))
@@ -150,7 +146,7 @@ def list_softmax(batch: ListBatch, *, beta: float = 0.05) -> LossOutput:
     """Softmax list cross-entropy (§16, ListNet-like): L = −Σ_i (ψ_i / Σ_j ψ_j)·log softmax(s)_i,
     s = β·ρ. Scores must be ≥ 0 with a positive sum in every list. At K=2 with scores (1, 0)
     this is DPO. (TF-Ranking's extra per-list weight Σψ is not applied.)"""
-    _beta("list_softmax", beta)
+    check_beta("list_softmax", beta)
     scores, mask = batch.scores, batch.mask
     totals = scores.sum(1)
     bad = ((scores < 0) & mask).any(1) | (totals <= 0)
@@ -174,7 +170,7 @@ def infonca(batch: ListBatch, *, beta: float = 0.1, temperature: float = 1e-3) -
     L = −Σ_i q_i·log softmax(r)_i. With hard pair labels this is DPO. Default temperature 1e-3
     (official reward_trainer.py; near one-hot targets). Tied top scores share the target mass
     (the official code's +0.01 tie-break on the first response is not applied)."""
-    _beta("infonca", beta)
+    check_beta("infonca", beta)
     check(temperature > 0, "infonca", "temperature", temperature, "must be > 0")
     rewards = beta * batch.log_ratios("infonca")
     targets = _soft_targets(batch, temperature)
@@ -188,7 +184,7 @@ def nca(batch: ListBatch, *, beta: float = 0.1, temperature: float = 1e-3) -> Lo
     L = −Σ_i q_i·log σ(r_i) − (1/K)·Σ_i log σ(−r_i). For a pair with hard labels:
     −log σ(r_w) − ½ log σ(−r_w) − ½ log σ(−r_l). Unlike DPO it pushes the absolute reward of the
     chosen response up (it keeps the chosen likelihood from falling). Official recipe β = 0.01."""
-    _beta("nca", beta)
+    check_beta("nca", beta)
     check(temperature > 0, "nca", "temperature", temperature, "must be > 0")
     rewards = beta * batch.log_ratios("nca")
     targets = _soft_targets(batch, temperature)

@@ -9,11 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from prefopt.losses.base import ListBatch, LossOutput, check, check_choice, describe, log_sigmoid, outputs
-
-
-def _beta(loss: str, beta: float) -> None:
-    check(beta > 0, loss, "beta", beta, "must be > 0")
+from prefopt.losses.base import ListBatch, LossOutput, check, check_beta, check_choice, describe, log_sigmoid, outputs
 
 
 def _margins(batch: ListBatch, rewards: torch.Tensor) -> torch.Tensor:
@@ -32,7 +28,7 @@ def dpo(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
 
     Implicit reward r̂(y) = β·ρ(y). Default β = 0.1 (TRL); the paper used 0.1 for dialogue and
     0.5 for summarisation."""
-    _beta("dpo", beta)
+    check_beta("dpo", beta)
     rewards = beta * batch.log_ratios("dpo")
     return _pairwise(batch, -log_sigmoid(_margins(batch, rewards)), rewards)
 
@@ -43,7 +39,7 @@ def cdpo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.1) -
     """Conservative DPO (§2): labels flipped with probability ε, soft-label cross-entropy
     L = −(1−ε) log σ(βh) − ε log σ(−βh). Minimum at βh = log((1−ε)/ε). ε = 0 is DPO.
     Default ε = 0.1 (the typical value; TRL's `label_smoothing`)."""
-    _beta("cdpo", beta)
+    check_beta("cdpo", beta)
     check(0 <= label_smoothing < 0.5, "cdpo", "label_smoothing", label_smoothing, "must be in [0, 0.5)")
     rewards = beta * batch.log_ratios("cdpo")
     z = _margins(batch, rewards)
@@ -57,7 +53,7 @@ def robust(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.1)
     """Robust DPO (§3): unbiased loss under label-flip rate ε < 1/2,
     L = [−(1−ε) log σ(βh) + ε log σ(−βh)] / (1 − 2ε). Can be negative (unbounded below).
     Default ε = 0.1 (TRL docs)."""
-    _beta("robust", beta)
+    check_beta("robust", beta)
     check(0 <= label_smoothing < 0.5, "robust", "label_smoothing", label_smoothing, "must be in [0, 0.5)")
     rewards = beta * batch.log_ratios("robust")
     z = _margins(batch, rewards)
@@ -73,7 +69,7 @@ def ipo(batch: ListBatch, *, beta: float = 0.1, length_normalize: bool = False) 
 
     Paper form (default) uses summed log-ratios. `length_normalize=True` is TRL's form:
     h = ρ_w/|y_w| − ρ_l/|y_l| (lengths needed only then)."""
-    _beta("ipo", beta)
+    check_beta("ipo", beta)
     rho = batch.log_ratios("ipo")
     margin_source = rho / batch.safe_lengths("ipo") if length_normalize else rho
     per_pair = (_margins(batch, margin_source) - 1 / (2 * beta)) ** 2
@@ -84,7 +80,7 @@ def ipo(batch: ListBatch, *, beta: float = 0.1, length_normalize: bool = False) 
 def hinge(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """Normalised-likelihood hinge (§5b, RSO; TRL's `hinge`): L = max(0, 1 − βh), so 1/β acts
     as the margin. Zero gradient once βh ≥ 1."""
-    _beta("hinge", beta)
+    check_beta("hinge", beta)
     rewards = beta * batch.log_ratios("hinge")
     return _pairwise(batch, F.relu(1 - _margins(batch, rewards)), rewards)
 
@@ -111,7 +107,7 @@ def rpo(batch: ListBatch, *, beta: float = 0.1, eta: float = 0.005, nll: str = "
     nll="mean" (App. F, OpenRLHF): L = L_DPO + η·(−A_θ(y_w)), not multiplied by β.
     Official recipes: zephyr-7b-beta β=0.01, η=0.005; OpenRLHF mean form β=0.5, η=0.2.
     TRL's `rpo_alpha` (Pang et al.) is the mixture {"dpo": 1, "sft": α} instead."""
-    _beta("rpo", beta)
+    check_beta("rpo", beta)
     check(eta >= 0, "rpo", "eta", eta, "must be >= 0")
     check_choice("rpo", "nll", nll, ("sum", "mean"))
     rewards = beta * batch.log_ratios("rpo")
@@ -129,7 +125,7 @@ def discopop(batch: ListBatch, *, beta: float = 0.05, tau: float = 0.05) -> Loss
     """DiscoPOP / log-ratio modulated loss (§7): z = βh, m = σ(z/τ),
     L = (1 − m)·(−log σ(z)) + m·exp(−z), gradients through m. Defaults β = 0.05, τ = 0.05
     (official recipe). The exponential uses z clamped at −50 (its weight m is 0 there)."""
-    _beta("discopop", beta)
+    check_beta("discopop", beta)
     check(tau > 0, "discopop", "tau", tau, "must be > 0")
     rewards = beta * batch.log_ratios("discopop")
     z = _margins(batch, rewards)
@@ -152,7 +148,7 @@ def simpo(
     log-probs A_θ and γ = β·gamma_beta_ratio. Optional cDPO-style label smoothing and
     sft_weight·(−A_θ(y_w)). Defaults from the official config: β=2, γ/β=0.25.
     Released settings (β, γ/β, lr): Llama3-Instruct (2.5, 0.55, 1e-6), Mistral-Base (2.0, 0.8, 3e-7)."""
-    _beta("simpo", beta)
+    check_beta("simpo", beta)
     check(0 <= label_smoothing < 0.5, "simpo", "label_smoothing", label_smoothing, "must be in [0, 0.5)")
     check(sft_weight >= 0, "simpo", "sft_weight", sft_weight, "must be >= 0")
     avg = batch.avg_logps("simpo")
@@ -209,7 +205,7 @@ def exo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 1e-3) -
     """EXO, pairwise (§11): with z = βh,
     L = σ(z)·(log σ(z) − log(1−ε)) + σ(−z)·(log σ(−z) − log ε). Minimum 0 at z = log((1−ε)/ε).
     Default ε = 1e-3 (TRL), β = 0.1."""
-    _beta("exo", beta)
+    check_beta("exo", beta)
     check(0 < label_smoothing < 1, "exo", "label_smoothing", label_smoothing, "must be in (0, 1)")
     rewards = beta * batch.log_ratios("exo")
     z = _margins(batch, rewards)
@@ -224,7 +220,7 @@ def exo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 1e-3) -
 def apo_zero(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """APO-zero (§12), for chosen outputs better than the model's own: raise the chosen
     likelihood, lower the rejected: L = (1 − σ(βρ_w)) + σ(βρ_l). Bounded in [0, 2]."""
-    _beta("apo_zero", beta)
+    check_beta("apo_zero", beta)
     rewards = beta * batch.log_ratios("apo_zero")
     better, worse = batch.pairs.take(rewards)
     return _pairwise(batch, (1 - torch.sigmoid(better)) + torch.sigmoid(worse), rewards)
@@ -235,7 +231,7 @@ def apo_zero(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
 def apo_down(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """APO-down (§12), for chosen outputs worse than the model's own: lower both, the rejected
     more: L = σ(βρ_w) + (1 − σ(β(ρ_w − ρ_l))). Bounded in [0, 2]."""
-    _beta("apo_down", beta)
+    check_beta("apo_down", beta)
     rewards = beta * batch.log_ratios("apo_down")
     better, worse = batch.pairs.take(rewards)
     return _pairwise(batch, torch.sigmoid(better) + (1 - torch.sigmoid(better - worse)), rewards)
@@ -270,7 +266,7 @@ def bco_pair(batch: ListBatch, *, beta: float = 0.1, delta: float | None = None,
     running mean of batch-mean rewards (paper / BCOTrainer), updated before the loss when the
     trainer passes its `running` state (it does not update in evaluation); with neither, the
     current batch mean."""
-    _beta("bco_pair", beta)
+    check_beta("bco_pair", beta)
     rewards = beta * batch.log_ratios("bco_pair")
     if delta is None:
         batch_mean = rewards.detach()[batch.mask].mean().item()
@@ -285,7 +281,7 @@ def bco_pair(batch: ListBatch, *, beta: float = 0.1, delta: float | None = None,
 def sppo_hard(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """SPPO with hard labels (§13, bonus): regress the winner's log-ratio to +1/(2β) and the
     loser's to −1/(2β): L = (ρ_w − 1/(2β))² + (ρ_l + 1/(2β))²."""
-    _beta("sppo_hard", beta)
+    check_beta("sppo_hard", beta)
     rho = batch.log_ratios("sppo_hard")
     better, worse = batch.pairs.take(rho)
     target = 1 / (2 * beta)
