@@ -1,7 +1,8 @@
 """prefopt against TRL's DPOTrainer on the same model, data and hyperparameters.
 
-Each measurement runs in a process of its own (prefopt and TRL alternating), so peak RSS is
-per run. Workloads (synthetic text of controlled token lengths, seeded):
+Each measurement runs in a process of its own (prefopt and TRL alternating), so peak memory is
+per run (peak RSS on a CPU, peak GPU memory allocated by torch on a GPU).
+Workloads (synthetic text of controlled token lengths, seeded):
   pairs         prompt + chosen + rejected ≈ 510 tokens, DPO on both sides
   long_prompts  ≈ 400-token prompt, ≈ 80-token completions, DPO on both sides
   lists         ranked lists of K = 4: prefopt with a listwise loss (Plackett–Luce) on each list,
@@ -51,7 +52,12 @@ def synthetic_lists(tokenizer, count: int, prompt_tokens: int, completion_tokens
              "scores": list(range(k, 0, -1))} for _ in range(count)]
 
 
-def peak_rss_gb() -> float:
+def peak_memory_gb() -> float:
+    """Peak GPU memory allocated by torch on a GPU, else the process's peak RSS (GiB)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 1024**3
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
@@ -69,11 +75,12 @@ def run_prefopt(args, rows, model_path: str) -> dict:
             learning_rate=args.lr, batch_size=args.batch_size, epochs=1, eval_fraction=0.0, warmup_ratio=0.0,
             scheduler="constant", max_prompt_tokens=args.max_length, max_completion_tokens=args.max_length,
             chat_template="never", reference_cache=False, max_grad_norm=None,
+            gradient_checkpointing=args.checkpointing,
         )
         result = train(config)
         first = json.loads((Path(folder) / "run" / "metrics.jsonl").read_text().splitlines()[0])
     return {"seconds": result.reference_seconds + result.loop_seconds, "reference_seconds": result.reference_seconds,
-            "step1_loss": first["loss"], "steps": result.steps, "peak_rss_gb": peak_rss_gb()}
+            "step1_loss": first["loss"], "steps": result.steps, "peak_memory_gb": peak_memory_gb()}
 
 
 def run_trl(args, rows, model_path: str) -> dict:
@@ -97,9 +104,11 @@ def run_trl(args, rows, model_path: str) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         config = DPOConfig(output_dir=folder, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
                            beta=args.beta, max_length=2 * args.max_length, num_train_epochs=1, logging_steps=1,
-                           save_strategy="no", report_to=[], use_cpu=True, bf16=args.precision == "bf16",
+                           save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+                           bf16=args.precision == "bf16",
                            lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0,
-                           precompute_ref_log_probs=args.trl_precompute, dataloader_num_workers=0, seed=0)
+                           precompute_ref_log_probs=args.trl_precompute,
+                           gradient_checkpointing=args.checkpointing, dataloader_num_workers=0, seed=0)
         trainer = DPOTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(pairs),
                              processing_class=tokenizer, peft_config=peft_config)
         started = time.perf_counter()
@@ -107,7 +116,7 @@ def run_trl(args, rows, model_path: str) -> dict:
         seconds = time.perf_counter() - started
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {"seconds": seconds, "step1_loss": losses[0], "steps": trainer.state.global_step,
-            "peak_rss_gb": peak_rss_gb()}
+            "peak_memory_gb": peak_memory_gb()}
 
 
 def required_flops(model_path: str, prompt_tokens: int, completion_tokens: int, lora: bool) -> float:
@@ -137,15 +146,19 @@ def worker(args) -> None:
     from prefopt.model import matmul_gflops
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    sizes = (QUICK if args.quick else WORKLOADS)[args.workload]
-    rows = synthetic_lists(tokenizer, *sizes, seed=0)
+    count, *lengths = (QUICK if args.quick else WORKLOADS)[args.workload]
+    rows = synthetic_lists(tokenizer, count * args.scale, *lengths, seed=0)
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
     prompt_tokens = sum(count(r["prompt"]) for r in rows)
     completion_tokens = sum(count(c) + 1 for r in rows for c in r["completions"])  # + EOS
-    peak = matmul_gflops(torch.bfloat16 if args.precision == "bf16" else torch.float32, size=1024) * 1e9
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    on_gpu = torch.cuda.is_available()
+    peak = matmul_gflops(dtype, size=8192 if on_gpu else 1024, repeats=20 if on_gpu else 4,
+                         device="cuda" if on_gpu else "cpu") * 1e9
     result = (run_prefopt if args.worker == "prefopt" else run_trl)(args, rows, model_path)
     flops = required_flops(model_path, prompt_tokens, completion_tokens, args.lora)
-    result |= {"lists": len(rows), "data_tokens": prompt_tokens + completion_tokens,
+    result |= {"device": torch.cuda.get_device_name() if on_gpu else "cpu", "lists": len(rows),
+               "data_tokens": prompt_tokens + completion_tokens,
                "lists_per_s": len(rows) / result["seconds"],
                "tokens_per_s": (prompt_tokens + completion_tokens) / result["seconds"],
                "model_tflops": flops / 1e12, "peak_gflops": peak / 1e9, "mfu": flops / result["seconds"] / peak}
@@ -155,8 +168,9 @@ def worker(args) -> None:
 def measure(args, framework: str, workload: str) -> dict:
     command = [sys.executable, __file__, "--worker", framework, "--workload", workload, "--model", args.model,
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--beta", str(args.beta),
-               "--max-length", str(args.max_length), "--precision", args.precision]
+               "--max-length", str(args.max_length), "--precision", args.precision, "--scale", str(args.scale)]
     command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--trl-precompute"] * args.trl_precompute
+    command += ["--checkpointing"] * args.checkpointing
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PREFOPT_CACHE":
                                                                           args.cache})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -176,8 +190,10 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--scale", type=int, default=1, help="multiply the number of lists (for fast devices)")
     parser.add_argument("--lora", action="store_true", help="LoRA on both sides (reference = adapters off)")
     parser.add_argument("--trl-precompute", action="store_true", help="TRL precompute_ref_log_probs=True")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
     parser.add_argument("--worker", choices=["prefopt", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,12 +211,13 @@ def main() -> None:
         results[workload] = {
             "prefopt": prefopt_result, "trl": trl_result,
             "speedup": trl_result["seconds"] / prefopt_result["seconds"],
-            "memory_ratio": prefopt_result["peak_rss_gb"] / trl_result["peak_rss_gb"],
+            "memory_ratio": prefopt_result["peak_memory_gb"] / trl_result["peak_memory_gb"],
             "step1_loss_difference": abs(prefopt_result["step1_loss"] - trl_result["step1_loss"]),
         }
     table = Table(title=f"prefopt vs TRL DPOTrainer ({'LoRA' if args.lora else 'full fine-tuning'}, "
-                        f"{args.precision}, batch {args.batch_size}{', quick' if args.quick else ''})")
-    for column in ("workload", "tool", "epoch s", "tokens/s", "lists/s", "peak RSS GB", "step-1 loss", "MFU",
+                        f"{args.precision}, batch {args.batch_size}{', checkpointing' * args.checkpointing}"
+                        f"{', TRL precompute_ref_log_probs' * args.trl_precompute}{', quick' if args.quick else ''})")
+    for column in ("workload", "tool", "epoch s", "tokens/s", "lists/s", "peak GB", "step-1 loss", "MFU",
                    "speedup", "memory ratio"):
         table.add_column(column, justify="right")
     for workload, row in results.items():
@@ -208,7 +225,7 @@ def main() -> None:
             r = row[tool]
             ratios = (f"{row['speedup']:.2f}×", f"{row['memory_ratio']:.2f}") if tool == "prefopt" else ("", "")
             table.add_row(workload, tool, f"{r['seconds']:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['lists_per_s']:.2f}",
-                          f"{r['peak_rss_gb']:.2f}", f"{r['step1_loss']:.5f}",
+                          f"{r['peak_memory_gb']:.2f}", f"{r['step1_loss']:.5f}",
                           f"{r['mfu']:.0%} of {r['peak_gflops']:.0f} GFLOP/s", *ratios)
     Console(width=160).print(table)
     if args.json:

@@ -129,16 +129,26 @@ def completion_logps(model, batch: Collated, *, chunk_tokens: int = 1024, with_t
                              ).last_hidden_state
     token_logps = _head_logps(model, hidden[batch.pred_rows, batch.pred_positions], batch.targets, chunk_tokens)
     b, k = batch.lengths.shape
-    sums = torch.zeros(b * k, dtype=token_logps.dtype, device=hidden.device).index_add(0, batch.pred_items,
-                                                                                      token_logps)
-    result = CompletionLogps(logps=sums.view(b, k), lengths=batch.lengths.to(torch.float32))
+    t_max = max(int(batch.lengths.max()), 1)
+    per_token = torch.zeros(b * k, t_max, dtype=token_logps.dtype, device=hidden.device)
+    per_token = per_token.index_put((batch.pred_items, batch.pred_offsets), token_logps)
+    result = CompletionLogps(logps=_row_sums(per_token).view(b, k), lengths=batch.lengths.to(torch.float32))
     if with_tokens:
-        t_max = max(int(batch.lengths.max()), 1)
-        per_token = torch.zeros(b * k, t_max, dtype=token_logps.dtype, device=hidden.device)
-        per_token = per_token.index_put((batch.pred_items, batch.pred_offsets), token_logps)
         result.token_logps = per_token.view(b, k, t_max)
         result.token_mask = torch.arange(t_max, device=hidden.device) < batch.lengths.unsqueeze(-1)
     return result
+
+
+def _row_sums(values: torch.Tensor) -> torch.Tensor:
+    """Row sums in an order fixed by the row alone: zero-pad to a power of two and add halves.
+    A row's sum is then bitwise the same in any batch (more zero columns only add +0 first),
+    unlike index_add (atomics on a GPU) or a library reduction (its tree depends on the shape)."""
+    width = 1 << (values.shape[1] - 1).bit_length()
+    values = torch.nn.functional.pad(values, (0, width - values.shape[1]))
+    while values.shape[1] > 1:
+        half = values.shape[1] // 2
+        values = values[:, :half] + values[:, half:]
+    return values[:, 0]
 
 
 def _decoder(model):

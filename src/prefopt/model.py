@@ -105,16 +105,18 @@ def choose_precision(requested: str, device) -> tuple[str, str]:
     return choice, f"matmul on this CPU: bf16 {bf16:.0f} vs fp32 {fp32:.0f} GFLOP/s"
 
 
-def matmul_gflops(dtype, size: int = 768, repeats: int = 4) -> float:
+def matmul_gflops(dtype, size: int = 768, repeats: int = 4, device: str = "cpu") -> float:
     import time
 
     import torch
 
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     a @ b
+    torch.cuda.synchronize() if device == "cuda" else None
     started = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    torch.cuda.synchronize() if device == "cuda" else None
     return repeats * 2 * size**3 / (time.perf_counter() - started) / 1e9
 
 
