@@ -109,20 +109,121 @@ def _train(settings, resume: bool) -> None:
                      f"output in {result.output_dir}", highlight=False)
 
 
+label_app = typer.Typer(help="The labelling web app: people compare and rank outputs; labels feed training.",
+                        no_args_is_help=True)
+app.add_typer(label_app, name="label")
+DbOption = Annotated[str, typer.Option("--db", help="Database URL (sqlite:///…, postgresql+psycopg://…) or a "
+                                                    "SQLite file path.")]
+
+
+def _store(db: str, **settings):
+    from prefopt.label.store import Store
+
+    return Store(db if "://" in db else f"sqlite:///{db}", **settings)
+
+
+@label_app.command("serve")
+def label_serve(
+    items: Annotated[Path | None, typer.Option("--items", help="Prompts with K ≥ 2 completions, in any format "
+                                                               "`prefopt train` reads (scores not needed).")] = None,
+    db: DbOption = "labels.db",
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for a team; put HTTPS in front).")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    redundancy: Annotated[int, typer.Option(min=1, help="Labels wanted per item, from different people.")] = 1,
+    assignment_minutes: Annotated[float, typer.Option(min=0.1, help="An item handed out is reserved for its "
+                                                                     "annotator this long.")] = 30.0,
+) -> None:
+    """Serve the labelling app: prefopt label serve --items ITEMS --db URL."""
+
+    def serve() -> None:
+        import uvicorn
+
+        from prefopt.data import load_records
+        from prefopt.label.app import create_app
+
+        store = _store(db, redundancy=redundancy, assignment_minutes=assignment_minutes)
+        console = _console()
+        if items is not None:
+            loaded = load_records(items, require_scores=False)
+            added = store.add_items(loaded.records)
+            console.print(f"{loaded.summary()}; {added} new items added", highlight=False)
+        console.print(f"labelling app at http://{host}:{port}/login (database {store.engine.url!r})",
+                      highlight=False)
+        uvicorn.run(create_app(store), host=host, port=port, log_level="warning")
+
+    _run_library(serve)
+
+
+def _add_person(name: str, db: str, role: str) -> None:
+    def add() -> None:
+        token = _store(db).add_user(name, role)
+        console = _console()
+        console.print(f"{role} {name!r} added. Their token (shown once, only its hash is stored):", highlight=False)
+        console.print(token, highlight=False, markup=False)
+
+    _run_library(add)
+
+
+@label_app.command("add-annotator")
+def label_add_annotator(name: Annotated[str, typer.Argument(help="A unique name.")], db: DbOption = "labels.db"
+                        ) -> None:
+    """Add an annotator and print their token once."""
+    _add_person(name, db, "annotator")
+
+
+@label_app.command("add-admin")
+def label_add_admin(name: Annotated[str, typer.Argument(help="A unique name.")], db: DbOption = "labels.db") -> None:
+    """Add an admin (sees counts, agreement and every label) and print their token once."""
+    _add_person(name, db, "admin")
+
+
+@label_app.command("export")
+def label_export(
+    out: Annotated[Path, typer.Option("--out", help="JSONL file to write.")],
+    db: DbOption = "labels.db",
+    fmt: Annotated[str, typer.Option("--format", help="lists: every label's full order with ties; pairs: the "
+                                                      "majority preference per pair of completions.")] = "lists",
+) -> None:
+    """Write the labels as training data that `prefopt train` reads as is."""
+    from prefopt.label.export import FORMATS
+
+    if fmt not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+    def export() -> None:
+        from prefopt.label.export import export_rows, write_jsonl
+
+        rows, left_out = export_rows(_store(db).labels(), fmt)
+        write_jsonl(rows, out)
+        skipped = "; ".join(f"{count} {reason} left out" for reason, count in left_out.items())
+        _console().print(f"wrote {len(rows)} {fmt} rows to {out}" + (f" ({skipped})" if skipped else ""),
+                         highlight=False)
+
+    _run_library(export)
+
+
 def _run_library(job) -> None:
     """Run a library call; expected failures become one clear line and a non-zero exit, not a
     traceback (set PREFOPT_DEBUG=1 to see the traceback)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from prefopt.data import DataError
+    from prefopt.label.store import LabelError
     from prefopt.train import TrainingError
 
     try:
         job()
     except KeyboardInterrupt:
         _fail("interrupted; run the same command with --resume to continue from the last checkpoint", 130)
-    except (DataError, TrainingError, FileNotFoundError, ValueError) as error:
+    except (DataError, TrainingError, LabelError, FileNotFoundError, ValueError) as error:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
         _fail(str(error), 1)
+    except SQLAlchemyError as error:
+        if os.environ.get("PREFOPT_DEBUG"):
+            raise
+        _fail(f"database: {str(error.orig if getattr(error, 'orig', None) else error).strip().splitlines()[0]}", 1)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class LoadedData:
 
 
 def load_records(source: str | Path, *, skip_invalid: bool = False, require_completions: bool = True,
-                 split: str = "train") -> LoadedData:
+                 require_scores: bool = True, split: str = "train") -> LoadedData:
     """Load and validate every row. By default the first bad row raises a DataError naming the
     file, row and field; with `skip_invalid`, bad rows are dropped and counted by reason."""
     name = str(source)
@@ -43,7 +43,7 @@ def load_records(source: str | Path, *, skip_invalid: bool = False, require_comp
         try:
             if isinstance(row, DataError):
                 raise row
-            record = parse_row(row, require_completions=require_completions)
+            record = parse_row(row, require_completions=require_completions, require_scores=require_scores)
         except DataError as error:
             if not skip_invalid:
                 raise DataError(error.detail, source=name, row=row_number, reason=error.reason) from None

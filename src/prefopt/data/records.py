@@ -41,16 +41,17 @@ class PreferenceRecord:
         return "\n".join(m["content"] for m in self.prompt)
 
 
-def parse_row(row: Any, *, require_completions: bool = True) -> PreferenceRecord:
+def parse_row(row: Any, *, require_completions: bool = True, require_scores: bool = True) -> PreferenceRecord:
     """Read one row: pairwise {prompt?, chosen, rejected}, ranked/scored {prompt, completions,
     scores | ranks}, UltraFeedback-style {prompt, completions: [{text|response, score}]}, or
-    prompt-only {prompt} when `require_completions` is False."""
+    prompt-only {prompt} when `require_completions` is False. With `require_scores` False,
+    {prompt, completions} without scores is read too (all scores 0: items to be labelled)."""
     if not isinstance(row, dict):
         raise DataError(f"expected an object with fields, got {type(row).__name__}", reason="not an object")
     if "chosen" in row or "rejected" in row:
         return _pair(row)
     if "completions" in row:
-        return _ranked(row)
+        return _ranked(row, require_scores)
     if require_completions:
         fields = ", ".join(sorted(map(str, row))) or "none"
         raise DataError(f'missing completions: give "chosen" and "rejected", or "completions" with "scores" or '
@@ -73,7 +74,7 @@ def _pair(row: dict) -> PreferenceRecord:
     return _record(prompt, (chosen, rejected), (1.0, 0.0), ('"chosen"', '"rejected"'))
 
 
-def _ranked(row: dict) -> PreferenceRecord:
+def _ranked(row: dict, require_scores: bool = True) -> PreferenceRecord:
     prompt = _prompt(row)
     items = row["completions"]
     if not isinstance(items, list):
@@ -90,10 +91,12 @@ def _ranked(row: dict) -> PreferenceRecord:
                 raise DataError(f'"completions"[{i}] needs a "score"', reason="missing score")
     else:
         completions = items
-        scores = _scores_field(row, len(items))
+        unscored = not require_scores and "scores" not in row and "ranks" not in row
+        scores = [0.0] * len(items) if unscored else _scores_field(row, len(items))
     names = tuple(f'"completions"[{i}]' for i in range(len(completions)))
     texts = tuple(_text(c, name) for c, name in zip(completions, names, strict=True))
-    return _record(prompt, texts, tuple(_number(s, f'"scores"[{i}]') for i, s in enumerate(scores)), names)
+    return _record(prompt, texts, tuple(_number(s, f'"scores"[{i}]') for i, s in enumerate(scores)), names,
+                   allow_ties=not require_scores)
 
 
 def _scores_field(row: dict, count: int) -> list:
@@ -112,7 +115,8 @@ def _scores_field(row: dict, count: int) -> list:
     return numbers if field == "scores" else [-rank for rank in numbers]
 
 
-def _record(prompt: Text, completions: tuple, scores: tuple, names: tuple) -> PreferenceRecord:
+def _record(prompt: Text, completions: tuple, scores: tuple, names: tuple, allow_ties: bool = False
+            ) -> PreferenceRecord:
     if len(completions) < 2:
         raise DataError(f"needs at least two completions, got {len(completions)}", reason="fewer than two completions")
     seen: dict[str, str] = {}
@@ -121,7 +125,7 @@ def _record(prompt: Text, completions: tuple, scores: tuple, names: tuple) -> Pr
         if key in seen:
             raise DataError(f"{name} is identical to {seen[key]}", reason="identical completions")
         seen[key] = name
-    if len(set(scores)) == 1:
+    if len(set(scores)) == 1 and not allow_ties:
         raise DataError(f"all scores are tied ({scores[0]}), so there is nothing to prefer", reason="all scores tied")
     return PreferenceRecord(prompt=prompt, completions=completions, scores=scores)
 

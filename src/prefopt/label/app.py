@@ -1,0 +1,165 @@
+"""The labelling web app: a JSON API under /api/ and three pages (login, label, admin) that use
+it. Every route but the login page and the login call needs a token, given as
+`Authorization: Bearer TOKEN` or by the HTTP-only session cookie that logging in sets."""
+
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from prefopt.label import agreement
+from prefopt.label.store import CHOICES, MAX_COMMENT, LabelError, Store, User
+
+COOKIE = "prefopt_session"
+PAGES = Path(__file__).parent / "pages"
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+class Login(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: StrictStr = Field(min_length=1, max_length=200)
+
+
+class LabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: StrictInt
+    choice: Literal[CHOICES] | None = Field(None, description="For a pair: a, b (completion 0 or 1 of the item "
+                                                                "is better), tie or both_bad")
+    ranking: list[StrictInt] | None = Field(None, description="For K > 2: the rank of each completion in item "
+                                                               "order, 1 = best; tied completions share the best "
+                                                               "rank of their group (1, 2, 2, 4)")
+    comment: StrictStr = Field("", max_length=MAX_COMMENT)
+
+
+class Priorities(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    priorities: dict[int, float] = Field(description="item id → priority (higher is handed out first)")
+
+
+class Unauthorized(Exception):
+    def __init__(self, message: str, status: int = 401):
+        self.message, self.status = message, status
+
+
+def create_app(store: Store) -> FastAPI:
+    app = FastAPI(title="prefopt label", docs_url=None, redoc_url=None, openapi_url=None,
+                  description="Compare and rank model outputs; labels feed `prefopt train` directly.")
+    pages = {name: _page(name) for name in ("login", "label", "admin")}
+
+    def user(request: Request) -> User:
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE)
+        if not token:
+            raise Unauthorized("no token: log in at /login or send 'Authorization: Bearer TOKEN'")
+        found = store.user_for_token(token)
+        if found is None:
+            raise Unauthorized("unknown token")
+        return found
+
+    def admin(who: Annotated[User, Depends(user)]) -> User:
+        if who.role != "admin":
+            raise Unauthorized("admins only", status=403)
+        return who
+
+    Person = Annotated[User, Depends(user)]
+    Admin = Annotated[User, Depends(admin)]
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(request: Request, error: Unauthorized):
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": error.message}, status_code=error.status)
+        if error.status == 401:
+            return HTMLResponse(pages["login"], status_code=401)
+        return HTMLResponse(f"<p>{error.message}. <a href='/label'>Back to labelling</a></p>", status_code=403)
+
+    @app.exception_handler(LabelError)
+    async def _label_error(_request: Request, error: LabelError):
+        return JSONResponse({"detail": f"{error.field}: {error}" if error.field else str(error),
+                             "field": error.field}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, error: RequestValidationError):
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
+        message = first["msg"] if field or first["type"] != "missing" else "the request needs a JSON body"
+        return JSONResponse({"detail": f"{field or 'body'}: {message}", "field": field or None}, status_code=422)
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_page():
+        return pages["login"]
+
+    @app.post("/api/login", summary="Exchange a token for a session cookie")
+    def login(body: Login, request: Request, response: Response) -> dict:
+        found = store.user_for_token(body.token)
+        if found is None:
+            raise Unauthorized("unknown token")
+        secure = request.url.scheme == "https" or request.url.hostname in LOOPBACK
+        response.set_cookie(COOKIE, body.token, httponly=True, secure=secure, samesite="strict",
+                            max_age=30 * 24 * 3600)
+        return {"name": found.name, "role": found.role}
+
+    @app.post("/api/logout", summary="Clear the session cookie")
+    def logout(_who: Person, response: Response) -> dict:
+        response.delete_cookie(COOKIE)
+        return {"ok": True}
+
+    @app.get("/", include_in_schema=False)
+    def home(who: Person):
+        return RedirectResponse("/admin" if who.role == "admin" else "/label", status_code=303)
+
+    @app.get("/label", response_class=HTMLResponse, include_in_schema=False)
+    def label_page(_who: Person):
+        return pages["label"]
+
+    @app.get("/admin", response_class=HTMLResponse, include_in_schema=False)
+    def admin_page(_who: Admin):
+        return pages["admin"]
+
+    @app.get("/api/me", summary="Who you are and your progress")
+    def me(who: Person) -> dict:
+        return store.progress(who)
+
+    @app.get("/api/next", summary="The next item for you to judge (held for you until it expires)",
+             responses={204: {"description": "nothing left to label"}})
+    def next_item(who: Person):
+        assignment = store.next_assignment(who)
+        return Response(status_code=204) if assignment is None else assignment
+
+    @app.post("/api/labels", status_code=201, summary="Submit a judgement of an item handed to you")
+    def submit(body: LabelIn, who: Person) -> dict:
+        label_id = store.submit(who, body.item_id, choice=body.choice, ranking=body.ranking, comment=body.comment)
+        return {"id": label_id, **store.progress(who)}
+
+    @app.get("/api/labels", summary="Your own labels")
+    def my_labels(who: Person) -> list[dict]:
+        return store.labels(who)
+
+    @app.get("/api/admin/labels", summary="Every label, or one annotator's")
+    def all_labels(_who: Admin, annotator: str | None = None) -> list[dict]:
+        labels = store.labels()
+        return [lab for lab in labels if annotator is None or lab["annotator"] == annotator]
+
+    @app.get("/api/admin/stats", summary="Counts, throughput per annotator, agreement, disputed items")
+    def stats(_who: Admin) -> dict:
+        return store.counts() | {"agreement": agreement.summary(store.labels())}
+
+    @app.post("/api/admin/priorities", summary="Set item priorities (the active loop uses this)")
+    def priorities(body: Priorities, _who: Admin) -> dict:
+        store.set_priorities(body.priorities)
+        return {"updated": len(body.priorities)}
+
+    @app.get("/api/openapi.json", include_in_schema=False)
+    def openapi(_who: Person) -> dict:
+        return app.openapi()
+
+    return app
+
+
+def _page(name: str) -> str:
+    html = (PAGES / f"{name}.html").read_text()
+    return html.replace("/*STYLE*/", (PAGES / "style.css").read_text()).replace("/*COMMON*/",
+                                                                                  (PAGES / "common.js").read_text())

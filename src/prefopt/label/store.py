@@ -1,0 +1,310 @@
+"""The labelling store: items to judge, people, assignments and labels, in any database
+SQLAlchemy speaks (a SQLite file by default, PostgreSQL by URL). The schema is created and
+upgraded by Alembic (migrations/). Every write is one short transaction; a label that got its
+answer is committed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import secrets
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event, orm
+
+ROLES = ("annotator", "admin")
+CHOICES = ("a", "b", "tie", "both_bad")  # a/b = completions[0]/[1] of the item, whatever side they were shown on
+MAX_COMMENT = 2000
+
+
+class LabelError(ValueError):
+    """A request the store refuses: `field` names what is wrong, `status` is the HTTP answer."""
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 422):
+        super().__init__(message)
+        self.field, self.status = field, status
+
+
+class Base(orm.DeclarativeBase):
+    pass
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    source: orm.Mapped[str] = orm.mapped_column(sa.String(500))  # "file, row N"
+    prompt: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON: a string or chat messages
+    completions: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON list
+    k: orm.Mapped[int]
+    priority: orm.Mapped[float] = orm.mapped_column(default=0.0, index=True)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    name: orm.Mapped[str] = orm.mapped_column(sa.String(200), unique=True)
+    role: orm.Mapped[str] = orm.mapped_column(sa.String(20))
+    token_hash: orm.Mapped[str] = orm.mapped_column(sa.String(64), unique=True)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
+
+
+class Assignment(Base):
+    __tablename__ = "assignments"
+    __table_args__ = (sa.UniqueConstraint("item_id", "user_id"),)
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    item_id: orm.Mapped[int] = orm.mapped_column(sa.ForeignKey("items.id"), index=True)
+    user_id: orm.Mapped[int] = orm.mapped_column(sa.ForeignKey("users.id"), index=True)
+    display_order: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON: completion indices as shown
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
+    expires_at: orm.Mapped[dt.datetime]
+    done: orm.Mapped[bool] = orm.mapped_column(default=False)
+
+
+class Label(Base):
+    __tablename__ = "labels"
+    __table_args__ = (sa.UniqueConstraint("item_id", "user_id"),)
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    item_id: orm.Mapped[int] = orm.mapped_column(sa.ForeignKey("items.id"), index=True)
+    user_id: orm.Mapped[int] = orm.mapped_column(sa.ForeignKey("users.id"), index=True)
+    choice: orm.Mapped[str | None] = orm.mapped_column(sa.String(10))  # pairs: a, b, tie, both_bad
+    ranks: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON: rank of each completion, 1 = best, ties equal
+    display_order: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    comment: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
+    seconds: orm.Mapped[float | None]  # from handing out to submission
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def default_url(path: str | Path = "labels.db") -> str:
+    return f"sqlite:///{Path(path)}"
+
+
+class Store:
+    """All reads and writes of the labelling app. `assignment_minutes` is how long a handed-out
+    item stays reserved; `redundancy` is how many different people label each item."""
+
+    def __init__(self, url: str, *, assignment_minutes: float = 30.0, redundancy: int = 1, migrate: bool = True):
+        self.url = url
+        self.assignment_minutes, self.redundancy = assignment_minutes, redundancy
+        self.engine = make_engine(url)
+        if migrate:
+            upgrade(self.engine)
+        self.session = orm.sessionmaker(self.engine, expire_on_commit=False)
+
+    # people -------------------------------------------------------------------------------
+    def add_user(self, name: str, role: str = "annotator") -> str:
+        """Create a person and return their token (shown once; only its hash is kept)."""
+        name = name.strip()
+        if not name:
+            raise LabelError("the name is empty", field="name")
+        if role not in ROLES:
+            raise LabelError(f"role must be one of {', '.join(ROLES)}", field="role")
+        token = secrets.token_urlsafe(24)
+        with self.session.begin() as s:
+            if s.scalar(sa.select(User).where(User.name == name)):
+                raise LabelError(f"a person named {name!r} already exists", field="name", status=409)
+            s.add(User(name=name, role=role, token_hash=hash_token(token)))
+        return token
+
+    def user_for_token(self, token: str | None) -> User | None:
+        if not token:
+            return None
+        with self.session() as s:
+            return s.scalar(sa.select(User).where(User.token_hash == hash_token(token)))
+
+    # items --------------------------------------------------------------------------------
+    def add_items(self, records) -> int:
+        """Add PreferenceRecords (or anything with prompt, completions, source) and return how
+        many were new: a record whose source ("file, row N") is already stored is skipped, so
+        serving the same file again adds nothing."""
+        with self.session.begin() as s:
+            known = set(s.scalars(sa.select(Item.source)))
+            rows = [Item(source=r.source[:500], prompt=json.dumps(r.prompt), k=len(r.completions),
+                         completions=json.dumps(list(r.completions))) for r in records if r.source[:500] not in known]
+            s.add_all(rows)
+        return len(rows)
+
+    def set_priorities(self, priorities: dict[int, float]) -> None:
+        """Items with a higher priority are handed out first (the active loop sets these)."""
+        with self.session.begin() as s:
+            known = set(s.scalars(sa.select(Item.id).where(Item.id.in_(list(priorities)))))
+            missing = sorted(set(priorities) - known)
+            if missing:
+                raise LabelError(f"unknown item ids: {missing[:10]}", field="item_id", status=404)
+            for item_id, priority in priorities.items():
+                s.execute(sa.update(Item).where(Item.id == item_id).values(priority=float(priority)))
+
+    # assignment ---------------------------------------------------------------------------
+    def next_assignment(self, user: User, rng: secrets.SystemRandom | None = None) -> dict | None:
+        """The item this person should judge next: one they hold already, else the highest
+        priority item they have not seen that still needs labels and that fewer than
+        `redundancy` others hold right now. None when nothing is left for them."""
+        rng = rng or secrets.SystemRandom()
+        now = _now()
+        with self.session.begin() as s:
+            _serialize(s)
+            held = s.scalar(sa.select(Assignment).where(Assignment.user_id == user.id, ~Assignment.done,
+                                                          Assignment.expires_at > now).limit(1))
+            if held is None:
+                labels = (sa.select(Label.item_id, sa.func.count().label("n")).group_by(Label.item_id).subquery())
+                holders = (sa.select(Assignment.item_id, sa.func.count().label("n"))
+                           .where(~Assignment.done, Assignment.expires_at > now).group_by(Assignment.item_id)
+                           .subquery())
+                mine = sa.select(Assignment.item_id).where(Assignment.user_id == user.id)
+                item_id = s.scalar(
+                    sa.select(Item.id).outerjoin(labels, labels.c.item_id == Item.id)
+                    .outerjoin(holders, holders.c.item_id == Item.id)
+                    .where(~Item.id.in_(mine),
+                           sa.func.coalesce(labels.c.n, 0) + sa.func.coalesce(holders.c.n, 0) < self.redundancy)
+                    .order_by(Item.priority.desc(), Item.id).limit(1))
+                if item_id is None:
+                    return None
+                k = s.get(Item, item_id).k
+                order = list(range(k))
+                rng.shuffle(order)
+                held = Assignment(item_id=item_id, user_id=user.id, display_order=json.dumps(order), created_at=now,
+                                  expires_at=now + dt.timedelta(minutes=self.assignment_minutes))
+                s.add(held)
+                s.flush()
+            item = s.get(Item, held.item_id)
+            order = json.loads(held.display_order)
+            completions = json.loads(item.completions)
+            return {"assignment_id": held.id, "item_id": item.id, "kind": "pair" if item.k == 2 else "ranking",
+                    "prompt": json.loads(item.prompt), "completions": [completions[i] for i in order],
+                    "display_order": order, "expires_at": held.expires_at.isoformat() + "Z"}
+
+    # labels -------------------------------------------------------------------------------
+    def submit(self, user: User, item_id: int, *, choice: str | None = None, ranking: list[int] | None = None,
+               comment: str = "") -> int:
+        """Store one judgement. Pairs give `choice` (a, b, tie, both_bad about completions 0
+        and 1 of the item); lists give `ranking`, the rank of each completion in item order
+        (1 = best, equal ranks = tie). Returns the label id; nothing is written on an error."""
+        if len(comment) > MAX_COMMENT:
+            raise LabelError(f"comment is {len(comment)} characters; at most {MAX_COMMENT}", field="comment")
+        with self.session.begin() as s:
+            item = s.get(Item, item_id)
+            if item is None:
+                raise LabelError(f"no item with id {item_id}", field="item_id", status=404)
+            held = s.scalar(sa.select(Assignment).where(Assignment.item_id == item_id,
+                                                          Assignment.user_id == user.id))
+            if held is None:
+                raise LabelError(f"item {item_id} was not handed to you (ask /api/next)", field="item_id",
+                                 status=409)
+            ranks = _ranks(item.k, choice, ranking)
+            if s.scalar(sa.select(Label.id).where(Label.item_id == item_id, Label.user_id == user.id)):
+                raise LabelError(f"you already labelled item {item_id}", field="item_id", status=409)
+            now = _now()
+            label = Label(item_id=item_id, user_id=user.id, choice=choice if item.k == 2 else None,
+                          ranks=json.dumps(ranks), display_order=held.display_order, comment=comment,
+                          seconds=(now - held.created_at).total_seconds(), created_at=now)
+            s.add(label)
+            held.done = True
+            s.flush()
+            return label.id
+
+    def labels(self, user: User | None = None) -> list[dict]:
+        """Every label (or one person's), oldest first, with the item's prompt and completions."""
+        query = (sa.select(Label, User.name, Item).join(User, User.id == Label.user_id)
+                 .join(Item, Item.id == Label.item_id).order_by(Label.id))
+        if user is not None:
+            query = query.where(Label.user_id == user.id)
+        with self.session() as s:
+            return [{"id": label.id, "item_id": label.item_id, "annotator": name, "choice": label.choice,
+                     "ranks": json.loads(label.ranks), "display_order": json.loads(label.display_order),
+                     "comment": label.comment, "seconds": label.seconds,
+                     "created_at": label.created_at.isoformat() + "Z", "prompt": json.loads(item.prompt),
+                     "completions": json.loads(item.completions), "source": item.source}
+                    for label, name, item in s.execute(query)]
+
+    def progress(self, user: User) -> dict:
+        with self.session() as s:
+            mine = s.scalar(sa.select(sa.func.count()).select_from(Label).where(Label.user_id == user.id))
+            total = s.scalar(sa.select(sa.func.count()).select_from(Item))
+            labelled = s.scalar(sa.select(sa.func.count()).select_from(Label))
+        return {"name": user.name, "role": user.role, "labelled_by_you": mine, "items": total,
+                "labels": labelled, "labels_wanted": total * self.redundancy}
+
+    def counts(self) -> dict:
+        with self.session() as s:
+            per_user = s.execute(
+                sa.select(User.name, User.role, sa.func.count(Label.id), sa.func.min(Label.created_at),
+                          sa.func.max(Label.created_at), sa.func.avg(Label.seconds))
+                .outerjoin(Label, Label.user_id == User.id).group_by(User.id).order_by(User.name)).all()
+            items = s.scalar(sa.select(sa.func.count()).select_from(Item))
+            labels = s.scalar(sa.select(sa.func.count()).select_from(Label))
+            per_item = sa.select(Label.item_id, sa.func.count().label("n")).group_by(Label.item_id).subquery()
+            complete = s.scalar(sa.select(sa.func.count()).select_from(per_item).where(per_item.c.n >= self.redundancy))
+        people = []
+        for name, role, count, first, last, seconds in per_user:
+            hours = (last - first).total_seconds() / 3600 if count > 1 else 0.0
+            hours = hours if hours > 1 / 60 else None  # a rate over less than a minute means nothing
+            people.append({"name": name, "role": role, "labels": count,
+                           "labels_per_hour": round((count - 1) / hours, 1) if hours else None,
+                           "mean_seconds_per_label": round(seconds, 1) if seconds is not None else None})
+        return {"items": items, "labels": labels, "items_complete": complete, "redundancy": self.redundancy,
+                "annotators": people}
+
+
+def _ranks(k: int, choice: str | None, ranking: list[int] | None) -> list[int]:
+    if k == 2:
+        if choice not in CHOICES:
+            raise LabelError(f"choice must be one of {', '.join(CHOICES)} for a pair", field="choice")
+        return {"a": [1, 2], "b": [2, 1], "tie": [1, 1], "both_bad": [1, 1]}[choice]
+    if choice is not None:
+        raise LabelError(f"this item has {k} completions: give a ranking, not a choice", field="choice")
+    if not isinstance(ranking, list) or len(ranking) != k:
+        raise LabelError(f"ranking must give a rank for each of the {k} completions", field="ranking")
+    if any(isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= k for r in ranking):
+        raise LabelError(f"ranks are whole numbers from 1 (best) to {k}", field="ranking")
+    # Ties share the best rank of their group ("1224" style): rank = 1 + number of strictly better.
+    if any(r != 1 + sum(other < r for other in ranking) for r in ranking):
+        raise LabelError("ranking is not a ranking: rank r needs exactly r−1 completions ranked better "
+                         f"(got {ranking})", field="ranking")
+    return list(ranking)
+
+
+def make_engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" below opens transactions
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: commits survive a killed process
+            dbapi_connection.execute("PRAGMA foreign_keys=ON")
+            dbapi_connection.execute("PRAGMA busy_timeout=60000")
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # writers queue at the start, never deadlock midway
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _serialize(session: orm.Session) -> None:
+    """Hand out items one at a time across processes (SQLite already does with BEGIN IMMEDIATE)."""
+    if session.bind.dialect.name == "postgresql":
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(727001)"))
+
+
+def upgrade(engine: sa.Engine) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")

@@ -1,0 +1,230 @@
+"""The labelling store, agreement statistics, export and the JSON API, in process."""
+
+import json
+import math
+
+import pytest
+from fastapi.testclient import TestClient
+from label_helpers import HOSTILE, item_rows, write_items
+
+from prefopt.data import load_records
+from prefopt.label import agreement
+from prefopt.label.app import create_app
+from prefopt.label.export import export_rows
+from prefopt.label.store import Store
+
+# ---------------------------------------------------------------- agreement: published values
+NA = None
+KRIPPENDORFF_2011 = list(zip([1, 2, 3, 3, 2, 1, 4, 1, 2, NA, NA, NA], [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, NA, 3],
+                             [NA, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, NA], [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, NA],
+                             strict=True))
+
+
+@pytest.mark.parametrize(("metric", "expected"), [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849)])
+def test_krippendorff_alpha_matches_krippendorff_2011(metric, expected):
+    assert agreement.krippendorff_alpha(KRIPPENDORFF_2011, metric) == pytest.approx(expected, abs=5e-4)
+
+
+def test_fleiss_kappa_matches_fleiss_1971_example():
+    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1], [7, 7, 0, 0, 0],
+             [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    units = [[category for category, count in enumerate(row) for _ in range(count)] for row in table]
+    assert agreement.fleiss_kappa(units) == pytest.approx(0.210, abs=5e-4)
+
+
+def test_cohen_kappa_textbook_example_and_edge_cases():
+    first = ["yes"] * 25 + ["no"] * 25
+    second = ["yes"] * 20 + ["no"] * 5 + ["yes"] * 10 + ["no"] * 15
+    assert agreement.cohen_kappa(first, second) == pytest.approx(0.4)
+    assert agreement.cohen_kappa(["a", "b"], ["a", "b"]) == 1.0
+    assert math.isnan(agreement.cohen_kappa(["a", "a"], ["a", "a"]))  # one category: undefined
+    assert math.isnan(agreement.krippendorff_alpha([[1], [2, None]]))  # nothing pairable
+
+
+# ---------------------------------------------------------------- store
+@pytest.fixture
+def store(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'labels.db'}", redundancy=2)
+    items = load_records(write_items(tmp_path / "items.jsonl", item_rows()), require_scores=False)
+    assert store.add_items(items.records) == 5
+    assert store.add_items(items.records) == 0  # the same rows again add nothing
+    return store
+
+
+def person(store, name, role="annotator"):
+    return store.user_for_token(store.add_user(name, role))
+
+
+def test_assignment_holds_redundancy_priority_and_expiry(store):
+    ann, bob, cat = person(store, "ann"), person(store, "bob"), person(store, "cat")
+    first = store.next_assignment(ann)
+    assert store.next_assignment(ann)["item_id"] == first["item_id"]  # held until labelled
+    assert store.next_assignment(bob)["item_id"] == first["item_id"]  # redundancy 2: a second person
+    assert store.next_assignment(cat)["item_id"] != first["item_id"]  # two hold it: the third gets another
+    store.set_priorities({5: 10.0})
+    store.submit(ann, first["item_id"], choice="a")
+    assert store.next_assignment(ann)["item_id"] == 5  # highest priority first
+    dan = person(store, "dan")
+    store.assignment_minutes = -1  # everything handed out from now on is already expired
+    expired = store.next_assignment(dan)
+    assert store.next_assignment(person(store, "eve"))["item_id"] == expired["item_id"]
+
+
+def test_display_order_is_random_and_recorded(store):
+    orders = {tuple(store.next_assignment(person(store, f"p{i}"))["display_order"]) for i in range(10)}
+    assert len(orders) > 1
+
+
+def test_submit_validates_and_changes_nothing_on_error(store):
+    ann = person(store, "ann")
+    pair = store.next_assignment(ann)
+    for kwargs, field in [({"choice": "left"}, "choice"), ({"ranking": [1, 2]}, "choice"),
+                          ({"choice": "a", "comment": "x" * 2001}, "comment")]:
+        with pytest.raises(Exception) as error:
+            store.submit(ann, pair["item_id"], **kwargs)
+        assert error.value.field == field
+    with pytest.raises(Exception, match="no item with id 999"):
+        store.submit(ann, 999, choice="a")
+    assert store.labels() == []
+    store.submit(ann, pair["item_id"], choice="tie", comment="'; DROP TABLE labels; --")
+    with pytest.raises(Exception, match="already labelled"):
+        store.submit(ann, pair["item_id"], choice="a")
+    assert [lab["comment"] for lab in store.labels()] == ["'; DROP TABLE labels; --"]
+
+
+@pytest.mark.parametrize("ranking", [[1, 1, 1, 2], [1, 2, 3], [0, 1, 2, 3], [1, 2, 3, 5], [1, 3, 3, 3], [2, 2, 3, 4]])
+def test_a_ranking_must_be_a_ranking(store, ranking):
+    ann = person(store, "ann")
+    store.set_priorities({5: 1.0})
+    with pytest.raises(Exception) as error:
+        store.submit(ann, store.next_assignment(ann)["item_id"], ranking=ranking)
+    assert error.value.field == "ranking"
+
+
+def label_all(store, votes: dict[str, list]):
+    """Each person labels every item, in item order: votes[name][i] is a choice or a ranking."""
+    for name, answers in votes.items():
+        who = person(store, name)
+        for answer in answers:
+            item = store.next_assignment(who)
+            key = "ranking" if isinstance(answer, list) else "choice"
+            store.submit(who, item["item_id"], **{key: answer})
+
+
+def test_export_lists_keeps_order_and_ties_and_loads_in_train(store, tmp_path):
+    label_all(store, {"ann": ["a", "b", "tie", "both_bad", [1, 2, 2, 4]], "bob": ["a", "a", "a", "b", [2, 1, 3, 4]]})
+    rows, left_out = export_rows(store.labels(), "lists")
+    assert len(rows) == 8 and sum(left_out.values()) == 2  # ann's tie and both-bad prefer nothing
+    assert [1, 2, 2, 4] in [row["ranks"] for row in rows]
+    path = write_items(tmp_path / "lists.jsonl", rows)
+    records = load_records(path).records
+    assert len(records) == 8 and (-1, -2, -2, -4) in [r.scores for r in records]
+
+
+def test_export_pairs_is_the_majority(store, tmp_path):
+    store.redundancy = 3
+    label_all(store, {"ann": ["a", "b", "tie", "a", [1, 2, 3, 4]], "bob": ["a", "a", "a", "a", [1, 2, 3, 4]],
+                      "cat": ["b", "a", "tie", "a", [1, 2, 4, 3]]})
+    rows, left_out = export_rows(store.labels(), "pairs")
+    by_item = {}
+    for row in rows:
+        by_item.setdefault(row["item_id"], []).append(row)
+    first = by_item[1][0]
+    assert first["chosen"].startswith("It is") and first["votes"] == {"chosen": 2, "rejected": 1, "no_preference": 0}
+    assert 3 not in by_item  # tie, a, tie: no preference wins
+    assert len(by_item[5]) == 6  # all 6 pairs of the list have a majority (the last two 2 to 1)
+    assert [r["votes"]["rejected"] for r in by_item[5]] == [0, 0, 0, 0, 0, 1]
+    assert left_out["pairs without a majority preference"] == 1
+    assert len(load_records(write_items(tmp_path / "pairs.jsonl", rows)).records) == len(rows)
+
+
+# ---------------------------------------------------------------- the JSON API in process
+@pytest.fixture
+def client(store):
+    return TestClient(create_app(store), base_url="http://localhost")
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_every_endpoint_needs_a_token_and_admin_endpoints_need_an_admin(client, store):
+    ann = bearer(store.add_user("ann"))
+    routes = [("get", "/api/me"), ("get", "/api/next"), ("post", "/api/labels"), ("get", "/api/labels"),
+              ("get", "/api/admin/stats"), ("get", "/api/admin/labels"), ("post", "/api/admin/priorities"),
+              ("get", "/api/openapi.json"), ("post", "/api/logout")]
+    for method, path in routes:
+        assert getattr(client, method)(path).status_code == 401, path
+        assert getattr(client, method)(path, headers=bearer("wrong")).status_code == 401, path
+    for method, path in routes:
+        if "/admin/" in path:
+            assert getattr(client, method)(path, headers=ann).status_code == 403, path
+    assert client.get("/label").status_code == 401 and "Log in" in client.get("/label").text
+    assert client.get("/admin", headers=ann).status_code == 403
+    assert client.get("/login").status_code == 200
+
+
+def test_login_sets_an_http_only_secure_cookie(store):
+    client = TestClient(create_app(store), base_url="https://localhost")  # a client sends secure cookies on https
+    token = store.add_user("ann")
+    assert client.post("/api/login", json={"token": "nope"}).status_code == 401
+    response = client.post("/api/login", json={"token": token})
+    cookie = response.headers["set-cookie"].lower()
+    assert response.status_code == 200 and "httponly" in cookie and "secure" in cookie and "samesite=strict" in cookie
+    assert client.get("/api/me").json()["name"] == "ann"  # the cookie alone is enough
+
+
+def test_annotators_see_only_their_own_labels(client, store):
+    ann, bob = bearer(store.add_user("ann")), bearer(store.add_user("bob"))
+    item = client.get("/api/next", headers=ann).json()
+    assert client.post("/api/labels", headers=ann, json={"item_id": item["item_id"], "choice": "a"}).status_code == 201
+    assert len(client.get("/api/labels", headers=ann).json()) == 1
+    assert client.get("/api/labels", headers=bob).json() == []
+    assert client.get("/api/admin/labels", headers=bob, params={"annotator": "ann"}).status_code == 403
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"item_id": "1", "choice": "a"}, "item_id"), ({"item_id": 1, "choice": "best"}, "choice"),
+    ({"item_id": 1, "choice": "a", "comment": "x" * 2001}, "comment"), ({"item_id": 1, "choice": "a", "x": 1}, "x"),
+    ({"item_id": 12345, "choice": "a"}, "item_id"), ({"choice": "a"}, "item_id"),
+    ({"item_id": 5, "ranking": [1, 1, 2, 3]}, "ranking"), ({"item_id": 5, "ranking": ["1", 2, 3, 4]}, "ranking.0"),
+])
+def test_malformed_requests_get_a_4xx_naming_the_field_and_change_nothing(client, store, body, field):
+    ann = bearer(store.add_user("ann"))
+    store.set_priorities({5: 1.0})
+    client.get("/api/next", headers=ann)
+    if body.get("item_id") == 1:
+        store.set_priorities({5: 0.0, 1: 2.0})
+    response = client.post("/api/labels", headers=ann, json=body)
+    assert 400 <= response.status_code < 500 and response.json()["field"] == field, response.json()
+    assert field.split(".")[0] in response.json()["detail"]
+    assert store.labels() == []
+
+
+def test_not_json_is_a_clear_4xx(client, store):
+    ann = bearer(store.add_user("ann"))
+    response = client.post("/api/labels", headers=ann, content=b"{not json")
+    assert response.status_code == 422 and "detail" in response.json()
+
+
+def test_stats_and_openapi(client, store):
+    admin = bearer(store.add_user("boss", "admin"))
+    label_all(store, {"ann": ["a", "b", "tie", "a", [1, 2, 3, 4]], "bob": ["a", "a", "tie", "a", [1, 2, 3, 4]]})
+    stats = client.get("/api/admin/stats", headers=admin).json()
+    assert stats["labels"] == 10 and stats["items_complete"] == 5
+    assert stats["agreement"]["rankings"]["krippendorff_alpha_ordinal"] == 1.0
+    assert stats["agreement"]["pairs"]["cohen_kappa_by_pair"]["ann / bob"]["items"] == 4
+    assert [d["item_id"] for d in stats["agreement"]["disputed_items"]] == [2]
+    schema = client.get("/api/openapi.json", headers=admin).json()
+    assert {"/api/next", "/api/labels", "/api/admin/stats"} <= set(schema["paths"])
+
+
+def test_hostile_text_is_stored_verbatim(client, store, tmp_path):
+    rows = [{"prompt": "p'; DROP TABLE items; --", "completions": list(HOSTILE[:2])}]
+    records = load_records(write_items(tmp_path / "hostile.jsonl", rows), require_scores=False).records
+    store.add_items(records)
+    store.set_priorities({6: 9.0})
+    ann = bearer(store.add_user("ann"))
+    item = client.get("/api/next", headers=ann).json()
+    assert item["prompt"] == rows[0]["prompt"] and sorted(item["completions"]) == sorted(HOSTILE[:2])
+    assert json.loads(json.dumps(item))  # plain JSON, nothing escaped away
