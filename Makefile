@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean system-deps
 
 $(BIN)/activate:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "prefopt needs Python 3.11+"'
@@ -28,7 +28,18 @@ demo: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples
 
-test: lint
+# The label app's browser and PostgreSQL tests use Debian's chromium and postgresql; install
+# them when missing and possible (root + apt-get). Without them those tests skip with the reason.
+system-deps:
+	@if ! command -v chromium >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium and postgresql for the label app tests"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium postgresql >/dev/null || echo "apt-get failed: browser/PostgreSQL tests will skip"; \
+	  else echo "chromium or postgresql missing and cannot be installed here: those tests will skip"; fi; \
+	fi
+
+test: lint system-deps
 	$(BIN)/python -m pytest
 
 clean:

@@ -20,6 +20,8 @@ def test_every_command_is_in_the_readme():
         assert f"prefopt {command.name}" in README
     for group in app.registered_groups:
         assert f"prefopt {group.name}" in README
+        for command in group.typer_instance.registered_commands:
+            assert f"prefopt {group.name} {command.name}" in README
 
 
 def test_readme_opens_with_the_two_commands():

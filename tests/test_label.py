@@ -5,8 +5,8 @@ import math
 
 import pytest
 from fastapi.testclient import TestClient
-from label_helpers import HOSTILE, item_rows, write_items
 
+from label_helpers import HOSTILE, item_rows, write_items
 from prefopt.data import load_records
 from prefopt.label import agreement
 from prefopt.label.app import create_app

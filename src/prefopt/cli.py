@@ -209,8 +209,8 @@ def _run_library(job) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from prefopt.data import DataError
+    from prefopt.errors import TrainingError
     from prefopt.label.store import LabelError
-    from prefopt.train import TrainingError
 
     try:
         job()

@@ -21,12 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from prefopt.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.config import TrainConfig, save_config
 from prefopt.data import TokenizeSettings, load_records, split_by_prompt, tokenize_records
+from prefopt.errors import TrainingError
 from prefopt.logps import CompletionLogpsModel, collate, padded_length, row_length
 from prefopt.losses import ListBatch, LossOutput
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot continue (a non-finite loss); the message says what was saved."""
 
 
 @dataclasses.dataclass

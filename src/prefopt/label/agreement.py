@@ -111,7 +111,10 @@ def summary(labels: list[dict]) -> dict:
             continue
         spread = _disagreement([lab["ranks"] for lab in group])
         if spread > 0:
-            disputed.append({"item_id": item_id, "labels": len(group), "disagreement": round(spread, 3),
+            prompt = group[0]["prompt"]
+            text = prompt if isinstance(prompt, str) else " ".join(str(m.get("content", "")) for m in prompt)
+            disputed.append({"item_id": item_id, "prompt": text[:120], "labels": len(group),
+                             "disagreement": round(spread, 3),
                              "votes": {lab["annotator"]: lab["choice"] or lab["ranks"] for lab in group}})
     disputed.sort(key=lambda d: (-d["disagreement"], d["item_id"]))
     return {"pairs": {"items_with_2_plus_labels": sum(len(u) >= 2 for u in pair_units),

@@ -1,0 +1,125 @@
+"""The labelling app in a real headless Chromium (Debian's, driven by Playwright): log in, label
+pairs with the mouse and the keyboard, rank a list of four with a tie, see progress; hostile
+model output is shown as text and runs nothing; the admin sees the counts; the export matches
+what was clicked. Screenshots of each page go to $PREFOPT_SCREENSHOTS (or the test's folder)."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from label_helpers import HOSTILE, Server, write_items
+from prefopt.label.store import Store
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Debian's chromium is not installed (make test installs it with apt-get)")
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        yield browser
+        browser.close()
+
+
+def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
+    shots = Path(os.environ.get("PREFOPT_SCREENSHOTS", tmp_path / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": "Which snippet is safe to show?", "completions": [HOSTILE[0] + "\n" + HOSTILE[2], HOSTILE[1]]},
+            {"prompt": "Write a function that adds two numbers.",
+             "completions": ["Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nIt returns the sum.",
+                             "def add(a, b): return a - b"]},
+            {"prompt": "Say hello.", "completions": ["Hello!", "Hi there."]},
+            {"prompt": [{"role": "user", "content": "Name a prime number."}],
+             "completions": ["2", "7", "9 (not prime, sorry)", "Primes are numbers with two divisors; 13 is one."]}]
+    items = write_items(tmp_path / "items.jsonl", rows)
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    store = Store(db)
+    annotator, admin = store.add_user("ann"), store.add_user("boss", "admin")
+    server = Server(items, db, "--redundancy", "2")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/label")
+        page.screenshot(path=shots / "login.png")
+        page.fill("#token", "wrong")
+        page.click("button[type=submit]")
+        page.wait_for_selector("text=That token is not known.")
+        page.fill("#token", annotator)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/label")
+
+        # 1. hostile output, labelled with the mouse: shown as text, nothing runs
+        page.wait_for_selector("#pair .completion")
+        assert "<script>window.__pwned = 1</script>" in page.inner_text("#pair")
+        assert page.locator("#pair script, #pair img, #pair a").count() == 0
+        page.click("#pair .completion >> nth=1")  # clicking around runs nothing either
+        assert page.evaluate("window.__pwned") is None
+        page.screenshot(path=shots / "pair.png")
+        page.click("button[data-choice=left]")
+        page.fill("#comment", "both look like markup")
+        page.click("#submit")
+
+        # 2. code, by keyboard: 2 (B better) then Enter
+        page.wait_for_selector("#pair pre code")
+        page.screenshot(path=shots / "pair-code.png")
+        page.keyboard.press("2")
+        assert "selected" in page.get_attribute("button[data-choice=right]", "class")
+        page.keyboard.press("Enter")
+
+        # 3. tie by keyboard
+        page.wait_for_selector("text=Say hello.")
+        page.keyboard.press("3")
+        page.keyboard.press("Enter")
+
+        # 4. rank four: click shown answers C, A in order, then tie B and D at rank 3
+        page.wait_for_selector("#ranking .completion")
+        card = lambda shown: page.locator(f'#ranking .completion[data-index="{shown}"]')
+        card(2).locator("span.tag").click()
+        card(0).locator("span.tag").click()
+        card(1).locator("button[title='rank 3']").click()
+        card(3).locator("button[title='rank 3']").click()
+        page.screenshot(path=shots / "ranking.png")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#done:not([hidden])")
+        assert "4 labelled by you" in page.inner_text("#progress")
+        page.screenshot(path=shots / "done.png")
+
+        second = Store(db, redundancy=2)  # a second annotator, through the store, for agreement figures
+        bob = second.user_for_token(second.add_user("bob"))
+        for answer in ({"choice": "a"}, {"choice": "a"}, {"choice": "tie"}, {"ranking": [1, 2, 3, 4]}):
+            second.submit(bob, second.next_assignment(bob)["item_id"], **answer)
+        admin_page = browser.new_page(viewport={"width": 1280, "height": 860})
+        admin_page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/login")
+        admin_page.fill("#token", admin)
+        admin_page.click("button[type=submit]")
+        admin_page.wait_for_url("**/admin")
+        admin_page.wait_for_selector("#people td")
+        assert admin_page.inner_text(".stats .stat >> nth=1").startswith("8")  # labels
+        assert "ann" in admin_page.inner_text("#people") and "ann / bob" in admin_page.inner_text("#cohen")
+        admin_page.screenshot(path=shots / "admin.png", full_page=True)
+    finally:
+        server.stop()
+
+    labels = [lab for lab in Store(db).labels() if lab["annotator"] == "ann"]
+    order = [lab["display_order"] for lab in labels]  # shown position → item completion
+    expected = [
+        [1 if order[0][0] == c else 2 for c in range(2)],  # left (A) better
+        [1 if order[1][1] == c else 2 for c in range(2)],  # right (B) better
+        [1, 1],  # tie
+        [{2: 1, 0: 2, 1: 3, 3: 3}[order[3].index(c)] for c in range(4)],
+    ]
+    assert [lab["ranks"] for lab in labels] == expected
+    assert [lab["choice"] for lab in labels][2] == "tie" and labels[0]["comment"] == "both look like markup"
+    out = tmp_path / "lists.jsonl"
+    done = prefopt_cli("label", "export", "--db", db, "--format", "lists", "--out", out)
+    assert done.returncode == 0, done.stderr
+    exported = [json.loads(line) for line in out.read_text().splitlines()]
+    exported = [row for row in exported if row["annotator"] == "ann"]
+    assert [row["ranks"] for row in exported] == [expected[0], expected[1], expected[3]]  # the tie prefers nothing

@@ -1,0 +1,88 @@
+"""The labelling store on a real PostgreSQL server, started by the test from Debian's
+postgresql package (skipped, with the reason, where that is not installed)."""
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from label_helpers import free_port, item_rows, write_items
+from prefopt.data import load_records
+from prefopt.label.export import export_rows
+from prefopt.label.store import Store
+from test_label_reliability import annotate, run_clients
+
+INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+pytestmark = pytest.mark.skipif(not INITDB, reason="no PostgreSQL server installed (Debian: apt-get install "
+                                                   "postgresql; make test does this when it can)")
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bin_dir = Path(INITDB[-1]).parent
+    folder = Path(tempfile.mkdtemp(prefix="prefopt-pg-"))
+    folder.chmod(0o755)
+    data = folder / "data"
+    as_user = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(folder, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    run = lambda *args: subprocess.run([*as_user, *map(str, args)], check=True, capture_output=True, text=True)
+    run(bin_dir / "initdb", "-D", data, "-U", "prefopt", "--auth=trust", "-E", "UTF8")
+    run(bin_dir / "pg_ctl", "-D", data, "-w", "-l", folder / "log", "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200", "start")
+    try:
+        yield f"postgresql+psycopg://prefopt@127.0.0.1:{port}/postgres"
+    finally:
+        run(bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def store(postgres_url):
+    import sqlalchemy as sa
+
+    store = Store(postgres_url)
+    with store.engine.begin() as connection:  # a clean slate per test, schema kept
+        connection.execute(sa.text("TRUNCATE labels, assignments, users, items RESTART IDENTITY CASCADE"))
+    return store
+
+
+def test_the_store_works_the_same_on_postgres(store, tmp_path):
+    records = load_records(write_items(tmp_path / "items.jsonl", item_rows()), require_scores=False).records
+    assert store.add_items(records) == 5 and store.add_items(records) == 0
+    ann = store.user_for_token(store.add_user("ann"))
+    store.set_priorities({5: 1.0})
+    first = store.next_assignment(ann)
+    assert first["item_id"] == 5 and first["kind"] == "ranking"
+    store.submit(ann, 5, ranking=[1, 2, 2, 4], comment="'; DROP TABLE labels; --")
+    for _ in range(4):
+        store.submit(ann, store.next_assignment(ann)["item_id"], choice="b")
+    assert store.next_assignment(ann) is None
+    labels = store.labels()
+    assert labels[0]["ranks"] == [1, 2, 2, 4] and labels[0]["comment"] == "'; DROP TABLE labels; --"
+    rows, _ = export_rows(labels, "pairs")
+    assert len(load_records(write_items(tmp_path / "pairs.jsonl", rows)).records) == len(rows) == 9
+
+
+def test_20_clients_on_postgres_store_every_label_once(store, tmp_path):
+    from label_helpers import Server
+
+    path = write_items(tmp_path / "items.jsonl", [{"prompt": f"p{i}", "completions": [f"a{i}", f"b{i}"]}
+                                                  for i in range(400)])
+    tokens = [store.add_user(f"annotator{i}") for i in range(20)]
+    server = Server(path, store.url, "--redundancy", "2")
+    try:
+        results = run_clients(server.url, tokens)
+        assert annotate(server.url, tokens[0])["acknowledged"] == []  # nothing left
+    finally:
+        server.stop()
+    assert [p for r in results for p in r["problems"]] == []
+    labels = store.labels()
+    assert len(labels) == sum(len(r["acknowledged"]) for r in results) == 800
+    assert len({(lab["item_id"], lab["annotator"]) for lab in labels}) == 800
