@@ -123,3 +123,28 @@ def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
     exported = [json.loads(line) for line in out.read_text().splitlines()]
     exported = [row for row in exported if row["annotator"] == "ann"]
     assert [row["ranks"] for row in exported] == [expected[0], expected[1], expected[3]]  # the tie prefers nothing
+
+
+def test_rank_by_dragging(browser, tmp_path):
+    items = write_items(tmp_path / "items.jsonl", [{"prompt": "Order these.", "completions": ["w", "x", "y", "z"]}])
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    token = Store(db).add_user("ann")
+    server = Server(items, db)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/login")
+        page.fill("#token", token)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#ranking .completion")
+        cards = page.locator("#ranking .completion")
+        page.locator('#ranking .completion[data-index="3"]').drag_to(cards.nth(0), target_position={"x": 20, "y": 5})
+        page.wait_for_function("!document.querySelector('#submit').disabled")
+        shown = [int(i) for i in cards.evaluate_all("cards => cards.map(c => c.dataset.index)")]
+        assert shown[0] == 3 and sorted(shown) == [0, 1, 2, 3]
+        page.click("#submit")
+        page.wait_for_selector("#done:not([hidden])")
+    finally:
+        server.stop()
+    label = Store(db).labels()[0]
+    by_shown = {shown_index: rank for rank, shown_index in enumerate(shown, start=1)}
+    assert label["ranks"] == [by_shown[label["display_order"].index(c)] for c in range(4)]
