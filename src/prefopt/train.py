@@ -101,44 +101,14 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
     metrics_log = _MetricsLog(out_dir / "metrics.jsonl", keep_until=state.step if checkpoint else -1,
                               enabled=accelerator.is_main_process)
 
-    def lists_logps(indices: list[int], examples, ref: torch.Tensor | None, train: bool):
-        collated = _collate(examples, indices, pad_id, config).to(accelerator.device)
-        with accelerator.autocast():
-            result = engine(collated)
-        k = collated.mask.shape[1]
-        batch = ListBatch(logps=result.logps, ref_logps=None if ref is None else ref[collated.indices, :k],
-                          lengths=result.lengths, scores=collated.scores, mask=collated.mask,
-                          token_logps=result.token_logps, token_mask=result.token_mask)
-        return objective(batch, train=train), collated
-
-    def checkpoint_now() -> Path:
-        path = out_dir / "checkpoints" / f"step-{state.step}"
-        if accelerator.is_main_process:
-            path = save_checkpoint(out_dir, accelerator.unwrap_model(engine), optimizer, scheduler,
-                                   dataclasses.asdict(state), objective.state_dict())
-        accelerator.wait_for_everyone()
-        return path
-
-    ref_train = ref_eval = None
+    run = _Run(config, accelerator, engine, objective, optimizer, scheduler, params, state, pad_id, out_dir)
     reference_started = time.perf_counter()
     if objective.needs_reference:
-        ref_train, ref_eval = _reference(out_dir, accelerator, engine, pad_id, train_data, eval_data, config,
-                                         lora is not None, precision, console, say)
-
+        run.ref_train, run.ref_eval = _reference(out_dir, accelerator, engine, pad_id, train_data, eval_data, config,
+                                                 lora is not None, precision, console, say)
     reference_seconds = time.perf_counter() - reference_started
 
-    def evaluate() -> dict[str, float]:
-        if not eval_data:
-            return {}
-        engine.eval()
-        metrics = _MetricMeans()
-        with torch.no_grad():
-            for indices in _inference_batches(eval_data, config):
-                metrics.add(lists_logps(indices, eval_data, ref_eval, train=False)[0])
-        engine.train()
-        return metrics.means()
-
-    eval_start = evaluate() if state.step == 0 else {}
+    eval_start = run.evaluate(eval_data) if state.step == 0 else {}
     if eval_start:
         metrics_log.write({"step": 0, "split": "eval", **eval_start})
         say("eval at start: " + _brief(eval_start))
@@ -152,57 +122,27 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
             for step_lists in _epoch_steps(train_data, config, state.epoch, processes)[state.step_in_epoch:]:
                 if state.step >= total_steps:
                     break
-                step_started = time.perf_counter()
-                micro = _micro_batches(step_lists, config, processes)[accelerator.process_index::processes]
-                metrics = _MetricMeans()
-                step_tokens = padded_tokens = 0
-                for i, indices in enumerate(micro):
-                    sync = i == len(micro) - 1
-                    with contextlib.nullcontext() if sync else accelerator.no_sync(engine):
-                        out, collated = lists_logps(indices, train_data, ref_train, train=True)
-                        loss = out.loss.mean()
-                        if not torch.isfinite(loss):
-                            path = checkpoint_now()
-                            raise TrainingError(f"step {state.step + 1}: the loss is {loss.item()} (non-finite); "
-                                                f"stopped. The last good state is saved in {path}; lower the "
-                                                "learning rate or check the data, then resume.")
-                        # every list of the step weighs the same, however the step is split into
-                        # micro-batches and processes (DDP averages over processes)
-                        accelerator.backward(out.loss.sum() * processes / len(step_lists))
-                    step_tokens += collated.real_tokens
-                    padded_tokens += collated.padded_tokens
-                    metrics.add(out)
-                grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                state.step_in_epoch += 1
-                elapsed = time.perf_counter() - step_started
+                record, step_tokens, elapsed = run.step(step_lists, train_data)
                 tokens_seen += step_tokens
                 train_seconds += elapsed
-                record = {"step": state.step, "split": "train", "epoch": state.epoch,
-                          "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                          "tokens_per_s": step_tokens / elapsed, "lists_per_s": len(step_lists) / elapsed,
-                          "padding": padded_tokens / max(1, step_tokens + padded_tokens), **metrics.means()}
                 if state.step % config.log_every == 0 or state.step == total_steps:
                     metrics_log.write(record)
                 progress.update(task, completed=state.step, status=_brief(record))
                 if config.eval_every and state.step % config.eval_every == 0 and state.step < total_steps:
-                    metrics_log.write({"step": state.step, "split": "eval", **evaluate()})
+                    metrics_log.write({"step": state.step, "split": "eval", **run.evaluate(eval_data)})
                 if config.save_every and state.step % config.save_every == 0 and state.step < total_steps:
-                    checkpoint_now()
+                    run.checkpoint()
                 if on_step is not None:
                     on_step(state, record)
             else:
                 state.epoch += 1
                 state.step_in_epoch = 0
 
-    eval_end = evaluate()
+    eval_end = run.evaluate(eval_data)
     if eval_end:
         metrics_log.write({"step": state.step, "split": "eval", **eval_end})
         say("eval at end:   " + _brief(eval_end))
-    checkpoint_now()
+    run.checkpoint()
     if accelerator.is_main_process:
         _save_final(accelerator.unwrap_model(engine).model, tokenizer, out_dir, merge=config.merge and lora is not None)
         say(f"saved the model to {out_dir / 'model'}" + (f" and {out_dir / 'merged'}" if config.merge and lora else ""))
@@ -210,6 +150,90 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
                        seconds=time.perf_counter() - started,
                        tokens_per_second=tokens_seen / train_seconds if train_seconds else 0.0,
                        reference_seconds=reference_seconds, loop_seconds=train_seconds)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one optimizer step, an evaluation and a checkpoint need, in one place."""
+
+    config: TrainConfig
+    accelerator: object
+    engine: torch.nn.Module
+    objective: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    params: list
+    state: TrainState
+    pad_id: int
+    out_dir: Path
+    ref_train: torch.Tensor | None = None
+    ref_eval: torch.Tensor | None = None
+
+    def losses(self, indices: list[int], examples, ref: torch.Tensor | None, train: bool):
+        collated = _collate(examples, indices, self.pad_id, self.config).to(self.accelerator.device)
+        with self.accelerator.autocast():
+            result = self.engine(collated)
+        k = collated.mask.shape[1]
+        batch = ListBatch(logps=result.logps, ref_logps=None if ref is None else ref[collated.indices, :k],
+                          lengths=result.lengths, scores=collated.scores, mask=collated.mask,
+                          token_logps=result.token_logps, token_mask=result.token_mask)
+        return self.objective(batch, train=train), collated
+
+    def step(self, step_lists: list[int], examples) -> tuple[dict, int, float]:
+        """One optimizer step over `step_lists` (split into micro-batches and processes);
+        returns its metrics record, real tokens and seconds."""
+        started = time.perf_counter()
+        processes = self.accelerator.num_processes
+        micro = _micro_batches(step_lists, self.config, processes)[self.accelerator.process_index::processes]
+        metrics = _MetricMeans()
+        real_tokens = padded_tokens = 0
+        for i, indices in enumerate(micro):
+            sync = i == len(micro) - 1
+            with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.engine):
+                out, collated = self.losses(indices, examples, self.ref_train, train=True)
+                loss = out.loss.mean()
+                if not torch.isfinite(loss):
+                    path = self.checkpoint()
+                    raise TrainingError(f"step {self.state.step + 1}: the loss is {loss.item()} (non-finite); "
+                                        f"stopped. The last good state is saved in {path}; lower the "
+                                        "learning rate or check the data, then resume.")
+                # every list of the step weighs the same, however the step is split into
+                # micro-batches and processes (DDP averages over processes)
+                self.accelerator.backward(out.loss.sum() * processes / len(step_lists))
+            real_tokens += collated.real_tokens
+            padded_tokens += collated.padded_tokens
+            metrics.add(out)
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm or float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.step_in_epoch += 1
+        elapsed = time.perf_counter() - started
+        record = {"step": self.state.step, "split": "train", "epoch": self.state.epoch,
+                  "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                  "tokens_per_s": real_tokens / elapsed, "lists_per_s": len(step_lists) / elapsed,
+                  "padding": padded_tokens / max(1, real_tokens + padded_tokens), **metrics.means()}
+        return record, real_tokens, elapsed
+
+    def evaluate(self, examples) -> dict[str, float]:
+        if not examples:
+            return {}
+        self.engine.eval()
+        metrics = _MetricMeans()
+        with torch.no_grad():
+            for indices in _inference_batches(examples, self.config):
+                metrics.add(self.losses(indices, examples, self.ref_eval, train=False)[0])
+        self.engine.train()
+        return metrics.means()
+
+    def checkpoint(self) -> Path:
+        path = self.out_dir / "checkpoints" / f"step-{self.state.step}"
+        if self.accelerator.is_main_process:
+            path = save_checkpoint(self.out_dir, self.accelerator.unwrap_model(self.engine), self.optimizer,
+                                   self.scheduler, dataclasses.asdict(self.state), self.objective.state_dict())
+        self.accelerator.wait_for_everyone()
+        return path
 
 
 def _load_data(config: TrainConfig, tokenizer, say):
