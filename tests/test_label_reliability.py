@@ -80,7 +80,7 @@ def test_killing_the_server_loses_no_acknowledged_label(tmp_path):
         server.kill()  # SIGKILL mid-run: no shutdown, no flush
         results = running.result()
     acknowledged = {i for r in results for i in r["acknowledged"]}
-    assert len(acknowledged) >= 200
+    assert len(acknowledged) >= 200 - CLIENTS  # a label can be committed before its answer arrives
     restarted = Server(path, db)  # serving the same items again adds nothing and loses nothing
     try:
         stored = {lab["id"] for lab in Store(db).labels()}
