@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from label_helpers import free_port, item_rows, write_items
+from label_helpers import Server, free_port, item_rows, write_items
 from prefopt.data import load_records
 from prefopt.label.export import export_rows
 from prefopt.label.store import Store
@@ -71,8 +71,6 @@ def test_the_store_works_the_same_on_postgres(store, tmp_path):
 
 
 def test_20_clients_on_postgres_store_every_label_once(store, tmp_path):
-    from label_helpers import Server
-
     path = write_items(tmp_path / "items.jsonl", [{"prompt": f"p{i}", "completions": [f"a{i}", f"b{i}"]}
                                                   for i in range(400)])
     tokens = [store.add_user(f"annotator{i}") for i in range(20)]

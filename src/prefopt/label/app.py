@@ -136,12 +136,11 @@ def create_app(store: Store) -> FastAPI:
 
     @app.get("/api/labels", summary="Your own labels")
     def my_labels(who: Person) -> list[dict]:
-        return store.labels(who)
+        return store.labels(who.name)
 
     @app.get("/api/admin/labels", summary="Every label, or one annotator's")
     def all_labels(_who: Admin, annotator: str | None = None) -> list[dict]:
-        labels = store.labels()
-        return [lab for lab in labels if annotator is None or lab["annotator"] == annotator]
+        return store.labels(annotator)
 
     @app.get("/api/admin/stats", summary="Counts, throughput per annotator, agreement, disputed items")
     def stats(_who: Admin) -> dict:

@@ -85,10 +85,6 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def default_url(path: str | Path = "labels.db") -> str:
-    return f"sqlite:///{Path(path)}"
-
-
 class Store:
     """All reads and writes of the labelling app. `assignment_minutes` is how long a handed-out
     item stays reserved; `redundancy` is how many different people label each item."""
@@ -212,12 +208,12 @@ class Store:
             s.flush()
             return label.id
 
-    def labels(self, user: User | None = None) -> list[dict]:
+    def labels(self, annotator: str | None = None) -> list[dict]:
         """Every label (or one person's), oldest first, with the item's prompt and completions."""
         query = (sa.select(Label, User.name, Item).join(User, User.id == Label.user_id)
                  .join(Item, Item.id == Label.item_id).order_by(Label.id))
-        if user is not None:
-            query = query.where(Label.user_id == user.id)
+        if annotator is not None:
+            query = query.where(User.name == annotator)
         with self.session() as s:
             return [{"id": label.id, "item_id": label.item_id, "annotator": name, "choice": label.choice,
                      "ranks": json.loads(label.ranks), "display_order": json.loads(label.display_order),
