@@ -129,3 +129,36 @@ def test_same_padded_length_gives_bitwise_equal_logps_whatever_the_batch(model, 
         for i, example in enumerate(examples):
             alone = completion_logps(model, collate([example], [i], 0, pad_multiple=32)).logps
             assert torch.equal(alone[0], together[i])
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_head_equals_autograd_of_the_formula(softcap, bias):
+    """The LM head's hand-written backward (logits recomputed once, turned into the gradient in
+    place) against autograd through log_softmax, for hidden, weight and bias, across chunks."""
+    from types import SimpleNamespace
+
+    from prefopt.logps import _head_logps
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=bias)
+    model = SimpleNamespace(get_output_embeddings=lambda: head, config=SimpleNamespace(final_logit_softcapping=softcap))
+    hidden = torch.randn(70, 16, requires_grad=True)  # 70 rows: two 64-row chunks, the second padded
+    targets = torch.randint(0, 50, (70,))
+    weights = torch.rand(70)
+    fused = _head_logps(model, hidden, targets, chunk_tokens=64)
+    (fused * weights).sum().backward()
+    fused_grads = [hidden.grad, head.weight.grad] + ([head.bias.grad] if bias else [])
+    hidden.grad, head.weight.grad, head.bias = None, None, head.bias
+    if bias:
+        head.bias.grad = None
+    logits = head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    expected = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=0)
+    for got, want in zip(fused_grads, [hidden.grad, head.weight.grad] + ([head.bias.grad] if bias else [])):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        assert torch.equal(_head_logps(model, hidden, targets, chunk_tokens=64), fused.detach())

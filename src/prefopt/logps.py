@@ -1,9 +1,10 @@
 """Per-completion log-probs of K completions per prompt: the one engine every loss reads from.
 
 Two layouts of a batch, the same numbers (tested):
-- packed (default): one row per list, [prompt, completion 1, ..., completion K], with a block
-  attention mask (each completion sees the prompt and itself) and position ids that restart after
-  the prompt, so the prompt is encoded once and shared: cost P + K·C instead of K·(P + C).
+- packed (default): one row per list, [prompt, completion 1, ..., completion K], each completion
+  seeing the prompt and itself (a block attention mask, or on models that use SDPA the segment
+  attention of prefopt.attention, which skips the masked blocks) with position ids that restart
+  after the prompt, so the prompt is encoded once and shared: cost P + K·C instead of K·(P + C).
 - rows: one row per (prompt + completion), as most tools do.
 Collation precomputes, for every completion token, which hidden state predicts it; the LM head
 runs only there, in chunks recomputed in the backward pass, so the [tokens × vocabulary] logits
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from prefopt.attention import SEGMENT_ATTENTION, Segments
 from prefopt.data.tokenize import TokenizedList
 
 
@@ -36,6 +38,7 @@ class Collated:
     scores: torch.Tensor  # [B, K]
     mask: torch.Tensor  # [B, K]
     indices: torch.Tensor  # [B] position of each list in its data set
+    layout: Segments | None = None  # packed: each row's prompt length and completion ends
     real_tokens: int = 0
     padded_tokens: int = 0
 
@@ -61,11 +64,12 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
     length = padded_length(max(row_length(e, share_prompt) for e in examples), pad_multiple)
     rows = len(examples) if share_prompt else sum(len(e.completion_ids) for e in examples)
     input_ids = torch.full((rows, length), pad_id, dtype=torch.long)
-    segments = torch.full((rows, length), -1, dtype=torch.long)  # −1 pad, 0 prompt, k+1 completion k
+    owner = torch.full((rows, length), -1, dtype=torch.long)  # −1 pad, 0 prompt, k+1 completion k
     positions = torch.zeros((rows, length), dtype=torch.long)
     lengths = torch.zeros((len(examples), k_max), dtype=torch.long)
     scores = torch.zeros((len(examples), k_max))
     pred_rows, pred_positions, pred_items, pred_offsets, targets = [], [], [], [], []
+    layout = []
     row = 0
     for b, example in enumerate(examples):
         prompt = example.prompt_ids
@@ -73,12 +77,12 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
         for k, completion in enumerate(example.completion_ids):
             if not share_prompt or k == 0:
                 input_ids[row, : len(prompt)] = torch.tensor(prompt)
-                segments[row, : len(prompt)] = 0
+                owner[row, : len(prompt)] = 0
                 positions[row, : len(prompt)] = torch.arange(len(prompt))
                 start = len(prompt)
             end = start + len(completion)
             input_ids[row, start:end] = torch.tensor(completion)
-            segments[row, start:end] = k + 1
+            owner[row, start:end] = k + 1
             positions[row, start:end] = torch.arange(len(prompt), len(prompt) + len(completion))
             # token t of the completion is predicted by the hidden state of the token before it:
             # the prompt's last token for t = 0, else completion token t − 1
@@ -93,11 +97,13 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
             if not share_prompt:
                 row += 1
         if share_prompt:
+            layout.append((len(prompt), tuple(len(prompt) + sum(map(len, example.completion_ids[: k + 1]))
+                                              for k in range(len(example.completion_ids)))))
             row += 1
-    real = segments >= 0
+    real = owner >= 0
     if share_prompt:
         causal = torch.ones(length, length, dtype=torch.bool).tril()
-        query, key = segments.unsqueeze(2), segments.unsqueeze(1)
+        query, key = owner.unsqueeze(2), owner.unsqueeze(1)
         attention = causal & (key >= 0) & ((key == query) | (key == 0))
         attention |= torch.eye(length, dtype=torch.bool)  # padding queries see themselves (no empty rows)
         attention_mask, position_ids = attention.unsqueeze(1), positions
@@ -108,6 +114,7 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
         pred_rows=torch.tensor(pred_rows), pred_positions=torch.tensor(pred_positions),
         targets=torch.tensor(targets), pred_items=torch.tensor(pred_items), pred_offsets=torch.tensor(pred_offsets),
         lengths=lengths, scores=scores, mask=lengths > 0, indices=torch.tensor(indices),
+        layout=tuple(layout) if share_prompt else None,
         real_tokens=int(real.sum()), padded_tokens=int((~real).sum()),
     )
 
@@ -124,9 +131,11 @@ def completion_logps(model, batch: Collated, *, chunk_tokens: int = 1024, with_t
                      ) -> CompletionLogps:
     """Summed log-probs of every completion of the batch under `model` (grad follows the
     caller's mode). Only completion positions reach the LM head."""
+    decoder = _decoder(model)
     kwargs = {"position_ids": batch.position_ids} if batch.position_ids is not None else {}
-    hidden = _decoder(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs
-                             ).last_hidden_state
+    if batch.layout is not None and decoder.config._attn_implementation == SEGMENT_ATTENTION:
+        kwargs["prefopt_segments"] = batch.layout
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).last_hidden_state
     token_logps = _head_logps(model, hidden[batch.pred_rows, batch.pred_positions], batch.targets, chunk_tokens)
     b, k = batch.lengths.shape
     t_max = max(int(batch.lengths.max()), 1)
@@ -168,25 +177,102 @@ def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens
     head = model.get_output_embeddings()
     chunk_tokens = padded_length(chunk_tokens, _HEAD_ROWS)
     count = hidden.shape[0]
+    if count == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
     padding = padded_length(count, _HEAD_ROWS) - count
     if padding:
         hidden = torch.cat([hidden, hidden.new_zeros(padding, hidden.shape[1])])
         targets = torch.cat([targets, targets.new_zeros(padding)])
-    softcap = getattr(model.config, "final_logit_softcapping", None)
+    softcap = getattr(model.config, "final_logit_softcapping", None) or None
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+    if type(head) is torch.nn.Linear:
+        return _FusedHeadLogps.apply(hidden, head.weight, head.bias, targets, chunk_tokens, softcap, dtype)[:count]
+    # an LM head that is not a plain Linear (LoRA on the head, quantized): its own forward, recomputed
+    pieces = [checkpoint(_chunk_logps, head, h, t, softcap, use_reentrant=False)
+              if torch.is_grad_enabled() and h.requires_grad else _chunk_logps(head, h, t, softcap)
+              for h, t in zip(hidden.split(chunk_tokens), targets.split(chunk_tokens), strict=True)]
+    return torch.cat(pieces)[:count]
 
-    def chunk_logps(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
-    pieces = []
-    for h, t in zip(hidden.split(chunk_tokens), targets.split(chunk_tokens), strict=True):
-        if torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(checkpoint(chunk_logps, h, t, use_reentrant=False))
-        else:
-            pieces.append(chunk_logps(h, t))
-    return torch.cat(pieces)[:count] if pieces else hidden.new_zeros(0, dtype=torch.float32)
+def _chunk_logps(head, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+class _FusedHeadLogps(torch.autograd.Function):
+    """log p(target) = z_target − logsumexp(z), z = softcap(h·Wᵀ + b), one chunk of rows at a time
+    in one reused float32 buffer. Only the hidden rows and each row's logsumexp are kept for the
+    backward, which recomputes a chunk's logits once and turns them in place into
+    g·(onehot − softmax): no other [tokens × vocabulary] tensor is ever made. Matmuls run in
+    `dtype` (autocast's, fixed at the call so the backward matches), the rest in float32."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_tokens, softcap, dtype):
+        logps = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(logps)
+        buffer = torch.empty(min(chunk_tokens, hidden.shape[0]), weight.shape[0], dtype=torch.float32,
+                             device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for rows in _chunks(hidden.shape[0], chunk_tokens):
+                logits = _logits_into(buffer, hidden[rows], weight, bias, softcap, dtype)
+                target_logits = logits.gather(1, targets[rows].unsqueeze(1)).squeeze(1)
+                peak = logits.amax(1, keepdim=True)
+                lse[rows] = logits.sub_(peak).exp_().sum(1).log_() + peak.squeeze(1)
+                logps[rows] = target_logits - lse[rows]
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.chunk_tokens, ctx.softcap, ctx.dtype = chunk_tokens, softcap, dtype
+        return logps
+
+    @staticmethod
+    def backward(ctx, grad_logps):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        softcap, dtype = ctx.softcap, ctx.dtype
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
+        buffer = torch.empty(min(ctx.chunk_tokens, hidden.shape[0]), weight.shape[0], dtype=torch.float32,
+                             device=hidden.device)
+        grad_logps = grad_logps.float()
+        with torch.autocast(hidden.device.type, enabled=False):
+            for rows in _chunks(hidden.shape[0], ctx.chunk_tokens):
+                logits = _logits_into(buffer, hidden[rows], weight, bias, softcap, dtype)
+                # d logp/dz = onehot(target) − softmax(z); softcap's tanh adds the factor 1 − (z/cap)²
+                squashing = 1 - (logits / softcap).square() if softcap else None
+                grad = logits.sub_(lse[rows].unsqueeze(1)).exp_().mul_(-grad_logps[rows].unsqueeze(1))
+                grad.scatter_add_(1, targets[rows].unsqueeze(1), grad_logps[rows].unsqueeze(1))
+                if softcap:
+                    grad.mul_(squashing)
+                if need_hidden:
+                    grad_hidden[rows] = (grad.to(dtype) @ weight.to(dtype)).to(hidden.dtype)
+                if need_weight:
+                    grad_weight += grad.to(dtype).T @ hidden[rows].to(dtype)
+                if need_bias:
+                    grad_bias += grad.sum(0)
+        grad_weight = grad_weight.to(weight.dtype) if need_weight else None
+        grad_bias = grad_bias.to(bias.dtype) if need_bias else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+
+
+def _chunks(count: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def _logits_into(buffer: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 softcap: float | None, dtype: torch.dtype) -> torch.Tensor:
+    logits = buffer[: hidden.shape[0]]
+    if dtype == torch.float32 and hidden.dtype == weight.dtype == torch.float32:
+        torch.mm(hidden, weight.T, out=logits)
+    else:
+        logits.copy_(hidden.to(dtype) @ weight.to(dtype).T)
+    if bias is not None:
+        logits += bias.to(dtype).float()
+    if softcap:
+        logits.div_(softcap).tanh_().mul_(softcap)
+    return logits
 
 
 def naive_completion_logps(model, examples: list[TokenizedList]) -> torch.Tensor:

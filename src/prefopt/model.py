@@ -135,9 +135,12 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
     import torch
     from transformers import AutoModelForCausalLM
 
+    from prefopt.attention import use_segment_attention
+
     _quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(spec), dtype=torch.float32)
     model.config.use_cache = False
+    use_segment_attention(model)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None:
