@@ -1,6 +1,8 @@
 """Tokenization boundaries (string and chat data) and the log-prob engine against a naive
 full-sequence computation on a tiny model."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -149,7 +151,7 @@ def test_fused_head_equals_autograd_of_the_formula(softcap, bias):
     fused = _head_logps(model, hidden, targets, chunk_tokens=64)
     (fused * weights).sum().backward()
     fused_grads = [hidden.grad, head.weight.grad] + ([head.bias.grad] if bias else [])
-    hidden.grad, head.weight.grad, head.bias = None, None, head.bias
+    hidden.grad = head.weight.grad = None
     if bias:
         head.bias.grad = None
     logits = head(hidden)
@@ -158,7 +160,57 @@ def test_fused_head_equals_autograd_of_the_formula(softcap, bias):
     expected = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     (expected * weights).sum().backward()
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=0)
-    for got, want in zip(fused_grads, [hidden.grad, head.weight.grad] + ([head.bias.grad] if bias else [])):
+    expected_grads = [hidden.grad, head.weight.grad] + ([head.bias.grad] if bias else [])
+    for got, want in zip(fused_grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     with torch.no_grad():
         assert torch.equal(_head_logps(model, hidden, targets, chunk_tokens=64), fused.detach())
+
+
+def test_segment_attention_equals_the_dense_block_mask():
+    """Ragged rows (prompts and completions of different lengths, K = 1..3, right padding), grouped
+    query heads: the segment calls give the dense masked attention at every real position."""
+    from types import SimpleNamespace
+
+    from prefopt.attention import segment_attention
+
+    torch.manual_seed(0)
+    layout = ((5, (9,)), (3, (7, 8, 12)), (6, (8, 11)))  # (prompt length, completion ends)
+    length, heads, kv_heads, dim = 14, 4, 2, 8
+    query = torch.randn(3, heads, length, dim, requires_grad=True)
+    key, value = (torch.randn(3, kv_heads, length, dim, requires_grad=True) for _ in range(2))
+    owner = torch.full((3, length), -1)
+    for row, (prompt, ends) in enumerate(layout):
+        owner[row, :prompt] = 0
+        for k, (start, end) in enumerate(itertools.pairwise((prompt, *ends))):
+            owner[row, start:end] = k + 1
+    allowed = (torch.ones(length, length, dtype=torch.bool).tril() & (owner.unsqueeze(1) >= 0)
+               & ((owner.unsqueeze(2) == owner.unsqueeze(1)) | (owner.unsqueeze(1) == 0)))
+    allowed |= torch.eye(length, dtype=torch.bool)
+    module = SimpleNamespace(training=False)
+    dense = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed.unsqueeze(1),
+                                                             enable_gqa=True).transpose(1, 2)
+    segments, _ = segment_attention(module, query, key, value, None, scaling=dim**-0.5, prefopt_segments=layout)
+    real = owner >= 0
+    torch.testing.assert_close(segments[real], dense[real], atol=1e-6, rtol=1e-5)
+    assert (segments[~real] == 0).all()
+    weights = torch.randn_like(dense) * real[..., None, None]
+    grads = [torch.autograd.grad((out * weights).sum(), (query, key, value)) for out in (segments, dense)]
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_models_loaded_by_prefopt_use_segment_attention(model, tokenizer):
+    from prefopt.attention import SEGMENT_ATTENTION
+
+    assert model.config._attn_implementation == SEGMENT_ATTENTION
+    examples = _ragged_examples(tokenizer)
+    batch = collate(examples, [0, 1], tokenizer.pad_token_id, pad_multiple=16)
+    with torch.no_grad():
+        segments = completion_logps(model, batch).logps
+        model.set_attn_implementation("sdpa")
+        try:
+            dense = completion_logps(model, batch).logps
+        finally:
+            model.set_attn_implementation(SEGMENT_ATTENTION)
+    torch.testing.assert_close(segments, dense, atol=1e-5, rtol=0)

@@ -9,6 +9,7 @@ plain SDPA."""
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     for row, (prompt, ends) in enumerate(prefopt_segments):
         one = slice(row, row + 1)  # 4-D slices: the fused kernels take only [B, H, L, D]
         pieces = [head[one, :, : ends[0]]]
-        for start, end in zip(ends, ends[1:]):
+        for start, end in itertools.pairwise(ends):
             keys = torch.cat([key[one, :, :prompt], key[one, :, start:end]], 2)
             values = torch.cat([value[one, :, :prompt], value[one, :, start:end]], 2)
             mask = _prompt_then_causal(prompt, end - start, query.device)
