@@ -187,7 +187,7 @@ def test_segment_attention_equals_the_dense_block_mask():
     allowed = (torch.ones(length, length, dtype=torch.bool).tril() & (owner.unsqueeze(1) >= 0)
                & ((owner.unsqueeze(2) == owner.unsqueeze(1)) | (owner.unsqueeze(1) == 0)))
     allowed |= torch.eye(length, dtype=torch.bool)
-    module = SimpleNamespace(training=False)
+    module = SimpleNamespace(training=False, num_key_value_groups=heads // kv_heads, is_causal=True)
     dense = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed.unsqueeze(1),
                                                              enable_gqa=True).transpose(1, 2)
     segments, _ = segment_attention(module, query, key, value, None, scaling=dim**-0.5, prefopt_segments=layout)
@@ -198,6 +198,10 @@ def test_segment_attention_equals_the_dense_block_mask():
     grads = [torch.autograd.grad((out * weights).sum(), (query, key, value)) for out in (segments, dense)]
     for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    # a model that adds a window (or soft-capping, sinks, a bias) gets the dense call with its mask
+    windowed, _ = segment_attention(module, query, key, value, allowed.unsqueeze(1), scaling=dim**-0.5,
+                                    prefopt_segments=layout, sliding_window=4096)
+    torch.testing.assert_close(windowed, dense)
 
 
 def test_models_loaded_by_prefopt_use_segment_attention(model, tokenizer):

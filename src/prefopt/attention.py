@@ -37,10 +37,15 @@ def use_segment_attention(model) -> bool:
     return model.config._attn_implementation == SEGMENT_ATTENTION
 
 
+# what some models add to attention (windows, soft-capping, sinks, biases): those rows take the
+# dense path with the block mask
+_CHANGES_ATTENTION = ("sliding_window", "softcap", "s_aux", "position_bias")
+
+
 def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                       prefopt_segments: Segments | None = None, **kwargs):
     """query [B, H, L, D], key and value [B, H_kv, L, D] -> ([B, L, H, D], None)."""
-    if prefopt_segments is None or kwargs.get("sliding_window"):
+    if prefopt_segments is None or any(kwargs.get(name) is not None for name in _CHANGES_ATTENTION):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
