@@ -123,8 +123,9 @@ def test_engine_gradients_equal_naive(model, tokenizer, share_prompt):
 
 def test_same_padded_length_gives_bitwise_equal_logps_whatever_the_batch(model, tokenizer):
     """Why cached reference log-probs equal the policy's exactly at step 0."""
-    records = [PreferenceRecord(prompt=f"question {i} apple", completions=(f"yes {i} good", "no"), scores=(1, 0))
-               for i in range(4)]
+    # rows of different prompt and completion lengths, padded to one length
+    records = [PreferenceRecord(prompt=f"question {i} apple" + " river" * i, completions=(f"yes {i} good", "no"),
+                                scores=(1, 0)) for i in range(4)]
     examples, _ = tokenize_records(records, tokenizer, TokenizeSettings())
     with torch.no_grad():
         together = completion_logps(model, collate(examples, [0, 1, 2, 3], 0, pad_multiple=32)).logps

@@ -53,15 +53,14 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     options = {"scale": scaling, "dropout_p": dropout if module.training else 0.0,
                "enable_gqa": query.shape[1] != key.shape[1]}
     length = query.shape[2]
-    first = max(ends[0] for _, ends in prefopt_segments)
-    # prompt + first completion is a plain causal prefix of every row; right padding and the
-    # later completions past it are never seen by the queries kept from this call
-    head = F.scaled_dot_product_attention(query[:, :, :first], key[:, :, :first], value[:, :, :first],
-                                          is_causal=True, **options)
     rows = []
-    for row, (prompt, ends) in enumerate(prefopt_segments):
-        one = slice(row, row + 1)  # 4-D slices: the fused kernels take only [B, H, L, D]
-        pieces = [head[one, :, : ends[0]]]
+    for prompt, ends in prefopt_segments:
+        one = slice(len(rows), len(rows) + 1)  # 4-D slices: the fused kernels take only [B, H, L, D]
+        # prompt + first completion is a plain causal prefix; one call per row, of the row's own
+        # length, so a row's numbers do not depend on the other rows of its batch
+        first = slice(0, ends[0])
+        pieces = [F.scaled_dot_product_attention(query[one, :, first], key[one, :, first], value[one, :, first],
+                                                 is_causal=True, **options)]
         for start, end in itertools.pairwise(ends):
             keys = torch.cat([key[one, :, :prompt], key[one, :, start:end]], 2)
             values = torch.cat([value[one, :, :prompt], value[one, :, start:end]], 2)
