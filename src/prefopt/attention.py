@@ -1,10 +1,10 @@
 """Attention for packed rows [prompt, completion 1, ..., completion K] that computes only what the
 block mask allows. One dense call with a block mask pays for every (query, key) pair of the row;
-here the prompt and the first completion form one causal call for all rows of the batch (the
-fused kernels skip the upper triangle), and each later completion attends to its prompt and
-itself: cost P² / 2 + K·(C·P + C² / 2) instead of (P + K·C)². Installed by `use_segment_attention`
-as a transformers attention implementation; without segments (unpacked rows, generation) it is
-plain SDPA."""
+here each row's prompt and first completion form one causal call (the fused kernels skip the
+upper triangle), and each later completion attends to its prompt and itself: cost
+P² / 2 + K·(C·P + C² / 2) instead of (P + K·C)². Installed by `use_segment_attention` as a
+transformers attention implementation; without segments (unpacked rows, generation) it is plain
+SDPA."""
 
 from __future__ import annotations
 

@@ -74,6 +74,7 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
     for b, example in enumerate(examples):
         prompt = example.prompt_ids
         start = 0
+        ends = []
         for k, completion in enumerate(example.completion_ids):
             if not share_prompt or k == 0:
                 input_ids[row, : len(prompt)] = torch.tensor(prompt)
@@ -81,6 +82,7 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
                 positions[row, : len(prompt)] = torch.arange(len(prompt))
                 start = len(prompt)
             end = start + len(completion)
+            ends.append(end)
             input_ids[row, start:end] = torch.tensor(completion)
             owner[row, start:end] = k + 1
             positions[row, start:end] = torch.arange(len(prompt), len(prompt) + len(completion))
@@ -97,8 +99,7 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
             if not share_prompt:
                 row += 1
         if share_prompt:
-            layout.append((len(prompt), tuple(len(prompt) + sum(map(len, example.completion_ids[: k + 1]))
-                                              for k in range(len(example.completion_ids)))))
+            layout.append((len(prompt), tuple(ends)))
             row += 1
     real = owner >= 0
     if share_prompt:
@@ -216,8 +217,9 @@ class _FusedHeadLogps(torch.autograd.Function):
         buffer = torch.empty(min(chunk_tokens, hidden.shape[0]), weight.shape[0], dtype=torch.float32,
                              device=hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):
+            weight_in_dtype = weight.to(dtype)
             for rows in _chunks(hidden.shape[0], chunk_tokens):
-                logits = _logits_into(buffer, hidden[rows], weight, bias, softcap, dtype)
+                logits = _logits_into(buffer, hidden[rows], weight_in_dtype, bias, softcap)
                 target_logits = logits.gather(1, targets[rows].unsqueeze(1)).squeeze(1)
                 peak = logits.amax(1, keepdim=True)
                 lse[rows] = logits.sub_(peak).exp_().sum(1).log_() + peak.squeeze(1)
@@ -238,8 +240,9 @@ class _FusedHeadLogps(torch.autograd.Function):
                              device=hidden.device)
         grad_logps = grad_logps.float()
         with torch.autocast(hidden.device.type, enabled=False):
+            weight_in_dtype = weight.to(dtype)
             for rows in _chunks(hidden.shape[0], ctx.chunk_tokens):
-                logits = _logits_into(buffer, hidden[rows], weight, bias, softcap, dtype)
+                logits = _logits_into(buffer, hidden[rows], weight_in_dtype, bias, softcap)
                 # d logp/dz = onehot(target) − softmax(z); softcap's tanh adds the factor 1 − (z/cap)²
                 squashing = 1 - (logits / softcap).square() if softcap else None
                 grad = logits.sub_(lse[rows].unsqueeze(1)).exp_().mul_(-grad_logps[rows].unsqueeze(1))
@@ -247,7 +250,7 @@ class _FusedHeadLogps(torch.autograd.Function):
                 if softcap:
                     grad.mul_(squashing)
                 if need_hidden:
-                    grad_hidden[rows] = (grad.to(dtype) @ weight.to(dtype)).to(hidden.dtype)
+                    grad_hidden[rows] = (grad.to(dtype) @ weight_in_dtype).to(hidden.dtype)
                 if need_weight:
                     grad_weight += grad.to(dtype).T @ hidden[rows].to(dtype)
                 if need_bias:
@@ -262,14 +265,15 @@ def _chunks(count: int, size: int) -> list[slice]:
 
 
 def _logits_into(buffer: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 softcap: float | None, dtype: torch.dtype) -> torch.Tensor:
+                 softcap: float | None) -> torch.Tensor:
+    """softcap(hidden·weightᵀ + bias) in float32 in `buffer`, the matmul in the weight's dtype."""
     logits = buffer[: hidden.shape[0]]
-    if dtype == torch.float32 and hidden.dtype == weight.dtype == torch.float32:
+    if hidden.dtype == weight.dtype == torch.float32:
         torch.mm(hidden, weight.T, out=logits)
     else:
-        logits.copy_(hidden.to(dtype) @ weight.to(dtype).T)
+        logits.copy_(hidden.to(weight.dtype) @ weight.T)
     if bias is not None:
-        logits += bias.to(dtype).float()
+        logits += bias.to(weight.dtype).float()
     if softcap:
         logits.div_(softcap).tanh_().mul_(softcap)
     return logits
