@@ -219,3 +219,63 @@ def test_models_loaded_by_prefopt_use_segment_attention(model, tokenizer):
         finally:
             model.set_attn_implementation(SEGMENT_ATTENTION)
     torch.testing.assert_close(segments, dense, atol=1e-5, rtol=0)
+
+
+def _lora_models(tiny_model, **settings):
+    """The same LoRA model twice (random, non-zero adapters): prefopt's fused layers and peft's own."""
+    from peft.tuners.lora.layer import Linear
+
+    from prefopt.lora import FusedLoraLinear
+    from prefopt.model import LoraSettings, load_model
+
+    torch.manual_seed(0)
+    fused = load_model(str(tiny_model), lora=LoraSettings(**settings))
+    with torch.no_grad():
+        for name, parameter in fused.named_parameters():
+            if "lora_" in name:
+                parameter.normal_(0, 0.2)
+    plain = load_model(str(tiny_model), lora=LoraSettings(**settings))
+    plain.load_state_dict(fused.state_dict())
+    swapped = [m for m in plain.modules() if type(m) is FusedLoraLinear]
+    assert swapped, "load_model should switch peft's LoRA linears to the fused ones"
+    for module in swapped:
+        module.__class__ = Linear
+    return fused, plain
+
+
+def test_fused_lora_sum_equals_peft_in_values_and_gradients(tiny_model, tokenizer):
+    fused, plain = _lora_models(tiny_model)
+    records = [PreferenceRecord("Say hi", ("hi there", "go away", "hello"), (2.0, 0.0, 1.0))]
+    examples, _ = tokenize_records(records, tokenizer, TokenizeSettings(64, 32))
+    batch = collate(examples, [0], tokenizer.pad_token_id)
+    results = []
+    for model in (fused, plain):
+        logps = completion_logps(model, batch).logps
+        logps.sum().backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        results.append((logps.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    assert results[0][1].keys() == results[1][1].keys() and results[0][1]
+    for name in results[0][1]:
+        torch.testing.assert_close(results[0][1][name], results[1][1][name], rtol=1e-4, atol=2e-5, msg=name)
+    with fused.disable_adapter(), plain.disable_adapter(), torch.no_grad():  # adapters off: the same base model
+        off = completion_logps(fused, batch).logps
+        assert torch.equal(off, completion_logps(plain, batch).logps) and not torch.equal(off, results[0][0])
+
+
+def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(tiny_model):
+    from prefopt.lora import FusedLoraLinear
+
+    fused, plain = _lora_models(tiny_model, dropout=0.1)
+    layer = next(m for m in fused.modules() if isinstance(m, FusedLoraLinear))
+    x = torch.randn(2, 5, layer.in_features)
+    assert layer._plain_adapter(x, (), {}) is None  # dropout
+    fused, _ = _lora_models(tiny_model)
+    layer = next(m for m in fused.modules() if isinstance(m, FusedLoraLinear))
+    assert layer._plain_adapter(x, (), {}) == "default"
+    assert layer._plain_adapter(x.double(), (), {}) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer._plain_adapter(x, (), {}) is None
+    with fused.disable_adapter():
+        assert layer._plain_adapter(x, (), {}) is None
+        torch.testing.assert_close(layer(x), layer.base_layer(x), rtol=0, atol=0)

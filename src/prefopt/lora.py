@@ -1,0 +1,44 @@
+"""peft's LoRA linear with the adapter's output summed into the base output inside one GEMM.
+
+peft computes `base(x) + lora_B(lora_A(x)) * scaling`: two extra passes over the [tokens × out]
+output in the forward (the scaling, the sum) and one in the backward, about a tenth of a LoRA
+training step on a CPU. Here `base(x).addmm_(lora_A(x), lora_Bᵀ, alpha=scaling)` accumulates
+into the base output in place (a linear layer does not save its output for the backward, so
+autograd allows it). Same parameters, state dict and peft API; anything but one plain adapter
+in one precision (several adapters, dropout, DoRA and other variants, autocast, mixed dtypes)
+takes peft's own forward."""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.lora.layer import Linear
+
+
+class FusedLoraLinear(Linear):
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        name = self._plain_adapter(x, args, kwargs)
+        if name is None:
+            return super().forward(x, *args, **kwargs)
+        rows = x.reshape(-1, x.shape[-1])  # 2-D throughout: an in-place op on a view costs copies in the backward
+        result = self.base_layer(rows)
+        result.addmm_(self.lora_A[name](rows), self.lora_B[name].weight.T, alpha=self.scaling[name])
+        return result.view(*x.shape[:-1], result.shape[-1])
+
+    def _plain_adapter(self, x: torch.Tensor, args, kwargs) -> str | None:
+        """The adapter's name when this forward is one vanilla adapter in one dtype, else None."""
+        if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
+            return None
+        name = self.active_adapters[0]
+        plain = (name in self.lora_A and name not in self.lora_variant
+                 and isinstance(self.lora_dropout[name], torch.nn.Identity))
+        if not plain or torch.is_autocast_enabled(x.device.type):
+            return None
+        dtypes = {x.dtype, self.lora_A[name].weight.dtype, self.lora_B[name].weight.dtype, self.base_layer.weight.dtype}
+        return name if len(dtypes) == 1 else None
+
+
+def fuse_lora_sums(model) -> None:
+    """Switch every plain peft LoRA linear of `model` to FusedLoraLinear (in place)."""
+    for module in model.modules():
+        if type(module) is Linear:
+            module.__class__ = FusedLoraLinear
