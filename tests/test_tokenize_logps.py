@@ -274,6 +274,10 @@ def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(tiny_model):
     layer = next(m for m in fused.modules() if isinstance(m, FusedLoraLinear))
     assert layer._plain_adapter(x, (), {}) == "default"
     assert layer._plain_adapter(x.double(), (), {}) is None
+    bias_free = layer.lora_B["default"]
+    layer.lora_B["default"] = torch.nn.Linear(bias_free.in_features, bias_free.out_features)  # peft's lora_bias
+    assert layer._plain_adapter(x, (), {}) is None
+    layer.lora_B["default"] = bias_free
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer._plain_adapter(x, (), {}) is None
     with fused.disable_adapter():

@@ -5,8 +5,8 @@ output in the forward (the scaling, the sum) and one in the backward, about a te
 training step on a CPU. Here `base(x).addmm_(lora_A(x), lora_Bᵀ, alpha=scaling)` accumulates
 into the base output in place (a linear layer does not save its output for the backward, so
 autograd allows it). Same parameters, state dict and peft API; anything but one plain adapter
-in one precision (several adapters, dropout, DoRA and other variants, autocast, mixed dtypes)
-takes peft's own forward."""
+in one precision (several adapters, dropout, adapter biases, DoRA and other variants, autocast,
+mixed dtypes) takes peft's own forward."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class FusedLoraLinear(Linear):
         if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
             return None
         name = self.active_adapters[0]
-        plain = (name in self.lora_A and name not in self.lora_variant
+        plain = (name in self.lora_A and name not in self.lora_variant and self.lora_B[name].bias is None
                  and isinstance(self.lora_dropout[name], torch.nn.Identity))
         if not plain or torch.is_autocast_enabled(x.device.type):
             return None
