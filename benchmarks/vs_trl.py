@@ -154,9 +154,11 @@ def worker(args) -> None:
     completion_tokens = sum(count(c) + 1 for r in rows for c in r["completions"])  # + EOS
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     on_gpu = torch.cuda.is_available()
-    # the best of 3 readings: one reading on a busy 2-core machine can be half the real peak
-    peaks = {name: max(matmul_gflops(kind, size=8192 if on_gpu else 1024, repeats=20 if on_gpu else 4,
-                                     device="cuda" if on_gpu else "cpu") for _ in range(3)) * 1e9
+    # the precision used: the best of 3 readings (one reading on a busy 2-core machine can be half
+    # the real peak); the other precision, one reading (bf16 on a CPU without matrix units is slow)
+    reading = lambda kind: matmul_gflops(kind, size=8192 if on_gpu else 1024, repeats=20 if on_gpu else 4,
+                                         device="cuda" if on_gpu else "cpu")
+    peaks = {name: max(reading(kind) for _ in range(3 if kind == dtype else 1)) * 1e9
              for name, kind in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     peak = peaks["bf16" if dtype == torch.bfloat16 else "fp32"]
     result = (run_prefopt if args.worker == "prefopt" else run_trl)(args, rows, model_path)

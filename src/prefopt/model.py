@@ -146,6 +146,8 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
+        from prefopt.lora import fuse_lora_sums
+
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         missing = [m for m in lora.target_modules if m not in present]
         if missing:
@@ -153,11 +155,8 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
                              f"(modules include: {', '.join(sorted(present - {''})[:20])})")
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-        from prefopt.lora import fuse_lora_sums
-
         model = get_peft_model(model, config)
         fuse_lora_sums(model)
         if gradient_checkpointing:
             model.enable_input_require_grads()
     return model
-
