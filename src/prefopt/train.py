@@ -25,6 +25,11 @@ from prefopt.errors import TrainingError
 from prefopt.logps import CompletionLogpsModel, collate, padded_length, row_length
 from prefopt.losses import ListBatch, LossOutput
 
+# part of the reference cache's key: raise it whenever a change to the log-prob engine can change
+# a list's log-probs in the last bits (cached entries from older engines would give non-zero
+# step-0 rewards). 2: segment attention, per-row first call, fused LM head.
+ENGINE_VERSION = 2
+
 
 @dataclasses.dataclass
 class TrainState:
@@ -273,7 +278,7 @@ def _reference(out_dir, accelerator, engine, pad_id, train_data, eval_data, conf
     cache = None
     if config.reference_cache:
         setting = {"weights": weights_fingerprint(base), "precision": precision, "share_prompt": config.share_prompt,
-                   "pad_multiple": config.pad_multiple, "engine": 1}
+                   "pad_multiple": config.pad_multiple, "engine": ENGINE_VERSION}
         cache = ReferenceCache(cache_dir() / "reference", setting)
     tables, hits = [], 0
     engine.eval()
