@@ -136,32 +136,30 @@ def test_same_padded_length_gives_bitwise_equal_logps_whatever_the_batch(model, 
 
 @pytest.mark.parametrize("softcap", [None, 3.0])
 @pytest.mark.parametrize("bias", [False, True])
-def test_fused_head_equals_autograd_of_the_formula(softcap, bias):
-    """The LM head's hand-written backward (logits recomputed once, turned into the gradient in
-    place) against autograd through log_softmax, for hidden, weight and bias, across chunks."""
+@pytest.mark.parametrize("frozen", [False, True], ids=["trained head", "frozen head"])
+def test_fused_head_equals_autograd_of_the_formula(softcap, bias, frozen):
+    """The LM head's hand-written backward against autograd through log_softmax, for hidden,
+    weight and bias, across chunks: with a trained head the logits are recomputed and turned into
+    the gradient in place; with a frozen one (LoRA) the forward keeps softmax·W instead."""
     from types import SimpleNamespace
 
     from prefopt.logps import _head_logps
 
     torch.manual_seed(0)
-    head = torch.nn.Linear(16, 50, bias=bias)
+    head = torch.nn.Linear(16, 50, bias=bias).requires_grad_(not frozen)
     model = SimpleNamespace(get_output_embeddings=lambda: head, config=SimpleNamespace(final_logit_softcapping=softcap))
     hidden = torch.randn(70, 16, requires_grad=True)  # 70 rows: two 64-row chunks, the second padded
     targets = torch.randint(0, 50, (70,))
     weights = torch.rand(70)
+    trained = [] if frozen else [head.weight] + ([head.bias] if bias else [])
     fused = _head_logps(model, hidden, targets, chunk_tokens=64)
-    (fused * weights).sum().backward()
-    fused_grads = [hidden.grad, head.weight.grad] + ([head.bias.grad] if bias else [])
-    hidden.grad = head.weight.grad = None
-    if bias:
-        head.bias.grad = None
+    fused_grads = torch.autograd.grad((fused * weights).sum(), [hidden, *trained])
     logits = head(hidden)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     expected = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    (expected * weights).sum().backward()
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [hidden, *trained])
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=0)
-    expected_grads = [hidden.grad, head.weight.grad] + ([head.bias.grad] if bias else [])
     for got, want in zip(fused_grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     with torch.no_grad():

@@ -27,8 +27,9 @@ from prefopt.losses import ListBatch, LossOutput
 
 # part of the reference cache's key: raise it whenever a change to the log-prob engine can change
 # a list's log-probs in the last bits (cached entries from older engines would give non-zero
-# step-0 rewards). 2: segment attention, per-row first call, fused LM head.
-ENGINE_VERSION = 2
+# step-0 rewards). 2: segment attention, per-row first call, fused LM head; 3: LM-head logits
+# vocabulary-major (the logsumexp adds in another order).
+ENGINE_VERSION = 3
 
 
 @dataclasses.dataclass
