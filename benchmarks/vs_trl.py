@@ -34,7 +34,7 @@ WORKLOADS = {
     "long_prompts": (48, 400, 80, 2),
     "lists": (24, 120, 90, 4),
 }
-QUICK = {"pairs": (4, 64, 64, 2), "long_prompts": (4, 160, 32, 2), "lists": (4, 32, 24, 4)}
+QUICK = {"pairs": (4, 64, 64, 2), "long_prompts": (4, 160, 32, 2), "lists": (2, 32, 24, 4)}
 WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an "
          "they you were her she there can all their one been if more when will would who so no model data train "
          "rank list prompt answer better worse score human label prefer policy reward value").split()
@@ -155,9 +155,10 @@ def worker(args) -> None:
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     on_gpu = torch.cuda.is_available()
     # the precision used: the best of 3 readings (one reading on a busy 2-core machine can be half
-    # the real peak); the other precision, one reading (bf16 on a CPU without matrix units is slow)
-    reading = lambda kind: matmul_gflops(kind, size=8192 if on_gpu else 1024, repeats=20 if on_gpu else 4,
-                                         device="cuda" if on_gpu else "cpu")
+    # the real peak); the other precision, one smaller reading (bf16 on a CPU without matrix units
+    # runs ~1 GFLOP/s: 1024² takes ~8 s a reading, 512² ~1 s at the same rate)
+    reading = lambda kind: matmul_gflops(kind, size=8192 if on_gpu else 1024 if kind == dtype else 512,
+                                         repeats=20 if on_gpu else 4, device="cuda" if on_gpu else "cpu")
     peaks = {name: max(reading(kind) for _ in range(3 if kind == dtype else 1)) * 1e9
              for name, kind in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     peak = peaks["bf16" if dtype == torch.bfloat16 else "fp32"]
@@ -214,6 +215,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from prefopt.model import resolve_model_path
+
+    # the model is resolved (a GGUF converted) once, into the user's cache; the workers get its folder
+    # and a fresh cache folder of their own, so no reference log-probs carry over between runs
+    args.model = str(resolve_model_path(args.model))
     args.cache = tempfile.mkdtemp(prefix="prefopt-bench-cache-")
     results = {}
     for workload in args.workloads.split(","):
