@@ -8,9 +8,10 @@ Two layouts of a batch, the same numbers (tested):
 - rows: one row per (prompt + completion), as most tools do.
 Collation precomputes, for every completion token, which hidden state predicts it; the LM head
 runs only there, in chunks (with a frozen head the forward keeps what the backward needs; a
-trained head's backward recomputes them), so the [tokens × vocabulary] logits never exist at once. Rows are padded to a multiple of `pad_multiple` tokens; batches of one such
-length give bitwise the same numbers whatever else is in the batch, so cached reference log-probs
-equal the policy's at step 0 exactly."""
+trained head's backward recomputes them), so the [tokens × vocabulary] logits never exist at
+once. Rows are padded to a multiple of `pad_multiple` tokens; batches of one such length give
+bitwise the same numbers whatever else is in the batch, so cached reference log-probs equal the
+policy's at step 0 exactly."""
 
 from __future__ import annotations
 
