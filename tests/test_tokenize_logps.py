@@ -174,11 +174,11 @@ def test_segment_attention_equals_the_dense_block_mask():
     from prefopt.attention import segment_attention
 
     torch.manual_seed(0)
-    layout = ((5, (9,)), (3, (7, 8, 12)), (6, (8, 11)))  # (prompt length, completion ends)
+    layout = ((5, (9,)), (3, (7, 8, 12)), (6, (8, 11)), (0, (4, 9)))  # (prompt length, completion ends)
     length, heads, kv_heads, dim = 14, 4, 2, 8
-    query = torch.randn(3, heads, length, dim, requires_grad=True)
-    key, value = (torch.randn(3, kv_heads, length, dim, requires_grad=True) for _ in range(2))
-    owner = torch.full((3, length), -1)
+    query = torch.randn(4, heads, length, dim, requires_grad=True)
+    key, value = (torch.randn(4, kv_heads, length, dim, requires_grad=True) for _ in range(2))
+    owner = torch.full((4, length), -1)
     for row, (prompt, ends) in enumerate(layout):
         owner[row, :prompt] = 0
         for k, (start, end) in enumerate(itertools.pairwise((prompt, *ends))):

@@ -52,25 +52,77 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
                                       **kwargs)
     options = {"scale": scaling, "dropout_p": dropout if module.training else 0.0,
                "enable_gqa": query.shape[1] != key.shape[1]}
-    length = query.shape[2]
-    rows = []
-    for prompt, ends in prefopt_segments:
-        one = slice(len(rows), len(rows) + 1)  # 4-D slices: the fused kernels take only [B, H, L, D]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        return _SegmentAttention.apply(query, key, value, prefopt_segments, options), None
+    return _attend(query, key, value, prefopt_segments, options)[0], None
+
+
+class _SegmentAttention(torch.autograd.Function):
+    """The segment calls with their gradients written straight into [B, L, H, D] buffers. Left to
+    autograd, each slice of query, key and value would return a zero-filled gradient of the full
+    tensor in the backward (about 20 per row and layer) for the sums to add up."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, segments, options):
+        with torch.enable_grad():
+            out, calls = _attend(query, key, value, segments, options, track=True)
+        ctx.calls, ctx.shapes = calls, (query.shape, key.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not hasattr(ctx, "calls"):
+            raise RuntimeError("segment attention: backward through the same graph twice (its buffers are freed "
+                               "after the first backward)")
+        (batch, heads, length, dim), (_, kv_heads, _, _) = ctx.shapes
+        # laid out [B, L, H, D], as the projections they flow back into
+        dq = grad.new_zeros(batch, length, heads, dim).transpose(1, 2)
+        dk, dv = (grad.new_zeros(batch, length, kv_heads, dim).transpose(1, 2) for _ in range(2))
+        pieces = [piece for piece, *_ in ctx.calls]
+        grads = [grad[row:row + 1, start:end].transpose(1, 2) for _, (row, start, end, _), _ in ctx.calls]
+        leaves = [leaf for *_, call_leaves in ctx.calls for leaf in call_leaves]
+        found = iter(torch.autograd.grad(pieces, leaves, grads))
+        for _, (row, start, end, prompt), _ in ctx.calls:
+            gq, gk, gv = next(found), next(found), next(found)
+            one = slice(row, row + 1)
+            dq[one, :, start:end] = gq
+            if prompt is not None:  # keys [its prompt, itself]
+                for total, part in ((dk, gk), (dv, gv)):
+                    total[one, :, :prompt] += part[:, :, :prompt]
+                    total[one, :, start:end] = part[:, :, prompt:]
+            else:  # keys [0, end), the first call of its row
+                dk[one, :, :end], dv[one, :, :end] = gk, gv
+        del ctx.calls
+        return dq, dk, dv, None, None
+
+
+def _attend(query, key, value, segments: Segments, options: dict, track: bool = False):
+    """The segment calls of every row into one [B, L, H, D] output (padding 0); with `track`, also
+    each call's output, place (row, start, end, prompt length or None for the causal first call)
+    and detached inputs, for the backward."""
+    batch, heads, length, dim = query.shape
+    out = query.new_empty(batch, length, heads, dim)
+    calls = []
+    for row, (prompt, ends) in enumerate(segments):
+        one = slice(row, row + 1)  # 4-D slices: the fused kernels take only [B, H, L, D]
         # prompt + first completion is a plain causal prefix; one call per row, of the row's own
         # length, so a row's numbers do not depend on the other rows of its batch
-        first = slice(0, ends[0])
-        pieces = [F.scaled_dot_product_attention(query[one, :, first], key[one, :, first], value[one, :, first],
-                                                 is_causal=True, **options)]
-        for start, end in itertools.pairwise(ends):
-            keys = torch.cat([key[one, :, :prompt], key[one, :, start:end]], 2)
-            values = torch.cat([value[one, :, :prompt], value[one, :, start:end]], 2)
-            mask = _prompt_then_causal(prompt, end - start, query.device)
-            pieces.append(F.scaled_dot_product_attention(query[one, :, start:end], keys, values, attn_mask=mask,
-                                                         **options))
-        if ends[-1] < length:
-            pieces.append(query.new_zeros(1, query.shape[1], length - ends[-1], query.shape[3]))
-        rows.append(torch.cat(pieces, 2))
-    return torch.cat(rows).transpose(1, 2).contiguous(), None
+        spans = [(0, ends[0], None)] + [(start, end, prompt) for start, end in itertools.pairwise(ends)]
+        for start, end, shared in spans:
+            if shared is not None:  # keys: its prompt, then itself
+                keys = torch.cat([key[one, :, :shared], key[one, :, start:end]], 2)
+                values = torch.cat([value[one, :, :shared], value[one, :, start:end]], 2)
+                mask = _prompt_then_causal(shared, end - start, query.device)
+            else:
+                keys, values, mask = key[one, :, :end], value[one, :, :end], None
+            inputs = (query[one, :, start:end], keys, values)
+            if track:
+                inputs = tuple(t.detach().requires_grad_() for t in inputs)
+            piece = F.scaled_dot_product_attention(*inputs, attn_mask=mask, is_causal=shared is None, **options)
+            out[one, start:end] = piece.detach().transpose(1, 2)
+            calls.append((piece, (row, start, end, shared), inputs))
+        out[one, ends[-1]:] = 0
+    return out, calls
 
 
 @functools.lru_cache(maxsize=512)

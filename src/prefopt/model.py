@@ -142,7 +142,10 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
     model.config.use_cache = False
     use_segment_attention(model)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
