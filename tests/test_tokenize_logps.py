@@ -219,6 +219,26 @@ def test_models_loaded_by_prefopt_use_segment_attention(model, tokenizer):
     torch.testing.assert_close(segments, dense, atol=1e-5, rtol=0)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, tokenizer):
+    """Recomputing each layer in the backward (with the segment attention's own autograd Function
+    inside) changes neither the log-probs nor any gradient."""
+    from prefopt.model import load_model
+
+    batch = collate(_ragged_examples(tokenizer), [0, 1], tokenizer.pad_token_id, pad_multiple=16)
+    results = []
+    for checkpointing in (False, True):
+        model = load_model(str(tiny_model), gradient_checkpointing=checkpointing).train()
+        assert any(getattr(module, "gradient_checkpointing", False) for module in model.modules()) == checkpointing
+        logps = completion_logps(model, batch).logps
+        logps[batch.mask].sum().backward()
+        results.append((logps.detach(), {name: p.grad for name, p in model.named_parameters()}))
+    (plain, plain_grads), (recomputed, recomputed_grads) = results
+    torch.testing.assert_close(recomputed, plain, atol=0, rtol=0)
+    assert all(grad is not None for grad in plain_grads.values())
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(recomputed_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
 def _lora_models(tiny_model, **settings):
     """The same LoRA model twice (random, non-zero adapters): prefopt's fused layers and peft's own."""
     from peft.tuners.lora.layer import Linear
