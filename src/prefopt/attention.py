@@ -97,9 +97,9 @@ class _SegmentAttention(torch.autograd.Function):
 
 
 def _attend(query, key, value, segments: Segments, options: dict, track: bool = False):
-    """The segment calls of every row into one [B, L, H, D] output (padding 0); with `track`, also
-    each call's output, place (row, start, end, prompt length or None for the causal first call)
-    and detached inputs, for the backward."""
+    """The segment calls of every row into one [B, L, H, D] output (padding 0), and with `track`
+    (else an empty list) each call's output, place (row, start, end, prompt length or None for the
+    causal first call) and detached inputs, for the backward."""
     batch, heads, length, dim = query.shape
     out = query.new_empty(batch, length, heads, dim)
     calls = []
@@ -120,7 +120,8 @@ def _attend(query, key, value, segments: Segments, options: dict, track: bool = 
                 inputs = tuple(t.detach().requires_grad_() for t in inputs)
             piece = F.scaled_dot_product_attention(*inputs, attn_mask=mask, is_causal=shared is None, **options)
             out[one, start:end] = piece.detach().transpose(1, 2)
-            calls.append((piece, (row, start, end, shared), inputs))
+            if track:  # untracked (inference), each piece is freed once copied into `out`
+                calls.append((piece, (row, start, end, shared), inputs))
         out[one, ends[-1]:] = 0
     return out, calls
 
