@@ -122,10 +122,9 @@ def run_trl(args, rows, model_path: str) -> dict:
                            bf16=args.precision == "bf16",
                            lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0,
                            precompute_ref_log_probs=args.trl_precompute,
-                           gradient_checkpointing=args.checkpointing or args.trl_checkpointing,
-                           dataloader_num_workers=0, seed=0)
+                           gradient_checkpointing=args.checkpointing, dataloader_num_workers=0, seed=0)
         trainer = TimedDPOTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(pairs),
-                             processing_class=tokenizer, peft_config=peft_config)
+                                  processing_class=tokenizer, peft_config=peft_config)
         if args.trl_precompute and not trainer.reference_seconds:
             raise SystemExit("TRL's reference pass was not timed: DPOTrainer no longer calls _precompute_ref_logps")
         started = time.perf_counter()
@@ -197,7 +196,7 @@ def measure(args, framework: str, workload: str) -> dict:
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--beta", str(args.beta),
                "--max-length", str(args.max_length), "--precision", args.precision, "--scale", str(args.scale)]
     command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--trl-precompute"] * args.trl_precompute
-    command += ["--checkpointing"] * args.checkpointing + ["--trl-checkpointing"] * args.trl_checkpointing
+    command += ["--checkpointing"] * args.checkpointing
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PREFOPT_CACHE":
                                                                           args.cache})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -221,9 +220,6 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="LoRA on both sides (reference = adapters off)")
     parser.add_argument("--trl-precompute", action="store_true", help="TRL precompute_ref_log_probs=True")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
-    parser.add_argument("--trl-checkpointing", action="store_true",
-                        help="gradient checkpointing on TRL's side only: TRL's lowest-memory setting against "
-                             "prefopt's default, the comparison at (about) the same memory budget")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool and workload (the fastest is kept)")
     parser.add_argument("--worker", choices=["prefopt", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
@@ -259,7 +255,6 @@ def main() -> None:
         }
     table = Table(title=f"prefopt vs TRL DPOTrainer ({'LoRA' if args.lora else 'full fine-tuning'}, "
                         f"{args.precision}, batch {args.batch_size}{', checkpointing' * args.checkpointing}"
-                        f"{', TRL checkpointing' * args.trl_checkpointing}"
                         f"{', TRL precompute_ref_log_probs' * args.trl_precompute}{', quick' if args.quick else ''}"
                         f"{f', fastest of {args.repeats}' if args.repeats > 1 else ''})")
     for column in ("workload", "tool", "epoch s", "tokens/s", "lists/s", "peak GB", "step-1 loss", "MFU (GFLOP/s)",
