@@ -3,6 +3,8 @@ reference log-probs equal fresh ones, the cache misses when anything it depends 
 run with every optimization on matches a run with all of them off."""
 
 import json
+import platform
+import resource
 
 import pytest
 import torch
@@ -87,3 +89,38 @@ def test_a_fresh_run_never_reuses_an_earlier_runs_reference(tiny_model, lists_fi
     train(config(tiny_model, other, tmp_path / "run", reference_cache=False))
     second = torch.load(tmp_path / "run" / "reference_logps.pt")
     assert not torch.equal(first["train"], second["train"])
+
+
+BLOCK = 64 << 20  # over glibc's largest mmap threshold (32 MiB)
+PAGES = BLOCK // resource.getpagesize()
+
+
+def faults_per_block(cycles: int = 8) -> float:
+    """Mean page faults of allocating and touching a 64 MiB block, `cycles` times in a row (each one
+    freed before the next)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(cycles):
+        torch.empty(BLOCK, dtype=torch.uint8).fill_(1)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / cycles
+
+
+def huge_pages_always() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as flags:
+            return "[always]" in flags.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator settings")
+def test_training_on_a_cpu_reuses_freed_memory_and_restores_the_allocator(tiny_model, lists_file, tmp_path):
+    # glibc's default: every block this size is mmapped and faulted in afresh (with huge pages
+    # always on, in 2 MiB pages)
+    fresh = PAGES / 2 if not huge_pages_always() else PAGES / 512 / 2
+    before = faults_per_block()
+    assert before >= fresh
+    during = []
+    train(config(tiny_model, lists_file, tmp_path / "run", max_steps=2),
+          on_step=lambda state, record: during.append(faults_per_block()))
+    assert during and max(during) <= before / 4  # at most the first of 8 blocks was fresh memory
+    assert faults_per_block() >= fresh

@@ -1,0 +1,45 @@
+"""Keep freed host memory in the process while training on a CPU.
+
+glibc hands every freed block above its mmap threshold (128 KiB, rising to at most 32 MiB) back
+to the kernel and trims the top of its heap, so the activations of each training step, hundreds
+of megabytes allocated and freed every step, come back as fresh pages the kernel has to fault in
+and zero. On SmolLM2-135M with LoRA (long prompts, batch 4, 2 cores) that is ~600 000 page faults
+and 3.5 s of kernel time in a 12 s step. With mmap off and the trim threshold raised, freed blocks
+stay in the heap and the next step reuses them: no faults, and the step takes ~10 s. Peak RSS
+stays the same (freed memory is reused, not added to). The defaults come back on exit, with the
+heap trimmed. Other C libraries: nothing changes."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import platform
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
+DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+KEEP_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int
+
+
+@contextlib.contextmanager
+def keep_freed_memory(enabled: bool = True):
+    libc = _glibc() if enabled else None
+    if libc is None:
+        yield False
+        return
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD)
+    try:
+        yield True
+    finally:
+        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
