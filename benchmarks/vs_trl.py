@@ -90,6 +90,8 @@ def run_trl(args, rows, model_path: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
+    from prefopt.hostmem import keep_freed_memory
+
     class TimedDPOTrainer(DPOTrainer):
         """With precompute_ref_log_probs, TRL runs its reference pass inside the constructor; timed
         here so that it counts, as prefopt's reference pass does."""
@@ -123,13 +125,15 @@ def run_trl(args, rows, model_path: str) -> dict:
                            lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0,
                            precompute_ref_log_probs=args.trl_precompute,
                            gradient_checkpointing=args.checkpointing, dataloader_num_workers=0, seed=0)
-        trainer = TimedDPOTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(pairs),
-                                  processing_class=tokenizer, peft_config=peft_config)
-        if args.trl_precompute and not trainer.reference_seconds:
-            raise SystemExit("TRL's reference pass was not timed: DPOTrainer no longer calls _precompute_ref_logps")
-        started = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - started
+        # prefopt keeps freed memory in the process while it trains on a CPU; this gives TRL the same
+        with keep_freed_memory(enabled=args.trl_keep_freed_memory and not torch.cuda.is_available()):
+            trainer = TimedDPOTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(pairs),
+                                      processing_class=tokenizer, peft_config=peft_config)
+            if args.trl_precompute and not trainer.reference_seconds:
+                raise SystemExit("TRL's reference pass was not timed: DPOTrainer no longer calls _precompute_ref_logps")
+            started = time.perf_counter()
+            trainer.train()
+            seconds = time.perf_counter() - started
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {"seconds": trainer.reference_seconds + seconds, "reference_seconds": trainer.reference_seconds,
             "step1_loss": losses[0], "steps": trainer.state.global_step, "peak_memory_gb": peak_memory_gb()}
@@ -196,7 +200,7 @@ def measure(args, framework: str, workload: str) -> dict:
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--beta", str(args.beta),
                "--max-length", str(args.max_length), "--precision", args.precision, "--scale", str(args.scale)]
     command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--trl-precompute"] * args.trl_precompute
-    command += ["--checkpointing"] * args.checkpointing
+    command += ["--checkpointing"] * args.checkpointing + ["--trl-keep-freed-memory"] * args.trl_keep_freed_memory
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PREFOPT_CACHE":
                                                                           args.cache})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -220,6 +224,8 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="LoRA on both sides (reference = adapters off)")
     parser.add_argument("--trl-precompute", action="store_true", help="TRL precompute_ref_log_probs=True")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
+    parser.add_argument("--trl-keep-freed-memory", action="store_true",
+                        help="run TRL with the glibc allocator settings prefopt uses on a CPU (prefopt.hostmem)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool and workload (the fastest is kept)")
     parser.add_argument("--worker", choices=["prefopt", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
@@ -255,7 +261,8 @@ def main() -> None:
         }
     table = Table(title=f"prefopt vs TRL DPOTrainer ({'LoRA' if args.lora else 'full fine-tuning'}, "
                         f"{args.precision}, batch {args.batch_size}{', checkpointing' * args.checkpointing}"
-                        f"{', TRL precompute_ref_log_probs' * args.trl_precompute}{', quick' if args.quick else ''}"
+                        f"{', TRL precompute_ref_log_probs' * args.trl_precompute}"
+                        f"{', TRL keeps freed memory' * args.trl_keep_freed_memory}{', quick' if args.quick else ''}"
                         f"{f', fastest of {args.repeats}' if args.repeats > 1 else ''})")
     for column in ("workload", "tool", "epoch s", "tokens/s", "lists/s", "peak GB", "step-1 loss", "MFU (GFLOP/s)",
                    "speedup", "memory ratio"):
