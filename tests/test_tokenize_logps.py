@@ -281,6 +281,35 @@ def test_fused_lora_sum_equals_peft_in_values_and_gradients(tiny_model, tokenize
         assert torch.equal(off, completion_logps(plain, batch).logps) and not torch.equal(off, results[0][0])
 
 
+def test_fused_lora_sum_under_bf16_autocast_is_as_accurate_as_peft(tiny_model, tokenizer):
+    """Under bf16 autocast the fused sum accumulates the adapter inside the GEMM where peft adds a
+    bf16 product; both differ from float32 by bf16 rounding (about 12% in this tiny random model's
+    gradients), and the fused one by no more than peft's. A wrong scaling or a dropped adapter
+    would differ by about 100%."""
+    import statistics
+
+    fused, plain = _lora_models(tiny_model)
+    records = [PreferenceRecord("Say hi", ("hi there", "go away", "hello"), (2.0, 0.0, 1.0))]
+    examples, _ = tokenize_records(records, tokenizer, TokenizeSettings(64, 32))
+    batch = collate(examples, [0], tokenizer.pad_token_id)
+    results = {}
+    for name, model, bf16 in (("fp32", plain, False), ("fused", fused, True), ("peft", plain, True)):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logps = completion_logps(model, batch).logps
+        assert logps.dtype == torch.float32
+        logps.sum().backward()
+        results[name] = logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    truth, truth_grads = results["fp32"]
+    errors = {}
+    for name in ("fused", "peft"):
+        logps, grads = results[name]
+        torch.testing.assert_close(logps, truth, rtol=0, atol=0.05)
+        errors[name] = [float((grads[n] - g).norm() / g.norm()) for n, g in truth_grads.items()]
+    assert statistics.mean(errors["fused"]) < 1.25 * statistics.mean(errors["peft"]), errors
+    assert max(errors["fused"]) < 0.4, errors
+
+
 def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(tiny_model):
     from prefopt.lora import FusedLoraLinear
 
@@ -297,7 +326,11 @@ def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(tiny_model):
     assert layer._plain_adapter(x, (), {}) is None
     layer.lora_B["default"] = bias_free
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer._plain_adapter(x, (), {}) == "default"  # autocast casts input and weights alike
+        assert layer._plain_adapter(x.bfloat16(), (), {}) == "default"
+        layer.lora_A["default"].to(torch.bfloat16)  # weights of mixed dtypes: peft's forward
         assert layer._plain_adapter(x, (), {}) is None
+        layer.lora_A["default"].to(torch.float32)
     with fused.disable_adapter():
         assert layer._plain_adapter(x, (), {}) is None
         torch.testing.assert_close(layer(x), layer.base_layer(x), rtol=0, atol=0)
