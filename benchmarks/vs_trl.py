@@ -235,12 +235,17 @@ def main() -> None:
 
     from rich.console import Console
     from rich.table import Table
+    from transformers import AutoConfig
 
     from prefopt.model import resolve_model_path
 
     # the model is resolved (a GGUF converted) once, into the user's cache; the workers get its folder
     # and a fresh cache folder of their own, so no reference log-probs carry over between runs
-    args.model = str(resolve_model_path(args.model))
+    try:
+        args.model = str(resolve_model_path(args.model))
+        AutoConfig.from_pretrained(args.model)
+    except (OSError, ValueError) as error:  # FileNotFoundError is an OSError
+        raise SystemExit(f"--model {args.model}: {error}") from None
     args.cache = tempfile.mkdtemp(prefix="prefopt-bench-cache-")
     results = {}
     for workload in args.workloads.split(","):
