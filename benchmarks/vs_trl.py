@@ -280,7 +280,13 @@ def main() -> None:
                           f"{r['peak_memory_gb']:.2f}", f"{r['step1_loss']:.5f}",
                           f"{r['mfu']:.0%} of {r['peak_gflops']:.0f} ({r['mfu_of_best_peak']:.0%} of best; "
                           f"bf16 {r['bf16_peak_gflops']:.0f})", *ratios)
-    Console(width=160).print(table)
+    console = Console(width=160)
+    console.print(table)
+    for workload, row in results.items():  # both run DPO on pairs, both start at ln 2 (lists: PL vs DPO)
+        if workload != "lists" and row["step1_loss_difference"] > 1e-3:
+            console.print(f"[yellow]{workload}: step-1 losses differ by {row['step1_loss_difference']:.5f} (> 1e-3): "
+                          "at step 0 a policy equals its reference, so a DPO loss other than ln 2 = 0.69315 means "
+                          "that tool's reference log-probs differ from its policy's (a precision mismatch)[/]")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
