@@ -2,6 +2,7 @@
 reference log-probs equal fresh ones, the cache misses when anything it depends on changes, and a
 run with every optimization on matches a run with all of them off."""
 
+import ctypes
 import json
 import platform
 import resource
@@ -92,7 +93,17 @@ def test_a_fresh_run_never_reuses_an_earlier_runs_reference(tiny_model, lists_fi
 
 
 BLOCK = 64 << 20  # over glibc's largest mmap threshold (32 MiB)
-PAGES = BLOCK // resource.getpagesize()
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+
+def mallinfo2() -> MallInfo2:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2()
 
 
 def faults_per_block(cycles: int = 8) -> float:
@@ -104,23 +115,33 @@ def faults_per_block(cycles: int = 8) -> float:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / cycles
 
 
-def huge_pages_always() -> bool:
+def mmaps_a_large_block() -> bool:
+    """Whether malloc hands a block larger than all the free memory in its heap to mmap (so no free
+    hole left in the heap, which glibc reuses first under any settings, can serve it)."""
+    size = BLOCK + mallinfo2().fordblks
+    mapped = mallinfo2().hblks
+    block = torch.empty(size, dtype=torch.uint8)
     try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as flags:
-            return "[always]" in flags.read()
-    except OSError:
-        return False
+        return mallinfo2().hblks > mapped
+    finally:
+        del block
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator settings")
+def has_mallinfo2() -> bool:
+    name, version = platform.libc_ver()
+    return name == "glibc" and tuple(int(part) for part in version.split(".")[:2]) >= (2, 33)
+
+
+glibc = pytest.mark.skipif(not has_mallinfo2(), reason="glibc's allocator settings (mallinfo2: glibc 2.33+)")
+
+
+@glibc
 def test_training_on_a_cpu_reuses_freed_memory_and_restores_the_allocator(tiny_model, lists_file, tmp_path):
-    # glibc's default: every block this size is mmapped and faulted in afresh (with huge pages
-    # always on, in 2 MiB pages)
-    fresh = PAGES / 2 if not huge_pages_always() else PAGES / 512 / 2
-    before = faults_per_block()
-    assert before >= fresh
+    assert mmaps_a_large_block()
+    fresh = faults_per_block()  # each block mmapped and faulted in afresh (in 2 MiB pages with huge pages on)
     during = []
     train(config(tiny_model, lists_file, tmp_path / "run", max_steps=2),
-          on_step=lambda state, record: during.append(faults_per_block()))
-    assert during and max(during) <= before / 4  # at most the first of 8 blocks was fresh memory
-    assert faults_per_block() >= fresh
+          on_step=lambda state, record: during.append((mmaps_a_large_block(), faults_per_block())))
+    assert during and not any(mapped for mapped, _ in during)
+    assert max(faults for _, faults in during) <= fresh / 4  # at most the first of 8 blocks was fresh memory
+    assert mmaps_a_large_block()
