@@ -39,6 +39,29 @@ def test_step_zero_rewards_are_exactly_zero(tiny_model, lists_file, tmp_path, sh
     assert result.eval_start["reward_margin"] == 0.0
 
 
+def test_step_zero_rewards_are_exactly_zero_in_bf16_through_matmul_attention(tiny_model, lists_file, tmp_path,
+                                                                              monkeypatch):
+    """bf16 autocast with every attention call of the packed layout through the matmul kernel
+    (chosen on CPUs with bf16 matrix instructions for calls of 128 × 256 and more; forced here for
+    the tiny model's)."""
+    import prefopt.attention as attention
+
+    calls = []
+    monkeypatch.setattr(attention, "_matmuls_are_faster", lambda query, dropout: calls.append(1) or True)
+    monkeypatch.setattr(attention, "_MATMULS_FROM", 0)
+    result = train(config(tiny_model, lists_file, tmp_path / "run", precision="bf16", max_steps=1))
+    step = first_step(tmp_path / "run")
+    assert calls
+    assert step["reward_margin"] == 0.0 and step["rewards/chosen"] == 0.0 and step["rewards/rejected"] == 0.0
+    assert result.eval_start["reward_margin"] == 0.0
+
+
+def test_runs_of_other_precisions_follow_each_other_in_one_process(tiny_model, lists_file, tmp_path):
+    for precision in ("fp32", "bf16", "fp32"):  # accelerate keeps one precision per process unless told
+        train(config(tiny_model, lists_file, tmp_path / precision, precision=precision, max_steps=1))
+        assert first_step(tmp_path / precision)["loss"] > 0
+
+
 def test_cached_reference_equals_fresh_and_is_reused(tiny_model, lists_file, tmp_path, capsys):
     train(config(tiny_model, lists_file, tmp_path / "fresh", reference_cache=False))
     train(config(tiny_model, lists_file, tmp_path / "first"))

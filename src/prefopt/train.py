@@ -29,8 +29,8 @@ from prefopt.losses import ListBatch, LossOutput
 # part of the reference cache's key: raise it whenever a change to the log-prob engine can change
 # a list's log-probs in the last bits (cached entries from older engines would give non-zero
 # step-0 rewards). 2: segment attention, per-row first call, fused LM head; 3: LM-head logits
-# vocabulary-major (the logsumexp adds in another order).
-ENGINE_VERSION = 3
+# vocabulary-major (the logsumexp adds in another order); 4: matmul attention under bf16 on CPUs.
+ENGINE_VERSION = 4
 
 
 @dataclasses.dataclass
@@ -62,6 +62,7 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
 def _train(config: TrainConfig, *, resume: bool, console: Console | None,
            on_step: Callable[[TrainState, dict], None] | None) -> TrainResult:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from transformers import get_scheduler
 
     from prefopt.model import LoraSettings, choose_precision, load_model, load_tokenizer
@@ -71,6 +72,9 @@ def _train(config: TrainConfig, *, resume: bool, console: Console | None,
     out_dir = Path(config.output_dir)
     on_gpu = torch.cuda.is_available()
     precision, why = choose_precision(config.precision, torch.device("cuda" if on_gpu else "cpu"))
+    # accelerate keeps one mixed-precision setting per process and refuses another one: an earlier
+    # run's (of another precision) is dropped here, the distributed environment kept
+    AcceleratorState._reset_state()
     # without cpu=True, accelerate ignores torchrun's multi-process environment on a CPU-only machine
     accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not on_gpu)
     say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
