@@ -151,9 +151,14 @@ def _matmuls_are_faster(query: torch.Tensor, dropout: float) -> bool:
     torch that can run float32 matmuls through bf16 (`torch.backends.mkldnn.matmul.fp32_precision`)."""
     if query.device.type != "cpu" or dropout or not torch.is_autocast_enabled("cpu"):
         return False
-    if torch.get_autocast_dtype("cpu") != torch.bfloat16 or not hasattr(torch.backends.mkldnn, "matmul"):
+    return torch.get_autocast_dtype("cpu") == torch.bfloat16 and _cpu_has_bf16_matmuls()
+
+
+@functools.cache
+def _cpu_has_bf16_matmuls() -> bool:  # asked once per process: every layer of every forward asks
+    if not hasattr(torch.backends.mkldnn, "matmul") or not torch.backends.mkldnn.is_available():
         return False
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # (query, key) pairs from which the matmuls beat the flash kernel (its one call costs less than
