@@ -58,10 +58,11 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     options = {"scale": scaling, "dropout_p": dropout if module.training else 0.0,
-               "enable_gqa": query.shape[1] != key.shape[1], "matmuls": _matmuls_are_faster(query, dropout)}
+               "enable_gqa": query.shape[1] != key.shape[1]}
+    matmuls = _matmuls_are_faster(query, dropout)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
-        return _SegmentAttention.apply(query, key, value, prefopt_segments, options), None
-    return _attend(query, key, value, prefopt_segments, options)[0], None
+        return _SegmentAttention.apply(query, key, value, prefopt_segments, options, matmuls), None
+    return _attend(query, key, value, prefopt_segments, options, matmuls)[0], None
 
 
 class _SegmentAttention(torch.autograd.Function):
@@ -70,9 +71,9 @@ class _SegmentAttention(torch.autograd.Function):
     tensor in the backward (about 20 per row and layer) for the sums to add up."""
 
     @staticmethod
-    def forward(ctx, query, key, value, segments, options):
+    def forward(ctx, query, key, value, segments, options, matmuls):
         with torch.enable_grad():
-            out, calls = _attend(query, key, value, segments, options, track=True)
+            out, calls = _attend(query, key, value, segments, options, matmuls, track=True)
         ctx.calls, ctx.shapes = calls, (query.shape, key.shape)
         return out
 
@@ -100,13 +101,14 @@ class _SegmentAttention(torch.autograd.Function):
             else:  # keys [0, end), the first call of its row
                 dk[one, :, :end], dv[one, :, :end] = gk, gv
         del ctx.calls
-        return dq, dk, dv, None, None
+        return dq, dk, dv, None, None, None
 
 
-def _attend(query, key, value, segments: Segments, options: dict, track: bool = False):
+def _attend(query, key, value, segments: Segments, options: dict, matmuls: bool, track: bool = False):
     """The segment calls of every row into one [B, L, H, D] output (padding 0), and with `track`
     (else an empty list) each call's output, place (row, start, end, prompt length or None for the
-    causal first call) and detached inputs, for the backward."""
+    causal first call) and detached inputs, for the backward. `options` go to SDPA; with `matmuls`,
+    calls of `_MATMULS_FROM` (query, key) pairs or more take `_MatmulAttention` instead."""
     batch, heads, length, dim = query.shape
     out = query.new_empty(batch, length, heads, dim)
     calls = []
@@ -125,12 +127,10 @@ def _attend(query, key, value, segments: Segments, options: dict, track: bool = 
             inputs = (query[one, :, start:end], keys, values)
             if track:
                 inputs = tuple(t.detach().requires_grad_() for t in inputs)
-            matmuls = options["matmuls"] and (end - start) * keys.shape[2] >= _MATMULS_FROM
-            if matmuls:  # both kinds of call: every key up to the query's own position
+            if matmuls and (end - start) * keys.shape[2] >= _MATMULS_FROM:  # sees keys up to its own position
                 piece = _MatmulAttention.apply(*inputs, options["scale"])
             else:
-                sdpa = {name: value for name, value in options.items() if name != "matmuls"}
-                piece = F.scaled_dot_product_attention(*inputs, attn_mask=mask, is_causal=shared is None, **sdpa)
+                piece = F.scaled_dot_product_attention(*inputs, attn_mask=mask, is_causal=shared is None, **options)
             out[one, start:end] = piece.detach().transpose(1, 2)
             if track:  # untracked (inference), each piece is freed once copied into `out`
                 calls.append((piece, (row, start, end, shared), inputs))
