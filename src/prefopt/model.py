@@ -136,11 +136,13 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
     from transformers import AutoModelForCausalLM
 
     from prefopt.attention import use_segment_attention
+    from prefopt.norm import fuse_rms_norms
 
     _quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(spec), dtype=torch.float32)
     model.config.use_cache = False
     use_segment_attention(model)
+    fuse_rms_norms(model)
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

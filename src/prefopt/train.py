@@ -29,8 +29,9 @@ from prefopt.losses import ListBatch, LossOutput
 # part of the reference cache's key: raise it whenever a change to the log-prob engine can change
 # a list's log-probs in the last bits (cached entries from older engines would give non-zero
 # step-0 rewards). 2: segment attention, per-row first call, fused LM head; 3: LM-head logits
-# vocabulary-major (the logsumexp adds in another order); 4: matmul attention under bf16 on CPUs.
-ENGINE_VERSION = 4
+# vocabulary-major (the logsumexp adds in another order); 4: matmul attention under bf16 on CPUs;
+# 5: fused RMSNorm (prefopt.norm).
+ENGINE_VERSION = 5
 
 
 @dataclasses.dataclass
