@@ -29,3 +29,24 @@ def test_attention_benchmark_compares_both_kernels_and_names_a_bad_call():
     done = subprocess.run([sys.executable, script, "--calls", "30x8"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "--calls 30x8: expected QUERIESxKEYS" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_required_flops_count_linear_layers_head_and_the_attention_pairs_the_work_needs(tiny_model):
+    import importlib.util
+
+    from transformers import AutoConfig
+
+    spec = importlib.util.spec_from_file_location("vs_trl", ROOT / "benchmarks" / "vs_trl.py")
+    vs_trl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vs_trl)
+    vocab = AutoConfig.from_pretrained(tiny_model).vocab_size
+    # tiny Llama: hidden 64, MLP 128, 2 layers, 4 heads of 16, 2 key-value heads
+    body = 2 * 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128)  # forward FLOPs a token
+    head = 2 * 64 * vocab
+    # prompt of 3, completions of 2 and 1: the prompt sees 1 + 2 + 3 keys, the first completion
+    # 3 + 1 and 3 + 2, the second 3 + 1: 19 (query, key) pairs
+    attention = 4 * 16 * 4 * 2 * 19
+    for lora, passes in ((True, 3), (False, 4)):
+        flops = vs_trl.required_flops(str(tiny_model), [(3, [2, 1])], lora)
+        assert flops["without_attention"] == passes * (body * 6 + head * 3)
+        assert flops["total"] == flops["without_attention"] + 4 * attention

@@ -193,3 +193,17 @@ def test_two_processes_equal_one_with_accumulation(tiny_model, pairs_file, tmp_p
     for a, b in zip(train_metrics(tmp_path / "ddp"), train_metrics(tmp_path / "one"), strict=True):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     assert_same_weights(trained(tmp_path / "ddp"), trained(tmp_path / "one"), atol=1e-6)
+
+
+def test_auto_precision_takes_the_best_of_three_readings(monkeypatch):
+    """One slow reading of bf16 (a busy moment) must not decide; bf16 without matrix units is read once."""
+    import torch
+
+    import prefopt.model as model
+
+    readings = {torch.float32: iter([200, 210, 190]), torch.bfloat16: iter([250, 900, 880])}
+    monkeypatch.setattr(model, "matmul_gflops", lambda dtype: next(readings[dtype]))
+    precision, why = model.choose_precision("auto", torch.device("cpu"))
+    assert precision == "bf16" and "bf16 900 vs fp32 210" in why
+    readings = {torch.float32: iter([200, 210, 190]), torch.bfloat16: iter([1])}  # a second bf16 read would raise
+    assert model.choose_precision("auto", torch.device("cpu"))[0] == "fp32"

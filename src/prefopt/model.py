@@ -99,8 +99,12 @@ def choose_precision(requested: str, device) -> tuple[str, str]:
         return ("bf16" if supported else "fp32"), f"GPU {'supports' if supported else 'lacks'} bf16"
     if device.type != "cpu":
         return "fp32", f"{device.type} device"
-    speeds = {dtype: matmul_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
-    fp32, bf16 = speeds[torch.float32], speeds[torch.bfloat16]
+    # the best of three readings each: one reading on a busy machine can come out at a third of
+    # the real rate. bf16 on a CPU without matrix units (~1 GFLOP/s, seconds a reading) gets one.
+    fp32 = max(matmul_gflops(torch.float32) for _ in range(3))
+    bf16 = matmul_gflops(torch.bfloat16)
+    if bf16 > fp32 / 4:
+        bf16 = max(bf16, *(matmul_gflops(torch.bfloat16) for _ in range(2)))
     choice = "bf16" if bf16 > 1.5 * fp32 else "fp32"
     return choice, f"matmul on this CPU: bf16 {bf16:.0f} vs fp32 {fp32:.0f} GFLOP/s"
 
