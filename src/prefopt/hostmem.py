@@ -6,8 +6,14 @@ of megabytes allocated and freed every step, come back as fresh pages the kernel
 and zero. On SmolLM2-135M with LoRA (long prompts, batch 4, 2 cores) that is ~600 000 page faults
 and 3.5 s of kernel time in a 12 s step. With mmap off and the trim threshold raised, freed blocks
 stay in the heap and the next step reuses them: no faults, and the step takes ~10 s. Peak RSS
-stays the same (freed memory is reused, not added to). The defaults come back on exit, with the
-heap trimmed. Other C libraries: nothing changes."""
+stays the same (freed memory is reused, not added to). Other C libraries: nothing changes.
+
+On exit the heap is trimmed and mmap comes back, but not glibc's start-up state: the first
+mallopt call turns off for good its dynamic threshold, which starts at 128 KiB and follows the
+largest mmapped block freed, up to 32 MiB. Left at 128 KiB fixed, every later tensor above it
+would be mmapped and faulted in afresh (a bf16 GEMM with a 7 MB output: 1,761 faults a call, a
+third slower). So the state that threshold reaches by itself comes back: mmap from 32 MiB, trim
+above 64 MiB."""
 
 from __future__ import annotations
 
@@ -15,8 +21,10 @@ import contextlib
 import ctypes
 import platform
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
-DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt parameters (malloc.h)
+DEFAULT_MMAP_MAX = 65536
+# where glibc's dynamic threshold ends up (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit; trim at twice it)
+SETTLED_MMAP_THRESHOLD, SETTLED_TRIM_THRESHOLD = 32 * 1024 * 1024, 64 * 1024 * 1024
 KEEP_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int
 
 
@@ -32,7 +40,8 @@ def keep_freed_memory(enabled: bool = True):
         yield True
     finally:
         libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        libc.mallopt(M_MMAP_THRESHOLD, SETTLED_MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, SETTLED_TRIM_THRESHOLD)
         libc.malloc_trim(0)
 
 
