@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from prefopt.attention import _MatmulAttention, _matmuls_are_faster
+from prefopt.attention import _MATMULS_FROM, _MatmulAttention, _matmuls_are_faster
 
 HEADS, KV_HEADS, DIM = 9, 3, 64
 
@@ -84,7 +84,8 @@ def main() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         chosen = _matmuls_are_faster(torch.empty(1, device="cpu"), 0.0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; prefopt picks the matmuls here for "
-          f"calls of 128 × 256 and more: {'yes' if chosen else 'no (no bf16 matrix instructions)'}")
+          f"calls of {_MATMULS_FROM[0]} queries and {_MATMULS_FROM[1]} keys and more: "
+          f"{'yes' if chosen else 'no (no bf16 matrix instructions)'}")
     print(f"{'call':>11} {'kernel':>8} {'forward ms':>11} {'fwd+bwd ms':>11}   "
           "rel. error vs float64: out / dq / dk / dv")
     for call, queries, keys in calls:

@@ -42,13 +42,13 @@ def test_step_zero_rewards_are_exactly_zero(tiny_model, lists_file, tmp_path, sh
 def test_step_zero_rewards_are_exactly_zero_in_bf16_through_matmul_attention(tiny_model, lists_file, tmp_path,
                                                                               monkeypatch):
     """bf16 autocast with every attention call of the packed layout through the matmul kernel
-    (chosen on CPUs with bf16 matrix instructions for calls of 128 × 256 and more; forced here for
-    the tiny model's)."""
+    (chosen on CPUs with bf16 matrix instructions for calls of 80 queries and 128 keys and more;
+    forced here for the tiny model's)."""
     import prefopt.attention as attention
 
     calls = []
     monkeypatch.setattr(attention, "_matmuls_are_faster", lambda query, dropout: calls.append(1) or True)
-    monkeypatch.setattr(attention, "_MATMULS_FROM", 0)
+    monkeypatch.setattr(attention, "_MATMULS_FROM", (0, 0))
     result = train(config(tiny_model, lists_file, tmp_path / "run", precision="bf16", max_steps=1))
     step = first_step(tmp_path / "run")
     assert calls

@@ -276,7 +276,7 @@ def test_segment_attention_through_matmuls_equals_the_dense_block_mask(monkeypat
     monkeypatch.setattr(attention, "_matmuls_are_faster", lambda query, dropout: False)
     fused = errors()
     monkeypatch.setattr(attention, "_matmuls_are_faster", lambda query, dropout: True)
-    monkeypatch.setattr(attention, "_MATMULS_FROM", 0)
+    monkeypatch.setattr(attention, "_MATMULS_FROM", (0, 0))
     calls = []
     monkeypatch.setattr(attention._MatmulAttention, "apply",
                         lambda *args, apply=attention._MatmulAttention.apply: calls.append(1) or apply(*args))

@@ -108,7 +108,7 @@ def _attend(query, key, value, segments: Segments, options: dict, matmuls: bool,
     """The segment calls of every row into one [B, L, H, D] output (padding 0), and with `track`
     (else an empty list) each call's output, place (row, start, end, prompt length or None for the
     causal first call) and detached inputs, for the backward. `options` go to SDPA; with `matmuls`,
-    calls of `_MATMULS_FROM` (query, key) pairs or more take `_MatmulAttention` instead."""
+    calls of at least `_MATMULS_FROM` (queries, keys) take `_MatmulAttention` instead."""
     batch, heads, length, dim = query.shape
     out = query.new_empty(batch, length, heads, dim)
     calls = []
@@ -127,7 +127,7 @@ def _attend(query, key, value, segments: Segments, options: dict, matmuls: bool,
             inputs = (query[one, :, start:end], keys, values)
             if track:
                 inputs = tuple(t.detach().requires_grad_() for t in inputs)
-            if matmuls and (end - start) * keys.shape[2] >= _MATMULS_FROM:  # sees keys up to its own position
+            if matmuls and end - start >= _MATMULS_FROM[0] and keys.shape[2] >= _MATMULS_FROM[1]:
                 piece = _MatmulAttention.apply(*inputs, options["scale"])
             else:
                 piece = F.scaled_dot_product_attention(*inputs, attn_mask=mask, is_causal=shared is None, **options)
@@ -161,9 +161,12 @@ def _cpu_has_bf16_matmuls() -> bool:  # asked once per process: every layer of e
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-# (query, key) pairs from which the matmuls beat the flash kernel (its one call costs less than
-# the matmuls' ~25 small ops below about 128 × 256)
-_MATMULS_FROM = 128 * 256
+# (queries, keys) from which the matmuls beat the flash kernel over what a call costs in training,
+# forward + backward + one reference forward (`python benchmarks/attention.py`: 90 × 210 1.71
+# against 2.22 ms, 80 × 140 1.42 against 1.74, 48 × 300 a tie, 64 × 160 1.34 against 1.27: the
+# flash kernel's one call costs less than the matmuls' ~25 small ops when queries are few). The
+# choice may not depend on grad mode: the reference pass must take the policy's kernel.
+_MATMULS_FROM = (80, 128)
 _QUERY_BLOCK = 128  # queries per score tile: skips most of the masked upper triangle, tile stays in cache
 
 
