@@ -181,8 +181,7 @@ def worker(args) -> None:
     rows = synthetic_lists(tokenizer, count * args.scale, *lengths, seed=0)
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
     lengths = [(count(r["prompt"]), [count(c) + 1 for c in r["completions"]]) for r in rows]  # + EOS
-    prompt_tokens = sum(prompt for prompt, _ in lengths)
-    completion_tokens = sum(sum(completions) for _, completions in lengths)
+    data_tokens = sum(prompt + sum(completions) for prompt, completions in lengths)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     on_gpu = torch.cuda.is_available()
     # the precision used: the best of 3 readings (one reading on a busy 2-core machine can be half
@@ -197,9 +196,9 @@ def worker(args) -> None:
     flops = required_flops(model_path, lengths, args.lora)
     achieved = flops["total"] / result["seconds"]
     result |= {"device": torch.cuda.get_device_name() if on_gpu else "cpu", "lists": len(rows),
-               "data_tokens": prompt_tokens + completion_tokens,
+               "data_tokens": data_tokens,
                "lists_per_s": len(rows) / result["seconds"],
-               "tokens_per_s": (prompt_tokens + completion_tokens) / result["seconds"],
+               "tokens_per_s": data_tokens / result["seconds"],
                "model_tflops": flops["total"] / 1e12, "peak_gflops": peak / 1e9, "mfu": achieved / peak,
                "mfu_without_attention": flops["without_attention"] / result["seconds"] / peak,
                # the yardstick is the bf16 peak; where bf16 is the slower (CPUs without matrix

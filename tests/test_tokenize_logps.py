@@ -224,7 +224,7 @@ def _relative_errors(attend, inputs, weights, exact):
 @pytest.mark.parametrize("queries, keys", [(300, 300), (200, 460), (5, 9)])
 def test_matmul_attention_is_at_least_as_accurate_as_the_flash_kernel(queries, keys):
     """Under bf16 autocast on a CPU, against float64: output and gradients of the matmul attention
-    (float32 scores, bf16 GEMM inputs) at most the error of PyTorch's fused kernel on the same call.
+    (float32 GEMMs and scores) at most the error of PyTorch's fused kernel on the same call.
     300 queries span three query blocks; 200 after a 260-token prompt are a later completion."""
     from prefopt.attention import _MatmulAttention
 
