@@ -221,12 +221,18 @@ def _relative_errors(attend, inputs, weights, exact):
     return [((got.double() - want).norm() / want.norm()).item() for got, want in zip((out, *grads), exact, strict=True)]
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["probabilities-kept", "probabilities-recomputed"])
 @pytest.mark.parametrize("queries, keys", [(300, 300), (200, 460), (5, 9)])
-def test_matmul_attention_is_at_least_as_accurate_as_the_flash_kernel(queries, keys):
+def test_matmul_attention_is_at_least_as_accurate_as_the_flash_kernel(queries, keys, keep, monkeypatch):
     """Under bf16 autocast on a CPU, against float64: output and gradients of the matmul attention
-    (float32 GEMMs and scores) at most the error of PyTorch's fused kernel on the same call.
-    300 queries span three query blocks; 200 after a 260-token prompt are a later completion."""
+    (float32 scores, bf16 GEMMs where the result is rounded to bf16) at most the error of PyTorch's
+    fused kernel on the same call, with the backward reusing the forward's probabilities or
+    recomputing them. 300 queries span three query blocks; 200 after a 260-token prompt are a
+    later completion."""
+    import prefopt.attention as attention
     from prefopt.attention import _MatmulAttention
+
+    monkeypatch.setattr(attention, "_KEEP_PROBABILITIES_UP_TO", 10_000 if keep else 0)
 
     torch.manual_seed(0)
     heads, kv_heads, dim = 6, 2, 64
@@ -251,6 +257,34 @@ def test_matmul_attention_is_at_least_as_accurate_as_the_flash_kernel(queries, k
     assert max(ours) < 0.01
     for mine, fused in zip(ours, theirs, strict=True):
         assert mine <= 1.05 * fused
+
+
+def test_matmul_attention_backward_is_the_same_with_kept_or_recomputed_probabilities(monkeypatch):
+    """The backward's two ways to the probabilities (kept from the forward up to
+    `_KEEP_PROBABILITIES_UP_TO` keys, recomputed beyond) give the same gradients bit for bit, and
+    the kept ones are let go after the backward."""
+    import prefopt.attention as attention
+
+    torch.manual_seed(0)
+    query = (torch.randn(1, 300, 6, 64) * 2).transpose(1, 2)
+    key = (torch.randn(1, 300, 2, 64) * 2).transpose(1, 2)
+    value = torch.randn(1, 300, 2, 64).bfloat16().transpose(1, 2)
+    grad = torch.randn(1, 6, 300, 64).bfloat16()
+
+    def gradients(limit: int):
+        monkeypatch.setattr(attention, "_KEEP_PROBABILITIES_UP_TO", limit)
+        leaves = [t.detach().requires_grad_() for t in (query, key, value)]
+        out = attention._MatmulAttention.apply(*leaves, None)
+        kept = out.grad_fn.kept
+        grads = torch.autograd.grad(out, leaves, grad)
+        return kept, out.grad_fn.kept, grads
+
+    kept, after, grads = gradients(300)
+    assert len(kept) == 2 * 3 and after is None  # 2 key heads × 3 query blocks, freed by the backward
+    none, _, recomputed = gradients(299)
+    assert none is None
+    for a, b in zip(grads, recomputed, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_segment_attention_through_matmuls_equals_the_dense_block_mask(monkeypatch):

@@ -9,7 +9,8 @@ SDPA.
 Each call is PyTorch's fused SDPA kernel, except under bf16 autocast on a CPU with bf16 matrix
 instructions: there PyTorch's CPU flash kernel runs no faster in bf16 than in float32 (about 80
 GFLOP/s on a 481-token call, half of a bf16 training step), and `_MatmulAttention` does the same
-work as float32 oneDNN matmuls instead, about 1.8× faster and closer to float64."""
+work as oneDNN matmuls instead (float32 scores, bf16 where the result is rounded to bf16 anyway),
+about 1.9× faster and closer to float64."""
 
 from __future__ import annotations
 
@@ -167,43 +168,64 @@ def _cpu_has_bf16_matmuls() -> bool:  # asked once per process: every layer of e
 # choice may not depend on grad mode: the reference pass must take the policy's kernel.
 _MATMULS_FROM = (80, 128)
 _QUERY_BLOCK = 128  # queries per score tile: skips most of the masked upper triangle, tile stays in cache
+# keys up to which the backward reuses the forward's probabilities instead of recomputing them:
+# kept, they cost H × keys bf16 numbers a query (9 KB a token and layer for SmolLM2 at 512 keys),
+# bounded per token, so memory stays linear in length; longer calls recompute them
+_KEEP_PROBABILITIES_UP_TO = 512
 
 
 class _MatmulAttention(torch.autograd.Function):
     """Attention of queries [1, H, Lq, D] to keys and values [1, H_kv, Lk, D] where query i sees keys
     up to Lk − Lq + i (causal, or a completion after its prompt), from matmuls: per key-value head
     its G = H / H_kv query heads stacked into one GEMM, and per block of queries only the keys any
-    of them sees. Matmuls, scores, softmax and gradients are float32 (the flash kernel also keeps
-    float32 scores, from bf16 inputs). Like it, the backward recomputes the scores instead of
-    keeping them: memory stays linear in length. The output is bf16, as SDPA's under autocast."""
+    of them sees. Scores, softmax and dP = dO·Vᵀ are float32 GEMMs and float32 math (the flash
+    kernel rounds queries and keys to bf16 first; dP − Σ P·dP cancels). The GEMMs whose results
+    are rounded to bf16 anyway run in bf16 (about 1.6× faster): probabilities × values (the output
+    is bf16), and in the backward dV, dQ and dK, from probabilities and score gradients rounded to
+    bf16 as the flash kernel rounds them. The backward reuses the forward's bf16 probabilities up to
+    `_KEEP_PROBABILITIES_UP_TO` keys and recomputes them beyond, like the flash kernel, so memory
+    stays linear in length. The output is bf16, as SDPA's under autocast."""
 
     @staticmethod
     def forward(ctx, query, key, value, scale):
         ctx.scale = query.shape[-1] ** -0.5 if scale is None else scale
         out = query.new_empty(query.shape, dtype=torch.bfloat16)
+        keep = any(ctx.needs_input_grad[:3]) and key.shape[2] <= _KEEP_PROBABILITIES_UP_TO
+        kept = []
         with _float32_through_onednn():
             for heads, q, k, v in _key_heads(query, key, value, ctx.scale):
                 for rows, keys, probs in _probabilities(q, k, heads):
+                    probs = probs.bfloat16()
+                    if keep:
+                        kept.append(probs)
                     _queries(out, heads, rows).copy_((probs @ v[:keys]).unflatten(0, (-1, len(heads))))
+        ctx.kept = kept if keep else None
         ctx.save_for_backward(query, key, value, out)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         query, key, value, out = ctx.saved_tensors
+        kept, ctx.kept = ctx.kept, None
+        kept = iter(kept) if kept is not None else None
         dq = torch.empty_like(query)
         dk, dv = (torch.zeros(t.shape, dtype=torch.float32) for t in (key, value))
         with _float32_through_onednn():
             for heads, q, k, v in _key_heads(query, key, value, ctx.scale):
                 do, o = _stacked(grad, heads), _stacked(out, heads)
+                do16, v32 = do.bfloat16(), v.float()
+                q16, k16 = q.bfloat16(), (k * ctx.scale).bfloat16()  # q is scaled; dQ = dS·K·scale
                 dk_h, dv_h = dk[0, heads.start // len(heads)], dv[0, heads.start // len(heads)]
                 delta = (do * o).sum(-1, keepdim=True)  # Σ_j P_ij dP_ij, per query and head
-                for rows, keys, probs in _probabilities(q, k, heads):
-                    dv_h[:keys] += probs.T @ do[rows]
-                    scores_grad = (do[rows] @ v[:keys].T).sub_(delta[rows]).mul_(probs)
-                    dq_rows = (scores_grad @ k[:keys]).mul_(ctx.scale)
-                    _queries(dq, heads, rows).copy_(dq_rows.unflatten(0, (-1, len(heads))))
-                    dk_h[:keys] += scores_grad.T @ q[rows]  # q is scaled
+                if kept is None:
+                    blocks = ((rows, keys, probs.bfloat16()) for rows, keys, probs in _probabilities(q, k, heads))
+                else:
+                    blocks = ((rows, keys, next(kept)) for rows, keys in _blocks(q, k, heads))
+                for rows, keys, probs in blocks:
+                    dv_h[:keys] += probs.T @ do16[rows]
+                    scores_grad = (do[rows] @ v32[:keys].T).sub_(delta[rows]).mul_(probs).bfloat16()
+                    _queries(dq, heads, rows).copy_((scores_grad @ k16[:keys]).unflatten(0, (-1, len(heads))))
+                    dk_h[:keys] += scores_grad.T @ q16[rows]
         return dq, dk.to(key.dtype), dv.to(value.dtype), None
 
 
@@ -225,11 +247,11 @@ def _float32_through_onednn():
 
 def _key_heads(query, key, value, scale: float):
     """Per key-value head h: its query heads (a range), their queries stacked (`_stacked`) and
-    multiplied by the scale, and the head's keys and values [Lk, D], all float32."""
+    multiplied by the scale, and the head's keys [Lk, D] (float32) and values [Lk, D] (bf16)."""
     group = query.shape[1] // key.shape[1]
     for h in range(key.shape[1]):
         heads = range(h * group, (h + 1) * group)
-        yield heads, _stacked(query, heads) * scale, key[0, h].float(), value[0, h].float()
+        yield heads, _stacked(query, heads) * scale, key[0, h].float(), value[0, h].bfloat16()
 
 
 def _stacked(tensor, heads: range) -> torch.Tensor:
@@ -247,13 +269,22 @@ def _probabilities(q: torch.Tensor, k: torch.Tensor, heads: range):
     """Per block of the scaled stacked queries: its rows, how many keys its queries see (keys up to
     Lk − Lq + i for query i), and the float32 softmax [rows, keys]."""
     group = len(heads)
-    queries, offset = q.shape[0] // group, k.shape[0] - q.shape[0] // group
-    for first in range(0, queries, _QUERY_BLOCK):
-        last = min(queries, first + _QUERY_BLOCK)
-        rows, keys = slice(first * group, last * group), last + offset
+    offset = k.shape[0] - q.shape[0] // group
+    for rows, keys in _blocks(q, k, heads):
+        first, last = rows.start // group, rows.stop // group
         scores = q[rows] @ k[:keys].T
         scores[:, first + offset:].add_(_upper_triangle(last - first, group, q.device))
         yield rows, keys, scores.softmax(-1)
+
+
+def _blocks(q: torch.Tensor, k: torch.Tensor, heads: range):
+    """The blocks of `_QUERY_BLOCK` queries of the stacked queries: their rows, and how many keys
+    the block's last query sees."""
+    group = len(heads)
+    queries, offset = q.shape[0] // group, k.shape[0] - q.shape[0] // group
+    for first in range(0, queries, _QUERY_BLOCK):
+        last = min(queries, first + _QUERY_BLOCK)
+        yield slice(first * group, last * group), last + offset
 
 
 @functools.lru_cache(maxsize=64)

@@ -30,8 +30,9 @@ from prefopt.losses import ListBatch, LossOutput
 # a list's log-probs in the last bits (cached entries from older engines would give non-zero
 # step-0 rewards). 2: segment attention, per-row first call, fused LM head; 3: LM-head logits
 # vocabulary-major (the logsumexp adds in another order); 4: matmul attention under bf16 on CPUs;
-# 5: fused RMSNorm (prefopt.norm); 6: matmul attention from 80 queries and 128 keys.
-ENGINE_VERSION = 6
+# 5: fused RMSNorm (prefopt.norm); 6: matmul attention from 80 queries and 128 keys; 7: the matmul
+# attention's probabilities × values in bf16.
+ENGINE_VERSION = 7
 
 
 @dataclasses.dataclass
