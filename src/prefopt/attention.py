@@ -189,44 +189,46 @@ class _MatmulAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, scale):
         ctx.scale = query.shape[-1] ** -0.5 if scale is None else scale
-        out = query.new_empty(query.shape, dtype=torch.bfloat16)
         keep = any(ctx.needs_input_grad[:3]) and key.shape[2] <= _KEEP_PROBABILITIES_UP_TO
         kept = []
         with _float32_through_onednn():
-            for heads, q, k, v in _key_heads(query, key, value, ctx.scale):
-                for rows, keys, probs in _probabilities(q, k, heads):
-                    probs = probs.bfloat16()
-                    if keep:
-                        kept.append(probs)
-                    _queries(out, heads, rows).copy_((probs @ v[:keys]).unflatten(0, (-1, len(heads))))
+            q, k, v = _stacked(query, key.shape[1], torch.float32, ctx.scale), key[0].float(), value[0].bfloat16()
+            out = q.new_empty(q.shape, dtype=torch.bfloat16)
+            for h, rows, keys, probs in _probabilities(q, k, query.shape[1] // key.shape[1]):
+                probs = probs.bfloat16()
+                if keep:
+                    kept.append(probs)
+                torch.mm(probs, v[h, :keys], out=out[h, rows])
         ctx.kept = kept if keep else None
         ctx.save_for_backward(query, key, value, out)
-        return out
+        return _unstacked(out, query.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
         query, key, value, out = ctx.saved_tensors
         kept, ctx.kept = ctx.kept, None
         kept = iter(kept) if kept is not None else None
-        dq = torch.empty_like(query)
-        dk, dv = (torch.zeros(t.shape, dtype=torch.float32) for t in (key, value))
+        dk, dv = (torch.zeros(t.shape[1:], dtype=torch.float32) for t in (key, value))
         with _float32_through_onednn():
-            for heads, q, k, v in _key_heads(query, key, value, ctx.scale):
-                do, o = _stacked(grad, heads), _stacked(out, heads)
-                do16, v32 = do.bfloat16(), v.float()
-                q16, k16 = q.bfloat16(), (k * ctx.scale).bfloat16()  # q is scaled; dQ = dS·K·scale
-                dk_h, dv_h = dk[0, heads.start // len(heads)], dv[0, heads.start // len(heads)]
-                delta = (do * o).sum(-1, keepdim=True)  # Σ_j P_ij dP_ij, per query and head
-                if kept is None:
-                    blocks = ((rows, keys, probs.bfloat16()) for rows, keys, probs in _probabilities(q, k, heads))
-                else:
-                    blocks = ((rows, keys, next(kept)) for rows, keys in _blocks(q, k, heads))
-                for rows, keys, probs in blocks:
-                    dv_h[:keys] += probs.T @ do16[rows]
-                    scores_grad = (do[rows] @ v32[:keys].T).sub_(delta[rows]).mul_(probs).bfloat16()
-                    _queries(dq, heads, rows).copy_((scores_grad @ k16[:keys]).unflatten(0, (-1, len(heads))))
-                    dk_h[:keys] += scores_grad.T @ q16[rows]
-        return dq, dk.to(key.dtype), dv.to(value.dtype), None
+            kv_heads = key.shape[1]
+            q, k, v = _stacked(query, kv_heads, torch.float32, ctx.scale), key[0].float(), value[0].bfloat16()
+            do = _stacked(grad, kv_heads, torch.float32)
+            delta = (do * out).sum(-1, keepdim=True)  # Σ_j P_ij dP_ij, per query and head
+            do16, v32, q16 = do.bfloat16(), v.float(), q.bfloat16()  # q is scaled
+            k16 = (k * ctx.scale).bfloat16()  # dQ = dS·K·scale
+            dq = q16.new_empty(q.shape)
+            group = query.shape[1] // kv_heads
+            if kept is None:
+                blocks = ((h, rows, keys, probs.bfloat16()) for h, rows, keys, probs in _probabilities(q, k, group))
+            else:
+                blocks = ((h, rows, keys, next(kept)) for h, rows, keys in _blocks(q, k, group))
+            for h, rows, keys, probs in blocks:
+                dv[h, :keys] += probs.T @ do16[h, rows]
+                scores_grad = (do[h, rows] @ v32[h, :keys].T).sub_(delta[h, rows]).mul_(probs).bfloat16()
+                torch.mm(scores_grad, k16[h, :keys], out=dq[h, rows])
+                dk[h, :keys] += scores_grad.T @ q16[h, rows]
+        return (_unstacked(dq, query.shape[1]).to(query.dtype), dk.unsqueeze(0).to(key.dtype),
+                dv.unsqueeze(0).to(value.dtype), None)
 
 
 @contextlib.contextmanager
@@ -245,46 +247,48 @@ def _float32_through_onednn():
         settings.fp32_precision = before
 
 
-def _key_heads(query, key, value, scale: float):
-    """Per key-value head h: its query heads (a range), their queries stacked (`_stacked`) and
-    multiplied by the scale, and the head's keys [Lk, D] (float32) and values [Lk, D] (bf16)."""
-    group = query.shape[1] // key.shape[1]
-    for h in range(key.shape[1]):
-        heads = range(h * group, (h + 1) * group)
-        yield heads, _stacked(query, heads) * scale, key[0, h].float(), value[0, h].bfloat16()
+def _stacked(tensor: torch.Tensor, kv_heads: int, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """[1, H, L, D] -> [H_kv, L·G, D] in `dtype`, times `scale`: per key-value head its G = H / H_kv
+    query heads' rows, query i's heads in rows iG .. iG + G − 1, so that one GEMM serves the group."""
+    _, heads, length, dim = tensor.shape
+    view = tensor[0].unflatten(0, (kv_heads, heads // kv_heads)).transpose(1, 2)  # [H_kv, L, G, D]
+    stacked = torch.empty(view.shape, dtype=dtype, device=tensor.device)
+    if scale == 1.0:
+        stacked.copy_(view)
+    else:
+        torch.mul(view, scale, out=stacked)
+    return stacked.view(kv_heads, -1, dim)
 
 
-def _stacked(tensor, heads: range) -> torch.Tensor:
-    """[1, H, L, D] -> float32 [L·G, D] of the heads' rows, query i's G heads in rows iG .. iG + G − 1."""
-    return tensor[0, heads.start:heads.stop].transpose(0, 1).reshape(-1, tensor.shape[-1]).float()
+def _unstacked(stacked: torch.Tensor, heads: int) -> torch.Tensor:
+    """[H_kv, L·G, D] -> [1, H, L, D] (a transposed view of a [1, L, H, D] copy, the layout the
+    projections use)."""
+    kv_heads, _, dim = stacked.shape
+    by_query = stacked.view(kv_heads, -1, heads // kv_heads, dim).transpose(0, 1)  # [L, H_kv, G, D]
+    return by_query.reshape(1, -1, heads, dim).transpose(1, 2)
 
 
-def _queries(tensor, heads: range, rows: slice) -> torch.Tensor:
-    """The [queries, G, D] view of `tensor` [1, H, Lq, D] that stacked rows `rows` come from."""
-    group = len(heads)
-    return tensor[0, heads.start:heads.stop, rows.start // group:rows.stop // group].transpose(0, 1)
-
-
-def _probabilities(q: torch.Tensor, k: torch.Tensor, heads: range):
-    """Per block of the scaled stacked queries: its rows, how many keys its queries see (keys up to
-    Lk − Lq + i for query i), and the float32 softmax [rows, keys]."""
-    group = len(heads)
-    offset = k.shape[0] - q.shape[0] // group
-    for rows, keys in _blocks(q, k, heads):
+def _probabilities(q: torch.Tensor, k: torch.Tensor, group: int):
+    """Per key-value head h and block of its stacked scaled queries `q` [H_kv, Lq·G, D] (keys `k`
+    [H_kv, Lk, D]): h, the block's rows, how many keys its queries see (keys up to Lk − Lq + i for
+    query i), and the float32 softmax [rows, keys]."""
+    offset = k.shape[1] - q.shape[1] // group
+    for h, rows, keys in _blocks(q, k, group):
         first, last = rows.start // group, rows.stop // group
-        scores = q[rows] @ k[:keys].T
+        scores = q[h, rows] @ k[h, :keys].T
         scores[:, first + offset:].add_(_upper_triangle(last - first, group, q.device))
-        yield rows, keys, scores.softmax(-1)
+        yield h, rows, keys, scores.softmax(-1)
 
 
-def _blocks(q: torch.Tensor, k: torch.Tensor, heads: range):
-    """The blocks of `_QUERY_BLOCK` queries of the stacked queries: their rows, and how many keys
-    the block's last query sees."""
-    group = len(heads)
-    queries, offset = q.shape[0] // group, k.shape[0] - q.shape[0] // group
-    for first in range(0, queries, _QUERY_BLOCK):
-        last = min(queries, first + _QUERY_BLOCK)
-        yield slice(first * group, last * group), last + offset
+def _blocks(q: torch.Tensor, k: torch.Tensor, group: int):
+    """Per key-value head h and block of `_QUERY_BLOCK` queries: h, the block's stacked rows, and
+    how many keys the block's last query sees."""
+    queries = q.shape[1] // group
+    offset = k.shape[1] - queries
+    for h in range(q.shape[0]):
+        for first in range(0, queries, _QUERY_BLOCK):
+            last = min(queries, first + _QUERY_BLOCK)
+            yield h, slice(first * group, last * group), last + offset
 
 
 @functools.lru_cache(maxsize=64)
