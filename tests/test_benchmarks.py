@@ -31,6 +31,19 @@ def test_attention_benchmark_compares_both_kernels_and_names_a_bad_call():
     assert "Traceback" not in done.stderr
 
 
+def test_optimizer_benchmark_times_both_updates_and_checks_they_agree(tiny_model):
+    script = str(ROOT / "benchmarks" / "optimizer.py")
+    done = subprocess.run([sys.executable, script, "--model", str(tiny_model), "--steps", "2", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert [(row[0], row[-4]) for row in rows] == [("full", "loop"), ("full", "fused"), ("lora", "loop"),
+                                                   ("lora", "fused")]
+    assert all(float(row[-3]) > 0 and float(row[-2]) > 0 and float(row[-1]) < 1e-6 for row in rows)
+    done = subprocess.run([sys.executable, script, "--steps", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "--steps 1: needs at least 2" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_required_flops_count_linear_layers_head_and_the_attention_pairs_the_work_needs(tiny_model):
     import importlib.util
 

@@ -84,6 +84,8 @@ def test_resume_equals_uninterrupted(tiny_model, pairs_file, tmp_path, lora):
     losses = lambda out: [(m["step"], m["loss"]) for m in train_metrics(out)]
     assert losses(tmp_path / "whole") == losses(tmp_path / "cut")
     assert resumed.eval_end == pytest.approx(whole.eval_end)
+    saved = torch.load(latest_checkpoint(tmp_path / "cut") / "optimizer.pt", weights_only=False)
+    assert saved["optimizer"]["param_groups"][0]["fused"]  # AdamW's one-kernel update, kept across a resume
 
 
 def test_learns_the_toy_task(tiny_model, pairs_file, tmp_path):
