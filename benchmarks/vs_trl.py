@@ -34,7 +34,7 @@ WORKLOADS = {
     "long_prompts": (48, 400, 80, 2),
     "lists": (24, 120, 90, 4),
 }
-QUICK = {"pairs": (4, 64, 64, 2), "long_prompts": (4, 160, 32, 2), "lists": (2, 32, 24, 4)}
+QUICK = {"pairs": (2, 48, 48, 2), "long_prompts": (2, 120, 24, 2), "lists": (1, 32, 24, 4)}
 WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an "
          "they you were her she there can all their one been if more when will would who so no model data train "
          "rank list prompt answer better worse score human label prefer policy reward value").split()
