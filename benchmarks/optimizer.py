@@ -43,7 +43,7 @@ def main() -> None:
         setups = {"full": load_model(args.model), "lora r=16": load_model(args.model, lora=LoraSettings())}
     except (OSError, ValueError) as error:
         raise SystemExit(f"--model {args.model}: {error}") from None
-    print(f"{'parameters':>22} {'optimizer':>10} {'first step s':>13} {'later steps s':>14} {'max |Δ|':>9}")
+    print(f"{'parameters':>22} {'optimizer':>10} {'first step ms':>14} {'later steps ms':>15} {'max |Δ|':>9}")
     for name, model in setups.items():
         params = [p for p in model.parameters() if p.requires_grad]
         label = f"{name} ({sum(p.numel() for p in params) / 1e6:.1f} M)"
@@ -56,7 +56,8 @@ def main() -> None:
         for kind, measured in runs.items():
             first = min(seconds[0] for seconds, _ in measured)
             later = min(sorted(seconds[1:])[len(seconds[1:]) // 2] for seconds, _ in measured)
-            print(f"{label:>22} {'fused' if kind else 'loop':>10} {first:>13.3f} {later:>14.3f} "
+            # milliseconds to 3 significant digits: a tiny model's step is a few microseconds
+            print(f"{label:>22} {'fused' if kind else 'loop':>10} {first * 1e3:>14.3g} {later * 1e3:>15.3g} "
                   f"{difference if kind else 0.0:>9.1e}")
         model.to("meta")  # frees the weights before the next setup
 
