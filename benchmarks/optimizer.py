@@ -9,6 +9,7 @@ Also the largest difference between the two updates after the steps.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -29,6 +30,12 @@ def step_seconds(params: list, fused: bool, steps: int) -> tuple[list[float], li
         optimizer.step()
         seconds.append(time.perf_counter() - started)
     return seconds, [c.detach() for c in copies]
+
+
+def milliseconds(seconds: float) -> str:
+    """At least 3 significant digits, no exponent: a tiny model's step takes microseconds."""
+    ms = seconds * 1e3
+    return f"{ms:.{max(0, 2 - math.floor(math.log10(ms)))}f}" if ms > 0 else "0"
 
 
 def main() -> None:
@@ -56,8 +63,7 @@ def main() -> None:
         for kind, measured in runs.items():
             first = min(seconds[0] for seconds, _ in measured)
             later = min(sorted(seconds[1:])[len(seconds[1:]) // 2] for seconds, _ in measured)
-            # milliseconds to 3 significant digits: a tiny model's step is a few microseconds
-            print(f"{label:>22} {'fused' if kind else 'loop':>10} {first * 1e3:>14.3g} {later * 1e3:>15.3g} "
+            print(f"{label:>22} {'fused' if kind else 'loop':>10} {milliseconds(first):>14} {milliseconds(later):>15} "
                   f"{difference if kind else 0.0:>9.1e}")
         model.to("meta")  # frees the weights before the next setup
 
