@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint install clean system-deps
+.PHONY: demo test test-fast lint docs install clean system-deps
 
 $(BIN)/activate:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "prefopt needs Python 3.11+"'
@@ -26,7 +26,11 @@ demo: install
 	$(BIN)/prefopt train examples/train_lists.yaml
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples docs
+
+# docs/settings.md and docs/losses.md are generated from the code; tests/test_docs.py checks them
+docs: install
+	$(BIN)/python docs/generate.py
 
 # The label app's browser and PostgreSQL tests use Debian's chromium and postgresql; install
 # them when missing and possible (root + apt-get). Without them those tests skip with the reason.
@@ -41,6 +45,10 @@ system-deps:
 
 test: lint system-deps
 	$(BIN)/python -m pytest
+
+# the inner loop of development: everything but the end-to-end tests (marked slow)
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -18,7 +18,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from prefopt.attention import _MATMULS_FROM, _MatmulAttention, _matmuls_are_faster
+from prefopt.engine.attention import _MatmulAttention, matmuls_are_faster
+from prefopt.engine.settings import EngineSettings
 
 HEADS, KV_HEADS, DIM = 9, 3, 64
 
@@ -47,7 +48,7 @@ def measure(queries: int, keys: int, repeats: int) -> dict:
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **mask)
 
     def matmuls(q, k, v):
-        return _MatmulAttention.apply(q, k, v, None)
+        return _MatmulAttention.apply(q, k, v, None, EngineSettings().keep_probabilities_up_to)
 
     results = {}
     for name, attend in (("sdpa", fused), ("matmuls", matmuls)):
@@ -82,9 +83,10 @@ def main() -> None:
             parser.error(f"--calls {call}: expected QUERIESxKEYS with 1 ≤ queries ≤ keys, e.g. 81x481")
         calls.append((call, int(sizes[0]), int(sizes[1])))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        chosen = _matmuls_are_faster(torch.empty(1, device="cpu"), 0.0)
+        chosen = matmuls_are_faster(torch.empty(1, device="cpu"))
+    settings = EngineSettings()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; prefopt picks the matmuls here for "
-          f"calls of {_MATMULS_FROM[0]} queries and {_MATMULS_FROM[1]} keys and more: "
+          f"calls of {settings.matmul_min_queries} queries and {settings.matmul_min_keys} keys and more: "
           f"{'yes' if chosen else 'no (no bf16 matrix instructions)'}")
     print(f"{'call':>11} {'kernel':>8} {'forward ms':>11} {'fwd+bwd ms':>11}   "
           "rel. error vs float64: out / dq / dk / dv")

@@ -16,8 +16,8 @@ import random
 import torch
 
 from prefopt.data.tokenize import TokenizedList
-from prefopt.logps import collate, completion_logps
-from prefopt.model import load_model, resolve_model_path
+from prefopt.engine.logps import collate, completion_logps
+from prefopt.engine.model import load_model, resolve_model_path
 
 
 def main() -> None:

@@ -30,9 +30,9 @@ def one_step(model_spec: str, prompt: int, k: int, completion: int, share_prompt
     import torch
 
     from prefopt.data.tokenize import TokenizedList
-    from prefopt.logps import collate, completion_logps
+    from prefopt.engine.logps import collate, completion_logps
+    from prefopt.engine.model import load_model
     from prefopt.losses import LOSSES, ListBatch
-    from prefopt.model import load_model
 
     model = load_model(model_spec)
     generator = torch.Generator().manual_seed(0)

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from prefopt.model import LoraSettings, load_model
+from prefopt.engine.model import LoraSettings, load_model
 
 
 def step_seconds(params: list, fused: bool, steps: int) -> tuple[list[float], list[torch.Tensor]]:

@@ -63,8 +63,7 @@ def peak_memory_gb() -> float:
 
 
 def run_prefopt(args, rows, model_path: str) -> dict:
-    from prefopt.config import TrainConfig
-    from prefopt.train import train
+    from prefopt.train import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "data.jsonl"
@@ -90,7 +89,7 @@ def run_trl(args, rows, model_path: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from prefopt.hostmem import keep_freed_memory
+    from prefopt.engine.hostmem import keep_freed_memory
 
     class TimedDPOTrainer(DPOTrainer):
         """With precompute_ref_log_probs, TRL runs its reference pass inside the constructor; timed
@@ -168,13 +167,13 @@ def required_flops(model_path: str, lengths: list[tuple[int, list[int]]], lora: 
 
 
 def worker(args) -> None:
-    from prefopt.model import resolve_model_path
+    from prefopt.engine.model import resolve_model_path
 
     model_path = resolve_model_path(args.model)
     import torch
     from transformers import AutoTokenizer
 
-    from prefopt.model import matmul_gflops
+    from prefopt.engine.precision import matmul_gflops
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     count, *lengths = (QUICK if args.quick else WORKLOADS)[args.workload]
@@ -238,7 +237,7 @@ def main() -> None:
     parser.add_argument("--trl-precompute", action="store_true", help="TRL precompute_ref_log_probs=True")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
     parser.add_argument("--trl-keep-freed-memory", action="store_true",
-                        help="run TRL with the glibc allocator settings prefopt uses on a CPU (prefopt.hostmem)")
+                        help="run TRL with the glibc allocator settings prefopt uses on a CPU (prefopt.engine.hostmem)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool and workload (the fastest is kept)")
     parser.add_argument("--worker", choices=["prefopt", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
@@ -250,7 +249,7 @@ def main() -> None:
     from rich.table import Table
     from transformers import AutoConfig
 
-    from prefopt.model import resolve_model_path
+    from prefopt.engine.model import resolve_model_path
 
     # the model is resolved (a GGUF converted) once, into the user's cache; the workers get its folder
     # and a fresh cache folder of their own, so no reference log-probs carry over between runs

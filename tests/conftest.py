@@ -37,3 +37,19 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     folder = tmp_path_factory.mktemp("prefopt-cache")
     monkeypatch.setenv("PREFOPT_CACHE", str(folder))
     return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    """The tiny model's tokenizer, as prefopt loads it."""
+    from prefopt.engine.model import load_tokenizer
+
+    return load_tokenizer(str(tiny_model))
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    """The tiny model as prefopt loads it, in eval mode."""
+    from prefopt.engine.model import load_model
+
+    return load_model(str(tiny_model)).eval()

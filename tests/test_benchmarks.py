@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real processes: make test-fast skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

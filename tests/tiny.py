@@ -68,7 +68,7 @@ def toy_rows(n: int, seed: int = 0, k: int = 2, chat: bool = False) -> list[dict
 def tiny_train_config(tiny_model, data, out, **overrides):
     """A TrainConfig for fast runs on the tiny model: fp32, constant learning rate, a quarter of
     the prompts held out; anything can be overridden."""
-    from prefopt.config import TrainConfig
+    from prefopt.train.config import TrainConfig
 
     settings = dict(model=str(tiny_model), data=str(data), output_dir=str(out), precision="fp32",
                     learning_rate=1e-3, batch_size=4, eval_fraction=0.25, warmup_ratio=0.0, scheduler="constant")
@@ -78,3 +78,15 @@ def tiny_train_config(tiny_model, data, out, **overrides):
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def ragged_examples(tokenizer):
+    """Two lists of 3 and 2 completions of different lengths, tokenized."""
+    from prefopt.data import PreferenceRecord, TokenizeSettings, tokenize_records
+
+    records = [
+        PreferenceRecord(prompt="apple river stone", completions=("yes good", "no", "maybe later today"),
+                         scores=(2, 0, 1)),
+        PreferenceRecord(prompt="hi", completions=("a longer answer here", "short"), scores=(1, 0)),
+    ]
+    return tokenize_records(records, tokenizer, TokenizeSettings())[0]

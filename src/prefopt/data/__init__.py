@@ -1,5 +1,7 @@
-"""Preference data: one record type, loaders with precise errors, tokenization, splitting."""
+"""Preference data: one record type, loaders with precise errors, tokenization, splitting,
+batching."""
 
+from prefopt.data.batching import Batching, PlannedStep, padded_length, row_length
 from prefopt.data.load import LoadedData, load_records
 from prefopt.data.records import DataError, PreferenceRecord, parse_row
 from prefopt.data.tokenize import TokenizedList, TokenizeSettings, TruncationCounts, tokenize_records
@@ -18,5 +20,6 @@ def split_by_prompt(records: list[PreferenceRecord], fraction: float, seed: int
     return [r for r in records if r.prompt_text not in held_out], [r for r in records if r.prompt_text in held_out]
 
 
-__all__ = ["DataError", "LoadedData", "PreferenceRecord", "TokenizeSettings", "TokenizedList", "TruncationCounts",
-           "load_records", "parse_row", "split_by_prompt", "tokenize_records"]
+__all__ = ["Batching", "DataError", "LoadedData", "PlannedStep", "PreferenceRecord", "TokenizeSettings",
+           "TokenizedList", "TruncationCounts", "load_records", "padded_length", "parse_row", "row_length",
+           "split_by_prompt", "tokenize_records"]

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from prefopt.registry import Registry
+
 
 @dataclasses.dataclass(frozen=True)
 class LossOutput:
@@ -96,26 +98,26 @@ class ListBatch:
             lengths=stack(chosen_lengths, rejected_lengths),
         )
 
-    # ----- what a loss asks of the batch; each names the loss in its error -----
+    # ----- what a loss asks of the batch (the registry puts the loss's name before each error) -----
 
-    def log_ratios(self, loss: str) -> torch.Tensor:
+    def log_ratios(self) -> torch.Tensor:
         """ρ = S_θ − S_ref per item."""
         if self.ref_logps is None:
-            raise ValueError(f"{loss}: needs ref_logps (reference log-probs); it is a reference-based loss")
+            raise ValueError("needs ref_logps (reference log-probs); it is a reference-based loss")
         return self.logps - self.ref_logps
 
-    def safe_lengths(self, loss: str) -> torch.Tensor:
+    def safe_lengths(self) -> torch.Tensor:
         if self.lengths is None:
-            raise ValueError(f"{loss}: needs lengths (completion token counts) for length normalisation")
+            raise ValueError("needs lengths (completion token counts) for length normalisation")
         return self.lengths.clamp(min=1.0)
 
-    def avg_logps(self, loss: str) -> torch.Tensor:
+    def avg_logps(self) -> torch.Tensor:
         """A_θ = S_θ / |y| per item."""
-        return self.logps / self.safe_lengths(loss)
+        return self.logps / self.safe_lengths()
 
-    def tokens(self, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.token_logps is None:
-            raise ValueError(f"{loss}: needs token_logps and token_mask (it is a token-level objective)")
+            raise ValueError("needs token_logps and token_mask (it is a token-level objective)")
         return self.token_logps, self.token_mask
 
     @functools.cached_property
@@ -182,20 +184,40 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torc
     return total / mask.sum(dim).clamp(min=1)
 
 
-# ----- hyperparameter checks: every message names the loss and the parameter -----
+# ----- hyperparameter checks: every message names the parameter (and the registry, the loss) -----
 
 
-def check(ok: bool, loss: str, name: str, value: Any, requirement: str) -> None:
+def check(ok: bool, name: str, value: Any, requirement: str) -> None:
     if not ok:
-        raise ValueError(f"{loss}: {name} {requirement}, got {value!r}")
+        raise ValueError(f"{name} {requirement}, got {value!r}")
 
 
-def check_beta(loss: str, beta: float) -> None:
-    check(beta > 0, loss, "beta", beta, "must be > 0")
+def check_beta(beta: float) -> None:
+    check(beta > 0, "beta", beta, "must be > 0")
 
 
-def check_choice(loss: str, name: str, value: Any, choices: tuple) -> None:
-    check(value in choices, loss, name, value, f"must be one of {', '.join(map(repr, choices))}")
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    check(value in choices, name, value, f"must be one of {', '.join(map(repr, choices))}")
+
+
+# ----- math several losses share -----
+
+
+def soft_label_logistic(z: torch.Tensor, flip: float) -> torch.Tensor:
+    """−(1−ε)·log σ(z) − ε·log σ(−z): the logistic loss of margin z when its label is flipped with
+    probability ε (Mitchell 2023's conservative DPO; SimPO's label smoothing)."""
+    return -(1 - flip) * F.logsigmoid(z) - flip * F.logsigmoid(-z)
+
+
+def scored_below(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, K] -> [B, K]: how many valid items of its list each item is scored strictly above."""
+    return ((scores.unsqueeze(2) > scores.unsqueeze(1)) & mask.unsqueeze(1)).sum(2)
+
+
+def rank_gains(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Graded relevance from a ranking, any score scale: G = 2^rel − 1 with rel the number of items
+    scored below (Burges 2010, LambdaMART's gain; ties share a gain)."""
+    return 2.0 ** scored_below(scores, mask).to(scores.dtype) - 1.0
 
 
 # ----- metrics every loss reports -----
@@ -208,7 +230,7 @@ def outputs(loss: torch.Tensor, rewards: torch.Tensor, batch: ListBatch, **extra
 
 def reward_metrics(rewards: torch.Tensor, batch: ListBatch) -> dict[str, torch.Tensor]:
     """Implicit rewards per item, margin and accuracy over (better, worse) pairs, policy log-probs
-    and ranking accuracy of the policy likelihood (spec §25: S_θ(better) ≥ S_θ(worse)), and for
+    and ranking accuracy of the policy likelihood (S_θ(better) ≥ S_θ(worse)), and for
     K > 2 Kendall τ and NDCG of the reward ordering against the scores."""
     rewards = rewards.detach().to(torch.float32)
     logps = batch.logps.detach().to(torch.float32)
@@ -237,8 +259,7 @@ def ndcg(predicted: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> t
     1/log2(1 + position). Tied predictions score the expected DCG of a random tie-break (each
     place of a tied group gets the group's mean gain), so ties earn no credit for item order.
     NaN for lists with no gain."""
-    below = (scores.unsqueeze(2) > scores.unsqueeze(1)) & mask.unsqueeze(1)
-    gains = torch.where(mask, 2.0 ** below.sum(2).to(scores.dtype) - 1.0, 0.0)
+    gains = torch.where(mask, rank_gains(scores, mask), 0.0)
     positions = torch.arange(1, scores.shape[1] + 1, device=scores.device, dtype=scores.dtype)
     discounts = 1.0 / torch.log2(1.0 + positions)
 
@@ -266,16 +287,24 @@ class LossInfo:
     stateful: bool = False
 
 
-def describe(*, formula: str, paper: str, family: str, needs: tuple[str, ...] = (), **flags: bool) -> Callable:
-    """Attach a LossInfo to a loss function (read by the CLI and the docs test)."""
+LOSSES: Registry[Callable[..., LossOutput]] = Registry("loss", "losses")
 
-    def attach(fn: Callable) -> Callable:
-        fn.info = LossInfo(formula=formula, paper=paper, family=family, needs=needs, **flags)
-        return fn
+
+def register_loss(name: str, *, formula: str, paper: str, family: str, needs: tuple[str, ...] = (),
+                  **flags: bool) -> Callable:
+    """Register a loss once, under `name`, with its formula and paper (read by `prefopt losses` and
+    docs/losses.md). The registered function puts its name before every ValueError it raises, so
+    the checks inside a loss need not repeat it."""
+
+    def attach(fn: Callable[..., LossOutput]) -> Callable[..., LossOutput]:
+        @functools.wraps(fn)
+        def named(*args, **kwargs) -> LossOutput:
+            try:
+                return fn(*args, **kwargs)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+
+        named.info = LossInfo(formula=formula, paper=paper, family=family, needs=needs, **flags)
+        return LOSSES.register(name, named)
 
     return attach
-
-
-def log_sigmoid(z: torch.Tensor) -> torch.Tensor:
-    """log σ(z) = −softplus(−z), stable at both ends."""
-    return -F.softplus(-z)

@@ -1,5 +1,5 @@
 """Listwise objectives for K ≥ 2 scored completions per prompt. At K=2 with scores (1, 0) each
-reduces to a pairwise counterpart (tested). Section numbers refer to spec/ALGORITHMS.md."""
+reduces to a pairwise counterpart (tested). """
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from prefopt.losses.base import ListBatch, LossOutput, check, check_beta, check_choice, describe, log_sigmoid, outputs
+from prefopt.losses.base import (
+    ListBatch,
+    LossOutput,
+    check,
+    check_beta,
+    check_choice,
+    outputs,
+    rank_gains,
+    register_loss,
+)
 
 
 def _masked_log_softmax(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -16,19 +25,19 @@ def _masked_log_softmax(values: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return torch.log_softmax(values.masked_fill(~mask, -math.inf), dim=-1).masked_fill(~mask, 0.0)
 
 
-@describe(formula="−Σ_k [s_k − log Σ_{j ranked ≤ k} exp s_j],  s = βρ",
-          paper="Rafailov et al. 2023, arXiv 2305.18290, App. A.3 (DPO-PL / ListMLE)",
-          family="listwise", needs=("ref",))
+@register_loss("plackett_luce", formula="−Σ_k [s_k − log Σ_{j ranked ≤ k} exp s_j],  s = βρ",
+               paper="Rafailov et al. 2023, arXiv 2305.18290, App. A.3 (DPO-PL / ListMLE)",
+               family="listwise", needs=("ref",))
 def plackett_luce(batch: ListBatch, *, beta: float = 0.1, top_k: int | None = None) -> LossOutput:
-    """Plackett–Luce DPO (§14): with s_i = β·ρ(y_i) and the order given by the scores,
+    """Plackett–Luce DPO: with s_i = β·ρ(y_i) and the order given by the scores,
     L = −Σ_k [s_τ(k) − log Σ_{j≥k} exp s_τ(j)]. K=2 is exactly DPO.
     `top_k` keeps only the factors of the first k places (a top-k partial ranking).
     Ties use Breslow's rule (as in Cox regression): an item's denominator holds every item
     scored at or below it, so tied items are treated alike and the order of items never
     matters. Without ties this is the usual PL likelihood."""
-    check_beta("plackett_luce", beta)
-    check(top_k is None or top_k >= 1, "plackett_luce", "top_k", top_k, "must be >= 1 or None")
-    rewards = beta * batch.log_ratios("plackett_luce")
+    check_beta(beta)
+    check(top_k is None or top_k >= 1, "top_k", top_k, "must be >= 1 or None")
+    rewards = beta * batch.log_ratios()
     scores, mask = batch.scores, batch.mask
     k = scores.shape[1]
     at_or_below = (scores.unsqueeze(1) <= scores.unsqueeze(2)) & mask.unsqueeze(1)  # [B, item, j]
@@ -42,17 +51,17 @@ def plackett_luce(batch: ListBatch, *, beta: float = 0.1, top_k: int | None = No
     return outputs(-torch.where(used, terms, 0.0).sum(1), rewards, batch)
 
 
-@describe(formula="Σ_k −log softmax([A_k/T_k^k, A_i/T_k^i]_{i>k})_k + w·(K−1)²·(−S_top)",
-          paper="Song et al. 2024 (PRO), arXiv 2306.17492, Eq. 5", family="listwise", needs=("lengths",))
+@register_loss("pro", formula="Σ_k −log softmax([A_k/T_k^k, A_i/T_k^i]_{i>k})_k + w·(K−1)²·(−S_top)",
+               paper="Song et al. 2024 (PRO), arXiv 2306.17492, Eq. 5", family="listwise", needs=("lengths",))
 def pro(batch: ListBatch, *, sft_weight: float = 0.05) -> LossOutput:
-    """PRO (§15), reference-free, on token-averaged log-probs A_θ. Items must be sorted best
+    """PRO, reference-free, on token-averaged log-probs A_θ. Items must be sorted best
     first (non-increasing scores; the trainer's batches are). Stage k treats item k as the
     positive against all lower items with reward-gap temperatures 1/T_k^i = r_k − r_i,
     1/T_k^k = max_{i>k}(r_k − r_i):  L_k = −log [e^{A_k/T_k^k} / (e^{A_k/T_k^k} + Σ_{i>k} e^{A_i/T_k^i})].
     L = Σ_k L_k + sft_weight·(K−1)²·(−S_θ(y_top)). Default sft_weight 0.05 (official train_hh.sh).
     Tied rewards give a zero multiplier, so a tie contributes a constant and no gradient."""
-    check(sft_weight >= 0, "pro", "sft_weight", sft_weight, "must be >= 0")
-    avg, rewards, mask = batch.avg_logps("pro"), batch.scores, batch.mask
+    check(sft_weight >= 0, "sft_weight", sft_weight, "must be >= 0")
+    avg, rewards, mask = batch.avg_logps(), batch.scores, batch.mask
     k = rewards.shape[1]
     positions = torch.arange(k, device=rewards.device)
     later = positions.unsqueeze(0) > positions.unsqueeze(1)  # [stage, j]: j after stage
@@ -60,7 +69,7 @@ def pro(batch: ListBatch, *, sft_weight: float = 0.05) -> LossOutput:
     unsorted = (later & both_valid & (rewards.unsqueeze(1) > rewards.unsqueeze(2))).flatten(1).any(1)
     if bool(unsorted.any()):
         row = int(unsorted.nonzero()[0])
-        raise ValueError(f"pro: scores must be sorted best first (non-increasing); row {row} is not: "
+        raise ValueError(f"scores must be sorted best first (non-increasing); row {row} is not: "
                          f"{rewards[row][mask[row]].tolist()}")
     gaps = rewards.unsqueeze(2) - rewards.unsqueeze(1)  # [B, stage, j] = r_stage − r_j
     negatives = later & both_valid
@@ -82,8 +91,7 @@ def _rank_gains(scores: torch.Tensor, mask: torch.Tensor, gain: str) -> torch.Te
         return 2.0**scores - 1.0
     if gain == "linear":
         return scores
-    below = ((scores.unsqueeze(2) > scores.unsqueeze(1)) & mask.unsqueeze(1)).sum(2)
-    return 2.0 ** below.to(scores.dtype) - 1.0
+    return rank_gains(scores, mask)
 
 
 def _lambda_weighted_logistic(batch: ListBatch, scores_model: torch.Tensor, *, gain: str, discount: str):
@@ -100,61 +108,61 @@ def _lambda_weighted_logistic(batch: ListBatch, scores_model: torch.Tensor, *, g
         disc_b, disc_w = batch.pairs.take(inv_discount)
         weights = (gain_b - gain_w).abs() * (disc_b - disc_w).abs()
     better, worse = batch.pairs.take(scores_model)
-    per_pair = weights * F.softplus(-(better - worse))
+    per_pair = weights * -F.logsigmoid(better - worse)
     return torch.where(batch.pairs.valid, per_pair, 0.0).sum(1)
 
 
-@describe(formula="Σ_{ψi>ψj} Δ_ij·log(1+e^{−(s_i−s_j)}),  Δ = |G_i−G_j|·|1/D(τ_i)−1/D(τ_j)|",
-          paper="Liu et al. 2024 (LiPO), arXiv 2402.01878, Eq. 9", family="listwise", needs=("ref",))
+@register_loss("lipo_lambda", formula="Σ_{ψi>ψj} Δ_ij·log(1+e^{−(s_i−s_j)}),  Δ = |G_i−G_j|·|1/D(τ_i)−1/D(τ_j)|",
+               paper="Liu et al. 2024 (LiPO), arXiv 2402.01878, Eq. 9", family="listwise", needs=("ref",))
 def lipo_lambda(batch: ListBatch, *, beta: float = 0.05, discount: str = "ln") -> LossOutput:
-    """LiPO-λ (§16): LambdaLoss with s_i = β·ρ(y_i), gain G = 2^ψ − 1, discount D(τ) = log(1+τ)
+    """LiPO-λ: LambdaLoss with s_i = β·ρ(y_i), gain G = 2^ψ − 1, discount D(τ) = log(1+τ)
     where τ is the rank of the item by the current s (Δ carries no gradient). `discount="log2"`
     is TF-Ranking's base (rescales Δ by ln 2). Summed over pairs. Defaults β = 0.05, natural log
     (the paper's; K = 8 lists in its main runs, from memory, unverified)."""
-    check_beta("lipo_lambda", beta)
-    check_choice("lipo_lambda", "discount", discount, ("ln", "log2"))
-    rewards = beta * batch.log_ratios("lipo_lambda")
+    check_beta(beta)
+    check_choice("discount", discount, ("ln", "log2"))
+    rewards = beta * batch.log_ratios()
     return outputs(_lambda_weighted_logistic(batch, rewards, gain="exp2", discount=discount), rewards, batch)
 
 
-@describe(formula="LiPO-λ weights on a chosen score s and gain",
-          paper="Karthik et al. 2024 (RankDPO), arXiv 2410.18013", family="listwise", needs=("ref",))
+@register_loss("rank_dpo", formula="LiPO-λ weights on a chosen score s and gain",
+               paper="Karthik et al. 2024 (RankDPO), arXiv 2410.18013", family="listwise", needs=("ref",))
 def rank_dpo(batch: ListBatch, *, beta: float = 0.1, score: str = "log_ratio", gain: str = "rank",
              discount: str = "ln") -> LossOutput:
-    """RankDPO (§17): DCG-weighted pairwise logistic loss, Σ_{ψ_i > ψ_j} Δ_ij·(−log σ(s_i − s_j)),
+    """RankDPO: DCG-weighted pairwise logistic loss, Σ_{ψ_i > ψ_j} Δ_ij·(−log σ(s_i − s_j)),
     with the LiPO-λ weights on any score:
     score: "log_ratio" s = βρ (default); "avg_log_ratio" s = β·ρ/|y|; "avg_logps" s = β·A_θ (no reference).
     gain: "rank" (default) G = 2^rel − 1 with rel the number of items scored below, so any score
     scale works (rewards, ranks, votes); "exp2" G = 2^ψ − 1 (LiPO-λ on ψ); "linear" G = ψ.
     The paper's exact gain is unverified; it is configuration."""
-    check_beta("rank_dpo", beta)
-    check_choice("rank_dpo", "score", score, ("log_ratio", "avg_log_ratio", "avg_logps"))
-    check_choice("rank_dpo", "gain", gain, ("rank", "exp2", "linear"))
-    check_choice("rank_dpo", "discount", discount, ("ln", "log2"))
+    check_beta(beta)
+    check_choice("score", score, ("log_ratio", "avg_log_ratio", "avg_logps"))
+    check_choice("gain", gain, ("rank", "exp2", "linear"))
+    check_choice("discount", discount, ("ln", "log2"))
     if score == "log_ratio":
-        rewards = beta * batch.log_ratios("rank_dpo")
+        rewards = beta * batch.log_ratios()
     elif score == "avg_log_ratio":
-        rewards = beta * batch.log_ratios("rank_dpo") / batch.safe_lengths("rank_dpo")
+        rewards = beta * batch.log_ratios() / batch.safe_lengths()
     else:
-        rewards = beta * batch.avg_logps("rank_dpo")
+        rewards = beta * batch.avg_logps()
     return outputs(_lambda_weighted_logistic(batch, rewards, gain=gain, discount=discount), rewards, batch)
 
 
-@describe(formula="−Σ_i (ψ_i/Σψ)·log softmax(s)_i,  s = βρ",
-          paper="Liu et al. 2024 (LiPO), arXiv 2402.01878 (ListNet softmax)", family="listwise", needs=("ref",))
+@register_loss("list_softmax", formula="−Σ_i (ψ_i/Σψ)·log softmax(s)_i,  s = βρ",
+               paper="Liu et al. 2024 (LiPO), arXiv 2402.01878 (ListNet softmax)", family="listwise", needs=("ref",))
 def list_softmax(batch: ListBatch, *, beta: float = 0.05) -> LossOutput:
-    """Softmax list cross-entropy (§16, ListNet-like): L = −Σ_i (ψ_i / Σ_j ψ_j)·log softmax(s)_i,
+    """Softmax list cross-entropy (ListNet-like): L = −Σ_i (ψ_i / Σ_j ψ_j)·log softmax(s)_i,
     s = β·ρ. Scores must be ≥ 0 with a positive sum in every list. At K=2 with scores (1, 0)
     this is DPO. (TF-Ranking's extra per-list weight Σψ is not applied.)"""
-    check_beta("list_softmax", beta)
+    check_beta(beta)
     scores, mask = batch.scores, batch.mask
     totals = scores.sum(1)
     bad = ((scores < 0) & mask).any(1) | (totals <= 0)
     if bool(bad.any()):
         row = int(bad.nonzero()[0])
-        raise ValueError(f"list_softmax: scores must be >= 0 with a positive sum per list; row {row} has "
+        raise ValueError(f"scores must be >= 0 with a positive sum per list; row {row} has "
                          f"{scores[row][mask[row]].tolist()}")
-    rewards = beta * batch.log_ratios("list_softmax")
+    rewards = beta * batch.log_ratios()
     targets = scores / totals.unsqueeze(1)
     return outputs(-(targets * _masked_log_softmax(rewards, mask)).sum(1), rewards, batch)
 
@@ -163,32 +171,32 @@ def _soft_targets(batch: ListBatch, temperature: float) -> torch.Tensor:
     return torch.softmax(batch.scores.masked_fill(~batch.mask, -math.inf) / temperature, dim=1)
 
 
-@describe(formula="−Σ_i q_i·log softmax(βρ)_i,  q = softmax(ψ/α)",
-          paper="Chen et al. 2024 (NCA), arXiv 2402.05369, Eq. 6", family="listwise", needs=("ref",))
+@register_loss("infonca", formula="−Σ_i q_i·log softmax(βρ)_i,  q = softmax(ψ/α)",
+               paper="Chen et al. 2024 (NCA), arXiv 2402.05369, Eq. 6", family="listwise", needs=("ref",))
 def infonca(batch: ListBatch, *, beta: float = 0.1, temperature: float = 1e-3) -> LossOutput:
-    """InfoNCA (§10), K-response form: soft targets q = softmax(ψ/temperature), r = β·ρ,
+    """InfoNCA, K-response form: soft targets q = softmax(ψ/temperature), r = β·ρ,
     L = −Σ_i q_i·log softmax(r)_i. With hard pair labels this is DPO. Default temperature 1e-3
     (official reward_trainer.py; near one-hot targets). Tied top scores share the target mass
     (the official code's +0.01 tie-break on the first response is not applied)."""
-    check_beta("infonca", beta)
-    check(temperature > 0, "infonca", "temperature", temperature, "must be > 0")
-    rewards = beta * batch.log_ratios("infonca")
+    check_beta(beta)
+    check(temperature > 0, "temperature", temperature, "must be > 0")
+    rewards = beta * batch.log_ratios()
     targets = _soft_targets(batch, temperature)
     return outputs(-(targets * _masked_log_softmax(rewards, batch.mask)).sum(1), rewards, batch)
 
 
-@describe(formula="−Σ_i q_i·log σ(r_i) − (1/K)·Σ_i log σ(−r_i),  r = βρ",
-          paper="Chen et al. 2024 (NCA), arXiv 2402.05369, Eq. 7", family="listwise", needs=("ref",))
+@register_loss("nca", formula="−Σ_i q_i·log σ(r_i) − (1/K)·Σ_i log σ(−r_i),  r = βρ",
+               paper="Chen et al. 2024 (NCA), arXiv 2402.05369, Eq. 7", family="listwise", needs=("ref",))
 def nca(batch: ListBatch, *, beta: float = 0.1, temperature: float = 1e-3) -> LossOutput:
-    """NCA (§10), K-response form: q = softmax(ψ/temperature), r = β·ρ,
+    """NCA, K-response form: q = softmax(ψ/temperature), r = β·ρ,
     L = −Σ_i q_i·log σ(r_i) − (1/K)·Σ_i log σ(−r_i). For a pair with hard labels:
     −log σ(r_w) − ½ log σ(−r_w) − ½ log σ(−r_l). Unlike DPO it pushes the absolute reward of the
     chosen response up (it keeps the chosen likelihood from falling). Official recipe β = 0.01."""
-    check_beta("nca", beta)
-    check(temperature > 0, "nca", "temperature", temperature, "must be > 0")
-    rewards = beta * batch.log_ratios("nca")
+    check_beta(beta)
+    check(temperature > 0, "temperature", temperature, "must be > 0")
+    rewards = beta * batch.log_ratios()
     targets = _soft_targets(batch, temperature)
     n_valid = batch.mask.sum(1).to(rewards.dtype)
-    attract = -(targets * torch.where(batch.mask, log_sigmoid(rewards), 0.0)).sum(1)
-    repel = -torch.where(batch.mask, log_sigmoid(-rewards), 0.0).sum(1) / n_valid
+    attract = -(targets * torch.where(batch.mask, F.logsigmoid(rewards), 0.0)).sum(1)
+    repel = -torch.where(batch.mask, F.logsigmoid(-rewards), 0.0).sum(1) / n_valid
     return outputs(attract + repel, rewards, batch)

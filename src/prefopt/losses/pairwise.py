@@ -1,6 +1,6 @@
 """Pairwise objectives of the DPO family. Each is written for one (better, worse) pair; given a
 list of K > 2 it applies to every pair with a strictly higher score and averages them.
-Section numbers refer to spec/ALGORITHMS.md."""
+"""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from prefopt.losses.base import ListBatch, LossOutput, check, check_beta, check_choice, describe, log_sigmoid, outputs
+from prefopt.losses.base import (
+    ListBatch,
+    LossOutput,
+    check,
+    check_beta,
+    check_choice,
+    outputs,
+    register_loss,
+    soft_label_logistic,
+)
 
 
 def _margins(batch: ListBatch, rewards: torch.Tensor) -> torch.Tensor:
@@ -21,121 +30,123 @@ def _pairwise(batch: ListBatch, per_pair: torch.Tensor, rewards: torch.Tensor, *
     return outputs(batch.pairs.mean(per_pair), rewards, batch, **extra)
 
 
-@describe(formula="−log σ(β·h),  h = ρ_w − ρ_l", paper="Rafailov et al. 2023, arXiv 2305.18290, Eq. 7",
-          family="pairwise", needs=("ref",))
+@register_loss("dpo", formula="−log σ(β·h),  h = ρ_w − ρ_l", paper="Rafailov et al. 2023, arXiv 2305.18290, Eq. 7",
+               family="pairwise", needs=("ref",))
 def dpo(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
-    """DPO (§1): L = −log σ(β·h), h = ρ(y_w) − ρ(y_l), ρ = S_θ − S_ref on summed log-probs.
+    """DPO: L = −log σ(β·h), h = ρ(y_w) − ρ(y_l), ρ = S_θ − S_ref on summed log-probs.
 
     Implicit reward r̂(y) = β·ρ(y). Default β = 0.1 (TRL); the paper used 0.1 for dialogue and
     0.5 for summarisation."""
-    check_beta("dpo", beta)
-    rewards = beta * batch.log_ratios("dpo")
-    return _pairwise(batch, -log_sigmoid(_margins(batch, rewards)), rewards)
+    check_beta(beta)
+    rewards = beta * batch.log_ratios()
+    return _pairwise(batch, -F.logsigmoid(_margins(batch, rewards)), rewards)
 
 
-@describe(formula="−(1−ε)·log σ(βh) − ε·log σ(−βh)", paper="Mitchell 2023, 'A note on DPO with noisy preferences'",
-          family="pairwise", needs=("ref",))
+@register_loss("cdpo",
+               formula="−(1−ε)·log σ(βh) − ε·log σ(−βh)", paper="Mitchell 2023, 'A note on DPO with noisy preferences'",
+               family="pairwise", needs=("ref",))
 def cdpo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.1) -> LossOutput:
-    """Conservative DPO (§2): labels flipped with probability ε, soft-label cross-entropy
+    """Conservative DPO: labels flipped with probability ε, soft-label cross-entropy
     L = −(1−ε) log σ(βh) − ε log σ(−βh). Minimum at βh = log((1−ε)/ε). ε = 0 is DPO.
     Default ε = 0.1 (the typical value; TRL's `label_smoothing`)."""
-    check_beta("cdpo", beta)
-    check(0 <= label_smoothing < 0.5, "cdpo", "label_smoothing", label_smoothing, "must be in [0, 0.5)")
-    rewards = beta * batch.log_ratios("cdpo")
+    check_beta(beta)
+    check(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, "must be in [0, 0.5)")
+    rewards = beta * batch.log_ratios()
     z = _margins(batch, rewards)
-    per_pair = -(1 - label_smoothing) * log_sigmoid(z) - label_smoothing * log_sigmoid(-z)
-    return _pairwise(batch, per_pair, rewards)
+    return _pairwise(batch, soft_label_logistic(z, label_smoothing), rewards)
 
 
-@describe(formula="[−(1−ε)·log σ(βh) + ε·log σ(−βh)] / (1−2ε)",
-          paper="Chowdhury et al. 2024, arXiv 2403.00409, Eq. 8", family="pairwise", needs=("ref",))
+@register_loss("robust", formula="[−(1−ε)·log σ(βh) + ε·log σ(−βh)] / (1−2ε)",
+               paper="Chowdhury et al. 2024, arXiv 2403.00409, Eq. 8", family="pairwise", needs=("ref",))
 def robust(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.1) -> LossOutput:
-    """Robust DPO (§3): unbiased loss under label-flip rate ε < 1/2,
+    """Robust DPO: unbiased loss under label-flip rate ε < 1/2,
     L = [−(1−ε) log σ(βh) + ε log σ(−βh)] / (1 − 2ε). Can be negative (unbounded below).
     Default ε = 0.1 (TRL docs)."""
-    check_beta("robust", beta)
-    check(0 <= label_smoothing < 0.5, "robust", "label_smoothing", label_smoothing, "must be in [0, 0.5)")
-    rewards = beta * batch.log_ratios("robust")
+    check_beta(beta)
+    check(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, "must be in [0, 0.5)")
+    rewards = beta * batch.log_ratios()
     z = _margins(batch, rewards)
     eps = label_smoothing
-    per_pair = ((1 - eps) * F.softplus(-z) - eps * F.softplus(z)) / (1 - 2 * eps)
+    per_pair = (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
     return _pairwise(batch, per_pair, rewards)
 
 
-@describe(formula="(h − 1/(2τ))²", paper="Azar et al. 2023, arXiv 2310.12036, Eq. 17",
-          family="pairwise", needs=("ref", "lengths"))
+@register_loss("ipo", formula="(h − 1/(2τ))²", paper="Azar et al. 2023, arXiv 2310.12036, Eq. 17",
+               family="pairwise", needs=("ref", "lengths"))
 def ipo(batch: ListBatch, *, beta: float = 0.1, length_normalize: bool = False) -> LossOutput:
-    """IPO (§4): L = (h − 1/(2τ))² with τ = beta (default 0.1, target margin 5).
+    """IPO: L = (h − 1/(2τ))² with τ = beta (default 0.1, target margin 5).
 
     Paper form (default) uses summed log-ratios. `length_normalize=True` is TRL's form:
     h = ρ_w/|y_w| − ρ_l/|y_l| (lengths needed only then)."""
-    check_beta("ipo", beta)
-    rho = batch.log_ratios("ipo")
-    margin_source = rho / batch.safe_lengths("ipo") if length_normalize else rho
+    check_beta(beta)
+    rho = batch.log_ratios()
+    margin_source = rho / batch.safe_lengths() if length_normalize else rho
     per_pair = (_margins(batch, margin_source) - 1 / (2 * beta)) ** 2
     return _pairwise(batch, per_pair, beta * rho)
 
 
-@describe(formula="max(0, 1 − βh)", paper="Liu et al. 2023 (RSO), arXiv 2309.06657", family="pairwise", needs=("ref",))
+@register_loss("hinge",
+               formula="max(0, 1 − βh)", paper="Liu et al. 2023 (RSO), arXiv 2309.06657", family="pairwise",
+               needs=("ref",))
 def hinge(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
-    """Normalised-likelihood hinge (§5b, RSO; TRL's `hinge`): L = max(0, 1 − βh), so 1/β acts
+    """Normalised-likelihood hinge (RSO; TRL's `hinge`): L = max(0, 1 − βh), so 1/β acts
     as the margin. Zero gradient once βh ≥ 1."""
-    check_beta("hinge", beta)
-    rewards = beta * batch.log_ratios("hinge")
+    check_beta(beta)
+    rewards = beta * batch.log_ratios()
     return _pairwise(batch, F.relu(1 - _margins(batch, rewards)), rewards)
 
 
-@describe(formula="max(0, δ − S_w + S_l) − λ·S_w", paper="Zhao et al. 2023 (SLiC-HF), arXiv 2305.10425",
-          family="pairwise")
+@register_loss("slic", formula="max(0, δ − S_w + S_l) − λ·S_w", paper="Zhao et al. 2023 (SLiC-HF), arXiv 2305.10425",
+               family="pairwise")
 def slic(batch: ListBatch, *, delta: float = 1.0, regularization: float = 0.0) -> LossOutput:
-    """SLiC-HF calibration (§5a): L = max(0, δ − S_θ(y_w) + S_θ(y_l)) − λ·S_θ(y_w), reference-free.
+    """SLiC-HF calibration: L = max(0, δ − S_θ(y_w) + S_θ(y_l)) − λ·S_θ(y_w), reference-free.
     The regulariser target is the chosen response. The paper's δ and λ were not verified:
     δ = 1, λ = 0 (calibration term only) are configuration, not paper defaults."""
-    check(delta > 0, "slic", "delta", delta, "must be > 0")
-    check(regularization >= 0, "slic", "regularization", regularization, "must be >= 0")
+    check(delta > 0, "delta", delta, "must be > 0")
+    check(regularization >= 0, "regularization", regularization, "must be >= 0")
     logps = batch.logps
     better, worse = batch.pairs.take(logps)
     per_pair = F.relu(delta - better + worse) - regularization * better
     return _pairwise(batch, per_pair, logps)
 
 
-@describe(formula="−log σ(βh) + η·β·NLL(y_w)", paper="Liu et al. 2024 (RPO), arXiv 2405.16436",
-          family="pairwise", needs=("ref", "lengths"))
+@register_loss("rpo", formula="−log σ(βh) + η·β·NLL(y_w)", paper="Liu et al. 2024 (RPO), arXiv 2405.16436",
+               family="pairwise", needs=("ref", "lengths"))
 def rpo(batch: ListBatch, *, beta: float = 0.1, eta: float = 0.005, nll: str = "sum") -> LossOutput:
-    """RPO, DPO + SFT on the chosen response (§6), Liu et al.:
+    """RPO, DPO + SFT on the chosen response, Liu et al.:
     nll="sum" (main paper): L = L_DPO + η·β·(−S_θ(y_w)).
     nll="mean" (App. F, OpenRLHF): L = L_DPO + η·(−A_θ(y_w)), not multiplied by β.
     Official recipes: zephyr-7b-beta β=0.01, η=0.005; OpenRLHF mean form β=0.5, η=0.2.
     TRL's `rpo_alpha` (Pang et al.) is the mixture {"dpo": 1, "sft": α} instead."""
-    check_beta("rpo", beta)
-    check(eta >= 0, "rpo", "eta", eta, "must be >= 0")
-    check_choice("rpo", "nll", nll, ("sum", "mean"))
-    rewards = beta * batch.log_ratios("rpo")
+    check_beta(beta)
+    check(eta >= 0, "eta", eta, "must be >= 0")
+    check_choice("nll", nll, ("sum", "mean"))
+    rewards = beta * batch.log_ratios()
     chosen = batch.pairs.take(batch.logps)[0]
     if nll == "sum":
         nll_term = eta * beta * -chosen
     else:
-        nll_term = eta * -batch.pairs.take(batch.avg_logps("rpo"))[0]
-    return _pairwise(batch, -log_sigmoid(_margins(batch, rewards)) + nll_term, rewards)
+        nll_term = eta * -batch.pairs.take(batch.avg_logps())[0]
+    return _pairwise(batch, -F.logsigmoid(_margins(batch, rewards)) + nll_term, rewards)
 
 
-@describe(formula="(1−σ(βh/τ))·(−log σ(βh)) + σ(βh/τ)·exp(−βh)",
-          paper="Lu et al. 2024 (DiscoPOP), arXiv 2406.08414, Eq. 5", family="pairwise", needs=("ref",))
+@register_loss("discopop", formula="(1−σ(βh/τ))·(−log σ(βh)) + σ(βh/τ)·exp(−βh)",
+               paper="Lu et al. 2024 (DiscoPOP), arXiv 2406.08414, Eq. 5", family="pairwise", needs=("ref",))
 def discopop(batch: ListBatch, *, beta: float = 0.05, tau: float = 0.05) -> LossOutput:
-    """DiscoPOP / log-ratio modulated loss (§7): z = βh, m = σ(z/τ),
+    """DiscoPOP / log-ratio modulated loss: z = βh, m = σ(z/τ),
     L = (1 − m)·(−log σ(z)) + m·exp(−z), gradients through m. Defaults β = 0.05, τ = 0.05
     (official recipe). The exponential uses z clamped at −50 (its weight m is 0 there)."""
-    check_beta("discopop", beta)
-    check(tau > 0, "discopop", "tau", tau, "must be > 0")
-    rewards = beta * batch.log_ratios("discopop")
+    check_beta(beta)
+    check(tau > 0, "tau", tau, "must be > 0")
+    rewards = beta * batch.log_ratios()
     z = _margins(batch, rewards)
     mix = torch.sigmoid(z / tau)
-    per_pair = (1 - mix) * F.softplus(-z) + mix * torch.exp(-z.clamp(min=-50.0))
+    per_pair = -(1 - mix) * F.logsigmoid(z) + mix * torch.exp(-z.clamp(min=-50.0))
     return _pairwise(batch, per_pair, rewards)
 
 
-@describe(formula="−log σ(β·(A_w − A_l) − γ)", paper="Meng et al. 2024 (SimPO), arXiv 2405.14734, Eq. 6",
-          family="pairwise", needs=("lengths",))
+@register_loss("simpo", formula="−log σ(β·(A_w − A_l) − γ)", paper="Meng et al. 2024 (SimPO), arXiv 2405.14734, Eq. 6",
+               family="pairwise", needs=("lengths",))
 def simpo(
     batch: ListBatch,
     *,
@@ -144,18 +155,17 @@ def simpo(
     label_smoothing: float = 0.0,
     sft_weight: float = 0.0,
 ) -> LossOutput:
-    """SimPO (§8), reference-free: L = −log σ(β·(A_θ(y_w) − A_θ(y_l)) − γ) with token-averaged
+    """SimPO, reference-free: L = −log σ(β·(A_θ(y_w) − A_θ(y_l)) − γ) with token-averaged
     log-probs A_θ and γ = β·gamma_beta_ratio. Optional cDPO-style label smoothing and
     sft_weight·(−A_θ(y_w)). Defaults from the official config: β=2, γ/β=0.25.
     Released settings (β, γ/β, lr): Llama3-Instruct (2.5, 0.55, 1e-6), Mistral-Base (2.0, 0.8, 3e-7)."""
-    check_beta("simpo", beta)
-    check(0 <= label_smoothing < 0.5, "simpo", "label_smoothing", label_smoothing, "must be in [0, 0.5)")
-    check(sft_weight >= 0, "simpo", "sft_weight", sft_weight, "must be >= 0")
-    avg = batch.avg_logps("simpo")
+    check_beta(beta)
+    check(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, "must be in [0, 0.5)")
+    check(sft_weight >= 0, "sft_weight", sft_weight, "must be >= 0")
+    avg = batch.avg_logps()
     rewards = beta * avg
     z = _margins(batch, rewards) - beta * gamma_beta_ratio
-    per_pair = -(1 - label_smoothing) * log_sigmoid(z) - label_smoothing * log_sigmoid(-z)
-    per_pair = per_pair - sft_weight * batch.pairs.take(avg)[0]
+    per_pair = soft_label_logistic(z, label_smoothing) - sft_weight * batch.pairs.take(avg)[0]
     return _pairwise(batch, per_pair, rewards)
 
 
@@ -169,70 +179,73 @@ def _log_odds(avg_logps: torch.Tensor) -> torch.Tensor:
     return avg_logps - log1mexp(avg_logps)
 
 
-@describe(formula="NLL(y_w) − λ·log σ(log odds(y_w) − log odds(y_l))",
-          paper="Hong et al. 2024 (ORPO), arXiv 2403.07691, Eq. 6", family="pairwise", needs=("lengths",))
+@register_loss("orpo", formula="NLL(y_w) − λ·log σ(log odds(y_w) − log odds(y_l))",
+               paper="Hong et al. 2024 (ORPO), arXiv 2403.07691, Eq. 6", family="pairwise", needs=("lengths",))
 def orpo(batch: ListBatch, *, odds_weight: float = 0.1) -> LossOutput:
-    """ORPO (§9), reference-free: with a = A_θ(y), log odds(y) = a − log(1 − e^a),
+    """ORPO, reference-free: with a = A_θ(y), log odds(y) = a − log(1 − e^a),
     L = −A_θ(y_w) − λ·log σ(log odds(y_w) − log odds(y_l)). The NLL is the completion-only
     token mean of the chosen response (prompt tokens are not trained, as in TRL).
     λ = odds_weight, default 0.1 (official scripts' --alpha, TRL's ORPOConfig.beta)."""
-    check(odds_weight >= 0, "orpo", "odds_weight", odds_weight, "must be >= 0")
-    avg = batch.avg_logps("orpo")
+    check(odds_weight >= 0, "odds_weight", odds_weight, "must be >= 0")
+    avg = batch.avg_logps()
     odds_margin = _margins(batch, _log_odds(avg))
     nll = -batch.pairs.take(avg)[0]
-    odds_loss = -log_sigmoid(odds_margin)
+    odds_loss = -F.logsigmoid(odds_margin)
     return _pairwise(batch, nll + odds_weight * odds_loss, avg, log_odds_ratio=batch.pairs.metric_mean(odds_margin))
 
 
-@describe(formula="−a_w − log(1 − e^{a_l}) on top of NLL(y_w)",
-          paper="Wang et al. 2024 (ASFT), arXiv 2409.10571 — reconstruction", family="pairwise",
-          needs=("lengths",), experimental=True)
+@register_loss("asft", formula="−a_w − log(1 − e^{a_l}) on top of NLL(y_w)",
+               paper="Wang et al. 2024 (ASFT), arXiv 2409.10571 — reconstruction", family="pairwise",
+               needs=("lengths",), experimental=True)
 def asft(batch: ListBatch, *, odds_weight: float = 0.1) -> LossOutput:
-    """ASFT, aligned SFT through absolute likelihood (§21, EXPERIMENTAL: a reconstruction, no
+    """ASFT, aligned SFT through absolute likelihood (EXPERIMENTAL: a reconstruction, no
     reference code exists). Pointwise, odds-based: with a = A_θ(y),
     L = NLL(y_w) + λ·[−log σ(log odds(y_w)) − log σ(−log odds(y_l))] = −a_w + λ·(−a_w − log(1 − e^{a_l})).
     λ = odds_weight, default 0.1."""
-    check(odds_weight >= 0, "asft", "odds_weight", odds_weight, "must be >= 0")
-    avg = batch.avg_logps("asft")
+    check(odds_weight >= 0, "odds_weight", odds_weight, "must be >= 0")
+    avg = batch.avg_logps()
     better, worse = batch.pairs.take(avg)
-    alignment = -log_sigmoid(_log_odds(better)) - log_sigmoid(-_log_odds(worse))
+    alignment = -F.logsigmoid(_log_odds(better)) - F.logsigmoid(-_log_odds(worse))
     return _pairwise(batch, -better + odds_weight * alignment, avg)
 
 
-@describe(formula="KL(softmax([βρ_w, βρ_l]) ‖ [1−ε, ε])", paper="Ji et al. 2024 (EXO), arXiv 2402.00856, Eq. 16",
-          family="pairwise", needs=("ref",))
+@register_loss("exo",
+               formula="KL(softmax([βρ_w, βρ_l]) ‖ [1−ε, ε])", paper="Ji et al. 2024 (EXO), arXiv 2402.00856, Eq. 16",
+               family="pairwise", needs=("ref",))
 def exo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 1e-3) -> LossOutput:
-    """EXO, pairwise (§11): with z = βh,
+    """EXO, pairwise: with z = βh,
     L = σ(z)·(log σ(z) − log(1−ε)) + σ(−z)·(log σ(−z) − log ε). Minimum 0 at z = log((1−ε)/ε).
     Default ε = 1e-3 (TRL), β = 0.1."""
-    check_beta("exo", beta)
-    check(0 < label_smoothing < 1, "exo", "label_smoothing", label_smoothing, "must be in (0, 1)")
-    rewards = beta * batch.log_ratios("exo")
+    check_beta(beta)
+    check(0 < label_smoothing < 1, "label_smoothing", label_smoothing, "must be in (0, 1)")
+    rewards = beta * batch.log_ratios()
     z = _margins(batch, rewards)
     eps = label_smoothing
-    per_pair = (torch.sigmoid(z) * (log_sigmoid(z) - math.log(1 - eps))
-                + torch.sigmoid(-z) * (log_sigmoid(-z) - math.log(eps)))
+    per_pair = (torch.sigmoid(z) * (F.logsigmoid(z) - math.log(1 - eps))
+                + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps)))
     return _pairwise(batch, per_pair, rewards)
 
 
-@describe(formula="(1 − σ(βρ_w)) + σ(βρ_l)", paper="D'Oosterlinck et al. 2024 (APO), arXiv 2408.06266, Eq. 7",
-          family="pairwise", needs=("ref",))
+@register_loss("apo_zero",
+               formula="(1 − σ(βρ_w)) + σ(βρ_l)", paper="D'Oosterlinck et al. 2024 (APO), arXiv 2408.06266, Eq. 7",
+               family="pairwise", needs=("ref",))
 def apo_zero(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
-    """APO-zero (§12), for chosen outputs better than the model's own: raise the chosen
+    """APO-zero, for chosen outputs better than the model's own: raise the chosen
     likelihood, lower the rejected: L = (1 − σ(βρ_w)) + σ(βρ_l). Bounded in [0, 2]."""
-    check_beta("apo_zero", beta)
-    rewards = beta * batch.log_ratios("apo_zero")
+    check_beta(beta)
+    rewards = beta * batch.log_ratios()
     better, worse = batch.pairs.take(rewards)
     return _pairwise(batch, (1 - torch.sigmoid(better)) + torch.sigmoid(worse), rewards)
 
 
-@describe(formula="σ(βρ_w) + (1 − σ(βh))", paper="D'Oosterlinck et al. 2024 (APO), arXiv 2408.06266, Eq. 8",
-          family="pairwise", needs=("ref",))
+@register_loss("apo_down",
+               formula="σ(βρ_w) + (1 − σ(βh))", paper="D'Oosterlinck et al. 2024 (APO), arXiv 2408.06266, Eq. 8",
+               family="pairwise", needs=("ref",))
 def apo_down(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
-    """APO-down (§12), for chosen outputs worse than the model's own: lower both, the rejected
+    """APO-down, for chosen outputs worse than the model's own: lower both, the rejected
     more: L = σ(βρ_w) + (1 − σ(β(ρ_w − ρ_l))). Bounded in [0, 2]."""
-    check_beta("apo_down", beta)
-    rewards = beta * batch.log_ratios("apo_down")
+    check_beta(beta)
+    rewards = beta * batch.log_ratios()
     better, worse = batch.pairs.take(rewards)
     return _pairwise(batch, torch.sigmoid(better) + (1 - torch.sigmoid(better - worse)), rewards)
 
@@ -256,33 +269,34 @@ class RunningMean:
         self.mean, self.count = float(state["mean"]), float(state["count"])
 
 
-@describe(formula="−log σ(r_w − δ) − log σ(−(r_l − δ)),  r = βρ",
-          paper="Jung et al. 2024 (BCO), arXiv 2404.04656", family="pairwise", needs=("ref",), stateful=True)
+@register_loss("bco_pair", formula="−log σ(r_w − δ) − log σ(−(r_l − δ)),  r = βρ",
+               paper="Jung et al. 2024 (BCO), arXiv 2404.04656", family="pairwise", needs=("ref",), stateful=True)
 def bco_pair(batch: ListBatch, *, beta: float = 0.1, delta: float | None = None,
              running: RunningMean | None = None) -> LossOutput:
-    """BCO on pairs (§13): chosen is class 1, rejected class 0, logit r − δ with r = βρ:
+    """BCO on pairs: chosen is class 1, rejected class 0, logit r − δ with r = βρ:
     L = −log σ(r_w − δ) − log σ(−(r_l − δ)).
     δ is a reward shift: a fixed `delta` if given (0.0 is TRL HEAD's behaviour); otherwise the
     running mean of batch-mean rewards (paper / BCOTrainer), updated before the loss when the
     trainer passes its `running` state (it does not update in evaluation); with neither, the
     current batch mean."""
-    check_beta("bco_pair", beta)
-    rewards = beta * batch.log_ratios("bco_pair")
+    check_beta(beta)
+    rewards = beta * batch.log_ratios()
     if delta is None:
         batch_mean = rewards.detach()[batch.mask].mean().item()
         delta = running.update(batch_mean) if running is not None else batch_mean
     better, worse = batch.pairs.take(rewards)
-    per_pair = -log_sigmoid(better - delta) - log_sigmoid(-(worse - delta))
+    per_pair = -F.logsigmoid(better - delta) - F.logsigmoid(-(worse - delta))
     return _pairwise(batch, per_pair, rewards, reward_shift=torch.full_like(rewards[:, 0], float(delta)).detach())
 
 
-@describe(formula="(ρ_w − 1/(2β))² + (ρ_l + 1/(2β))²", paper="Wu et al. 2024 (SPPO), arXiv 2405.00675",
-          family="pairwise", needs=("ref",))
+@register_loss("sppo_hard",
+               formula="(ρ_w − 1/(2β))² + (ρ_l + 1/(2β))²", paper="Wu et al. 2024 (SPPO), arXiv 2405.00675",
+               family="pairwise", needs=("ref",))
 def sppo_hard(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
-    """SPPO with hard labels (§13, bonus): regress the winner's log-ratio to +1/(2β) and the
+    """SPPO with hard labels: regress the winner's log-ratio to +1/(2β) and the
     loser's to −1/(2β): L = (ρ_w − 1/(2β))² + (ρ_l + 1/(2β))²."""
-    check_beta("sppo_hard", beta)
-    rho = batch.log_ratios("sppo_hard")
+    check_beta(beta)
+    rho = batch.log_ratios()
     better, worse = batch.pairs.take(rho)
     target = 1 / (2 * beta)
     return _pairwise(batch, (better - target) ** 2 + (worse + target) ** 2, beta * rho)

@@ -1,11 +1,11 @@
 """Supervised objectives on the best completion of each list: NLL, DFT and the probability-based
-family. Section numbers refer to spec/ALGORITHMS.md."""
+family. """
 
 from __future__ import annotations
 
 import torch
 
-from prefopt.losses.base import ListBatch, LossOutput, check, check_choice, describe, masked_mean, outputs
+from prefopt.losses.base import ListBatch, LossOutput, check, check_choice, masked_mean, outputs, register_loss
 
 
 def _on_best(batch: ListBatch, per_item: torch.Tensor) -> torch.Tensor:
@@ -13,38 +13,39 @@ def _on_best(batch: ListBatch, per_item: torch.Tensor) -> torch.Tensor:
     return masked_mean(per_item, batch.best, dim=1)
 
 
-def _token_average_logps(batch: ListBatch, loss: str) -> torch.Tensor:
-    token_logps, token_mask = batch.tokens(loss)
+def _token_average_logps(batch: ListBatch) -> torch.Tensor:
+    token_logps, token_mask = batch.tokens()
     return masked_mean(token_logps.detach(), token_mask)
 
 
-@describe(formula="−S_θ(y_best)/|y_best|", paper="negative log-likelihood (Pang et al. 2024 use it in IRPO)",
-          family="sft", needs=("lengths",))
+@register_loss("sft",
+               formula="−S_θ(y_best)/|y_best|", paper="negative log-likelihood (Pang et al. 2024 use it in IRPO)",
+               family="sft", needs=("lengths",))
 def sft(batch: ListBatch, *, length_normalize: bool = True) -> LossOutput:
     """Negative log-likelihood of the best completion of each list (the chosen one of a pair):
     L = −S_θ(y)/|y| (token mean, default) or −S_θ(y) (`length_normalize=False`, lengths then
     unneeded). Mixed with DPO as {"dpo": 1, "sft": α} it is TRL's `rpo_alpha` (α = 1)."""
-    logps = batch.avg_logps("sft") if length_normalize else batch.logps
+    logps = batch.avg_logps() if length_normalize else batch.logps
     return outputs(_on_best(batch, -logps), logps, batch)
 
 
-@describe(formula="mean_t −sg(p_t)·log p_t", paper="Wu et al. 2025 (DFT), arXiv 2508.05629, Eq. 9",
-          family="sft", needs=("tokens",))
+@register_loss("dft", formula="mean_t −sg(p_t)·log p_t", paper="Wu et al. 2025 (DFT), arXiv 2508.05629, Eq. 9",
+               family="sft", needs=("tokens",))
 def dft(batch: ListBatch) -> LossOutput:
-    """Dynamic Fine-Tuning (§20): token NLL re-weighted by the detached token probability,
+    """Dynamic Fine-Tuning: token NLL re-weighted by the detached token probability,
     L = mean_t −sg(p_t)·log p_t over the completion tokens of the best completion (per-sequence
     token mean; the paper's global-batch mean is the same for one sequence). Its gradient is that
     of −p, so tokens the model finds very unlikely barely learn (the known limitation)."""
-    token_logps, token_mask = batch.tokens("dft")
+    token_logps, token_mask = batch.tokens()
     per_token = -token_logps.detach().exp() * token_logps
-    return outputs(_on_best(batch, masked_mean(per_token, token_mask)), _token_average_logps(batch, "dft"), batch)
+    return outputs(_on_best(batch, masked_mean(per_token, token_mask)), _token_average_logps(batch), batch)
 
 
-@describe(formula="mean over kept tokens of −log p | 1−p | (1−p^q)/q",
-          paper="Li et al. 2025 (Beyond Log Likelihood), arXiv 2510.00526", family="sft", needs=("tokens",))
+@register_loss("prob_sft", formula="mean over kept tokens of −log p | 1−p | (1−p^q)/q",
+               paper="Li et al. 2025 (Beyond Log Likelihood), arXiv 2510.00526", family="sft", needs=("tokens",))
 def prob_sft(batch: ListBatch, *, objective: str = "one_minus_p", q: float = 10.0, keep: str = "all",
              threshold: float = 0.5) -> LossOutput:
-    """Probability-based SFT objectives (§22), per completion token p = π_θ(y_t|·), on the best
+    """Probability-based SFT objectives, per completion token p = π_θ(y_t|·), on the best
     completion, averaged over the kept tokens of each sequence:
     objective "nll": −log p; "one_minus_p": 1 − p (the paper's −p, prior-leaning, default);
     "power": (1 − p^q)/q (q = 10 is the paper's −p¹⁰; q → 0 recovers NLL).
@@ -52,11 +53,11 @@ def prob_sft(batch: ListBatch, *, objective: str = "one_minus_p", q: float = 10.
     leave the denominator too, and a sequence with no kept token contributes 0 (as the
     official code). The paper favours prior-leaning objectives where the model is already strong
     (math) and NLL where it is weak; official math default: power, q = 10."""
-    check_choice("prob_sft", "objective", objective, ("nll", "one_minus_p", "power"))
-    check_choice("prob_sft", "keep", keep, ("all", "top", "bottom"))
-    check(q > 0, "prob_sft", "q", q, "must be > 0")
-    check(0 <= threshold <= 1, "prob_sft", "threshold", threshold, "must be in [0, 1]")
-    token_logps, token_mask = batch.tokens("prob_sft")
+    check_choice("objective", objective, ("nll", "one_minus_p", "power"))
+    check_choice("keep", keep, ("all", "top", "bottom"))
+    check(q > 0, "q", q, "must be > 0")
+    check(0 <= threshold <= 1, "threshold", threshold, "must be in [0, 1]")
+    token_logps, token_mask = batch.tokens()
     if objective == "nll":
         per_token = -token_logps
     elif objective == "one_minus_p":
@@ -69,5 +70,5 @@ def prob_sft(batch: ListBatch, *, objective: str = "one_minus_p", q: float = 10.
     elif keep == "bottom":
         token_mask = token_mask & (probs <= threshold)
     per_item = masked_mean(per_token, token_mask)
-    return outputs(_on_best(batch, per_item), _token_average_logps(batch, "prob_sft"), batch,
-                   kept_token_fraction=masked_mean(token_mask.float(), batch.tokens("prob_sft")[1]).mean(1))
+    return outputs(_on_best(batch, per_item), _token_average_logps(batch), batch,
+                   kept_token_fraction=masked_mean(token_mask.float(), batch.tokens()[1]).mean(1))

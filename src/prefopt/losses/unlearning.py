@@ -1,44 +1,46 @@
 """Unlearning objectives: push down the likelihood of completions to forget (by default the
 items below the top score of each list, i.e. the rejected response of a pair).
-Section numbers refer to spec/ALGORITHMS.md."""
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from prefopt.losses.base import ListBatch, LossOutput, check, check_choice, describe, log_sigmoid, masked_mean, outputs
+from prefopt.losses.base import ListBatch, LossOutput, check, check_choice, masked_mean, outputs, register_loss
 
 
-def _forget_items(batch: ListBatch, loss: str, target: str) -> torch.Tensor:
-    check_choice(loss, "target", target, ("worse", "all"))
+def _forget_items(batch: ListBatch, target: str) -> torch.Tensor:
+    check_choice("target", target, ("worse", "all"))
     return batch.worse if target == "worse" else batch.mask
 
 
-@describe(formula="−(2/β)·log σ(−βρ)", paper="Zhang et al. 2024 (NPO), arXiv 2404.05868, Eq. 3",
-          family="unlearning", needs=("ref",))
+@register_loss("npo", formula="−(2/β)·log σ(−βρ)", paper="Zhang et al. 2024 (NPO), arXiv 2404.05868, Eq. 3",
+               family="unlearning", needs=("ref",))
 def npo(batch: ListBatch, *, beta: float = 0.1, target: str = "worse") -> LossOutput:
-    """Negative Preference Optimization (§18): L = −(2/β)·log σ(−β·ρ(y)) on summed log-ratios,
+    """Negative Preference Optimization: L = −(2/β)·log σ(−β·ρ(y)) on summed log-ratios,
     averaged over the forget items of each example. target "worse": items below the list's top
     score (the rejected response); "all": every item (a forget set). Combine with a retain loss
     by mixing, e.g. {"npo": 1, "sft": 1}. As β → 0 it becomes gradient ascent. Default β = 0.1."""
-    check(beta > 0, "npo", "beta", beta, "must be > 0")
-    rho = batch.log_ratios("npo")
-    forget = _forget_items(batch, "npo", target)
-    per_item = -(2 / beta) * log_sigmoid(-beta * rho)
+    check(beta > 0, "beta", beta, "must be > 0")
+    rho = batch.log_ratios()
+    forget = _forget_items(batch, target)
+    per_item = -(2 / beta) * F.logsigmoid(-beta * rho)
     return outputs(masked_mean(per_item, forget), beta * rho, batch)
 
 
-@describe(formula="−(2/β)·log σ(−(β/|y|)·S_θ − γ)", paper="Fan et al. 2024 (SimNPO), arXiv 2410.07163, Eq. 4",
-          family="unlearning", needs=("lengths",))
+@register_loss("simnpo",
+               formula="−(2/β)·log σ(−(β/|y|)·S_θ − γ)", paper="Fan et al. 2024 (SimNPO), arXiv 2410.07163, Eq. 4",
+               family="unlearning", needs=("lengths",))
 def simnpo(batch: ListBatch, *, beta: float = 2.5, gamma: float = 0.0, gamma_scaled_by_beta: bool = False,
            target: str = "worse") -> LossOutput:
-    """SimNPO (§19), reference-free and length-normalised: L = −(2/β)·log σ(−(β/|y|)·S_θ(y) − γ).
+    """SimNPO, reference-free and length-normalised: L = −(2/β)·log σ(−(β/|y|)·S_θ(y) − γ).
     `gamma_scaled_by_beta=True` uses the official code's β·γ instead of γ (equal at γ = 0).
     Defaults β = 2.5, γ = 0 (official TOFU forget05 config). Items as in `npo`."""
-    check(beta > 0, "simnpo", "beta", beta, "must be > 0")
-    check(gamma >= 0, "simnpo", "gamma", gamma, "must be >= 0")
-    avg = batch.avg_logps("simnpo")
-    forget = _forget_items(batch, "simnpo", target)
+    check(beta > 0, "beta", beta, "must be > 0")
+    check(gamma >= 0, "gamma", gamma, "must be >= 0")
+    avg = batch.avg_logps()
+    forget = _forget_items(batch, target)
     margin = beta * gamma if gamma_scaled_by_beta else gamma
-    per_item = -(2 / beta) * log_sigmoid(-beta * avg - margin)
+    per_item = -(2 / beta) * F.logsigmoid(-beta * avg - margin)
     return outputs(masked_mean(per_item, forget), beta * avg, batch)

@@ -1,7 +1,10 @@
 """`prefopt losses` through the real console script."""
 
+import pytest
+
 from prefopt.losses import LOSSES
 
+pytestmark = pytest.mark.slow  # real processes: make test-fast skips them
 
 def test_lists_every_loss(prefopt_cli):
     result = prefopt_cli("losses")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from prefopt.norm import _fused_class, fuse_rms_norms
+from prefopt.engine.norm import _fused_class, fuse_rms_norms
 
 
 def norms(hidden: int = 48, seed: int = 0):
@@ -43,7 +43,7 @@ def test_gradients_match_finite_differences_in_float64():
     fused.double()
     hidden = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     # float64 input is not the fused path's dtype: call the function itself
-    from prefopt.norm import _RMSNorm
+    from prefopt.engine.norm import _RMSNorm
 
     assert torch.autograd.gradcheck(lambda x, w: _RMSNorm.apply(x, w, 1e-5, torch.float64),
                                     (hidden, fused.weight.detach().clone().requires_grad_()))
@@ -65,10 +65,11 @@ def test_inputs_that_are_not_float32_take_the_modules_own_forward():
 
 
 def test_load_model_switches_the_norms_that_feed_linears(tiny_model):
-    from prefopt.model import LoraSettings, load_model
+    from prefopt.engine.model import LoraSettings, load_model
 
     for lora in (None, LoraSettings()):
         model = load_model(str(tiny_model), lora=lora)
+        assert model.prefopt_engine.fused_norms == 5
         switched = sorted(name.rsplit("model.", 1)[-1] for name, m in model.named_modules()
                           if type(m).__name__ == "FusedLlamaRMSNorm")
         assert switched == ["layers.0.input_layernorm", "layers.0.post_attention_layernorm",
@@ -82,4 +83,13 @@ def test_other_model_types_keep_their_norms(tiny_model):
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     model.config.model_type = "olmo2"  # post-norm layers: a norm's output feeds the residual stream
     assert fuse_rms_norms(model) == 0
+    assert not any(type(m).__name__.startswith("Fused") for m in model.modules())
+
+
+def test_the_fused_norm_switch_turns_it_off(tiny_model):
+    from prefopt.engine.model import load_model
+    from prefopt.engine.settings import EngineSettings
+
+    model = load_model(str(tiny_model), engine=EngineSettings(fused_norm=False))
+    assert model.prefopt_engine.fused_norms == 0
     assert not any(type(m).__name__.startswith("Fused") for m in model.modules())

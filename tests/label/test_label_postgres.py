@@ -9,12 +9,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from test_label_reliability import annotate, run_clients
 
 from label_helpers import Server, free_port, item_rows, write_items
 from prefopt.data import load_records
 from prefopt.label.export import export_rows
 from prefopt.label.store import Store
-from test_label_reliability import annotate, run_clients
 
 INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 pytestmark = pytest.mark.skipif(not INITDB, reason="no PostgreSQL server installed (Debian: apt-get install "
@@ -70,6 +70,7 @@ def test_the_store_works_the_same_on_postgres(store, tmp_path):
     assert len(load_records(write_items(tmp_path / "pairs.jsonl", rows)).records) == len(rows) == 9
 
 
+@pytest.mark.slow
 def test_20_clients_on_postgres_store_every_label_once(store, tmp_path):
     path = write_items(tmp_path / "items.jsonl", [{"prompt": f"p{i}", "completions": [f"a{i}", f"b{i}"]}
                                                   for i in range(400)])

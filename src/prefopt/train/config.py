@@ -1,19 +1,14 @@
-"""One config model per command, read from YAML plus `--key=value` overrides. Every field is
-typed, defaulted and documented once (here); unknown keys and bad values are errors that name
-the field. The resolved config is saved beside every checkpoint."""
+"""The settings of `prefopt train`: every field typed, defaulted and documented once (here);
+docs/settings.md is generated from it."""
 
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    pass
+from prefopt.data.batching import Batching
+from prefopt.engine.settings import EngineSettings
 
 
 class TrainConfig(BaseModel):
@@ -105,10 +100,8 @@ class TrainConfig(BaseModel):
     def _known_losses(cls, value):
         from prefopt.losses import LOSSES
 
-        names = [value] if isinstance(value, str) else list(value)
-        for name in names:
-            if name not in LOSSES:
-                raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
+        for name in [value] if isinstance(value, str) else list(value):
+            LOSSES.get(name)  # an unknown name lists the valid ones
         return value
 
     @model_validator(mode="after")
@@ -121,75 +114,10 @@ class TrainConfig(BaseModel):
 
         return Objective(self.loss, self.loss_params)
 
+    def batching(self) -> Batching:
+        return Batching(share_prompt=self.share_prompt, pad_multiple=self.pad_multiple, batch_size=self.batch_size,
+                        accumulation=self.gradient_accumulation_steps, eval_batch_size=self.eval_batch_size,
+                        seed=self.seed)
 
-def settings_table(model: type[BaseModel]) -> list[tuple[str, str, str]]:
-    """(name, default, help) for every field: the source of the README's settings table."""
-    rows = []
-    for name, field in model.model_fields.items():
-        default = "required" if field.is_required() else field.get_default(call_default_factory=True)
-        rows.append((name, str(default), field.description or ""))
-    return rows
-
-
-def load_config(model: type[BaseModel], path: str | Path | None, overrides: list[str]) -> BaseModel:
-    """YAML file (optional) + `--key=value` / `key=value` overrides (dotted keys reach into dicts,
-    values are parsed as YAML). Raises ConfigError naming the field."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: invalid YAML: {error}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the config must be a mapping of settings")
-        values = loaded or {}
-    for override in overrides:
-        key, value = _split_override(override)
-        target = values
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"--{key}: {parent} is not a mapping")
-        target[leaf] = value
-    try:
-        return model(**values)
-    except ValidationError as error:
-        raise ConfigError(_describe(error, model, path)) from None
-    except ValueError as error:
-        raise ConfigError(f"{path or 'config'}: {error}") from None
-
-
-def _split_override(text: str) -> tuple[str, Any]:
-    body = text[2:] if text.startswith("--") else text
-    if "=" not in body:
-        raise ConfigError(f"{text}: overrides are --key=value")
-    key, raw = body.split("=", 1)
-    key = key.replace("-", "_")
-    try:
-        return key, yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
-        return key, raw
-
-
-def _describe(error: ValidationError, model: type[BaseModel], path) -> str:
-    lines = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "config"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(item["loc"][0]), list(model.model_fields), n=1)
-            message = "unknown setting" + (f" (did you mean {close[0]!r}?)" if close else "")
-        elif item["type"] == "missing":
-            message = "required setting is missing"
-        else:
-            message += f" (got {item.get('input')!r})"
-        lines.append(f"{field}: {message.removeprefix('Value error, ')}")
-    return f"{path or 'config'}: " + "; ".join(lines)
-
-
-def save_config(config: BaseModel, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(chunk_tokens=self.chunk_tokens)

@@ -14,8 +14,9 @@ from label_helpers import HOSTILE, Server, write_items
 from prefopt.label.store import Store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason="Debian's chromium is not installed (make test installs it with apt-get)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                 reason="Debian's chromium is not installed (make test installs it with apt-get)")]
 
 
 @pytest.fixture

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from label_helpers import free_port, item_rows, write_items
 from prefopt.label.store import Store
 
+pytestmark = pytest.mark.slow  # real processes: make test-fast skips them
 
 def test_add_people_prints_a_token_once_and_stores_only_its_hash(prefopt_cli, tmp_path):
     db = tmp_path / "labels.db"

@@ -3,10 +3,12 @@ that gets one clear message, a non-zero exit and no traceback."""
 
 import json
 
+import pytest
 import yaml
 
 from tiny import toy_rows, write_jsonl
 
+pytestmark = pytest.mark.slow  # real processes: make test-fast skips them
 
 def write_config(path, **settings):
     path.write_text(yaml.safe_dump(settings))
@@ -43,20 +45,10 @@ def test_bad_data_file_names_the_row(prefopt_cli, tiny_model, tmp_path):
     assert "skipped 1 invalid rows (1 empty text)" in skipped.stdout
 
 
-def test_config_errors_name_the_field(prefopt_cli, tmp_path):
+def test_a_config_error_is_one_line_and_exit_code_2(prefopt_cli, tmp_path):
+    """The messages themselves are checked in-process (tests/train/test_config.py)."""
     cfg = write_config(tmp_path / "run.yaml", data="x.jsonl", learning_rat=1e-4)
     result = prefopt_cli("train", cfg)
     assert result.returncode == 2
     assert "learning_rat: unknown setting (did you mean 'learning_rate'?)" in result.stderr
-    result = prefopt_cli("train", cfg.with_name("none.yaml"))
-    assert result.returncode == 2 and "no such config file" in result.stderr
-    cfg = write_config(tmp_path / "run.yaml", data="x.jsonl")
-    for override, message in [("--batch_size=many", "batch_size: Input should be a valid integer"),
-                              ("--loss=dpoo", "unknown loss 'dpoo'; valid losses:"),
-                              ("--loss_params.dpo.betta=1", "dpo has no parameter 'betta'; valid: beta"),
-                              ("--loss_params.dpo.beta=-1", "dpo: beta must be > 0, got -1"),
-                              ("--precision=fp8", "precision: Input should be 'auto', 'fp32' or 'bf16' (got 'fp8')")]:
-        result = prefopt_cli("train", cfg, override)
-        assert result.returncode == 2, override
-        assert message in result.stderr, (override, result.stderr)
-        assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -44,8 +44,11 @@ class FusedLoraLinear(Linear):
         return name if weights == {x.dtype} else None
 
 
-def fuse_lora_sums(model) -> None:
-    """Switch every plain peft LoRA linear of `model` to FusedLoraLinear (in place)."""
+def fuse_lora_sums(model) -> int:
+    """Switch every plain peft LoRA linear of `model` to FusedLoraLinear (in place); returns how many."""
+    switched = 0
     for module in model.modules():
         if type(module) is Linear:
             module.__class__ = FusedLoraLinear
+            switched += 1
+    return switched

@@ -11,6 +11,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from prefopt.engine.settings import AppliedEngine, EngineSettings
+
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -86,44 +88,6 @@ def _clear_quantization_marker(model) -> None:
                     setattr(owner, attribute, None)
 
 
-def choose_precision(requested: str, device) -> tuple[str, str]:
-    """`auto` picks bf16 where it is faster: on a GPU that supports it, or on a CPU whose bf16
-    matmul measures clearly faster than fp32 (CPUs with matrix units); fp32 otherwise.
-    Returns (precision, reason)."""
-    import torch
-
-    if requested != "auto":
-        return requested, "as configured"
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-        return ("bf16" if supported else "fp32"), f"GPU {'supports' if supported else 'lacks'} bf16"
-    if device.type != "cpu":
-        return "fp32", f"{device.type} device"
-    # the best of three readings each: one reading on a busy machine can come out at a third of
-    # the real rate. bf16 on a CPU without matrix units (~1 GFLOP/s, seconds a reading) gets one.
-    fp32 = max(matmul_gflops(torch.float32) for _ in range(3))
-    bf16 = matmul_gflops(torch.bfloat16)
-    if bf16 > fp32 / 4:
-        bf16 = max(bf16, *(matmul_gflops(torch.bfloat16) for _ in range(2)))
-    choice = "bf16" if bf16 > 1.5 * fp32 else "fp32"
-    return choice, f"matmul on this CPU: bf16 {bf16:.0f} vs fp32 {fp32:.0f} GFLOP/s"
-
-
-def matmul_gflops(dtype, size: int = 768, repeats: int = 4, device: str = "cpu") -> float:
-    import time
-
-    import torch
-
-    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
-    a @ b
-    torch.cuda.synchronize() if device == "cuda" else None
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    torch.cuda.synchronize() if device == "cuda" else None
-    return repeats * 2 * size**3 / (time.perf_counter() - started) / 1e9
-
-
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
@@ -134,19 +98,22 @@ def load_tokenizer(spec: str):
     return tokenizer
 
 
-def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpointing: bool = False):
-    """The policy in float32 (bf16 compute is autocast by the trainer), with LoRA adapters if asked."""
+def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpointing: bool = False,
+               engine: EngineSettings | None = None):
+    """The policy in float32 (bf16 compute is autocast by the trainer), with LoRA adapters if asked
+    and the engine's switches applied; `model.prefopt_engine` (an AppliedEngine) says which took."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from prefopt.attention import use_segment_attention
-    from prefopt.norm import fuse_rms_norms
+    from prefopt.engine.attention import use_segment_attention
+    from prefopt.engine.norm import fuse_rms_norms
 
+    engine = engine or EngineSettings()
     _quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(spec), dtype=torch.float32)
     model.config.use_cache = False
-    use_segment_attention(model)
-    fuse_rms_norms(model)
+    segments = use_segment_attention(model) if engine.segment_attention else False
+    norms = fuse_rms_norms(model) if engine.fused_norm else 0
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -155,7 +122,7 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
-        from prefopt.lora import fuse_lora_sums
+        from prefopt.engine.lora import fuse_lora_sums
 
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         missing = [m for m in lora.target_modules if m not in present]
@@ -165,7 +132,12 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
         model = get_peft_model(model, config)
-        fuse_lora_sums(model)
+        lora_layers = fuse_lora_sums(model) if engine.fused_lora else 0
         if gradient_checkpointing:
             model.enable_input_require_grads()
+    else:
+        lora_layers = 0
+    # a plain attribute: never saved with the model
+    model.prefopt_engine = AppliedEngine(engine, segment_attention=segments, fused_norms=norms,
+                                         fused_lora_layers=lora_layers)
     return model

@@ -3,6 +3,7 @@ reference log-probs equal fresh ones, the cache misses when anything it depends 
 run with every optimization on matches a run with all of them off."""
 
 import ctypes
+import dataclasses
 import json
 import platform
 import resource
@@ -10,6 +11,7 @@ import resource
 import pytest
 import torch
 
+from prefopt.engine.settings import ALL_OFF, EngineSettings
 from prefopt.train import train
 from tiny import tiny_train_config, toy_rows, write_jsonl
 
@@ -44,12 +46,13 @@ def test_step_zero_rewards_are_exactly_zero_in_bf16_through_matmul_attention(tin
     """bf16 autocast with every attention call of the packed layout through the matmul kernel
     (chosen on CPUs with bf16 matrix instructions for calls of 80 queries and 128 keys and more;
     forced here for the tiny model's)."""
-    import prefopt.attention as attention
+    import prefopt.engine.attention as attention
 
-    calls = []
-    monkeypatch.setattr(attention, "_matmuls_are_faster", lambda query, dropout: calls.append(1) or True)
-    monkeypatch.setattr(attention, "_MATMULS_FROM", (0, 0))
-    result = train(config(tiny_model, lists_file, tmp_path / "run", precision="bf16", max_steps=1))
+    calls = []  # a spy on the kernel: which path ran is what this test is about
+    monkeypatch.setattr(attention._MatmulAttention, "apply",
+                        lambda *args, apply=attention._MatmulAttention.apply: calls.append(1) or apply(*args))
+    matmuls = EngineSettings(matmul_attention="on", matmul_min_queries=0, matmul_min_keys=0)
+    result = train(config(tiny_model, lists_file, tmp_path / "run", precision="bf16", max_steps=1), engine=matmuls)
     step = first_step(tmp_path / "run")
     assert calls
     assert step["reward_margin"] == 0.0 and step["rewards/chosen"] == 0.0 and step["rewards/rejected"] == 0.0
@@ -95,10 +98,11 @@ def test_cache_misses_for_other_weights(tiny_model, lists_file, tmp_path, capsys
 
 def test_every_optimization_on_matches_all_off(tiny_model, lists_file, tmp_path):
     # one length bucket in both layouts, so both runs see the same lists in the same steps
-    on = dict(share_prompt=True, reference_cache=True, chunk_tokens=64, pad_multiple=512)
-    off = dict(share_prompt=False, reference_cache=False, chunk_tokens=100_000, pad_multiple=512)
-    train(config(tiny_model, lists_file, tmp_path / "on", **on))
-    train(config(tiny_model, lists_file, tmp_path / "off", **off))
+    on = dict(share_prompt=True, reference_cache=True, pad_multiple=512)
+    off = dict(share_prompt=False, reference_cache=False, pad_multiple=512)
+    train(config(tiny_model, lists_file, tmp_path / "on", **on), engine=EngineSettings(chunk_tokens=64))
+    train(config(tiny_model, lists_file, tmp_path / "off", **off),
+          engine=dataclasses.replace(ALL_OFF, chunk_tokens=100_000))
     read = lambda out: [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(read(tmp_path / "on"), read(tmp_path / "off"), strict=True):
         assert a["step"] == b["step"]

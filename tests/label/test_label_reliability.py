@@ -2,13 +2,15 @@
 20 concurrent clients over loopback."""
 
 import concurrent.futures
-import json
 import threading
 
 import httpx
+import pytest
 
 from label_helpers import Server, write_items
 from prefopt.label.store import Store
+
+pytestmark = pytest.mark.slow  # real processes: make test-fast skips them
 
 CLIENTS, ITEMS, REDUNDANCY = 20, 1000, 2  # 2,000 labels in all
 
@@ -91,4 +93,4 @@ def test_killing_the_server_loses_no_acknowledged_label(tmp_path):
     finally:
         restarted.stop()
     assert len(Store(db).labels()) == len(stored) + len(more["acknowledged"])
-    assert json.loads(json.dumps(Store(db).counts()))["items"] == ITEMS
+    assert Store(db).counts()["items"] == ITEMS

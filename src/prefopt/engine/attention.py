@@ -21,6 +21,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from prefopt.engine.settings import EngineSettings
+
 SEGMENT_ATTENTION = "prefopt_segments"
 
 # a row's layout: its prompt length and where each completion ends; completion k spans
@@ -50,8 +52,10 @@ _CHANGES_ATTENTION = ("sliding_window", "softcap", "s_aux", "position_bias")
 
 
 def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                      prefopt_segments: Segments | None = None, **kwargs):
-    """query [B, H, L, D], key and value [B, H_kv, L, D] -> ([B, L, H, D], None)."""
+                      prefopt_segments: Segments | None = None, prefopt_engine: EngineSettings | None = None,
+                      **kwargs):
+    """query [B, H, L, D], key and value [B, H_kv, L, D] -> ([B, L, H, D], None). `prefopt_engine`
+    holds the matmul attention's switch and thresholds (the defaults when not given)."""
     if prefopt_segments is None or any(kwargs.get(name) is not None for name in _CHANGES_ATTENTION):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -59,10 +63,20 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
                                       **kwargs)
     options = {"scale": scaling, "dropout_p": dropout if module.training else 0.0,
                "enable_gqa": query.shape[1] != key.shape[1]}
-    matmuls = _matmuls_are_faster(query, dropout)
+    settings = prefopt_engine or EngineSettings()
+    matmuls = _use_matmuls(settings, query, dropout)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         return _SegmentAttention.apply(query, key, value, prefopt_segments, options, matmuls), None
     return _attend(query, key, value, prefopt_segments, options, matmuls)[0], None
+
+
+def _use_matmuls(settings: EngineSettings, query: torch.Tensor, dropout: float) -> EngineSettings | None:
+    """The settings when calls may take the matmul attention, else None."""
+    if settings.matmul_attention == "off" or dropout:
+        return None
+    if settings.matmul_attention == "auto" and not matmuls_are_faster(query):
+        return None
+    return settings
 
 
 class _SegmentAttention(torch.autograd.Function):
@@ -104,11 +118,12 @@ class _SegmentAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-def _attend(query, key, value, segments: Segments, options: dict, matmuls: bool, track: bool = False):
+def _attend(query, key, value, segments: Segments, options: dict, matmuls: EngineSettings | None,
+            track: bool = False):
     """The segment calls of every row into one [B, L, H, D] output (padding 0), and with `track`
     (else an empty list) each call's output, place (row, start, end, prompt length or None for the
     causal first call) and detached inputs, for the backward. `options` go to SDPA; with `matmuls`,
-    calls of at least `_MATMULS_FROM` (queries, keys) take `_MatmulAttention` instead."""
+    calls of at least its minimum queries and keys take `_MatmulAttention` instead."""
     batch, heads, length, dim = query.shape
     out = query.new_empty(batch, length, heads, dim)
     calls = []
@@ -127,8 +142,8 @@ def _attend(query, key, value, segments: Segments, options: dict, matmuls: bool,
             inputs = (query[one, :, start:end], keys, values)
             if track:
                 inputs = tuple(t.detach().requires_grad_() for t in inputs)
-            if matmuls and end - start >= _MATMULS_FROM[0] and keys.shape[2] >= _MATMULS_FROM[1]:
-                piece = _MatmulAttention.apply(*inputs, options["scale"])
+            if matmuls and end - start >= matmuls.matmul_min_queries and keys.shape[2] >= matmuls.matmul_min_keys:
+                piece = _MatmulAttention.apply(*inputs, options["scale"], matmuls.keep_probabilities_up_to)
             else:
                 piece = F.scaled_dot_product_attention(*inputs, attn_mask=mask, is_causal=shared is None, **options)
             out[one, start:end] = piece.detach().transpose(1, 2)
@@ -146,10 +161,11 @@ def _prompt_then_causal(prompt: int, completion: int, device: torch.device) -> t
     return mask
 
 
-def _matmuls_are_faster(query: torch.Tensor, dropout: float) -> bool:
-    """bf16 autocast on a CPU with bf16 matrix instructions (oneDNN's check), no dropout, and a
-    torch that can send float32 matmuls to oneDNN (`torch.backends.mkldnn.matmul.fp32_precision`)."""
-    if query.device.type != "cpu" or dropout or not torch.is_autocast_enabled("cpu"):
+def matmuls_are_faster(query: torch.Tensor) -> bool:
+    """bf16 autocast on a CPU with bf16 matrix instructions (oneDNN's check), and a torch that can
+    send float32 matmuls to oneDNN (`torch.backends.mkldnn.matmul.fp32_precision`). The choice may
+    not depend on grad mode: the reference pass must take the policy's kernel."""
+    if query.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
         return False
     return torch.get_autocast_dtype("cpu") == torch.bfloat16 and _cpu_has_bf16_matmuls()
 
@@ -161,17 +177,7 @@ def _cpu_has_bf16_matmuls() -> bool:  # asked once per process: every layer of e
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-# (queries, keys) from which the matmuls beat the flash kernel over what a call costs in training,
-# forward + backward + one reference forward (`python benchmarks/attention.py`: 90 × 210 1.71
-# against 2.22 ms, 80 × 140 1.42 against 1.74, 48 × 300 a tie, 64 × 160 1.34 against 1.27: the
-# flash kernel's one call costs less than the matmuls' ~25 small ops when queries are few). The
-# choice may not depend on grad mode: the reference pass must take the policy's kernel.
-_MATMULS_FROM = (80, 128)
 _QUERY_BLOCK = 128  # queries per score tile: skips most of the masked upper triangle, tile stays in cache
-# keys up to which the backward reuses the forward's probabilities instead of recomputing them:
-# kept, they cost H × keys bf16 numbers a query (9 KB a token and layer for SmolLM2 at 512 keys),
-# bounded per token, so memory stays linear in length; longer calls recompute them
-_KEEP_PROBABILITIES_UP_TO = 512
 
 
 class _MatmulAttention(torch.autograd.Function):
@@ -183,13 +189,13 @@ class _MatmulAttention(torch.autograd.Function):
     are rounded to bf16 anyway run in bf16 (about 1.6× faster): probabilities × values (the output
     is bf16), and in the backward dV, dQ and dK, from probabilities and score gradients rounded to
     bf16 as the flash kernel rounds them. The backward reuses the forward's bf16 probabilities up to
-    `_KEEP_PROBABILITIES_UP_TO` keys and recomputes them beyond, like the flash kernel, so memory
+    `keep_up_to` keys and recomputes them beyond, like the flash kernel, so memory
     stays linear in length. The output is bf16, as SDPA's under autocast."""
 
     @staticmethod
-    def forward(ctx, query, key, value, scale):
+    def forward(ctx, query, key, value, scale, keep_up_to):
         ctx.scale = query.shape[-1] ** -0.5 if scale is None else scale
-        keep = any(ctx.needs_input_grad[:3]) and key.shape[2] <= _KEEP_PROBABILITIES_UP_TO
+        keep = any(ctx.needs_input_grad[:3]) and key.shape[2] <= keep_up_to
         kept = []
         with _float32_through_onednn():
             q, k, v = _stacked(query, key.shape[1], torch.float32, ctx.scale), key[0].float(), value[0].bfloat16()
@@ -228,7 +234,7 @@ class _MatmulAttention(torch.autograd.Function):
                 torch.mm(scores_grad, k16[h, :keys], out=dq[h, rows])
                 dk[h, :keys] += scores_grad.T @ q16[h, rows]
         return (_unstacked(dq, query.shape[1]).to(query.dtype), dk.unsqueeze(0).to(key.dtype),
-                dv.unsqueeze(0).to(value.dtype), None)
+                dv.unsqueeze(0).to(value.dtype), None, None)
 
 
 @contextlib.contextmanager

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from prefopt.attention import SEGMENT_ATTENTION, Segments
+from prefopt.data.batching import padded_length, row_length
 from prefopt.data.tokenize import TokenizedList
+from prefopt.engine.attention import SEGMENT_ATTENTION, Segments
+from prefopt.engine.settings import EngineSettings
 
 
 @dataclasses.dataclass
@@ -47,16 +49,6 @@ class Collated:
         moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}
         return dataclasses.replace(self, **moved)
-
-
-def row_length(example: TokenizedList, share_prompt: bool) -> int:
-    """Tokens of the longest row this list puts in a batch."""
-    completions = [len(c) for c in example.completion_ids]
-    return len(example.prompt_ids) + (sum(completions) if share_prompt else max(completions))
-
-
-def padded_length(length: int, pad_multiple: int) -> int:
-    return -(-length // pad_multiple) * pad_multiple
 
 
 def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, share_prompt: bool = True,
@@ -129,16 +121,19 @@ class CompletionLogps:
     token_mask: torch.Tensor | None = None  # [B, K, T]
 
 
-def completion_logps(model, batch: Collated, *, chunk_tokens: int = 1024, with_tokens: bool = False
+def completion_logps(model, batch: Collated, settings: EngineSettings | None = None, *, with_tokens: bool = False
                      ) -> CompletionLogps:
     """Summed log-probs of every completion of the batch under `model` (grad follows the
     caller's mode). Only completion positions reach the LM head."""
+    settings = settings or EngineSettings()
     decoder = _decoder(model)
     kwargs = {"position_ids": batch.position_ids} if batch.position_ids is not None else {}
     if batch.layout is not None and decoder.config._attn_implementation == SEGMENT_ATTENTION:
         kwargs["prefopt_segments"] = batch.layout
+        kwargs["prefopt_engine"] = settings
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).last_hidden_state
-    token_logps = _head_logps(model, hidden[batch.pred_rows, batch.pred_positions], batch.targets, chunk_tokens)
+    token_logps = _head_logps(model, hidden[batch.pred_rows, batch.pred_positions], batch.targets,
+                              settings.chunk_tokens)
     b, k = batch.lengths.shape
     t_max = max(int(batch.lengths.max()), 1)
     per_token = torch.zeros(b * k, t_max, dtype=token_logps.dtype, device=hidden.device)
@@ -322,11 +317,11 @@ class CompletionLogpsModel(torch.nn.Module):
     """The engine as a module around a causal LM, so that accelerate (DDP, FSDP, autocast) wraps
     the call that really runs: batch -> CompletionLogps."""
 
-    def __init__(self, model, *, chunk_tokens: int = 1024, with_tokens: bool = False):
+    def __init__(self, model, settings: EngineSettings | None = None, *, with_tokens: bool = False):
         super().__init__()
         self.model = model
-        self.chunk_tokens = chunk_tokens
+        self.settings = settings or EngineSettings()
         self.with_tokens = with_tokens
 
     def forward(self, batch: Collated) -> CompletionLogps:
-        return completion_logps(self.model, batch, chunk_tokens=self.chunk_tokens, with_tokens=self.with_tokens)
+        return completion_logps(self.model, batch, self.settings, with_tokens=self.with_tokens)

@@ -1,0 +1,27 @@
+"""The `prefopt` command line. Each command parses its arguments, loads its settings and calls one
+library function; heavy imports happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import typer
+
+from prefopt.cli import label, losses, train
+
+app = typer.Typer(
+    help="prefopt: align language models from comparisons and rankings.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """prefopt: align language models from comparisons and rankings."""
+
+
+_EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}  # --key=value settings
+
+app.command("losses")(losses.losses_command)
+app.command("train", context_settings=_EXTRA_ARGS)(train.train_command)
+app.add_typer(label.label_app, name="label")

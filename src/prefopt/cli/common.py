@@ -1,0 +1,42 @@
+"""What every command shares: the console, one clear error line instead of a traceback."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+
+def console() -> Console:
+    console = Console(soft_wrap=True)
+    return console if console.is_terminal else Console(width=200, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def run_library(job) -> None:
+    """Run a library call; expected failures become one clear line and a non-zero exit, not a
+    traceback (set PREFOPT_DEBUG=1 to see the traceback)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from prefopt.data import DataError
+    from prefopt.errors import TrainingError
+    from prefopt.label.store import LabelError
+
+    try:
+        job()
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command with --resume to continue from the last checkpoint", 130)
+    except (DataError, TrainingError, LabelError, FileNotFoundError, ValueError) as error:
+        if os.environ.get("PREFOPT_DEBUG"):
+            raise
+        fail(str(error), 1)
+    except SQLAlchemyError as error:
+        if os.environ.get("PREFOPT_DEBUG"):
+            raise
+        fail(f"database: {str(error.orig if getattr(error, 'orig', None) else error).strip().splitlines()[0]}", 1)

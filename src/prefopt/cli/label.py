@@ -1,0 +1,102 @@
+"""`prefopt label`: the labelling web app, its people and its export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prefopt.cli.common import console, fail, run_library
+
+label_app = typer.Typer(help="The labelling web app: people compare and rank outputs; labels feed training.",
+                        no_args_is_help=True)
+DbOption = Annotated[str, typer.Option("--db", help="Database URL (sqlite:///…, postgresql+psycopg://…) or a "
+                                                    "SQLite file path.")]
+
+
+def _store(db: str, **settings):
+    from prefopt.label.store import Store
+
+    return Store(db if "://" in db else f"sqlite:///{db}", **settings)
+
+
+@label_app.command("serve")
+def label_serve(
+    items: Annotated[Path | None, typer.Option("--items", help="Prompts with K ≥ 2 completions, in any format "
+                                                               "`prefopt train` reads (scores not needed).")] = None,
+    db: DbOption = "labels.db",
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for a team; put HTTPS in front).")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    redundancy: Annotated[int, typer.Option(min=1, help="Labels wanted per item, from different people.")] = 1,
+    assignment_minutes: Annotated[float, typer.Option(min=0.1, help="An item handed out is reserved for its "
+                                                                     "annotator this long.")] = 30.0,
+) -> None:
+    """Serve the labelling app: prefopt label serve --items ITEMS --db URL."""
+
+    def serve() -> None:
+        import uvicorn
+
+        from prefopt.data import load_records
+        from prefopt.label.app import create_app
+
+        store = _store(db, redundancy=redundancy, assignment_minutes=assignment_minutes)
+        out = console()
+        if items is not None:
+            loaded = load_records(items, require_scores=False)
+            added = store.add_items(loaded.records)
+            out.print(f"{loaded.summary()}; {added} new items added", highlight=False)
+        out.print(f"labelling app at http://{host}:{port}/login (database {store.engine.url!r})",
+                      highlight=False)
+        uvicorn.run(create_app(store), host=host, port=port, log_level="warning")
+
+    run_library(serve)
+
+
+def _add_person(name: str, db: str, role: str) -> None:
+    def add() -> None:
+        token = _store(db).add_user(name, role)
+        out = console()
+        out.print(f"{role} {name!r} added. Their token (shown once, only its hash is stored):", highlight=False)
+        out.print(token, highlight=False, markup=False)
+
+    run_library(add)
+
+
+@label_app.command("add-annotator")
+def label_add_annotator(name: Annotated[str, typer.Argument(help="A unique name.")], db: DbOption = "labels.db"
+                        ) -> None:
+    """Add an annotator and print their token once."""
+    _add_person(name, db, "annotator")
+
+
+@label_app.command("add-admin")
+def label_add_admin(name: Annotated[str, typer.Argument(help="A unique name.")], db: DbOption = "labels.db") -> None:
+    """Add an admin (sees counts, agreement and every label) and print their token once."""
+    _add_person(name, db, "admin")
+
+
+@label_app.command("export")
+def label_export(
+    out: Annotated[Path, typer.Option("--out", help="JSONL file to write.")],
+    db: DbOption = "labels.db",
+    fmt: Annotated[str, typer.Option("--format", help="lists: every label's full order with ties; pairs: the "
+                                                      "majority preference per pair of completions.")] = "lists",
+) -> None:
+    """Write the labels as training data that `prefopt train` reads as is."""
+    from prefopt.label.export import FORMATS
+
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+    def export() -> None:
+        from prefopt.label.export import export_rows, write_jsonl
+
+        rows, left_out = export_rows(_store(db).labels(), fmt)
+        write_jsonl(rows, out)
+        skipped = "; ".join(f"{count} {reason} left out" for reason, count in left_out.items())
+        console().print(f"wrote {len(rows)} {fmt} rows to {out}" + (f" ({skipped})" if skipped else ""),
+                         highlight=False)
+
+    run_library(export)

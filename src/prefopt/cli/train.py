@@ -1,0 +1,42 @@
+"""`prefopt train`: settings from YAML and --key=value, then the training loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prefopt.cli.common import console, fail, run_library
+
+
+def train_command(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Argument(help="YAML config (settings: docs/settings.md).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in output_dir.")] = False,
+    merge: Annotated[bool, typer.Option("--merge", help="With LoRA, also save a merged full model.")] = False,
+) -> None:
+    """Train a model on pairs or ranked lists: prefopt train CONFIG.yaml [--key=value ...]."""
+    from prefopt.settings import ConfigError, load_config
+    from prefopt.train.config import TrainConfig
+
+    overrides = list(ctx.args) + (["--merge=true"] if merge else [])
+    try:
+        settings = load_config(TrainConfig, config, overrides)
+    except ConfigError as error:
+        fail(str(error))
+    run_library(lambda: _train(settings, resume))
+
+
+def _train(settings, resume: bool) -> None:
+    from prefopt.train import HEADLINE_METRICS, headline, train
+
+    out = console()
+    result = train(settings, resume=resume, console=out)
+    start, end = result.eval_start, result.eval_end
+    for key in HEADLINE_METRICS:
+        before, after = headline(start, key), headline(end, key)
+        if before is not None and after is not None:
+            out.print(f"eval {key}: {before:.4f} -> {after:.4f}", highlight=False)
+    out.print(f"{result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
+              f"output in {result.output_dir}", highlight=False)

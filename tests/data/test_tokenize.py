@@ -1,0 +1,51 @@
+"""Tokenization boundaries of string and chat data, and explicit, counted truncation."""
+
+
+from prefopt.data import PreferenceRecord, TokenizeSettings, tokenize_records
+from prefopt.data.tokenize import tokenize_record
+
+
+def test_string_data_prompt_then_completion_plus_one_eos(tokenizer):
+    record = PreferenceRecord(prompt="apple river", completions=("yes good", "no bad<|im_end|>"), scores=(1, 0))
+    example = tokenize_record(record, tokenizer, TokenizeSettings())
+    eos = tokenizer.eos_token_id
+    assert list(example.prompt_ids) == tokenizer("apple river")["input_ids"]
+    assert list(example.completion_ids[0]) == tokenizer("yes good", add_special_tokens=False)["input_ids"] + [eos]
+    for ids in example.completion_ids:  # never a duplicated EOS, even when the text already ends with one
+        assert ids[-1] == eos and ids.count(eos) == 1
+        assert ids[0] != tokenizer.convert_tokens_to_ids("<|im_start|>")
+
+
+def test_chat_data_uses_the_template_and_the_boundary_is_exact(tokenizer):
+    prompt = [{"role": "user", "content": "hello there"}]
+    record = PreferenceRecord(prompt=prompt, scores=(1, 0), completions=(
+        [{"role": "assistant", "content": "good answer"}], [{"role": "assistant", "content": "bad"}]))
+    example = tokenize_record(record, tokenizer, TokenizeSettings())
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(example.prompt_ids) == prompt_text
+    assert tokenizer.decode(example.completion_ids[0]) == "good answer<|im_end|>\n"
+    full = tokenizer.apply_chat_template(prompt + list(record.completions[0]), tokenize=False)
+    assert tokenizer.decode(example.prompt_ids + example.completion_ids[0]) == full
+    assert example.completion_ids[0].count(tokenizer.eos_token_id) == 1
+
+
+def test_chat_template_always_wraps_strings(tokenizer):
+    record = PreferenceRecord(prompt="hi", completions=("a b", "c d"), scores=(1, 0))
+    example = tokenize_record(record, tokenizer, TokenizeSettings(chat_template="always"))
+    assert tokenizer.decode(example.prompt_ids).endswith("<|im_start|>assistant\n")
+    assert tokenizer.decode(example.completion_ids[0]) == "a b<|im_end|>\n"
+
+
+def test_truncation_is_explicit_and_counted(tokenizer):
+    record = PreferenceRecord(prompt="apple river stone cloud green quick seven happy",
+                              completions=("one two three four five six seven", "x"), scores=(0, 1))
+    full = tokenize_record(record, tokenizer, TokenizeSettings(max_prompt_tokens=None, max_completion_tokens=None))
+    examples, counts = tokenize_records([record], tokenizer, TokenizeSettings(max_prompt_tokens=3,
+                                                                              max_completion_tokens=2))
+    example = examples[0]
+    assert example.prompt_ids == full.prompt_ids[-3:]  # keep_end by default
+    assert example.scores == (1.0, 0.0)  # sorted best first
+    assert example.completion_ids[1] == full.completion_ids[1][:2]
+    assert (counts.prompts, counts.completions, counts.total_completions) == (1, 1, 2)
+    start = tokenize_record(record, tokenizer, TokenizeSettings(max_prompt_tokens=3, prompt_truncation="keep_start"))
+    assert start.prompt_ids == full.prompt_ids[:3]
