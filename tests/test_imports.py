@@ -18,8 +18,8 @@ PACKAGE = Path(prefopt.__file__).parent
 LAYERS = {
     "errors": 0, "registry": 0, "settings": 0,
     "losses": 1, "data": 1,
-    "engine": 2, "label": 2,
-    "train": 3,
+    "engine": 2, "label": 2, "oracles": 3,
+    "train": 3, "generate": 3,
     "cli": 9,
 }
 MODEL_LIBRARIES = {"transformers", "peft", "accelerate"}

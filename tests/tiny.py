@@ -90,3 +90,53 @@ def ragged_examples(tokenizer):
         PreferenceRecord(prompt="hi", completions=("a longer answer here", "short"), scores=(1, 0)),
     ]
     return tokenize_records(records, tokenizer, TokenizeSettings())[0]
+
+
+def build_tiny_reward_model(path: Path, tokenizer_from: Path, seed: int = 0) -> Path:
+    """A tiny random Llama with a scalar head (a sequence-classification folder, num_labels = 1)
+    sharing the tiny model's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, num_labels=1,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+def build_tiny_judge(path: Path, model_from: Path) -> Path:
+    """The tiny model turned into a judge that always answers "A" or "B", depending on the prompt:
+    the LM head gives "A" the logit 50·(h_i − h_j) and "B" its negative (every other token 0),
+    for the two hidden dimensions i, j whose difference changes sign most often across judge
+    prompts about different answers."""
+    import itertools
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefopt.oracles.judge import DEFAULT_TEMPLATE
+
+    tokenizer = AutoTokenizer.from_pretrained(model_from)
+    model = AutoModelForCausalLM.from_pretrained(model_from)
+    answers = ["yes good", "no", "maybe later today", "a", "b b", "green quick", "seven happy ocean"]
+    probes = [DEFAULT_TEMPLATE.format(prompt=p, a=a, b=b) for p in ("apple river", "hi")
+              for a, b in itertools.permutations(answers, 2)]
+    with torch.no_grad():
+        hidden = torch.stack([model.model(input_ids=torch.tensor([tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False)])
+        ).last_hidden_state[0, -1] for text in probes])
+        centred = (hidden.unsqueeze(2) - hidden.unsqueeze(1)).sign()  # [probe, i, j]
+        balance = centred.mean(0).abs()  # 0: the sign splits the probes evenly
+        i, j = divmod(int(balance.masked_fill(torch.eye(hidden.shape[1], dtype=torch.bool), 2).argmin()),
+                      hidden.shape[1])
+        model.lm_head.weight.zero_()
+        for letter, sign in (("A", 1.0), ("B", -1.0)):
+            row = tokenizer.convert_tokens_to_ids(letter)
+            model.lm_head.weight[row, i], model.lm_head.weight[row, j] = 50.0 * sign, -50.0 * sign
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

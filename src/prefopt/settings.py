@@ -40,7 +40,7 @@ def load_config(model: type[BaseModel], path: str | Path | None, overrides: list
             raise ConfigError(f"{path}: the config must be a mapping of settings")
         values = loaded or {}
     for override in overrides:
-        key, value = _split_override(override)
+        key, value = split_override(override)
         target = values
         *parents, leaf = key.split(".")
         for parent in parents:
@@ -48,15 +48,21 @@ def load_config(model: type[BaseModel], path: str | Path | None, overrides: list
             if not isinstance(target, dict):
                 raise ConfigError(f"--{key}: {parent} is not a mapping")
         target[leaf] = value
+    return build(model, values, path)
+
+
+def build(model: type[BaseModel], values: dict[str, Any], source: str | Path | None = None) -> BaseModel:
+    """`model(**values)`, with every error a ConfigError naming the field (and `source`)."""
     try:
         return model(**values)
     except ValidationError as error:
-        raise ConfigError(_describe(error, model, path)) from None
+        raise ConfigError(_describe(error, model, source)) from None
     except ValueError as error:
-        raise ConfigError(f"{path or 'config'}: {error}") from None
+        raise ConfigError(f"{source or 'config'}: {error}") from None
 
 
-def _split_override(text: str) -> tuple[str, Any]:
+def split_override(text: str) -> tuple[str, Any]:
+    """`--key=value` -> (key, value parsed as YAML)."""
     body = text[2:] if text.startswith("--") else text
     if "=" not in body:
         raise ConfigError(f"{text}: overrides are --key=value")

@@ -25,14 +25,14 @@ def run_library(job) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from prefopt.data import DataError
-    from prefopt.errors import TrainingError
+    from prefopt.errors import OracleError, TrainingError
     from prefopt.label.store import LabelError
 
     try:
         job()
     except KeyboardInterrupt:
         fail("interrupted; run the same command with --resume to continue from the last checkpoint", 130)
-    except (DataError, TrainingError, LabelError, FileNotFoundError, ValueError) as error:
+    except (DataError, TrainingError, OracleError, LabelError, FileNotFoundError, ValueError) as error:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
         fail(str(error), 1)

@@ -28,6 +28,8 @@ class PreferenceRecord:
     completions: tuple[Text, ...]  # each a string or the assistant turn(s) that follow the prompt
     scores: tuple[float, ...]  # higher is better
     source: str = ""  # "file, row N", for messages later on
+    # the row's other fields (a verifier's constraints or tests, generation metadata), kept as they were
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
     @property
     def is_chat(self) -> bool:
@@ -49,14 +51,20 @@ def parse_row(row: Any, *, require_completions: bool = True, require_scores: boo
     if not isinstance(row, dict):
         raise DataError(f"expected an object with fields, got {type(row).__name__}", reason="not an object")
     if "chosen" in row or "rejected" in row:
-        return _pair(row)
-    if "completions" in row:
-        return _ranked(row, require_scores)
-    if require_completions:
+        record = _pair(row)
+    elif "completions" in row:
+        record = _ranked(row, require_scores)
+    elif require_completions:
         fields = ", ".join(sorted(map(str, row))) or "none"
         raise DataError(f'missing completions: give "chosen" and "rejected", or "completions" with "scores" or '
                         f'"ranks" (fields present: {fields})', reason="missing completions")
-    return PreferenceRecord(prompt=_prompt(row), completions=(), scores=())
+    else:
+        record = PreferenceRecord(prompt=_prompt(row), completions=(), scores=())
+    extra = {key: value for key, value in row.items() if key not in _READ_FIELDS}
+    return dataclasses.replace(record, extra=extra) if extra else record
+
+
+_READ_FIELDS = frozenset({"prompt", "chosen", "rejected", "completions", "scores", "ranks"})
 
 
 def _pair(row: dict) -> PreferenceRecord:

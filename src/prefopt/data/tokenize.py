@@ -86,6 +86,20 @@ def tokenize_record(record: PreferenceRecord, tokenizer, settings: TokenizeSetti
     )
 
 
+def prompt_ids(record: PreferenceRecord, tokenizer, settings: TokenizeSettings) -> list[int]:
+    """The prompt's tokens as training renders them (chat template with its generation prompt, or
+    plain text with the tokenizer's BOS), truncated as `settings` says: what generation continues."""
+    if _use_template(record, tokenizer, settings.chat_template):
+        ids = _encode(tokenizer, tokenizer.apply_chat_template(_as_messages(record.prompt, "user"), tokenize=False,
+                                                               add_generation_prompt=True), special=False)
+    else:
+        ids = _encode(tokenizer, record.prompt, special=True)
+    limit = settings.max_prompt_tokens
+    if limit is not None and len(ids) > limit:
+        ids = ids[-limit:] if settings.prompt_truncation == "keep_end" else ids[:limit]
+    return ids
+
+
 def _use_template(record: PreferenceRecord, tokenizer, mode: ChatTemplate) -> bool:
     has_template = getattr(tokenizer, "chat_template", None) is not None
     wanted = mode == "always" or (mode == "auto" and record.is_chat)

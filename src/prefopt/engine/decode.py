@@ -1,0 +1,115 @@
+"""Attention for sampling K continuations of a prompt with the prompt encoded once and its keys
+and values held once.
+
+transformers' `generate(num_return_sequences=K)` copies each prompt K times before the prefill:
+the prompt is encoded K times, its key/value cache is held K times, and every decoding step reads
+all K copies. Here a prompt is prefilled alone (one causal call, its keys and values kept as the
+shared prefix), and each decoding step attends, for every sequence, to its prompt's prefix and to
+its own generated tokens: scores = [q·K_prefixᵀ, q·K_ownᵀ], one softmax over both, output =
+P_prefix·V_prefix + P_own·V_own. The sequences of one prompt are stacked into one GEMM against
+its prefix (per key-value head; every prompt of the batch in one batched GEMM, prefixes padded
+to the longest and masked), so a prefix is read once a step for all its sequences. Sequences
+that finish are dropped from the batch (`DecodeState.keep`), so they stop costing compute.
+
+The attention runs inside any transformers model that uses prefopt's attention implementation
+(`use_segment_attention`): a forward given `prefopt_decode=state` takes this path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclasses.dataclass
+class DecodeState:
+    """The keys and values of a decoding batch. While prefilling, each prompt's are appended to
+    `prefix_keys[layer]` ([H_kv, P, D] each); `start_decoding` stacks them into [B, H_kv, P_max,
+    D] (padding masked). Row r of the batch is a sequence of prompt `row_prompt[r]`, in slot
+    `row_slot[r]` of that prompt's K; `own_keys[layer]` [rows, H_kv, T, D] holds what each
+    sequence generated, `length` tokens of it so far."""
+
+    prefix_keys: list
+    prefix_values: list
+    prefix_mask: torch.Tensor | None = None  # [B, P_max] True at a prompt's own positions
+    row_prompt: torch.Tensor | None = None
+    row_slot: torch.Tensor | None = None
+    slots: int = 0
+    own_keys: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    own_values: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    length: int = 0
+    prefilling: int | None = None  # the prompt being prefilled, or None while decoding
+
+    @classmethod
+    def empty(cls, layers: int) -> DecodeState:
+        return cls(prefix_keys=[[] for _ in range(layers)], prefix_values=[[] for _ in range(layers)])
+
+    def start_decoding(self, k: int, capacity: int) -> None:
+        """Lay out k rows per prompt (prompt-major) with room for `capacity` generated tokens each."""
+        prompts = len(self.prefix_keys[0])
+        lengths = torch.tensor([keys.shape[1] for keys in self.prefix_keys[0]])
+        self.prefix_mask = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
+        self.prefix_keys = [_stack_padded(keys) for keys in self.prefix_keys]
+        self.prefix_values = [_stack_padded(values) for values in self.prefix_values]
+        self.row_prompt = torch.arange(prompts).repeat_interleave(k)
+        self.row_slot = torch.arange(k).repeat(prompts)
+        self.slots, self.prefilling, self.length = k, None, 0
+        _, heads, _, dim = self.prefix_keys[0].shape
+        shape = (prompts * k, heads, capacity, dim)
+        self.own_keys = [keys.new_empty(shape) for keys in self.prefix_keys]
+        self.own_values = [values.new_empty(shape) for values in self.prefix_values]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these rows (ascending), e.g. the sequences that have not finished."""
+        self.row_prompt, self.row_slot = self.row_prompt[rows], self.row_slot[rows]
+        self.own_keys = [keys.index_select(0, rows) for keys in self.own_keys]
+        self.own_values = [values.index_select(0, rows) for values in self.own_values]
+
+
+def _stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    length = max(t.shape[1] for t in tensors)
+    return torch.stack([torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1])) for t in tensors])
+
+
+def decode_attention(module, query, key, value, state: DecodeState, scaling: float | None):
+    """query [N, H, L, D], key and value [N, H_kv, L, D] -> ([N, L, H, D], None): the prefill of
+    one prompt (N = 1, L = its length), or one decoding step of every row (L = 1)."""
+    layer = module.layer_idx
+    if state.prefilling is not None:
+        state.prefix_keys[layer].append(key[0])
+        state.prefix_values[layer].append(value[0])
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
+                                             enable_gqa=query.shape[1] != key.shape[1])
+        return out.transpose(1, 2), None
+    if query.shape[2] != 1:
+        raise ValueError("decoding takes one token per sequence a step")
+    rows, heads, _, dim = query.shape
+    prefix_keys, prefix_values = state.prefix_keys[layer], state.prefix_values[layer]
+    prompts, kv_heads, prompt_length, _ = prefix_keys.shape
+    group, slots = heads // kv_heads, state.slots
+    place = (state.row_prompt, state.row_slot)
+    t = state.length
+    state.own_keys[layer][:, :, t] = key[:, :, 0]
+    state.own_values[layer][:, :, t] = value[:, :, 0]
+    own_keys, own_values = state.own_keys[layer][:, :, : t + 1], state.own_values[layer][:, :, : t + 1]
+
+    def by_prompt(per_row: torch.Tensor) -> torch.Tensor:
+        """[rows, H_kv, G, X] -> [B, H_kv, slots·G, X]: each prompt's sequences stacked for one GEMM."""
+        padded = per_row.new_zeros(prompts, slots, *per_row.shape[1:])
+        padded[place] = per_row
+        return padded.transpose(1, 2).reshape(prompts, kv_heads, slots * group, per_row.shape[-1])
+
+    def by_row(per_prompt: torch.Tensor) -> torch.Tensor:
+        """The inverse of `by_prompt`."""
+        return per_prompt.view(prompts, kv_heads, slots, group, -1).transpose(1, 2)[place]
+
+    q = query[:, :, 0].view(rows, kv_heads, group, dim)  # query head h reads key-value head h // group
+    prefix_scores = by_row(by_prompt(q) @ prefix_keys.transpose(2, 3))  # [rows, H_kv, G, P_max]
+    prefix_scores = prefix_scores.masked_fill(~state.prefix_mask[state.row_prompt][:, None, None, :], -torch.inf)
+    scores = torch.cat([prefix_scores, q @ own_keys.transpose(2, 3)], -1).float()
+    scale = dim**-0.5 if scaling is None else scaling
+    probs = torch.softmax(scores.mul_(scale), -1).to(value.dtype)
+    from_prefix = by_row(by_prompt(probs[..., :prompt_length]) @ prefix_values)
+    out = from_prefix + probs[..., prompt_length:] @ own_values
+    return out.reshape(rows, 1, heads, dim), None

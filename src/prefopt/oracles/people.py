@@ -1,0 +1,88 @@
+"""The people oracle: the `prefopt label` store. Lists become items (identified by their content,
+so asking twice adds nothing), handed to annotators by priority in `prefopt label serve` on the
+same store; the oracle waits, showing progress, until each list has R labels or the deadline
+passes, and reads the rankings back from the labels: no export step. A list's completions are
+scored by their mean rank over its labels (ties as the labels gave them)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+from prefopt.data import PreferenceRecord
+from prefopt.oracles.base import ORACLES, Judgement, ListToJudge, Oracle, OracleOptions
+
+
+class PeopleOptions(OracleOptions):
+    db: str = "labels.db"  # the label store: a SQLite file or a SQLAlchemy URL
+    labels_per_list: int = 1  # R: labels wanted from different people
+    deadline_minutes: float | None = None  # stop waiting after this long (None: wait until every list has R)
+    on_deadline: Literal["use_what_is_there", "abstain"] = "use_what_is_there"  # lists with 1 ≤ n < R labels
+    poll_seconds: float = 2.0
+    priority: float = 0.0  # of the new items (the loop sets each list's acquisition score instead)
+
+
+def content_source(item: ListToJudge) -> str:
+    """An item's identity in the store: a hash of its prompt and completions."""
+    text = json.dumps([item.prompt, list(item.completions)], ensure_ascii=False, sort_keys=True)
+    return "content:" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+class PeopleOracle(Oracle):
+    name: ClassVar[str] = "people"
+    Options: ClassVar[type[OracleOptions]] = PeopleOptions
+    deterministic: ClassVar[bool] = False  # the store is its own record; a later ask may find more labels
+
+    def __init__(self, options: PeopleOptions):
+        super().__init__(options)
+        from prefopt.label.store import Store
+
+        url = options.db if "://" in options.db else f"sqlite:///{options.db}"
+        self.store = Store(url, redundancy=options.labels_per_list)
+        self.on_progress: Callable[[int, int], None] | None = None  # (labels in, labels wanted)
+
+    def add(self, lists: list[ListToJudge], priorities: list[float] | None = None) -> list[int]:
+        """Put the lists in the store (those already there are kept) and return their item ids."""
+        sources = [content_source(item) for item in lists]
+        self.store.add_items([PreferenceRecord(item.prompt, item.completions, (0.0,) * len(item.completions),
+                                               source=source) for item, source in zip(lists, sources, strict=True)])
+        ids = self.store.item_ids(sources)
+        item_ids = [ids[source] for source in sources]
+        values = priorities or [self.options.priority] * len(lists)
+        self.store.set_priorities(dict(zip(item_ids, values, strict=True)))
+        return item_ids
+
+    def judge(self, lists: list[ListToJudge], priorities: list[float] | None = None) -> list[Judgement]:
+        item_ids = self.add(lists, priorities)
+        wanted = self.options.labels_per_list
+        minutes = self.options.deadline_minutes
+        deadline = None if minutes is None else time.monotonic() + 60 * minutes
+        while True:
+            rankings = self.store.rankings(item_ids)
+            have = sum(min(len(rankings[i]), wanted) for i in item_ids)
+            if self.on_progress is not None:
+                self.on_progress(have, wanted * len(item_ids))
+            if have == wanted * len(item_ids) or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.options.poll_seconds)
+        return [self._judgement(rankings[i]) for i in item_ids]
+
+    def _judgement(self, rankings: list[list[int]]) -> Judgement:
+        wanted = self.options.labels_per_list
+        if not rankings:
+            return Judgement(abstained="no label by the deadline")
+        if len(rankings) < wanted and self.options.on_deadline == "abstain":
+            return Judgement(abstained=f"{len(rankings)} of {wanted} labels by the deadline")
+        used = rankings[:wanted]
+        mean_ranks = [sum(ranks[k] for ranks in used) / len(used) for k in range(len(used[0]))]
+        return Judgement(scores=tuple(-rank for rank in mean_ranks), details=tuple({"ranks": [r[k] for r in used]}
+                                                                                   for k in range(len(used[0]))))
+
+    def close(self) -> None:
+        self.store.engine.dispose()
+
+
+ORACLES.register("people", PeopleOracle)
