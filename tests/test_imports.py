@@ -17,9 +17,10 @@ PACKAGE = Path(prefopt.__file__).parent
 # a package may import packages of a lower layer (and itself), never one of its own layer or above
 LAYERS = {
     "errors": 0, "registry": 0, "settings": 0,
-    "losses": 1, "data": 1,
+    "losses": 1, "data": 1, "acquire": 1,
     "engine": 2, "label": 2, "oracles": 3,
     "train": 3, "generate": 3,
+    "evaluate": 4,
     "cli": 9,
 }
 MODEL_LIBRARIES = {"transformers", "peft", "accelerate"}
@@ -67,7 +68,7 @@ def test_imports_point_down(module):
         assert LAYERS[_part(imported)] < LAYERS[part], f"{module} (layer {part}) imports {imported}"
 
 
-@pytest.mark.parametrize("part", ["losses", "data", "label"])
+@pytest.mark.parametrize("part", ["losses", "data", "label", "acquire"])
 def test_losses_data_and_label_import_no_model_code(part):
     for module, path in _modules().items():
         if _part(module) == part:
@@ -75,13 +76,14 @@ def test_losses_data_and_label_import_no_model_code(part):
             assert not heavy, f"{module} imports {heavy}"
 
 
-def test_losses_import_torch_only():
+@pytest.mark.parametrize("part", ["losses", "acquire"])
+def test_pure_parts_import_torch_only(part):
     allowed = {"torch", "prefopt"} | set(sys.stdlib_module_names)
     for module, path in _modules().items():
-        if _part(module) == "losses":
+        if _part(module) == part:
             outside = {name.split(".")[0] for name in _imports(path)} - allowed
             assert not outside, f"{module} imports {outside}"
-    code = ("import sys, prefopt.losses; heavy = [m for m in ('transformers', 'peft', 'accelerate', 'datasets') "
+    code = (f"import sys, prefopt.{part}; heavy = [m for m in ('transformers', 'peft', 'accelerate', 'datasets') "
             "if m in sys.modules]; print(heavy)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -60,6 +60,11 @@ class DecodeState:
         self.own_keys = [keys.new_empty(shape) for keys in self.prefix_keys]
         self.own_values = [values.new_empty(shape) for values in self.prefix_values]
 
+    @property
+    def full(self) -> bool:
+        """Every prompt still has all its rows, in order: the by-prompt layout is a plain view."""
+        return self.row_prompt.shape[0] == self.prefix_mask.shape[0] * self.slots
+
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only these rows (ascending), e.g. the sequences that have not finished."""
         self.row_prompt, self.row_slot = self.row_prompt[rows], self.row_slot[rows]
@@ -94,20 +99,27 @@ def decode_attention(module, query, key, value, state: DecodeState, scaling: flo
     state.own_values[layer][:, :, t] = value[:, :, 0]
     own_keys, own_values = state.own_keys[layer][:, :, : t + 1], state.own_values[layer][:, :, : t + 1]
 
+    full = state.full
+
     def by_prompt(per_row: torch.Tensor) -> torch.Tensor:
-        """[rows, H_kv, G, X] -> [B, H_kv, slots·G, X]: each prompt's sequences stacked for one GEMM."""
-        padded = per_row.new_zeros(prompts, slots, *per_row.shape[1:])
-        padded[place] = per_row
+        """[rows, H_kv, G, X] -> [B, H_kv, slots·G, X]: each prompt's sequences stacked for one GEMM
+        (finished rows' places left zero)."""
+        if full:
+            padded = per_row.view(prompts, slots, *per_row.shape[1:])
+        else:
+            padded = per_row.new_zeros(prompts, slots, *per_row.shape[1:])
+            padded[place] = per_row
         return padded.transpose(1, 2).reshape(prompts, kv_heads, slots * group, per_row.shape[-1])
 
     def by_row(per_prompt: torch.Tensor) -> torch.Tensor:
         """The inverse of `by_prompt`."""
-        return per_prompt.view(prompts, kv_heads, slots, group, -1).transpose(1, 2)[place]
+        stacked = per_prompt.view(prompts, kv_heads, slots, group, -1).transpose(1, 2)
+        return stacked.reshape(rows, kv_heads, group, -1) if full else stacked[place]
 
     q = query[:, :, 0].view(rows, kv_heads, group, dim)  # query head h reads key-value head h // group
-    prefix_scores = by_row(by_prompt(q) @ prefix_keys.transpose(2, 3))  # [rows, H_kv, G, P_max]
-    prefix_scores = prefix_scores.masked_fill(~state.prefix_mask[state.row_prompt][:, None, None, :], -torch.inf)
-    scores = torch.cat([prefix_scores, q @ own_keys.transpose(2, 3)], -1).float()
+    prefix_scores = (by_prompt(q) @ prefix_keys.transpose(2, 3)).masked_fill_(
+        ~state.prefix_mask[:, None, None, :], -torch.inf)  # [B, H_kv, slots·G, P_max], padding masked
+    scores = torch.cat([by_row(prefix_scores), q @ own_keys.transpose(2, 3)], -1).float()
     scale = dim**-0.5 if scaling is None else scaling
     probs = torch.softmax(scores.mul_(scale), -1).to(value.dtype)
     from_prefix = by_row(by_prompt(probs[..., :prompt_length]) @ prefix_values)

@@ -114,9 +114,6 @@ def _decode_shared(model, tokenizer, prompts: list[list[int]], settings: Samplin
     return [samples[p * k:(p + 1) * k] for p in range(len(prompts))]
 
 
-_NUCLEUS_CANDIDATES = 1024
-
-
 def _draw(logits: torch.Tensor, settings: SamplingSettings, generators: list[torch.Generator]) -> list[int]:
     """One token per row: greedy at temperature 0, else from the warped distribution, each row
     with its own generator."""
@@ -137,12 +134,16 @@ def warp(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
         logits = logits.masked_fill(logits < kth, -torch.inf)
     if settings.top_p < 1:
         probs = logits.softmax(-1)
-        # the nucleus lies within the most likely _NUCLEUS_CANDIDATES tokens whenever they hold mass p:
-        # then sorting them is enough (exact), and much cheaper than sorting the vocabulary
-        ordered, order = probs.topk(min(_NUCLEUS_CANDIDATES, probs.shape[-1]), -1)
-        if not bool((ordered.sum(-1) >= settings.top_p).all()):
+        # tokens less likely than ε = (1 − p) / (2V) hold less than 1 − p of the mass together, so the
+        # nucleus lies among the others: sorting only those (topk) is exact, and far cheaper than
+        # sorting the whole vocabulary when the distribution is peaked
+        vocabulary = probs.shape[-1]
+        candidates = int((probs >= (1 - settings.top_p) / (2 * vocabulary)).sum(-1).max())
+        if candidates < vocabulary // 2:
+            ordered, order = probs.topk(candidates, -1)
+        else:
             ordered, order = probs.sort(-1, descending=True)
-        inside = ordered.cumsum(-1) - ordered < settings.top_p
+        inside = ordered.cumsum(-1) - ordered < settings.top_p  # the mass before a token has not reached p yet
         kept = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, inside)
         logits = logits.masked_fill(~kept, -torch.inf)
     return logits
