@@ -33,7 +33,7 @@ def test_one_line_per_distinct_prompt_with_its_metadata(tiny_model, prompts_file
     result = generate(settings(tiny_model, prompts_file, tmp_path / "out.jsonl"))
     rows = lines(tmp_path / "out.jsonl")
     assert result.generated == len(rows) == 6 and result.tokens == sum(sum(r["meta"]["lengths"]) for r in rows)
-    assert sorted(r["meta"]["index"] for r in rows) == list(range(6))
+    assert [r["meta"]["index"] for r in rows] == list(range(6))  # in the prompts' order once done
     chat = next(r for r in rows if r["meta"]["index"] == 5)
     assert chat["prompt"] == [{"role": "user", "content": "say hi"}]
     for row in rows:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -97,7 +98,18 @@ def generate(config: GenerateConfig, *, resume: bool = False, console: Console |
             autocast = lambda: torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
             sample(model, tokenizer, prompts, config.sampling(), backend=config.backend, autocast=autocast,
                    on_batch=write)
+    _in_prompt_order(out)
     return GenerateResult(out, len(records), len(todo), len(done), tokens, time.perf_counter() - started)
+
+
+def _in_prompt_order(out: Path) -> None:
+    """Lines are written as batches finish (prompts are batched by length); once every prompt is
+    done, the file is rewritten in the prompts' order, atomically."""
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    ordered = sorted(lines, key=lambda line: json.loads(line)["meta"]["index"])
+    staging = out.with_name(out.name + ".partial")
+    staging.write_text("".join(ordered), encoding="utf-8")
+    os.replace(staging, out)
 
 
 def _finished_prompts(out: Path, config: GenerateConfig, resume: bool, records: list[PreferenceRecord]) -> set[int]:
