@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from prefopt.cli import generate, label, losses, score, train
+from prefopt.cli import evaluate, generate, label, losses, score, train
 
 app = typer.Typer(
     help="prefopt: align language models from comparisons and rankings.",
@@ -26,4 +26,5 @@ app.command("losses")(losses.losses_command)
 app.command("train", context_settings=_EXTRA_ARGS)(train.train_command)
 app.command("generate")(generate.generate_command)
 app.command("score", context_settings=_EXTRA_ARGS)(score.score_command)
+app.command("eval", context_settings=_EXTRA_ARGS)(evaluate.eval_command)
 app.add_typer(label.label_app, name="label")

@@ -1,5 +1,6 @@
 """Did the model get better? Bootstrap intervals over prompts, win rates (raw and
-length-controlled), a KL estimate, and the ranking diagnostics of Chen et al. 2024."""
+length-controlled), a KL estimate, and the ranking diagnostics of Chen et al. 2024; `prefopt
+eval` (prefopt.evaluate.run) puts them together."""
 
 from prefopt.evaluate.stats import (
     Estimate,

@@ -65,6 +65,7 @@ class Oracle(abc.ABC):
     name: ClassVar[str]
     Options: ClassVar[type[OracleOptions]]
     deterministic: ClassVar[bool] = True  # answers of an oracle that samples are not cached unless asked
+    absolute_scores: ClassVar[bool] = True  # a score means the same across lists (a judge's only within one)
 
     def __init__(self, options: OracleOptions):
         self.options = options

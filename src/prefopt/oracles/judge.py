@@ -49,6 +49,7 @@ class JudgeOptions(OracleOptions):
 class JudgeOracle(Oracle):
     name: ClassVar[str] = "judge"
     Options: ClassVar[type[OracleOptions]] = JudgeOptions
+    absolute_scores: ClassVar[bool] = False  # ranks within a list, not a scale across lists
 
     def __init__(self, options: JudgeOptions):
         super().__init__(options)

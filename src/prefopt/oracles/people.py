@@ -34,6 +34,7 @@ def content_source(item: ListToJudge) -> str:
 class PeopleOracle(Oracle):
     name: ClassVar[str] = "people"
     Options: ClassVar[type[OracleOptions]] = PeopleOptions
+    absolute_scores: ClassVar[bool] = False  # ranks within a list, not a scale across lists
     deterministic: ClassVar[bool] = False  # the store is its own record; a later ask may find more labels
 
     def __init__(self, options: PeopleOptions):
