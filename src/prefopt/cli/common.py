@@ -40,3 +40,14 @@ def run_library(job) -> None:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
         fail(f"database: {str(error.orig if getattr(error, 'orig', None) else error).strip().splitlines()[0]}", 1)
+
+
+def write_report(path) -> None:
+    """The report of a finished run or eval; a plotting failure is told, never fatal (the results
+    are saved already)."""
+    from prefopt.evaluate.report import report
+
+    try:
+        console().print(f"report: {report(path)}", highlight=False)
+    except Exception as error:
+        console().print(f"[yellow]could not write the report: {type(error).__name__}: {error}[/]", highlight=False)

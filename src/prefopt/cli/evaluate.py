@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from prefopt.cli.common import console, fail, run_library
+from prefopt.cli.common import console, fail, run_library, write_report
 
 
 def eval_command(
@@ -56,6 +56,7 @@ def _evaluate(settings) -> None:
             table.add_row(name, text)
     console().print(table)
     console().print(f"results in {settings.out}", highlight=False)
+    write_report(settings.out)
 
 
 def _interval(estimate: dict) -> str:

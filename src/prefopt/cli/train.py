@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prefopt.cli.common import console, fail, run_library
+from prefopt.cli.common import console, fail, run_library, write_report
 
 
 def train_command(
@@ -40,3 +40,4 @@ def _train(settings, resume: bool) -> None:
             out.print(f"eval {key}: {before:.4f} -> {after:.4f}", highlight=False)
     out.print(f"{result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
               f"output in {result.output_dir}", highlight=False)
+    write_report(result.output_dir)

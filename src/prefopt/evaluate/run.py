@@ -121,16 +121,23 @@ def _on_prompts(config: EvalConfig, console: Console) -> dict:
     boot = {"resamples": config.resamples, "seed": config.seed}
     try:
         scored = judge(oracle, lists(answers), cache)[0]
+        per_prompt: dict[str, list] = {"lengths": [_mean_length(a) for a in answers]}
         if oracle.absolute_scores:
             result["score"] = bootstrap_mean([j.scores for j in scored if j.abstained is None], **boot).to_json()
+            per_prompt["scores"] = [None if j.abstained else float(np.mean(j.scores)) for j in scored]
         result["abstained"] = sum(j.abstained is not None for j in scored)
         if baseline is not None:
             result["baseline"] = config.baseline or config.baseline_generations
-            result["win_rate"] = _win_rate(oracle, answers, baseline, scored, lists, cache, boot).to_json()
+            rate, preferences = _win_rate(oracle, answers, baseline, scored, lists, cache, boot)
+            result["win_rate"] = rate.to_json()
+            per_prompt |= {"preferences": preferences, "baseline_lengths": [_mean_length(b) for b in baseline]}
             if oracle.absolute_scores:
                 base_scored = judge(oracle, lists(baseline), cache)[0]
                 result["baseline_score"] = bootstrap_mean([j.scores for j in base_scored if j.abstained is None],
                                                           **boot).to_json()
+                per_prompt["baseline_scores"] = [None if j.abstained else float(np.mean(j.scores))
+                                                 for j in base_scored]
+        result["per_prompt"] = per_prompt
     finally:
         oracle.close()
         if cache is not None:
@@ -158,10 +165,15 @@ def _win_rate(oracle, answers, baseline, scored, lists, cache, boot):
                  for a, b in zip(answers, baseline, strict=True)]
         verdicts = judge(oracle, pairs, cache)[0]
         preferences = [None if v.abstained else float(np.sign(v.scores[0] - v.scores[1]) / 2 + 0.5) for v in verdicts]
-    length = lambda record: np.mean(record.extra.get("meta", {}).get("lengths") or [len(str(c)) for c in
-                                                                                   record.completions])
-    return win_rate(preferences, lengths_a=[length(a) for a in answers], lengths_b=[length(b) for b in baseline],
-                    **boot)
+    rate = win_rate(preferences, lengths_a=[_mean_length(a) for a in answers],
+                    lengths_b=[_mean_length(b) for b in baseline], **boot)
+    return rate, preferences
+
+
+def _mean_length(record: PreferenceRecord) -> float:
+    """An answer's mean length in tokens (from generation), else in characters."""
+    lengths = record.extra.get("meta", {}).get("lengths") or [len(str(c)) for c in record.completions]
+    return float(np.mean(lengths))
 
 
 def _kl(config: EvalConfig, answers: list[PreferenceRecord], reference: str, boot: dict):

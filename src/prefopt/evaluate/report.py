@@ -1,0 +1,227 @@
+"""`prefopt report PATH`: one self-contained HTML page (plots embedded as PNG) for a train run or
+an eval result, its path printed. Plots are matplotlib without a display, with labelled axes and
+units, train and eval on the same axes."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from prefopt.data import DataError
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}table{border-collapse:collapse;margin:.6em 0}
+td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}.note{color:#666}"""
+
+
+def report(path: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of a train run folder (metrics.jsonl) or an eval result (eval.json)."""
+    path = Path(path)
+    if path.is_dir() and (path / "metrics.jsonl").exists():
+        title, body = _train_report(path)
+        target = Path(out) if out else path / "report.html"
+    elif path.is_file() and path.suffix == ".json":
+        title, body = _eval_report(path)
+        target = Path(out) if out else path.with_suffix(".html")
+    else:
+        raise DataError(f"{path}: not a run (a folder with metrics.jsonl) or an eval result (a .json file)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+    target.write_text(page, encoding="utf-8")
+    return target
+
+
+def _figure(draw, *, width: float = 10, height: float = 3.6) -> str:
+    """An <img> of what `draw(figure)` plots, as an embedded PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure = pyplot.figure(figsize=(width, height), dpi=110)
+    draw(figure)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    pyplot.close(figure)
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+# ----- train runs -----
+
+
+def _train_report(run: Path) -> tuple[str, str]:
+    from prefopt.train.metrics import headline, read_metrics
+
+    lines = read_metrics(run / "metrics.jsonl")
+    train = [line for line in lines if line["split"] == "train"]
+    evals = [line for line in lines if line["split"] == "eval"]
+    if not train:
+        raise DataError(f"{run}/metrics.jsonl: no training steps to report")
+    keys = [k for k in ("loss", "reward_accuracy", "ranking_accuracy", "kendall_tau", "reward_margin",
+                        "logps/chosen", "logps/rejected") if headline(train[0], k) is not None]
+    series = lambda rows, key: ([r["step"] for r in rows if headline(r, key) is not None],
+                                [headline(r, key) for r in rows if headline(r, key) is not None])
+
+    def panel(axes, key, unit):
+        for rows, style, label in ((train, "-", "train"), (evals, "o-", "eval")):
+            steps, values = series(rows, key)
+            if steps:
+                axes.plot(steps, values, style, label=label, markersize=4)
+        axes.set_title(key)
+        axes.set_xlabel("optimizer step")
+        axes.set_ylabel(unit)
+        axes.legend()
+
+    def quality(figure):
+        shown = [k for k in keys if k in ("loss", "reward_accuracy", "ranking_accuracy", "kendall_tau")]
+        for n, key in enumerate(shown, 1):
+            panel(figure.add_subplot(1, len(shown), n), key, "nats" if key == "loss" else "share of pairs"
+                  if "accuracy" in key else "τ")
+
+    def drift(figure):
+        panel(figure.add_subplot(1, 2, 1), "reward_margin", "β·(ρ_w − ρ_l)")
+        axes = figure.add_subplot(1, 2, 2)
+        for key, style in (("logps/chosen", "-"), ("logps/rejected", "--")):
+            for rows, marker, split in ((train, "", "train"), (evals, "o", "eval")):
+                steps, values = series(rows, key)
+                if steps:
+                    axes.plot(steps, values, style + marker, label=f"{key.split('/')[1]} ({split})", markersize=4)
+        axes.set_title("log-probs of better and worse (likelihood drift)")
+        axes.set_xlabel("optimizer step")
+        axes.set_ylabel("summed log-prob (nats)")
+        axes.legend(fontsize=8)
+
+    def optimisation(figure):
+        for n, (key, unit) in enumerate((("lr", "learning rate"), ("grad_norm", "gradient norm"),
+                                         ("tokens_per_s", "tokens / s")), 1):
+            axes = figure.add_subplot(1, 3, n)
+            axes.plot([r["step"] for r in train], [r.get(key, float("nan")) for r in train])
+            axes.set_title(unit)
+            axes.set_xlabel("optimizer step")
+            axes.set_ylabel(unit)
+
+    summary = ""
+    if len(evals) >= 2:
+        start, end = evals[0], evals[-1]
+        rows = [[k, f"{headline(start, k):.4f}", f"{headline(end, k):.4f}"] for k in keys
+                if headline(start, k) is not None and headline(end, k) is not None]
+        summary = "<h2>Held-out evaluation, start and end</h2>" + _table(rows, ["metric", "start", "end"])
+    else:
+        summary = '<p class=note>no evaluation lines in metrics.jsonl (no eval split): train curves only</p>'
+    body = (summary + "<h2>Loss and accuracy</h2>" + _figure(quality)
+            + ("<h2>Reward margin and likelihood drift</h2>" + _figure(drift)
+               if headline(train[0], "reward_margin") is not None else "")
+            + "<h2>Optimisation</h2>" + _figure(optimisation, height=3.0))
+    return f"prefopt train run: {run.name} ({len(train)} steps)", body
+
+
+# ----- eval results -----
+
+
+def _eval_report(path: Path) -> tuple[str, str]:
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{path}: not a prefopt eval result (not JSON)") from None
+    if not isinstance(result, dict) or result.get("mode") not in ("prompts", "data"):
+        raise DataError(f"{path}: not a prefopt eval result (no mode)")
+    return (f"prefopt eval: {result['model']}", _prompts_body(result) if result["mode"] == "prompts"
+            else _data_body(result))
+
+
+def _bar_with_interval(axes, labels: list[str], estimates: list[dict], unit: str) -> None:
+    values = [e["value"] for e in estimates]
+    errors = [[e["value"] - e["low"] for e in estimates], [e["high"] - e["value"] for e in estimates]]
+    axes.bar(labels, values, yerr=errors, capsize=8, color=["#4c72b0", "#999999", "#55a868"][: len(values)])
+    axes.set_ylabel(unit)
+
+
+def _prompts_body(result: dict) -> str:
+    per_prompt = result.get("per_prompt", {})
+    estimates = {key: v for key, v in result.items() if isinstance(v, dict) and "value" in v}
+    if "win_rate" in result:
+        estimates["win_rate"] = result["win_rate"]["rate"]
+    rows = [[key, f"{v['value']:.3f}", f"[{v['low']:.3f}, {v['high']:.3f}]"] for key, v in estimates.items()]
+    if result.get("win_rate", {}).get("length_controlled") is not None:
+        rows.append(["length-controlled win rate", f"{result['win_rate']['length_controlled']:.3f}", ""])
+    body = _table(rows, ["statistic", "value", "95% interval"])
+
+    def bars(figure):
+        n = 1 + ("win_rate" in result)
+        if "score" in result:
+            axes = figure.add_subplot(1, n, 1)
+            shown = [("model", result["score"])] + ([("baseline", result["baseline_score"])]
+                                                    if "baseline_score" in result else [])
+            _bar_with_interval(axes, [s for s, _ in shown], [e for _, e in shown], "mean oracle score")
+            axes.set_title("score with 95% bootstrap interval (over prompts)")
+        if "win_rate" in result:
+            axes = figure.add_subplot(1, n, n)
+            rate = result["win_rate"]
+            _bar_with_interval(axes, ["win rate"], [rate["rate"]], "share of prompts won (ties half)")
+            if rate.get("length_controlled") is not None:
+                axes.bar(["length-controlled"], [rate["length_controlled"]], color="#dd8452")
+            axes.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
+            axes.set_ylim(0, 1)
+            axes.set_title(f"against the baseline ({rate['failures']} judge failures left out)")
+
+    def distributions(figure):
+        axes = figure.add_subplot(1, 2, 1)
+        for key, label in (("scores", "model"), ("baseline_scores", "baseline")):
+            values = [v for v in per_prompt.get(key, []) if v is not None]
+            if values:
+                axes.hist(values, bins=20, alpha=0.6, label=label)
+        axes.set_title("oracle score per prompt")
+        axes.set_xlabel("mean score of a prompt's answers")
+        axes.set_ylabel("prompts")
+        axes.legend()
+        axes = figure.add_subplot(1, 2, 2)
+        for key, label in (("lengths", "model"), ("baseline_lengths", "baseline")):
+            if per_prompt.get(key):
+                axes.hist(per_prompt[key], bins=20, alpha=0.6, label=label)
+        axes.set_title("answer length")
+        axes.set_xlabel("tokens (mean over a prompt's answers)")
+        axes.set_ylabel("prompts")
+        axes.legend()
+
+    if "score" in result or "win_rate" in result:
+        body += "<h2>Scores and win rate</h2>" + _figure(bars)
+    if per_prompt.get("lengths"):
+        body += "<h2>Distributions</h2>" + _figure(distributions)
+    return body
+
+
+def _data_body(result: dict) -> str:
+    rows = [[key, f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" if isinstance(v, dict) else f"{v:.3f}"]
+            for key, v in result.items() if isinstance(v, dict | float) and key != "difficulty"]
+    body = _table(rows, ["statistic", "value"])
+    points = result.get("difficulty")
+    if not points:
+        return body + f'<p class=note>{html.escape(result.get("note", ""))}</p>'
+
+    def scatter(figure):
+        import numpy as np
+
+        axes = figure.add_subplot(1, 1, 1)
+        for correct, color, label in ((True, "#55a868", "ranked correctly"), (False, "#c44e52", "misranked")):
+            chosen = [p for p in points if p["ranked_correctly"] == correct]
+            axes.scatter([p["c"] for p in chosen], [p["dpo_loss"] for p in chosen], s=12, color=color, label=label)
+        c = np.linspace(min(p["c"] for p in points), max(p["c"] for p in points), 200)
+        axes.plot(c, np.logaddexp(0, -result["beta"] * c), color="black", label="loss threshold −log σ(βc)")
+        axes.set_xlabel("difficulty c = log π_ref(y_l) − log π_ref(y_w)  (nats; > 0: the reference misranks)")
+        axes.set_ylabel("DPO loss (nats)")
+        axes.set_title("difficulty against ranking correctness")
+        axes.legend()
+
+    return body + "<h2>Difficulty</h2>" + _figure(scatter, height=4.5)
