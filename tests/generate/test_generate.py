@@ -89,3 +89,13 @@ def test_the_command_line(prefopt_cli, tiny_model, prompts_file, tmp_path):
     assert again.returncode == 1 and "already exists: add --resume" in again.stderr and "Traceback" not in again.stderr
     bad = prefopt_cli("generate", "--prompts", prompts_file, "--k", 0, "--out", tmp_path / "x.jsonl")
     assert bad.returncode == 2 and "k: Input should be greater than or equal to 1" in bad.stderr
+
+
+def test_the_vllm_backend_says_what_it_needs_when_missing(tiny_model, prompts_file, tmp_path):
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ValueError, match="backend vllm needs the vllm package"):
+        generate(settings(tiny_model, prompts_file, tmp_path / "out.jsonl", backend="vllm"))
