@@ -49,3 +49,30 @@ def test_truncation_is_explicit_and_counted(tokenizer):
     assert (counts.prompts, counts.completions, counts.total_completions) == (1, 1, 2)
     start = tokenize_record(record, tokenizer, TokenizeSettings(max_prompt_tokens=3, prompt_truncation="keep_start"))
     assert start.prompt_ids == full.prompt_ids[:3]
+
+
+def test_a_plain_text_prompt_that_ends_inside_a_token_is_scored_on_the_models_own_tokens(tokenizer, model):
+    """"Answer: " then "yes": tokenized apart, the prompt would end in a lone space token and the
+    completion start without it. Tokenized together, the completions are the tails of the joint
+    tokenizations and their log-probs are those of a plain forward of the joint text."""
+    import torch
+
+    from prefopt.data.tokenize import TruncationCounts
+    from prefopt.engine.logps import collate, completion_logps, naive_completion_logps
+
+    record = PreferenceRecord(prompt="Answer: ", completions=("yes good", "no bad"), scores=(1, 0))
+    counts = TruncationCounts()
+    example = tokenize_record(record, tokenizer, TokenizeSettings(), counts)
+    alone = tokenizer("Answer: ")["input_ids"]
+    assert list(example.prompt_ids) != alone and counts.boundaries_moved == 1
+    eos = tokenizer.eos_token_id
+    for text, ids in zip(record.completions, example.completion_ids, strict=True):
+        joint = tokenizer("Answer: " + text)["input_ids"] + [eos]
+        assert list(example.prompt_ids) + list(ids) == joint  # the joint tokenization, split at the shared prefix
+    with torch.no_grad():
+        fast = completion_logps(model, collate([example], [0], tokenizer.pad_token_id)).logps
+        plain = naive_completion_logps(model, [example])
+    torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-5)
+    unmoved = TruncationCounts()
+    tokenize_record(PreferenceRecord("Answer:", (" yes", " no"), (1, 0)), tokenizer, TokenizeSettings(), unmoved)
+    assert unmoved.boundaries_moved == 0

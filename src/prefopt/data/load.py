@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from prefopt.data.layouts import apply_columns, check_columns, grouped_layout, recognise
 from prefopt.data.records import DataError, PreferenceRecord, parse_row
 
 _LIST_FIELDS = ("completions", "scores", "ranks", "chosen", "rejected", "prompt")
@@ -23,9 +24,13 @@ class LoadedData:
     records: list[PreferenceRecord]
     skipped: collections.Counter  # reason -> count of rows dropped with skip_invalid
     source: str
+    layouts: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # layout -> records
 
     def summary(self) -> str:
         text = f"{self.source}: {len(self.records)} records"
+        if set(self.layouts) - {"prefopt"}:
+            text += " (layout: " + ", ".join(f"{name}" + (f" {count}" if len(self.layouts) > 1 else "")
+                                             for name, count in self.layouts.most_common()) + ")"
         if self.skipped:
             reasons = ", ".join(f"{count} {reason}" for reason, count in self.skipped.most_common())
             text += f"; skipped {sum(self.skipped.values())} invalid rows ({reasons})"
@@ -33,26 +38,63 @@ class LoadedData:
 
 
 def load_records(source: str | Path, *, skip_invalid: bool = False, require_completions: bool = True,
-                 require_scores: bool = True, split: str = "train") -> LoadedData:
-    """Load and validate every row. By default the first bad row raises a DataError naming the
-    file, row and field; with `skip_invalid`, bad rows are dropped and counted by reason."""
+                 require_scores: bool = True, split: str = "train", columns: dict[str, str] | None = None
+                 ) -> LoadedData:
+    """Load and validate every row, in prefopt's layout or a well-known one (prefopt.data.layouts),
+    with the table's fields renamed by `columns`. By default the first bad row raises a DataError
+    naming the file, row and field; with `skip_invalid`, bad rows are dropped and counted by reason."""
     name = str(source)
-    records: list[PreferenceRecord] = []
+    check_columns(columns)
+    records: list[tuple[int, PreferenceRecord]] = []
     skipped: collections.Counter = collections.Counter()
+    layouts: collections.Counter = collections.Counter()
+    groups: dict[str, list[tuple[int, dict]]] = {}  # one response per row, by prompt
+
+    def fail(error: DataError, where: int | str) -> None:
+        if not skip_invalid:
+            row = where if isinstance(where, int) else None
+            raise DataError(error.detail if row is not None else f"{where}: {error.detail}", source=name, row=row,
+                            reason=error.reason) from None
+        skipped[error.reason] += 1
+
     for row_number, row in _rows(name, split):
         try:
             if isinstance(row, DataError):
                 raise row
+            row = apply_columns(row, columns)
+            if grouped_layout(row) is not None:
+                groups.setdefault(json.dumps(row["prompt"], sort_keys=True), []).append((row_number, row))
+                continue
+            layout, row = recognise(row)
             record = parse_row(row, require_completions=require_completions, require_scores=require_scores)
         except DataError as error:
-            if not skip_invalid:
-                raise DataError(error.detail, source=name, row=row_number, reason=error.reason) from None
-            skipped[error.reason] += 1
+            fail(error, row_number)
             continue
-        records.append(dataclasses.replace(record, source=f"{name}, row {row_number}"))
+        layouts[layout] += 1
+        records.append((row_number, dataclasses.replace(record, source=f"{name}, row {row_number}")))
+    for members in groups.values():
+        numbers = [number for number, _ in members]
+        where = "rows " + ", ".join(map(str, numbers))
+        try:
+            record = parse_row(_grouped_row([row for _, row in members]), require_completions=require_completions,
+                               require_scores=require_scores)
+        except DataError as error:
+            fail(error, where)
+            continue
+        layouts["one response per row, grouped by prompt"] += 1
+        records.append((numbers[0], dataclasses.replace(record, source=f"{name}, {where}")))
     if not records:
         raise DataError("no valid rows" + (f" (skipped {sum(skipped.values())})" if skipped else ""), source=name)
-    return LoadedData(records=records, skipped=skipped, source=name)
+    return LoadedData(records=[record for _, record in sorted(records, key=lambda item: item[0])], skipped=skipped,
+                      source=name, layouts=layouts)
+
+
+def _grouped_row(rows: list[dict]) -> dict:
+    """Rows of one prompt, one response each (HelpSteer2: `response` and `helpfulness`), as a list."""
+    text, score = grouped_layout(rows[0])
+    extra = {k: v for k, v in rows[0].items() if k not in ("prompt", text, score)}
+    return {**extra, "prompt": rows[0]["prompt"], "completions": [row[text] for row in rows],
+            "scores": [row[score] for row in rows]}
 
 
 def _rows(name: str, split: str) -> Iterator[tuple[int, Any]]:

@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 Message = dict[str, str]
+CHAT_ROLES = ("system", "user", "assistant", "tool")
 Text = str | list[Message]  # a plain string, or chat messages [{"role", "content"}, ...]
 
 
@@ -120,7 +121,13 @@ def _scores_field(row: dict, count: int) -> list:
         raise DataError(f'"completions" has {count} items but "{field}" has {len(values)}',
                         reason="length mismatch")
     numbers = [_number(v, f'"{field}"[{i}]') for i, v in enumerate(values)]
-    return numbers if field == "scores" else [-rank for rank in numbers]
+    if field == "ranks":
+        for i, rank in enumerate(numbers):
+            if rank < 1 or rank != int(rank):
+                raise DataError(f'"ranks"[{i}] must be a positive integer (1 = best), got {values[i]!r}',
+                                reason="bad rank")
+        return [-rank for rank in numbers]
+    return numbers
 
 
 def _record(prompt: Text, completions: tuple, scores: tuple, names: tuple, allow_ties: bool = False
@@ -159,6 +166,9 @@ def _text(value: Any, name: str) -> Text:
         for i, message in enumerate(value):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise DataError(f'{label}[{i}] must be a message {{"role", "content"}}', reason="bad messages")
+            if message["role"] not in CHAT_ROLES:
+                raise DataError(f'{label}[{i}]["role"] is {message["role"]!r}; chat templates know '
+                                f"{', '.join(CHAT_ROLES)}", reason="unknown role")
             content = message.get("content")
             if not isinstance(content, str):
                 raise DataError(f'{label}[{i}]["content"] must be a string, got {type(content).__name__}',

@@ -2,8 +2,12 @@
 
 Chat data is rendered with the model's chat template; the completion is the text the template
 adds after the prompt's generation prompt (so its end-of-turn tokens are scored and nothing is
-duplicated). Plain strings are the prompt as the tokenizer encodes it (with its BOS, if any) and
-the completion without special tokens plus one EOS. Truncation is explicit and counted."""
+duplicated). Plain strings are tokenized as the model reads them, prompt and completion as one
+text (with the tokenizer's BOS, if any, and one EOS): tokenized apart, a prompt that ends inside
+what the tokenizer merges with the answer ("Answer: " then "yes") would give tokens the model
+never produces, a lone space or half a word. The shared prompt is the longest token prefix common
+to all of a list's completions; the rest of each is its completion. Truncation is explicit and
+counted."""
 
 from __future__ import annotations
 
@@ -34,10 +38,14 @@ class TruncationCounts:
     completions: int = 0
     total_prompts: int = 0
     total_completions: int = 0
+    boundaries_moved: int = 0  # plain-text lists whose prompt/completion token boundary is not the text's
 
     def summary(self) -> str:
-        return (f"truncated {self.prompts}/{self.total_prompts} prompts and "
+        text = (f"truncated {self.prompts}/{self.total_prompts} prompts and "
                 f"{self.completions}/{self.total_completions} completions")
+        if self.boundaries_moved:
+            text += f"; {self.boundaries_moved} plain-text lists have a token spanning the prompt's end"
+        return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +69,8 @@ def tokenize_record(record: PreferenceRecord, tokenizer, settings: TokenizeSetti
     if use_template:
         prompt_ids, completions = _chat_ids(record, tokenizer)
     else:
-        prompt_ids = _encode(tokenizer, record.prompt, special=True)
-        completions = [_plain_completion_ids(c, tokenizer) for c in record.completions]
+        prompt_ids, completions, moved = _plain_ids(record, tokenizer)
+        counts.boundaries_moved += moved
     counts.total_prompts += 1
     limit = settings.max_prompt_tokens
     if limit is not None and len(prompt_ids) > limit:
@@ -126,14 +134,26 @@ def _chat_ids(record: PreferenceRecord, tokenizer) -> tuple[list[int], list[list
     return _encode(tokenizer, prompt_text, special=False), completions
 
 
-def _plain_completion_ids(text, tokenizer) -> list[int]:
-    if not isinstance(text, str):
-        text = "".join(m["content"] for m in text)
-    ids = _encode(tokenizer, text, special=False)
+def _plain_ids(record: PreferenceRecord, tokenizer) -> tuple[list[int], list[list[int]], bool]:
+    """Prompt + completion tokenized as one text for each completion (one EOS at the end); the
+    prompt is their longest common token prefix, leaving every completion at least one token.
+    Also whether that boundary differs from the prompt tokenized alone."""
+    prompt = record.prompt if isinstance(record.prompt, str) else "\n".join(m["content"] for m in record.prompt)
     eos = tokenizer.eos_token_id
-    if eos is not None and (not ids or ids[-1] != eos):
-        ids.append(eos)
-    return ids
+    joint = []
+    for completion in record.completions:
+        text = completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+        ids = _encode(tokenizer, prompt + text, special=True)
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)
+        joint.append(ids)
+    shared = min(len(ids) for ids in joint) - 1
+    for n in range(shared):
+        if any(ids[n] != joint[0][n] for ids in joint):
+            shared = n
+            break
+    alone = _encode(tokenizer, prompt, special=True)
+    return joint[0][:shared], [ids[shared:] for ids in joint], joint[0][:shared] != alone
 
 
 def _encode(tokenizer, text, *, special: bool) -> list[int]:

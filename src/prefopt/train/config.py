@@ -23,6 +23,10 @@ class TrainConfig(BaseModel):
                                                     "prompts of `data` is held out.")
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of prompts held out for evaluation "
                                                                   "(split by prompt, seeded).")
+    columns: dict[str, str] | None = Field(None, description="For a table in another layout: which of its fields "
+                                                             "is each of prefopt's (e.g. {prompt: question, "
+                                                             "chosen: good, rejected: bad}; completion and score "
+                                                             "for one response per row, grouped by prompt).")
     skip_invalid: bool = Field(False, description="Drop bad rows and print a count by reason, instead of stopping "
                                                   "at the first one.")
     output_dir: str = Field("runs/train", description="Where checkpoints, metrics.jsonl, config.yaml and the final "

@@ -320,10 +320,10 @@ def _total_steps(config: TrainConfig, train_data, processes: int) -> int:
 
 
 def _load_data(config: TrainConfig, tokenizer, say):
-    loaded = load_records(config.data, skip_invalid=config.skip_invalid)
+    loaded = load_records(config.data, skip_invalid=config.skip_invalid, columns=config.columns)
     say(loaded.summary())
     if config.eval_data:
-        eval_loaded = load_records(config.eval_data, skip_invalid=config.skip_invalid)
+        eval_loaded = load_records(config.eval_data, skip_invalid=config.skip_invalid, columns=config.columns)
         say(eval_loaded.summary())
         train_records, eval_records = loaded.records, eval_loaded.records
     else:
