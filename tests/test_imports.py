@@ -21,6 +21,7 @@ LAYERS = {
     "engine": 2, "label": 2, "oracles": 3,
     "train": 3, "generate": 3,
     "evaluate": 4,
+    "loop": 5, "demo": 6,
     "cli": 9,
 }
 MODEL_LIBRARIES = {"transformers", "peft", "accelerate"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from prefopt.cli import evaluate, generate, label, losses, report, score, train
+from prefopt.cli import evaluate, generate, label, loop, losses, report, score, train
 
 app = typer.Typer(
     help="prefopt: align language models from comparisons and rankings.",
@@ -28,4 +28,5 @@ app.command("generate")(generate.generate_command)
 app.command("score", context_settings=_EXTRA_ARGS)(score.score_command)
 app.command("eval", context_settings=_EXTRA_ARGS)(evaluate.eval_command)
 app.command("report")(report.report_command)
+app.command("loop", context_settings=_EXTRA_ARGS)(loop.loop_command)
 app.add_typer(label.label_app, name="label")

@@ -38,8 +38,8 @@ class LoadedData:
 
 
 def load_records(source: str | Path, *, skip_invalid: bool = False, require_completions: bool = True,
-                 require_scores: bool = True, split: str = "train", columns: dict[str, str] | None = None
-                 ) -> LoadedData:
+                 require_scores: bool = True, split: str = "train", columns: dict[str, str] | None = None,
+                 min_completions: int = 2) -> LoadedData:
     """Load and validate every row, in prefopt's layout or a well-known one (prefopt.data.layouts),
     with the table's fields renamed by `columns`. By default the first bad row raises a DataError
     naming the file, row and field; with `skip_invalid`, bad rows are dropped and counted by reason."""
@@ -66,7 +66,8 @@ def load_records(source: str | Path, *, skip_invalid: bool = False, require_comp
                 groups.setdefault(json.dumps(row["prompt"], sort_keys=True), []).append((row_number, row))
                 continue
             layout, row = recognise(row)
-            record = parse_row(row, require_completions=require_completions, require_scores=require_scores)
+            record = parse_row(row, require_completions=require_completions, require_scores=require_scores,
+                               min_completions=min_completions)
         except DataError as error:
             fail(error, row_number)
             continue
@@ -77,7 +78,7 @@ def load_records(source: str | Path, *, skip_invalid: bool = False, require_comp
         where = "rows " + ", ".join(map(str, numbers))
         try:
             record = parse_row(_grouped_row([row for _, row in members]), require_completions=require_completions,
-                               require_scores=require_scores)
+                               require_scores=require_scores, min_completions=min_completions)
         except DataError as error:
             fail(error, where)
             continue

@@ -44,7 +44,8 @@ class PreferenceRecord:
         return "\n".join(m["content"] for m in self.prompt)
 
 
-def parse_row(row: Any, *, require_completions: bool = True, require_scores: bool = True) -> PreferenceRecord:
+def parse_row(row: Any, *, require_completions: bool = True, require_scores: bool = True,
+              min_completions: int = 2) -> PreferenceRecord:
     """Read one row: pairwise {prompt?, chosen, rejected}, ranked/scored {prompt, completions,
     scores | ranks}, UltraFeedback-style {prompt, completions: [{text|response, score}]}, or
     prompt-only {prompt} when `require_completions` is False. With `require_scores` False,
@@ -54,7 +55,7 @@ def parse_row(row: Any, *, require_completions: bool = True, require_scores: boo
     if "chosen" in row or "rejected" in row:
         record = _pair(row)
     elif "completions" in row:
-        record = _ranked(row, require_scores)
+        record = _ranked(row, require_scores, min_completions)
     elif require_completions:
         fields = ", ".join(sorted(map(str, row))) or "none"
         raise DataError(f'missing completions: give "chosen" and "rejected", or "completions" with "scores" or '
@@ -83,7 +84,7 @@ def _pair(row: dict) -> PreferenceRecord:
     return _record(prompt, (chosen, rejected), (1.0, 0.0), ('"chosen"', '"rejected"'))
 
 
-def _ranked(row: dict, require_scores: bool = True) -> PreferenceRecord:
+def _ranked(row: dict, require_scores: bool = True, min_completions: int = 2) -> PreferenceRecord:
     prompt = _prompt(row)
     items = row["completions"]
     if not isinstance(items, list):
@@ -105,7 +106,7 @@ def _ranked(row: dict, require_scores: bool = True) -> PreferenceRecord:
     names = tuple(f'"completions"[{i}]' for i in range(len(completions)))
     texts = tuple(_text(c, name) for c, name in zip(completions, names, strict=True))
     return _record(prompt, texts, tuple(_number(s, f'"scores"[{i}]') for i, s in enumerate(scores)), names,
-                   allow_ties=not require_scores)
+                   allow_ties=not require_scores, min_completions=min_completions)
 
 
 def _scores_field(row: dict, count: int) -> list:
@@ -130,10 +131,11 @@ def _scores_field(row: dict, count: int) -> list:
     return numbers
 
 
-def _record(prompt: Text, completions: tuple, scores: tuple, names: tuple, allow_ties: bool = False
-            ) -> PreferenceRecord:
-    if len(completions) < 2:
-        raise DataError(f"needs at least two completions, got {len(completions)}", reason="fewer than two completions")
+def _record(prompt: Text, completions: tuple, scores: tuple, names: tuple, allow_ties: bool = False,
+            min_completions: int = 2) -> PreferenceRecord:
+    if len(completions) < min_completions:
+        raise DataError(f"needs at least {'two completions' if min_completions == 2 else min_completions}, got "
+                        f"{len(completions)}", reason="too few completions")
     seen: dict[str, str] = {}
     for completion, name in zip(completions, names, strict=True):
         key = repr(completion)

@@ -101,7 +101,7 @@ def _answers(config: EvalConfig, which: str, console: Console) -> list[Preferenc
         generate(GenerateConfig(model=model, prompts=config.prompts, out=given, k=config.k,
                                 temperature=config.temperature, max_new_tokens=config.max_new_tokens,
                                 seed=config.seed, precision=config.precision), console=console)
-    return load_records(given, require_scores=False).records
+    return load_records(given, require_scores=False, min_completions=1).records
 
 
 def _on_prompts(config: EvalConfig, console: Console) -> dict:
@@ -179,7 +179,7 @@ def _mean_length(record: PreferenceRecord) -> float:
 def _kl(config: EvalConfig, answers: list[PreferenceRecord], reference: str, boot: dict):
     """KL(policy ‖ reference) from the policy's own answers, both log-probs from the same tokens."""
     records = [PreferenceRecord(r.prompt, r.completions, (0.0,) * len(r.completions)) for r in answers]
-    policy, ref = (_logps_tables(spec, records, config)[0] for spec in (config.model, reference))
+    policy, ref = (logps_table(spec, records, config.precision)[0] for spec in (config.model, reference))
     k = [len(r.completions) for r in records]
     return kl_estimate([policy[i, : k[i]].tolist() for i in range(len(records))],
                        [ref[i, : k[i]].tolist() for i in range(len(records))], **boot)
@@ -190,9 +190,9 @@ def _kl(config: EvalConfig, answers: list[PreferenceRecord], reference: str, boo
 
 def _on_data(config: EvalConfig) -> dict:
     records = load_records(config.data).records
-    policy, lengths, examples = _logps_tables(config.model, records, config)
+    policy, lengths, examples = logps_table(config.model, records, config.precision)
     reference = config.reference or default_reference(config.model)
-    ref = _logps_tables(reference, records, config)[0] if reference is not None else None
+    ref = logps_table(reference, records, config.precision)[0] if reference is not None else None
     pairs = [(n, i, j) for n, e in enumerate(examples) for i in range(len(e.scores)) for j in range(len(e.scores))
              if e.scores[i] > e.scores[j]]
     if not pairs:
@@ -241,8 +241,9 @@ def _alpha(config: EvalConfig, records, examples, m: int) -> float:
     return float(value)
 
 
-def _logps_tables(spec: str, records: list[PreferenceRecord], config: EvalConfig):
-    """Summed completion log-probs [lists, K] and lengths under one model, its list order best first."""
+def logps_table(spec: str, records: list[PreferenceRecord], precision: str = "auto"):
+    """Summed completion log-probs [lists, K] and lengths under one model, each list best first
+    (in its own order when unscored), with the tokenized lists."""
     from prefopt.engine.logps import CompletionLogpsModel
     from prefopt.engine.model import load_model, load_tokenizer
     from prefopt.engine.precision import choose_precision
@@ -252,7 +253,7 @@ def _logps_tables(spec: str, records: list[PreferenceRecord], config: EvalConfig
     examples, _ = tokenize_records(records, tokenizer, TokenizeSettings(max_prompt_tokens=None,
                                                                        max_completion_tokens=None))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision, _ = choose_precision(config.precision, device)
+    precision, _ = choose_precision(precision, device)
     engine = CompletionLogpsModel(load_model(spec).to(device))
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     (table,), _ = reference_logps(engine, [examples], batching=Batching(), pad_id=tokenizer.pad_token_id,

@@ -57,7 +57,7 @@ CHECKS: dict[str, tuple[Callable[[str, dict], bool], Callable[[dict], str]]] = {
     "avoid_words": (lambda t, c: bool(t.strip()) and not any(_has_word(t, w) for w in c["words"]),
                     lambda c: "Do not use the words " + ", ".join(f'"{w}"' for w in c["words"]) + "."),
     "end_with": (lambda t, c: t.rstrip().endswith(c["phrase"]),
-                 lambda c: f'End your answer with the exact phrase "{c["phrase"]}".'),
+                 lambda c: f'End your answer with the exact phrase "{c["phrase"]}"'),
     "start_with": (lambda t, c: _first_word(t) == c["word"].lower(),
                    lambda c: f'Start your answer with the word "{c["word"]}".'),
     "no_commas": (lambda t, c: bool(t.strip()) and "," not in t, lambda c: "Do not use any commas."),

@@ -1,0 +1,55 @@
+"""The settings of `prefopt loop`, typed, defaulted and documented once (docs/settings.md)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LoopConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field("default", description="The initial policy: HF id or folder, .gguf or `default`.")
+    prompts: str = Field(..., description="The prompt pool: any file `prefopt train` reads; prompts are drawn "
+                                          "from it, each used once.")
+    heldout: str | None = Field(None, description="Held-out prompts to evaluate every round on (never trained on).")
+    oracle: str = Field("verifier", description="Labels the chosen lists: verifier, reward_model, judge, people.")
+    oracle_options: dict[str, Any] = Field(default_factory=dict, description="The oracle's options.")
+    rounds: int = Field(3, ge=1, description="Rounds of generate → acquire → label → train → evaluate.")
+    labels_per_round: int = Field(16, ge=1, description="Lists labelled per round (the budget).")
+    candidates_per_label: int = Field(4, ge=1, description="Candidate prompts drawn per label wanted "
+                                                           "(over-sampling: acquisition chooses among them).")
+    k: int = Field(4, ge=2, description="Completions generated per prompt (a list).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the policy.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest completion.")
+    acquisition: Literal["random", "entropy", "certainty", "hybrid"] = Field(
+        "entropy", description="How lists are chosen (certainty falls back to entropy while the policy is its "
+                               "reference).")
+    selection: Literal["top", "softmax", "power", "softrank"] = Field("top", description="Top-k, or a stochastic "
+                                                                                         "batch rule.")
+    selection_beta: float = Field(1.0, ge=0, description="Coldness of a stochastic rule.")
+    oversample: int = Field(4, ge=1, description="hybrid: entropy keeps this many times the budget for "
+                                                 "certainty to choose from.")
+    training: Literal["restart", "continue"] = Field(
+        "restart", description="restart: train the initial model on all data so far, reference the initial model "
+                               "(Muldrew et al.); continue: train the last round's policy on the new data, "
+                               "reference the last round's policy (DNO's practical recipe).")
+    train: dict[str, Any] = Field(default_factory=lambda: {"loss": {"plackett_luce": 1.0, "sft": 0.2},
+                                                           "lora": True, "learning_rate": 2e-4, "epochs": 2},
+                                  description="Settings of `prefopt train` for every round's training.")
+    eval_k: int = Field(1, ge=1, description="Answers per held-out prompt at evaluation.")
+    output_dir: str = Field("runs/loop", description="Where every round's stages, rounds.jsonl and the models go.")
+    seed: int = Field(0, description="Seeds the prompt draws, sampling, acquisition and training.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="As in `prefopt train`.")
+
+    @model_validator(mode="after")
+    def _train_settings_build(self):
+        from prefopt.settings import build
+        from prefopt.train import TrainConfig
+
+        owned = {"model", "data", "output_dir", "eval_data", "seed", "precision"} & set(self.train)
+        if owned:
+            raise ValueError(f"train: {', '.join(sorted(owned))} are set by the loop itself")
+        build(TrainConfig, {"data": "x", **self.train}, "loop train")  # unknown settings fail here
+        return self

@@ -1,0 +1,227 @@
+"""`prefopt loop`: rounds of generate → acquire → label → train → evaluate, resumable at every
+stage. Each stage writes its output atomically in the round's folder before the next stage reads
+it, and a stage whose output exists is not run again, so killing the process anywhere and running
+`--resume` reaches the state an uninterrupted run reaches (training resumes from its checkpoint,
+generation from its file, oracle answers come from the cache).
+
+round-N/candidates.json  the prompts drawn from the pool (seeded, never a used one)
+round-N/generations.jsonl  K completions each from the current policy
+round-N/acquisition.json  every candidate's score and the chosen lists (with the seed's state)
+round-N/labels.jsonl  the oracle's judgements of the chosen lists (ties and abstentions counted)
+round-N/train/  the round's `prefopt train` run on all labelled lists so far (restart) or the new ones
+round-N/eval.json  the held-out mean score and win rate against the initial model's answers
+rounds.jsonl  one line per round: per-stage seconds, labels used, scores, acquisition statistics"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from prefopt.data import DataError
+from prefopt.loop.config import LoopConfig
+
+
+def _write_json(path: Path, value) -> None:
+    staging = path.with_name(path.name + ".partial")
+    staging.write_text(json.dumps(value, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(staging, path)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    staging = path.with_name(path.name + ".partial")
+    staging.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    os.replace(staging, path)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def loop(config: LoopConfig, *, resume: bool = False, console: Console | None = None) -> list[dict]:
+    """Run every round; returns the rounds' records (rounds.jsonl)."""
+    from prefopt.generate.run import load_prompts
+    from prefopt.settings import save_config
+
+    console = console or Console()
+    out = Path(config.output_dir)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise DataError(f"{out} already holds a loop: add --resume to continue it, or choose another output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    pool_rows = {json.dumps(record.prompt, sort_keys=True): record for record in load_prompts(config.prompts)}
+    pool = list(pool_rows)
+    records = _read_jsonl(out / "rounds.jsonl") if (out / "rounds.jsonl").exists() else []
+    initial_answers = _initial_answers(config, out, console) if config.heldout else None
+    for n in range(len(records), config.rounds):
+        console.print(f"[bold]round {n + 1} of {config.rounds}[/]", highlight=False)
+        record = _round(config, out, n, pool, pool_rows, initial_answers, console)
+        records.append(record)
+        _write_jsonl(out / "rounds.jsonl", records)
+    return records
+
+
+def _policy(config: LoopConfig, out: Path, n: int) -> str:
+    """The policy of round n: the initial model, or the last round's trained model."""
+    return config.model if n == 0 else str(out / f"round-{n - 1}" / "train")
+
+
+def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, initial_answers, console) -> dict:
+    folder = out / f"round-{n}"
+    folder.mkdir(exist_ok=True)
+    seconds: dict[str, float] = {}
+    notes = {}
+
+    def stage(name: str, path: Path, run) -> None:
+        started = time.perf_counter()
+        if not path.exists():
+            console.print(f"  {name}", highlight=False)
+            run()
+        seconds[name] = time.perf_counter() - started
+
+    stage("candidates", folder / "candidates.json", lambda: _candidates(config, out, n, pool, folder))
+    stage("generate", folder / "generations.done", lambda: _generate(config, out, n, pool_rows, folder, console))
+    stage("acquire", folder / "acquisition.json", lambda: _acquire(config, out, n, folder))
+    stage("label", folder / "labels.jsonl", lambda: _label(config, folder, console, notes))
+    stage("train", folder / "train" / "model", lambda: _train(config, out, n, folder, console))
+    if config.heldout:
+        stage("evaluate", folder / "eval.json", lambda: _evaluate(config, out, n, folder, initial_answers, console))
+    acquisition = json.loads((folder / "acquisition.json").read_text())
+    labels = _read_jsonl(folder / "labels.jsonl")
+    record = {"round": n, "seconds": seconds, "labels": len(labels),
+              "labels_total": sum(len(_read_jsonl(out / f"round-{m}" / "labels.jsonl")) for m in range(n + 1)),
+              "left_out": json.loads((folder / "labels.left_out.json").read_text()),
+              "acquisition": {"function": config.acquisition, "note": acquisition["note"],
+                              "chosen_mean_score": acquisition["chosen_mean_score"],
+                              "candidate_mean_score": acquisition["candidate_mean_score"]}}
+    if config.heldout:
+        record["eval"] = json.loads((folder / "eval.json").read_text())
+    return record
+
+
+def _used_prompts(out: Path, n: int) -> set[str]:
+    """The prompts earlier rounds chose to label (candidates left unchosen may be drawn again)."""
+    used = set()
+    for m in range(n):
+        keys = json.loads((out / f"round-{m}" / "candidates.json").read_text())
+        used |= {keys[i] for i in json.loads((out / f"round-{m}" / "acquisition.json").read_text())["chosen"]}
+    return used
+
+
+def _candidates(config: LoopConfig, out: Path, n: int, pool: list[str], folder: Path) -> None:
+    used = _used_prompts(out, n)
+    fresh = [key for key in pool if key not in used]
+    wanted = config.labels_per_round * config.candidates_per_label
+    if not fresh:
+        raise DataError(f"{config.prompts}: the prompt pool is exhausted after round {n} (every prompt was drawn)")
+    drawn = random.Random(config.seed * 1_000_003 + n).sample(fresh, min(wanted, len(fresh)))
+    _write_json(folder / "candidates.json", drawn)
+
+
+def _generate(config: LoopConfig, out: Path, n: int, pool_rows: dict, folder: Path, console) -> None:
+    from prefopt.generate import GenerateConfig, generate
+
+    keys = json.loads((folder / "candidates.json").read_text())
+    prompts = folder / "candidates.jsonl"
+    _write_jsonl(prompts, [{**pool_rows[key].extra, "prompt": pool_rows[key].prompt} for key in keys])
+    generate(GenerateConfig(model=_policy(config, out, n), prompts=str(prompts), out=str(folder / "generations.jsonl"),
+                            k=config.k, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                            seed=config.seed + n, precision=config.precision), resume=True, console=console)
+    (folder / "generations.done").write_text("")
+
+
+def _acquire(config: LoopConfig, out: Path, n: int, folder: Path) -> None:
+    from prefopt.acquire.strategies import Acquisition, AcquisitionState, Candidates
+    from prefopt.data import load_records
+    from prefopt.evaluate.run import logps_table
+
+    generations = load_records(folder / "generations.jsonl", require_scores=False).records
+    lengths = torch.tensor([r.extra["meta"]["lengths"] for r in generations], dtype=torch.float64)
+    logps = torch.tensor([r.extra["meta"]["logps"] for r in generations], dtype=torch.float64)
+    ref = None
+    if config.acquisition in ("certainty", "hybrid"):
+        reference = config.model if config.training == "restart" or n == 0 else _policy(config, out, n - 1)
+        ref = logps_table(reference, generations, config.precision)[0]
+        logps = logps_table(_policy(config, out, n), generations, config.precision)[0]  # the same tokens
+    beta = config.train.get("loss_params", {}).get("dpo", {}).get("beta", 0.1)
+    acquisition = Acquisition(config.acquisition, rule=config.selection, beta=config.selection_beta, dpo_beta=beta,
+                              oversample=config.oversample)
+    selection, _ = acquisition.select(AcquisitionState(seed=config.seed, round=n),
+                                      Candidates(logps=logps, lengths=lengths, ref_logps=ref),
+                                      config.labels_per_round)
+    scores = selection.scores
+    _write_json(folder / "acquisition.json", {
+        "chosen": selection.indices, "scores": scores, "note": selection.note,
+        "chosen_mean_score": sum(scores[i] for i in selection.indices) / max(len(selection.indices), 1),
+        "candidate_mean_score": sum(scores) / max(len(scores), 1)})
+
+
+def _label(config: LoopConfig, folder: Path, console, notes: dict) -> None:
+    from prefopt.oracles import ScoreConfig, score
+
+    chosen = json.loads((folder / "acquisition.json").read_text())["chosen"]
+    rows = _read_jsonl(folder / "generations.jsonl")
+    _write_jsonl(folder / "chosen.jsonl", [rows[i] for i in chosen])
+    result = score(ScoreConfig(generations=str(folder / "chosen.jsonl"), oracle=config.oracle,
+                               oracle_options=config.oracle_options, out=str(folder / "labels.partial.jsonl")),
+                   console=console)
+    _write_json(folder / "labels.left_out.json", dict(result.left_out))
+    os.replace(folder / "labels.partial.jsonl", folder / "labels.jsonl")
+    if not result.written:
+        console.print("  [yellow]the oracle gave no usable label this round (every list abstained or tied)[/]")
+
+
+def _train(config: LoopConfig, out: Path, n: int, folder: Path, console) -> None:
+    from prefopt.train import TrainConfig, train
+
+    rounds = range(n + 1) if config.training == "restart" else [n]
+    rows = [row for m in rounds for row in _read_jsonl(out / f"round-{m}" / "labels.jsonl")]
+    if not rows:
+        raise DataError(f"round {n}: no labelled list to train on yet (the oracle abstained or tied on every one)")
+    _write_jsonl(folder / "data.jsonl", rows)
+    base = config.model if config.training == "restart" else _policy(config, out, n)
+    settings = TrainConfig(**{"eval_fraction": 0.0, **config.train, "model": _merged(base),
+                              "data": str(folder / "data.jsonl"), "output_dir": str(folder / "train"),
+                              "seed": config.seed + n, "precision": config.precision, "merge": True})
+    train(settings, resume=True, console=console)
+
+
+def _merged(spec: str) -> str:
+    """A trained LoRA run is trained on as its merged model (the adapters merged into their base)."""
+    merged = Path(spec) / "merged"
+    return str(merged) if merged.is_dir() else spec
+
+
+def _initial_answers(config: LoopConfig, out: Path, console) -> Path:
+    """The initial model's answers to the held-out prompts, generated once and kept."""
+    from prefopt.generate import GenerateConfig, generate
+
+    path = out / "initial-answers.jsonl"
+    if not (out / "initial-answers.done").exists():
+        generate(GenerateConfig(model=config.model, prompts=config.heldout, out=str(path), k=config.eval_k,
+                                temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                                seed=config.seed, precision=config.precision), resume=True, console=console)
+        (out / "initial-answers.done").write_text("")
+    return path
+
+
+def _evaluate(config: LoopConfig, out: Path, n: int, folder: Path, initial_answers: Path, console) -> None:
+    from prefopt.evaluate.run import EvalConfig, evaluate
+
+    result = evaluate(EvalConfig(model=_merged(str(folder / "train")), prompts=config.heldout,
+                                 baseline_generations=str(initial_answers), oracle=config.oracle,
+                                 oracle_options=config.oracle_options, k=config.eval_k,
+                                 temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                                 seed=config.seed, precision=config.precision, out=str(folder / "eval.partial.json")),
+                      console=console)
+    keep = {key: result[key] for key in ("score", "baseline_score", "win_rate") if key in result}
+    _write_json(folder / "eval.json", keep)
+    (folder / "eval.partial.json").unlink(missing_ok=True)
+
+
+__all__ = ["LoopConfig", "loop"]

@@ -1,0 +1,101 @@
+"""`prefopt loop` on a tiny model with a verifier as the oracle: rounds run end to end, prompts
+chosen once are never drawn again, and a loop stopped before any stage of a round and resumed
+reaches exactly the weights and rounds.jsonl of an uninterrupted run."""
+
+import json
+import shutil
+
+import pytest
+from safetensors.torch import load_file
+
+from prefopt.data import DataError
+from prefopt.loop import LoopConfig, loop
+from prefopt.train.checkpoint import latest_checkpoint
+from tiny import write_jsonl
+
+VERIFIER = "def short(prompt, completion, record):\n    return -len(completion)\n"
+# each stage's outputs, in order
+STAGES = {"candidates": ["candidates.json"], "generate": ["candidates.jsonl", "generations.jsonl", "generations.done"],
+          "acquire": ["acquisition.json"], "label": ["chosen.jsonl", "labels.left_out.json", "labels.jsonl"],
+          "train": ["data.jsonl", "train"], "evaluate": ["eval.json", "eval.partial.model.jsonl"]}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("loop")
+    (folder / "verify.py").write_text(VERIFIER)
+    pool = write_jsonl(folder / "pool.jsonl", [{"prompt": f"question {i}: apple"} for i in range(40)])
+    heldout = write_jsonl(folder / "heldout.jsonl", [{"prompt": f"held out {i}: river"} for i in range(4)])
+    return folder, pool, heldout
+
+
+def settings(tiny_model, setup, out, **overrides):
+    folder, pool, heldout = setup
+    return LoopConfig(**{"model": str(tiny_model), "prompts": str(pool), "heldout": str(heldout),
+                         "oracle": "verifier", "oracle_options": {"function": f"{folder / 'verify.py'}:short"},
+                         "rounds": 2, "labels_per_round": 4, "candidates_per_label": 2, "k": 3, "max_new_tokens": 6,
+                         "train": {"loss": "plackett_luce", "lora": True, "learning_rate": 1e-3, "max_steps": 2,
+                                   "batch_size": 2},
+                         "precision": "fp32", "output_dir": str(out), **overrides})
+
+
+def without_timings(records):
+    return [{key: value for key, value in record.items() if key != "seconds"} for record in records]
+
+
+def final_weights(out):
+    return load_file(latest_checkpoint(out / "round-1" / "train") / "trained.safetensors")
+
+
+@pytest.fixture(scope="module")
+def whole(tiny_model, setup):
+    out = setup[0] / "whole"
+    return out, loop(settings(tiny_model, setup, out))
+
+
+def test_rounds_run_end_to_end(whole):
+    out, records = whole
+    assert [r["round"] for r in records] == [0, 1] and [r["labels_total"] for r in records] == [4, 8]
+    assert set(records[0]["seconds"]) == {"candidates", "generate", "acquire", "label", "train", "evaluate"}
+    assert "score" in records[1]["eval"] and "win_rate" in records[1]["eval"]
+    assert json.loads((out / "rounds.jsonl").read_text().splitlines()[1])["round"] == 1
+    chosen = []
+    for n in range(2):
+        keys = json.loads((out / f"round-{n}" / "candidates.json").read_text())
+        chosen += [keys[i] for i in json.loads((out / f"round-{n}" / "acquisition.json").read_text())["chosen"]]
+    assert len(chosen) == len(set(chosen)) == 8  # a prompt is labelled once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
+def test_stopping_before_a_stage_and_resuming_reaches_the_same_state(tiny_model, setup, whole, stage, tmp_path):
+    out, records = whole
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    round_folder = copy / "round-1"
+    names = list(STAGES)
+    for later in names[names.index(stage):]:  # the stages from this one on never happened
+        for output in STAGES[later]:
+            target = round_folder / output
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    (copy / "rounds.jsonl").write_text((copy / "rounds.jsonl").read_text().splitlines(keepends=True)[0])
+    resumed = loop(settings(tiny_model, setup, copy), resume=True)
+    assert without_timings(resumed) == without_timings(records)
+    for name, tensor in final_weights(copy).items():
+        assert tensor.equal(final_weights(out)[name]), name
+
+
+def test_an_existing_loop_is_not_overwritten_and_an_exhausted_pool_is_named(tiny_model, setup, whole, tmp_path):
+    out, _ = whole
+    with pytest.raises(DataError, match="already holds a loop: add --resume"):
+        loop(settings(tiny_model, setup, out))
+    small = write_jsonl(tmp_path / "small.jsonl", [{"prompt": f"q {i}"} for i in range(4)])
+    with pytest.raises(DataError, match="pool is exhausted after round 1"):
+        loop(settings(tiny_model, setup, tmp_path / "run", prompts=str(small), heldout=None))
+
+
+def test_settings_the_loop_owns_are_refused():
+    with pytest.raises(ValueError, match="output_dir are set by the loop"):
+        LoopConfig(prompts="p.jsonl", train={"output_dir": "x"})
+    with pytest.raises(ValueError, match="learning_rat: unknown setting"):
+        LoopConfig(prompts="p.jsonl", train={"learning_rat": 1})
