@@ -99,3 +99,12 @@ def test_settings_the_loop_owns_are_refused():
         LoopConfig(prompts="p.jsonl", train={"output_dir": "x"})
     with pytest.raises(ValueError, match="learning_rat: unknown setting"):
         LoopConfig(prompts="p.jsonl", train={"learning_rat": 1})
+
+
+def test_a_loops_report_overlays_loops(whole, tmp_path):
+    from prefopt.evaluate.report import report
+
+    out, _ = whole
+    page = report(out, tmp_path / "report.html", compare=[out]).read_text()
+    assert "Held-out quality against labels used" in page and "Where a round" in page
+    assert page.count('src="data:image/png;base64,') == 2

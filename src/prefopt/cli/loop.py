@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prefopt.cli.common import console, fail, run_library
+from prefopt.cli.common import console, fail, run_library, write_report
 
 
 def loop_command(
@@ -36,3 +36,4 @@ def _loop(settings, resume: bool) -> None:
         console().print(f"round {record['round'] + 1}: {record['labels']} labels ({record['labels_total']} in all)"
                         f"{held_out}", highlight=False)
     console().print(f"rounds in {Path(settings.output_dir) / 'rounds.jsonl'}", highlight=False)
+    write_report(settings.output_dir)

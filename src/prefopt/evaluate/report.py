@@ -18,17 +18,22 @@ td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}td:first-child,th
 img{max-width:100%;border:1px solid #eee;margin:.4em 0}.note{color:#666}"""
 
 
-def report(path: str | Path, out: str | Path | None = None) -> Path:
-    """Write the report of a train run folder (metrics.jsonl) or an eval result (eval.json)."""
+def report(path: str | Path, out: str | Path | None = None, compare: list[str | Path] = ()) -> Path:
+    """Write the report of a train run folder (metrics.jsonl), a loop folder (rounds.jsonl, with
+    other loops to overlay in `compare`) or an eval result (eval.json)."""
     path = Path(path)
-    if path.is_dir() and (path / "metrics.jsonl").exists():
+    if path.is_dir() and (path / "rounds.jsonl").exists():
+        title, body = _loop_report([path, *map(Path, compare)])
+        target = Path(out) if out else path / "report.html"
+    elif path.is_dir() and (path / "metrics.jsonl").exists():
         title, body = _train_report(path)
         target = Path(out) if out else path / "report.html"
     elif path.is_file() and path.suffix == ".json":
         title, body = _eval_report(path)
         target = Path(out) if out else path.with_suffix(".html")
     else:
-        raise DataError(f"{path}: not a run (a folder with metrics.jsonl) or an eval result (a .json file)")
+        raise DataError(f"{path}: not a run (a folder with metrics.jsonl or rounds.jsonl) or an eval result "
+                        "(a .json file)")
     target.parent.mkdir(parents=True, exist_ok=True)
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
@@ -125,6 +130,55 @@ def _train_report(run: Path) -> tuple[str, str]:
                if headline(train[0], "reward_margin") is not None else "")
             + "<h2>Optimisation</h2>" + _figure(optimisation, height=3.0))
     return f"prefopt train run: {run.name} ({len(train)} steps)", body
+
+
+# ----- loops -----
+
+
+def _loop_report(loops: list[Path]) -> tuple[str, str]:
+    runs = {}
+    for folder in loops:
+        if not (folder / "rounds.jsonl").exists():
+            raise DataError(f"{folder}: not a loop (no rounds.jsonl)")
+        runs[folder.name] = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines() if line]
+
+    def curves(figure):
+        for n, (key, unit) in enumerate((("score", "held-out mean oracle score"),
+                                         ("win_rate", "win rate against the initial model")), 1):
+            axes = figure.add_subplot(1, 2, n)
+            for name, rounds in runs.items():
+                points = [(r["labels_total"], r["eval"][key]["rate"] if key == "win_rate" else r["eval"][key])
+                          for r in rounds if key in r.get("eval", {})]
+                if points:
+                    labels = [p for p, _ in points]
+                    values = [e["value"] for _, e in points]
+                    errors = [[e["value"] - e["low"] for _, e in points], [e["high"] - e["value"] for _, e in points]]
+                    axes.errorbar(labels, values, yerr=errors, marker="o", capsize=4, label=name)
+            axes.set_xlabel("labels used")
+            axes.set_ylabel(unit)
+            axes.set_title(f"{unit}, 95% interval")
+            axes.legend()
+
+    def stages(figure):
+        axes = figure.add_subplot(1, 1, 1)
+        rounds = next(iter(runs.values()))
+        names = list(rounds[0]["seconds"])
+        bottom = [0.0] * len(rounds)
+        for stage in names:
+            values = [r["seconds"].get(stage, 0.0) for r in rounds]
+            axes.bar([f"round {r['round'] + 1}" for r in rounds], values, bottom=bottom, label=stage)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        axes.set_ylabel("seconds")
+        axes.set_title(f"time per stage ({next(iter(runs))})")
+        axes.legend()
+
+    rows = [[name, str(r["round"] + 1), str(r["labels"]), str(r["labels_total"]),
+             str(r.get("eval", {}).get("score", {}).get("value", "–"))[:6], r["acquisition"]["note"] or "–"]
+            for name, rounds in runs.items() for r in rounds]
+    body = (_table(rows, ["loop", "round", "labels", "labels in all", "held-out score", "acquisition note"])
+            + "<h2>Held-out quality against labels used</h2>" + _figure(curves)
+            + "<h2>Where a round's time goes</h2>" + _figure(stages, width=8, height=3.4))
+    return "prefopt loop: " + ", ".join(runs), body
 
 
 # ----- eval results -----
