@@ -58,6 +58,8 @@ class EvalConfig(BaseModel):
     k: int = Field(1, ge=1, description="Answers per prompt when generating.")
     temperature: float = Field(1.0, ge=0, description="When generating.")
     max_new_tokens: int = Field(128, ge=1, description="When generating.")
+    batch_size: int = Field(16, ge=1, description="Prompts decoded together when generating (with one answer "
+                                                  "each, a small batch leaves the machine idle).")
     seed: int = Field(0, description="Generation and bootstrap seed.")
     resamples: int = Field(2000, ge=100, description="Bootstrap resamples.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="As in `prefopt train`.")
@@ -100,7 +102,8 @@ def _answers(config: EvalConfig, which: str, console: Console) -> list[Preferenc
         Path(given).unlink(missing_ok=True)
         generate(GenerateConfig(model=model, prompts=config.prompts, out=given, k=config.k,
                                 temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                                seed=config.seed, precision=config.precision), console=console)
+                                seed=config.seed, batch_size=config.batch_size, precision=config.precision),
+                 console=console)
     return load_records(given, require_scores=False, min_completions=1).records
 
 
