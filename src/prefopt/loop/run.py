@@ -75,7 +75,6 @@ def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, i
     folder = out / f"round-{n}"
     folder.mkdir(exist_ok=True)
     seconds: dict[str, float] = {}
-    notes = {}
 
     def stage(name: str, path: Path, run) -> None:
         started = time.perf_counter()
@@ -87,7 +86,7 @@ def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, i
     stage("candidates", folder / "candidates.json", lambda: _candidates(config, out, n, pool, folder))
     stage("generate", folder / "generations.done", lambda: _generate(config, out, n, pool_rows, folder, console))
     stage("acquire", folder / "acquisition.json", lambda: _acquire(config, out, n, folder))
-    stage("label", folder / "labels.jsonl", lambda: _label(config, folder, console, notes))
+    stage("label", folder / "labels.jsonl", lambda: _label(config, folder, console))
     stage("train", folder / "train" / "model", lambda: _train(config, out, n, folder, console))
     if config.heldout:
         stage("evaluate", folder / "eval.json", lambda: _evaluate(config, out, n, folder, initial_answers, console))
@@ -161,7 +160,7 @@ def _acquire(config: LoopConfig, out: Path, n: int, folder: Path) -> None:
         "candidate_mean_score": sum(scores) / max(len(scores), 1)})
 
 
-def _label(config: LoopConfig, folder: Path, console, notes: dict) -> None:
+def _label(config: LoopConfig, folder: Path, console) -> None:
     from prefopt.oracles import ScoreConfig, score
 
     chosen = json.loads((folder / "acquisition.json").read_text())["chosen"]
