@@ -16,7 +16,8 @@ from tiny import write_jsonl
 VERIFIER = "def short(prompt, completion, record):\n    return -len(completion)\n"
 # each stage's outputs, in order
 STAGES = {"candidates": ["candidates.json"], "generate": ["candidates.jsonl", "generations.jsonl", "generations.done"],
-          "acquire": ["acquisition.json"], "label": ["chosen.jsonl", "labels.left_out.json", "labels.jsonl"],
+          "acquire": ["acquisition.json"],
+          "label": ["chosen.jsonl", "asked.json", "labels.left_out.json", "labels.jsonl"],
           "train": ["data.jsonl", "train"], "evaluate": ["eval.json", "eval.partial.model.jsonl"]}
 
 
@@ -59,11 +60,11 @@ def test_rounds_run_end_to_end(whole):
     assert set(records[0]["seconds"]) == {"candidates", "generate", "acquire", "label", "train", "evaluate"}
     assert "score" in records[1]["eval"] and "win_rate" in records[1]["eval"]
     assert json.loads((out / "rounds.jsonl").read_text().splitlines()[1])["round"] == 1
-    chosen = []
+    asked = []
     for n in range(2):
         keys = json.loads((out / f"round-{n}" / "candidates.json").read_text())
-        chosen += [keys[i] for i in json.loads((out / f"round-{n}" / "acquisition.json").read_text())["chosen"]]
-    assert len(chosen) == len(set(chosen)) == 8  # a prompt is labelled once
+        asked += [keys[i] for i in json.loads((out / f"round-{n}" / "asked.json").read_text())]
+    assert len(asked) == len(set(asked)) >= 8  # a prompt is asked about once
 
 
 @pytest.mark.slow
@@ -108,3 +109,19 @@ def test_a_loops_report_overlays_loops(whole, tmp_path):
     page = report(out, tmp_path / "report.html", compare=[out]).read_text()
     assert "Held-out quality against labels used" in page and "Where a round" in page
     assert page.count('src="data:image/png;base64,') == 2
+
+
+def test_lists_the_oracle_ties_on_are_replaced_by_the_next_ones(tiny_model, setup, tmp_path):
+    """A verifier that ties every list but those of some prompts: the label stage asks about the
+    reserve, in acquisition order, until the budget is labelled or the candidates run out."""
+    folder = setup[0]
+    picky = folder / "picky.py"
+    picky.write_text("def picky(prompt, completion, record):\n"
+                     "    return -len(completion) if prompt.endswith(('1: apple', '3: apple', '5: apple', "
+                     "'7: apple', '9: apple')) else 0\n")
+    records = loop(settings(tiny_model, setup, tmp_path / "run", rounds=1, heldout=None, candidates_per_label=4,
+                            oracle_options={"function": f"{picky}:picky"}))
+    asked = json.loads((tmp_path / "run" / "round-0" / "asked.json").read_text())
+    labelled = records[0]["labels"]
+    assert labelled == 4 and len(asked) > 4  # the budget was labelled: ties were replaced from the reserve
+    assert records[0]["left_out"]["all completions tie"] == len(asked) - labelled

@@ -7,7 +7,8 @@ generation from its file, oracle answers come from the cache).
 round-N/candidates.json  the prompts drawn from the pool (seeded, never a used one)
 round-N/generations.jsonl  K completions each from the current policy
 round-N/acquisition.json  every candidate's score and the chosen lists (with the seed's state)
-round-N/labels.jsonl  the oracle's judgements of the chosen lists (ties and abstentions counted)
+round-N/labels.jsonl  the oracle's judgements of the chosen lists (ties and abstentions counted, and the
+                      next lists by score asked about until the budget is labelled)
 round-N/train/  the round's `prefopt train` run on all labelled lists so far (restart) or the new ones
 round-N/eval.json  the held-out mean score and win rate against the initial model's answers
 rounds.jsonl  one line per round: per-stage seconds, labels used, scores, acquisition statistics"""
@@ -104,11 +105,11 @@ def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, i
 
 
 def _used_prompts(out: Path, n: int) -> set[str]:
-    """The prompts earlier rounds chose to label (candidates left unchosen may be drawn again)."""
+    """The prompts earlier rounds asked the oracle about (candidates never asked may be drawn again)."""
     used = set()
     for m in range(n):
         keys = json.loads((out / f"round-{m}" / "candidates.json").read_text())
-        used |= {keys[i] for i in json.loads((out / f"round-{m}" / "acquisition.json").read_text())["chosen"]}
+        used |= {keys[i] for i in json.loads((out / f"round-{m}" / "asked.json").read_text())}
     return used
 
 
@@ -154,24 +155,41 @@ def _acquire(config: LoopConfig, out: Path, n: int, folder: Path) -> None:
                                       Candidates(logps=logps, lengths=lengths, ref_logps=ref),
                                       config.labels_per_round)
     scores = selection.scores
+    # if the oracle abstains or ties on some chosen lists, the label stage asks about the next ones
+    # by score, until the budget is labelled (Muldrew et al. 2024 acquire again until it is)
+    reserve = sorted(set(range(len(scores))) - set(selection.indices), key=lambda i: (-scores[i], i))
     _write_json(folder / "acquisition.json", {
-        "chosen": selection.indices, "scores": scores, "note": selection.note,
+        "chosen": selection.indices, "reserve": reserve, "scores": scores, "note": selection.note,
         "chosen_mean_score": sum(scores[i] for i in selection.indices) / max(len(selection.indices), 1),
         "candidate_mean_score": sum(scores) / max(len(scores), 1)})
 
 
 def _label(config: LoopConfig, folder: Path, console) -> None:
+    """The oracle's judgements of the chosen lists; lists it abstained or tied on are counted, and
+    the next lists by acquisition score are asked about until the budget is labelled or the
+    candidates run out."""
     from prefopt.oracles import ScoreConfig, score
 
-    chosen = json.loads((folder / "acquisition.json").read_text())["chosen"]
+    acquisition = json.loads((folder / "acquisition.json").read_text())
     rows = _read_jsonl(folder / "generations.jsonl")
-    _write_jsonl(folder / "chosen.jsonl", [rows[i] for i in chosen])
-    result = score(ScoreConfig(generations=str(folder / "chosen.jsonl"), oracle=config.oracle,
-                               oracle_options=config.oracle_options, out=str(folder / "labels.partial.jsonl")),
-                   console=console)
-    _write_json(folder / "labels.left_out.json", dict(result.left_out))
-    os.replace(folder / "labels.partial.jsonl", folder / "labels.jsonl")
-    if not result.written:
+    queue, asked, labelled, left_out = list(acquisition["chosen"]), [], [], {}
+    reserve = list(acquisition["reserve"])
+    while queue:
+        asked += queue
+        _write_jsonl(folder / "chosen.jsonl", [rows[i] for i in queue])
+        result = score(ScoreConfig(generations=str(folder / "chosen.jsonl"), oracle=config.oracle,
+                                   oracle_options=config.oracle_options, out=str(folder / "labels.partial.jsonl")),
+                       console=console)
+        labelled += _read_jsonl(folder / "labels.partial.jsonl")
+        for reason, count in result.left_out.items():
+            left_out[reason] = left_out.get(reason, 0) + count
+        missing = config.labels_per_round - len(labelled)
+        queue, reserve = reserve[:max(missing, 0)], reserve[max(missing, 0):]
+    _write_json(folder / "asked.json", asked)
+    _write_json(folder / "labels.left_out.json", left_out)
+    _write_jsonl(folder / "labels.jsonl", labelled)  # last: the stage is done when this exists
+    (folder / "labels.partial.jsonl").unlink(missing_ok=True)
+    if not labelled:
         console.print("  [yellow]the oracle gave no usable label this round (every list abstained or tied)[/]")
 
 
