@@ -153,3 +153,15 @@ def test_trl_rpo_alpha_is_a_mixture():
     mix = Objective({"dpo": 1.0, "sft": 1.0})
     assert mix(A).loss.item() == pytest.approx(2.5981388694, abs=1e-6)
     assert mix(B).loss.item() == pytest.approx(3.2981388694, abs=1e-6)
+
+
+def test_sft_token_reduction_is_one_mean_over_the_batchs_chosen_tokens():
+    """TRL's NLL: Σ of the chosen log-probs over Σ of their lengths, not a mean of per-sequence means."""
+    batch = ListBatch(logps=torch.tensor([[-6.0, -9.0], [-2.0, -1.0]]), lengths=torch.tensor([[3.0, 5.0], [1.0, 4.0]]))
+    tokens = LOSSES["sft"](batch, nll_reduction="tokens").loss
+    assert tokens.mean().item() == pytest.approx((6 + 2) / (3 + 1))
+    assert LOSSES["sft"](batch).loss.mean().item() == pytest.approx((6 / 3 + 2 / 1) / 2)
+    same = ListBatch(logps=torch.tensor([[-6.0, -9.0], [-3.0, -1.0]]), lengths=torch.tensor([[3.0, 5.0], [3.0, 4.0]]))
+    assert LOSSES["sft"](same, nll_reduction="tokens").loss.tolist() == LOSSES["sft"](same).loss.tolist()
+    with pytest.raises(ValueError, match="sft: nll_reduction must be one of 'sequence', 'tokens'"):
+        LOSSES["sft"](batch, nll_reduction="batch")

@@ -117,7 +117,8 @@ def rpo(batch: ListBatch, *, beta: float = 0.1, eta: float = 0.005, nll: str = "
     nll="sum" (main paper): L = L_DPO + η·β·(−S_θ(y_w)).
     nll="mean" (App. F, OpenRLHF): L = L_DPO + η·(−A_θ(y_w)), not multiplied by β.
     Official recipes: zephyr-7b-beta β=0.01, η=0.005; OpenRLHF mean form β=0.5, η=0.2.
-    TRL's `rpo_alpha` (Pang et al.) is the mixture {"dpo": 1, "sft": α} instead."""
+    TRL's `rpo_alpha` (Pang et al.) is the mixture {"dpo": 1, "sft": α} with sft's
+    nll_reduction="tokens" instead."""
     check_beta(beta)
     check(eta >= 0, "eta", eta, "must be >= 0")
     check_choice("nll", nll, ("sum", "mean"))
@@ -184,7 +185,8 @@ def _log_odds(avg_logps: torch.Tensor) -> torch.Tensor:
 def orpo(batch: ListBatch, *, odds_weight: float = 0.1) -> LossOutput:
     """ORPO, reference-free: with a = A_θ(y), log odds(y) = a − log(1 − e^a),
     L = −A_θ(y_w) − λ·log σ(log odds(y_w) − log odds(y_l)). The NLL is the completion-only
-    token mean of the chosen response (prompt tokens are not trained, as in TRL).
+    token mean of the chosen response: prompt tokens are not trained. TRL and, it appears, the
+    authors' code include the prompt's tokens in the NLL; prefopt does not offer that form yet.
     λ = odds_weight, default 0.1 (official scripts' --alpha, TRL's ORPOConfig.beta)."""
     check(odds_weight >= 0, "odds_weight", odds_weight, "must be >= 0")
     avg = batch.avg_logps()

@@ -21,10 +21,19 @@ def _token_average_logps(batch: ListBatch) -> torch.Tensor:
 @register_loss("sft",
                formula="−S_θ(y_best)/|y_best|", paper="negative log-likelihood (Pang et al. 2024 use it in IRPO)",
                family="sft", needs=("lengths",))
-def sft(batch: ListBatch, *, length_normalize: bool = True) -> LossOutput:
+def sft(batch: ListBatch, *, length_normalize: bool = True, nll_reduction: str = "sequence") -> LossOutput:
     """Negative log-likelihood of the best completion of each list (the chosen one of a pair):
     L = −S_θ(y)/|y| (token mean, default) or −S_θ(y) (`length_normalize=False`, lengths then
-    unneeded). Mixed with DPO as {"dpo": 1, "sft": α} it is TRL's `rpo_alpha` (α = 1)."""
+    unneeded). `nll_reduction="sequence"` (default) averages tokens within a completion, then the
+    batch averages completions; `"tokens"` takes one mean over every best-completion token of the
+    batch, as TRL does: each example's loss is then −S_θ(y)·B / Σ_b |y_b|, whose batch mean is
+    −Σ S / Σ |y|. Mixed with DPO as {"dpo": 1, "sft": α}, the `tokens` form is TRL's `rpo_alpha`
+    (the default form equals it when the chosen completions have one length)."""
+    check_choice("nll_reduction", nll_reduction, ("sequence", "tokens"))
+    if nll_reduction == "tokens":
+        lengths = _on_best(batch, batch.safe_lengths())
+        per_example = _on_best(batch, -batch.logps) * lengths.numel() / lengths.sum()
+        return outputs(per_example, batch.avg_logps(), batch)
     logps = batch.avg_logps() if length_normalize else batch.logps
     return outputs(_on_best(batch, -logps), logps, batch)
 
