@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from prefopt.label import agreement
+from prefopt.label.limits import MAX_BODY_BYTES, BodyLimit
 from prefopt.label.store import CHOICES, MAX_COMMENT, LabelError, Store, User
 
 COOKIE = "prefopt_session"
@@ -45,7 +46,7 @@ class Unauthorized(Exception):
         self.message, self.status = message, status
 
 
-def create_app(store: Store) -> FastAPI:
+def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     app = FastAPI(title="prefopt label", docs_url=None, redoc_url=None, openapi_url=None,
                   description="Compare and rank model outputs; labels feed `prefopt train` directly.")
     pages = {name: _page(name) for name in ("login", "label", "admin")}
@@ -155,6 +156,7 @@ def create_app(store: Store) -> FastAPI:
     def openapi(_who: Person) -> dict:
         return app.openapi()
 
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
 
 
