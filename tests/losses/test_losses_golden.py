@@ -103,6 +103,11 @@ GOLDEN = [
     ("simnpo", {"beta": 2.5, "gamma": 1.0, "target": "all"}, FORGET, 0.0145199423),
     ("simnpo", {"beta": 2.5, "gamma": 1.0, "gamma_scaled_by_beta": True, "target": "all"}, FORGET, 0.0631117874),
     ("sft", {}, TOKENS, 1.0336975964),
+    ("fdpo", {"beta": 0.1}, A, 0.5981388694),  # reverse KL: DPO
+    ("fdpo", {"beta": 0.1, "divergence": "forward_kl"}, A, 0.5825167135),  # −log σ(0.1·(e − e^−1))
+    ("fdpo", {"beta": 0.1, "divergence": "js"}, A, 0.6443966601),  # margin (ρ_w − ρ_l) − (sp(ρ_w) − sp(ρ_l)) = 1
+    ("fdpo", {"beta": 0.1, "divergence": "alpha", "alpha": 0.5}, A, 0.5943491230),  # (e^½ − e^−½)/½
+    ("fdpo", {"beta": 0.1, "divergence": "alpha", "alpha": 1.0}, A, 0.5825167135),  # α = 1: forward KL
     ("dft", {}, TOKENS, 0.2238855212),
     ("prob_sft", {"objective": "nll"}, TOKENS, 1.0336975964),
     ("prob_sft", {"objective": "one_minus_p"}, TOKENS, 0.5),

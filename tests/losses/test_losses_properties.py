@@ -281,3 +281,14 @@ def test_random_batches_never_give_nan(name, data):
     assert torch.isfinite(loss).all()
     loss.sum().backward()
     assert torch.isfinite(leaf.grad).all()
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl", "js", "alpha"])
+def test_every_f_divergence_is_finite_at_extreme_log_ratios_and_cancels_on_identical_items(divergence):
+    logps = torch.tensor([[-1e4, 1e4], [1e4, -1e4], [-3.0, -3.0]], dtype=torch.float32, requires_grad=True)
+    ref = torch.zeros(3, 2)
+    out = LOSSES["fdpo"](ListBatch(logps=logps, ref_logps=ref), divergence=divergence, alpha=0.5)
+    assert torch.isfinite(out.loss).all()
+    (grad,) = torch.autograd.grad(out.loss.sum(), logps)
+    assert torch.isfinite(grad).all()
+    assert out.loss[2].item() == pytest.approx(math.log(2))  # equal items: no margin, whatever f

@@ -131,6 +131,37 @@ def rpo(batch: ListBatch, *, beta: float = 0.1, eta: float = 0.005, nll: str = "
     return _pairwise(batch, -F.logsigmoid(_margins(batch, rewards)) + nll_term, rewards)
 
 
+_EXP_CAP = 50.0  # exponents are capped here (e^50 ≈ 5e21): past it the loss saturates instead of overflowing
+
+
+def _f_divergence_derivative(rho: torch.Tensor, divergence: str, alpha: float) -> torch.Tensor:
+    """f′(u) at u = π/π_ref = e^ρ, up to a constant (which cancels in the margin)."""
+    if divergence == "reverse_kl":  # f(u) = u log u: f′ = log u + 1
+        return rho
+    if divergence == "forward_kl":  # f(u) = −log u: f′ = −1/u
+        return -torch.exp((-rho).clamp(max=_EXP_CAP))
+    if divergence == "js":  # f(u) = u log u − (u + 1) log((u + 1)/2): f′ = log(2u / (1 + u))
+        return rho - F.softplus(rho)
+    # α-divergence, f(u) = (u^(1−α) − (1 − α)u − α) / (α(α − 1)): f′ = (1 − u^(−α)) / α
+    return (1 - torch.exp((-alpha * rho).clamp(max=_EXP_CAP))) / alpha
+
+
+@register_loss("fdpo", formula="−log σ(β·[f′(u_w) − f′(u_l)]),  u = π_θ/π_ref",
+               paper="Wang et al. 2023 (f-DPO), arXiv 2309.16240", family="pairwise", needs=("ref",))
+def fdpo(batch: ListBatch, *, beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 1.0) -> LossOutput:
+    """DPO under an f-divergence constraint instead of the reverse KL ("Beyond Reverse KL"): the
+    implicit reward is r̂ = β·f′(π_θ/π_ref), L = −log σ(r̂_w − r̂_l). divergence: "reverse_kl"
+    (f′ = log u: DPO itself), "forward_kl" (f′ = −1/u), "js" (Jensen–Shannon, f′ = log(2u/(1+u))),
+    "alpha" (f′ = (1 − u^−α)/α; α → 0 is the reverse KL, α = 1 the forward KL). Exponents are
+    capped at 50, so extreme log-ratios saturate rather than overflow. Defaults: β = 0.1 and
+    α = 1.0, TRL's f_alpha_divergence_coef (the paper sweeps α)."""
+    check_beta(beta)
+    check_choice("divergence", divergence, ("reverse_kl", "forward_kl", "js", "alpha"))
+    check(alpha > 0, "alpha", alpha, "must be > 0")
+    rewards = beta * _f_divergence_derivative(batch.log_ratios(), divergence, alpha)
+    return _pairwise(batch, -F.logsigmoid(_margins(batch, rewards)), rewards)
+
+
 @register_loss("discopop", formula="(1−σ(βh/τ))·(−log σ(βh)) + σ(βh/τ)·exp(−βh)",
                paper="Lu et al. 2024 (DiscoPOP), arXiv 2406.08414, Eq. 5", family="pairwise", needs=("ref",))
 def discopop(batch: ListBatch, *, beta: float = 0.05, tau: float = 0.05) -> LossOutput:
