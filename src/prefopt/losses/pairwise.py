@@ -148,13 +148,14 @@ def _f_divergence_derivative(rho: torch.Tensor, divergence: str, alpha: float) -
 
 @register_loss("fdpo", formula="−log σ(β·[f′(u_w) − f′(u_l)]),  u = π_θ/π_ref",
                paper="Wang et al. 2023 (f-DPO), arXiv 2309.16240", family="pairwise", needs=("ref",))
-def fdpo(batch: ListBatch, *, beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 1.0) -> LossOutput:
+def fdpo(batch: ListBatch, *, beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 0.5) -> LossOutput:
     """DPO under an f-divergence constraint instead of the reverse KL ("Beyond Reverse KL"): the
     implicit reward is r̂ = β·f′(π_θ/π_ref), L = −log σ(r̂_w − r̂_l). divergence: "reverse_kl"
     (f′ = log u: DPO itself), "forward_kl" (f′ = −1/u), "js" (Jensen–Shannon, f′ = log(2u/(1+u))),
-    "alpha" (f′ = (1 − u^−α)/α; α → 0 is the reverse KL, α = 1 the forward KL). Exponents are
-    capped at 50, so extreme log-ratios saturate rather than overflow. Defaults: β = 0.1 and
-    α = 1.0, TRL's f_alpha_divergence_coef (the paper sweeps α)."""
+    "alpha" (the paper's f′ = (1 − u^−α)/α; α → 0 is the reverse KL, α = 1 the forward KL).
+    TRL writes the α-divergence as (t^(a−1) − 1)/(a − 1): its f_alpha_divergence_coef a is
+    1 − α here (its default 0.5 is α = 0.5, the default here too). Exponents are capped at 50, so
+    extreme log-ratios saturate rather than overflow (TRL caps at 80). β = 0.1 as in TRL."""
     check_beta(beta)
     check_choice("divergence", divergence, ("reverse_kl", "forward_kl", "js", "alpha"))
     check(alpha > 0, "alpha", alpha, "must be > 0")
