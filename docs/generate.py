@@ -90,6 +90,34 @@ _NOTES = """Notes on choices the papers leave open:
   items below the top (`target="all"` for a forget set).
 - `asft` is a reconstruction (no reference code exists) and is marked experimental."""
 
+_TRL_ROWS = [  # TRL's DPOTrainer loss_type (read from its source) -> the prefopt loss computing the same
+    ("`sigmoid`", "`dpo`"),
+    ("`hinge`", "`hinge`"),
+    ("`ipo`", "`ipo` with `length_normalize: true` (TRL divides the log-ratios by the completion lengths)"),
+    ("`exo_pair`", "`exo` (TRL's `label_smoothing` is ε; it must be > 0 there too)"),
+    ("`nca_pair`", "`nca` (at K = 2 its soft targets are one-hot)"),
+    ("`robust`", "`robust`"),
+    ("`bco_pair`", "`bco_pair` with `delta: 0.0` (TRL has no running reward shift)"),
+    ("`sppo_hard`", "`sppo_hard`"),
+    ("`apo_zero`, `apo_down`", "`apo_zero`, `apo_down`"),
+    ("`discopop`", "`discopop` with `beta: 0.1` (prefopt's default is the paper's 0.05; `tau` is TRL's "
+                   "`discopop_tau`)"),
+    ("`sft`", "`sft` with `nll_reduction: tokens` (one mean over the batch's chosen tokens)"),
+    ("several, with `loss_weights`", "a weighted mix, e.g. `{dpo: 1.0, sft: 1.0}`"),
+    ("`f_divergence_type`", "`fdpo` with `divergence` (`js_divergence` is `js`; `alpha_divergence` is `alpha`, "
+                            "with `alpha` = 1 − TRL's `f_alpha_divergence_coef`)"),
+    ("`sigmoid_norm`, `aot`, `aot_unpaired`, `ld_alpha`, `use_weighting` (WPO)", "not in prefopt yet"),
+]
+
+
+def _trl_section() -> list[str]:
+    return ["## From TRL's `DPOConfig`", "",
+            "Each `loss_type` of TRL's DPOTrainer (read from its source, main branch) and the",
+            "prefopt loss that computes the same per-pair value on the same log-probs. TRL's `beta` defaults to",
+            "0.1. A test that checks these numerically against TRL when the bench extra is installed is still to",
+            "come.", "", "| TRL | prefopt |", "|---|---|", *(f"| {trl} | {ours} |" for trl, ours in _TRL_ROWS)]
+
+
 _NEEDS = {"ref": "reference", "lengths": "lengths", "tokens": "token log-probs"}
 _FAMILIES = ("pairwise", "listwise", "sft", "unlearning")
 
@@ -114,7 +142,8 @@ def losses_page() -> str:
         needs = ", ".join(_NEEDS[n] for n in info.needs) or "policy only"
         lines.append(f"| `{name}` | {family} | {_cell(info.formula)} | {needs} | {_cell(defaults(name))} | "
                      f"{_cell(info.paper)} |")
-    lines += ["", _NOTES, ""]
+    lines += ["", _NOTES, "", *_trl_section(), ""]
+    lines += ["## Each loss in full", ""]
     for name in names:
         lines += [f"### `{name}`", "", inspect.getdoc(LOSSES[name]), ""]
     return "\n".join(lines)
