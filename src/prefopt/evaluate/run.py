@@ -131,11 +131,11 @@ def _on_prompts(config: EvalConfig, console: Console) -> dict:
         result["abstained"] = sum(j.abstained is not None for j in scored)
         if baseline is not None:
             result["baseline"] = config.baseline or config.baseline_generations
-            rate, preferences = _win_rate(oracle, answers, baseline, scored, lists, cache, boot)
+            base_scored = judge(oracle, lists(baseline), cache)[0] if oracle.absolute_scores else None
+            rate, preferences = _win_rate(oracle, answers, baseline, scored, base_scored, cache, boot)
             result["win_rate"] = rate.to_json()
             per_prompt |= {"preferences": preferences, "baseline_lengths": [_mean_length(b) for b in baseline]}
             if oracle.absolute_scores:
-                base_scored = judge(oracle, lists(baseline), cache)[0]
                 result["baseline_score"] = bootstrap_mean([j.scores for j in base_scored if j.abstained is None],
                                                           **boot).to_json()
                 per_prompt["baseline_scores"] = [None if j.abstained else float(np.mean(j.scores))
@@ -152,14 +152,14 @@ def _on_prompts(config: EvalConfig, console: Console) -> dict:
     return result
 
 
-def _win_rate(oracle, answers, baseline, scored, lists, cache, boot):
-    """Per prompt: with an oracle of absolute scores, A's mean score against B's; with a
-    comparing one (a judge, people), A's first answer and B's first judged as a pair."""
+def _win_rate(oracle, answers, baseline, scored, theirs, cache, boot):
+    """Per prompt: with an oracle of absolute scores, A's mean score against B's (`scored` and
+    `theirs`, judged already); with a comparing one (a judge, people), A's first answer and B's
+    first judged as a pair."""
     from prefopt.oracles import ListToJudge
     from prefopt.oracles.cache import judge
 
     if oracle.absolute_scores:
-        theirs = judge(oracle, lists(baseline), cache)[0]
         preferences = [None if a.abstained or b.abstained else
                        float(np.sign(np.mean(a.scores) - np.mean(b.scores)) / 2 + 0.5) for a, b in zip(scored, theirs,
                                                                                                      strict=True)]

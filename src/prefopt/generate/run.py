@@ -120,6 +120,7 @@ def _finished_prompts(out: Path, config: GenerateConfig, resume: bool, records: 
     if not resume:
         raise DataError(f"{out} already exists: add --resume to continue it, or remove it to start again")
     lines = out.read_text(encoding="utf-8").split("\n")
+    sampling = json.loads(json.dumps(config.sampling().describe()))  # as the file holds it
     kept, done = [], set()
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -131,7 +132,6 @@ def _finished_prompts(out: Path, config: GenerateConfig, resume: bool, records: 
                 raise DataError(f"{out}, line {number}: not valid JSON; is this a prefopt generate output?") from None
             continue
         meta = row.get("meta", {}) if isinstance(row, dict) else {}
-        sampling = json.loads(json.dumps(config.sampling().describe()))  # as the file holds it
         if meta.get("sampling") != sampling or meta.get("model") != config.model:
             raise DataError(f"{out}, line {number}: written with other settings (model {meta.get('model')!r}, "
                             f"sampling {meta.get('sampling')}); resume with the same settings or start a new file")

@@ -162,9 +162,10 @@ class _Tracker:
     def add(self, alive: list[int], tokens: list[int], logprobs: torch.Tensor) -> list[int]:
         """Record a token for each alive row; returns the positions (in `alive`) still going."""
         still = []
+        chosen = logprobs[torch.arange(len(tokens)), torch.tensor(tokens)].tolist()  # one read, not one a row
         for j, (i, token) in enumerate(zip(alive, tokens, strict=True)):
             self.tokens[i].append(token)
-            self.logps[i] += float(logprobs[j, token])
+            self.logps[i] += chosen[j]
             if token in self.eos:
                 self.ends[i] = "eos"
             elif self.settings.stop and self._stopped(i):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import random
 import shutil
 import time
@@ -17,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from prefopt.data import PlannedStep, TokenizeSettings, load_records, split_by_prompt, tokenize_records
+from prefopt.data import Batching, PlannedStep, TokenizeSettings, load_records, split_by_prompt, tokenize_records
 from prefopt.engine.hostmem import keep_freed_memory
 from prefopt.engine.logps import CompletionLogpsModel, collate
 from prefopt.engine.settings import ENGINE_VERSION, EngineSettings
@@ -87,6 +88,10 @@ class _Run:
     @property
     def out_dir(self) -> Path:
         return Path(self.config.output_dir)
+
+    @functools.cached_property
+    def batching(self) -> Batching:
+        return self.config.batching()
 
     def fit(self, resume: bool, on_step: Callable[[TrainState, dict], None] | None) -> TrainResult:
         config, total = self.config, len(self.plan)
@@ -213,7 +218,7 @@ class _Run:
             cache = ReferenceCache(cache_dir() / "reference", key)
         with self.progress("reference log-probs", transient=True) as progress:
             (ref_train, ref_eval), hits = reference_logps(
-                self.engine, [self.train_data, self.eval_data], batching=self.config.batching(),
+                self.engine, [self.train_data, self.eval_data], batching=self.batching,
                 pad_id=self.tokenizer.pad_token_id, device=device, cache=cache,
                 adapters_off=base.disable_adapter if self.lora else None, autocast=self.accelerator.autocast,
                 progress=progress)
@@ -226,7 +231,7 @@ class _Run:
         return ref_train, ref_eval
 
     def losses(self, indices: list[int], examples, ref: torch.Tensor | None, train: bool):
-        batching = self.config.batching()
+        batching = self.batching
         collated = collate([examples[i] for i in indices], indices, self.tokenizer.pad_token_id,
                            share_prompt=batching.share_prompt, pad_multiple=batching.pad_multiple)
         collated = collated.to(self.accelerator.device)
@@ -243,7 +248,7 @@ class _Run:
         returns its metrics record, real tokens and seconds."""
         started = time.perf_counter()
         processes, lists = self.accelerator.num_processes, planned.lists
-        micro = self.config.batching().micro_batches(lists, processes)[self.accelerator.process_index::processes]
+        micro = self.batching.micro_batches(lists, processes)[self.accelerator.process_index::processes]
         metrics = MetricMeans()
         real_tokens = padded_tokens = 0
         for i, indices in enumerate(micro):
@@ -280,7 +285,7 @@ class _Run:
         self.engine.eval()
         metrics = MetricMeans()
         with torch.no_grad():
-            for indices in self.config.batching().inference_batches(self.eval_data):
+            for indices in self.batching.inference_batches(self.eval_data):
                 metrics.add(self.losses(indices, self.eval_data, self.ref_eval, train=False)[0])
         self.engine.train()
         return metrics.means()
