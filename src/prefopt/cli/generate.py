@@ -24,7 +24,7 @@ def generate_command(
     stop: Annotated[list[str] | None, typer.Option("--stop", help="End a completion before this string "
                                                                   "(repeatable).")] = None,
     seed: Annotated[int, typer.Option(help="Completion k of a prompt depends on (seed, prompt, k) only.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts decoded together.")] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts decoded together.")] = 16,
     backend: Annotated[str, typer.Option(help="prefopt, transformers or vllm.")] = "prefopt",
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run's output file.")] = False,

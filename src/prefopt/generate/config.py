@@ -28,7 +28,7 @@ class GenerateConfig(BaseModel):
     stop: list[str] = Field(default_factory=list, description="A completion ends before the first of these strings.")
     seed: int = Field(0, description="Completion k of a prompt is reproducible from (seed, prompt, k), alone or in "
                                      "any batch.")
-    batch_size: int = Field(4, ge=1, description="Prompts decoded together (K sequences each); prompts are "
+    batch_size: int = Field(16, ge=1, description="Prompts decoded together (K sequences each); prompts are "
                                                  "batched by length.")
     backend: Literal["prefopt", "transformers", "vllm"] = Field(
         "prefopt", description="prefopt: one prefill per prompt shared by its K samples; transformers: "

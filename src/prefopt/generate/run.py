@@ -50,7 +50,7 @@ def generate(config: GenerateConfig, *, resume: bool = False, console: Console |
     """Generate as `config` says; `model` and `tokenizer` may be given already loaded (the loop's
     policy stays in memory between rounds)."""
     from prefopt.engine.model import load_model, load_tokenizer
-    from prefopt.engine.precision import choose_precision
+    from prefopt.engine.precision import decode_precision
 
     console = console or Console()
     records = load_prompts(config.prompts)
@@ -59,7 +59,7 @@ def generate(config: GenerateConfig, *, resume: bool = False, console: Console |
     tokenizer = tokenizer or load_tokenizer(config.model)
     ids = [prompt_ids(record, tokenizer, config.tokenize_settings()) for record in records]
     todo = [i for i in range(len(records)) if i not in done]
-    precision, _ = choose_precision(config.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = decode_precision(config.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if done:
         console.print(f"resuming: {len(done)} of {len(records)} prompts already in {out}", highlight=False)
     started, tokens = time.perf_counter(), 0

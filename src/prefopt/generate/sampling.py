@@ -26,7 +26,7 @@ class SamplingSettings:
     min_new_tokens: int = 0  # no end-of-sequence before this many tokens
     stop: tuple[str, ...] = ()  # a completion ends before the first of these strings
     seed: int = 0
-    batch_size: int = 4  # prompts decoded together (K sequences each)
+    batch_size: int = 16  # prompts decoded together (K sequences each)
 
     def __post_init__(self) -> None:
         checks = [(self.k >= 1, "k", "must be >= 1"), (self.temperature >= 0, "temperature", "must be >= 0"),
