@@ -6,6 +6,7 @@ import json
 import pytest
 
 from prefopt.data import DataError, load_records, split_by_prompt
+from prefopt.data.records import parse_row
 
 PAIR = {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}
 CHAT_PAIR = {
@@ -131,3 +132,18 @@ def test_split_by_prompt_never_shares_a_prompt():
     assert {r.prompt for r in train}.isdisjoint({r.prompt for r in held_out})
     assert len({r.prompt for r in held_out}) == 4
     assert split_by_prompt(records, 0.2, seed=3) == (train, held_out)
+
+
+def test_an_empty_answer_to_a_chat_prompt_is_kept_and_tokenized(tokenizer):
+    # a generated answer can be empty (the model ended its turn at once): a chat prompt gives it
+    # the template's end-of-turn tokens, so it is scored and trained on, not refused
+    from prefopt.data import TokenizeSettings
+    from prefopt.data.tokenize import tokenize_record
+
+    record = parse_row({"prompt": [{"role": "user", "content": "hi"}], "completions": ["", "hello"],
+                        "scores": [0, 1]})
+    assert record.completions == ("", "hello")
+    example = tokenize_record(record, tokenizer, TokenizeSettings())
+    assert all(len(ids) > 0 for ids in example.completion_ids)
+    with pytest.raises(DataError, match='"completions"\\[0\\] is empty'):
+        parse_row({"prompt": "hi", "completions": ["", "hello"], "scores": [0, 1]})

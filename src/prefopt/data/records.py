@@ -104,7 +104,9 @@ def _ranked(row: dict, require_scores: bool = True, min_completions: int = 2) ->
         unscored = not require_scores and "scores" not in row and "ranks" not in row
         scores = [0.0] * len(items) if unscored else _scores_field(row, len(items))
     names = tuple(f'"completions"[{i}]' for i in range(len(completions)))
-    texts = tuple(_text(c, name) for c, name in zip(completions, names, strict=True))
+    # an empty answer to a chat prompt is an answer (the model ended its turn at once; the template
+    # still gives it tokens); in plain text it would have no token to score
+    texts = tuple(_text(c, name, empty_ok=isinstance(prompt, list)) for c, name in zip(completions, names, strict=True))
     return _record(prompt, texts, tuple(_number(s, f'"scores"[{i}]') for i, s in enumerate(scores)), names,
                    allow_ties=not require_scores, min_completions=min_completions)
 
@@ -139,7 +141,7 @@ def _record(prompt: Text, completions: tuple, scores: tuple, names: tuple, allow
     seen: dict[str, str] = {}
     for completion, name in zip(completions, names, strict=True):
         key = repr(completion)
-        if key in seen:
+        if key in seen and not allow_ties:  # unscored lists are samples, and a policy can repeat itself
             raise DataError(f"{name} is identical to {seen[key]}", reason="identical completions")
         seen[key] = name
     if len(set(scores)) == 1 and not allow_ties:
@@ -156,10 +158,10 @@ def _prompt(row: dict) -> Text:
     return prompt
 
 
-def _text(value: Any, name: str) -> Text:
+def _text(value: Any, name: str, empty_ok: bool = False) -> Text:
     label = name if name.startswith('"') else f'"{name}"'
     if isinstance(value, str):
-        if not value.strip():
+        if not value.strip() and not empty_ok:
             raise DataError(f"{label} is empty", reason="empty text")
         return value
     if isinstance(value, dict) and "role" in value:

@@ -88,8 +88,10 @@ def score(config: ScoreConfig, *, console: Console | None = None) -> ScoreResult
                         left_out[f"the oracle abstained ({judgement.abstained})"] += 1
                     elif judgement.all_tied:
                         left_out["all completions tie"] += 1
+                    elif (row := _row(record, item, judgement)) is None:
+                        left_out["all distinct completions tie"] += 1
                     else:
-                        handle.write(json.dumps(_row(record, item, judgement), ensure_ascii=False) + "\n")
+                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                         written += 1
                 progress.advance(task, len(batch))
         os.replace(staging, out)  # atomic: an interrupted run never leaves half a file under the real name
@@ -106,12 +108,19 @@ def _text(completion: Any) -> str:
     return completion if isinstance(completion, str) else "\n".join(m["content"] for m in completion)
 
 
-def _row(record, item: ListToJudge, judgement) -> dict:
-    row = {**record.extra, "prompt": record.prompt, "completions": list(item.completions)}
-    if judgement.scores is not None:
-        row["scores"] = list(judgement.scores)
-    else:
-        row["ranks"] = list(judgement.ranks)
+def _row(record, item: ListToJudge, judgement) -> dict | None:
+    """The labelled list as preference data. A policy's samples can repeat: each distinct answer
+    is written once, at its first place (a repeat adds no comparison, and training refuses
+    identical completions); None when the distinct answers all tie."""
+    first = {}
+    for i, completion in enumerate(item.completions):
+        first.setdefault(completion, i)
+    keep = sorted(first.values())
+    values = judgement.scores if judgement.scores is not None else judgement.ranks
+    if len({values[i] for i in keep}) < 2:
+        return None
+    row = {**record.extra, "prompt": record.prompt, "completions": [item.completions[i] for i in keep]}
+    row["scores" if judgement.scores is not None else "ranks"] = [values[i] for i in keep]
     if judgement.details is not None and any(d is not None for d in judgement.details):
-        row["judgement"] = list(judgement.details)
+        row["judgement"] = [judgement.details[i] for i in keep]
     return row
