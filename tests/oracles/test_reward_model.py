@@ -36,5 +36,5 @@ def test_rewards_equal_a_plain_forward_of_each_completion(reward_model):
 
 
 def test_a_model_that_is_not_a_reward_model_is_named(tiny_model):
-    with pytest.raises(ValueError, match="num_labels"):
+    with pytest.raises(ValueError, match="is not a reward model .LlamaForCausalLM"):
         make_oracle("reward_model", {"model": str(tiny_model)})

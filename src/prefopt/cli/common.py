@@ -51,3 +51,30 @@ def write_report(path) -> None:
         console().print(f"report: {report(path)}", highlight=False)
     except Exception as error:
         console().print(f"[yellow]could not write the report: {type(error).__name__}: {error}[/]", highlight=False)
+
+
+def load_settings(model, config, args: list[str]):
+    """Settings from an optional YAML file and `--key=value` or `--key value` options; a bad
+    setting is one line and exit code 2. Without a YAML file the first option lands in `config`."""
+    from prefopt.settings import ConfigError, load_config
+
+    args = list(args)
+    if config is not None and str(config).startswith("--"):
+        args, config = [str(config), *args], None
+    try:
+        return load_config(model, config, _joined_options(args))
+    except ConfigError as error:
+        fail(str(error))
+
+
+def _joined_options(args: list[str]) -> list[str]:
+    """`--key value` as `--key=value`, so both spellings work."""
+    joined, i = [], 0
+    while i < len(args):
+        if args[i].startswith("--") and "=" not in args[i] and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            joined.append(f"{args[i]}={args[i + 1]}")
+            i += 2
+        else:
+            joined.append(args[i])
+            i += 1
+    return joined

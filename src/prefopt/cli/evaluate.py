@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from prefopt.cli.common import console, fail, run_library, write_report
+from prefopt.cli.common import console, load_settings, run_library, write_report
 
 
 def eval_command(
@@ -19,29 +19,9 @@ def eval_command(
 ) -> None:
     """Evaluate a model: prefopt eval --model=M --prompts=FILE --oracle=NAME [--baseline=B], or --data=FILE."""
     from prefopt.evaluate.run import EvalConfig
-    from prefopt.settings import ConfigError, load_config
 
-    args = list(ctx.args)
-    if config is not None and str(config).startswith("--"):  # no YAML file: the first option landed here
-        args, config = [str(config), *args], None
-    try:
-        settings = load_config(EvalConfig, config, joined_options(args))
-    except ConfigError as error:
-        fail(str(error))
+    settings = load_settings(EvalConfig, config, ctx.args)
     run_library(lambda: _evaluate(settings))
-
-
-def joined_options(args: list[str]) -> list[str]:
-    """`--key value` as `--key=value`, so both spellings work."""
-    joined, i = [], 0
-    while i < len(args):
-        if args[i].startswith("--") and "=" not in args[i] and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            joined.append(f"{args[i]}={args[i + 1]}")
-            i += 2
-        else:
-            joined.append(args[i])
-            i += 1
-    return joined
 
 
 def _evaluate(settings) -> None:

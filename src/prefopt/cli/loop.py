@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prefopt.cli.common import console, fail, run_library, write_report
+from prefopt.cli.common import console, load_settings, run_library, write_report
 
 
 def loop_command(
@@ -17,12 +17,8 @@ def loop_command(
 ) -> None:
     """Online, active preference learning: prefopt loop CONFIG.yaml [--key=value ...] [--resume]."""
     from prefopt.loop import LoopConfig
-    from prefopt.settings import ConfigError, load_config
 
-    try:
-        settings = load_config(LoopConfig, config, list(ctx.args))
-    except ConfigError as error:
-        fail(str(error))
+    settings = load_settings(LoopConfig, config, ctx.args)
     run_library(lambda: _loop(settings, resume))
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prefopt.cli.common import console, fail, run_library, write_report
+from prefopt.cli.common import console, load_settings, run_library, write_report
 
 
 def train_command(
@@ -17,14 +17,10 @@ def train_command(
     merge: Annotated[bool, typer.Option("--merge", help="With LoRA, also save a merged full model.")] = False,
 ) -> None:
     """Train a model on pairs or ranked lists: prefopt train CONFIG.yaml [--key=value ...]."""
-    from prefopt.settings import ConfigError, load_config
     from prefopt.train.config import TrainConfig
 
     overrides = list(ctx.args) + (["--merge=true"] if merge else [])
-    try:
-        settings = load_config(TrainConfig, config, overrides)
-    except ConfigError as error:
-        fail(str(error))
+    settings = load_settings(TrainConfig, config, overrides)
     run_library(lambda: _train(settings, resume))
 
 

@@ -109,9 +109,6 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
     import torch
     from transformers import AutoModelForCausalLM
 
-    from prefopt.engine.attention import use_segment_attention
-    from prefopt.engine.norm import fuse_rms_norms
-
     engine = engine or EngineSettings()
     _quiet_transformers()
     path = resolve_model_path(spec)
@@ -121,6 +118,38 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
             raise ValueError(f"{spec} holds trained LoRA adapters; to train on, give its merged model or its base")
         return _load_adapters(path, json.loads(adapters.read_text())["base_model_name_or_path"], engine)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return _prepare(model, lora, gradient_checkpointing, engine, task_type="CAUSAL_LM")
+
+
+def load_reward_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpointing: bool = False,
+                      engine: EngineSettings | None = None, pad_token_id: int | None = None, new_head: bool = False):
+    """A sequence-classification model with one output (a reward model) in float32, with the
+    engine's switches that apply to it. With `new_head`, a causal LM gets a new scalar head (to
+    train one from it); LoRA, if asked, trains adapters and a copy of the whole head."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    engine = engine or EngineSettings()
+    _quiet_transformers()
+    path = resolve_model_path(spec)
+    config = AutoConfig.from_pretrained(path)
+    is_reward_model = any(name.endswith("ForSequenceClassification") for name in config.architectures or ())
+    if is_reward_model and config.num_labels != 1:
+        raise ValueError(f"{spec}: a reward model has one output; this one has num_labels = {config.num_labels}")
+    if not is_reward_model and not new_head:
+        raise ValueError(f"{spec} is not a reward model ({', '.join(config.architectures or ['no architecture'])}, "
+                         "not a sequence-classification model); `prefopt reward train` makes one from it")
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    if pad_token_id is not None:  # transformers' own forward finds the last token by it
+        model.config.pad_token_id = pad_token_id
+    return _prepare(model, lora, gradient_checkpointing, engine, task_type="SEQ_CLS")
+
+
+def _prepare(model, lora: LoraSettings | None, gradient_checkpointing: bool, engine: EngineSettings, task_type: str):
+    """The engine's switches, gradient checkpointing and LoRA adapters on a loaded model."""
+    from prefopt.engine.attention import use_segment_attention
+    from prefopt.engine.norm import fuse_rms_norms
+
     model.config.use_cache = False
     segments = use_segment_attention(model) if engine.segment_attention else False
     norms = fuse_rms_norms(model) if engine.fused_norm else 0
@@ -129,6 +158,7 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora_layers = 0
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -139,40 +169,17 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
         if missing:
             raise ValueError(f"lora_target_modules: {', '.join(missing)} not found in the model "
                              f"(modules include: {', '.join(sorted(present - {''})[:20])})")
+        # SEQ_CLS: peft trains a full copy of the scalar head (`score`) beside the adapters
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+                            target_modules=list(lora.target_modules), task_type=task_type)
         model = get_peft_model(model, config)
         lora_layers = fuse_lora_sums(model) if engine.fused_lora else 0
         if gradient_checkpointing:
             model.enable_input_require_grads()
-    else:
-        lora_layers = 0
     # a plain attribute: never saved with the model
     model.prefopt_engine = AppliedEngine(engine, segment_attention=segments, fused_norms=norms,
                                          fused_lora_layers=lora_layers)
     return model
-
-
-def load_reward_model(spec: str, *, engine: EngineSettings | None = None):
-    """A sequence-classification model with one output (a reward model) in float32, with the
-    engine's switches that apply to it (segment attention, fused norms)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from prefopt.engine.attention import use_segment_attention
-    from prefopt.engine.norm import fuse_rms_norms
-
-    engine = engine or EngineSettings()
-    _quiet_transformers()
-    path = resolve_model_path(spec)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
-    if model.config.num_labels != 1:
-        raise ValueError(f"{spec}: a reward model has one output; this one has num_labels = {model.config.num_labels}")
-    model.config.use_cache = False
-    segments = use_segment_attention(model) if engine.segment_attention else False
-    norms = fuse_rms_norms(model) if engine.fused_norm else 0
-    model.prefopt_engine = AppliedEngine(engine, segment_attention=segments, fused_norms=norms, fused_lora_layers=0)
-    return model.eval()
 
 
 def _load_adapters(path: str, base: str, engine: EngineSettings):

@@ -34,6 +34,11 @@ def report(path: str | Path, out: str | Path | None = None, compare: list[str | 
     else:
         raise DataError(f"{path}: not a run (a folder with metrics.jsonl or rounds.jsonl) or an eval result "
                         "(a .json file)")
+    return write_page(target, title, body)
+
+
+def write_page(target: Path, title: str, body: str) -> Path:
+    """A self-contained HTML page (figures embedded) with the reports' style."""
     target.parent.mkdir(parents=True, exist_ok=True)
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
@@ -41,8 +46,8 @@ def report(path: str | Path, out: str | Path | None = None, compare: list[str | 
     return target
 
 
-def _figure(draw, *, width: float = 10, height: float = 3.6) -> str:
-    """An <img> of what `draw(figure)` plots, as an embedded PNG."""
+def figure_html(draw, *, width: float = 10, height: float = 3.6, png: Path | None = None) -> str:
+    """An <img> of what `draw(figure)` plots, as an embedded PNG (also written to `png`, if given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,10 +59,12 @@ def _figure(draw, *, width: float = 10, height: float = 3.6) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     pyplot.close(figure)
+    if png is not None:
+        png.write_bytes(buffer.getvalue())
     return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
+def table_html(rows: list[list[str]], header: list[str]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -120,16 +127,49 @@ def _train_report(run: Path) -> tuple[str, str]:
     summary = ""
     if len(evals) >= 2:
         start, end = evals[0], evals[-1]
-        rows = [[k, f"{headline(start, k):.4f}", f"{headline(end, k):.4f}"] for k in keys
-                if headline(start, k) is not None and headline(end, k) is not None]
-        summary = "<h2>Held-out evaluation, start and end</h2>" + _table(rows, ["metric", "start", "end"])
+        held_out = [*keys, "ndcg", "calibration_ece", "reward_std"]  # the last two: reward runs
+        rows = [[k, f"{headline(start, k):.4f}", f"{headline(end, k):.4f}"] for k in held_out
+                if isinstance(headline(start, k), float) and isinstance(headline(end, k), float)]
+        summary = "<h2>Held-out evaluation, start and end</h2>" + table_html(rows, ["metric", "start", "end"])
     else:
         summary = '<p class=note>no evaluation lines in metrics.jsonl (no eval split): train curves only</p>'
-    body = (summary + "<h2>Loss and accuracy</h2>" + _figure(quality)
-            + ("<h2>Reward margin and likelihood drift</h2>" + _figure(drift)
-               if headline(train[0], "reward_margin") is not None else "")
-            + "<h2>Optimisation</h2>" + _figure(optimisation, height=3.0))
-    return f"prefopt train run: {run.name} ({len(train)} steps)", body
+    reward_run = bool(evals) and "calibration" in evals[-1]
+    body = (summary + "<h2>Loss and accuracy</h2>" + figure_html(quality)
+            + (_reward_body(evals) if reward_run else "")
+            + ("<h2>Reward margin and likelihood drift</h2>" + figure_html(drift)
+               if headline(train[0], "logps/chosen") is not None else "")
+            + "<h2>Optimisation</h2>" + figure_html(optimisation, height=3.0))
+    kind = "reward model run" if reward_run else "train run"
+    return f"prefopt {kind}: {run.name} ({len(train)} steps)", body
+
+
+def _reward_body(evals: list[dict]) -> str:
+    """A reward run's held-out calibration (reliability diagram, start and end) and its rewards by rank."""
+
+    def reliability(figure):
+        axes = figure.add_subplot(1, 2, 1)
+        axes.plot([0, 1], [0, 1], ":", color="#888", label="calibrated")
+        for line, style in ((evals[0], "s--"), (evals[-1], "o-")):
+            table = line.get("calibration")
+            if table:
+                points = [(p, o) for p, o in zip(table["predicted"], table["observed"], strict=True) if p is not None]
+                axes.plot(*zip(*points, strict=True), style, markersize=4,
+                          label=f"step {line['step']} (ECE {table['ece']:.3f})")
+        axes.set_title("calibration of σ(r_w − r_l) on held-out pairs")
+        axes.set_xlabel("predicted preference probability")
+        axes.set_ylabel("observed preference rate")
+        axes.legend(fontsize=8)
+        axes = figure.add_subplot(1, 2, 2)
+        for line, style in ((evals[0], "s--"), (evals[-1], "o-")):
+            by_rank = line.get("reward_by_rank") or {}
+            axes.plot([int(r) for r in by_rank], list(by_rank.values()), style, label=f"step {line['step']}")
+        axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.set_title("mean reward by rank (1 = best)")
+        axes.set_xlabel("rank in the list")
+        axes.set_ylabel("reward")
+        axes.legend(fontsize=8)
+
+    return "<h2>Calibration and rewards by rank (held out)</h2>" + figure_html(reliability)
 
 
 # ----- loops -----
@@ -175,9 +215,9 @@ def _loop_report(loops: list[Path]) -> tuple[str, str]:
     rows = [[name, str(r["round"] + 1), str(r["labels"]), str(r["labels_total"]),
              str(r.get("eval", {}).get("score", {}).get("value", "–"))[:6], r["acquisition"]["note"] or "–"]
             for name, rounds in runs.items() for r in rounds]
-    body = (_table(rows, ["loop", "round", "labels", "labels in all", "held-out score", "acquisition note"])
-            + "<h2>Held-out quality against labels used</h2>" + _figure(curves)
-            + "<h2>Where a round's time goes</h2>" + _figure(stages, width=8, height=3.4))
+    body = (table_html(rows, ["loop", "round", "labels", "labels in all", "held-out score", "acquisition note"])
+            + "<h2>Held-out quality against labels used</h2>" + figure_html(curves)
+            + "<h2>Where a round's time goes</h2>" + figure_html(stages, width=8, height=3.4))
     return "prefopt loop: " + ", ".join(runs), body
 
 
@@ -210,7 +250,7 @@ def _prompts_body(result: dict) -> str:
     rows = [[key, f"{v['value']:.3f}", f"[{v['low']:.3f}, {v['high']:.3f}]"] for key, v in estimates.items()]
     if result.get("win_rate", {}).get("length_controlled") is not None:
         rows.append(["length-controlled win rate", f"{result['win_rate']['length_controlled']:.3f}", ""])
-    body = _table(rows, ["statistic", "value", "95% interval"])
+    body = table_html(rows, ["statistic", "value", "95% interval"])
 
     def bars(figure):
         n = 1 + ("win_rate" in result)
@@ -250,16 +290,16 @@ def _prompts_body(result: dict) -> str:
         axes.legend()
 
     if "score" in result or "win_rate" in result:
-        body += "<h2>Scores and win rate</h2>" + _figure(bars)
+        body += "<h2>Scores and win rate</h2>" + figure_html(bars)
     if per_prompt.get("lengths"):
-        body += "<h2>Distributions</h2>" + _figure(distributions)
+        body += "<h2>Distributions</h2>" + figure_html(distributions)
     return body
 
 
 def _data_body(result: dict) -> str:
     rows = [[key, f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" if isinstance(v, dict) else f"{v:.3f}"]
             for key, v in result.items() if isinstance(v, dict | float) and key != "difficulty"]
-    body = _table(rows, ["statistic", "value"])
+    body = table_html(rows, ["statistic", "value"])
     points = result.get("difficulty")
     if not points:
         return body + f'<p class=note>{html.escape(result.get("note", ""))}</p>'
@@ -278,4 +318,4 @@ def _data_body(result: dict) -> str:
         axes.set_title("difficulty against ranking correctness")
         axes.legend()
 
-    return body + "<h2>Difficulty</h2>" + _figure(scatter, height=4.5)
+    return body + "<h2>Difficulty</h2>" + figure_html(scatter, height=4.5)

@@ -147,3 +147,27 @@ def difficulty(ref_chosen_logps: np.ndarray, ref_rejected_logps: np.ndarray, bet
     at most that (Thm 4.1)."""
     c = np.asarray(ref_rejected_logps, dtype=np.float64) - np.asarray(ref_chosen_logps, dtype=np.float64)
     return c, np.logaddexp(0.0, -beta * c)
+
+
+def calibration(margins: np.ndarray, bins: int = 10) -> dict:
+    """How well σ(r_w − r_l) predicts preferences (a reliability diagram and its expected
+    calibration error, Guo et al. 2017, arXiv 1706.04599, Eq. 3). `margins` are r_better −
+    r_worse of labelled pairs; each pair counts in both orders, (p, preferred) and (1 − p, not),
+    so a well-calibrated model's observed rate in every bin of p equals the bin's mean p. Bins
+    split [0, 1] evenly; empty bins have count 0 and rates None. ECE = Σ_b n_b/N·|observed_b −
+    predicted_b|."""
+    margins = np.asarray(margins, dtype=np.float64)
+    if margins.size == 0:
+        raise ValueError("no labelled pairs to measure calibration on")
+    p = 1.0 / (1.0 + np.exp(-margins))
+    predicted = np.concatenate([p, 1.0 - p])
+    observed = np.concatenate([np.ones_like(p), np.zeros_like(p)])
+    which = np.minimum((predicted * bins).astype(int), bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_predicted = np.bincount(which, predicted, minlength=bins) / counts
+        rate = np.bincount(which, observed, minlength=bins) / counts
+    filled = counts > 0
+    ece = float(np.sum(counts[filled] / predicted.size * np.abs(rate[filled] - mean_predicted[filled])))
+    present = lambda values: [float(v) if f else None for v, f in zip(values, filled, strict=True)]
+    return {"ece": ece, "predicted": present(mean_predicted), "observed": present(rate), "count": counts.tolist()}

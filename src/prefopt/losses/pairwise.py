@@ -30,16 +30,23 @@ def _pairwise(batch: ListBatch, per_pair: torch.Tensor, rewards: torch.Tensor, *
     return outputs(batch.pairs.mean(per_pair), rewards, batch, **extra)
 
 
-@register_loss("dpo", formula="−log σ(β·h),  h = ρ_w − ρ_l", paper="Rafailov et al. 2023, arXiv 2305.18290, Eq. 7",
-               family="pairwise", needs=("ref",))
-def dpo(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
+@register_loss("dpo", formula="−log σ(β·h − m·(s_w − s_l)),  h = ρ_w − ρ_l",
+               paper="Rafailov et al. 2023, arXiv 2305.18290, Eq. 7", family="pairwise", needs=("ref",))
+def dpo(batch: ListBatch, *, beta: float = 0.1, margin: float = 0.0) -> LossOutput:
     """DPO: L = −log σ(β·h), h = ρ(y_w) − ρ(y_l), ρ = S_θ − S_ref on summed log-probs.
 
     Implicit reward r̂(y) = β·ρ(y). Default β = 0.1 (TRL); the paper used 0.1 for dialogue and
-    0.5 for summarisation."""
+    0.5 for summarisation. `margin` m > 0 asks a pair to be separated by m times its score gap,
+    L = −log σ(β·h − m·(s_w − s_l)): the margin of Llama 2's reward model (Touvron et al. 2023,
+    arXiv 2307.09288, Eq. 2), and DPO with an offset (Amini et al. 2024, arXiv 2402.10571). On
+    rewards with β = 1 and no reference, this is the Bradley–Terry reward model's loss."""
     check_beta(beta)
+    check(math.isfinite(margin) and margin >= 0, "margin", margin, "must be a finite number >= 0")
     rewards = beta * batch.log_ratios()
-    return _pairwise(batch, -F.logsigmoid(_margins(batch, rewards)), rewards)
+    z = _margins(batch, rewards)
+    if margin:
+        z = z - margin * _margins(batch, batch.scores)
+    return _pairwise(batch, -F.logsigmoid(z), rewards)
 
 
 @register_loss("cdpo",

@@ -34,7 +34,7 @@ class RewardModelOracle(Oracle):
         from prefopt.engine.refcache import weights_fingerprint
 
         self.tokenizer = load_tokenizer(options.model)
-        self.model = load_reward_model(options.model)
+        self.model = load_reward_model(options.model).eval()
         self.precision, _ = choose_precision(options.precision, self.model.device)
         self.fingerprint = weights_fingerprint(self.model)
         self.settings = TokenizeSettings(options.max_prompt_tokens, options.max_completion_tokens,

@@ -11,7 +11,11 @@ from prefopt.data.batching import Batching
 from prefopt.engine.settings import EngineSettings
 
 
-class TrainConfig(BaseModel):
+class RunSettings(BaseModel):
+    """What every training run has: a model, data, LoRA, tokenization, optimisation, logging and
+    checkpoints. `prefopt train` (a policy) and `prefopt reward train` (a reward model) add their
+    objective."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     # what to train
@@ -32,15 +36,10 @@ class TrainConfig(BaseModel):
     output_dir: str = Field("runs/train", description="Where checkpoints, metrics.jsonl, config.yaml and the final "
                                                       "model go.")
 
-    # objective
-    loss: str | dict[str, float] = Field("dpo", description="A registered loss name, or a weighted mix like "
-                                                            "{dpo: 1.0, sft: 0.5} (see `prefopt losses`).")
-    loss_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Hyperparameters per loss, "
-                                                                                    "e.g. {dpo: {beta: 0.1}}.")
-
     # model
-    lora: bool = Field(True, description="Train LoRA adapters (the reference is the base model with adapters off) "
-                                         "instead of all weights (the reference is a frozen copy).")
+    lora: bool = Field(True, description="Train LoRA adapters instead of all weights (a policy's reference is then "
+                                         "the base model with adapters off, else a frozen copy; a reward model's "
+                                         "head is trained whole either way).")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
@@ -57,11 +56,6 @@ class TrainConfig(BaseModel):
                                                  "false: one row per prompt + completion.")
     pad_multiple: int = Field(16, ge=1, description="Rows are padded to a multiple of this and batches hold lists "
                                                     "of one padded length (length bucketing).")
-    chunk_tokens: int = Field(1024, ge=64, description="Completion tokens per LM-head chunk (the logits of one chunk "
-                                                       "exist at a time).")
-    reference_cache: bool = Field(True, description="Keep reference log-probs on disk (in the prefopt cache "
-                                                    "folder) and reuse them in every later epoch, run and trial "
-                                                    "with the same model, data and settings.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass "
                                                             "(less memory, ~30% slower).")
 
@@ -97,7 +91,33 @@ class TrainConfig(BaseModel):
                                                            "end).")
     eval_batch_size: int = Field(8, ge=1, description="Lists per evaluation batch.")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (always at the end).")
-    merge: bool = Field(False, description="With LoRA, also save a merged full model in output_dir/merged.")
+    merge: bool = Field(False, description="With LoRA, also save a merged full model in output_dir/merged (a "
+                                           "reward model is always saved merged).")
+
+    def batching(self) -> Batching:
+        return Batching(share_prompt=self.share_prompt, pad_multiple=self.pad_multiple, batch_size=self.batch_size,
+                        accumulation=self.gradient_accumulation_steps, eval_batch_size=self.eval_batch_size,
+                        seed=self.seed)
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings()
+
+
+class TrainConfig(RunSettings):
+    """The settings of `prefopt train`: a run's settings, its loss mix and the log-prob engine's."""
+
+    # objective
+    loss: str | dict[str, float] = Field("dpo", description="A registered loss name, or a weighted mix like "
+                                                            "{dpo: 1.0, sft: 0.5} (see `prefopt losses`).")
+    loss_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Hyperparameters per loss, "
+                                                                                    "e.g. {dpo: {beta: 0.1}}.")
+
+    # the log-prob engine
+    chunk_tokens: int = Field(1024, ge=64, description="Completion tokens per LM-head chunk (the logits of one chunk "
+                                                       "exist at a time).")
+    reference_cache: bool = Field(True, description="Keep reference log-probs on disk (in the prefopt cache "
+                                                    "folder) and reuse them in every later epoch, run and trial "
+                                                    "with the same model, data and settings.")
 
     @field_validator("loss")
     @classmethod
@@ -110,18 +130,13 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _objective_builds(self):
-        self.objective()  # unknown loss parameters and invalid values fail here, at config load
+        self.build_objective()  # unknown loss parameters and invalid values fail here, at config load
         return self
 
-    def objective(self):
+    def build_objective(self):
         from prefopt.losses import Objective
 
         return Objective(self.loss, self.loss_params)
-
-    def batching(self) -> Batching:
-        return Batching(share_prompt=self.share_prompt, pad_multiple=self.pad_multiple, batch_size=self.batch_size,
-                        accumulation=self.gradient_accumulation_steps, eval_batch_size=self.eval_batch_size,
-                        seed=self.seed)
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(chunk_tokens=self.chunk_tokens)

@@ -21,12 +21,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from prefopt.data import Batching, PlannedStep, TokenizeSettings, load_records, split_by_prompt, tokenize_records
 from prefopt.engine.hostmem import keep_freed_memory
 from prefopt.engine.logps import CompletionLogpsModel, collate
+from prefopt.engine.model import LoraSettings, load_model
 from prefopt.engine.settings import ENGINE_VERSION, EngineSettings
 from prefopt.errors import TrainingError
 from prefopt.losses import ListBatch, Objective
 from prefopt.settings import save_config
 from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from prefopt.train.config import TrainConfig
+from prefopt.train.config import RunSettings
 from prefopt.train.metrics import MetricMeans, MetricsLog, brief
 from prefopt.train.reference import reference_logps
 
@@ -49,15 +50,49 @@ class TrainResult:
     loop_seconds: float = 0.0  # optimizer steps, without evaluation and checkpoints
 
 
-def train(config: TrainConfig, *, resume: bool = False, console: Console | None = None,
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a run trains, the rest of the run being the same: `build` loads the model and wraps it
+    in the engine module whose forward gives per-completion values [B, K] (log-probs of a policy,
+    or rewards of a reward model); `save` writes the final model and says where;
+    `summarize`, if set, adds metrics computed over the whole evaluation set from each batch's
+    (loss output, collated batch)."""
+
+    build: Callable[[RunSettings, LoraSettings | None, EngineSettings, Objective, object], torch.nn.Module]
+    save: Callable[[torch.nn.Module, object, Path, RunSettings, bool], str]
+    summarize: Callable[[list[tuple]], dict[str, float]] | None = None
+
+
+def _build_policy(config: RunSettings, lora: LoraSettings | None, engine: EngineSettings, objective: Objective,
+                  tokenizer) -> torch.nn.Module:
+    model = load_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing, engine=engine)
+    return CompletionLogpsModel(model, engine, with_tokens="tokens" in objective.needs)
+
+
+def _save_policy(model, tokenizer, out: Path, config: RunSettings, lora: bool) -> str:
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    if not (config.merge and lora):
+        return f"saved the model to {out / 'model'}"
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out / "merged")
+    tokenizer.save_pretrained(out / "merged")
+    return f"saved the model to {out / 'model'} and {out / 'merged'}"
+
+
+POLICY = Task(build=_build_policy, save=_save_policy)
+
+
+def train(config: RunSettings, *, resume: bool = False, console: Console | None = None,
           on_step: Callable[[TrainState, dict], None] | None = None, objective: Objective | None = None,
-          engine: EngineSettings | None = None) -> TrainResult:
+          engine: EngineSettings | None = None, task: Task = POLICY) -> TrainResult:
     """Train as `config` says. `objective` replaces the configured loss mix (any callable from a
-    ListBatch to a LossOutput with the Objective's interface); `engine` the engine's switches."""
+    ListBatch to a LossOutput with the Objective's interface); `engine` the engine's switches;
+    `task` what is trained (a policy by default; `prefopt reward train` passes a reward model's)."""
     # on a CPU, a step's activations page-faulted in afresh each step cost ~20% of it
     with keep_freed_memory(enabled=not torch.cuda.is_available()):
-        run = _Run.start(config, console or Console(), objective or config.objective(),
-                         engine or config.engine_settings())
+        run = _Run.start(config, console or Console(), objective or config.build_objective(),
+                         engine or config.engine_settings(), task)
         return run.fit(resume, on_step)
 
 
@@ -65,7 +100,8 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
 class _Run:
     """Everything a run holds, built once by `start`; `fit` is the loop."""
 
-    config: TrainConfig
+    config: RunSettings
+    task: Task
     console: Console
     say: Callable
     accelerator: object
@@ -132,13 +168,13 @@ class _Run:
                            reference_seconds=reference_seconds, loop_seconds=train_seconds)
 
     @classmethod
-    def start(cls, config: TrainConfig, console: Console, objective: Objective, engine_settings: EngineSettings
-              ) -> _Run:
+    def start(cls, config: RunSettings, console: Console, objective: Objective, engine_settings: EngineSettings,
+              task: Task) -> _Run:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from transformers import get_scheduler
 
-        from prefopt.engine.model import LoraSettings, load_model, load_tokenizer
+        from prefopt.engine.model import load_tokenizer
         from prefopt.engine.precision import choose_precision
 
         started = time.perf_counter()
@@ -156,9 +192,8 @@ class _Run:
         train_data, eval_data = _load_data(config, tokenizer, say)
         lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout,
                             tuple(config.lora_target_modules)) if config.lora else None
-        model = load_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing,
-                           engine=engine_settings)
-        engine = CompletionLogpsModel(model, engine_settings, with_tokens="tokens" in objective.needs)
+        engine = task.build(config, lora, engine_settings, objective, tokenizer)
+        model = engine.model
         params = [p for p in engine.parameters() if p.requires_grad]
         total = sum(p.numel() for p in engine.parameters())
         say(f"model: {config.model} ({total / 1e6:.1f} M parameters, {sum(p.numel() for p in params) / 1e6:.2f} M "
@@ -173,7 +208,7 @@ class _Run:
         scheduler = get_scheduler("constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
                                   optimizer, num_warmup_steps=round(config.warmup_ratio * len(plan)),
                                   num_training_steps=len(plan))
-        return cls(config=config, console=console, say=say, accelerator=accelerator, engine=engine,
+        return cls(config=config, task=task, console=console, say=say, accelerator=accelerator, engine=engine,
                    objective=objective, optimizer=optimizer, scheduler=scheduler, params=params, tokenizer=tokenizer,
                    train_data=train_data, eval_data=eval_data, plan=plan, precision=precision, lora=lora is not None,
                    started=started)
@@ -283,12 +318,15 @@ class _Run:
         if not self.eval_data:
             return {}
         self.engine.eval()
-        metrics = MetricMeans()
+        metrics, batches = MetricMeans(), []
         with torch.no_grad():
             for indices in self.batching.inference_batches(self.eval_data):
-                metrics.add(self.losses(indices, self.eval_data, self.ref_eval, train=False)[0])
+                out, collated = self.losses(indices, self.eval_data, self.ref_eval, train=False)
+                metrics.add(out)
+                if self.task.summarize is not None:
+                    batches.append((out, collated))
         self.engine.train()
-        return metrics.means()
+        return metrics.means() | (self.task.summarize(batches) if self.task.summarize is not None else {})
 
     def checkpoint(self) -> Path:
         path = self.out_dir / "checkpoints" / f"step-{self.state.step}"
@@ -299,17 +337,9 @@ class _Run:
         return path
 
     def save_final(self) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        model, out = self.accelerator.unwrap_model(self.engine).model, self.out_dir
-        model.save_pretrained(out / "model")
-        self.tokenizer.save_pretrained(out / "model")
-        merge = self.config.merge and self.lora
-        if merge:
-            merged = model.merge_and_unload()
-            merged.save_pretrained(out / "merged")
-            self.tokenizer.save_pretrained(out / "merged")
-        self.say(f"saved the model to {out / 'model'}" + (f" and {out / 'merged'}" if merge else ""))
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.engine).model
+            self.say(self.task.save(model, self.tokenizer, self.out_dir, self.config, self.lora))
 
     def progress(self, label: str, transient: bool = False) -> Progress:
         columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -320,11 +350,11 @@ class _Run:
                         disable=not self.accelerator.is_main_process)
 
 
-def _total_steps(config: TrainConfig, train_data, processes: int) -> int:
+def _total_steps(config: RunSettings, train_data, processes: int) -> int:
     return config.max_steps or len(config.batching().epoch_steps(train_data, 0, processes)) * config.epochs
 
 
-def _load_data(config: TrainConfig, tokenizer, say):
+def _load_data(config: RunSettings, tokenizer, say):
     loaded = load_records(config.data, skip_invalid=config.skip_invalid, columns=config.columns)
     say(loaded.summary())
     if config.eval_data:
