@@ -53,3 +53,14 @@ def model(tiny_model):
     from prefopt.engine.model import load_model
 
     return load_model(str(tiny_model)).eval()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server for the session (skipped, with the reason, where none is installed)."""
+    from label_helpers import INITDB, NO_POSTGRES, postgres_server
+
+    if not INITDB:
+        pytest.skip(NO_POSTGRES)
+    with postgres_server() as url:
+        yield url

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,3 +70,31 @@ class Server:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=20)
+
+
+INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+NO_POSTGRES = "no PostgreSQL server installed (Debian: apt-get install postgresql; make test does this when it can)"
+
+
+@contextlib.contextmanager
+def postgres_server():
+    """A real PostgreSQL server from Debian's package, in a temporary folder, on a free port; yields
+    its SQLAlchemy URL."""
+    bin_dir = Path(INITDB[-1]).parent
+    folder = Path(tempfile.mkdtemp(prefix="prefopt-pg-"))
+    folder.chmod(0o755)
+    data = folder / "data"
+    as_user = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(folder, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    run = lambda *args: subprocess.run([*as_user, *map(str, args)], check=True, capture_output=True, text=True)
+    run(bin_dir / "initdb", "-D", data, "-U", "prefopt", "--auth=trust", "-E", "UTF8")
+    run(bin_dir / "pg_ctl", "-D", data, "-w", "-l", folder / "log", "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200", "start")
+    try:
+        yield f"postgresql+psycopg://prefopt@127.0.0.1:{port}/postgres"
+    finally:
+        run(bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)

@@ -21,7 +21,7 @@ LAYERS = {
     "engine": 2, "label": 2, "oracles": 3,
     "train": 3, "generate": 3,
     "evaluate": 4,
-    "reward": 5, "loop": 6, "demo": 7,
+    "reward": 5, "loop": 6, "tune": 6, "demo": 7,
     "cli": 9,
 }
 MODEL_LIBRARIES = {"transformers", "peft", "accelerate"}

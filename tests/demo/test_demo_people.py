@@ -8,10 +8,10 @@ import time
 
 import httpx
 import pytest
+from test_demo import SMALL_LOOP, SMALL_TASK
 
 from prefopt.demo import demo
 from prefopt.label.store import Store
-from test_demo import SMALL_LOOP, SMALL_TASK
 
 pytestmark = pytest.mark.slow  # a real server over loopback
 
@@ -29,7 +29,11 @@ def person(base: str, token_file, stop: threading.Event, ranked: list) -> None:
     headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
     with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
         while not stop.is_set():
-            response = client.get("/api/next")
+            try:
+                response = client.get("/api/next")
+            except httpx.TransportError:  # the app starts just after the token is written, and stops first
+                time.sleep(0.1)
+                continue
             if response.status_code == 204:
                 time.sleep(0.1)
                 continue

@@ -1,46 +1,15 @@
 """The labelling store on a real PostgreSQL server, started by the test from Debian's
 postgresql package (skipped, with the reason, where that is not installed)."""
 
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
 import pytest
 from test_label_reliability import annotate, run_clients
 
-from label_helpers import Server, free_port, item_rows, write_items
+from label_helpers import INITDB, NO_POSTGRES, Server, item_rows, write_items
 from prefopt.data import load_records
 from prefopt.label.export import export_rows
 from prefopt.label.store import Store
 
-INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-pytestmark = pytest.mark.skipif(not INITDB, reason="no PostgreSQL server installed (Debian: apt-get install "
-                                                   "postgresql; make test does this when it can)")
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    bin_dir = Path(INITDB[-1]).parent
-    folder = Path(tempfile.mkdtemp(prefix="prefopt-pg-"))
-    folder.chmod(0o755)
-    data = folder / "data"
-    as_user = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(folder, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    run = lambda *args: subprocess.run([*as_user, *map(str, args)], check=True, capture_output=True, text=True)
-    run(bin_dir / "initdb", "-D", data, "-U", "prefopt", "--auth=trust", "-E", "UTF8")
-    run(bin_dir / "pg_ctl", "-D", data, "-w", "-l", folder / "log", "-o",
-        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200", "start")
-    try:
-        yield f"postgresql+psycopg://prefopt@127.0.0.1:{port}/postgres"
-    finally:
-        run(bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
+pytestmark = pytest.mark.skipif(not INITDB, reason=NO_POSTGRES)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from prefopt.cli import demo, evaluate, generate, label, loop, losses, report, reward, score, train
+from prefopt.cli import demo, evaluate, generate, label, loop, losses, report, reward, score, train, tune
 
 app = typer.Typer(
     help="prefopt: align language models from comparisons and rankings.",
@@ -30,5 +30,6 @@ app.command("eval", context_settings=_EXTRA_ARGS)(evaluate.eval_command)
 app.command("report")(report.report_command)
 app.command("loop", context_settings=_EXTRA_ARGS)(loop.loop_command)
 app.command("demo")(demo.demo_command)
+app.command("tune", context_settings=_EXTRA_ARGS)(tune.tune_command)
 app.add_typer(label.label_app, name="label")
 app.add_typer(reward.reward_app, name="reward")

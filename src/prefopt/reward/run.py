@@ -81,7 +81,7 @@ def reward_task(config: RewardConfig) -> Task:
 
 
 def reward_train(config: RewardConfig, *, resume: bool = False, console: Console | None = None,
-                 on_step=None) -> TrainResult:
+                 on_step=None, on_eval=None) -> TrainResult:
     """Train a reward model as `config` says (resumable from its last checkpoint, as `prefopt train`)."""
     return train(config, resume=resume, console=console, on_step=on_step, objective=config.build_objective(),
-                 task=reward_task(config))
+                 task=reward_task(config), on_eval=on_eval)

@@ -48,6 +48,7 @@ class TrainResult:
     tokens_per_second: float
     reference_seconds: float = 0.0  # the reference pass (0 when cached or reference-free)
     loop_seconds: float = 0.0  # optimizer steps, without evaluation and checkpoints
+    eval_seconds: float = 0.0  # the evaluations (at the start, every eval_every steps, at the end)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,14 +86,17 @@ POLICY = Task(build=_build_policy, save=_save_policy)
 
 def train(config: RunSettings, *, resume: bool = False, console: Console | None = None,
           on_step: Callable[[TrainState, dict], None] | None = None, objective: Objective | None = None,
-          engine: EngineSettings | None = None, task: Task = POLICY) -> TrainResult:
+          engine: EngineSettings | None = None, task: Task = POLICY,
+          on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train as `config` says. `objective` replaces the configured loss mix (any callable from a
     ListBatch to a LossOutput with the Objective's interface); `engine` the engine's switches;
-    `task` what is trained (a policy by default; `prefopt reward train` passes a reward model's)."""
+    `task` what is trained (a policy by default; `prefopt reward train` passes a reward model's);
+    `on_eval(step, metrics)` is called after each evaluation (a tuning study prunes on it)."""
     # on a CPU, a step's activations page-faulted in afresh each step cost ~20% of it
     with keep_freed_memory(enabled=not torch.cuda.is_available()):
         run = _Run.start(config, console or Console(), objective or config.build_objective(),
                          engine or config.engine_settings(), task)
+        run.on_eval = on_eval
         return run.fit(resume, on_step)
 
 
@@ -120,6 +124,8 @@ class _Run:
     state: TrainState = dataclasses.field(default_factory=TrainState)
     ref_train: torch.Tensor | None = None
     ref_eval: torch.Tensor | None = None
+    on_eval: Callable[[int, dict], None] | None = None
+    eval_seconds: float = 0.0
 
     @property
     def out_dir(self) -> Path:
@@ -165,7 +171,8 @@ class _Run:
         return TrainResult(output_dir=self.out_dir, steps=self.state.step, eval_start=eval_start, eval_end=eval_end,
                            seconds=time.perf_counter() - self.started,
                            tokens_per_second=tokens_seen / train_seconds if train_seconds else 0.0,
-                           reference_seconds=reference_seconds, loop_seconds=train_seconds)
+                           reference_seconds=reference_seconds, loop_seconds=train_seconds,
+                           eval_seconds=self.eval_seconds)
 
     @classmethod
     def start(cls, config: RunSettings, console: Console, objective: Objective, engine_settings: EngineSettings,
@@ -317,6 +324,14 @@ class _Run:
     def evaluate(self) -> dict[str, float]:
         if not self.eval_data:
             return {}
+        started = time.perf_counter()
+        metrics = self.evaluate_lists()
+        self.eval_seconds += time.perf_counter() - started
+        if self.on_eval is not None:
+            self.on_eval(self.state.step, metrics)
+        return metrics
+
+    def evaluate_lists(self) -> dict[str, float]:
         self.engine.eval()
         metrics, batches = MetricMeans(), []
         with torch.no_grad():
