@@ -11,6 +11,8 @@ import pytest
 from prefopt.data import DataError
 from prefopt.evaluate.report import report
 from prefopt.evaluate.run import EvalConfig, evaluate
+from prefopt.reward import RewardConfig, reward_train
+from prefopt.tune import TuneConfig, tune
 from tiny import tiny_train_config, toy_rows, write_jsonl
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -20,7 +22,7 @@ ANSWERS = [{"prompt": f"p{i}", "completions": [f"answer {i}" + " word" * i, f"an
 
 @pytest.fixture(scope="module")
 def reports(tiny_model, tmp_path_factory):
-    """A train run's report, and the reports of an eval on prompts and one on data."""
+    """The reports of a train run, an eval on prompts, one on data, a reward run and a study."""
     from prefopt.train import train
 
     folder = tmp_path_factory.mktemp("reports")
@@ -33,14 +35,23 @@ def reports(tiny_model, tmp_path_factory):
                         out=str(folder / "prompts.json")))
     evaluate(EvalConfig(model=str(folder / "run"), data=str(data), precision="fp32", resamples=200,
                         out=str(folder / "data.json")))
+    reward_train(RewardConfig(model=str(tiny_model), data=str(data), output_dir=str(folder / "rm"), precision="fp32",
+                              lora=False, learning_rate=1e-3, max_steps=6, eval_every=2, eval_fraction=0.25))
+    tune(TuneConfig(base={"model": str(tiny_model), "data": str(data), "precision": "fp32", "lora": False,
+                          "max_steps": 2, "eval_fraction": 0.25},
+                    space={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+                           "loss": {"choices": ["plackett_luce", "lipo_lambda"]}},
+                    n_trials=4, output_dir=str(folder / "study")))
     return {"train": report(folder / "run"), "prompts": report(folder / "prompts.json"),
-            "data": report(folder / "data.json")}
+            "data": report(folder / "data.json"), "reward": report(folder / "rm"), "tune": report(folder / "study")}
 
 
 def test_each_report_is_one_page_with_its_plots(reports):
     expected = {"train": ["Loss and accuracy", "Reward margin and likelihood drift", "Optimisation",
                           "Held-out evaluation, start and end"],
-                "prompts": ["Scores and win rate", "Distributions"], "data": ["Difficulty", "reward_accuracy"]}
+                "prompts": ["Scores and win rate", "Distributions"], "data": ["Difficulty", "reward_accuracy"],
+                "reward": ["prefopt reward model run", "Calibration and rewards by rank", "calibration_ece"],
+                "tune": ["prefopt tune: study prefopt", "History", "Importances", "learning_rate"]}
     for kind, path in reports.items():
         page = path.read_text()
         assert all(section in page for section in expected[kind]), kind

@@ -340,6 +340,7 @@ def _study_report(folder: Path) -> tuple[str, str]:
             pick = max if study["objectives"][names[0]] == "maximize" else min
             running = [pick(t["values"][0] for t in done[: i + 1]) for i in range(len(done))]
             axes.step([t["number"] for t in done], running, where="post", label="best so far")
+            axes.xaxis.get_major_locator().set_params(integer=True)
             axes.set_xlabel("trial")
             axes.set_ylabel(names[0])
         else:

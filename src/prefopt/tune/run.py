@@ -50,7 +50,7 @@ def _pruner(config: TuneConfig):
 
 
 def storage_url(config: TuneConfig) -> str:
-    return config.storage or f"sqlite:///{Path(config.output_dir).resolve() / 'study.db'}"
+    return config.storage or f"sqlite:///{Path(config.output_dir) / 'study.db'}"  # relative to where it runs
 
 
 def open_study(config: TuneConfig, resume: bool):
