@@ -74,8 +74,9 @@ def open_study(config: TuneConfig, resume: bool):
 
 
 def _storage(url: str, attempts: int = 5):
-    """The RDB storage; two processes creating the same new database's tables at once collide
-    (PostgreSQL: a duplicate key), and the later one then finds the tables made."""
+    """The RDB storage. Two processes creating the same new database's tables at once collide (on
+    PostgreSQL a duplicate key, or one reads the schema's version while the other is still writing
+    it), and a moment later the tables are made."""
     import optuna
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
@@ -86,8 +87,8 @@ def _storage(url: str, attempts: int = 5):
             try:
                 return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
                                                   heartbeat_stale_trial_callback=retry)
-            except (IntegrityError, ProgrammingError):
-                if attempt == attempts - 1:
+            except (IntegrityError, ProgrammingError, RuntimeError) as error:
+                if attempt == attempts - 1 or (isinstance(error, RuntimeError) and "schema" not in str(error)):
                     raise
                 time.sleep(0.5 * (attempt + 1))
 
