@@ -87,6 +87,13 @@ def test_several_objectives_give_a_pareto_front_and_pruning_reads_the_evaluation
 
 @pytest.mark.slow
 def test_two_processes_share_a_postgres_study_and_run_no_trial_twice(tiny_model, data, tmp_path, postgres_url):
+    import sqlalchemy as sa
+
+    # a database of its own: the label store's migrations and Optuna's both keep an alembic_version table
+    with sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as connection:
+        connection.execute(sa.text("DROP DATABASE IF EXISTS tune_study"))
+        connection.execute(sa.text("CREATE DATABASE tune_study"))
+    postgres_url = postgres_url.rsplit("/", 1)[0] + "/tune_study"
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({"base": base(tiny_model, data), "space": SPACE, "n_trials": 6,
                                       "storage": postgres_url, "study_name": "shared", "output_dir": str(tmp_path)}))
@@ -102,3 +109,13 @@ def test_two_processes_share_a_postgres_study_and_run_no_trial_twice(tiny_model,
     assert all(t.state.name == "COMPLETE" for t in trials)
     runs = [t.user_attrs["run"] for t in trials]
     assert len(set(runs)) == len(runs) and all((Path(run) / "model").exists() for run in runs)
+
+
+@pytest.mark.slow
+def test_a_database_holding_other_tables_is_refused_with_a_clear_message(tiny_model, data, tmp_path):
+    from prefopt.label.store import Store
+
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    Store(url)  # the label store's tables and its own alembic_version
+    with pytest.raises(ValueError, match="Optuna cannot use this database.*a database of its own"):
+        tune(study(tiny_model, data, tmp_path / "study", storage=url))

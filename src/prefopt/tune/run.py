@@ -88,8 +88,11 @@ def _storage(url: str, attempts: int = 5):
                 return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
                                                   heartbeat_stale_trial_callback=retry)
             except (IntegrityError, ProgrammingError, RuntimeError) as error:
-                if attempt == attempts - 1 or (isinstance(error, RuntimeError) and "schema" not in str(error)):
+                if isinstance(error, RuntimeError) and "schema" not in str(error):
                     raise
+                if attempt == attempts - 1:  # not a race: another program's tables (the label store's?)
+                    raise ValueError(f"storage {url}: Optuna cannot use this database ({str(error).splitlines()[0]}); "
+                                     "give the study a database of its own") from None
                 time.sleep(0.5 * (attempt + 1))
 
 
