@@ -147,3 +147,15 @@ def test_an_empty_answer_to_a_chat_prompt_is_kept_and_tokenized(tokenizer):
     assert all(len(ids) > 0 for ids in example.completion_ids)
     with pytest.raises(DataError, match='"completions"\\[0\\] is empty'):
         parse_row({"prompt": "hi", "completions": ["", "hello"], "scores": [0, 1]})
+
+
+def test_text_utf8_cannot_hold_is_refused_naming_file_row_and_field(tmp_path):
+    # JSON's "\ud800" escape gives Python a lone surrogate: refused where it is read, not later
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+                    '{"prompt": [{"role": "user", "content": "ok \\ud800"}], "completions": ["x", "y"]}\n')
+    with pytest.raises(DataError, match=r'items.jsonl, row 2: "prompt"\[0\]\["content"\] is not valid text: '
+                                        r"a lone surrogate '\\ud800' at character 3"):
+        load_records(path, require_scores=False)
+    loaded = load_records(path, require_scores=False, skip_invalid=True)
+    assert len(loaded.records) == 1 and loaded.skipped == {"invalid text": 1}

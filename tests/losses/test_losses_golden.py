@@ -170,3 +170,19 @@ def test_sft_token_reduction_is_one_mean_over_the_batchs_chosen_tokens():
     assert LOSSES["sft"](same, nll_reduction="tokens").loss.tolist() == LOSSES["sft"](same).loss.tolist()
     with pytest.raises(ValueError, match="sft: nll_reduction must be one of 'sequence', 'tokens'"):
         LOSSES["sft"](batch, nll_reduction="batch")
+
+
+@pytest.mark.parametrize("name", ["simpo", "orpo"])
+def test_the_nll_terms_of_simpo_and_orpo_take_either_reduction(name):
+    """Chosen log-probs −6 over 3 tokens and −2 over 1: per sequence (2 + 2)/2 = 2, over tokens 8/4 = 2,
+    so a second batch (−6 over 3, −4 over 1: 3 against 2.5) tells them apart."""
+    params = {"sft_weight": 1.0} if name == "simpo" else {}
+    batch = ListBatch(logps=torch.tensor([[-6.0, -9.0], [-4.0, -5.0]]), lengths=torch.tensor([[3.0, 5.0], [1.0, 4.0]]))
+    rest = {"simpo": lambda b: LOSSES["simpo"](b).loss,  # the loss without its NLL term
+            "orpo": lambda b: LOSSES["orpo"](b).loss + b.pairs.take(b.avg_logps())[0].squeeze(1)}[name](batch)
+    sequence = LOSSES[name](batch, **params).loss - rest
+    tokens = LOSSES[name](batch, **params, nll_reduction="tokens").loss - rest
+    assert sequence.mean().item() == pytest.approx((6 / 3 + 4 / 1) / 2)
+    assert tokens.mean().item() == pytest.approx((6 + 4) / (3 + 1))
+    with pytest.raises(ValueError, match=f"{name}: nll_reduction must be one of 'sequence', 'tokens'"):
+        LOSSES[name](batch, nll_reduction="batch")

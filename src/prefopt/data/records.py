@@ -158,11 +158,22 @@ def _prompt(row: dict) -> Text:
     return prompt
 
 
+def _utf8(text: str, label: str) -> None:
+    """Text that UTF-8 cannot hold (a lone surrogate, which JSON's \\ud800 escapes can make) breaks
+    tokenizers, pages and files later: refused where it is read."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DataError(f"{label} is not valid text: a lone surrogate {text[error.start]!r} at character "
+                        f"{error.start} (UTF-8 cannot hold it)", reason="invalid text") from None
+
+
 def _text(value: Any, name: str, empty_ok: bool = False) -> Text:
     label = name if name.startswith('"') else f'"{name}"'
     if isinstance(value, str):
         if not value.strip() and not empty_ok:
             raise DataError(f"{label} is empty", reason="empty text")
+        _utf8(value, label)
         return value
     if isinstance(value, dict) and "role" in value:
         value = [value]
@@ -179,6 +190,7 @@ def _text(value: Any, name: str, empty_ok: bool = False) -> Text:
                                 reason="wrong type")
             if not content.strip():
                 raise DataError(f'{label}[{i}]["content"] is empty', reason="empty text")
+            _utf8(content, f'{label}[{i}]["content"]')
         return [{"role": m["role"], "content": m["content"]} for m in value]
     if isinstance(value, list):
         raise DataError(f"{label} is an empty list", reason="empty text")

@@ -209,6 +209,18 @@ def soft_label_logistic(z: torch.Tensor, flip: float) -> torch.Tensor:
     return -(1 - flip) * F.logsigmoid(z) - flip * F.logsigmoid(-z)
 
 
+def chosen_nll(batch: ListBatch, reduction: str = "sequence") -> torch.Tensor:
+    """[B, P]: the NLL of each pair's better completion. `sequence`: its token mean −A_θ(y_w);
+    `tokens`: −S_θ(y_w) scaled so that the mean over the batch's pairs is one mean over all their
+    tokens, −Σ S / Σ |y| (TRL's reduction; on a batch of pairs, exactly)."""
+    check_choice("nll_reduction", reduction, ("sequence", "tokens"))
+    if reduction == "sequence":
+        return -batch.pairs.take(batch.avg_logps())[0]
+    pairs = batch.pairs
+    lengths = torch.where(pairs.valid, pairs.take(batch.safe_lengths())[0], 0.0)
+    return -pairs.take(batch.logps)[0] * pairs.valid.sum() / lengths.sum().clamp(min=1)
+
+
 def scored_below(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[B, K] -> [B, K]: how many valid items of its list each item is scored strictly above."""
     return ((scores.unsqueeze(2) > scores.unsqueeze(1)) & mask.unsqueeze(1)).sum(2)

@@ -15,6 +15,7 @@ from prefopt.losses.base import (
     check,
     check_beta,
     check_choice,
+    chosen_nll,
     outputs,
     register_loss,
     soft_label_logistic,
@@ -194,10 +195,13 @@ def simpo(
     gamma_beta_ratio: float = 0.25,
     label_smoothing: float = 0.0,
     sft_weight: float = 0.0,
+    nll_reduction: str = "sequence",
 ) -> LossOutput:
     """SimPO, reference-free: L = −log σ(β·(A_θ(y_w) − A_θ(y_l)) − γ) with token-averaged
     log-probs A_θ and γ = β·gamma_beta_ratio. Optional cDPO-style label smoothing and
-    sft_weight·(−A_θ(y_w)). Defaults from the official config: β=2, γ/β=0.25.
+    sft_weight·NLL(y_w), the NLL a token mean per sequence (`nll_reduction="sequence"`) or one
+    mean over the batch's chosen tokens (`"tokens"`, TRL's). Defaults from the official config:
+    β=2, γ/β=0.25.
     Released settings (β, γ/β, lr): Llama3-Instruct (2.5, 0.55, 1e-6), Mistral-Base (2.0, 0.8, 3e-7)."""
     check_beta(beta)
     check(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, "must be in [0, 0.5)")
@@ -205,7 +209,7 @@ def simpo(
     avg = batch.avg_logps()
     rewards = beta * avg
     z = _margins(batch, rewards) - beta * gamma_beta_ratio
-    per_pair = soft_label_logistic(z, label_smoothing) - sft_weight * batch.pairs.take(avg)[0]
+    per_pair = soft_label_logistic(z, label_smoothing) + sft_weight * chosen_nll(batch, nll_reduction)
     return _pairwise(batch, per_pair, rewards)
 
 
@@ -221,16 +225,17 @@ def _log_odds(avg_logps: torch.Tensor) -> torch.Tensor:
 
 @register_loss("orpo", formula="NLL(y_w) − λ·log σ(log odds(y_w) − log odds(y_l))",
                paper="Hong et al. 2024 (ORPO), arXiv 2403.07691, Eq. 6", family="pairwise", needs=("lengths",))
-def orpo(batch: ListBatch, *, odds_weight: float = 0.1) -> LossOutput:
+def orpo(batch: ListBatch, *, odds_weight: float = 0.1, nll_reduction: str = "sequence") -> LossOutput:
     """ORPO, reference-free: with a = A_θ(y), log odds(y) = a − log(1 − e^a),
-    L = −A_θ(y_w) − λ·log σ(log odds(y_w) − log odds(y_l)). The NLL is the completion-only
-    token mean of the chosen response: prompt tokens are not trained. TRL and, it appears, the
-    authors' code include the prompt's tokens in the NLL; prefopt does not offer that form yet.
+    L = NLL(y_w) − λ·log σ(log odds(y_w) − log odds(y_l)). The NLL is completion-only: prompt
+    tokens are not trained. TRL and, it appears, the authors' code include the prompt's tokens in
+    the NLL; prefopt does not offer that form yet. `nll_reduction`: a token mean per sequence
+    (`sequence`, default) or one mean over the batch's chosen tokens (`tokens`, TRL's).
     λ = odds_weight, default 0.1 (official scripts' --alpha, TRL's ORPOConfig.beta)."""
     check(odds_weight >= 0, "odds_weight", odds_weight, "must be >= 0")
     avg = batch.avg_logps()
     odds_margin = _margins(batch, _log_odds(avg))
-    nll = -batch.pairs.take(avg)[0]
+    nll = chosen_nll(batch, nll_reduction)
     odds_loss = -F.logsigmoid(odds_margin)
     return _pairwise(batch, nll + odds_weight * odds_loss, avg, log_odds_ratio=batch.pairs.metric_mean(odds_margin))
 
