@@ -234,3 +234,34 @@ def test_hostile_text_is_stored_verbatim(client, store, tmp_path):
     ann = bearer(store.add_user("ann"))
     item = client.get("/api/next", headers=ann).json()
     assert item["prompt"] == rows[0]["prompt"] and sorted(item["completions"]) == sorted(HOSTILE[:2])
+
+
+def test_every_response_carries_the_security_headers(client, store):
+    from prefopt.label.headers import HEADERS
+
+    ann = bearer(store.add_user("ann"))
+    responses = [client.get("/login"), client.get("/label"), client.get("/label", headers=ann),
+                 client.get("/api/me"), client.get("/api/me", headers=ann), client.get("/nowhere"),
+                 client.get("/assets/label.js"), client.get("/assets/../app.py"),
+                 client.post("/api/labels", headers=ann, content=b"x" * (2 << 20))]
+    assert [r.status_code for r in responses] == [200, 401, 200, 401, 200, 404, 200, 404, 413]
+    for response in responses:
+        for name, value in HEADERS.items():
+            assert response.headers[name] == value, (response.url, name)
+    assert "script-src 'self'" in HEADERS["content-security-policy"]
+    assert "unsafe-inline" not in HEADERS["content-security-policy"]
+
+
+def test_the_pages_hold_no_inline_script_or_style_and_their_assets_are_served(client, store):
+    import re
+
+    ann = bearer(store.add_user("ann"))
+    admin = bearer(store.add_user("boss", "admin"))
+    for path, who in (("/login", ann), ("/label", ann), ("/admin", admin)):
+        page = client.get(path, headers=who).text
+        assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", page) == [], path  # every script from a file
+        assert "<style" not in page and " style=" not in page and " on" + "click=" not in page, path
+        for asset in re.findall(r'(?:src|href)="(/assets/[^"]+)"', page):
+            response = client.get(asset)
+            assert response.status_code == 200 and response.headers["content-type"].startswith(
+                ("text/javascript", "text/css")), asset

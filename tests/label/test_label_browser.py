@@ -47,6 +47,9 @@ def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
     server = Server(items, db, "--redundancy", "2")
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 860})
+        violations = []  # what the Content-Security-Policy refused (a console error naming it)
+        watch = lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None
+        page.on("console", watch)
         page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/label")
         page.screenshot(path=shots / "login.png")
         page.fill("#token", "wrong")
@@ -97,6 +100,7 @@ def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
         for answer in ({"choice": "a"}, {"choice": "a"}, {"choice": "tie"}, {"ranking": [1, 2, 3, 4]}):
             second.submit(bob, second.next_assignment(bob)["item_id"], **answer)
         admin_page = browser.new_page(viewport={"width": 1280, "height": 860})
+        admin_page.on("console", watch)
         admin_page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/login")
         admin_page.fill("#token", admin)
         admin_page.click("button[type=submit]")
@@ -105,6 +109,7 @@ def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
         assert admin_page.inner_text(".stats .stat >> nth=1").startswith("8")  # labels
         assert "ann" in admin_page.inner_text("#people") and "ann / bob" in admin_page.inner_text("#cohen")
         admin_page.screenshot(path=shots / "admin.png", full_page=True)
+        assert violations == []  # the pages work with no inline script or style allowed
     finally:
         server.stop()
 

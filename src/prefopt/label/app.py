@@ -12,11 +12,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from prefopt.label import agreement
+from prefopt.label.headers import SecurityHeaders
 from prefopt.label.limits import MAX_BODY_BYTES, BodyLimit
 from prefopt.label.store import CHOICES, MAX_COMMENT, LabelError, Store, User
 
 COOKIE = "prefopt_session"
 PAGES = Path(__file__).parent / "pages"
+ASSETS = {"common.js": "text/javascript", "login.js": "text/javascript", "label.js": "text/javascript",
+          "admin.js": "text/javascript", "style.css": "text/css"}  # what /assets/ serves, nothing else
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
@@ -156,11 +159,17 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI
     def openapi(_who: Person) -> dict:
         return app.openapi()
 
+    @app.get("/assets/{name}", include_in_schema=False)
+    def asset(name: str):
+        if name not in ASSETS:
+            return Response(status_code=404)
+        return Response((PAGES / name).read_bytes(), media_type=ASSETS[name],
+                        headers={"cache-control": "no-cache"})
+
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(SecurityHeaders)  # outermost: a 413 carries the headers too
     return app
 
 
 def _page(name: str) -> str:
-    html = (PAGES / f"{name}.html").read_text()
-    return html.replace("/*STYLE*/", (PAGES / "style.css").read_text()).replace("/*COMMON*/",
-                                                                                  (PAGES / "common.js").read_text())
+    return (PAGES / f"{name}.html").read_text()

@@ -1,0 +1,135 @@
+let current = null;   // the assignment from /api/next
+let choice = null;    // pair: "left" | "right" | "tie" | "both_bad"
+let ranks = [];       // ranking: rank of each shown completion (0 = not yet ranked)
+const $ = (id) => document.getElementById(id);
+const LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+function showProgress(me) {
+  $("who").textContent = me.name;
+  $("progress").textContent = `${me.labelled_by_you} labelled by you · ${me.labels} of ${me.labels_wanted} labels collected`;
+}
+
+function setStatus(text, kind = "") { $("status").textContent = text; $("status").className = "status " + kind; }
+
+async function load() {
+  current = await api("/api/next");
+  choice = null;
+  $("comment").value = "";
+  $("submit").disabled = true;
+  if (!current) { $("task").hidden = true; $("done").hidden = false; return; }
+  $("task").hidden = false; $("done").hidden = true;
+  $("prompt").replaceChildren(); renderMessage($("prompt"), current.prompt);
+  const isPair = current.kind === "pair";
+  for (const id of ["pair", "choices"]) $(id).hidden = !isPair;
+  for (const id of ["ranking", "ranking-help", "reset"]) $(id).hidden = isPair;
+  if (isPair) showPair(); else { ranks = current.completions.map(() => 0); showRanking(); }
+  window.scrollTo(0, 0);
+}
+
+function completionCard(index, order) {
+  const card = element("div", "completion card");
+  card.dataset.index = index;
+  card.append(element("span", "tag", LETTERS[order]));
+  const body = element("div");
+  renderMessage(body, current.completions[index]);
+  card.append(body);
+  return card;
+}
+
+function showPair() {
+  $("pair").replaceChildren(completionCard(0, 0), completionCard(1, 1));
+  for (const button of $("choices").querySelectorAll("button")) button.classList.remove("selected");
+}
+
+function pick(value) {
+  choice = value;
+  for (const button of $("choices").querySelectorAll("button"))
+    button.classList.toggle("selected", button.dataset.choice === value);
+  $("submit").disabled = false;
+}
+
+// Ranks as the API wants them: 1 + the number of strictly better completions (ties share).
+function normalised(values) { return values.map((r) => 1 + values.filter((o) => o < r).length); }
+
+function showRanking() {
+  const k = current.completions.length;
+  const order = [...Array(k).keys()].sort((a, b) => (ranks[a] || 99) - (ranks[b] || 99) || a - b);
+  const cards = order.map((index) => {
+    const card = element("div", "completion card");
+    card.dataset.index = index;
+    card.draggable = true;
+    const side = element("div", "ranks");
+    side.append(element("span", "tag", LETTERS[index]));
+    side.append(element("span", "hint", ranks[index] ? `rank ${ranks[index]}` : "not ranked"));
+    const buttons = element("div", "buttons");
+    for (let r = 1; r <= k; r++) {
+      const button = element("button", ranks[index] === r ? "selected" : "", String(r));
+      button.type = "button";
+      button.title = `rank ${r}`;
+      button.addEventListener("click", (event) => { event.stopPropagation(); ranks[index] = r; showRanking(); });
+      buttons.append(button);
+    }
+    side.append(buttons);
+    const body = element("div");
+    renderMessage(body, current.completions[index]);
+    card.append(side, body);
+    card.addEventListener("click", () => {   // click in order: best first
+      if (ranks[index]) return;
+      ranks[index] = Math.max(0, ...ranks) + 1;
+      showRanking();
+    });
+    card.addEventListener("dragstart", () => card.classList.add("dragging"));
+    card.addEventListener("dragend", () => {
+      card.classList.remove("dragging");
+      [...$("ranking").children].forEach((c, position) => { ranks[Number(c.dataset.index)] = position + 1; });
+      showRanking();
+    });
+    return card;
+  });
+  $("ranking").replaceChildren(...cards);
+  $("submit").disabled = ranks.some((r) => !r);
+}
+
+$("ranking").addEventListener("dragover", (event) => {
+  event.preventDefault();
+  const dragging = document.querySelector(".dragging");
+  if (!dragging) return;
+  const after = [...$("ranking").children].find((c) => c !== dragging &&
+    event.clientY < c.getBoundingClientRect().top + c.getBoundingClientRect().height / 2);
+  $("ranking").insertBefore(dragging, after || null);
+});
+
+async function submit() {
+  if ($("submit").disabled || !current) return;
+  const body = {item_id: current.item_id, comment: $("comment").value};
+  const order = current.display_order;   // shown position → completion index of the item
+  if (current.kind === "pair") {
+    if (!choice) return;
+    body.choice = choice === "left" ? ["a", "b"][order[0]] : choice === "right" ? ["a", "b"][order[1]] : choice;
+  } else {
+    const itemRanks = Array(order.length);
+    normalised(ranks).forEach((r, shown) => { itemRanks[order[shown]] = r; });
+    body.ranking = itemRanks;
+  }
+  $("submit").disabled = true;
+  try {
+    showProgress(await api("/api/labels", {method: "POST", body: JSON.stringify(body)}));
+    setStatus("Saved", "ok");
+    await load();
+  } catch (error) { setStatus(error.message, "error"); $("submit").disabled = false; }
+}
+
+for (const button of $("choices").querySelectorAll("button"))
+  button.addEventListener("click", () => pick(button.dataset.choice));
+$("submit").addEventListener("click", submit);
+$("reset").addEventListener("click", () => { ranks = ranks.map(() => 0); showRanking(); });
+$("logout").addEventListener("click", async () => { await api("/api/logout", {method: "POST"}); location.href = "/login"; });
+document.addEventListener("keydown", (event) => {
+  if (event.target.tagName === "TEXTAREA" && !(event.key === "Enter" && (event.ctrlKey || event.metaKey))) return;
+  if (current && current.kind === "pair" && "1234".includes(event.key) && event.key.length === 1)
+    pick(["left", "right", "tie", "both_bad"][Number(event.key) - 1]);
+  if (event.key === "Enter") { event.preventDefault(); submit(); }
+});
+
+api("/api/me").then(showProgress);
+load().catch((error) => setStatus(error.message, "error"));
