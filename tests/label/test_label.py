@@ -1,5 +1,6 @@
 """The labelling store, agreement statistics, export and the JSON API, in process."""
 
+import json
 import math
 import random
 
@@ -265,3 +266,13 @@ def test_the_pages_hold_no_inline_script_or_style_and_their_assets_are_served(cl
             response = client.get(asset)
             assert response.status_code == 200 and response.headers["content-type"].startswith(
                 ("text/javascript", "text/css")), asset
+
+
+def test_annotators_see_nothing_of_where_an_item_came_from(client, store):
+    ann, boss = bearer(store.add_user("ann")), bearer(store.add_user("boss", "admin"))
+    item = client.get("/api/next", headers=ann).json()
+    client.post("/api/labels", headers=ann, json={"item_id": item["item_id"], "choice": "a"})
+    sources = {label["source"] for label in client.get("/api/admin/labels", headers=boss).json()}
+    assert sources and all(sources)  # admins see it
+    seen = json.dumps([item, client.get("/api/labels", headers=ann).json(), client.get("/api/me", headers=ann).json()])
+    assert "source" not in seen and not any(source in seen for source in sources)

@@ -140,7 +140,8 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI
 
     @app.get("/api/labels", summary="Your own labels")
     def my_labels(who: Person) -> list[dict]:
-        return store.labels(who.name)
+        # where an item came from (a file path and row) is for admins only
+        return [{key: value for key, value in label.items() if key != "source"} for label in store.labels(who.name)]
 
     @app.get("/api/admin/labels", summary="Every label, or one annotator's")
     def all_labels(_who: Admin, annotator: str | None = None) -> list[dict]:
