@@ -30,7 +30,7 @@ def person(base: str, token_file, stop: threading.Event, ranked: list) -> None:
     with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
         while not stop.is_set():
             try:
-                response = client.get("/api/next")
+                response = client.post("/api/next")
             except httpx.TransportError:  # the app starts just after the token is written, and stops first
                 time.sleep(0.1)
                 continue

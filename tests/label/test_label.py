@@ -158,7 +158,7 @@ def bearer(token):
 
 def test_every_endpoint_needs_a_token_and_admin_endpoints_need_an_admin(client, store):
     ann = bearer(store.add_user("ann"))
-    routes = [("get", "/api/me"), ("get", "/api/next"), ("post", "/api/labels"), ("get", "/api/labels"),
+    routes = [("get", "/api/me"), ("post", "/api/next"), ("post", "/api/labels"), ("get", "/api/labels"),
               ("get", "/api/admin/stats"), ("get", "/api/admin/labels"), ("post", "/api/admin/priorities"),
               ("get", "/api/openapi.json"), ("post", "/api/logout")]
     for method, path in routes:
@@ -184,7 +184,7 @@ def test_login_sets_an_http_only_secure_cookie(store):
 
 def test_annotators_see_only_their_own_labels(client, store):
     ann, bob = bearer(store.add_user("ann")), bearer(store.add_user("bob"))
-    item = client.get("/api/next", headers=ann).json()
+    item = client.post("/api/next", headers=ann).json()
     assert client.post("/api/labels", headers=ann, json={"item_id": item["item_id"], "choice": "a"}).status_code == 201
     assert len(client.get("/api/labels", headers=ann).json()) == 1
     assert client.get("/api/labels", headers=bob).json() == []
@@ -200,7 +200,7 @@ def test_annotators_see_only_their_own_labels(client, store):
 def test_malformed_requests_get_a_4xx_naming_the_field_and_change_nothing(client, store, body, field):
     ann = bearer(store.add_user("ann"))
     store.set_priorities({5: 1.0})
-    client.get("/api/next", headers=ann)
+    client.post("/api/next", headers=ann)
     if body.get("item_id") == 1:
         store.set_priorities({5: 0.0, 1: 2.0})
     response = client.post("/api/labels", headers=ann, json=body)
@@ -233,7 +233,7 @@ def test_hostile_text_is_stored_verbatim(client, store, tmp_path):
     store.add_items(records)
     store.set_priorities({6: 9.0})
     ann = bearer(store.add_user("ann"))
-    item = client.get("/api/next", headers=ann).json()
+    item = client.post("/api/next", headers=ann).json()
     assert item["prompt"] == rows[0]["prompt"] and sorted(item["completions"]) == sorted(HOSTILE[:2])
 
 
@@ -270,9 +270,18 @@ def test_the_pages_hold_no_inline_script_or_style_and_their_assets_are_served(cl
 
 def test_annotators_see_nothing_of_where_an_item_came_from(client, store):
     ann, boss = bearer(store.add_user("ann")), bearer(store.add_user("boss", "admin"))
-    item = client.get("/api/next", headers=ann).json()
+    item = client.post("/api/next", headers=ann).json()
     client.post("/api/labels", headers=ann, json={"item_id": item["item_id"], "choice": "a"})
     sources = {label["source"] for label in client.get("/api/admin/labels", headers=boss).json()}
     assert sources and all(sources)  # admins see it
     seen = json.dumps([item, client.get("/api/labels", headers=ann).json(), client.get("/api/me", headers=ann).json()])
     assert "source" not in seen and not any(source in seen for source in sources)
+
+
+def test_a_get_changes_nothing(client, store):
+    # a prefetching browser or a link preview must not take an item from the queue
+    ann = bearer(store.add_user("ann"))
+    assert client.get("/api/next", headers=ann).status_code == 405
+    assert client.get("/api/me", headers=ann).json()["labelled_by_you"] == 0
+    first = client.post("/api/next", headers=ann).json()
+    assert client.post("/api/next", headers=ann).json()["item_id"] == first["item_id"]  # still held for ann

@@ -21,7 +21,7 @@ def annotate(url: str, token: str, stop: threading.Event | None = None) -> dict:
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
         while not (stop and stop.is_set()):
             try:
-                item = client.get("/api/next")
+                item = client.post("/api/next")
                 if item.status_code == 204:
                     break
                 if item.status_code != 200:

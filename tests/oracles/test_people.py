@@ -30,9 +30,9 @@ def test_annotators_label_through_the_api_while_the_oracle_waits(tmp_path):
         for token in tokens:
             with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
                 for _ in range(2):
-                    item = client.get("/api/next")
+                    item = client.post("/api/next")
                     while item.status_code == 204:  # the oracle has not added the items yet
-                        item = client.get("/api/next")
+                        item = client.post("/api/next")
                     body = item.json()  # answers name completions in item order, whatever was shown
                     if body["kind"] == "pair":
                         answer = {"choice": "a"}  # the first completion is better

@@ -127,7 +127,9 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI
     def me(who: Person) -> dict:
         return store.progress(who)
 
-    @app.get("/api/next", summary="The next item for you to judge (held for you until it expires)",
+    # POST: handing an item out reserves it, a change of state no GET may make (a prefetching
+    # browser or a link preview must not take an item from the queue)
+    @app.post("/api/next", summary="The next item for you to judge (held for you until it expires)",
              responses={204: {"description": "nothing left to label"}})
     def next_item(who: Person):
         assignment = store.next_assignment(who)

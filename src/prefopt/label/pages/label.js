@@ -12,7 +12,7 @@ function showProgress(me) {
 function setStatus(text, kind = "") { $("status").textContent = text; $("status").className = "status " + kind; }
 
 async function load() {
-  current = await api("/api/next");
+  current = await api("/api/next", {method: "POST"});
   choice = null;
   $("comment").value = "";
   $("submit").disabled = true;
