@@ -20,7 +20,7 @@ def demo_command(
                                                            "and you rank the chosen lists in the browser.")] = False,
     port: Annotated[int, typer.Option("--port", help="With --people: the label app's port.")] = 8000,
 ) -> None:
-    """Show what prefopt is for, in about 15 minutes on two CPU cores: the model's own samples, a verifier,
+    """Show what prefopt is for, in about 9 minutes on two CPU cores: the model's own samples, a verifier,
     a choice of what to label, training, and the improvement on prompts it never saw. Run it again to resume."""
     from prefopt.demo import demo
 
