@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from vs_trl import WORDS, peak_memory_gb  # the policy benchmark's helpers
+from vs_trl import WORDS, peak_memory_gb, run_worker, side_by_side  # the policy benchmark's helpers
 
 WORKLOADS = {"pairs": (64, 170, 170, 2), "lists": (24, 170, 170, 4)}  # lists, prompt tokens, answer tokens, K
 QUICK = {"pairs": (8, 48, 48, 2), "lists": (4, 48, 48, 4)}
@@ -202,11 +200,7 @@ def measure(args, framework: str, workload: str) -> dict:
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--max-length", str(args.max_length),
                "--precision", args.precision]
     command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--checkpointing"] * args.checkpointing
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PREFOPT_CACHE": args.cache})
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{framework} on {workload} failed:\n{done.stderr[-4000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    return run_worker(command, args.cache, f"{framework} on {workload}")
 
 
 def main() -> None:
@@ -239,19 +233,8 @@ def main() -> None:
         raise SystemExit(f"--model {args.model}: {error}") from None
     args.cache = tempfile.mkdtemp(prefix="prefopt-bench-cache-")
     args.model = initial_reward_model(base, Path(tempfile.mkdtemp(prefix="prefopt-bench-rm-")))
-    results = {}
-    for workload in args.workloads.split(","):
-        runs = {"prefopt": [], "trl": []}
-        for _ in range(args.repeats):  # alternating, so a slow spell of a shared machine hits both tools
-            for tool in runs:
-                runs[tool].append(measure(args, tool, workload))
-        best = {tool: min(measured, key=lambda r: r["seconds"]) | {
-                    "all_seconds": [r["seconds"] for r in measured],
-                    "peak_memory_gb": max(r["peak_memory_gb"] for r in measured)} for tool, measured in runs.items()}
-        results[workload] = {"prefopt": best["prefopt"], "trl": best["trl"],
-                             "speedup": best["trl"]["seconds"] / best["prefopt"]["seconds"],
-                             "memory_ratio": best["prefopt"]["peak_memory_gb"] / best["trl"]["peak_memory_gb"],
-                             "step1_loss_difference": abs(best["prefopt"]["step1_loss"] - best["trl"]["step1_loss"])}
+    results = {workload: side_by_side(lambda tool, workload=workload: measure(args, tool, workload), args.repeats)
+               for workload in args.workloads.split(",")}
     table = Table(title=f"prefopt reward train vs TRL RewardTrainer ({'LoRA' if args.lora else 'full fine-tuning'}, "
                         f"{args.precision}, batch {args.batch_size}{', checkpointing' * args.checkpointing}"
                         f"{', quick' if args.quick else ''}"

@@ -213,12 +213,33 @@ def measure(args, framework: str, workload: str) -> dict:
                "--max-length", str(args.max_length), "--precision", args.precision, "--scale", str(args.scale)]
     command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--trl-precompute"] * args.trl_precompute
     command += ["--checkpointing"] * args.checkpointing + ["--trl-keep-freed-memory"] * args.trl_keep_freed_memory
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PREFOPT_CACHE":
-                                                                          args.cache})
+    return run_worker(command, args.cache, f"{framework} on {workload}")
+
+
+def run_worker(command: list[str], cache: str, label: str) -> dict:
+    """One measurement in a process of its own (so peak memory is its own), with its own prefopt
+    cache folder; its result is the last line it prints as `RESULT {json}`."""
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PREFOPT_CACHE": cache})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
-        raise SystemExit(f"{framework} on {workload} failed:\n{done.stderr[-4000:]}")
+        raise SystemExit(f"{label} failed:\n{done.stderr[-4000:]}")
     return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def side_by_side(measure_tool, repeats: int) -> dict:
+    """Both tools `repeats` times, alternating, so a slow spell of a shared machine hits both; the
+    fastest run of each (time only goes up with noise), the largest peak memory, and the ratios."""
+    runs = {"prefopt": [], "trl": []}
+    for _ in range(repeats):
+        for tool in runs:
+            runs[tool].append(measure_tool(tool))
+    best = {tool: min(measured, key=lambda r: r["seconds"]) | {
+                "all_seconds": [r["seconds"] for r in measured],
+                "peak_memory_gb": max(r["peak_memory_gb"] for r in measured)} for tool, measured in runs.items()}
+    prefopt, trl = best["prefopt"], best["trl"]
+    return {"prefopt": prefopt, "trl": trl, "speedup": trl["seconds"] / prefopt["seconds"],
+            "memory_ratio": prefopt["peak_memory_gb"] / trl["peak_memory_gb"],
+            "step1_loss_difference": abs(prefopt["step1_loss"] - trl["step1_loss"])}
 
 
 def main() -> None:
@@ -259,23 +280,8 @@ def main() -> None:
     except (OSError, ValueError) as error:  # FileNotFoundError is an OSError
         raise SystemExit(f"--model {args.model}: {error}") from None
     args.cache = tempfile.mkdtemp(prefix="prefopt-bench-cache-")
-    results = {}
-    for workload in args.workloads.split(","):
-        runs = {"prefopt": [], "trl": []}
-        for _ in range(args.repeats):  # alternating, so a slow spell of a shared machine hits both tools
-            for tool in runs:
-                runs[tool].append(measure(args, tool, workload))
-        # the fastest of the repeats (time only goes up with noise); memory: the largest peak
-        best = {tool: min(measured, key=lambda r: r["seconds"]) | {
-                    "all_seconds": [r["seconds"] for r in measured],
-                    "peak_memory_gb": max(r["peak_memory_gb"] for r in measured)} for tool, measured in runs.items()}
-        prefopt_result, trl_result = best["prefopt"], best["trl"]
-        results[workload] = {
-            "prefopt": prefopt_result, "trl": trl_result,
-            "speedup": trl_result["seconds"] / prefopt_result["seconds"],
-            "memory_ratio": prefopt_result["peak_memory_gb"] / trl_result["peak_memory_gb"],
-            "step1_loss_difference": abs(prefopt_result["step1_loss"] - trl_result["step1_loss"]),
-        }
+    results = {workload: side_by_side(lambda tool, workload=workload: measure(args, tool, workload), args.repeats)
+               for workload in args.workloads.split(",")}
     table = Table(title=f"prefopt vs TRL DPOTrainer ({'LoRA' if args.lora else 'full fine-tuning'}, "
                         f"{args.precision}, batch {args.batch_size}{', checkpointing' * args.checkpointing}"
                         f"{', TRL precompute_ref_log_probs' * args.trl_precompute}"

@@ -40,15 +40,19 @@ def load_config(model: type[BaseModel], path: str | Path | None, overrides: list
             raise ConfigError(f"{path}: the config must be a mapping of settings")
         values = loaded or {}
     for override in overrides:
-        key, value = split_override(override)
-        target = values
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"--{key}: {parent} is not a mapping")
-        target[leaf] = value
+        set_dotted(values, *split_override(override))
     return build(model, values, path)
+
+
+def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    """values[a][b] = value for the key "a.b" (mappings made on the way)."""
+    target = values
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        target = target.setdefault(parent, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"--{key}: {parent} is not a mapping")
+    target[leaf] = value
 
 
 def build(model: type[BaseModel], values: dict[str, Any], source: str | Path | None = None) -> BaseModel:

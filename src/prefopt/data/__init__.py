@@ -2,7 +2,7 @@
 batching."""
 
 from prefopt.data.batching import Batching, PlannedStep, padded_length, row_length
-from prefopt.data.load import LoadedData, load_records
+from prefopt.data.load import LoadedData, load_records, read_jsonl
 from prefopt.data.records import DataError, PreferenceRecord, parse_row
 from prefopt.data.tokenize import TokenizedList, TokenizeSettings, TruncationCounts, tokenize_records
 
@@ -21,5 +21,5 @@ def split_by_prompt(records: list[PreferenceRecord], fraction: float, seed: int
 
 
 __all__ = ["Batching", "DataError", "LoadedData", "PlannedStep", "PreferenceRecord", "TokenizeSettings",
-           "TokenizedList", "TruncationCounts", "load_records", "padded_length", "parse_row", "row_length",
-           "split_by_prompt", "tokenize_records"]
+           "TokenizedList", "TruncationCounts", "load_records", "padded_length", "parse_row", "read_jsonl",
+           "row_length", "split_by_prompt", "tokenize_records"]

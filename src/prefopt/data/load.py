@@ -37,6 +37,12 @@ class LoadedData:
         return text
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON Lines file that prefopt wrote itself (runs, rounds, answers); blank lines
+    skipped. Data from people goes through load_records, which names a bad row."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def load_records(source: str | Path, *, skip_invalid: bool = False, require_completions: bool = True,
                  require_scores: bool = True, split: str = "train", columns: dict[str, str] | None = None,
                  min_completions: int = 2) -> LoadedData:

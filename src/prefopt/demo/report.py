@@ -6,16 +6,12 @@ figure as a PNG beside it."""
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
+from prefopt.data import read_jsonl
 from prefopt.evaluate.report import figure_html, table_html, write_page
 
 EXAMPLES = 8  # held-out prompts shown before and after: the first ones of the file, not chosen
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _interval(estimate: dict) -> str:
@@ -27,8 +23,8 @@ def demo_report(out: Path, arms: list, unseen: dict, seconds: dict) -> Path:
 
     active = arms[0]
     last = len(active.rounds) - 1
-    before_rows = _rows(active.folder / "initial-answers.jsonl")
-    after_rows = _rows(active.folder / f"round-{last}" / "eval.partial.model.jsonl")
+    before_rows = read_jsonl(active.folder / "initial-answers.jsonl")
+    after_rows = read_jsonl(active.folder / f"round-{last}" / "eval.partial.model.jsonl")
     heldout = {"before": satisfaction(before_rows), "after": satisfaction(after_rows)}
     body = _summary_table(arms, unseen)
     body += "<h2>Before and after</h2>" + figure_html(lambda f: _before_after(f, heldout, unseen), height=4.0,

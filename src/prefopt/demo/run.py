@@ -8,13 +8,13 @@ prompts of constraint types never trained on; and a report shows all of it."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from prefopt.data import read_jsonl
 from prefopt.demo.task import TRAINED, UNSEEN, write_task
 from prefopt.loop import LoopConfig
 
@@ -77,17 +77,17 @@ def demo(out: str | Path = "runs/demo", *, model: str = "default", compare_rando
         f"({', '.join(TRAINED)}), {_count(task['unseen'])} prompts of types never trained on ({', '.join(UNSEEN)})")
     settings = {**LOOP_SETTINGS, **(PEOPLE_SETTINGS if people else {}), **(loop_settings or {}), "model": model,
                 "prompts": str(task["train"]), "heldout": str(task["heldout"])}
-    server = None
+    server = thread = None
     if people:
         settings |= {"oracle": "people",
                      "oracle_options": {"db": str(out / "labels.db"), "labels_per_list": 1, "poll_seconds": 0.5}}
-        server = _serve_people(out, port, say)
+        server, thread = _serve_people(out, port, say)
     try:
         arms = _run_arms(settings, out, compare_random, seconds, say, console)
     finally:
         if server is not None:
             server.should_exit = True
-            server.thread.join(timeout=10)
+            thread.join(timeout=10)
     say("[bold]unseen constraint types[/]: the initial and the final model answer prompts of types never "
         "trained on (does the model learn to follow instructions, or just these?)")
     unseen_started = time.perf_counter()
@@ -141,16 +141,16 @@ def _serve_people(out: Path, port: int, say):
         token_file.touch(mode=0o600)
         token_file.write_text(token + "\n")
     server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
-    server.thread = threading.Thread(target=server.run, daemon=True)
-    server.thread.start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     deadline = time.monotonic() + 10
-    while not server.started and server.thread.is_alive() and time.monotonic() < deadline:
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     if not server.started:
         raise OSError(f"the label app could not listen on 127.0.0.1:{port} (is the port in use? choose --port)")
     say(f"[bold]you are the oracle[/]: open http://127.0.0.1:{port}/login and log in with the token in "
         f"{token_file}; the loop waits for your rankings each round")
-    return server
+    return server, thread
 
 
 def _count(path: Path) -> int:
@@ -167,7 +167,7 @@ def _answers(model: str, prompts: Path, path: Path, settings: dict, console: Con
         generate(GenerateConfig(model=model, prompts=str(prompts), out=str(path), k=1, temperature=0.0,
                                 max_new_tokens=settings["max_new_tokens"]), console=console)
         done.write_text("")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def satisfaction(rows: list[dict]) -> dict:

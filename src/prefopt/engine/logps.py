@@ -63,7 +63,7 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
     lengths = torch.zeros((len(examples), k_max), dtype=torch.long)
     scores = torch.zeros((len(examples), k_max))
     pred_rows, pred_positions, pred_items, pred_offsets, targets = [], [], [], [], []
-    last_tokens = torch.full((len(examples) * k_max, 2), -1, dtype=torch.long)
+    last_tokens = [(-1, -1)] * (len(examples) * k_max)
     layout = []
     row = 0
     for b, example in enumerate(examples):
@@ -89,7 +89,7 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
             pred_offsets += list(range(len(completion)))
             targets += completion
             lengths[b, k] = len(completion)
-            last_tokens[b * k_max + k] = torch.tensor([row, end - 1])
+            last_tokens[b * k_max + k] = (row, end - 1)
             scores[b, k] = example.scores[k]
             start = end
             if not share_prompt:
@@ -111,7 +111,7 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
         pred_rows=torch.tensor(pred_rows), pred_positions=torch.tensor(pred_positions),
         targets=torch.tensor(targets), pred_items=torch.tensor(pred_items), pred_offsets=torch.tensor(pred_offsets),
         lengths=lengths, scores=scores, mask=lengths > 0, indices=torch.tensor(indices),
-        layout=tuple(layout) if share_prompt else None, last_tokens=last_tokens,
+        layout=tuple(layout) if share_prompt else None, last_tokens=torch.tensor(last_tokens),
         real_tokens=int(real.sum()), padded_tokens=int((~real).sum()),
     )
 

@@ -10,7 +10,7 @@ import io
 import json
 from pathlib import Path
 
-from prefopt.data import DataError
+from prefopt.data import DataError, read_jsonl
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}table{border-collapse:collapse;margin:.6em 0}
@@ -183,7 +183,7 @@ def _loop_report(loops: list[Path]) -> tuple[str, str]:
     for folder in loops:
         if not (folder / "rounds.jsonl").exists():
             raise DataError(f"{folder}: not a loop (no rounds.jsonl)")
-        runs[folder.name] = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines() if line]
+        runs[folder.name] = read_jsonl(folder / "rounds.jsonl")
 
     def curves(figure):
         for n, (key, unit) in enumerate((("score", "held-out mean oracle score"),

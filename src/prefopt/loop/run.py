@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from prefopt.data import DataError
+from prefopt.data import DataError, read_jsonl
 from prefopt.loop.config import LoopConfig
 
 
@@ -40,10 +40,6 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(staging, path)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def loop(config: LoopConfig, *, resume: bool = False, console: Console | None = None) -> list[dict]:
     """Run every round; returns the rounds' records (rounds.jsonl)."""
     from prefopt.generate.run import load_prompts
@@ -57,7 +53,7 @@ def loop(config: LoopConfig, *, resume: bool = False, console: Console | None = 
     save_config(config, out / "config.yaml")
     pool_rows = {json.dumps(record.prompt, sort_keys=True): record for record in load_prompts(config.prompts)}
     pool = list(pool_rows)
-    records = _read_jsonl(out / "rounds.jsonl") if (out / "rounds.jsonl").exists() else []
+    records = read_jsonl(out / "rounds.jsonl") if (out / "rounds.jsonl").exists() else []
     initial_answers = _initial_answers(config, out, console) if config.heldout else None
     for n in range(len(records), config.rounds):
         console.print(f"[bold]round {n + 1} of {config.rounds}[/]", highlight=False)
@@ -102,9 +98,9 @@ def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, i
     if config.heldout:
         stage("evaluate", folder / "eval.json", lambda: _evaluate(config, out, n, folder, initial_answers, console))
     acquisition = json.loads((folder / "acquisition.json").read_text())
-    labels = _read_jsonl(folder / "labels.jsonl")
+    labels = read_jsonl(folder / "labels.jsonl")
     record = {"round": n, "seconds": seconds, "labels": len(labels),
-              "labels_total": sum(len(_read_jsonl(out / f"round-{m}" / "labels.jsonl")) for m in range(n + 1)),
+              "labels_total": sum(len(read_jsonl(out / f"round-{m}" / "labels.jsonl")) for m in range(n + 1)),
               "left_out": json.loads((folder / "labels.left_out.json").read_text()),
               "acquisition": {"function": config.acquisition, "note": acquisition["note"],
                               "chosen_mean_score": acquisition["chosen_mean_score"],
@@ -181,7 +177,7 @@ def _label(config: LoopConfig, folder: Path, console) -> None:
     from prefopt.oracles import ScoreConfig, score
 
     acquisition = json.loads((folder / "acquisition.json").read_text())
-    rows = _read_jsonl(folder / "generations.jsonl")
+    rows = read_jsonl(folder / "generations.jsonl")
     queue, asked, labelled, left_out = list(acquisition["chosen"]), [], [], {}
     reserve = list(acquisition["reserve"])
     while queue:
@@ -190,7 +186,7 @@ def _label(config: LoopConfig, folder: Path, console) -> None:
         result = score(ScoreConfig(generations=str(folder / "chosen.jsonl"), oracle=config.oracle,
                                    oracle_options=config.oracle_options, out=str(folder / "labels.partial.jsonl")),
                        console=console)
-        labelled += _read_jsonl(folder / "labels.partial.jsonl")
+        labelled += read_jsonl(folder / "labels.partial.jsonl")
         for reason, count in result.left_out.items():
             left_out[reason] = left_out.get(reason, 0) + count
         missing = config.labels_per_round - len(labelled)
@@ -207,7 +203,7 @@ def _train(config: LoopConfig, out: Path, n: int, folder: Path, console) -> None
     from prefopt.train import TrainConfig, train
 
     rounds = range(n + 1) if config.training == "restart" else [n]
-    rows = [row for m in rounds for row in _read_jsonl(out / f"round-{m}" / "labels.jsonl")]
+    rows = [row for m in rounds for row in read_jsonl(out / f"round-{m}" / "labels.jsonl")]
     if not rows:  # the policy stays as it is for the next round
         reason = f"round {n}: no labelled list to train on (the oracle abstained or tied on every one)"
         console.print(f"  [yellow]{reason}: the policy is kept as it is[/]", highlight=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from prefopt.data import read_jsonl
 from prefopt.losses import LossOutput
 
 
@@ -51,7 +52,7 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 HEADLINE_METRICS = ("loss", "reward_accuracy", "ranking_accuracy", "reward_margin", "kendall_tau", "logps/chosen")

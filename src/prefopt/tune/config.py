@@ -129,13 +129,11 @@ def trial_settings(base: dict[str, Any], params: dict[str, Any]) -> dict[str, An
     """The base settings with each (dotted) parameter set."""
     import copy
 
+    from prefopt.settings import set_dotted
+
     settings = copy.deepcopy(base)
     for key, value in params.items():
-        *parents, leaf = key.split(".")
-        target = settings
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
+        set_dotted(settings, key, value)
     return settings
 
 
