@@ -44,6 +44,11 @@ FORGET = ListBatch(logps=torch.tensor([[-20.0]], dtype=f64), ref_logps=torch.ten
 _token_logps = torch.log(torch.tensor([[[0.9, 0.5, 0.1]]], dtype=f64))
 TOKENS = ListBatch(logps=_token_logps.sum(-1), token_logps=_token_logps, scores=torch.ones(1, 1, dtype=f64))
 
+# three pairs (S_w, S_l, S^ref_w, S^ref_l) whose AOT quantiles pair differently from DPO's pairs:
+# policy margins S_w − S_l = [2, −6, 4], reference margins [0, −4, −1]; ρ_w = [1, −1, 3], ρ_l = [−1, 1, −2]
+AOT_BATCH = ListBatch.from_pairs(*torch.tensor([[-10.0, -15, -8], [-12, -9, -12], [-11, -14, -11], [-11, -10, -10]],
+                                               dtype=f64))
+
 GOLDEN = [
     # (loss, params, batch, expected)
     ("dpo", {}, A, 0.5981388694),
@@ -57,6 +62,15 @@ GOLDEN = [
     ("ipo", {}, B, 49.0),
     ("ipo", {"length_normalize": True}, A, 21.855625),
     ("ipo", {"length_normalize": True}, B, 29.3402777778),
+    ("dpo", {"length_normalize": True}, A, 0.6770292060),  # −log σ(0.1·(1/5 + 1/8))
+    ("dpo", {"length_normalize": True}, B, 0.7141975121),  # −log σ(0.1·(−1/6 − 1/4))
+    # sorted margins [−6, 2, 4] − [−4, −1, 0] = [−2, 3, 4]: mean of −log σ(−0.2), −log σ(0.3), −log σ(0.4)
+    ("aot", {}, AOT_BATCH, 0.6218364554),
+    ("aot", {"label_smoothing": 0.1}, AOT_BATCH, 0.6385031221),
+    ("aot", {}, A, 0.5981388694),  # one pair: DPO
+    # sorted ρ_w [−1, 1, 3] − sorted ρ_l [−2, −1, 1] = [1, 2, 2]
+    ("aot_unpaired", {}, AOT_BATCH, 0.6135581329),
+    ("aot_unpaired", {}, B, 0.7981388694),  # one pair: DPO
     ("hinge", {}, A, 0.8),
     ("hinge", {}, B, 1.2),
     ("slic", {"delta": 1.0}, A, 0.0),
@@ -71,6 +85,9 @@ GOLDEN = [
     ("simpo", {"beta": 2.0, "gamma_beta_ratio": 0.25}, B, 1.3132616875),
     ("simpo", {"beta": 2.0, "gamma_beta_ratio": 0.5}, A, 2.1269280110),
     ("simpo", {"beta": 2.0, "gamma_beta_ratio": 0.5}, B, 1.7014132780),
+    # AlphaPO, α = ¼: rewards (1 − e^(−A/4))·4 = −2.5948850828 (A = −2), −1.8199656585 (A = −1.5)
+    ("simpo", {"alpha": 0.25}, A, 2.1709546809),
+    ("simpo", {"alpha": 0.25}, B, 1.6248562347),
     ("orpo", {"odds_weight": 0.1}, A, 2.1042057808),
     ("orpo", {"odds_weight": 0.1}, B, 2.5840484036),
     ("nca", {"beta": 0.1}, A, 1.3387933201),
@@ -122,7 +139,7 @@ GOLDEN = [
 def test_golden(name, params, batch, expected):
     out = LOSSES[name](batch, **params)
     assert out.loss.dtype == f64
-    assert out.loss.item() == pytest.approx(expected, abs=1e-6)
+    assert out.loss.mean().item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_every_registered_loss_has_a_golden_row():

@@ -199,7 +199,7 @@ def test_invalid_values_name_the_loss_and_parameter(call, message):
 
 
 def test_objective_checks_at_construction():
-    with pytest.raises(ValueError, match="unknown loss 'dpoo'; valid losses: apo_down"):
+    with pytest.raises(ValueError, match="unknown loss 'dpoo'; valid losses: aot, aot_unpaired, apo_down"):
         Objective("dpoo")
     with pytest.raises(ValueError, match="dpo has no parameter 'betta'; valid: beta"):
         Objective("dpo", params={"dpo": {"betta": 0.1}})
@@ -292,3 +292,30 @@ def test_every_f_divergence_is_finite_at_extreme_log_ratios_and_cancels_on_ident
     (grad,) = torch.autograd.grad(out.loss.sum(), logps)
     assert torch.isfinite(grad).all()
     assert out.loss[2].item() == pytest.approx(math.log(2))  # equal items: no margin, whatever f
+
+
+@pytest.mark.parametrize("name", ["aot", "aot_unpaired"])
+def test_aot_is_a_function_of_the_batchs_distributions_not_of_its_order(name):
+    """Sorting over the batch: permuting the pairs permutes nothing in the mean; every pair gets a
+    gradient; a batch of one pair is DPO; when sorting pairs every quantile with its own pair, DPO's
+    per-pair losses come back."""
+    batch = _pair_batch(seed=3)
+    order = torch.tensor([2, 0, 3, 1])
+    permuted = ListBatch(logps=batch.logps[order], ref_logps=batch.ref_logps[order], lengths=batch.lengths[order])
+    assert LOSSES[name](permuted).loss.mean().item() == pytest.approx(LOSSES[name](batch).loss.mean().item(), abs=1e-12)
+    logps = batch.logps.detach().clone().requires_grad_(True)
+    LOSSES[name](ListBatch(logps=logps, ref_logps=batch.ref_logps)).loss.mean().backward()
+    assert (logps.grad.abs() > 0).all()
+    for i in range(4):
+        one = ListBatch(logps=batch.logps[i:i + 1], ref_logps=batch.ref_logps[i:i + 1])
+        torch.testing.assert_close(LOSSES[name](one).loss, LOSSES["dpo"](one).loss)
+    # identical references and margins that already sort in batch order: quantile i is pair i
+    monotone = ListBatch(logps=torch.tensor([[-5.0, -6.0], [-4.0, -6.0], [-2.0, -6.0]], dtype=torch.float64),
+                         ref_logps=torch.full((3, 2), -5.0, dtype=torch.float64))
+    torch.testing.assert_close(LOSSES[name](monotone).loss, LOSSES["dpo"](monotone).loss)
+
+
+def test_alphapo_at_small_alpha_is_simpo():
+    batch = _pair_batch()
+    torch.testing.assert_close(LOSSES["simpo"](batch, alpha=1e-7).loss, LOSSES["simpo"](batch).loss,
+                               rtol=1e-5, atol=1e-6)

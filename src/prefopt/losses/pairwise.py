@@ -33,17 +33,20 @@ def _pairwise(batch: ListBatch, per_pair: torch.Tensor, rewards: torch.Tensor, *
 
 @register_loss("dpo", formula="−log σ(β·h − m·(s_w − s_l)),  h = ρ_w − ρ_l",
                paper="Rafailov et al. 2023, arXiv 2305.18290, Eq. 7", family="pairwise", needs=("ref",))
-def dpo(batch: ListBatch, *, beta: float = 0.1, margin: float = 0.0) -> LossOutput:
+def dpo(batch: ListBatch, *, beta: float = 0.1, margin: float = 0.0, length_normalize: bool = False) -> LossOutput:
     """DPO: L = −log σ(β·h), h = ρ(y_w) − ρ(y_l), ρ = S_θ − S_ref on summed log-probs.
 
     Implicit reward r̂(y) = β·ρ(y). Default β = 0.1 (TRL); the paper used 0.1 for dialogue and
     0.5 for summarisation. `margin` m > 0 asks a pair to be separated by m times its score gap,
     L = −log σ(β·h − m·(s_w − s_l)): the margin of Llama 2's reward model (Touvron et al. 2023,
     arXiv 2307.09288, Eq. 2), and DPO with an offset (Amini et al. 2024, arXiv 2402.10571). On
-    rewards with β = 1 and no reference, this is the Bradley–Terry reward model's loss."""
+    rewards with β = 1 and no reference, this is the Bradley–Terry reward model's loss.
+    `length_normalize=True` divides each log-ratio by its completion's token count, r̂ = β·ρ/|y|
+    (TRL's `loss_type="sigmoid_norm"`; lengths needed only then)."""
     check_beta(beta)
     check(math.isfinite(margin) and margin >= 0, "margin", margin, "must be a finite number >= 0")
-    rewards = beta * batch.log_ratios()
+    rho = batch.log_ratios()
+    rewards = beta * (rho / batch.safe_lengths() if length_normalize else rho)
     z = _margins(batch, rewards)
     if margin:
         z = z - margin * _margins(batch, batch.scores)
@@ -196,17 +199,25 @@ def simpo(
     label_smoothing: float = 0.0,
     sft_weight: float = 0.0,
     nll_reduction: str = "sequence",
+    alpha: float = 0.0,
 ) -> LossOutput:
     """SimPO, reference-free: L = −log σ(β·(A_θ(y_w) − A_θ(y_l)) − γ) with token-averaged
     log-probs A_θ and γ = β·gamma_beta_ratio. Optional cDPO-style label smoothing and
     sft_weight·NLL(y_w), the NLL a token mean per sequence (`nll_reduction="sequence"`) or one
     mean over the batch's chosen tokens (`"tokens"`, TRL's). Defaults from the official config:
     β=2, γ/β=0.25.
-    Released settings (β, γ/β, lr): Llama3-Instruct (2.5, 0.55, 1e-6), Mistral-Base (2.0, 0.8, 3e-7)."""
+    Released settings (β, γ/β, lr): Llama3-Instruct (2.5, 0.55, 1e-6), Mistral-Base (2.0, 0.8, 3e-7).
+    `alpha` ≠ 0 is AlphaPO (Gupta et al. 2025, arXiv 2501.03884, Eq. 6): the reward A_θ becomes
+    (1 − π(y)^(−α/|y|))/α = (1 − e^(−α·A_θ))/α, which α → 0 returns to A_θ; α > 0 makes the
+    reward concave in the likelihood (the paper's settings are around α = 0.25). The exponent is
+    capped at 50. TRL: CPOTrainer's `alpha` with loss_type "simpo"."""
     check_beta(beta)
     check(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, "must be in [0, 0.5)")
     check(sft_weight >= 0, "sft_weight", sft_weight, "must be >= 0")
+    check(math.isfinite(alpha), "alpha", alpha, "must be a finite number")
     avg = batch.avg_logps()
+    if alpha:
+        avg = (1 - torch.exp((-alpha * avg).clamp(max=_EXP_CAP))) / alpha
     rewards = beta * avg
     z = _margins(batch, rewards) - beta * gamma_beta_ratio
     per_pair = soft_label_logistic(z, label_smoothing) + sft_weight * chosen_nll(batch, nll_reduction)
@@ -346,3 +357,50 @@ def sppo_hard(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     better, worse = batch.pairs.take(rho)
     target = 1 / (2 * beta)
     return _pairwise(batch, (better - target) ** 2 + (worse + target) ** 2, beta * rho)
+
+
+def _quantile_margins(better: torch.Tensor, worse: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[B, P] -> [B, P]: sort(better) − sort(worse) over the batch's valid pairs, each difference put
+    at the pair that holds that quantile of `better` (0 at invalid pairs). Pairing the i-th smallest
+    with the i-th smallest is the one-dimensional optimal transport plan between the two empirical
+    distributions (Melnyk et al. 2024, Sec. 3)."""
+    order = better[valid].argsort()
+    quantiles = better[valid][order] - worse[valid].sort().values
+    flat = torch.empty_like(quantiles).index_put((order,), quantiles)
+    return torch.zeros_like(better).masked_scatter(valid, flat)
+
+
+@register_loss("aot", formula="soft-label logistic of β·(sort(S_w − S_l) − sort(S^ref_w − S^ref_l)) over the batch",
+               paper="Melnyk et al. 2024 (AOT), arXiv 2406.05882, Eq. 9 (paired)", family="pairwise", needs=("ref",))
+def aot(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOutput:
+    """Alignment via optimal transport, paired: the policy's chosen-minus-rejected log-likelihood
+    margins should dominate the reference's in distribution (first-order stochastic dominance), not
+    pair by pair. Over the batch the loss sees, the i-th smallest policy margin S_w − S_l is set
+    against the i-th smallest reference margin, z_i = β·(sorted policy − sorted reference), with the
+    logistic loss −(1−ε)·log σ(z) − ε·log σ(−z). One pair alone is DPO. The batch is the one the
+    loss is called on (a micro-batch of training), as TRL sorts within a device's batch; lists add
+    all their pairs. β = 0.1, ε = 0 as in TRL."""
+    check_beta(beta)
+    check(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, "must be in [0, 0.5)")
+    rho = batch.log_ratios()
+    pairs = batch.pairs
+    logps_w, logps_l = pairs.take(batch.logps)
+    ref_w, ref_l = pairs.take(batch.ref_logps)
+    z = beta * _quantile_margins(logps_w - logps_l, ref_w - ref_l, pairs.valid)
+    return _pairwise(batch, soft_label_logistic(z, label_smoothing), beta * rho)
+
+
+@register_loss("aot_unpaired", formula="soft-label logistic of β·(sort(ρ_w) − sort(ρ_l)) over the batch",
+               paper="Melnyk et al. 2024 (AOT), arXiv 2406.05882, Eq. 8 (unpaired)", family="pairwise",
+               needs=("ref",))
+def aot_unpaired(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOutput:
+    """Alignment via optimal transport on unpaired data: the distribution of chosen log-ratios
+    ρ = S_θ − S_ref should dominate that of rejected ones, whichever prompt each came from. Over
+    the batch, z_i = β·(i-th smallest ρ_w − i-th smallest ρ_l), logistic loss with label smoothing
+    ε. One pair alone is DPO. Sorted within the batch the loss is called on, as `aot`."""
+    check_beta(beta)
+    check(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, "must be in [0, 0.5)")
+    rho = batch.log_ratios()
+    pairs = batch.pairs
+    z = beta * _quantile_margins(*pairs.take(rho), pairs.valid)
+    return _pairwise(batch, soft_label_logistic(z, label_smoothing), beta * rho)
