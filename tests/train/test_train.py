@@ -195,3 +195,25 @@ def test_auto_precision_takes_the_best_of_three_readings(monkeypatch):
     assert precision == "bf16" and "bf16 900 vs fp32 210" in why
     readings = {torch.float32: iter([200, 210, 190]), torch.bfloat16: iter([1])}  # a second bf16 read would raise
     assert model.choose_precision("auto", torch.device("cpu"))[0] == "fp32"
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_runs_that_reuse_the_process_s_data_and_model_train_as_runs_that_do_not(tiny_model, pairs_file, tmp_path,
+                                                                                  lora):
+    """A tuning study's trials: the second and third runs read neither the tokenizer, the data nor
+    the model again, and each trains exactly as a run of its own (fresh LoRA adapters; full
+    fine-tuning from the weights on disk, not the first run's trained ones)."""
+    from prefopt.train import Reuse
+
+    settings = dict(max_steps=3, lora=lora, lora_r=4, learning_rate=1e-3, batch_size=4)
+    reuse = Reuse()
+    for name, lr in [("a", 1e-3), ("b", 3e-3), ("c", 1e-3)]:
+        train(config(tiny_model, pairs_file, tmp_path / f"reused-{name}", **{**settings, "learning_rate": lr}),
+              reuse=reuse)
+    alone = train(config(tiny_model, pairs_file, tmp_path / "alone", **settings))
+    assert reuse.hits == {"tokenizer": 2, "data": 2} and len(reuse.models) == 1
+    for name in "ac":  # the first run and one after another run's training
+        assert_same_weights(trained(tmp_path / f"reused-{name}"), trained(tmp_path / "alone"), atol=0)
+        assert json.loads((tmp_path / f"reused-{name}" / "metrics.jsonl").read_text().splitlines()[-1]) == \
+            json.loads((tmp_path / "alone" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert alone.steps == 3

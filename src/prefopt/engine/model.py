@@ -5,6 +5,7 @@ package. Optional LoRA adapters (peft)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -103,9 +104,11 @@ def load_tokenizer(spec: str):
 
 
 def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpointing: bool = False,
-               engine: EngineSettings | None = None):
+               engine: EngineSettings | None = None, loaded: dict | None = None):
     """The policy in float32 (bf16 compute is autocast by the trainer), with LoRA adapters if asked
-    and the engine's switches applied; `model.prefopt_engine` (an AppliedEngine) says which took."""
+    and the engine's switches applied; `model.prefopt_engine` (an AppliedEngine) says which took.
+    `loaded` keeps each model as read from disk, so that later calls with it get a copy instead of
+    reading again (see `_from_pretrained`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -117,15 +120,29 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
         if lora is not None:
             raise ValueError(f"{spec} holds trained LoRA adapters; to train on, give its merged model or its base")
         return _load_adapters(path, json.loads(adapters.read_text())["base_model_name_or_path"], engine)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = _from_pretrained(AutoModelForCausalLM, path, loaded, dtype=torch.float32)
     return _prepare(model, lora, gradient_checkpointing, engine, task_type="CAUSAL_LM")
 
 
+def _from_pretrained(model_class, path: str, loaded: dict | None, **kwargs):
+    """`model_class.from_pretrained(path, **kwargs)`, or with `loaded` a copy of the model it keeps
+    for those arguments (read on first use and never changed: every caller gets fresh LoRA adapters
+    and the original weights, as from disk)."""
+    if loaded is None:
+        return model_class.from_pretrained(path, **kwargs)
+    key = (model_class.__name__, path, tuple(sorted(kwargs.items())))
+    if key not in loaded:
+        loaded[key] = model_class.from_pretrained(path, **kwargs)
+    return copy.deepcopy(loaded[key])
+
+
 def load_reward_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpointing: bool = False,
-                      engine: EngineSettings | None = None, pad_token_id: int | None = None, new_head: bool = False):
+                      engine: EngineSettings | None = None, pad_token_id: int | None = None, new_head: bool = False,
+                      loaded: dict | None = None):
     """A sequence-classification model with one output (a reward model) in float32, with the
     engine's switches that apply to it. With `new_head`, a causal LM gets a new scalar head (to
-    train one from it); LoRA, if asked, trains adapters and a copy of the whole head."""
+    train one from it); LoRA, if asked, trains adapters and a copy of the whole head. `loaded`: as
+    `load_model`'s."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -139,7 +156,9 @@ def load_reward_model(spec: str, *, lora: LoraSettings | None = None, gradient_c
     if not is_reward_model and not new_head:
         raise ValueError(f"{spec} is not a reward model ({', '.join(config.architectures or ['no architecture'])}, "
                          "not a sequence-classification model); `prefopt reward train` makes one from it")
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    # a new head is drawn from the run's seed as it loads: a kept copy would carry the first run's
+    kept = loaded if is_reward_model else None
+    model = _from_pretrained(AutoModelForSequenceClassification, path, kept, num_labels=1, dtype=torch.float32)
     if pad_token_id is not None:  # transformers' own forward finds the last token by it
         model.config.pad_token_id = pad_token_id
     return _prepare(model, lora, gradient_checkpointing, engine, task_type="SEQ_CLS")

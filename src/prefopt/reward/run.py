@@ -6,6 +6,7 @@ that `AutoModelForSequenceClassification.from_pretrained` loads alone."""
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from prefopt.reward.config import RewardConfig
 from prefopt.train import Task, TrainResult, train
 
 
-def _build(config: RewardConfig, lora: LoraSettings | None, engine: EngineSettings, objective, tokenizer):
+def _build(config: RewardConfig, lora: LoraSettings | None, engine: EngineSettings, objective, tokenizer,
+           loaded: dict | None):
     model = load_reward_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing,
-                              engine=engine, pad_token_id=tokenizer.pad_token_id, new_head=True)
+                              engine=engine, pad_token_id=tokenizer.pad_token_id, new_head=True, loaded=loaded)
     return RewardEngine(model, engine)
 
 
@@ -40,6 +42,7 @@ def _save(model, tokenizer, out: Path, config: RewardConfig, lora: bool) -> str:
     """output_dir/model: the whole reward model (LoRA merged into it); with LoRA also
     output_dir/adapters (the adapters and the trained head, for peft)."""
     note = ""
+    tokenizer = copy.deepcopy(tokenizer)  # the run's own may be shared with later runs (a Reuse)
     distinct_pad(tokenizer, model.get_base_model() if lora else model)
     if lora:
         model.save_pretrained(out / "adapters")

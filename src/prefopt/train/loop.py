@@ -51,22 +51,51 @@ class TrainResult:
     eval_seconds: float = 0.0  # the evaluations (at the start, every eval_every steps, at the end)
 
 
+@dataclasses.dataclass
+class Reuse:
+    """What one process keeps between runs that share a model and data (the trials of a tuning
+    study): tokenizers by model, tokenized data by every setting that changes it, and each model as
+    read from disk, copied for every run (so each gets fresh LoRA adapters, or for full fine-tuning
+    the original weights). A run with it trains exactly as one without; it costs one more copy of
+    the model's weights in memory. `hits` counts what was reused."""
+
+    tokenizers: dict = dataclasses.field(default_factory=dict)
+    data: dict = dataclasses.field(default_factory=dict)
+    models: dict = dataclasses.field(default_factory=dict)
+    hits: dict[str, int] = dataclasses.field(default_factory=lambda: {"tokenizer": 0, "data": 0})
+
+    def tokenizer(self, spec: str):
+        from prefopt.engine.model import load_tokenizer
+
+        if spec in self.tokenizers:
+            self.hits["tokenizer"] += 1
+        else:
+            self.tokenizers[spec] = load_tokenizer(spec)
+        return self.tokenizers[spec]
+
+
+_DATA_SETTINGS = ("model", "data", "eval_data", "eval_fraction", "seed", "skip_invalid", "columns",
+                  "max_prompt_tokens", "max_completion_tokens", "prompt_truncation", "chat_template")
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """What a run trains, the rest of the run being the same: `build` loads the model and wraps it
-    in the engine module whose forward gives per-completion values [B, K] (log-probs of a policy,
-    or rewards of a reward model); `save` writes the final model and says where;
-    `summarize`, if set, adds metrics computed over the whole evaluation set from each batch's
-    (loss output, collated batch)."""
+    """What a run trains, the rest of the run being the same: `build` loads the model (from the
+    `loaded` models of a Reuse, when given) and wraps it in the engine module whose forward gives
+    per-completion values [B, K] (log-probs of a policy, or rewards of a reward model); `save`
+    writes the final model and says where; `summarize`, if set, adds metrics computed over the
+    whole evaluation set from each batch's (loss output, collated batch)."""
 
-    build: Callable[[RunSettings, LoraSettings | None, EngineSettings, Objective, object], torch.nn.Module]
+    build: Callable[[RunSettings, LoraSettings | None, EngineSettings, Objective, object, dict | None],
+                    torch.nn.Module]
     save: Callable[[torch.nn.Module, object, Path, RunSettings, bool], str]
     summarize: Callable[[list[tuple]], dict[str, float]] | None = None
 
 
 def _build_policy(config: RunSettings, lora: LoraSettings | None, engine: EngineSettings, objective: Objective,
-                  tokenizer) -> torch.nn.Module:
-    model = load_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing, engine=engine)
+                  tokenizer, loaded: dict | None) -> torch.nn.Module:
+    model = load_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing, engine=engine,
+                       loaded=loaded)
     return CompletionLogpsModel(model, engine, with_tokens="tokens" in objective.needs)
 
 
@@ -87,15 +116,16 @@ POLICY = Task(build=_build_policy, save=_save_policy)
 def train(config: RunSettings, *, resume: bool = False, console: Console | None = None,
           on_step: Callable[[TrainState, dict], None] | None = None, objective: Objective | None = None,
           engine: EngineSettings | None = None, task: Task = POLICY,
-          on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
+          on_eval: Callable[[int, dict], None] | None = None, reuse: Reuse | None = None) -> TrainResult:
     """Train as `config` says. `objective` replaces the configured loss mix (any callable from a
     ListBatch to a LossOutput with the Objective's interface); `engine` the engine's switches;
     `task` what is trained (a policy by default; `prefopt reward train` passes a reward model's);
-    `on_eval(step, metrics)` is called after each evaluation (a tuning study prunes on it)."""
+    `on_eval(step, metrics)` is called after each evaluation (a tuning study prunes on it); `reuse`
+    keeps the tokenizer, tokenized data and loaded model for the process's next runs."""
     # on a CPU, a step's activations page-faulted in afresh each step cost ~20% of it
     with keep_freed_memory(enabled=not torch.cuda.is_available()):
         run = _Run.start(config, console or Console(), objective or config.build_objective(),
-                         engine or config.engine_settings(), task)
+                         engine or config.engine_settings(), task, reuse)
         run.on_eval = on_eval
         return run.fit(resume, on_step)
 
@@ -176,7 +206,7 @@ class _Run:
 
     @classmethod
     def start(cls, config: RunSettings, console: Console, objective: Objective, engine_settings: EngineSettings,
-              task: Task) -> _Run:
+              task: Task, reuse: Reuse | None) -> _Run:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from transformers import get_scheduler
@@ -195,11 +225,12 @@ class _Run:
         say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
         _seed_everything(config.seed)
 
-        tokenizer = load_tokenizer(config.model)
-        train_data, eval_data = _load_data(config, tokenizer, say)
+        tokenizer = reuse.tokenizer(config.model) if reuse else load_tokenizer(config.model)
+        train_data, eval_data = _reused_data(config, tokenizer, say, reuse) if reuse else _load_data(config, tokenizer,
+                                                                                                    say)
         lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout,
                             tuple(config.lora_target_modules)) if config.lora else None
-        engine = task.build(config, lora, engine_settings, objective, tokenizer)
+        engine = task.build(config, lora, engine_settings, objective, tokenizer, reuse.models if reuse else None)
         model = engine.model
         params = [p for p in engine.parameters() if p.requires_grad]
         total = sum(p.numel() for p in engine.parameters())
@@ -386,6 +417,17 @@ def _load_data(config: RunSettings, tokenizer, say):
     say(f"data: {len(train_data)} train lists, {len(eval_data)} eval lists (split by prompt), "
         f"K = {'/'.join(map(str, sizes))}; {counts.summary()}")
     return train_data, eval_data
+
+
+def _reused_data(config: RunSettings, tokenizer, say, reuse: Reuse):
+    key = repr([getattr(config, name) for name in _DATA_SETTINGS])
+    if key in reuse.data:
+        reuse.hits["data"] += 1
+        train_data, eval_data = reuse.data[key]
+        say(f"data: {len(train_data)} train lists, {len(eval_data)} eval lists, as tokenized for an earlier run")
+    else:
+        reuse.data[key] = _load_data(config, tokenizer, say)
+    return reuse.data[key]
 
 
 def _seed_everything(seed: int) -> None:

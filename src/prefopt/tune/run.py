@@ -116,7 +116,9 @@ def _objective(config: TuneConfig, console: Console):
     import optuna
 
     from prefopt.settings import build
-    from prefopt.train import TrainConfig, train
+    from prefopt.train import Reuse, TrainConfig, train
+
+    reuse = Reuse()  # the trials of this process tokenize once and read the model from disk once
 
     def run_trial(trial) -> list[float]:
         started = time.perf_counter()
@@ -136,7 +138,7 @@ def _objective(config: TuneConfig, console: Console):
         try:
             settings = build(TrainConfig, trial_settings(config.base, {**params, "output_dir": str(folder)}),
                              f"trial {trial.number}")
-            result = train(settings, console=console, on_eval=on_eval)
+            result = train(settings, console=console, on_eval=on_eval, reuse=reuse)
         except FAILURES as error:
             trial.set_user_attr("failure", f"{type(error).__name__}: {error}")
             console.print(f"[yellow]trial {trial.number} failed: {error}[/]", highlight=False)
