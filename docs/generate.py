@@ -94,13 +94,19 @@ _NOTES = """Notes on choices the papers leave open:
   (`rank`, `exp2`, `linear`); the default rank gain works on any score scale.
 - `sft`, `dft`, `prob_sft` train the best completion of each list; `npo`, `simnpo` unlearn the
   items below the top (`target="all"` for a forget set).
-- `asft` is a reconstruction (no reference code exists) and is marked experimental."""
+- `asft` is a reconstruction (no reference code exists) and is marked experimental.
+- `aot`, `aot_unpaired` sort over the batch the loss is called on (a micro-batch in training):
+  with `batch_size: 1` they are DPO. Give them micro-batches of several lists.
+- `ld_dpo` reads the reference per token: the reference pass keeps per-token log-probs (in the
+  reference cache too) only for the objectives that need them.
+- `wpo`'s weights come from the policy's own softmax at each completion token, computed in the
+  same pass of the LM head as the log-probs (no gradient flows through them)."""
 
 def _trl_section() -> list[str]:
     from prefopt.losses.trl_equivalents import NOT_IN_PREFOPT, TRL_EQUIVALENTS
 
     def flow(value) -> str:  # one line of YAML, as a config file would hold it
-        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip()
 
     def ours(row) -> str:
         loss = next(iter(row.loss)) if list(row.loss.values()) == [1.0] else flow(row.loss)
@@ -117,11 +123,12 @@ def _trl_section() -> list[str]:
             "own loss code in float32 (relative difference ≤ 2e-6) whenever TRL is installed (the dev extra",
             "installs it). Where TRL differs: its DiscoPOP is NaN once βh < −88.7 (exp overflows; prefopt caps",
             "the exponent, and the test shows both).", "",
-            "| TRL trainer | TRL config | prefopt | note |", "|---|---|---|---|", *rows, "",
-            "Not in prefopt yet:", *missing]
+            "| TRL trainer | TRL config | prefopt | note |", "|---|---|---|---|", *rows,
+            *(["", "Not in prefopt yet:", *missing] if missing else [])]
 
 
-_NEEDS = {"ref": "reference", "lengths": "lengths", "tokens": "token log-probs"}
+_NEEDS = {"ref": "reference", "lengths": "lengths", "tokens": "token log-probs",
+          "ref_tokens": "reference token log-probs", "sampling_weights": "WPO weights (the engine computes them)"}
 _FAMILIES = ("pairwise", "listwise", "sft", "unlearning")
 
 

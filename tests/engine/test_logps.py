@@ -28,6 +28,43 @@ def test_engine_equals_naive_full_sequence(model, tokenizer, share_prompt, pad_m
     assert (fast.token_mask.sum(-1) == fast.lengths).all()
 
 
+@pytest.mark.parametrize("share_prompt", [True, False], ids=["packed", "rows"])
+def test_wpo_sampling_weights_equal_a_plain_forward(model, tokenizer, share_prompt):
+    """Each completion's mean of log π(y_t) − log Σ_v π(v)², from the engine's one pass of the head,
+    against full-vocabulary softmaxes of each prompt + completion alone."""
+    examples = ragged_examples(tokenizer)
+    batch = collate(examples, [0, 1], tokenizer.pad_token_id, share_prompt=share_prompt)
+    expected = torch.zeros(2, 3)
+    with torch.no_grad():
+        for b, example in enumerate(examples):
+            for k, completion in enumerate(example.completion_ids):
+                ids = torch.tensor([list(example.prompt_ids) + list(completion)])
+                log_probs = model(input_ids=ids).logits.float()[0, len(example.prompt_ids) - 1:-1].log_softmax(-1)
+                chosen = log_probs.gather(-1, torch.tensor(completion).unsqueeze(-1)).squeeze(-1)
+                expected[b, k] = (chosen - (2 * log_probs).logsumexp(-1)).mean()
+        fast = completion_logps(model, batch, EngineSettings(chunk_tokens=3), with_sampling_weights=True)
+    torch.testing.assert_close(fast.sampling_log_weights, expected, atol=1e-5, rtol=0)
+    assert completion_logps(model, batch).sampling_log_weights is None
+
+
+@pytest.mark.parametrize("share_prompt", [True, False], ids=["packed", "rows"])
+def test_prompt_log_probs_equal_a_plain_forward_and_carry_gradients(model, tokenizer, share_prompt):
+    examples = ragged_examples(tokenizer)
+    batch = collate(examples, [0, 1], tokenizer.pad_token_id, share_prompt=share_prompt, pad_multiple=16)
+    expected = []
+    with torch.no_grad():
+        for example in examples:
+            ids = torch.tensor([list(example.prompt_ids)])
+            log_probs = model(input_ids=ids).logits.float()[0, :-1].log_softmax(-1)
+            expected.append(log_probs.gather(-1, ids[0, 1:].unsqueeze(-1)).sum())
+    result = completion_logps(model, batch, EngineSettings(chunk_tokens=3), with_prompt=True)
+    torch.testing.assert_close(result.prompt_logps.detach(), torch.stack(expected), atol=1e-5, rtol=0)
+    assert batch.prompt_lengths.tolist() == [len(e.prompt_ids) - 1 for e in examples]
+    result.prompt_logps.sum().backward()
+    assert model.get_input_embeddings().weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+
 def test_shared_prompt_costs_p_plus_k_c(tokenizer):
     examples = ragged_examples(tokenizer)
     packed = collate(examples, [0, 1], tokenizer.pad_token_id, share_prompt=True)
@@ -82,7 +119,7 @@ def test_fused_head_equals_autograd_of_the_formula(softcap, bias, frozen):
     targets = torch.randint(0, 50, (70,))
     weights = torch.rand(70)
     trained = [] if frozen else [head.weight] + ([head.bias] if bias else [])
-    fused = _head_logps(model, hidden, targets, chunk_tokens=64)
+    fused, squares = _head_logps(model, hidden, targets, chunk_tokens=64, sum_squares=True)
     fused_grads = torch.autograd.grad((fused * weights).sum(), [hidden, *trained])
     logits = head(hidden)
     if softcap:
@@ -92,8 +129,19 @@ def test_fused_head_equals_autograd_of_the_formula(softcap, bias, frozen):
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=0)
     for got, want in zip(fused_grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    # WPO's log Σ_v p(v)², from the same pass, and with or without it the same log-probs
+    torch.testing.assert_close(squares, (2 * logits.log_softmax(-1)).logsumexp(-1).detach(), atol=1e-5, rtol=0)
     with torch.no_grad():
-        assert torch.equal(_head_logps(model, hidden, targets, chunk_tokens=64), fused.detach())
+        alone, none = _head_logps(model, hidden, targets, chunk_tokens=64)
+        assert torch.equal(alone, fused.detach()) and none is None
+    # a head that is not a plain Linear (LoRA on the head) goes through its own forward
+    other_head = type("WrappedHead", (torch.nn.Linear,), {})(16, 50, bias=bias)
+    other_head.load_state_dict(head.state_dict())
+    wrapped = SimpleNamespace(get_output_embeddings=lambda: other_head,
+                              config=SimpleNamespace(final_logit_softcapping=softcap))
+    other, other_squares = _head_logps(wrapped, hidden, targets, chunk_tokens=64, sum_squares=True)
+    torch.testing.assert_close(other, fused, atol=1e-5, rtol=0)
+    torch.testing.assert_close(other_squares, squares, atol=1e-5, rtol=0)
 
 
 def test_models_loaded_by_prefopt_use_segment_attention(model, tokenizer):

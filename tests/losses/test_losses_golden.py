@@ -49,6 +49,17 @@ TOKENS = ListBatch(logps=_token_logps.sum(-1), token_logps=_token_logps, scores=
 AOT_BATCH = ListBatch.from_pairs(*torch.tensor([[-10.0, -15, -8], [-12, -9, -12], [-11, -14, -11], [-11, -10, -10]],
                                                dtype=f64))
 
+# LD-DPO: policy tokens chosen [−1, −2, −3], rejected [−0.5, −1, −1, −2, −1]; reference [−1.5, −2, −2] and
+# [−1] × 5. The shared length is 3: with α = ½, S̃_θ(y_l) = −2.5 + ½·(−3) = −4, S̃_ref(y_l) = −3 + ½·(−2) = −4,
+# so ρ̃_w = −6 + 5.5 = −0.5, ρ̃_l = 0 and L = −log σ(−0.05); α = 0: ρ̃_l = −2.5 + 3 = 0.5, L = −log σ(−0.1)
+_LD_TOKENS = torch.tensor([[[-1.0, -2, -3, 0, 0], [-0.5, -1, -1, -2, -1]]], dtype=f64)
+_LD_REF = torch.tensor([[[-1.5, -2, -2, 0, 0], [-1.0, -1, -1, -1, -1]]], dtype=f64)
+LD = ListBatch(logps=_LD_TOKENS.sum(-1), ref_logps=_LD_REF.sum(-1), token_logps=_LD_TOKENS,
+               token_mask=torch.tensor([[[True] * 3 + [False] * 2, [True] * 5]]), ref_token_logps=_LD_REF)
+
+# WPO on pair A: log weights −0.5 and −1.5, so the pair's weight is e^(−2) and L = e^(−2)·0.5981388694
+WPO_A = ListBatch(logps=A.logps, ref_logps=A.ref_logps, sampling_log_weights=torch.tensor([[-0.5, -1.5]], dtype=f64))
+
 GOLDEN = [
     # (loss, params, batch, expected)
     ("dpo", {}, A, 0.5981388694),
@@ -71,6 +82,12 @@ GOLDEN = [
     # sorted ρ_w [−1, 1, 3] − sorted ρ_l [−2, −1, 1] = [1, 2, 2]
     ("aot_unpaired", {}, AOT_BATCH, 0.6135581329),
     ("aot_unpaired", {}, B, 0.7981388694),  # one pair: DPO
+    ("ld_dpo", {"alpha": 0.5}, LD, 0.7184596480),
+    ("ld_dpo", {"alpha": 0.0}, LD, 0.7443966600),
+    ("ld_dpo", {"alpha": 1.0}, LD, math.log(2)),  # DPO: ρ_w = ρ_l = −0.5
+    ("wpo", {}, WPO_A, 0.0809492933),
+    ("wpo", {}, ListBatch(logps=A.logps, ref_logps=A.ref_logps, sampling_log_weights=torch.zeros(1, 2, dtype=f64)),
+     0.5981388694),  # weights 1: DPO
     ("hinge", {}, A, 0.8),
     ("hinge", {}, B, 1.2),
     ("slic", {"delta": 1.0}, A, 0.0),
@@ -90,6 +107,9 @@ GOLDEN = [
     ("simpo", {"alpha": 0.25}, B, 1.6248562347),
     ("orpo", {"odds_weight": 0.1}, A, 2.1042057808),
     ("orpo", {"odds_weight": 0.1}, B, 2.5840484036),
+    # the prompt's 3 tokens (log-prob −4) join the NLL: (10 + 4)/(5 + 3) = 1.75, plus the odds term 0.1042057808
+    ("orpo", {"nll_prompt": True}, ListBatch(logps=A.logps, lengths=A.lengths, prompt_logps=torch.tensor([-4.0]),
+                                             prompt_lengths=torch.tensor([3.0])), 1.8542057808),
     ("nca", {"beta": 0.1}, A, 1.3387933201),
     ("nca", {"beta": 0.1}, B, 1.4387933201),
     ("infonca", {"beta": 0.1}, A, 0.5981388694),

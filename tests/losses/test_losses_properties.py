@@ -29,9 +29,20 @@ def random_batch(batch=3, k=3, tokens=5, seed=0, dtype=torch.float64, sorted_sco
     return token_logps, dict(ref_logps=ref_logps, scores=scores, token_mask=token_mask)
 
 
+def spread(ref_logps, token_mask):
+    """Per-token reference log-probs that sum to `ref_logps`, evenly over each item's tokens."""
+    return ref_logps.unsqueeze(-1) * token_mask / token_mask.sum(-1, keepdim=True).clamp(min=1)
+
+
+def weights(token_logps, token_mask):
+    """Log sampling weights of WPO's form, a mean per token (the policy's peakedness taken as 1)."""
+    return (token_logps.detach() * token_mask).sum(-1) / token_mask.sum(-1).clamp(min=1)
+
+
 def build(token_logps, ref_logps, scores, token_mask, mask=None):
     return ListBatch(logps=(token_logps * token_mask).sum(-1), ref_logps=ref_logps, scores=scores, mask=mask,
-                     token_logps=token_logps, token_mask=token_mask)
+                     token_logps=token_logps, token_mask=token_mask, ref_token_logps=spread(ref_logps, token_mask),
+                     sampling_log_weights=weights(token_logps, token_mask))
 
 
 @pytest.mark.parametrize("name", SHIFT_INVARIANT)
@@ -122,11 +133,16 @@ def test_masking_equals_slicing(name):
     token_mask[:, :, 4:] = False
     token_mask = torch.cat([token_mask, torch.ones(3, 1, 6, dtype=torch.bool)], 1)
     mask = torch.tensor([[True, True, True, False]]).expand(3, 4)
+    ref_tokens = torch.cat([spread(fields["ref_logps"], fields["token_mask"]),
+                            torch.full((3, 3, 2), float("nan"), dtype=torch.float64)], 2)
+    ref_tokens = torch.cat([ref_tokens, torch.full((3, 1, 6), -7.0, dtype=torch.float64)], 1)
     padded = ListBatch(
         logps=(padded_tokens.nan_to_num(0.0) * token_mask).sum(-1),
         ref_logps=torch.cat([fields["ref_logps"], torch.full((3, 1), -1e6, dtype=torch.float64)], 1),
         scores=torch.cat([fields["scores"], torch.full((3, 1), 99.0, dtype=torch.float64)], 1),
-        mask=mask, token_logps=padded_tokens, token_mask=token_mask,
+        mask=mask, token_logps=padded_tokens, token_mask=token_mask, ref_token_logps=ref_tokens,
+        sampling_log_weights=torch.cat([weights(token_logps, fields["token_mask"]),
+                                        torch.full((3, 1), float("nan"), dtype=torch.float64)], 1),
     )
     out = LOSSES[name](padded)
     torch.testing.assert_close(out.loss, sliced.loss)
@@ -141,7 +157,8 @@ def test_finite_at_extreme_margins_in_float32(name, extreme):
     token_logps = torch.tensor([[[-1e-9, -1e-9], [extreme if extreme < 0 else -1e-3, -1e4]]], requires_grad=True)
     ref = torch.tensor([[-extreme if extreme > 0 else 0.0, 0.0]])
     batch = ListBatch(logps=token_logps.sum(-1), ref_logps=ref, scores=torch.tensor([[1.0, 0.0]]),
-                      token_logps=token_logps)
+                      token_logps=token_logps, ref_token_logps=spread(ref, torch.ones(1, 2, 2, dtype=torch.bool)),
+                      sampling_log_weights=weights(token_logps, torch.ones(1, 2, 2, dtype=torch.bool)))
     loss = LOSSES[name](batch).loss
     assert torch.isfinite(loss).all(), loss
     loss.sum().backward()
@@ -276,7 +293,8 @@ def test_random_batches_never_give_nan(name, data):
     token_logps, ref, scores, mask, token_mask = data
     leaf = token_logps.clone().requires_grad_()
     batch = ListBatch(logps=(leaf * token_mask).sum(-1), ref_logps=ref, scores=scores, mask=mask,
-                      token_logps=leaf, token_mask=token_mask)
+                      token_logps=leaf, token_mask=token_mask, ref_token_logps=spread(ref, token_mask),
+                      sampling_log_weights=weights(leaf, token_mask))
     loss = LOSSES[name](batch).loss
     assert torch.isfinite(loss).all()
     loss.sum().backward()
@@ -319,3 +337,12 @@ def test_alphapo_at_small_alpha_is_simpo():
     batch = _pair_batch()
     torch.testing.assert_close(LOSSES["simpo"](batch, alpha=1e-7).loss, LOSSES["simpo"](batch).loss,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_ld_dpo_is_dpo_at_alpha_1_and_on_pairs_of_equal_length():
+    token_logps, fields = random_batch(batch=3, k=3, tokens=4, seed=5)
+    batch = build(token_logps, **fields)
+    torch.testing.assert_close(LOSSES["ld_dpo"](batch, alpha=1.0).loss, LOSSES["dpo"](batch).loss)
+    equal = torch.ones(3, 3, 4, dtype=torch.bool)
+    same_length = build(token_logps, fields["ref_logps"], fields["scores"], equal)
+    torch.testing.assert_close(LOSSES["ld_dpo"](same_length, alpha=0.2).loss, LOSSES["dpo"](same_length).loss)

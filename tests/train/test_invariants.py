@@ -78,6 +78,36 @@ def test_cached_reference_equals_fresh_and_is_reused(tiny_model, lists_file, tmp
         assert torch.equal(fresh[split], cached[split])
 
 
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_per_token_reference_log_probs_for_ld_dpo_are_exact_cached_and_resumed(tiny_model, lists_file, tmp_path,
+                                                                               capsys, lora):
+    """LD-DPO reads the reference per token: at step 0 every desensitized log-ratio is exactly 0
+    (loss log 2 on every list), the per-token table sums to the summed one, a second run takes both
+    from the cache, and a resumed run reads them from its folder."""
+    settings = dict(loss="ld_dpo", lora=lora, max_steps=4, save_every=2, learning_rate=1e-3)
+    first = train(config(tiny_model, lists_file, tmp_path / "first", **settings))
+    assert "0 of 32 lists from the cache" in capsys.readouterr().out
+    assert first_step(tmp_path / "first")["loss"] == pytest.approx(0.6931471806, abs=1e-6)
+    assert first.eval_start["loss"] == pytest.approx(0.6931471806, abs=1e-6) and first.eval_end["loss"] < 0.69
+    saved = torch.load(tmp_path / "first" / "reference_logps.pt")
+    for split in ("train", "eval"):
+        torch.testing.assert_close(saved["tokens"][split].sum(-1), saved[split], atol=1e-5, rtol=0)
+    second = train(config(tiny_model, lists_file, tmp_path / "second", **settings))
+    assert "32 of 32 lists from the cache, 0 computed" in capsys.readouterr().out
+    assert second.eval_end == pytest.approx(first.eval_end, abs=1e-6)
+    cached = torch.load(tmp_path / "second" / "reference_logps.pt")
+    assert all(torch.equal(saved["tokens"][split], cached["tokens"][split]) for split in ("train", "eval"))
+
+    def stop_at_step_3(state, record):
+        if state.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny_model, lists_file, tmp_path / "cut", **settings), on_step=stop_at_step_3)
+    resumed = train(config(tiny_model, lists_file, tmp_path / "cut", **settings), resume=True)
+    assert resumed.eval_end == pytest.approx(first.eval_end, abs=1e-6)
+
+
 @pytest.mark.parametrize("change", [{"max_completion_tokens": 3}, {"pad_multiple": 8}, {"share_prompt": False},
                                     {"chat_template": "always"}])
 def test_cache_misses_when_its_key_changes(tiny_model, lists_file, tmp_path, capsys, change):

@@ -106,7 +106,8 @@ def test_learns_the_toy_task(tiny_model, pairs_file, tmp_path):
 
 @pytest.mark.parametrize(("loss", "params"), [
     ("lipo_lambda", {}), ("pro", {}), ({"plackett_luce": 1.0, "sft": 0.1}, {}), ("dft", {}), ("orpo", {}),
-    ("bco_pair", {}),
+    ("bco_pair", {}), ("aot", {}), ("ld_dpo", {}), ("wpo", {}), ("simpo", {"simpo": {"alpha": 0.25}}),
+    ("orpo", {"orpo": {"nll_prompt": True}}),
 ])
 def test_ranked_lists_with_any_loss(tiny_model, lists_file, tmp_path, loss, params):
     result = train(config(tiny_model, lists_file, tmp_path / "run", loss=loss, loss_params=params, max_steps=3,

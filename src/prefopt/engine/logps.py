@@ -43,6 +43,8 @@ class Collated:
     indices: torch.Tensor  # [B] position of each list in its data set
     layout: Segments | None = None  # packed: each row's prompt length and completion ends
     last_tokens: torch.Tensor | None = None  # [B·K, 2] row and position of each item's last token (−1: padding)
+    prompt_rows: torch.Tensor | None = None  # [M] the row of each list's prompt token 1, 2, … (its first row)
+    prompt_lengths: torch.Tensor | None = None  # [B] prompt tokens each list predicts (its prompt's length − 1)
     real_tokens: int = 0
     padded_tokens: int = 0
 
@@ -64,10 +66,12 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
     scores = torch.zeros((len(examples), k_max))
     pred_rows, pred_positions, pred_items, pred_offsets, targets = [], [], [], [], []
     last_tokens = [(-1, -1)] * (len(examples) * k_max)
+    prompt_rows = []
     layout = []
     row = 0
     for b, example in enumerate(examples):
         prompt = example.prompt_ids
+        prompt_rows += [row] * (len(prompt) - 1)  # tokens 1 … P−1 of the prompt, as written in the list's first row
         start = 0
         ends = []
         for k, completion in enumerate(example.completion_ids):
@@ -112,6 +116,8 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
         targets=torch.tensor(targets), pred_items=torch.tensor(pred_items), pred_offsets=torch.tensor(pred_offsets),
         lengths=lengths, scores=scores, mask=lengths > 0, indices=torch.tensor(indices),
         layout=tuple(layout) if share_prompt else None, last_tokens=torch.tensor(last_tokens),
+        prompt_rows=torch.tensor(prompt_rows, dtype=torch.long),
+        prompt_lengths=torch.tensor([len(e.prompt_ids) - 1 for e in examples]),
         real_tokens=int(real.sum()), padded_tokens=int((~real).sum()),
     )
 
@@ -122,12 +128,18 @@ class CompletionLogps:
     lengths: torch.Tensor  # [B, K] completion token counts
     token_logps: torch.Tensor | None = None  # [B, K, T]
     token_mask: torch.Tensor | None = None  # [B, K, T]
+    sampling_log_weights: torch.Tensor | None = None  # [B, K] WPO's log weights (no grad)
+    prompt_logps: torch.Tensor | None = None  # [B] summed log-probs of each prompt's tokens after its first
 
 
-def completion_logps(model, batch: Collated, settings: EngineSettings | None = None, *, with_tokens: bool = False
-                     ) -> CompletionLogps:
+def completion_logps(model, batch: Collated, settings: EngineSettings | None = None, *, with_tokens: bool = False,
+                     with_sampling_weights: bool = False, with_prompt: bool = False) -> CompletionLogps:
     """Summed log-probs of every completion of the batch under `model` (grad follows the
-    caller's mode). Only completion positions reach the LM head."""
+    caller's mode). Only completion positions reach the LM head. `with_sampling_weights`: also
+    each completion's mean over its tokens of log π(y_t) − log Σ_v π(v)², the log of WPO's weight
+    (Zhou et al. 2024, arXiv 2406.11827, Eq. 2), from the same pass of the head. `with_prompt`:
+    also each prompt's summed log-probs (its tokens after the first, for a prompt-inclusive NLL),
+    the head run over those positions too."""
     settings = settings or EngineSettings()
     decoder = _decoder(model)
     kwargs = {"position_ids": batch.position_ids} if batch.position_ids is not None else {}
@@ -135,17 +147,38 @@ def completion_logps(model, batch: Collated, settings: EngineSettings | None = N
         kwargs["prefopt_segments"] = batch.layout
         kwargs["prefopt_engine"] = settings
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).last_hidden_state
-    token_logps = _head_logps(model, hidden[batch.pred_rows, batch.pred_positions], batch.targets,
-                              settings.chunk_tokens)
+    token_logps, log_sum_squares = _head_logps(model, hidden[batch.pred_rows, batch.pred_positions], batch.targets,
+                                               settings.chunk_tokens, with_sampling_weights)
     b, k = batch.lengths.shape
     t_max = max(int(batch.lengths.max()), 1)
-    per_token = torch.zeros(b * k, t_max, dtype=token_logps.dtype, device=hidden.device)
-    per_token = per_token.index_put((batch.pred_items, batch.pred_offsets), token_logps)
-    result = CompletionLogps(logps=_row_sums(per_token).view(b, k), lengths=batch.lengths.to(torch.float32))
+    place = lambda values: torch.zeros(b * k, t_max, dtype=values.dtype, device=hidden.device).index_put(
+        (batch.pred_items, batch.pred_offsets), values)
+    per_token = place(token_logps)
+    lengths = batch.lengths.to(torch.float32)
+    result = CompletionLogps(logps=_row_sums(per_token).view(b, k), lengths=lengths)
+    if with_sampling_weights:
+        aligned = _row_sums(place(token_logps.detach() - log_sum_squares)).view(b, k)
+        result.sampling_log_weights = aligned / lengths.clamp(min=1)
+    if with_prompt:
+        result.prompt_logps = _prompt_logps(model, hidden, batch, settings.chunk_tokens)
     if with_tokens:
         result.token_logps = per_token.view(b, k, t_max)
         result.token_mask = torch.arange(t_max, device=hidden.device) < batch.lengths.unsqueeze(-1)
     return result
+
+
+def _prompt_logps(model, hidden: torch.Tensor, batch: Collated, chunk_tokens: int) -> torch.Tensor:
+    """[B]: Σ_{t=1}^{P−1} log p(prompt token t | tokens before it), read in each list's first row
+    (where the prompt sits at positions 0 … P−1 in both layouts)."""
+    lengths = batch.prompt_lengths.to(hidden.device)
+    offsets = torch.cat([torch.arange(n, device=hidden.device) for n in lengths.tolist()]) if len(lengths) else \
+        lengths.new_zeros(0)
+    rows = batch.prompt_rows.to(hidden.device)
+    logps, _ = _head_logps(model, hidden[rows, offsets], batch.input_ids[rows, offsets + 1], chunk_tokens)
+    owners = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+    width = max(int(lengths.max()), 1) if len(lengths) else 1
+    table = torch.zeros(len(lengths), width, dtype=logps.dtype, device=hidden.device)
+    return _row_sums(table.index_put((owners, offsets), logps))
 
 
 def _row_sums(values: torch.Tensor) -> torch.Tensor:
@@ -171,14 +204,17 @@ def _decoder(model):
 _HEAD_ROWS = 64  # BLAS picks its kernel by row count; whole blocks of 64 rows give batch-independent results
 
 
-def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
-    """log p(target) for each row of `hidden`. Chunks are multiples of 64 rows (the last padded
-    with zeros), so a token's log-prob does not depend on what else is in the batch."""
+def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int, sum_squares: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(target) for each row of `hidden`, and with `sum_squares` log Σ_v p(v)² (no grad).
+    Chunks are multiples of 64 rows (the last padded with zeros), so a token's log-prob does not
+    depend on what else is in the batch."""
     head = model.get_output_embeddings()
     chunk_tokens = padded_length(chunk_tokens, _HEAD_ROWS)
     count = hidden.shape[0]
     if count == 0:
-        return hidden.new_zeros(0, dtype=torch.float32)
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, empty if sum_squares else None
     padding = padded_length(count, _HEAD_ROWS) - count
     if padding:
         hidden = torch.cat([hidden, hidden.new_zeros(padding, hidden.shape[1])])
@@ -187,19 +223,33 @@ def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
     if type(head) is torch.nn.Linear:
-        return _FusedHeadLogps.apply(hidden, head.weight, head.bias, targets, chunk_tokens, softcap, dtype)[:count]
+        logps, squares = _FusedHeadLogps.apply(hidden, head.weight, head.bias, targets, chunk_tokens, softcap, dtype,
+                                               sum_squares)
+        return logps[:count], squares[:count] if sum_squares else None
     # an LM head that is not a plain Linear (LoRA on the head, quantized): its own forward, recomputed
     pieces = [checkpoint(_chunk_logps, head, h, t, softcap, use_reentrant=False)
               if torch.is_grad_enabled() and h.requires_grad else _chunk_logps(head, h, t, softcap)
               for h, t in zip(hidden.split(chunk_tokens), targets.split(chunk_tokens), strict=True)]
-    return torch.cat(pieces)[:count]
+    squares = None
+    if sum_squares:
+        with torch.no_grad():
+            squares = torch.cat([_chunk_log_sum_squares(head, h, softcap) for h in hidden.split(chunk_tokens)])[:count]
+    return torch.cat(pieces)[:count], squares
+
+
+def _chunk_logits(head, hidden: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = head(hidden).float()
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
 def _chunk_logps(head, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    logits = head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
+    logits = _chunk_logits(head, hidden, softcap)
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+def _chunk_log_sum_squares(head, hidden: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    log_probs = _chunk_logits(head, hidden, softcap).log_softmax(-1)
+    return (2 * log_probs).logsumexp(-1)
 
 
 class _FusedHeadLogps(torch.autograd.Function):
@@ -214,12 +264,13 @@ class _FusedHeadLogps(torch.autograd.Function):
     them in place into g·(onehot − softmax), for the weight's gradient too."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_tokens, softcap, dtype):
+    def forward(ctx, hidden, weight, bias, targets, chunk_tokens, softcap, dtype, sum_squares):
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         mix_now = need_hidden and not need_weight and not need_bias and not softcap
         mix = torch.empty_like(hidden, dtype=torch.float32) if mix_now else None  # softmax(z)·W
         logps = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(logps)
+        squares = torch.empty_like(logps) if sum_squares else logps.new_empty(0)  # log Σ softmax(z)²
         buffer = _logits_buffer(hidden, weight, chunk_tokens)
         with torch.autocast(hidden.device.type, enabled=False):
             weight_in_dtype = weight.to(dtype)
@@ -231,21 +282,24 @@ class _FusedHeadLogps(torch.autograd.Function):
                 total = exps.sum(1)
                 lse[rows] = total.log() + peak.squeeze(1)
                 logps[rows] = target_logits - lse[rows]
+                if sum_squares:  # Σ (e^(z−peak))² / total², without a second [rows × vocabulary] tensor
+                    squares[rows] = 2 * (torch.linalg.vector_norm(exps, dim=1).log() - total.log())
                 if mix_now:
                     mix[rows] = (exps.to(dtype) @ weight_in_dtype).float().div_(total.unsqueeze(1))
         ctx.save_for_backward(hidden, weight, bias, targets, lse, mix)
         ctx.chunk_tokens, ctx.softcap, ctx.dtype = chunk_tokens, softcap, dtype
-        return logps
+        ctx.mark_non_differentiable(squares)
+        return logps, squares
 
     @staticmethod
-    def backward(ctx, grad_logps):
+    def backward(ctx, grad_logps, _grad_squares):
         hidden, weight, bias, targets, lse, mix = ctx.saved_tensors
         grad_logps = grad_logps.float()
         if mix is not None:
             with torch.autocast(hidden.device.type, enabled=False):
                 target_rows = weight[targets].to(ctx.dtype).float()
                 grad_hidden = target_rows.sub_(mix).mul_(grad_logps.unsqueeze(1)).to(hidden.dtype)
-            return grad_hidden, None, None, None, None, None, None
+            return grad_hidden, None, None, None, None, None, None, None
         softcap, dtype = ctx.softcap, ctx.dtype
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
@@ -269,7 +323,7 @@ class _FusedHeadLogps(torch.autograd.Function):
                     grad_bias += grad.sum(0)
         grad_weight = grad_weight.to(weight.dtype) if need_weight else None
         grad_bias = grad_bias.to(bias.dtype) if need_bias else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
 def _chunks(count: int, size: int) -> list[slice]:
@@ -320,11 +374,15 @@ class CompletionLogpsModel(torch.nn.Module):
     """The engine as a module around a causal LM, so that accelerate (DDP, FSDP, autocast) wraps
     the call that really runs: batch -> CompletionLogps."""
 
-    def __init__(self, model, settings: EngineSettings | None = None, *, with_tokens: bool = False):
+    def __init__(self, model, settings: EngineSettings | None = None, *, with_tokens: bool = False,
+                 with_sampling_weights: bool = False, with_prompt: bool = False):
         super().__init__()
         self.model = model
         self.settings = settings or EngineSettings()
         self.with_tokens = with_tokens
+        self.with_sampling_weights = with_sampling_weights
+        self.with_prompt = with_prompt
 
     def forward(self, batch: Collated) -> CompletionLogps:
-        return completion_logps(self.model, batch, self.settings, with_tokens=self.with_tokens)
+        return completion_logps(self.model, batch, self.settings, with_tokens=self.with_tokens,
+                                with_sampling_weights=self.with_sampling_weights, with_prompt=self.with_prompt)

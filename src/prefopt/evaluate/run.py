@@ -259,8 +259,8 @@ def logps_table(spec: str, records: list[PreferenceRecord], precision: str = "au
     precision, _ = choose_precision(precision, device)
     engine = CompletionLogpsModel(load_model(spec).to(device))
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    (table,), _ = reference_logps(engine, [examples], batching=Batching(), pad_id=tokenizer.pad_token_id,
-                                  device=device, cache=None, adapters_off=None, autocast=autocast)
+    (table,), _, _ = reference_logps(engine, [examples], batching=Batching(), pad_id=tokenizer.pad_token_id,
+                                     device=device, cache=None, adapters_off=None, autocast=autocast)
     k_max = table.shape[1]
     lengths = torch.tensor([[len(c) for c in e.completion_ids] + [1] * (k_max - len(e.completion_ids))
                             for e in examples], dtype=torch.float64)

@@ -60,7 +60,7 @@ class Objective:
 
     @property
     def needs(self) -> set[str]:
-        return {need for name in self.weights for need in LOSSES[name].info.needs}
+        return {need for name in self.weights for need in LOSSES[name].info.needs_for(self.params.get(name, {}))}
 
     @property
     def needs_reference(self) -> bool:
@@ -95,12 +95,17 @@ class Objective:
 def _probe_batch() -> ListBatch:
     token_logps = torch.tensor([[[-0.5, -1.0, -0.3], [-1.2, -0.8, -2.0]]])
     token_mask = torch.tensor([[[True, True, False], [True, True, True]]])
+    ref_token_logps = torch.tensor([[[-1.0, -1.0, 0.0], [-1.5, -1.0, -1.0]]])
     return ListBatch(
         logps=(token_logps * token_mask).sum(-1),
-        ref_logps=torch.tensor([[-2.0, -3.5]]),
+        ref_logps=ref_token_logps.sum(-1),
         scores=torch.tensor([[1.0, 0.0]]),
         token_logps=token_logps,
         token_mask=token_mask,
+        ref_token_logps=ref_token_logps,
+        sampling_log_weights=torch.tensor([[-0.2, -0.9]]),
+        prompt_logps=torch.tensor([-4.0]),
+        prompt_lengths=torch.tensor([3.0]),
     )
 
 

@@ -38,6 +38,10 @@ class ListBatch:
     mask: torch.Tensor | None = None  # [B, K] False for padding items
     token_logps: torch.Tensor | None = None  # [B, K, T] per-token log-probs (policy)
     token_mask: torch.Tensor | None = None  # [B, K, T] True at completion tokens
+    ref_token_logps: torch.Tensor | None = None  # [B, K, T] per-token log-probs (reference), with token_logps
+    sampling_log_weights: torch.Tensor | None = None  # [B, K] log of WPO's weight of each item (no grad)
+    prompt_logps: torch.Tensor | None = None  # [B] summed log-probs of the prompt's tokens after its first
+    prompt_lengths: torch.Tensor | None = None  # [B] how many tokens that is
 
     def __post_init__(self) -> None:
         logps = _as_float(self.logps)
@@ -62,7 +66,8 @@ class ListBatch:
         lengths = self.lengths
         if lengths is None and token_mask is not None:
             lengths = token_mask.sum(-1)
-        fields = {"ref_logps": self.ref_logps, "lengths": lengths, "scores": scores, "mask": mask}
+        fields = {"ref_logps": self.ref_logps, "lengths": lengths, "scores": scores, "mask": mask,
+                  "sampling_log_weights": self.sampling_log_weights}
         for name, value in fields.items():
             if value is not None and value.shape != shape:
                 raise ValueError(f"ListBatch: {name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
@@ -74,8 +79,20 @@ class ListBatch:
             set_field("ref_logps", _as_float(self.ref_logps).masked_fill(~mask, 0.0))
         if lengths is not None:
             set_field("lengths", _as_float(lengths).masked_fill(~mask, 1.0))
+        for name in ("prompt_logps", "prompt_lengths"):
+            value = getattr(self, name)
+            if value is not None:
+                if value.shape != shape[:1]:
+                    raise ValueError(f"ListBatch: {name} has shape {tuple(value.shape)}, expected ({shape[0]},)")
+                set_field(name, _as_float(value))
+        if self.sampling_log_weights is not None:
+            set_field("sampling_log_weights", _as_float(self.sampling_log_weights).detach().masked_fill(~mask, 0.0))
         set_field("token_logps", token_logps)
         set_field("token_mask", token_mask)
+        if self.ref_token_logps is not None:
+            if token_logps is None or self.ref_token_logps.shape != token_logps.shape:
+                raise ValueError("ListBatch: ref_token_logps needs token_logps of the same [B, K, T] shape")
+            set_field("ref_token_logps", _as_float(self.ref_token_logps).masked_fill(~token_mask, 0.0))
 
     @classmethod
     def from_pairs(
@@ -119,6 +136,16 @@ class ListBatch:
         if self.token_logps is None:
             raise ValueError("needs token_logps and token_mask (it is a token-level objective)")
         return self.token_logps, self.token_mask
+
+    def sampling_weights(self) -> torch.Tensor:
+        if self.sampling_log_weights is None:
+            raise ValueError("needs sampling_log_weights (each completion's mean of log π(y_t) − log Σ_v π(v)²)")
+        return torch.exp(self.sampling_log_weights)
+
+    def ref_tokens(self) -> torch.Tensor:
+        if self.ref_token_logps is None:
+            raise ValueError("needs ref_token_logps (the reference's per-token log-probs)")
+        return self.ref_token_logps
 
     @functools.cached_property
     def pairs(self) -> Pairs:
@@ -209,16 +236,23 @@ def soft_label_logistic(z: torch.Tensor, flip: float) -> torch.Tensor:
     return -(1 - flip) * F.logsigmoid(z) - flip * F.logsigmoid(-z)
 
 
-def chosen_nll(batch: ListBatch, reduction: str = "sequence") -> torch.Tensor:
+def chosen_nll(batch: ListBatch, reduction: str = "sequence", with_prompt: bool = False) -> torch.Tensor:
     """[B, P]: the NLL of each pair's better completion. `sequence`: its token mean −A_θ(y_w);
     `tokens`: −S_θ(y_w) scaled so that the mean over the batch's pairs is one mean over all their
-    tokens, −Σ S / Σ |y| (TRL's reduction; on a batch of pairs, exactly)."""
+    tokens, −Σ S / Σ |y| (TRL's reduction; on a batch of pairs, exactly). `with_prompt`: the prompt's
+    tokens (after its first) count as the completion's, S_θ(x) + S_θ(y_w) over (|x| − 1) + |y_w|."""
     check_choice("nll_reduction", reduction, ("sequence", "tokens"))
-    if reduction == "sequence":
-        return -batch.pairs.take(batch.avg_logps())[0]
     pairs = batch.pairs
-    lengths = torch.where(pairs.valid, pairs.take(batch.safe_lengths())[0], 0.0)
-    return -pairs.take(batch.logps)[0] * pairs.valid.sum() / lengths.sum().clamp(min=1)
+    logps, lengths = pairs.take(batch.logps)[0], pairs.take(batch.safe_lengths())[0]
+    if with_prompt:
+        if batch.prompt_logps is None or batch.prompt_lengths is None:
+            raise ValueError("needs prompt_logps and prompt_lengths for an NLL over the prompt's tokens too")
+        logps = logps + batch.prompt_logps.unsqueeze(1)
+        lengths = lengths + batch.prompt_lengths.unsqueeze(1)
+    if reduction == "sequence":
+        return -logps / lengths
+    total = torch.where(pairs.valid, lengths, 0.0).sum()
+    return -logps * pairs.valid.sum() / total.clamp(min=1)
 
 
 def scored_below(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -294,16 +328,20 @@ class LossInfo:
     formula: str
     paper: str
     family: str  # pairwise | listwise | sft | unlearning
-    needs: tuple[str, ...]  # subset of ("ref", "lengths", "tokens")
+    needs: tuple[str, ...]  # subset of ("ref", "lengths", "tokens", "ref_tokens", "sampling_weights", "prompt")
     experimental: bool = False
     stateful: bool = False
+    needs_if: dict[str, str] = dataclasses.field(default_factory=dict)  # need -> the parameter that asks it
+
+    def needs_for(self, params: dict) -> set[str]:
+        return set(self.needs) | {need for need, parameter in self.needs_if.items() if params.get(parameter)}
 
 
 LOSSES: Registry[Callable[..., LossOutput]] = Registry("loss", "losses")
 
 
 def register_loss(name: str, *, formula: str, paper: str, family: str, needs: tuple[str, ...] = (),
-                  **flags: bool) -> Callable:
+                  needs_if: dict[str, str] | None = None, **flags: bool) -> Callable:
     """Register a loss once, under `name`, with its formula and paper (read by `prefopt losses` and
     docs/losses.md). The registered function puts its name before every ValueError it raises, so
     the checks inside a loss need not repeat it."""
@@ -316,7 +354,8 @@ def register_loss(name: str, *, formula: str, paper: str, family: str, needs: tu
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from None
 
-        named.info = LossInfo(formula=formula, paper=paper, family=family, needs=needs, **flags)
+        named.info = LossInfo(formula=formula, paper=paper, family=family, needs=needs, needs_if=needs_if or {},
+                              **flags)
         return LOSSES.register(name, named)
 
     return attach

@@ -53,6 +53,59 @@ def dpo(batch: ListBatch, *, beta: float = 0.1, margin: float = 0.0, length_norm
     return _pairwise(batch, -F.logsigmoid(z), rewards)
 
 
+def _prefix_sums(tokens: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B, K, T] per-token values, [B, P] items and token counts -> [B, P]: each item's sum over
+    its first `lengths` tokens."""
+    cumulative = F.pad(tokens.cumsum(-1), (1, 0))  # [B, K, T + 1]: the sum of the first n tokens at n
+    width = cumulative.shape[-1]
+    index = items * width + lengths.long().clamp(0, width - 1)
+    return cumulative.flatten(1).gather(1, index)
+
+
+@register_loss("ld_dpo", formula="DPO on S̃ = S_{≤ℓ} + α·S_{>ℓ},  ℓ = min(|y_w|, |y_l|), policy and reference alike",
+               paper="Liu et al. 2024 (LD-DPO), arXiv 2409.06411", family="pairwise",
+               needs=("ref", "lengths", "tokens", "ref_tokens"))
+def ld_dpo(batch: ListBatch, *, beta: float = 0.1, alpha: float = 0.5) -> LossOutput:
+    """Length-desensitized DPO: DPO's summed log-probs reward the longer answer's extra tokens;
+    LD-DPO keeps the tokens both answers of a pair have in number, ℓ = min(|y_w|, |y_l|), and
+    weighs the longer one's tail by α: S̃(y) = Σ_{t≤ℓ} log π(y_t) + α·Σ_{t>ℓ} log π(y_t), for the
+    policy and the reference, then L = −log σ(β·(ρ̃_w − ρ̃_l)) with ρ̃ = S̃_θ − S̃_ref. α = 1 is
+    DPO; the paper tunes α per model and TRL's `ld_alpha` has no default, so 0.5 is a midpoint,
+    not a recommendation. Lists: each pair has its own ℓ. Implicit rewards in the metrics: DPO's
+    β·ρ."""
+    check_beta(beta)
+    check(0 <= alpha <= 1, "alpha", alpha, "must be in [0, 1]")
+    pairs = batch.pairs
+    tokens, _ = batch.tokens()
+    ref_tokens = batch.ref_tokens()
+    shared = torch.minimum(*pairs.take(batch.lengths))
+
+    def desensitized(values: torch.Tensor, summed: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        head = _prefix_sums(values, items, shared)
+        return head + alpha * (summed.gather(1, items) - head)
+
+    rho = {side: desensitized(tokens, batch.logps, items) - desensitized(ref_tokens, batch.ref_logps, items)
+           for side, items in (("w", pairs.better), ("l", pairs.worse))}
+    return _pairwise(batch, -F.logsigmoid(beta * (rho["w"] - rho["l"])), beta * batch.log_ratios())
+
+
+@register_loss("wpo", formula="w(y_w)·w(y_l)·(−log σ(βh)),  log w(y) = mean_t [log π_θ(y_t) − log Σ_v π_θ(v)²]",
+               paper="Zhou et al. 2024 (WPO), arXiv 2406.11827, Eq. 2", family="pairwise",
+               needs=("ref", "sampling_weights"))
+def wpo(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
+    """Weighted preference optimization: off-policy pairs (answers the policy itself would rarely
+    write) count less. Each answer's weight is the policy's probability of it, per token, relative
+    to how peaked the policy is at that token: w(y) = exp(mean_t [log π_θ(y_t) − log Σ_v π_θ(v)²])
+    (the paper's weight with its alignment to the policy's own sampling), taken as a constant, and
+    a pair's DPO loss is multiplied by w(y_w)·w(y_l). As TRL's `use_weighting`, the weighted
+    losses are averaged, not renormalised by the weights' sum. β = 0.1."""
+    check_beta(beta)
+    rewards = beta * batch.log_ratios()
+    weight_w, weight_l = batch.pairs.take(batch.sampling_weights())
+    per_pair = weight_w * weight_l * -F.logsigmoid(_margins(batch, rewards))
+    return _pairwise(batch, per_pair, rewards, sampling_weight=batch.pairs.metric_mean(weight_w * weight_l))
+
+
 @register_loss("cdpo",
                formula="−(1−ε)·log σ(βh) − ε·log σ(−βh)", paper="Mitchell 2023, 'A note on DPO with noisy preferences'",
                family="pairwise", needs=("ref",))
@@ -235,18 +288,20 @@ def _log_odds(avg_logps: torch.Tensor) -> torch.Tensor:
 
 
 @register_loss("orpo", formula="NLL(y_w) − λ·log σ(log odds(y_w) − log odds(y_l))",
-               paper="Hong et al. 2024 (ORPO), arXiv 2403.07691, Eq. 6", family="pairwise", needs=("lengths",))
-def orpo(batch: ListBatch, *, odds_weight: float = 0.1, nll_reduction: str = "sequence") -> LossOutput:
+               paper="Hong et al. 2024 (ORPO), arXiv 2403.07691, Eq. 6", family="pairwise", needs=("lengths",),
+               needs_if={"prompt": "nll_prompt"})
+def orpo(batch: ListBatch, *, odds_weight: float = 0.1, nll_reduction: str = "sequence",
+         nll_prompt: bool = False) -> LossOutput:
     """ORPO, reference-free: with a = A_θ(y), log odds(y) = a − log(1 − e^a),
-    L = NLL(y_w) − λ·log σ(log odds(y_w) − log odds(y_l)). The NLL is completion-only: prompt
-    tokens are not trained. TRL and, it appears, the authors' code include the prompt's tokens in
-    the NLL; prefopt does not offer that form yet. `nll_reduction`: a token mean per sequence
-    (`sequence`, default) or one mean over the batch's chosen tokens (`tokens`, TRL's).
-    λ = odds_weight, default 0.1 (official scripts' --alpha, TRL's ORPOConfig.beta)."""
+    L = NLL(y_w) − λ·log σ(log odds(y_w) − log odds(y_l)). The NLL is completion-only by default
+    (prompt tokens are not trained); `nll_prompt=True` adds the prompt's tokens to it, as TRL's
+    ORPOTrainer and the authors' code do (the engine then also scores the prompt). `nll_reduction`:
+    a token mean per sequence (`sequence`, default) or one mean over the batch's tokens (`tokens`,
+    TRL's). λ = odds_weight, default 0.1 (official scripts' --alpha, TRL's ORPOConfig.beta)."""
     check(odds_weight >= 0, "odds_weight", odds_weight, "must be >= 0")
     avg = batch.avg_logps()
     odds_margin = _margins(batch, _log_odds(avg))
-    nll = chosen_nll(batch, nll_reduction)
+    nll = chosen_nll(batch, nll_reduction, with_prompt=nll_prompt)
     odds_loss = -F.logsigmoid(odds_margin)
     return _pairwise(batch, nll + odds_weight * odds_loss, avg, log_odds_ratio=batch.pairs.metric_mean(odds_margin))
 
@@ -371,7 +426,7 @@ def _quantile_margins(better: torch.Tensor, worse: torch.Tensor, valid: torch.Te
 
 
 @register_loss("aot", formula="soft-label logistic of β·(sort(S_w − S_l) − sort(S^ref_w − S^ref_l)) over the batch",
-               paper="Melnyk et al. 2024 (AOT), arXiv 2406.05882, Eq. 9 (paired)", family="pairwise", needs=("ref",))
+               paper="Melnyk et al. 2024 (AOT), arXiv 2406.05882, paired", family="pairwise", needs=("ref",))
 def aot(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOutput:
     """Alignment via optimal transport, paired: the policy's chosen-minus-rejected log-likelihood
     margins should dominate the reference's in distribution (first-order stochastic dominance), not
@@ -391,7 +446,7 @@ def aot(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.0) ->
 
 
 @register_loss("aot_unpaired", formula="soft-label logistic of β·(sort(ρ_w) − sort(ρ_l)) over the batch",
-               paper="Melnyk et al. 2024 (AOT), arXiv 2406.05882, Eq. 8 (unpaired)", family="pairwise",
+               paper="Melnyk et al. 2024 (AOT), arXiv 2406.05882, unpaired", family="pairwise",
                needs=("ref",))
 def aot_unpaired(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOutput:
     """Alignment via optimal transport on unpaired data: the distribution of chosen log-ratios

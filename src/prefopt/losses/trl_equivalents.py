@@ -46,6 +46,8 @@ TRL_EQUIVALENTS: tuple[TrlEquivalent, ...] = (
                   {"sft": {"nll_reduction": "tokens"}},
                   "several loss types are a weighted mix; this one is RPO as TRL writes it (Pang et al.), "
                   "where `sft`'s default `nll_reduction: sequence` would average per sequence instead"),
+    _dpo("sigmoid", "ld_dpo", {"alpha": 0.5}, ld_alpha=0.5),
+    _dpo("sigmoid", "wpo", use_weighting=True),
     _dpo("sigmoid", "fdpo", {"divergence": "forward_kl"}, f_divergence_type="forward_kl"),
     _dpo("sigmoid", "fdpo", {"divergence": "js"}, "`js_divergence` is `js` (the constant log 2 cancels)",
          f_divergence_type="js_divergence"),
@@ -57,12 +59,9 @@ TRL_EQUIVALENTS: tuple[TrlEquivalent, ...] = (
     TrlEquivalent("CPO", {"loss_type": "simpo", "simpo_gamma": 0.5, "cpo_alpha": 0.0, "alpha": 0.25}, {"simpo": 1.0},
                   {"simpo": {"beta": 0.1, "gamma_beta_ratio": 5.0, "alpha": 0.25}},
                   "AlphaPO (TRL's `loss_type: alphapo` sets exactly this)"),
-    TrlEquivalent("ORPO", {}, {"orpo": 1.0}, {"orpo": {"odds_weight": 0.1, "nll_reduction": "tokens"}},
-                  "the odds-ratio term is equal; TRL's NLL also counts the prompt's tokens, prefopt's is "
-                  "completion-only"),
+    TrlEquivalent("ORPO", {}, {"orpo": 1.0},
+                  {"orpo": {"odds_weight": 0.1, "nll_reduction": "tokens", "nll_prompt": True}},
+                  "TRL's NLL counts the prompt's tokens too; prefopt's default NLL is completion-only"),
 )
 
-NOT_IN_PREFOPT = {  # TRL options prefopt does not offer yet, and why
-    "ld_alpha": "LD-DPO needs the reference's per-token log-probs, which the reference cache does not keep",
-    "use_weighting": "WPO needs Σ_v π(v)² at every completion token from the LM head",
-}
+NOT_IN_PREFOPT: dict[str, str] = {}  # TRL options prefopt does not offer yet, and why

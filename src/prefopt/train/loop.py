@@ -96,7 +96,9 @@ def _build_policy(config: RunSettings, lora: LoraSettings | None, engine: Engine
                   tokenizer, loaded: dict | None) -> torch.nn.Module:
     model = load_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing, engine=engine,
                        loaded=loaded)
-    return CompletionLogpsModel(model, engine, with_tokens="tokens" in objective.needs)
+    needs = objective.needs
+    return CompletionLogpsModel(model, engine, with_tokens="tokens" in needs,
+                                with_sampling_weights="sampling_weights" in needs, with_prompt="prompt" in needs)
 
 
 def _save_policy(model, tokenizer, out: Path, config: RunSettings, lora: bool) -> str:
@@ -154,6 +156,7 @@ class _Run:
     state: TrainState = dataclasses.field(default_factory=TrainState)
     ref_train: torch.Tensor | None = None
     ref_eval: torch.Tensor | None = None
+    ref_tokens: dict[str, torch.Tensor] | None = None  # "train"/"eval": per-token reference log-probs, when asked
     on_eval: Callable[[int, dict], None] | None = None
     eval_seconds: float = 0.0
 
@@ -271,16 +274,21 @@ class _Run:
                           enabled=self.accelerator.is_main_process)
 
     def reference(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference log-probs of the train and eval lists: from the run folder on resume (by then a
-        fully fine-tuned policy is no longer the reference), else the reference pass with the shared
-        cache (for every later run with the same settings)."""
+        """Reference log-probs of the train and eval lists (and their per-token values into
+        `ref_tokens`, when the objective needs them): from the run folder on resume (by then a fully
+        fine-tuned policy is no longer the reference), else the reference pass with the shared cache
+        (for every later run with the same settings)."""
         from prefopt.engine.model import cache_dir
         from prefopt.engine.refcache import ReferenceCache, weights_fingerprint
 
         device, run_copy = self.accelerator.device, self.out_dir / "reference_logps.pt"
+        with_tokens = "ref_tokens" in self.objective.needs
         if run_copy.exists():
             saved = torch.load(run_copy)
-            if saved["train"].shape[0] == len(self.train_data) and saved["eval"].shape[0] == len(self.eval_data):
+            if (saved["train"].shape[0] == len(self.train_data) and saved["eval"].shape[0] == len(self.eval_data)
+                    and (not with_tokens or "tokens" in saved)):
+                if with_tokens:
+                    self.ref_tokens = {split: table.to(device) for split, table in saved["tokens"].items()}
                 return saved["train"].to(device), saved["eval"].to(device)
         base = self.accelerator.unwrap_model(self.engine).model
         cache = None
@@ -290,13 +298,17 @@ class _Run:
                    "engine": ENGINE_VERSION}
             cache = ReferenceCache(cache_dir() / "reference", key)
         with self.progress("reference log-probs", transient=True) as progress:
-            (ref_train, ref_eval), hits = reference_logps(
+            (ref_train, ref_eval), tokens, hits = reference_logps(
                 self.engine, [self.train_data, self.eval_data], batching=self.batching,
                 pad_id=self.tokenizer.pad_token_id, device=device, cache=cache,
                 adapters_off=base.disable_adapter if self.lora else None, autocast=self.accelerator.autocast,
-                progress=progress)
+                progress=progress, with_tokens=with_tokens)
+        saved = {"train": ref_train.cpu(), "eval": ref_eval.cpu()}
+        if tokens is not None:
+            self.ref_tokens = dict(zip(("train", "eval"), tokens, strict=True))
+            saved["tokens"] = {split: table.cpu() for split, table in self.ref_tokens.items()}
         if self.accelerator.is_main_process:
-            torch.save({"train": ref_train.cpu(), "eval": ref_eval.cpu()}, run_copy)
+            torch.save(saved, run_copy)
             if cache is not None:
                 cache.save()
         total = len(self.train_data) + len(self.eval_data)
@@ -311,9 +323,15 @@ class _Run:
         with self.accelerator.autocast():
             result = self.engine(collated)
         k = collated.mask.shape[1]
+        ref_tokens = None
+        if self.ref_tokens is not None:
+            table = self.ref_tokens["train" if train else "eval"]  # train: the train lists, else the eval lists
+            ref_tokens = table[collated.indices, :k, : result.token_logps.shape[-1]]
         batch = ListBatch(logps=result.logps, ref_logps=None if ref is None else ref[collated.indices, :k],
                           lengths=result.lengths, scores=collated.scores, mask=collated.mask,
-                          token_logps=result.token_logps, token_mask=result.token_mask)
+                          token_logps=result.token_logps, token_mask=result.token_mask, ref_token_logps=ref_tokens,
+                          sampling_log_weights=result.sampling_log_weights, prompt_logps=result.prompt_logps,
+                          prompt_lengths=None if result.prompt_logps is None else collated.prompt_lengths)
         return self.objective(batch, train=train), collated
 
     def step(self, planned: PlannedStep) -> tuple[dict, int, float]:
