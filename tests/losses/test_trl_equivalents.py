@@ -111,6 +111,7 @@ def _config(row, tmp_path):
 def test_prefopt_computes_what_trl_computes(row, tmp_path):
     tokens, mask = _token_logps()
     ref_tokens = (tokens + torch.randn(tokens.shape, generator=torch.Generator().manual_seed(1)) * 0.5) * mask
+    ref_tokens[:, 0] += torch.tensor([6.0, -5.0, 0.5, 24.0, -3.0, 2.0, -6.0, 1.0])  # reorders the margins (AOT)
     batch = _prefopt_batch(tokens, mask, ref_tokens)
     config = _config(row, tmp_path)
     objective = Objective(row.loss, row.loss_params)
@@ -124,6 +125,8 @@ def test_prefopt_computes_what_trl_computes(row, tmp_path):
         ours, theirs = ours - nll.item(), row.loss_params["orpo"]["odds_weight"] / config.beta * \
             _trl_orpo_odds_term(config, batch)
     assert ours == pytest.approx(theirs, rel=2e-6, abs=1e-6), row
+    if set(row.loss) & {"aot", "aot_unpaired"}:  # the batch's margins sort in another order than its pairs
+        assert abs(ours - Objective("dpo")(batch, train=False).loss.mean().item()) > 1e-3
 
 
 def test_trl_discopop_overflows_where_prefopt_stays_finite(tmp_path):
