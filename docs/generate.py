@@ -129,8 +129,6 @@ def _trl_section() -> list[str]:
             *(["", "Not in prefopt yet:", *missing] if missing else [])]
 
 
-_NEEDS = {"ref": "reference", "lengths": "lengths", "tokens": "token log-probs",
-          "ref_tokens": "reference token log-probs", "sampling_weights": "WPO weights (the engine computes them)"}
 _FAMILIES = ("pairwise", "listwise", "sft", "unlearning")
 
 
@@ -151,7 +149,7 @@ def losses_page() -> str:
     for name in names:
         info = LOSSES[name].info
         family = info.family + (" (experimental)" if info.experimental else "")
-        needs = ", ".join(_NEEDS[n] for n in info.needs) or "policy only"
+        needs = info.describe_needs()
         lines.append(f"| `{name}` | {family} | {_cell(info.formula)} | {needs} | {_cell(defaults(name))} | "
                      f"{_cell(info.paper)} |")
     lines += ["", _NOTES, "", *_trl_section(), ""]

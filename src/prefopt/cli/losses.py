@@ -12,11 +12,6 @@ from rich.table import Table
 from prefopt.cli.common import console, fail
 
 
-def _needs(info) -> str:
-    words = {"ref": "reference", "lengths": "lengths", "tokens": "token log-probs"}
-    return ", ".join(words[n] for n in info.needs) or "policy log-probs"
-
-
 def _defaults(name: str) -> str:
     from prefopt.losses import loss_defaults
 
@@ -35,7 +30,7 @@ def losses_command(name: Annotated[str | None, typer.Argument(help="Show one los
         for loss_name, fn in LOSSES.items():
             info = fn.info
             label = f"{loss_name} (experimental)" if info.experimental else loss_name
-            cells = (label, info.family, info.formula, _needs(info), _defaults(loss_name), info.paper)
+            cells = (label, info.family, info.formula, info.describe_needs(), _defaults(loss_name), info.paper)
             table.add_row(*map(escape, cells))
         out.print(table)
         out.print("`prefopt losses NAME` shows one in full.", highlight=False)
@@ -49,7 +44,7 @@ def losses_command(name: Annotated[str | None, typer.Argument(help="Show one los
     info = fn.info
     out.print(f"[bold]{name}[/]" + (" [yellow](experimental)[/]" if info.experimental else ""))
     for label, value in (("family", info.family), ("formula", info.formula), ("paper", info.paper),
-                         ("needs", _needs(info)), ("defaults", _defaults(name))):
+                         ("needs", info.describe_needs()), ("defaults", _defaults(name))):
         out.print(f"  {label:9}{value}", highlight=False, markup=False)
     out.print()
     out.print(inspect.getdoc(fn), highlight=False, markup=False)

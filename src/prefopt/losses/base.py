@@ -336,6 +336,17 @@ class LossInfo:
     def needs_for(self, params: dict) -> set[str]:
         return set(self.needs) | {need for need, parameter in self.needs_if.items() if params.get(parameter)}
 
+    def describe_needs(self) -> str:
+        """What the loss reads besides the policy's log-probs, in words (`prefopt losses`, docs)."""
+        words = [NEEDS[need] for need in self.needs]
+        words += [f"{NEEDS[need]} with {parameter}" for need, parameter in self.needs_if.items()]
+        return ", ".join(words) or "policy only"
+
+
+NEEDS = {"ref": "reference", "lengths": "lengths", "tokens": "token log-probs",
+         "ref_tokens": "reference token log-probs", "sampling_weights": "WPO weights (the engine computes them)",
+         "prompt": "prompt log-probs"}
+
 
 LOSSES: Registry[Callable[..., LossOutput]] = Registry("loss", "losses")
 
