@@ -41,7 +41,8 @@ def settings(tiny_model, setup, out, **overrides):
 
 
 def without_timings(records):
-    return [{key: value for key, value in record.items() if key != "seconds"} for record in records]
+    timings = {"seconds", "overhead_seconds", "overhead_share"}
+    return [{key: value for key, value in record.items() if key not in timings} for record in records]
 
 
 def final_weights(out):
@@ -125,3 +126,24 @@ def test_lists_the_oracle_ties_on_are_replaced_by_the_next_ones(tiny_model, setu
     labelled = records[0]["labels"]
     assert labelled == 4 and len(asked) > 4  # the budget was labelled: ties were replaced from the reserve
     assert records[0]["left_out"]["all completions tie"] == len(asked) - labelled
+
+
+def test_models_stay_in_memory_between_stages_and_rounds(tiny_model, setup, whole, tmp_path, monkeypatch):
+    """Two rounds read one model from disk: the initial one, once. Every later stage gets a copy
+    from memory, the policies trained by the rounds included (kept as they were saved), and the
+    loop ends exactly where the loop of the fixture (same process, same settings) ended."""
+    from transformers import AutoModelForCausalLM
+
+    reads = []
+    original = AutoModelForCausalLM.from_pretrained.__func__
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        classmethod(lambda cls, path, *a, **k: reads.append(str(path)) or original(cls, path, *a, **k)))
+    out = tmp_path / "run"
+    records = loop(settings(tiny_model, setup, out))
+    assert reads == [str(tiny_model)]
+    assert without_timings(records) == without_timings(whole[1])
+    for name, tensor in final_weights(out).items():
+        assert tensor.equal(final_weights(whole[0])[name]), name
+    shares = [record["overhead_share"] for record in records]
+    assert all(0 < share < 1 for share in shares)
+    assert set(records[0]["overhead_seconds"]) == set(records[0]["seconds"])

@@ -130,10 +130,36 @@ def _from_pretrained(model_class, path: str, loaded: dict | None, **kwargs):
     and the original weights, as from disk)."""
     if loaded is None:
         return model_class.from_pretrained(path, **kwargs)
-    key = (model_class.__name__, path, tuple(sorted(kwargs.items())))
+    key = _loaded_key(model_class, path, kwargs)
     if key not in loaded:
         loaded[key] = model_class.from_pretrained(path, **kwargs)
     return copy.deepcopy(loaded[key])
+
+
+def _loaded_key(model_class, path: str, kwargs: dict) -> tuple:
+    return model_class.__name__, str(path), tuple(sorted(kwargs.items()))
+
+
+def keep_saved(loaded: dict | None, folder: Path, model, base: str) -> None:
+    """Record in `loaded` that `folder` now holds `model`'s weights (a policy just saved there,
+    trained from `base`), so that load_model(folder, loaded=loaded) copies them from memory instead
+    of reading the folder again. The record is a copy of `base` as loaded with those weights (the
+    same numbers the folder holds: float32 saved as float32)."""
+    if loaded is None:
+        return
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kept = _from_pretrained(AutoModelForCausalLM, resolve_model_path(base), loaded, dtype=torch.float32)
+    kept.load_state_dict(model.state_dict())
+    loaded[_loaded_key(AutoModelForCausalLM, str(folder), {"dtype": torch.float32})] = kept
+
+
+def forget_loaded(loaded: dict, keep: set[str]) -> None:
+    """Drop every model of `loaded` but those of the specs in `keep` (a loop keeps two policies)."""
+    paths = {resolve_model_path(spec) for spec in keep}
+    for key in [key for key in loaded if key[1] not in paths]:
+        del loaded[key]
 
 
 def load_reward_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpointing: bool = False,

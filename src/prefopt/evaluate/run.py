@@ -15,6 +15,7 @@ read theirs from the same functions."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,9 +76,10 @@ class EvalConfig(BaseModel):
         return self
 
 
-def evaluate(config: EvalConfig, *, console: Console | None = None) -> dict:
+def evaluate(config: EvalConfig, *, console: Console | None = None, loaded: dict | None = None) -> dict:
+    """Evaluate as `config` says; `loaded` keeps models already read (see engine.model.load_model)."""
     console = console or Console()
-    result = _on_data(config) if config.data is not None else _on_prompts(config, console)
+    result = _on_data(config) if config.data is not None else _on_prompts(config, console, loaded)
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -87,33 +89,38 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> dict:
 # ----- on prompts -----
 
 
-def _answers(config: EvalConfig, which: str, console: Console) -> list[PreferenceRecord] | None:
-    """The model's (or the baseline's) answers: read, or generated into a file beside the output."""
+def _answers(config: EvalConfig, which: str, console: Console, loaded: dict | None
+             ) -> tuple[list[PreferenceRecord] | None, float]:
+    """The model's (or the baseline's) answers: read, or generated into a file beside the output;
+    and the seconds spent sampling them."""
+    from prefopt.engine.model import load_model
     from prefopt.generate import GenerateConfig, generate
 
     given, model = (config.generations, config.model) if which == "model" else (config.baseline_generations,
                                                                                  config.baseline)
     if given is None and model is None:
-        return None
+        return None, 0.0
+    seconds = 0.0
     if given is None:
         if config.prompts is None:
             raise ValueError(f"the {which}'s answers: give its generations, or prompts to generate them from")
         given = str(Path(config.out).with_suffix(f".{which}.jsonl"))
         Path(given).unlink(missing_ok=True)
-        generate(GenerateConfig(model=model, prompts=config.prompts, out=given, k=config.k,
-                                temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                                seed=config.seed, batch_size=config.batch_size, precision=config.precision),
-                 console=console)
-    return load_records(given, require_scores=False, min_completions=1).records
+        settings = GenerateConfig(model=model, prompts=config.prompts, out=given, k=config.k,
+                                  temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                                  seed=config.seed, batch_size=config.batch_size, precision=config.precision)
+        policy = load_model(model, loaded=loaded) if loaded is not None and settings.backend != "vllm" else None
+        seconds = generate(settings, console=console, model=policy).seconds
+    return load_records(given, require_scores=False, min_completions=1).records, seconds
 
 
-def _on_prompts(config: EvalConfig, console: Console) -> dict:
+def _on_prompts(config: EvalConfig, console: Console, loaded: dict | None) -> dict:
     from prefopt.oracles import ListToJudge, make_oracle
     from prefopt.oracles.cache import judge
     from prefopt.oracles.score import answer_cache
 
-    answers = _answers(config, "model", console)
-    baseline = _answers(config, "baseline", console)
+    answers, model_seconds = _answers(config, "model", console, loaded)
+    baseline, baseline_seconds = _answers(config, "baseline", console, loaded)
     if baseline is not None and [a.prompt for a in answers] != [b.prompt for b in baseline]:
         raise DataError("the baseline's answers are to other prompts than the model's (or in another order)")
     oracle = make_oracle(config.oracle, config.oracle_options)
@@ -122,6 +129,7 @@ def _on_prompts(config: EvalConfig, console: Console) -> dict:
     result: dict[str, Any] = {"mode": "prompts", "model": config.model, "oracle": config.oracle,
                               "prompts": len(answers), "answers_per_prompt": len(answers[0].completions)}
     boot = {"resamples": config.resamples, "seed": config.seed}
+    judging = time.perf_counter()
     try:
         scored = judge(oracle, lists(answers), cache)[0]
         per_prompt: dict[str, list] = {"lengths": [_mean_length(a) for a in answers]}
@@ -145,6 +153,8 @@ def _on_prompts(config: EvalConfig, console: Console) -> dict:
         oracle.close()
         if cache is not None:
             cache.close()
+    # where the time went: sampling answers and judging them (the rest is loading and bookkeeping)
+    result["seconds"] = {"generate": model_seconds + baseline_seconds, "judge": time.perf_counter() - judging}
     reference = config.reference or default_reference(config.model)
     if reference is not None:
         result["reference"] = reference
@@ -244,9 +254,9 @@ def _alpha(config: EvalConfig, records, examples, m: int) -> float:
     return float(value)
 
 
-def logps_table(spec: str, records: list[PreferenceRecord], precision: str = "auto"):
+def logps_table(spec: str, records: list[PreferenceRecord], precision: str = "auto", loaded: dict | None = None):
     """Summed completion log-probs [lists, K] and lengths under one model, each list best first
-    (in its own order when unscored), with the tokenized lists."""
+    (in its own order when unscored), with the tokenized lists. `loaded`: as load_model's."""
     from prefopt.engine.logps import CompletionLogpsModel
     from prefopt.engine.model import load_model, load_tokenizer
     from prefopt.engine.precision import choose_precision
@@ -257,7 +267,7 @@ def logps_table(spec: str, records: list[PreferenceRecord], precision: str = "au
                                                                        max_completion_tokens=None))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision, _ = choose_precision(precision, device)
-    engine = CompletionLogpsModel(load_model(spec).to(device))
+    engine = CompletionLogpsModel(load_model(spec, loaded=loaded).to(device))
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     (table,), _, _ = reference_logps(engine, [examples], batching=Batching(), pad_id=tokenizer.pad_token_id,
                                      device=device, cache=None, adapters_off=None, autocast=autocast)

@@ -25,7 +25,9 @@ import torch
 from rich.console import Console
 
 from prefopt.data import DataError, read_jsonl
+from prefopt.engine.model import forget_loaded
 from prefopt.loop.config import LoopConfig
+from prefopt.train import Reuse
 
 
 def _write_json(path: Path, value) -> None:
@@ -54,10 +56,13 @@ def loop(config: LoopConfig, *, resume: bool = False, console: Console | None = 
     pool_rows = {json.dumps(record.prompt, sort_keys=True): record for record in load_prompts(config.prompts)}
     pool = list(pool_rows)
     records = read_jsonl(out / "rounds.jsonl") if (out / "rounds.jsonl").exists() else []
-    initial_answers = _initial_answers(config, out, console) if config.heldout else None
+    reuse = Reuse()  # models stay in memory between stages and rounds: each folder is read once
+    initial_answers = _initial_answers(config, out, reuse, console) if config.heldout else None
     for n in range(len(records), config.rounds):
         console.print(f"[bold]round {n + 1} of {config.rounds}[/]", highlight=False)
-        record = _round(config, out, n, pool, pool_rows, initial_answers, console)
+        # what this round reads: the initial model, its policy and (continue) the one before
+        forget_loaded(reuse.models, {config.model, *(_merged(_policy(config, out, m)) for m in (n, n - 1))})
+        record = _round(config, out, n, pool, pool_rows, initial_answers, reuse, console)
         records.append(record)
         _write_jsonl(out / "rounds.jsonl", records)
     return records
@@ -77,29 +82,35 @@ def _trained(config: LoopConfig, out: Path, n: int) -> str:
     return config.model
 
 
-def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, initial_answers, console) -> dict:
+def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, initial_answers, reuse: Reuse,
+           console) -> dict:
     folder = out / f"round-{n}"
     folder.mkdir(exist_ok=True)
     seconds: dict[str, float] = {}
+    overhead: dict[str, float] = {}
 
     def stage(name: str, path: Path | tuple[Path, ...], run) -> None:  # done when (one of) its path(s) exists
-        started = time.perf_counter()
+        started, work = time.perf_counter(), 0.0
         if not any(p.exists() for p in (path if isinstance(path, tuple) else (path,))):
             console.print(f"  {name}", highlight=False)
-            run()
+            work = run() or 0.0  # the seconds of the stage's own work (sampling, judging, training)
         seconds[name] = time.perf_counter() - started
+        overhead[name] = max(seconds[name] - work, 0.0)
 
     stage("candidates", folder / "candidates.json", lambda: _candidates(config, out, n, pool, folder))
-    stage("generate", folder / "generations.done", lambda: _generate(config, out, n, pool_rows, folder, console))
-    stage("acquire", folder / "acquisition.json", lambda: _acquire(config, out, n, folder))
+    stage("generate", folder / "generations.done",
+          lambda: _generate(config, out, n, pool_rows, folder, reuse, console))
+    stage("acquire", folder / "acquisition.json", lambda: _acquire(config, out, n, folder, reuse))
     stage("label", folder / "labels.jsonl", lambda: _label(config, folder, console))
     stage("train", (folder / "train" / "model", folder / "train.skipped"),
-          lambda: _train(config, out, n, folder, console))
+          lambda: _train(config, out, n, folder, reuse, console))
     if config.heldout:
-        stage("evaluate", folder / "eval.json", lambda: _evaluate(config, out, n, folder, initial_answers, console))
+        stage("evaluate", folder / "eval.json",
+              lambda: _evaluate(config, out, n, folder, initial_answers, reuse, console))
     acquisition = json.loads((folder / "acquisition.json").read_text())
     labels = read_jsonl(folder / "labels.jsonl")
-    record = {"round": n, "seconds": seconds, "labels": len(labels),
+    record = {"round": n, "seconds": seconds, "overhead_seconds": overhead,
+              "overhead_share": sum(overhead.values()) / max(sum(seconds.values()), 1e-9), "labels": len(labels),
               "labels_total": sum(len(read_jsonl(out / f"round-{m}" / "labels.jsonl")) for m in range(n + 1)),
               "left_out": json.loads((folder / "labels.left_out.json").read_text()),
               "acquisition": {"function": config.acquisition, "note": acquisition["note"],
@@ -129,19 +140,31 @@ def _candidates(config: LoopConfig, out: Path, n: int, pool: list[str], folder: 
     _write_json(folder / "candidates.json", drawn)
 
 
-def _generate(config: LoopConfig, out: Path, n: int, pool_rows: dict, folder: Path, console) -> None:
-    from prefopt.generate import GenerateConfig, generate
+def _generate(config: LoopConfig, out: Path, n: int, pool_rows: dict, folder: Path, reuse: Reuse, console) -> float:
+    from prefopt.generate import GenerateConfig
 
     keys = json.loads((folder / "candidates.json").read_text())
     prompts = folder / "candidates.jsonl"
     _write_jsonl(prompts, [{**pool_rows[key].extra, "prompt": pool_rows[key].prompt} for key in keys])
-    generate(GenerateConfig(model=_policy(config, out, n), prompts=str(prompts), out=str(folder / "generations.jsonl"),
-                            k=config.k, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                            seed=config.seed + n, precision=config.precision), resume=True, console=console)
+    settings = GenerateConfig(model=_merged(_policy(config, out, n)), prompts=str(prompts),
+                              out=str(folder / "generations.jsonl"), k=config.k, temperature=config.temperature,
+                              max_new_tokens=config.max_new_tokens, seed=config.seed + n, precision=config.precision)
+    seconds = _generate_with(settings, reuse, console)
     (folder / "generations.done").write_text("")
+    return seconds
 
 
-def _acquire(config: LoopConfig, out: Path, n: int, folder: Path) -> None:
+def _generate_with(settings, reuse: Reuse, console) -> float:
+    """`prefopt generate` with the model and tokenizer from memory; the seconds spent sampling."""
+    from prefopt.engine.model import load_model
+    from prefopt.generate import generate
+
+    model = load_model(settings.model, loaded=reuse.models) if settings.backend != "vllm" else None
+    return generate(settings, resume=True, console=console, model=model,
+                    tokenizer=reuse.tokenizer(settings.model)).seconds
+
+
+def _acquire(config: LoopConfig, out: Path, n: int, folder: Path, reuse: Reuse) -> None:
     from prefopt.acquire.strategies import Acquisition, AcquisitionState, Candidates
     from prefopt.data import load_records
     from prefopt.evaluate.run import logps_table
@@ -152,8 +175,9 @@ def _acquire(config: LoopConfig, out: Path, n: int, folder: Path) -> None:
     ref = None
     if config.acquisition in ("certainty", "hybrid"):
         reference = config.model if config.training == "restart" or n == 0 else _policy(config, out, n - 1)
-        ref = logps_table(reference, generations, config.precision)[0]
-        logps = logps_table(_policy(config, out, n), generations, config.precision)[0]  # the same tokens
+        ref = logps_table(_merged(reference), generations, config.precision, reuse.models)[0]
+        # the same tokens under the policy
+        logps = logps_table(_merged(_policy(config, out, n)), generations, config.precision, reuse.models)[0]
     beta = config.train.get("loss_params", {}).get("dpo", {}).get("beta", 0.1)
     acquisition = Acquisition(config.acquisition, rule=config.selection, beta=config.selection_beta, dpo_beta=beta,
                               oversample=config.oversample)
@@ -170,7 +194,7 @@ def _acquire(config: LoopConfig, out: Path, n: int, folder: Path) -> None:
         "candidate_mean_score": sum(scores) / max(len(scores), 1)})
 
 
-def _label(config: LoopConfig, folder: Path, console) -> None:
+def _label(config: LoopConfig, folder: Path, console) -> float:
     """The oracle's judgements of the chosen lists; lists it abstained or tied on are counted, and
     the next lists by acquisition score are asked about until the budget is labelled or the
     candidates run out."""
@@ -180,12 +204,15 @@ def _label(config: LoopConfig, folder: Path, console) -> None:
     rows = read_jsonl(folder / "generations.jsonl")
     queue, asked, labelled, left_out = list(acquisition["chosen"]), [], [], {}
     reserve = list(acquisition["reserve"])
+    judging = 0.0
     while queue:
         asked += queue
         _write_jsonl(folder / "chosen.jsonl", [rows[i] for i in queue])
+        started = time.perf_counter()
         result = score(ScoreConfig(generations=str(folder / "chosen.jsonl"), oracle=config.oracle,
                                    oracle_options=config.oracle_options, out=str(folder / "labels.partial.jsonl")),
                        console=console)
+        judging += time.perf_counter() - started
         labelled += read_jsonl(folder / "labels.partial.jsonl")
         for reason, count in result.left_out.items():
             left_out[reason] = left_out.get(reason, 0) + count
@@ -197,9 +224,10 @@ def _label(config: LoopConfig, folder: Path, console) -> None:
     (folder / "labels.partial.jsonl").unlink(missing_ok=True)
     if not labelled:
         console.print("  [yellow]the oracle gave no usable label this round (every list abstained or tied)[/]")
+    return judging
 
 
-def _train(config: LoopConfig, out: Path, n: int, folder: Path, console) -> None:
+def _train(config: LoopConfig, out: Path, n: int, folder: Path, reuse: Reuse, console) -> float:
     from prefopt.train import TrainConfig, train
 
     rounds = range(n + 1) if config.training == "restart" else [n]
@@ -208,13 +236,14 @@ def _train(config: LoopConfig, out: Path, n: int, folder: Path, console) -> None
         reason = f"round {n}: no labelled list to train on (the oracle abstained or tied on every one)"
         console.print(f"  [yellow]{reason}: the policy is kept as it is[/]", highlight=False)
         (folder / "train.skipped").write_text(reason + "\n")
-        return
+        return 0.0
     _write_jsonl(folder / "data.jsonl", rows)
     base = config.model if config.training == "restart" else _policy(config, out, n)
     settings = TrainConfig(**{"eval_fraction": 0.0, **config.train, "model": _merged(base),
                               "data": str(folder / "data.jsonl"), "output_dir": str(folder / "train"),
                               "seed": config.seed + n, "precision": config.precision, "merge": True})
-    train(settings, resume=True, console=console)
+    result = train(settings, resume=True, console=console, reuse=reuse)
+    return result.reference_seconds + result.loop_seconds + result.eval_seconds
 
 
 def policy_after(config: LoopConfig, n: int) -> str:
@@ -228,20 +257,21 @@ def _merged(spec: str) -> str:
     return str(merged) if merged.is_dir() else spec
 
 
-def _initial_answers(config: LoopConfig, out: Path, console) -> Path:
+def _initial_answers(config: LoopConfig, out: Path, reuse: Reuse, console) -> Path:
     """The initial model's answers to the held-out prompts, generated once and kept."""
-    from prefopt.generate import GenerateConfig, generate
+    from prefopt.generate import GenerateConfig
 
     path = out / "initial-answers.jsonl"
     if not (out / "initial-answers.done").exists():
-        generate(GenerateConfig(model=config.model, prompts=config.heldout, out=str(path), k=config.eval_k,
-                                temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens,
-                                seed=config.seed, precision=config.precision), resume=True, console=console)
+        _generate_with(GenerateConfig(model=config.model, prompts=config.heldout, out=str(path), k=config.eval_k,
+                                      temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens,
+                                      seed=config.seed, precision=config.precision), reuse, console)
         (out / "initial-answers.done").write_text("")
     return path
 
 
-def _evaluate(config: LoopConfig, out: Path, n: int, folder: Path, initial_answers: Path, console) -> None:
+def _evaluate(config: LoopConfig, out: Path, n: int, folder: Path, initial_answers: Path, reuse: Reuse,
+              console) -> float:
     from prefopt.evaluate.run import EvalConfig, evaluate
 
     oracle = config.eval_oracle or config.oracle
@@ -253,10 +283,11 @@ def _evaluate(config: LoopConfig, out: Path, n: int, folder: Path, initial_answe
                                  oracle_options=options, k=config.eval_k,
                                  temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens,
                                  seed=config.seed, precision=config.precision, out=str(folder / "eval.partial.json")),
-                      console=console)
+                      console=console, loaded=reuse.models)
     keep = {key: result[key] for key in ("score", "baseline_score", "win_rate") if key in result}
     _write_json(folder / "eval.json", keep)
     (folder / "eval.partial.json").unlink(missing_ok=True)
+    return result["seconds"]["generate"] + result["seconds"]["judge"]
 
 
 __all__ = ["LoopConfig", "loop", "policy_after"]

@@ -38,7 +38,7 @@ def distinct_pad(tokenizer, model) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def _save(model, tokenizer, out: Path, config: RewardConfig, lora: bool) -> str:
+def _save(model, tokenizer, out: Path, config: RewardConfig, lora: bool, loaded: dict | None) -> str:
     """output_dir/model: the whole reward model (LoRA merged into it); with LoRA also
     output_dir/adapters (the adapters and the trained head, for peft)."""
     note = ""

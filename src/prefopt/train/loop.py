@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from prefopt.data import Batching, PlannedStep, TokenizeSettings, load_records, split_by_prompt, tokenize_records
 from prefopt.engine.hostmem import keep_freed_memory
 from prefopt.engine.logps import CompletionLogpsModel, collate
-from prefopt.engine.model import LoraSettings, load_model
+from prefopt.engine.model import LoraSettings, keep_saved, load_model
 from prefopt.engine.settings import ENGINE_VERSION, EngineSettings
 from prefopt.errors import TrainingError
 from prefopt.losses import ListBatch, Objective
@@ -83,12 +83,13 @@ class Task:
     """What a run trains, the rest of the run being the same: `build` loads the model (from the
     `loaded` models of a Reuse, when given) and wraps it in the engine module whose forward gives
     per-completion values [B, K] (log-probs of a policy, or rewards of a reward model); `save`
-    writes the final model and says where; `summarize`, if set, adds metrics computed over the
-    whole evaluation set from each batch's (loss output, collated batch)."""
+    writes the final model and says where (and keeps it in the `loaded` models, when given);
+    `summarize`, if set, adds metrics computed over the whole evaluation set from each batch's
+    (loss output, collated batch)."""
 
     build: Callable[[RunSettings, LoraSettings | None, EngineSettings, Objective, object, dict | None],
                     torch.nn.Module]
-    save: Callable[[torch.nn.Module, object, Path, RunSettings, bool], str]
+    save: Callable[[torch.nn.Module, object, Path, RunSettings, bool, dict | None], str]
     summarize: Callable[[list[tuple]], dict[str, float]] | None = None
 
 
@@ -101,14 +102,17 @@ def _build_policy(config: RunSettings, lora: LoraSettings | None, engine: Engine
                                 with_sampling_weights="sampling_weights" in needs, with_prompt="prompt" in needs)
 
 
-def _save_policy(model, tokenizer, out: Path, config: RunSettings, lora: bool) -> str:
+def _save_policy(model, tokenizer, out: Path, config: RunSettings, lora: bool, loaded: dict | None) -> str:
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
+    if not lora:
+        keep_saved(loaded, out / "model", model, config.model)
     if not (config.merge and lora):
         return f"saved the model to {out / 'model'}"
     merged = model.merge_and_unload()
     merged.save_pretrained(out / "merged")
     tokenizer.save_pretrained(out / "merged")
+    keep_saved(loaded, out / "merged", merged, config.model)
     return f"saved the model to {out / 'model'} and {out / 'merged'}"
 
 
@@ -128,7 +132,7 @@ def train(config: RunSettings, *, resume: bool = False, console: Console | None 
     with keep_freed_memory(enabled=not torch.cuda.is_available()):
         run = _Run.start(config, console or Console(), objective or config.build_objective(),
                          engine or config.engine_settings(), task, reuse)
-        run.on_eval = on_eval
+        run.on_eval, run.reuse = on_eval, reuse
         return run.fit(resume, on_step)
 
 
@@ -158,6 +162,7 @@ class _Run:
     ref_eval: torch.Tensor | None = None
     ref_tokens: dict[str, torch.Tensor] | None = None  # "train"/"eval": per-token reference log-probs, when asked
     on_eval: Callable[[int, dict], None] | None = None
+    reuse: Reuse | None = None
     eval_seconds: float = 0.0
 
     @property
@@ -403,7 +408,8 @@ class _Run:
     def save_final(self) -> None:
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.engine).model
-            self.say(self.task.save(model, self.tokenizer, self.out_dir, self.config, self.lora))
+            loaded = self.reuse.models if self.reuse is not None else None
+            self.say(self.task.save(model, self.tokenizer, self.out_dir, self.config, self.lora, loaded))
 
     def progress(self, label: str, transient: bool = False) -> Progress:
         columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
