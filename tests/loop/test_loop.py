@@ -147,3 +147,77 @@ def test_models_stay_in_memory_between_stages_and_rounds(tiny_model, setup, whol
     shares = [record["overhead_share"] for record in records]
     assert all(0 < share < 1 for share in shares)
     assert set(records[0]["overhead_seconds"]) == set(records[0]["seconds"])
+
+
+class Killed(BaseException):
+    """Stands for the process being killed: nothing after it runs, no handler catches it."""
+
+
+def _nothing(original, *args, **kwargs):
+    raise Killed
+
+
+def _half_the_prompts(original, model, tokenizer, prompts, settings, **kwargs):
+    original(model, tokenizer, prompts[: len(prompts) // 2], settings, **kwargs)  # written as it went
+    raise Killed
+
+
+def _one_list(original, oracle, lists, cache, **kwargs):
+    original(oracle, lists[:1], cache, **kwargs)  # one answer in the oracle's cache
+    raise Killed
+
+
+def _kill(monkeypatch, target, name: str, after: int, partial=_nothing):
+    """target.name runs as usual `after` times, then does what `partial` does (part of its work)
+    and is killed."""
+    original, calls = getattr(target, name), []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return (partial if len(calls) == after + 1 else lambda f, *a, **k: f(*a, **k))(original, *args, **kwargs)
+
+    monkeypatch.setattr(target, name, wrapper)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["generate", "acquire", "label", "train", "evaluate"])
+def test_a_loop_killed_inside_any_stage_resumes_to_the_same_state(tiny_model, setup, whole, stage, tmp_path,
+                                                                  monkeypatch):
+    """Killed in the middle of a stage of round 1 (half the prompts sampled and written, a half
+    written line after them; one list judged; training after a checkpoint; the held-out answers
+    generated but not judged), `--resume` reaches the rounds.jsonl and the final weights of the
+    run that was never stopped."""
+    import importlib
+
+    import prefopt.acquire.strategies as strategies
+    import prefopt.evaluate.run as evaluate_run
+    import prefopt.generate.run as generate_run
+    import prefopt.train.loop as train_loop
+
+    score = importlib.import_module("prefopt.oracles.score")  # the package's `score` is its function
+
+    # (where, what, calls before round 1's first): sampling runs for the initial answers, round 0's
+    # candidates and its held-out answers; one acquisition, one labelling, 2 steps (round 1 killed after its
+    # first, checkpointed) and one win rate a round
+    where = {"generate": (generate_run, "sample", 3, _half_the_prompts),
+             "acquire": (strategies.Acquisition, "select", 1), "label": (score, "judge", 1, _one_list),
+             "train": (train_loop._Run, "step", 3), "evaluate": (evaluate_run, "_win_rate", 1)}[stage]
+    _kill(monkeypatch, *where)
+    out = tmp_path / "run"
+    train = {"loss": "plackett_luce", "lora": True, "learning_rate": 1e-3, "max_steps": 2, "batch_size": 2,
+             "save_every": 1}
+    with pytest.raises(Killed):
+        loop(settings(tiny_model, setup, out, train=train))
+    monkeypatch.undo()
+    round_1 = out / "round-1"
+    if stage == "generate":
+        written = (round_1 / "generations.jsonl").read_text().splitlines()
+        assert 0 < len(written) < 8 and not (round_1 / "generations.done").exists()
+        with (round_1 / "generations.jsonl").open("a") as handle:
+            handle.write('{"prompt": "question 3: app')  # killed while writing a line
+    if stage == "train":
+        assert latest_checkpoint(round_1 / "train").name == "step-1" and not (round_1 / "train" / "model").exists()
+    resumed = loop(settings(tiny_model, setup, out, train=train), resume=True)
+    assert without_timings(resumed) == without_timings(whole[1])
+    for name, tensor in final_weights(out).items():
+        assert tensor.equal(final_weights(whole[0])[name]), name
