@@ -101,7 +101,7 @@ def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, i
     stage("generate", folder / "generations.done",
           lambda: _generate(config, out, n, pool_rows, folder, reuse, console))
     stage("acquire", folder / "acquisition.json", lambda: _acquire(config, out, n, folder, reuse))
-    stage("label", folder / "labels.jsonl", lambda: _label(config, folder, console))
+    stage("label", folder / "labels.jsonl", lambda: _label(config, out, n, folder, console))
     stage("train", (folder / "train" / "model", folder / "train.skipped"),
           lambda: _train(config, out, n, folder, reuse, console))
     if config.heldout:
@@ -111,6 +111,7 @@ def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, i
     labels = read_jsonl(folder / "labels.jsonl")
     record = {"round": n, "seconds": seconds, "overhead_seconds": overhead,
               "overhead_share": sum(overhead.values()) / max(sum(seconds.values()), 1e-9), "labels": len(labels),
+              "late_labels": sum("late_from_round" in row for row in labels),
               "labels_total": sum(len(read_jsonl(out / f"round-{m}" / "labels.jsonl")) for m in range(n + 1)),
               "left_out": json.loads((folder / "labels.left_out.json").read_text()),
               "acquisition": {"function": config.acquisition, "note": acquisition["note"],
@@ -194,37 +195,73 @@ def _acquire(config: LoopConfig, out: Path, n: int, folder: Path, reuse: Reuse) 
         "candidate_mean_score": sum(scores) / max(len(scores), 1)})
 
 
-def _label(config: LoopConfig, folder: Path, console) -> float:
+def _label(config: LoopConfig, out: Path, n: int, folder: Path, console) -> float:
     """The oracle's judgements of the chosen lists; lists it abstained or tied on are counted, and
     the next lists by acquisition score are asked about until the budget is labelled or the
-    candidates run out."""
-    from prefopt.oracles import ScoreConfig, score
-
+    candidates run out. With people, the lists of earlier rounds labelled since their deadline
+    join this round's data too. Returns the seconds spent judging."""
     acquisition = json.loads((folder / "acquisition.json").read_text())
     rows = read_jsonl(folder / "generations.jsonl")
     queue, asked, labelled, left_out = list(acquisition["chosen"]), [], [], {}
     reserve = list(acquisition["reserve"])
-    judging = 0.0
+    started = time.perf_counter()
+    scores = acquisition["scores"]
     while queue:
         asked += queue
-        _write_jsonl(folder / "chosen.jsonl", [rows[i] for i in queue])
-        started = time.perf_counter()
-        result = score(ScoreConfig(generations=str(folder / "chosen.jsonl"), oracle=config.oracle,
-                                   oracle_options=config.oracle_options, out=str(folder / "labels.partial.jsonl")),
-                       console=console)
-        judging += time.perf_counter() - started
-        labelled += read_jsonl(folder / "labels.partial.jsonl")
-        for reason, count in result.left_out.items():
+        # people see the lists in the order of their acquisition scores (the store's priorities)
+        chosen = [{**rows[i], "priority": scores[i]} if config.oracle == "people" else rows[i] for i in queue]
+        new, reasons = _judged(config, folder, chosen, config.oracle_options, console)
+        labelled += new
+        for reason, count in reasons.items():
             left_out[reason] = left_out.get(reason, 0) + count
         missing = config.labels_per_round - len(labelled)
         queue, reserve = reserve[:max(missing, 0)], reserve[max(missing, 0):]
+    late = _late_labels(config, out, n, folder, console) if config.oracle == "people" else []
     _write_json(folder / "asked.json", asked)
     _write_json(folder / "labels.left_out.json", left_out)
-    _write_jsonl(folder / "labels.jsonl", labelled)  # last: the stage is done when this exists
-    (folder / "labels.partial.jsonl").unlink(missing_ok=True)
+    _write_jsonl(folder / "labels.jsonl", labelled + late)  # last: the stage is done when this exists
     if not labelled:
         console.print("  [yellow]the oracle gave no usable label this round (every list abstained or tied)[/]")
-    return judging
+    return time.perf_counter() - started
+
+
+def _judged(config: LoopConfig, folder: Path, rows: list[dict], options: dict, console) -> tuple[list[dict], dict]:
+    """The oracle's labelled lists among `rows` (`prefopt score`), and the counts of those left out."""
+    from prefopt.oracles import ScoreConfig, score
+
+    _write_jsonl(folder / "chosen.jsonl", rows)
+    result = score(ScoreConfig(generations=str(folder / "chosen.jsonl"), oracle=config.oracle, oracle_options=options,
+                               out=str(folder / "labels.partial.jsonl")), console=console)
+    labelled = read_jsonl(folder / "labels.partial.jsonl")
+    (folder / "labels.partial.jsonl").unlink()
+    return labelled, dict(result.left_out)
+
+
+def _late_labels(config: LoopConfig, out: Path, n: int, folder: Path, console) -> list[dict]:
+    """People go on labelling after a round's deadline, while the loop trains: the lists earlier
+    rounds asked about and got no usable label for, labelled since, are read from the store now
+    (without waiting) and join this round's data, each once. They carry `late_from_round`."""
+    taken = {(row["late_from_round"], row["meta"]["index"]) for m in range(n)
+             for row in read_jsonl(out / f"round-{m}" / "labels.jsonl") if "late_from_round" in row}
+    waiting = []
+    for m in range(n):
+        earlier = out / f"round-{m}"
+        done = {row["meta"]["index"] for row in read_jsonl(earlier / "labels.jsonl") if "late_from_round" not in row}
+        rows = read_jsonl(earlier / "generations.jsonl")
+        scores = json.loads((earlier / "acquisition.json").read_text())["scores"]  # their priorities, kept
+        waiting += [{**rows[i], "priority": scores[i], "late_from_round": m}
+                    for i in json.loads((earlier / "asked.json").read_text()) if i not in done and (m, i) not in taken]
+    if not waiting:
+        return []
+    # what is there now, without waiting: lists short of R labels count only where the loop would use them
+    keep_short = config.oracle_options.get("on_deadline", "use_what_is_there") == "use_what_is_there"
+    options = {**config.oracle_options, "deadline_minutes": 0,
+               "on_deadline": "use_what_is_there" if keep_short else "abstain"}
+    late, _ = _judged(config, folder, waiting, options, console)
+    if late:
+        console.print(f"  {len(late)} lists of earlier rounds labelled since their deadline join this round",
+                      highlight=False)
+    return late
 
 
 def _train(config: LoopConfig, out: Path, n: int, folder: Path, reuse: Reuse, console) -> float:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import ClassVar, Literal
 
 from prefopt.data import PreferenceRecord
+from prefopt.errors import OracleError
 from prefopt.oracles.base import ORACLES, Judgement, ListToJudge, Oracle, OracleOptions
 
 
@@ -20,9 +21,12 @@ class PeopleOptions(OracleOptions):
     db: str = "labels.db"  # the label store: a SQLite file or a SQLAlchemy URL
     labels_per_list: int = 1  # R: labels wanted from different people
     deadline_minutes: float | None = None  # stop waiting after this long (None: wait until every list has R)
-    on_deadline: Literal["use_what_is_there", "abstain"] = "use_what_is_there"  # lists with 1 ≤ n < R labels
+    # when the deadline passes before every list has R labels: use the lists with 1 ≤ n < R labels,
+    # count them as abstentions, or stop (the labels given so far stay in the store; --resume waits again)
+    on_deadline: Literal["use_what_is_there", "abstain", "stop"] = "use_what_is_there"
     poll_seconds: float = 2.0
-    priority: float = 0.0  # of the new items (the loop sets each list's acquisition score instead)
+    priority: float = 0.0  # of the new items without a `priority` field of their own (the loop gives its
+    # lists their acquisition scores)
 
 
 def content_source(item: ListToJudge) -> str:
@@ -52,7 +56,8 @@ class PeopleOracle(Oracle):
                                                source=source) for item, source in zip(lists, sources, strict=True)])
         ids = self.store.item_ids(sources)
         item_ids = [ids[source] for source in sources]
-        values = priorities or [self.options.priority] * len(lists)
+        # a list's own `priority` field (the loop writes its acquisition score there), else the option's
+        values = priorities or [float(item.record.get("priority", self.options.priority)) for item in lists]
         self.store.set_priorities(dict(zip(item_ids, values, strict=True)))
         return item_ids
 
@@ -66,7 +71,13 @@ class PeopleOracle(Oracle):
             have = sum(min(len(rankings[i]), wanted) for i in item_ids)
             if self.on_progress is not None:
                 self.on_progress(have, wanted * len(item_ids))
-            if have == wanted * len(item_ids) or (deadline is not None and time.monotonic() >= deadline):
+            if have == wanted * len(item_ids):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                if self.options.on_deadline == "stop":
+                    raise OracleError(f"people: the deadline ({minutes:g} min) passed with {have} of "
+                                      f"{wanted * len(item_ids)} labels; stopped (on_deadline: stop). Every label "
+                                      f"given is kept in {self.options.db}; run again with --resume to wait again")
                 break
             time.sleep(self.options.poll_seconds)
         return [self._judgement(rankings[i]) for i in item_ids]
