@@ -221,3 +221,21 @@ def test_a_loop_killed_inside_any_stage_resumes_to_the_same_state(tiny_model, se
     assert without_timings(resumed) == without_timings(whole[1])
     for name, tensor in final_weights(out).items():
         assert tensor.equal(final_weights(whole[0])[name]), name
+
+
+def test_dnos_pair_rule_trains_on_best_against_worst_with_a_margin(tiny_model, setup, tmp_path):
+    """pair_rule best_worst: every labelled list becomes (its best, its worst) when their score gap
+    (here, the verifier's length difference) reaches pair_margin; the others are counted."""
+    out = tmp_path / "run"
+    records = loop(settings(tiny_model, setup, out, rounds=1, pair_rule="best_worst", pair_margin=8.0,
+                            training="continue"))
+    folder = out / "round-0"
+    labels = [json.loads(line) for line in (folder / "labels.jsonl").read_text().splitlines()]
+    wide = [row for row in labels if max(row["scores"]) - min(row["scores"]) >= 8.0]
+    assert records[0]["pairs"] == {"lists": len(labels), "pairs": len(wide), "below_margin": len(labels) - len(wide)}
+    assert 0 < len(wide) < len(labels)  # gaps 5, 7, 9 and 10 here: the margin keeps two
+    pairs = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    for row, pair in zip(wide, pairs, strict=True):
+        assert pair["chosen"] == min(row["completions"], key=len) and pair["rejected"] == max(row["completions"], key=len)
+    with pytest.raises(ValueError, match="pair_margin filters the pairs of pair_rule: best_worst"):
+        settings(tiny_model, setup, out, pair_margin=1.0)

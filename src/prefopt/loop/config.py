@@ -40,6 +40,11 @@ class LoopConfig(BaseModel):
         "restart", description="restart: train the initial model on all data so far, reference the initial model "
                                "(Muldrew et al.); continue: train the last round's policy on the new data, "
                                "reference the last round's policy (DNO's practical recipe).")
+    pair_rule: Literal["list", "best_worst"] = Field(
+        "list", description="list: train on each labelled list as ranked; best_worst: each list becomes the pair "
+                            "(its best, its worst), DNO-Prct's rule (Rosset et al. 2024).")
+    pair_margin: float = Field(0.0, ge=0, description="best_worst: keep a pair only if its score gap (rank gap for "
+                                                      "people) is at least this (DNO's large-margin filter).")
     train: dict[str, Any] = Field(default_factory=lambda: {"loss": {"plackett_luce": 1.0, "sft": 0.2},
                                                            "lora": True, "learning_rate": 2e-4, "epochs": 2},
                                   description="Settings of `prefopt train` for every round's training.")
@@ -55,6 +60,8 @@ class LoopConfig(BaseModel):
         from prefopt.settings import build
         from prefopt.train import TrainConfig
 
+        if self.pair_margin and self.pair_rule != "best_worst":
+            raise ValueError("pair_margin filters the pairs of pair_rule: best_worst; set that too")
         owned = {"model", "data", "output_dir", "eval_data", "seed", "precision"} & set(self.train)
         if owned:
             raise ValueError(f"train: {', '.join(sorted(owned))} are set by the loop itself")

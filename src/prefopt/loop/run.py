@@ -117,6 +117,8 @@ def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, i
               "acquisition": {"function": config.acquisition, "note": acquisition["note"],
                               "chosen_mean_score": acquisition["chosen_mean_score"],
                               "candidate_mean_score": acquisition["candidate_mean_score"]}}
+    if (folder / "pairs.json").exists():
+        record["pairs"] = json.loads((folder / "pairs.json").read_text())
     if config.heldout:
         record["eval"] = json.loads((folder / "eval.json").read_text())
     return record
@@ -269,8 +271,11 @@ def _train(config: LoopConfig, out: Path, n: int, folder: Path, reuse: Reuse, co
 
     rounds = range(n + 1) if config.training == "restart" else [n]
     rows = [row for m in rounds for row in read_jsonl(out / f"round-{m}" / "labels.jsonl")]
+    if config.pair_rule == "best_worst":
+        rows = _best_and_worst(rows, config.pair_margin, folder)
     if not rows:  # the policy stays as it is for the next round
-        reason = f"round {n}: no labelled list to train on (the oracle abstained or tied on every one)"
+        reason = (f"round {n}: no labelled list to train on (the oracle abstained or tied on every one"
+                  f"{', or no pair reached pair_margin' if config.pair_rule == 'best_worst' else ''})")
         console.print(f"  [yellow]{reason}: the policy is kept as it is[/]", highlight=False)
         (folder / "train.skipped").write_text(reason + "\n")
         return 0.0
@@ -281,6 +286,24 @@ def _train(config: LoopConfig, out: Path, n: int, folder: Path, reuse: Reuse, co
                               "seed": config.seed + n, "precision": config.precision, "merge": True})
     result = train(settings, resume=True, console=console, reuse=reuse)
     return result.reference_seconds + result.loop_seconds + result.eval_seconds
+
+
+def _best_and_worst(rows: list[dict], margin: float, folder: Path) -> list[dict]:
+    """DNO-Prct's pairs (Rosset et al. 2024, Alg. 2): each labelled list's best and worst answer,
+    kept when their score gap (rank gap, for ranks) is at least `margin`; the counts go to
+    pairs.json."""
+    pairs = []
+    for row in rows:
+        values = row["scores"] if "scores" in row else [-rank for rank in row["ranks"]]
+        best = max(range(len(values)), key=lambda i: (values[i], -i))  # the first of equals
+        worst = min(range(len(values)), key=lambda i: (values[i], i))
+        if values[best] - values[worst] >= margin and values[best] > values[worst]:
+            kept = {key: value for key, value in row.items() if key not in ("completions", "scores", "ranks",
+                                                                            "judgement")}
+            pairs.append({**kept, "chosen": row["completions"][best], "rejected": row["completions"][worst]})
+    counts = {"lists": len(rows), "pairs": len(pairs), "below_margin": len(rows) - len(pairs)}
+    _write_json(folder / "pairs.json", counts)
+    return pairs
 
 
 def policy_after(config: LoopConfig, n: int) -> str:
