@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 from safetensors.torch import load_file
 
 from prefopt.data import DataError
@@ -236,6 +237,21 @@ def test_dnos_pair_rule_trains_on_best_against_worst_with_a_margin(tiny_model, s
     assert 0 < len(wide) < len(labels)  # gaps 5, 7, 9 and 10 here: the margin keeps two
     pairs = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
     for row, pair in zip(wide, pairs, strict=True):
-        assert pair["chosen"] == min(row["completions"], key=len) and pair["rejected"] == max(row["completions"], key=len)
+        shortest, longest = min(row["completions"], key=len), max(row["completions"], key=len)
+        assert (pair["chosen"], pair["rejected"]) == (shortest, longest)
     with pytest.raises(ValueError, match="pair_margin filters the pairs of pair_rule: best_worst"):
         settings(tiny_model, setup, out, pair_margin=1.0)
+
+
+def test_inpo_rounds_read_the_previous_policy_and_the_initial_model(tiny_model, setup, tmp_path):
+    """INPO in the loop: each round's reference is the previous round's policy (training: continue)
+    and its anchor the initial model, computed beside the reference."""
+    inpo = {"loss": "inpo", "loss_params": {"inpo": {"eta": 1.0, "tau": 0.1}}, "lora": True, "learning_rate": 1e-3,
+            "max_steps": 2, "batch_size": 2}
+    out = tmp_path / "run"
+    records = loop(settings(tiny_model, setup, out, training="continue", train=inpo))
+    assert len(records) == 2 and (out / "round-1" / "train" / "anchor_logps.pt").exists()
+    saved = yaml.safe_load((out / "round-1" / "train" / "config.yaml").read_text())
+    assert saved["anchor_model"] == str(tiny_model) and saved["model"] == str(out / "round-0" / "train" / "merged")
+    with pytest.raises(ValueError, match="set training: continue"):
+        settings(tiny_model, setup, out, train=inpo)

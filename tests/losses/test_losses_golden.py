@@ -60,6 +60,11 @@ LD = ListBatch(logps=_LD_TOKENS.sum(-1), ref_logps=_LD_REF.sum(-1), token_logps=
 # WPO on pair A: log weights −0.5 and −1.5, so the pair's weight is e^(−2) and L = e^(−2)·0.5981388694
 WPO_A = ListBatch(logps=A.logps, ref_logps=A.ref_logps, sampling_log_weights=torch.tensor([[-0.5, -1.5]], dtype=f64))
 
+# INPO: S_θ = (−10, −12), π_ref (the anchor) (−11, −11), the previous iterate π_t (−10.5, −11.5):
+# h = 2 − ητ·0 − (1 − ητ)·1 = 1.1 when ητ = 0.1; L = (1.1 − η/2)²
+INPO = ListBatch(logps=torch.tensor([[-10.0, -12.0]], dtype=f64), ref_logps=torch.tensor([[-10.5, -11.5]], dtype=f64),
+                 anchor_logps=torch.tensor([[-11.0, -11.0]], dtype=f64))
+
 GOLDEN = [
     # (loss, params, batch, expected)
     ("dpo", {}, A, 0.5981388694),
@@ -88,6 +93,8 @@ GOLDEN = [
     ("wpo", {}, WPO_A, 0.0809492933),
     ("wpo", {}, ListBatch(logps=A.logps, ref_logps=A.ref_logps, sampling_log_weights=torch.zeros(1, 2, dtype=f64)),
      0.5981388694),  # weights 1: DPO
+    ("inpo", {"eta": 1.0, "tau": 0.1}, INPO, 0.36),
+    ("inpo", {"eta": 0.5, "tau": 0.2}, INPO, 0.7225),
     ("hinge", {}, A, 0.8),
     ("hinge", {}, B, 1.2),
     ("slic", {"delta": 1.0}, A, 0.0),
@@ -223,3 +230,12 @@ def test_the_nll_terms_of_simpo_and_orpo_take_either_reduction(name):
     assert tokens.mean().item() == pytest.approx((6 + 4) / (3 + 1))
     with pytest.raises(ValueError, match=f"{name}: nll_reduction must be one of 'sequence', 'tokens'"):
         LOSSES[name](batch, nll_reduction="batch")
+
+
+def test_inpo_has_no_default_step_size_or_kl_strength():
+    with pytest.raises(ValueError, match=r"inpo: eta must be given and > 0 \(no default"):
+        Objective("inpo")
+    with pytest.raises(ValueError, match=r"inpo: tau must be given"):
+        Objective("inpo", {"inpo": {"eta": 0.5}})
+    with pytest.raises(ValueError, match="inpo: needs anchor_logps"):
+        LOSSES["inpo"](A, eta=1.0, tau=0.1)

@@ -11,6 +11,11 @@ from hypothesis import strategies as st
 from prefopt.losses import LOSSES, ListBatch, Objective
 
 SHIFT_INVARIANT = ["dpo", "cdpo", "robust", "ipo", "hinge", "discopop", "exo"]  # depend on h alone
+REQUIRED = {"inpo": {"eta": 0.5, "tau": 0.2}}  # losses whose parameters have no default
+
+
+def run_loss(name, batch, **params):
+    return LOSSES[name](batch, **{**REQUIRED.get(name, {}), **params})
 
 
 def random_batch(batch=3, k=3, tokens=5, seed=0, dtype=torch.float64, sorted_scores=True):
@@ -42,7 +47,7 @@ def weights(token_logps, token_mask):
 def build(token_logps, ref_logps, scores, token_mask, mask=None):
     return ListBatch(logps=(token_logps * token_mask).sum(-1), ref_logps=ref_logps, scores=scores, mask=mask,
                      token_logps=token_logps, token_mask=token_mask, ref_token_logps=spread(ref_logps, token_mask),
-                     sampling_log_weights=weights(token_logps, token_mask))
+                     sampling_log_weights=weights(token_logps, token_mask), anchor_logps=ref_logps * 1.1)
 
 
 @pytest.mark.parametrize("name", SHIFT_INVARIANT)
@@ -123,7 +128,7 @@ def test_nca_at_k2_is_the_pairwise_formula():
 def test_masking_equals_slicing(name):
     """A padded item full of garbage and padded token positions change neither loss nor grads."""
     token_logps, fields = random_batch(batch=3, k=3, tokens=4, seed=2)
-    sliced = LOSSES[name](build(token_logps, **fields))
+    sliced = run_loss(name, build(token_logps, **fields))
     sliced.loss.sum().backward()
     expected_grad = token_logps.grad.clone()
 
@@ -140,11 +145,12 @@ def test_masking_equals_slicing(name):
         logps=(padded_tokens.nan_to_num(0.0) * token_mask).sum(-1),
         ref_logps=torch.cat([fields["ref_logps"], torch.full((3, 1), -1e6, dtype=torch.float64)], 1),
         scores=torch.cat([fields["scores"], torch.full((3, 1), 99.0, dtype=torch.float64)], 1),
+        anchor_logps=torch.cat([fields["ref_logps"] * 1.1, torch.full((3, 1), float("nan"), dtype=torch.float64)], 1),
         mask=mask, token_logps=padded_tokens, token_mask=token_mask, ref_token_logps=ref_tokens,
         sampling_log_weights=torch.cat([weights(token_logps, fields["token_mask"]),
                                         torch.full((3, 1), float("nan"), dtype=torch.float64)], 1),
     )
-    out = LOSSES[name](padded)
+    out = run_loss(name, padded)
     torch.testing.assert_close(out.loss, sliced.loss)
     out.loss.sum().backward()
     torch.testing.assert_close(padded_tokens.grad[:, :3, :4], expected_grad)
@@ -158,8 +164,9 @@ def test_finite_at_extreme_margins_in_float32(name, extreme):
     ref = torch.tensor([[-extreme if extreme > 0 else 0.0, 0.0]])
     batch = ListBatch(logps=token_logps.sum(-1), ref_logps=ref, scores=torch.tensor([[1.0, 0.0]]),
                       token_logps=token_logps, ref_token_logps=spread(ref, torch.ones(1, 2, 2, dtype=torch.bool)),
-                      sampling_log_weights=weights(token_logps, torch.ones(1, 2, 2, dtype=torch.bool)))
-    loss = LOSSES[name](batch).loss
+                      sampling_log_weights=weights(token_logps, torch.ones(1, 2, 2, dtype=torch.bool)),
+                      anchor_logps=ref * 0.5)
+    loss = run_loss(name, batch).loss
     assert torch.isfinite(loss).all(), loss
     loss.sum().backward()
     assert torch.isfinite(token_logps.grad).all(), token_logps.grad
@@ -170,7 +177,7 @@ def test_bf16_inputs_compute_in_float32(name):
     token_logps, fields = random_batch(dtype=torch.float32)
     batch = build(token_logps.detach().bfloat16(), fields["ref_logps"].bfloat16(), fields["scores"],
                   fields["token_mask"])
-    out = LOSSES[name](batch)
+    out = run_loss(name, batch)
     assert out.loss.dtype == torch.float32
     assert all(v.dtype in (torch.float32, torch.bool) for v in out.metrics.values())
 
@@ -294,8 +301,8 @@ def test_random_batches_never_give_nan(name, data):
     leaf = token_logps.clone().requires_grad_()
     batch = ListBatch(logps=(leaf * token_mask).sum(-1), ref_logps=ref, scores=scores, mask=mask,
                       token_logps=leaf, token_mask=token_mask, ref_token_logps=spread(ref, token_mask),
-                      sampling_log_weights=weights(leaf, token_mask))
-    loss = LOSSES[name](batch).loss
+                      sampling_log_weights=weights(leaf, token_mask), anchor_logps=ref * 1.1)
+    loss = run_loss(name, batch).loss
     assert torch.isfinite(loss).all()
     loss.sum().backward()
     assert torch.isfinite(leaf.grad).all()

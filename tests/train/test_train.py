@@ -218,3 +218,23 @@ def test_runs_that_reuse_the_process_s_data_and_model_train_as_runs_that_do_not(
         assert json.loads((tmp_path / f"reused-{name}" / "metrics.jsonl").read_text().splitlines()[-1]) == \
             json.loads((tmp_path / "alone" / "metrics.jsonl").read_text().splitlines()[-1])
     assert alone.steps == 3
+
+
+def test_inpo_reads_a_second_fixed_reference(tiny_model, pairs_file, tmp_path):
+    """INPO's three log-probs: the policy, the reference (its previous iterate) and anchor_model
+    (π_ref). Anchored at the model itself, h = 0 at the start, so the loss is (η/2)² exactly; a
+    different anchor moves it, and the run learns either way."""
+    from tiny import build_tiny_model
+
+    params = {"inpo": {"eta": 1.0, "tau": 0.1}}
+    same = train(config(tiny_model, pairs_file, tmp_path / "same", loss="inpo", loss_params=params,
+                        anchor_model=str(tiny_model), max_steps=6, learning_rate=1e-4))
+    assert same.eval_start["loss"] == pytest.approx(0.25, abs=1e-5) and same.eval_end["loss"] < 0.25
+    saved = torch.load(tmp_path / "same" / "anchor_logps.pt")
+    assert saved["train"].shape[0] + saved["eval"].shape[0] == 48  # every pair, the held-out ones too
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    moved = train(config(tiny_model, pairs_file, tmp_path / "moved", loss="inpo", loss_params=params,
+                         anchor_model=str(other), max_steps=1))
+    assert moved.eval_start["loss"] != pytest.approx(0.25, abs=1e-3)
+    with pytest.raises(ValueError, match="anchor_model: the loss reads a second reference"):
+        config(tiny_model, pairs_file, tmp_path / "none", loss="inpo", loss_params=params)

@@ -62,8 +62,19 @@ class LoopConfig(BaseModel):
 
         if self.pair_margin and self.pair_rule != "best_worst":
             raise ValueError("pair_margin filters the pairs of pair_rule: best_worst; set that too")
-        owned = {"model", "data", "output_dir", "eval_data", "seed", "precision"} & set(self.train)
+        owned = {"model", "data", "output_dir", "eval_data", "seed", "precision", "anchor_model"} & set(self.train)
         if owned:
             raise ValueError(f"train: {', '.join(sorted(owned))} are set by the loop itself")
-        build(TrainConfig, {"data": "x", **self.train}, "loop train")  # unknown settings fail here
+        # unknown settings fail here; a loss that reads a second reference gets the initial model
+        settings = build(TrainConfig, {"data": "x", "anchor_model": self.model, **self.train}, "loop train")
+        if "anchor" in settings.build_objective().needs and self.training != "continue":
+            raise ValueError("train: this loss reads the previous round's policy as its reference and the initial "
+                             "model as a second one (inpo): set training: continue")
         return self
+
+    def train_settings(self) -> dict[str, Any]:
+        """The round's `prefopt train` settings the loop adds to `train` (the anchor, where a loss reads one)."""
+        from prefopt.losses import Objective
+
+        objective = Objective(self.train.get("loss", "dpo"), self.train.get("loss_params"))
+        return {"anchor_model": self.model} if "anchor" in objective.needs else {}

@@ -281,7 +281,7 @@ def _train(config: LoopConfig, out: Path, n: int, folder: Path, reuse: Reuse, co
         return 0.0
     _write_jsonl(folder / "data.jsonl", rows)
     base = config.model if config.training == "restart" else _policy(config, out, n)
-    settings = TrainConfig(**{"eval_fraction": 0.0, **config.train, "model": _merged(base),
+    settings = TrainConfig(**{"eval_fraction": 0.0, **config.train, **config.train_settings(), "model": _merged(base),
                               "data": str(folder / "data.jsonl"), "output_dir": str(folder / "train"),
                               "seed": config.seed + n, "precision": config.precision, "merge": True})
     result = train(settings, resume=True, console=console, reuse=reuse)

@@ -104,6 +104,7 @@ def _probe_batch() -> ListBatch:
         token_mask=token_mask,
         ref_token_logps=ref_token_logps,
         sampling_log_weights=torch.tensor([[-0.2, -0.9]]),
+        anchor_logps=torch.tensor([[-2.5, -3.0]]),
         prompt_logps=torch.tensor([-4.0]),
         prompt_lengths=torch.tensor([3.0]),
     )

@@ -40,6 +40,7 @@ class ListBatch:
     token_mask: torch.Tensor | None = None  # [B, K, T] True at completion tokens
     ref_token_logps: torch.Tensor | None = None  # [B, K, T] per-token log-probs (reference), with token_logps
     sampling_log_weights: torch.Tensor | None = None  # [B, K] log of WPO's weight of each item (no grad)
+    anchor_logps: torch.Tensor | None = None  # [B, K] same under a second, fixed reference (INPO's π_ref)
     prompt_logps: torch.Tensor | None = None  # [B] summed log-probs of the prompt's tokens after its first
     prompt_lengths: torch.Tensor | None = None  # [B] how many tokens that is
 
@@ -67,7 +68,7 @@ class ListBatch:
         if lengths is None and token_mask is not None:
             lengths = token_mask.sum(-1)
         fields = {"ref_logps": self.ref_logps, "lengths": lengths, "scores": scores, "mask": mask,
-                  "sampling_log_weights": self.sampling_log_weights}
+                  "sampling_log_weights": self.sampling_log_weights, "anchor_logps": self.anchor_logps}
         for name, value in fields.items():
             if value is not None and value.shape != shape:
                 raise ValueError(f"ListBatch: {name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
@@ -75,8 +76,9 @@ class ListBatch:
         set_field("mask", mask)
         set_field("logps", logps.masked_fill(~mask, 0.0))
         set_field("scores", _as_float(scores).masked_fill(~mask, 0.0))
-        if self.ref_logps is not None:
-            set_field("ref_logps", _as_float(self.ref_logps).masked_fill(~mask, 0.0))
+        for name in ("ref_logps", "anchor_logps"):
+            if getattr(self, name) is not None:
+                set_field(name, _as_float(getattr(self, name)).masked_fill(~mask, 0.0))
         if lengths is not None:
             set_field("lengths", _as_float(lengths).masked_fill(~mask, 1.0))
         for name in ("prompt_logps", "prompt_lengths"):
@@ -122,6 +124,11 @@ class ListBatch:
         if self.ref_logps is None:
             raise ValueError("needs ref_logps (reference log-probs); it is a reference-based loss")
         return self.logps - self.ref_logps
+
+    def anchor(self) -> torch.Tensor:
+        if self.anchor_logps is None:
+            raise ValueError("needs anchor_logps (log-probs under a second, fixed reference: anchor_model)")
+        return self.anchor_logps
 
     def safe_lengths(self) -> torch.Tensor:
         if self.lengths is None:
@@ -328,7 +335,7 @@ class LossInfo:
     formula: str
     paper: str
     family: str  # pairwise | listwise | sft | unlearning
-    needs: tuple[str, ...]  # subset of ("ref", "lengths", "tokens", "ref_tokens", "sampling_weights", "prompt")
+    needs: tuple[str, ...]  # subset of NEEDS
     experimental: bool = False
     stateful: bool = False
     needs_if: dict[str, str] = dataclasses.field(default_factory=dict)  # need -> the parameter that asks it
@@ -345,7 +352,7 @@ class LossInfo:
 
 NEEDS = {"ref": "reference", "lengths": "lengths", "tokens": "token log-probs",
          "ref_tokens": "reference token log-probs", "sampling_weights": "WPO weights (the engine computes them)",
-         "prompt": "prompt log-probs"}
+         "prompt": "prompt log-probs", "anchor": "a second reference (anchor_model)"}
 
 
 LOSSES: Registry[Callable[..., LossOutput]] = Registry("loss", "losses")

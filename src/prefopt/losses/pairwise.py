@@ -106,6 +106,25 @@ def wpo(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     return _pairwise(batch, per_pair, rewards, sampling_weight=batch.pairs.metric_mean(weight_w * weight_l))
 
 
+@register_loss("inpo", formula="(h − η/2)²,  h = Δ_θ − ητ·Δ_ref − (1 − ητ)·Δ_t,  Δ = S(y_w) − S(y_l)",
+               paper="Zhang et al. 2024 (INPO), arXiv 2407.00617", family="pairwise", needs=("ref", "anchor"))
+def inpo(batch: ListBatch, *, eta: float | None = None, tau: float | None = None) -> LossOutput:
+    """Iterative Nash policy optimization, one iteration of online mirror descent toward the Nash
+    policy of a general preference: π_{t+1} ∝ π_t^(1−ητ)·π_ref^(ητ)·exp(η·P(y ≻ π_t)), fitted by a
+    squared loss on the oracle's pairs of on-policy samples, h = Δ_θ − ητ·Δ_ref − (1 − ητ)·Δ_t with
+    Δ the summed log-prob gap of the pair under the policy, the fixed reference π_ref (anchor_logps,
+    `anchor_model`) and the previous iterate π_t (ref_logps: the loop's reference under `training:
+    continue`), and L = (h − η/2)². η (step size) and τ (KL strength toward π_ref) have no
+    defaults: the paper's were not verified, so both must be given. Implicit rewards: ρ = S_θ − S_t."""
+    check(eta is not None and eta > 0, "eta", eta, "must be given and > 0 (no default: the paper's was not verified)")
+    check(tau is not None and tau >= 0, "tau", tau, "must be given and >= 0 (no default: the paper's was not verified)")
+    check(eta * tau <= 1, "eta·tau", eta * tau, "must be <= 1 (the previous iterate's weight is 1 − ητ)")
+    mix, rho = eta * tau, batch.log_ratios()
+    h = (_margins(batch, batch.logps) - mix * _margins(batch, batch.anchor())
+         - (1 - mix) * _margins(batch, batch.ref_logps))
+    return _pairwise(batch, (h - eta / 2) ** 2, rho)
+
+
 @register_loss("cdpo",
                formula="−(1−ε)·log σ(βh) − ε·log σ(−βh)", paper="Mitchell 2023, 'A note on DPO with noisy preferences'",
                family="pairwise", needs=("ref",))

@@ -118,6 +118,9 @@ class TrainConfig(RunSettings):
     reference_cache: bool = Field(True, description="Keep reference log-probs on disk (in the prefopt cache "
                                                     "folder) and reuse them in every later epoch, run and trial "
                                                     "with the same model, data and settings.")
+    anchor_model: str | None = Field(None, description="A second, fixed reference for losses that read one (inpo: "
+                                                       "its π_ref, while the reference is the previous iterate); same "
+                                                       "tokenizer as the model. `prefopt loop` sets it.")
 
     @field_validator("loss")
     @classmethod
@@ -130,7 +133,10 @@ class TrainConfig(RunSettings):
 
     @model_validator(mode="after")
     def _objective_builds(self):
-        self.build_objective()  # unknown loss parameters and invalid values fail here, at config load
+        objective = self.build_objective()  # unknown loss parameters and invalid values fail here, at config load
+        if "anchor" in objective.needs and self.anchor_model is None:
+            raise ValueError("anchor_model: the loss reads a second reference's log-probs (inpo: π_ref); give its "
+                             "model")
         return self
 
     def build_objective(self):

@@ -161,6 +161,7 @@ class _Run:
     ref_train: torch.Tensor | None = None
     ref_eval: torch.Tensor | None = None
     ref_tokens: dict[str, torch.Tensor] | None = None  # "train"/"eval": per-token reference log-probs, when asked
+    anchor: dict[str, torch.Tensor] | None = None  # "train"/"eval": log-probs under anchor_model, when asked
     on_eval: Callable[[int, dict], None] | None = None
     reuse: Reuse | None = None
     eval_seconds: float = 0.0
@@ -179,6 +180,8 @@ class _Run:
         reference_started = time.perf_counter()
         if self.objective.needs_reference:
             self.ref_train, self.ref_eval = self.reference()
+        if "anchor" in self.objective.needs:
+            self.anchor = self.anchor_logps()
         reference_seconds = time.perf_counter() - reference_started
         eval_start = self.evaluate() if self.state.step == 0 else {}
         if eval_start:
@@ -273,6 +276,7 @@ class _Run:
         else:  # a fresh start: nothing of an earlier run in this folder may leak into this one
             shutil.rmtree(self.out_dir / "checkpoints", ignore_errors=True)
             (self.out_dir / "reference_logps.pt").unlink(missing_ok=True)
+            (self.out_dir / "anchor_logps.pt").unlink(missing_ok=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.out_dir / "config.yaml")
         return MetricsLog(self.out_dir / "metrics.jsonl", keep_until=self.state.step if checkpoint else -1,
@@ -320,6 +324,41 @@ class _Run:
         self.say(f"reference log-probs: {hits} of {total} lists from the cache, {total - hits} computed")
         return ref_train, ref_eval
 
+    def anchor_logps(self) -> dict[str, torch.Tensor]:
+        """Log-probs of the train and eval lists under `anchor_model` (a second, fixed reference):
+        from the run folder on resume, else a pass of that model, loaded for it alone, with the
+        shared cache."""
+        from prefopt.engine.model import cache_dir
+        from prefopt.engine.refcache import ReferenceCache, weights_fingerprint
+
+        device, run_copy = self.accelerator.device, self.out_dir / "anchor_logps.pt"
+        if run_copy.exists():
+            saved = torch.load(run_copy)
+            if saved["train"].shape[0] == len(self.train_data) and saved["eval"].shape[0] == len(self.eval_data):
+                return {split: table.to(device) for split, table in saved.items()}
+        loaded = self.reuse.models if self.reuse is not None else None
+        model = load_model(self.config.anchor_model, engine=self.accelerator.unwrap_model(self.engine).settings,
+                           loaded=loaded).to(device)
+        engine = CompletionLogpsModel(model, self.accelerator.unwrap_model(self.engine).settings)
+        cache = None
+        if self.config.reference_cache:
+            key = {"weights": weights_fingerprint(model), "precision": self.precision,
+                   "share_prompt": self.config.share_prompt, "pad_multiple": self.config.pad_multiple,
+                   "engine": ENGINE_VERSION}
+            cache = ReferenceCache(cache_dir() / "reference", key)
+        with self.progress("anchor log-probs", transient=True) as progress:
+            tables, _, hits = reference_logps(engine, [self.train_data, self.eval_data], batching=self.batching,
+                                              pad_id=self.tokenizer.pad_token_id, device=device, cache=cache,
+                                              adapters_off=None, autocast=self.accelerator.autocast, progress=progress)
+        anchor = dict(zip(("train", "eval"), tables, strict=True))
+        if self.accelerator.is_main_process:
+            torch.save({split: table.cpu() for split, table in anchor.items()}, run_copy)
+            if cache is not None:
+                cache.save()
+        total = len(self.train_data) + len(self.eval_data)
+        self.say(f"anchor log-probs ({self.config.anchor_model}): {hits} of {total} lists from the cache")
+        return anchor
+
     def losses(self, indices: list[int], examples, ref: torch.Tensor | None, train: bool):
         batching = self.batching
         collated = collate([examples[i] for i in indices], indices, self.tokenizer.pad_token_id,
@@ -332,7 +371,9 @@ class _Run:
         if self.ref_tokens is not None:
             table = self.ref_tokens["train" if train else "eval"]  # train: the train lists, else the eval lists
             ref_tokens = table[collated.indices, :k, : result.token_logps.shape[-1]]
+        anchor = None if self.anchor is None else self.anchor["train" if train else "eval"][collated.indices, :k]
         batch = ListBatch(logps=result.logps, ref_logps=None if ref is None else ref[collated.indices, :k],
+                          anchor_logps=anchor,
                           lengths=result.lengths, scores=collated.scores, mask=collated.mask,
                           token_logps=result.token_logps, token_mask=result.token_mask, ref_token_logps=ref_tokens,
                           sampling_log_weights=result.sampling_log_weights, prompt_logps=result.prompt_logps,
