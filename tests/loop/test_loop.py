@@ -255,3 +255,27 @@ def test_inpo_rounds_read_the_previous_policy_and_the_initial_model(tiny_model, 
     assert saved["anchor_model"] == str(tiny_model) and saved["model"] == str(out / "round-0" / "train" / "merged")
     with pytest.raises(ValueError, match="set training: continue"):
         settings(tiny_model, setup, out, train=inpo)
+
+
+def test_optune_samples_again_only_the_lowest_scored_lists(tiny_model, setup, tmp_path):
+    """regenerate: ½ — round 1's candidates are round 0's labelled lists; the half the verifier
+    scored lowest are sampled again from the new policy, the others keep their answers."""
+    out = tmp_path / "run"
+    records = loop(settings(tiny_model, setup, out, regenerate=0.5, training="continue"))
+    before, after = out / "round-0", out / "round-1"
+    asked = json.loads((before / "asked.json").read_text())
+    keys = json.loads((before / "candidates.json").read_text())
+    assert json.loads((after / "candidates.json").read_text()) == [keys[i] for i in asked]
+    mean = {row["meta"]["index"]: sum(row["scores"]) / len(row["scores"])
+            for row in (json.loads(line) for line in (before / "labels.jsonl").read_text().splitlines())}
+    lowest = sorted(range(len(asked)), key=lambda j: (mean.get(asked[j], float("-inf")), j))[:len(asked) // 2]
+    assert json.loads((after / "regenerate.json").read_text()) == sorted(lowest) and records[1]["regenerated"] == 2
+    old = [json.loads(line) for line in (before / "generations.jsonl").read_text().splitlines()]
+    new = [json.loads(line) for line in (after / "generations.jsonl").read_text().splitlines()]
+    assert [row["meta"]["index"] for row in new] == list(range(len(asked)))
+    for j, row in enumerate(new):
+        if j in lowest:
+            assert "kept_from_round" not in row["meta"]
+        else:
+            assert row["completions"] == old[asked[j]]["completions"] and row["meta"]["kept_from_round"] == 0
+    assert len((after / "regenerated.jsonl").read_text().splitlines()) == 2  # only these were sampled

@@ -40,6 +40,10 @@ class LoopConfig(BaseModel):
         "restart", description="restart: train the initial model on all data so far, reference the initial model "
                                "(Muldrew et al.); continue: train the last round's policy on the new data, "
                                "reference the last round's policy (DNO's practical recipe).")
+    regenerate: float | None = Field(None, gt=0, le=1, description="OPTune (Chen et al. 2024): from round 2 on, "
+                                     "the candidates are the lists the round before labelled, and only this fraction "
+                                     "of them, those the oracle scored lowest, is sampled again; the others keep "
+                                     "their answers.")
     pair_rule: Literal["list", "best_worst"] = Field(
         "list", description="list: train on each labelled list as ranked; best_worst: each list becomes the pair "
                             "(its best, its worst), DNO-Prct's rule (Rosset et al. 2024).")

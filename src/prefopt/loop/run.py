@@ -16,6 +16,7 @@ rounds.jsonl  one line per round: per-stage seconds, labels used, scores, acquis
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -119,6 +120,8 @@ def _round(config: LoopConfig, out: Path, n: int, pool: list, pool_rows: dict, i
                               "candidate_mean_score": acquisition["candidate_mean_score"]}}
     if (folder / "pairs.json").exists():
         record["pairs"] = json.loads((folder / "pairs.json").read_text())
+    if (folder / "regenerate.json").exists():
+        record["regenerated"] = len(json.loads((folder / "regenerate.json").read_text()))
     if config.heldout:
         record["eval"] = json.loads((folder / "eval.json").read_text())
     return record
@@ -134,6 +137,8 @@ def _used_prompts(out: Path, n: int) -> set[str]:
 
 
 def _candidates(config: LoopConfig, out: Path, n: int, pool: list[str], folder: Path) -> None:
+    if config.regenerate and n > 0:
+        return _kept_candidates(config, out, n, folder)
     used = _used_prompts(out, n)
     fresh = [key for key in pool if key not in used]
     wanted = config.labels_per_round * config.candidates_per_label
@@ -143,16 +148,46 @@ def _candidates(config: LoopConfig, out: Path, n: int, pool: list[str], folder: 
     _write_json(folder / "candidates.json", drawn)
 
 
+def _kept_candidates(config: LoopConfig, out: Path, n: int, folder: Path) -> None:
+    """OPTune's prompts (Chen et al. 2024): the lists round n−1 labelled, again; the `regenerate`
+    fraction the oracle scored lowest (lists it gave no label count lowest) to be sampled anew,
+    the rest kept with their answers. Writes candidates.json and regenerate.json."""
+    before = out / f"round-{n - 1}"
+    keys = json.loads((before / "candidates.json").read_text())
+    asked = json.loads((before / "asked.json").read_text())
+    scores = {row["meta"]["index"]: sum(_values(row)) / len(_values(row))
+              for row in read_jsonl(before / "labels.jsonl") if "late_from_round" not in row}
+    lowest = sorted(range(len(asked)), key=lambda j: (scores.get(asked[j], -math.inf), j))
+    _write_json(folder / "regenerate.json", sorted(lowest[: math.ceil(config.regenerate * len(asked))]))
+    _write_json(folder / "candidates.json", [keys[i] for i in asked])  # last: the stage is done when this exists
+
+
+def _values(row: dict) -> list[float]:
+    """A labelled list's scores, higher better (ranks negated)."""
+    return row["scores"] if "scores" in row else [-rank for rank in row["ranks"]]
+
+
 def _generate(config: LoopConfig, out: Path, n: int, pool_rows: dict, folder: Path, reuse: Reuse, console) -> float:
     from prefopt.generate import GenerateConfig
 
     keys = json.loads((folder / "candidates.json").read_text())
+    anew = json.loads((folder / "regenerate.json").read_text()) if (folder / "regenerate.json").exists() else None
+    sampled = range(len(keys)) if anew is None else anew
     prompts = folder / "candidates.jsonl"
-    _write_jsonl(prompts, [{**pool_rows[key].extra, "prompt": pool_rows[key].prompt} for key in keys])
-    settings = GenerateConfig(model=_merged(_policy(config, out, n)), prompts=str(prompts),
-                              out=str(folder / "generations.jsonl"), k=config.k, temperature=config.temperature,
-                              max_new_tokens=config.max_new_tokens, seed=config.seed + n, precision=config.precision)
+    _write_jsonl(prompts, [{**pool_rows[keys[i]].extra, "prompt": pool_rows[keys[i]].prompt} for i in sampled])
+    target = folder / ("generations.jsonl" if anew is None else "regenerated.jsonl")
+    settings = GenerateConfig(model=_merged(_policy(config, out, n)), prompts=str(prompts), out=str(target),
+                              k=config.k, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                              seed=config.seed + n, precision=config.precision)
     seconds = _generate_with(settings, reuse, console)
+    if anew is not None:  # the kept lists' rows from the round before, the new ones in their places
+        before = read_jsonl(out / f"round-{n - 1}" / "generations.jsonl")
+        kept = {json.dumps(row["prompt"], sort_keys=True): row for row in before}
+        new = dict(zip(anew, read_jsonl(target), strict=True))
+        rows = [new.get(i) or {**kept[key], "meta": {**kept[key]["meta"], "kept_from_round": n - 1}}
+                for i, key in enumerate(keys)]
+        _write_jsonl(folder / "generations.jsonl", [{**row, "meta": {**row["meta"], "index": i}}
+                                                    for i, row in enumerate(rows)])
     (folder / "generations.done").write_text("")
     return seconds
 
@@ -294,7 +329,7 @@ def _best_and_worst(rows: list[dict], margin: float, folder: Path) -> list[dict]
     pairs.json."""
     pairs = []
     for row in rows:
-        values = row["scores"] if "scores" in row else [-rank for rank in row["ranks"]]
+        values = _values(row)
         best = max(range(len(values)), key=lambda i: (values[i], -i))  # the first of equals
         worst = min(range(len(values)), key=lambda i: (values[i], i))
         if values[best] - values[worst] >= margin and values[best] > values[worst]:
