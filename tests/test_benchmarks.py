@@ -1,5 +1,6 @@
 """The benchmark scripts refuse bad input with a message, not a traceback."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,23 @@ def test_required_flops_count_linear_layers_head_and_the_attention_pairs_the_wor
         flops = vs_trl.required_flops(str(tiny_model), [(3, [2, 1])], lora)
         assert flops["without_attention"] == passes * (body * 6 + head * 3)
         assert flops["total"] == flops["without_attention"] + 4 * attention
+
+
+def test_active_against_random_runs_every_strategy_and_seed_and_resumes(tiny_model, tmp_path):
+    script = str(ROOT / "benchmarks" / "active_vs_random.py")
+    command = [sys.executable, script, "--model", str(tiny_model), "--seeds", "2", "--rounds", "1", "--labels", "2",
+               "--heldout", "3", "--train-prompts", "12", "--max-new-tokens", "6",
+               "--strategies", "random", "certainty", "--out", str(tmp_path / "runs"),
+               "--json", str(tmp_path / "result.json"), "--plot", str(tmp_path / "curves.png")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert [run["seed"] for run in result["runs"]["certainty"]] == [0, 1]
+    curve = result["summary"]["curves"]["random"]
+    assert curve["labels"][0] == 0 and len(curve["score"]) == 2  # the initial model, then one round
+    assert "random's final held-out score" in done.stdout and "certainty:" in done.stdout
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # every run is read, none redone
+    assert again.returncode == 0 and json.loads((tmp_path / "result.json").read_text())["runs"] == result["runs"]
+    done = subprocess.run([sys.executable, script, "--strategies", "entropy"], capture_output=True, text=True)
+    assert done.returncode != 0 and "random is the baseline" in done.stderr and "Traceback" not in done.stderr
