@@ -196,6 +196,9 @@ def test_annotators_see_only_their_own_labels(client, store):
     ({"item_id": 1, "choice": "a", "comment": "x" * 2001}, "comment"), ({"item_id": 1, "choice": "a", "x": 1}, "x"),
     ({"item_id": 12345, "choice": "a"}, "item_id"), ({"choice": "a"}, "item_id"),
     ({"item_id": 5, "ranking": [1, 1, 2, 3]}, "ranking"), ({"item_id": 5, "ranking": ["1", 2, 3, 4]}, "ranking.0"),
+    # numbers past what the databases hold, and lists past any item's length
+    ({"item_id": 2**31, "choice": "a"}, "item_id"), ({"item_id": 0, "choice": "a"}, "item_id"),
+    ({"item_id": 5, "ranking": [1, 2, 3, 10**30]}, "ranking.3"), ({"item_id": 5, "ranking": [1] * 257}, "ranking"),
 ])
 def test_malformed_requests_get_a_4xx_naming_the_field_and_change_nothing(client, store, body, field):
     ann = bearer(store.add_user("ann"))
@@ -207,6 +210,43 @@ def test_malformed_requests_get_a_4xx_naming_the_field_and_change_nothing(client
     assert 400 <= response.status_code < 500 and response.json()["field"] == field, response.json()
     assert field.split(".")[0] in response.json()["detail"]
     assert store.labels() == []
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b'{"priorities": {"1": NaN}}', "priorities.1"), (b'{"priorities": {"1": Infinity}}', "priorities.1"),
+    (b'{"priorities": {"1": 1e300}}', "priorities.1"), (b'{"priorities": {"99999999999": 1.0}}', "priorities"),
+    (b'{"priorities": {"-3": 1.0}}', "priorities"), (b'{"priorities": {"abc": 1.0}}', "priorities"),
+])
+def test_priorities_are_finite_and_ids_in_range(client, store, body, field):
+    admin = bearer(store.add_user("boss", "admin"))
+    response = client.post("/api/admin/priorities", headers={**admin, "content-type": "application/json"},
+                           content=body)
+    assert response.status_code == 422 and response.json()["field"].startswith(field), response.json()
+    assert {item["priority"] for item in _items(store)} == {0.0}  # nothing changed
+
+
+def _items(store):
+    import sqlalchemy as sa
+
+    with store.engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(sa.text("SELECT id, priority FROM items"))]
+
+
+def test_a_large_admin_request_is_written_in_chunks_the_database_accepts(client, store):
+    """33,000 priorities in one request: more ids than SQLite binds in one statement (32,766)."""
+    from prefopt.data import PreferenceRecord
+
+    store.add_items([PreferenceRecord(f"p{i}", (f"a{i}", f"b{i}"), (0.0, 0.0), source=f"bulk {i}")
+                     for i in range(33_000)])
+    admin = bearer(store.add_user("boss", "admin"))
+    ids = [item["id"] for item in _items(store)]
+    response = client.post("/api/admin/priorities", headers=admin,
+                           json={"priorities": {str(i): i / 7 for i in ids}})
+    assert response.status_code == 200 and response.json() == {"updated": len(ids)}, response.json()
+    assert {item["id"]: item["priority"] for item in _items(store)} == pytest.approx({i: i / 7 for i in ids})
+    too_many = client.post("/api/admin/priorities", headers=admin,
+                           json={"priorities": {str(i): 1.0 for i in range(1, 50_002)}})
+    assert too_many.status_code in (413, 422)  # the body limit or the count, never a 500
 
 
 def test_not_json_is_a_clear_4xx(client, store):

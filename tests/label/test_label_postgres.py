@@ -54,3 +54,31 @@ def test_20_clients_on_postgres_store_every_label_once(store, tmp_path):
     labels = store.labels()
     assert len(labels) == sum(len(r["acknowledged"]) for r in results) == 800
     assert len({(lab["item_id"], lab["annotator"]) for lab in labels}) == 800
+
+
+def test_identical_concurrent_submissions_store_one_label(store, tmp_path):
+    """The same label sent 8 times at once through the real server on PostgreSQL: one 201, every
+    other a 409 naming the item, never a 500."""
+    import concurrent.futures
+
+    import httpx
+
+    path = write_items(tmp_path / "items.jsonl", [{"prompt": "p", "completions": ["a", "b"]}])
+    token = store.add_user("ann")
+    server = Server(path, store.url)
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        item = httpx.post(server.url + "/api/next", headers=headers, timeout=30).json()
+
+        def send(_):
+            return httpx.post(server.url + "/api/labels", headers=headers, timeout=30,
+                              json={"item_id": item["item_id"], "choice": "a"})
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(send, range(8)))
+    finally:
+        server.stop()
+    codes = sorted(response.status_code for response in responses)
+    assert codes == [201] + [409] * 7, [r.text for r in responses]
+    assert all(r.json()["field"] == "item_id" for r in responses if r.status_code == 409)
+    assert len(store.labels()) == 1

@@ -6,7 +6,7 @@ it. Every route but the login page and the login call needs a token, given as
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -14,13 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from prefopt.label import agreement
 from prefopt.label.headers import SecurityHeaders
 from prefopt.label.limits import MAX_BODY_BYTES, BodyLimit
-from prefopt.label.store import CHOICES, MAX_COMMENT, LabelError, Store, User
+from prefopt.label.store import CHOICES, MAX_COMMENT, MAX_COMPLETIONS, MAX_ID, LabelError, Store, User
 
 COOKIE = "prefopt_session"
 PAGES = Path(__file__).parent / "pages"
 ASSETS = {"common.js": "text/javascript", "login.js": "text/javascript", "label.js": "text/javascript",
           "admin.js": "text/javascript", "style.css": "text/css"}  # what /assets/ serves, nothing else
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+MAX_PRIORITIES = 50_000  # items one priorities request may set (a 1 MiB body holds about that many)
+MAX_NAME = 200
 
 
 class Login(BaseModel):
@@ -28,20 +30,29 @@ class Login(BaseModel):
     token: StrictStr = Field(min_length=1, max_length=200)
 
 
+# every number the API takes is bounded: ids fit the databases' integer (PostgreSQL's is 32-bit),
+# priorities are finite and of a sane size, and lists have a length a request can hold
+ItemId = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
+ItemKey = Annotated[int, Field(ge=1, le=MAX_ID)]  # an object's key: JSON writes it as a string
+Rank = Annotated[StrictInt, Field(ge=1, le=MAX_COMPLETIONS)]
+Priority = Annotated[float, Field(allow_inf_nan=False, ge=-1e12, le=1e12)]
+
+
 class LabelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    item_id: StrictInt
+    item_id: ItemId
     choice: Literal[CHOICES] | None = Field(None, description="For a pair: a, b (completion 0 or 1 of the item "
                                                                 "is better), tie or both_bad")
-    ranking: list[StrictInt] | None = Field(None, description="For K > 2: the rank of each completion in item "
-                                                               "order, 1 = best; tied completions share the best "
-                                                               "rank of their group (1, 2, 2, 4)")
+    ranking: list[Rank] | None = Field(None, max_length=MAX_COMPLETIONS,
+                                       description="For K > 2: the rank of each completion in item order, 1 = best; "
+                                                   "tied completions share the best rank of their group (1, 2, 2, 4)")
     comment: StrictStr = Field("", max_length=MAX_COMMENT)
 
 
 class Priorities(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    priorities: dict[int, float] = Field(description="item id → priority (higher is handed out first)")
+    priorities: dict[ItemKey, Priority] = Field(max_length=MAX_PRIORITIES,
+                                               description="item id → priority (higher is handed out first)")
 
 
 class Unauthorized(Exception):
@@ -146,7 +157,7 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI
         return [{key: value for key, value in label.items() if key != "source"} for label in store.labels(who.name)]
 
     @app.get("/api/admin/labels", summary="Every label, or one annotator's")
-    def all_labels(_who: Admin, annotator: str | None = None) -> list[dict]:
+    def all_labels(_who: Admin, annotator: Annotated[str | None, Query(max_length=MAX_NAME)] = None) -> list[dict]:
         return store.labels(annotator)
 
     @app.get("/api/admin/stats", summary="Counts, throughput per annotator, agreement, disputed items")

@@ -13,10 +13,14 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event, orm
+from sqlalchemy.exc import IntegrityError
 
 ROLES = ("annotator", "admin")
 CHOICES = ("a", "b", "tie", "both_bad")  # a/b = completions[0]/[1] of the item, whatever side they were shown on
 MAX_COMMENT = 2000
+MAX_ID = 2**31 - 1  # the largest id PostgreSQL's integer column holds
+MAX_COMPLETIONS = 256  # completions of one item a ranking may rank
+_CHUNK = 500  # ids per statement: well under SQLite's and PostgreSQL's limits on bound parameters
 
 
 class LabelError(ValueError):
@@ -134,8 +138,8 @@ class Store:
         """The ids of the stored items with these sources."""
         found = {}
         with self.session() as s:
-            for start in range(0, len(sources), 500):  # a bounded IN list
-                chunk = sources[start: start + 500]
+            for start in range(0, len(sources), _CHUNK):  # a bounded IN list
+                chunk = sources[start: start + _CHUNK]
                 found |= dict(s.execute(sa.select(Item.source, Item.id).where(Item.source.in_(chunk))).all())
         return found
 
@@ -143,22 +147,29 @@ class Store:
         """Every label's ranks (1 = best, ties equal) of each of these items, oldest first."""
         found: dict[int, list[list[int]]] = {item_id: [] for item_id in item_ids}
         with self.session() as s:
-            for start in range(0, len(item_ids), 500):
-                query = (sa.select(Label.item_id, Label.ranks).where(Label.item_id.in_(item_ids[start: start + 500]))
+            for start in range(0, len(item_ids), _CHUNK):
+                chunk = item_ids[start: start + _CHUNK]
+                query = (sa.select(Label.item_id, Label.ranks).where(Label.item_id.in_(chunk))
                          .order_by(Label.id))
                 for item_id, ranks in s.execute(query):
                     found[item_id].append(json.loads(ranks))
         return found
 
     def set_priorities(self, priorities: dict[int, float]) -> None:
-        """Items with a higher priority are handed out first (the active loop sets these)."""
+        """Items with a higher priority are handed out first (the active loop sets these). All or
+        nothing: an unknown id changes no priority. Ids are checked and written in chunks, so any
+        number fits the database's limit on bound parameters."""
+        ids = list(priorities)
         with self.session.begin() as s:
-            known = set(s.scalars(sa.select(Item.id).where(Item.id.in_(list(priorities)))))
-            missing = sorted(set(priorities) - known)
+            known = set()
+            for start in range(0, len(ids), _CHUNK):
+                known |= set(s.scalars(sa.select(Item.id).where(Item.id.in_(ids[start: start + _CHUNK]))))
+            missing = sorted(set(ids) - known)
             if missing:
                 raise LabelError(f"unknown item ids: {missing[:10]}", field="item_id", status=404)
-            for item_id, priority in priorities.items():
-                s.execute(sa.update(Item).where(Item.id == item_id).values(priority=float(priority)))
+            rows = [{"id": item_id, "priority": float(priority)} for item_id, priority in priorities.items()]
+            for start in range(0, len(rows), _CHUNK):
+                s.execute(sa.update(Item), rows[start: start + _CHUNK])  # by primary key, one statement a chunk
 
     # assignment ---------------------------------------------------------------------------
     def next_assignment(self, user: User, rng: secrets.SystemRandom | None = None) -> dict | None:
@@ -225,7 +236,10 @@ class Store:
                           seconds=(now - held.created_at).total_seconds(), created_at=now)
             s.add(label)
             held.done = True
-            s.flush()
+            try:
+                s.flush()
+            except IntegrityError:  # the same label submitted twice at once: the other one won
+                raise LabelError(f"you already labelled item {item_id}", field="item_id", status=409) from None
             return label.id
 
     def labels(self, annotator: str | None = None) -> list[dict]:
