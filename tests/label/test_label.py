@@ -123,10 +123,28 @@ def test_export_lists_keeps_order_and_ties_and_loads_in_train(store, tmp_path):
     label_all(store, {"ann": ["a", "b", "tie", "both_bad", [1, 2, 2, 4]], "bob": ["a", "a", "a", "b", [2, 1, 3, 4]]})
     rows, left_out = export_rows(store.labels(), "lists")
     assert len(rows) == 8 and sum(left_out.values()) == 2  # ann's tie and both-bad prefer nothing
+    assert left_out == {"labels with no preference (a tie)": 1, "labels calling both answers bad": 1}
     assert [1, 2, 2, 4] in [row["ranks"] for row in rows]
     path = write_items(tmp_path / "lists.jsonl", rows)
     records = load_records(path).records
     assert len(records) == 8 and (-1, -2, -2, -4) in [r.scores for r in records]
+
+
+def test_both_bad_is_its_own_judgement(tmp_path):
+    """Its ranks are a tie's (neither answer is preferred), but the store, the export and the
+    people oracle tell it apart: a pair only called both bad abstains, with that reason."""
+    from prefopt.oracles import ListToJudge, make_oracle
+
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    oracle = make_oracle("people", {"db": url, "deadline_minutes": 0})
+    lists = [ListToJudge("p1", ("a", "b")), ListToJudge("p2", ("c", "d"))]
+    ids = oracle.add(lists, priorities=[2.0, 1.0])
+    store = Store(url)
+    label_all(store, {"ann": ["tie", "both_bad"]})
+    found = store.judgements(ids)
+    assert [found[i][0]["choice"] for i in ids] == ["tie", "both_bad"] and found[ids[1]][0]["ranks"] == [1, 1]
+    tie, bad = oracle.judge(lists)
+    assert tie.abstained is None and tie.all_tied and bad.abstained == "both answers bad"
 
 
 def test_export_pairs_is_the_majority(store, tmp_path):

@@ -6,8 +6,9 @@ pairs: per item and per pair of completions, the majority of the labels: each la
   "i better", "j better" or "no preference" (tie, both bad, equal ranks). The pair is written
   as {"prompt", "chosen", "rejected"} when one side has more votes than each of the other two
   outcomes, and left out (counted) otherwise.
-Labels and items that prefer nothing (all tied) are left out of both and counted: a list whose
-completions are all equal teaches nothing and `prefopt train` refuses it."""
+Labels and items that prefer nothing (all tied) are left out of both and counted, those calling
+both answers bad apart from ties: a list whose completions are all equal teaches nothing and
+`prefopt train` refuses it."""
 
 from __future__ import annotations
 
@@ -28,8 +29,11 @@ def export_rows(labels: list[dict], fmt: str) -> tuple[list[dict], collections.C
     rows = []
     if fmt == "lists":
         for label in labels:
+            if label.get("choice") == "both_bad":
+                left_out["labels calling both answers bad"] += 1
+                continue
             if len(set(label["ranks"])) == 1:
-                left_out["labels with no preference (tie or both bad)"] += 1
+                left_out["labels with no preference (a tie)"] += 1
                 continue
             rows.append({"prompt": label["prompt"], "completions": label["completions"], "ranks": label["ranks"],
                          "item_id": label["item_id"], "annotator": label["annotator"],

@@ -143,16 +143,17 @@ class Store:
                 found |= dict(s.execute(sa.select(Item.source, Item.id).where(Item.source.in_(chunk))).all())
         return found
 
-    def rankings(self, item_ids: list[int]) -> dict[int, list[list[int]]]:
-        """Every label's ranks (1 = best, ties equal) of each of these items, oldest first."""
-        found: dict[int, list[list[int]]] = {item_id: [] for item_id in item_ids}
+    def judgements(self, item_ids: list[int]) -> dict[int, list[dict]]:
+        """Every label of each of these items, oldest first: its ranks (1 = best, ties equal) and,
+        for pairs, the choice ("both_bad" is its own judgement, though its ranks are a tie's)."""
+        found: dict[int, list[dict]] = {item_id: [] for item_id in item_ids}
         with self.session() as s:
             for start in range(0, len(item_ids), _CHUNK):
                 chunk = item_ids[start: start + _CHUNK]
-                query = (sa.select(Label.item_id, Label.ranks).where(Label.item_id.in_(chunk))
+                query = (sa.select(Label.item_id, Label.ranks, Label.choice).where(Label.item_id.in_(chunk))
                          .order_by(Label.id))
-                for item_id, ranks in s.execute(query):
-                    found[item_id].append(json.loads(ranks))
+                for item_id, ranks, choice in s.execute(query):
+                    found[item_id].append({"ranks": json.loads(ranks), "choice": choice})
         return found
 
     def set_priorities(self, priorities: dict[int, float]) -> None:

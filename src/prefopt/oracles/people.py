@@ -67,8 +67,8 @@ class PeopleOracle(Oracle):
         minutes = self.options.deadline_minutes
         deadline = None if minutes is None else time.monotonic() + 60 * minutes
         while True:
-            rankings = self.store.rankings(item_ids)
-            have = sum(min(len(rankings[i]), wanted) for i in item_ids)
+            labels = self.store.judgements(item_ids)
+            have = sum(min(len(labels[i]), wanted) for i in item_ids)
             if self.on_progress is not None:
                 self.on_progress(have, wanted * len(item_ids))
             if have == wanted * len(item_ids):
@@ -80,15 +80,19 @@ class PeopleOracle(Oracle):
                                       f"given is kept in {self.options.db}; run again with --resume to wait again")
                 break
             time.sleep(self.options.poll_seconds)
-        return [self._judgement(rankings[i]) for i in item_ids]
+        return [self._judgement(labels[i]) for i in item_ids]
 
-    def _judgement(self, rankings: list[list[int]]) -> Judgement:
+    def _judgement(self, labels: list[dict]) -> Judgement:
+        """The mean rank of each completion over the first R labels; labels that call both answers
+        of a pair bad prefer neither and rank nothing, and a list only they judged abstains."""
         wanted = self.options.labels_per_list
-        if not rankings:
+        if not labels:
             return Judgement(abstained="no label by the deadline")
-        if len(rankings) < wanted and self.options.on_deadline == "abstain":
-            return Judgement(abstained=f"{len(rankings)} of {wanted} labels by the deadline")
-        used = rankings[:wanted]
+        if len(labels) < wanted and self.options.on_deadline == "abstain":
+            return Judgement(abstained=f"{len(labels)} of {wanted} labels by the deadline")
+        used = [label["ranks"] for label in labels[:wanted] if label["choice"] != "both_bad"]
+        if not used:
+            return Judgement(abstained="both answers bad")
         mean_ranks = [sum(ranks[k] for ranks in used) / len(used) for k in range(len(used[0]))]
         return Judgement(scores=tuple(-rank for rank in mean_ranks), details=tuple({"ranks": [r[k] for r in used]}
                                                                                    for k in range(len(used[0]))))
