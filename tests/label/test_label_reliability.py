@@ -94,3 +94,38 @@ def test_killing_the_server_loses_no_acknowledged_label(tmp_path):
         restarted.stop()
     assert len(Store(db).labels()) == len(stored) + len(more["acknowledged"])
     assert Store(db).counts()["items"] == ITEMS
+
+
+def test_a_read_does_not_wait_on_another_writers_lock(tmp_path):
+    """While another process's write transaction holds SQLite's write lock for 3 s, who-am-I,
+    progress and the statistics answer at once (they read the last commit)."""
+    import subprocess
+    import sys
+    import time
+
+    from label_helpers import item_rows, write_items
+    from prefopt.data import load_records
+    from prefopt.label.store import Store
+
+    db = tmp_path / "labels.db"
+    store = Store(f"sqlite:///{db}")
+    store.add_items(load_records(write_items(tmp_path / "items.jsonl", item_rows()), require_scores=False).records)
+    ann = store.user_for_token(token := store.add_user("ann"))
+    script = tmp_path / "hold.py"
+    script.write_text("import sqlite3, sys, time\n"
+                      "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                      "c.execute('BEGIN IMMEDIATE')\n"
+                      "c.execute('UPDATE items SET priority = 1 WHERE id = 1')\n"
+                      "print('locked', flush=True)\n"
+                      "time.sleep(3)\n"
+                      "c.execute('COMMIT')\n")
+    holder = subprocess.Popen([sys.executable, str(script), str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.perf_counter()
+        assert store.user_for_token(token).name == "ann"
+        assert store.progress(ann)["items"] == 5 and store.counts()["items"] == 5
+        assert time.perf_counter() - started < 1.0  # not the 3 s the writer holds its lock
+    finally:
+        holder.wait(timeout=30)
+    store.close()

@@ -99,7 +99,15 @@ class Store:
         self.engine = make_engine(url)
         if migrate:
             upgrade(self.engine)
-        self.session = orm.sessionmaker(self.engine, expire_on_commit=False)
+        self.session = orm.sessionmaker(self.engine, expire_on_commit=False)  # writes: `with self.session.begin()`
+        # reads take no write lock: on SQLite a deferred transaction reads the last commit while a
+        # writer holds its lock (WAL); PostgreSQL's reads never wait on writers
+        self.reading = orm.sessionmaker(make_engine(url, writes=False), expire_on_commit=False)
+
+    def close(self) -> None:
+        """Close the store's connections (both engines)."""
+        self.engine.dispose()
+        self.reading.kw["bind"].dispose()
 
     # people -------------------------------------------------------------------------------
     def add_user(self, name: str, role: str = "annotator") -> str:
@@ -119,7 +127,7 @@ class Store:
     def user_for_token(self, token: str | None) -> User | None:
         if not token:
             return None
-        with self.session() as s:
+        with self.reading() as s:
             return s.scalar(sa.select(User).where(User.token_hash == hash_token(token)))
 
     # items --------------------------------------------------------------------------------
@@ -137,7 +145,7 @@ class Store:
     def item_ids(self, sources: list[str]) -> dict[str, int]:
         """The ids of the stored items with these sources."""
         found = {}
-        with self.session() as s:
+        with self.reading() as s:
             for start in range(0, len(sources), _CHUNK):  # a bounded IN list
                 chunk = sources[start: start + _CHUNK]
                 found |= dict(s.execute(sa.select(Item.source, Item.id).where(Item.source.in_(chunk))).all())
@@ -147,7 +155,7 @@ class Store:
         """Every label of each of these items, oldest first: its ranks (1 = best, ties equal) and,
         for pairs, the choice ("both_bad" is its own judgement, though its ranks are a tie's)."""
         found: dict[int, list[dict]] = {item_id: [] for item_id in item_ids}
-        with self.session() as s:
+        with self.reading() as s:
             for start in range(0, len(item_ids), _CHUNK):
                 chunk = item_ids[start: start + _CHUNK]
                 query = (sa.select(Label.item_id, Label.ranks, Label.choice).where(Label.item_id.in_(chunk))
@@ -249,7 +257,7 @@ class Store:
                  .join(Item, Item.id == Label.item_id).order_by(Label.id))
         if annotator is not None:
             query = query.where(User.name == annotator)
-        with self.session() as s:
+        with self.reading() as s:
             return [{"id": label.id, "item_id": label.item_id, "annotator": name, "choice": label.choice,
                      "ranks": json.loads(label.ranks), "display_order": json.loads(label.display_order),
                      "comment": label.comment, "seconds": label.seconds,
@@ -258,7 +266,7 @@ class Store:
                     for label, name, item in s.execute(query)]
 
     def progress(self, user: User) -> dict:
-        with self.session() as s:
+        with self.reading() as s:
             mine = s.scalar(sa.select(sa.func.count()).select_from(Label).where(Label.user_id == user.id))
             total = s.scalar(sa.select(sa.func.count()).select_from(Item))
             labelled = s.scalar(sa.select(sa.func.count()).select_from(Label))
@@ -266,7 +274,7 @@ class Store:
                 "labels": labelled, "labels_wanted": total * self.redundancy}
 
     def counts(self) -> dict:
-        with self.session() as s:
+        with self.reading() as s:
             per_user = s.execute(
                 sa.select(User.name, User.role, sa.func.count(Label.id), sa.func.min(Label.created_at),
                           sa.func.max(Label.created_at), sa.func.avg(Label.seconds))
@@ -304,7 +312,9 @@ def _ranks(k: int, choice: str | None, ranking: list[int] | None) -> list[int]:
     return list(ranking)
 
 
-def make_engine(url: str) -> sa.Engine:
+def make_engine(url: str, writes: bool = True) -> sa.Engine:
+    """An engine for the store; on SQLite, `writes` transactions take the write lock as they begin
+    (BEGIN IMMEDIATE: writers queue at the start and never deadlock midway), read ones do not."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
 
@@ -318,7 +328,7 @@ def make_engine(url: str) -> sa.Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(connection):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")  # writers queue at the start, never deadlock midway
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)

@@ -98,7 +98,7 @@ class PeopleOracle(Oracle):
                                                                                    for k in range(len(used[0]))))
 
     def close(self) -> None:
-        self.store.engine.dispose()
+        self.store.close()
 
 
 ORACLES.register("people", PeopleOracle)
