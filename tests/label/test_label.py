@@ -3,6 +3,7 @@
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -343,3 +344,45 @@ def test_a_get_changes_nothing(client, store):
     assert client.get("/api/me", headers=ann).json()["labelled_by_you"] == 0
     first = client.post("/api/next", headers=ann).json()
     assert client.post("/api/next", headers=ann).json()["item_id"] == first["item_id"]  # still held for ann
+
+
+def test_an_item_is_its_content(tmp_path):
+    """The same rows served by another path add nothing; a changed row is a new item, the old one
+    and its labels kept; a store made before items had a content key gets one, so its rows are
+    recognised too."""
+    import shutil
+
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from prefopt.label import store as store_module
+
+    rows = item_rows()
+    (tmp_path / "a").mkdir()
+    first = write_items(tmp_path / "a" / "items.jsonl", rows)
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    store = Store(url)
+    assert store.add_items(load_records(first, require_scores=False).records) == 5
+    other = tmp_path / "b" / "copy.jsonl"
+    other.parent.mkdir()
+    shutil.copy(first, other)
+    assert store.add_items(load_records(other, require_scores=False).records) == 0
+    label_all(store, {"ann": ["a"]})
+    changed = [dict(rows[0], completions=[rows[0]["completions"][0], "a new second answer"]), *rows[1:]]
+    assert store.add_items(load_records(write_items(tmp_path / "c.jsonl", changed), require_scores=False).records) == 1
+    assert store.counts()["items"] == 6 and len(store.labels()) == 1
+    # an old store: tables at the first revision, items without a content key
+    old_url = f"sqlite:///{tmp_path / 'old.db'}"
+    config = Config()
+    config.set_main_option("script_location", str(Path(store_module.__file__).parent / "migrations"))
+    engine = sa.create_engine(old_url)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(sa.text("INSERT INTO items (source, prompt, completions, k, priority, created_at) VALUES "
+                                   "('old.jsonl, row 1', :prompt, :completions, 2, 0, '2026-01-01')"),
+                           {"prompt": json.dumps(rows[0]["prompt"]), "completions": json.dumps(rows[0]["completions"])})
+    engine.dispose()
+    upgraded = Store(old_url)
+    assert upgraded.add_items(load_records(first, require_scores=False).records) == 4  # its first row is known

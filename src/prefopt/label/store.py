@@ -42,7 +42,8 @@ def _now() -> dt.datetime:
 class Item(Base):
     __tablename__ = "items"
     id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
-    source: orm.Mapped[str] = orm.mapped_column(sa.String(500))  # "file, row N"
+    source: orm.Mapped[str] = orm.mapped_column(sa.String(500))  # where it was first read ("file, row N")
+    content: orm.Mapped[str] = orm.mapped_column(sa.String(64), index=True)  # its identity: content_key
     prompt: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON: a string or chat messages
     completions: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON list
     k: orm.Mapped[int]
@@ -83,6 +84,12 @@ class Label(Base):
     comment: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
     seconds: orm.Mapped[float | None]  # from handing out to submission
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
+
+
+def content_key(prompt, completions) -> str:
+    """An item's identity: a hash of its prompt and completions."""
+    text = json.dumps([prompt, list(completions)], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def hash_token(token: str) -> str:
@@ -133,22 +140,36 @@ class Store:
     # items --------------------------------------------------------------------------------
     def add_items(self, records) -> int:
         """Add PreferenceRecords (or anything with prompt, completions, source) and return how
-        many were new: a record whose source ("file, row N") is already stored is skipped, so
-        serving the same file again adds nothing."""
+        many were new. An item is its content: a record with the prompt and completions of a
+        stored item adds nothing (the same file served by another path, or asked about again),
+        and a changed row is a new item, the old one and its labels kept."""
+        keys = [content_key(r.prompt, r.completions) for r in records]
         with self.session.begin() as s:
-            known = set(s.scalars(sa.select(Item.source)))
-            rows = [Item(source=r.source[:500], prompt=json.dumps(r.prompt), k=len(r.completions),
-                         completions=json.dumps(list(r.completions))) for r in records if r.source[:500] not in known]
+            known = self._known(s, keys)
+            rows = []
+            for record, key in zip(records, keys, strict=True):
+                if key not in known:
+                    known.add(key)
+                    rows.append(Item(source=record.source[:500], content=key, prompt=json.dumps(record.prompt),
+                                     k=len(record.completions), completions=json.dumps(list(record.completions))))
             s.add_all(rows)
         return len(rows)
 
-    def item_ids(self, sources: list[str]) -> dict[str, int]:
-        """The ids of the stored items with these sources."""
-        found = {}
+    @staticmethod
+    def _known(s, keys: list[str]) -> set[str]:
+        found = set()
+        for start in range(0, len(keys), _CHUNK):  # a bounded IN list
+            found |= set(s.scalars(sa.select(Item.content).where(Item.content.in_(keys[start: start + _CHUNK]))))
+        return found
+
+    def item_ids(self, keys: list[str]) -> dict[str, int]:
+        """The ids of the stored items with these content keys (the first stored, if ever two)."""
+        found: dict[str, int] = {}
         with self.reading() as s:
-            for start in range(0, len(sources), _CHUNK):  # a bounded IN list
-                chunk = sources[start: start + _CHUNK]
-                found |= dict(s.execute(sa.select(Item.source, Item.id).where(Item.source.in_(chunk))).all())
+            for start in range(0, len(keys), _CHUNK):
+                query = (sa.select(Item.content, Item.id).where(Item.content.in_(keys[start: start + _CHUNK]))
+                         .order_by(Item.id.desc()))
+                found |= dict(s.execute(query).all())
         return found
 
     def judgements(self, item_ids: list[int]) -> dict[int, list[dict]]:

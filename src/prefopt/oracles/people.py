@@ -6,8 +6,6 @@ scored by their mean rank over its labels (ties as the labels gave them)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from typing import ClassVar, Literal
@@ -29,12 +27,6 @@ class PeopleOptions(OracleOptions):
     # lists their acquisition scores)
 
 
-def content_source(item: ListToJudge) -> str:
-    """An item's identity in the store: a hash of its prompt and completions."""
-    text = json.dumps([item.prompt, list(item.completions)], ensure_ascii=False, sort_keys=True)
-    return "content:" + hashlib.sha256(text.encode()).hexdigest()[:40]
-
-
 class PeopleOracle(Oracle):
     name: ClassVar[str] = "people"
     Options: ClassVar[type[OracleOptions]] = PeopleOptions
@@ -51,11 +43,13 @@ class PeopleOracle(Oracle):
 
     def add(self, lists: list[ListToJudge], priorities: list[float] | None = None) -> list[int]:
         """Put the lists in the store (those already there are kept) and return their item ids."""
-        sources = [content_source(item) for item in lists]
+        from prefopt.label.store import content_key
+
         self.store.add_items([PreferenceRecord(item.prompt, item.completions, (0.0,) * len(item.completions),
-                                               source=source) for item, source in zip(lists, sources, strict=True)])
-        ids = self.store.item_ids(sources)
-        item_ids = [ids[source] for source in sources]
+                                               source="asked by an oracle") for item in lists])
+        keys = [content_key(item.prompt, item.completions) for item in lists]
+        ids = self.store.item_ids(keys)
+        item_ids = [ids[key] for key in keys]
         # a list's own `priority` field (the loop writes its acquisition score there), else the option's
         values = priorities or [float(item.record.get("priority", self.options.priority)) for item in lists]
         self.store.set_priorities(dict(zip(item_ids, values, strict=True)))
