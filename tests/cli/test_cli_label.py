@@ -11,8 +11,12 @@ pytestmark = pytest.mark.slow  # real processes: make test-fast skips them
 
 def test_add_people_prints_a_token_once_and_stores_only_its_hash(prefopt_cli, tmp_path):
     db = tmp_path / "labels.db"
-    done = prefopt_cli("label", "add-annotator", "ann", "--db", db)
+    refused = prefopt_cli("label", "add-annotator", "ann", "--db", db)  # a database is never made unasked
+    assert refused.returncode == 1 and f"{db}: no such database; add --create" in refused.stderr
+    assert not db.exists()
+    done = prefopt_cli("label", "add-annotator", "ann", "--db", db, "--create")
     assert done.returncode == 0, done.stderr
+    assert f"created the label database {db}" in done.stdout
     token = done.stdout.strip().splitlines()[-1]
     store = Store(f"sqlite:///{db}")
     assert store.user_for_token(token).role == "annotator"
@@ -25,7 +29,7 @@ def test_add_people_prints_a_token_once_and_stores_only_its_hash(prefopt_cli, tm
 
 def test_bad_items_and_bad_databases_are_one_clear_line(prefopt_cli, tmp_path):
     db = str(tmp_path / "labels.db")
-    missing = prefopt_cli("label", "serve", "--items", tmp_path / "nope.jsonl", "--db", db)
+    missing = prefopt_cli("label", "serve", "--items", tmp_path / "nope.jsonl", "--db", db, "--create")
     assert missing.returncode == 1 and "nope.jsonl" in missing.stderr and "Traceback" not in missing.stderr
     bad = write_items(tmp_path / "bad.jsonl", [*item_rows(2, 0), {"prompt": "p", "completions": ["only one"]}])
     refused = prefopt_cli("label", "serve", "--items", bad, "--db", db)
@@ -34,6 +38,14 @@ def test_bad_items_and_bad_databases_are_one_clear_line(prefopt_cli, tmp_path):
     url = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
     unreachable = prefopt_cli("label", "add-annotator", "x", "--db", url)
     assert unreachable.returncode == 1 and "database:" in unreachable.stderr and "Traceback" not in unreachable.stderr
+
+
+def test_export_of_a_database_that_does_not_exist_fails_and_keeps_the_output(prefopt_cli, tmp_path):
+    out = tmp_path / "labels.jsonl"
+    out.write_text('{"kept": true}\n')
+    done = prefopt_cli("label", "export", "--db", tmp_path / "missing.db", "--out", out)
+    assert done.returncode == 1 and "missing.db: no such database" in done.stderr and "Traceback" not in done.stderr
+    assert out.read_text() == '{"kept": true}\n' and not (tmp_path / "missing.db").exists()
 
 
 def test_export_writes_training_data(prefopt_cli, tmp_path):

@@ -13,7 +13,7 @@ from prefopt.data import load_records
 from prefopt.label import agreement
 from prefopt.label.app import create_app
 from prefopt.label.export import export_rows
-from prefopt.label.store import Store
+from prefopt.label.store import LabelError, Store
 
 # ---------------------------------------------------------------- agreement: published values
 NA = None
@@ -386,3 +386,28 @@ def test_an_item_is_its_content(tmp_path):
     engine.dispose()
     upgraded = Store(old_url)
     assert upgraded.add_items(load_records(first, require_scores=False).records) == 4  # its first row is known
+
+
+def test_a_database_file_deleted_while_serving_refuses_writes(client, store, tmp_path):
+    """Deleted under a running server, the SQLite file's connections would go on writing into the
+    unlinked file and acknowledge labels that are gone: every write is refused with 503 instead,
+    saying why; reads still answer."""
+    ann = bearer(store.add_user("ann"))
+    item = client.post("/api/next", headers=ann).json()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"labels.db{suffix}").unlink(missing_ok=True)
+    response = client.post("/api/labels", headers=ann, json={"item_id": item["item_id"], "choice": "a"})
+    assert response.status_code == 503 and "is gone" in response.json()["detail"], response.json()
+    assert client.post("/api/next", headers=ann).status_code == 503
+    assert client.get("/api/me", headers=ann).status_code == 200
+
+
+def test_a_read_only_database_says_so(tmp_path):
+    """A database that cannot be written (here opened read-only) refuses a write with 503 and
+    says it is read-only; it never acknowledges what it cannot keep."""
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    Store(url).add_user("ann")
+    read_only = Store(f"sqlite:///file:{tmp_path / 'labels.db'}?mode=ro&uri=true", migrate=False)
+    with pytest.raises(LabelError, match="read-only; nothing can be saved") as raised:
+        read_only.add_user("bob")
+    assert raised.value.status == 503

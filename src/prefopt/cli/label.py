@@ -15,10 +15,20 @@ DbOption = Annotated[str, typer.Option("--db", help="Database URL (sqlite:///…
                                                     "SQLite file path.")]
 
 
-def _store(db: str, **settings):
+CreateOption = Annotated[bool, typer.Option("--create", help="Make the SQLite database if it does not exist "
+                                                             "(it is never made without this).")]
+
+
+def _store(db: str, create: bool = False, **settings):
+    """The store at `db`; a SQLite file that does not exist is an error unless `create`."""
     from prefopt.label.store import Store
 
-    return Store(db if "://" in db else f"sqlite:///{db}", **settings)
+    url = db if "://" in db else f"sqlite:///{db}"
+    existed = Store.exists(url)
+    store = Store(url, create=create, **settings)
+    if not existed:
+        console().print(f"created the label database {store.path or url}", highlight=False)
+    return store
 
 
 @label_app.command("serve")
@@ -32,6 +42,7 @@ def label_serve(
     redundancy: Annotated[int, typer.Option(min=1, help="Labels wanted per item, from different people.")] = 1,
     assignment_minutes: Annotated[float, typer.Option(min=0.1, help="An item handed out is reserved for its "
                                                                      "annotator this long.")] = 30.0,
+    create: CreateOption = False,
 ) -> None:
     """Serve the labelling app: prefopt label serve --items ITEMS --db URL."""
 
@@ -41,7 +52,7 @@ def label_serve(
         from prefopt.data import load_records
         from prefopt.label.app import create_app
 
-        store = _store(db, redundancy=redundancy, assignment_minutes=assignment_minutes)
+        store = _store(db, create, redundancy=redundancy, assignment_minutes=assignment_minutes)
         out = console()
         if items is not None:
             loaded = load_records(items, require_scores=False)
@@ -54,9 +65,9 @@ def label_serve(
     run_library(serve)
 
 
-def _add_person(name: str, db: str, role: str) -> None:
+def _add_person(name: str, db: str, role: str, create: bool) -> None:
     def add() -> None:
-        token = _store(db).add_user(name, role)
+        token = _store(db, create).add_user(name, role)
         out = console()
         out.print(f"{role} {name!r} added. Their token (shown once, only its hash is stored):", highlight=False)
         out.print(token, highlight=False, markup=False)
@@ -65,16 +76,17 @@ def _add_person(name: str, db: str, role: str) -> None:
 
 
 @label_app.command("add-annotator")
-def label_add_annotator(name: Annotated[str, typer.Argument(help="A unique name.")], db: DbOption = "labels.db"
-                        ) -> None:
+def label_add_annotator(name: Annotated[str, typer.Argument(help="A unique name.")], db: DbOption = "labels.db",
+                        create: CreateOption = False) -> None:
     """Add an annotator and print their token once."""
-    _add_person(name, db, "annotator")
+    _add_person(name, db, "annotator", create)
 
 
 @label_app.command("add-admin")
-def label_add_admin(name: Annotated[str, typer.Argument(help="A unique name.")], db: DbOption = "labels.db") -> None:
+def label_add_admin(name: Annotated[str, typer.Argument(help="A unique name.")], db: DbOption = "labels.db",
+                    create: CreateOption = False) -> None:
     """Add an admin (sees counts, agreement and every label) and print their token once."""
-    _add_person(name, db, "admin")
+    _add_person(name, db, "admin", create)
 
 
 @label_app.command("export")

@@ -5,6 +5,7 @@ answer is committed."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -100,9 +101,14 @@ class Store:
     """All reads and writes of the labelling app. `assignment_minutes` is how long a handed-out
     item stays reserved; `redundancy` is how many different people label each item."""
 
-    def __init__(self, url: str, *, assignment_minutes: float = 30.0, redundancy: int = 1, migrate: bool = True):
+    def __init__(self, url: str, *, assignment_minutes: float = 30.0, redundancy: int = 1, migrate: bool = True,
+                 create: bool = True):
         self.url = url
         self.assignment_minutes, self.redundancy = assignment_minutes, redundancy
+        self.path = _sqlite_file(url)
+        if self.path is not None and not self.path.exists() and not create:
+            raise LabelError(f"{self.path}: no such database; add --create to make one there", field="db",
+                             status=404)
         self.engine = make_engine(url)
         if migrate:
             upgrade(self.engine)
@@ -110,6 +116,30 @@ class Store:
         # reads take no write lock: on SQLite a deferred transaction reads the last commit while a
         # writer holds its lock (WAL); PostgreSQL's reads never wait on writers
         self.reading = orm.sessionmaker(make_engine(url, writes=False), expire_on_commit=False)
+        self._file = _identity(self.path)  # the SQLite file written to; a write checks it is still there
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A write transaction that never acknowledges what it cannot keep: the SQLite file must
+        still be the one the store opened (not deleted or replaced), and a database that became
+        read-only is said to be so; both refuse the write with 503."""
+        if self._file is not None and _identity(self.path) != self._file:
+            raise LabelError(f"the database file {self.path} is gone (deleted or replaced while serving); nothing "
+                             "can be saved: restart the server on the database", status=503)
+        try:
+            with self.session.begin() as s:
+                yield s
+        except sa.exc.OperationalError as error:
+            if "readonly" in str(error) or "read-only" in str(error):
+                raise LabelError(f"the database {self.path or self.url} is read-only; nothing can be saved",
+                                 status=503) from None
+            raise
+
+    @staticmethod
+    def exists(url: str) -> bool:
+        """Whether the database is there already (a server's database, PostgreSQL's, always is)."""
+        path = _sqlite_file(url)
+        return path is None or path.exists()
 
     def close(self) -> None:
         """Close the store's connections (both engines)."""
@@ -125,7 +155,7 @@ class Store:
         if role not in ROLES:
             raise LabelError(f"role must be one of {', '.join(ROLES)}", field="role")
         token = secrets.token_urlsafe(24)
-        with self.session.begin() as s:
+        with self._writing() as s:
             if s.scalar(sa.select(User).where(User.name == name)):
                 raise LabelError(f"a person named {name!r} already exists", field="name", status=409)
             s.add(User(name=name, role=role, token_hash=hash_token(token)))
@@ -144,7 +174,7 @@ class Store:
         stored item adds nothing (the same file served by another path, or asked about again),
         and a changed row is a new item, the old one and its labels kept."""
         keys = [content_key(r.prompt, r.completions) for r in records]
-        with self.session.begin() as s:
+        with self._writing() as s:
             known = self._known(s, keys)
             rows = []
             for record, key in zip(records, keys, strict=True):
@@ -190,7 +220,7 @@ class Store:
         nothing: an unknown id changes no priority. Ids are checked and written in chunks, so any
         number fits the database's limit on bound parameters."""
         ids = list(priorities)
-        with self.session.begin() as s:
+        with self._writing() as s:
             known = set()
             for start in range(0, len(ids), _CHUNK):
                 known |= set(s.scalars(sa.select(Item.id).where(Item.id.in_(ids[start: start + _CHUNK]))))
@@ -208,7 +238,7 @@ class Store:
         `redundancy` others hold right now. None when nothing is left for them."""
         rng = rng or secrets.SystemRandom()
         now = _now()
-        with self.session.begin() as s:
+        with self._writing() as s:
             _serialize(s)
             held = s.scalar(sa.select(Assignment).where(Assignment.user_id == user.id, ~Assignment.done,
                                                           Assignment.expires_at > now).limit(1))
@@ -248,7 +278,7 @@ class Store:
         (1 = best, equal ranks = tie). Returns the label id; nothing is written on an error."""
         if len(comment) > MAX_COMMENT:
             raise LabelError(f"comment is {len(comment)} characters; at most {MAX_COMMENT}", field="comment")
-        with self.session.begin() as s:
+        with self._writing() as s:
             item = s.get(Item, item_id)
             if item is None:
                 raise LabelError(f"no item with id {item_id}", field="item_id", status=404)
@@ -331,6 +361,24 @@ def _ranks(k: int, choice: str | None, ranking: list[int] | None) -> list[int]:
         raise LabelError("ranking is not a ranking: rank r needs exactly r−1 completions ranked better "
                          f"(got {ranking})", field="ranking")
     return list(ranking)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _identity(path: Path | None) -> tuple[int, int] | None:
+    """The file's device and inode (None when there is no file to watch, or it is gone)."""
+    if path is None:
+        return None
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return (-1, -1)
+    return found.st_dev, found.st_ino
 
 
 def make_engine(url: str, writes: bool = True) -> sa.Engine:
