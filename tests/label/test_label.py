@@ -3,6 +3,7 @@
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -411,3 +412,23 @@ def test_a_read_only_database_says_so(tmp_path):
     with pytest.raises(LabelError, match="read-only; nothing can be saved") as raised:
         read_only.add_user("bob")
     assert raised.value.status == 503
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("ann\u200b", "invisible character (U+200B)"), ("ann\u202eevil", "U+202E"), ("bob\x07", "U+0007"),
+    ("   ", "the name is empty"), ("x" * 201, "at most 200"),
+])
+def test_names_hold_no_hidden_characters(tmp_path, name, message):
+    store = Store(f"sqlite:///{tmp_path / 'labels.db'}")
+    with pytest.raises(LabelError, match=re.escape(message)):
+        store.add_user(name)
+
+
+def test_names_are_normalized_and_unique_whatever_their_case(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'labels.db'}")
+    store.add_user("Ann")
+    for same in ("ann", "ANN", " Ann ", "Ａｎｎ"):  # the last in fullwidth letters, NFKC's "Ann"
+        with pytest.raises(LabelError, match="a person named 'Ann' already exists"):
+            store.add_user(same)
+    token = store.add_user("ｂｏｂ")
+    assert store.user_for_token(token).name == "bob"

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import secrets
+import unicodedata
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -87,6 +88,23 @@ class Label(Base):
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
 
 
+MAX_NAME = 200
+
+
+def normalized_name(name: str) -> str:
+    """A person's name as stored: NFKC, stripped; empty, too long, or holding a control or
+    invisible character (zero-width spaces, direction overrides, …) is an error naming it."""
+    name = unicodedata.normalize("NFKC", name).strip()
+    if not name:
+        raise LabelError("the name is empty", field="name")
+    if len(name) > MAX_NAME:
+        raise LabelError(f"the name is {len(name)} characters; at most {MAX_NAME}", field="name")
+    hidden = [ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")]
+    if hidden:
+        raise LabelError(f"the name holds a control or invisible character (U+{ord(hidden[0]):04X})", field="name")
+    return name
+
+
 def content_key(prompt, completions) -> str:
     """An item's identity: a hash of its prompt and completions."""
     text = json.dumps([prompt, list(completions)], ensure_ascii=False, sort_keys=True)
@@ -148,16 +166,18 @@ class Store:
 
     # people -------------------------------------------------------------------------------
     def add_user(self, name: str, role: str = "annotator") -> str:
-        """Create a person and return their token (shown once; only its hash is kept)."""
-        name = name.strip()
-        if not name:
-            raise LabelError("the name is empty", field="name")
+        """Create a person and return their token (shown once; only its hash is kept). The name
+        is normalized (Unicode NFKC, outer spaces dropped), may hold no control or invisible
+        character, and is unique whatever its case: "Ann" and "ann" are one person."""
+        name = normalized_name(name)
         if role not in ROLES:
             raise LabelError(f"role must be one of {', '.join(ROLES)}", field="role")
         token = secrets.token_urlsafe(24)
         with self._writing() as s:
-            if s.scalar(sa.select(User).where(User.name == name)):
-                raise LabelError(f"a person named {name!r} already exists", field="name", status=409)
+            taken = next((other for other in s.scalars(sa.select(User.name)) if other.casefold() == name.casefold()),
+                         None)
+            if taken is not None:
+                raise LabelError(f"a person named {taken!r} already exists", field="name", status=409)
             s.add(User(name=name, role=role, token_hash=hash_token(token)))
         return token
 
