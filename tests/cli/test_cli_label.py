@@ -66,3 +66,18 @@ def test_export_writes_training_data(prefopt_cli, tmp_path):
         assert f"wrote {count} {fmt} rows" in done.stdout
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert len(load_records(out).records) == len(rows) == count
+
+
+def test_revoke_and_rotate_end_sessions_and_replace_the_token(prefopt_cli, tmp_path):
+    db = tmp_path / "labels.db"
+    store = Store(f"sqlite:///{db}")
+    token = store.add_user("ann")
+    session = store.start_session(store.user_for_token(token))
+    done = prefopt_cli("label", "revoke", "ann", "--db", db)
+    assert done.returncode == 0 and "every session ended and the token disabled" in done.stdout, done.stderr
+    assert store.user_for_token(token) is None and store.user_for_session(session) is None
+    rotated = prefopt_cli("label", "rotate", "Ann", "--db", db)
+    assert rotated.returncode == 0, rotated.stderr
+    assert store.user_for_token(rotated.stdout.strip().splitlines()[-1]).name == "ann"
+    unknown = prefopt_cli("label", "rotate", "zoe", "--db", db)
+    assert unknown.returncode == 1 and "no person named 'zoe'" in unknown.stderr and "Traceback" not in unknown.stderr

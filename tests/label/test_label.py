@@ -432,3 +432,26 @@ def test_names_are_normalized_and_unique_whatever_their_case(tmp_path):
             store.add_user(same)
     token = store.add_user("ｂｏｂ")
     assert store.user_for_token(token).name == "bob"
+
+
+def test_a_login_is_a_session_that_logging_out_expiry_and_revoking_end(client, store):
+    token = store.add_user("ann")
+    login = client.post("/api/login", json={"token": token})
+    cookie = login.cookies["prefopt_session"]
+    assert cookie != token and token not in login.headers["set-cookie"]
+    browser = {"Cookie": f"prefopt_session={cookie}"}
+    assert client.get("/api/me", headers=browser).status_code == 200
+    client.post("/api/logout", headers=browser)
+    ended = client.get("/api/me", headers=browser)
+    assert ended.status_code == 401 and "session has ended" in ended.json()["detail"]
+    assert client.get("/api/me", headers=bearer(token)).status_code == 200  # the token itself still works
+    expired = store.start_session(store.user_for_token(token), hours=-1)
+    assert client.get("/api/me", headers={"Cookie": f"prefopt_session={expired}"}).status_code == 401
+    live = client.post("/api/login", json={"token": token}).cookies["prefopt_session"]
+    assert store.revoke("ann", new_token=False) is None
+    assert client.get("/api/me", headers={"Cookie": f"prefopt_session={live}"}).status_code == 401
+    assert client.get("/api/me", headers=bearer(token)).status_code == 401
+    fresh = store.revoke("ANN", new_token=True)  # names match whatever their case
+    assert client.get("/api/me", headers=bearer(fresh)).status_code == 200
+    with pytest.raises(LabelError, match="no person named 'zoe'"):
+        store.revoke("zoe", new_token=True)

@@ -89,6 +89,27 @@ def label_add_admin(name: Annotated[str, typer.Argument(help="A unique name.")],
     _add_person(name, db, "admin", create)
 
 
+@label_app.command("revoke")
+def label_revoke(name: Annotated[str, typer.Argument(help="The person's name.")], db: DbOption = "labels.db") -> None:
+    """End every session of a person and disable their token (rotate gives them a new one)."""
+    run_library(lambda: _store(db).revoke(name, new_token=False) or console().print(
+        f"{name!r}: every session ended and the token disabled", highlight=False))
+
+
+@label_app.command("rotate")
+def label_rotate(name: Annotated[str, typer.Argument(help="The person's name.")], db: DbOption = "labels.db") -> None:
+    """End every session of a person and print a new token for them, once (the old one stops working)."""
+
+    def rotate() -> None:
+        token = _store(db).revoke(name, new_token=True)
+        out = console()
+        out.print(f"{name!r}: every session ended; their new token (shown once, only its hash is stored):",
+                  highlight=False)
+        out.print(token, highlight=False, markup=False)
+
+    run_library(rotate)
+
+
 @label_app.command("export")
 def label_export(
     out: Annotated[Path, typer.Option("--out", help="JSONL file to write.")],

@@ -14,7 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from prefopt.label import agreement
 from prefopt.label.headers import SecurityHeaders
 from prefopt.label.limits import MAX_BODY_BYTES, BodyLimit
-from prefopt.label.store import CHOICES, MAX_COMMENT, MAX_COMPLETIONS, MAX_ID, LabelError, Store, User
+from prefopt.label.store import (
+    CHOICES,
+    MAX_COMMENT,
+    MAX_COMPLETIONS,
+    MAX_ID,
+    SESSION_HOURS,
+    LabelError,
+    Store,
+    User,
+)
 
 COOKIE = "prefopt_session"
 PAGES = Path(__file__).parent / "pages"
@@ -67,12 +76,17 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI
 
     def user(request: Request) -> User:
         header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE)
-        if not token:
+        if header.lower().startswith("bearer "):  # a program: its permanent token
+            found = store.user_for_token(header[7:].strip())
+            if found is None:
+                raise Unauthorized("unknown token")
+            return found
+        session = request.cookies.get(COOKIE)  # a browser: the session its login started
+        if not session:
             raise Unauthorized("no token: log in at /login or send 'Authorization: Bearer TOKEN'")
-        found = store.user_for_token(token)
+        found = store.user_for_session(session)
         if found is None:
-            raise Unauthorized("unknown token")
+            raise Unauthorized("your session has ended (logged out, expired or revoked): log in again")
         return found
 
     def admin(who: Annotated[User, Depends(user)]) -> User:
@@ -113,12 +127,16 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI
         if found is None:
             raise Unauthorized("unknown token")
         secure = request.url.scheme == "https" or request.url.hostname in LOOPBACK
-        response.set_cookie(COOKIE, body.token, httponly=True, secure=secure, samesite="strict",
-                            max_age=30 * 24 * 3600)
+        # the cookie holds a session's id, never the token: logging out, expiry or `prefopt label
+        # revoke` end the session without touching the token
+        response.set_cookie(COOKIE, store.start_session(found), httponly=True, secure=secure, samesite="strict",
+                            max_age=int(SESSION_HOURS * 3600))
         return {"name": found.name, "role": found.role}
 
-    @app.post("/api/logout", summary="Clear the session cookie")
-    def logout(_who: Person, response: Response) -> dict:
+    @app.post("/api/logout", summary="End this browser's session")
+    def logout(_who: Person, request: Request, response: Response) -> dict:
+        if request.cookies.get(COOKIE):
+            store.end_session(request.cookies[COOKIE])
         response.delete_cookie(COOKIE)
         return {"ok": True}
 

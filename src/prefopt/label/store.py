@@ -21,6 +21,7 @@ ROLES = ("annotator", "admin")
 CHOICES = ("a", "b", "tie", "both_bad")  # a/b = completions[0]/[1] of the item, whatever side they were shown on
 MAX_COMMENT = 2000
 MAX_ID = 2**31 - 1  # the largest id PostgreSQL's integer column holds
+SESSION_HOURS = 12.0  # a login lasts a working day
 MAX_COMPLETIONS = 256  # completions of one item a ranking may rank
 _CHUNK = 500  # ids per statement: well under SQLite's and PostgreSQL's limits on bound parameters
 
@@ -60,6 +61,15 @@ class User(Base):
     role: orm.Mapped[str] = orm.mapped_column(sa.String(20))
     token_hash: orm.Mapped[str] = orm.mapped_column(sa.String(64), unique=True)
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
+
+
+class Session(Base):
+    __tablename__ = "sessions"
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    user_id: orm.Mapped[int] = orm.mapped_column(sa.ForeignKey("users.id"), index=True)
+    id_hash: orm.Mapped[str] = orm.mapped_column(sa.String(64), unique=True)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
+    expires_at: orm.Mapped[dt.datetime]
 
 
 class Assignment(Base):
@@ -186,6 +196,41 @@ class Store:
             return None
         with self.reading() as s:
             return s.scalar(sa.select(User).where(User.token_hash == hash_token(token)))
+
+    def start_session(self, user: User, hours: float = SESSION_HOURS) -> str:
+        """A new session for a person who logged in: its id (for the cookie), stored hashed."""
+        session_id = secrets.token_urlsafe(32)
+        now = _now()
+        with self._writing() as s:
+            s.add(Session(user_id=user.id, id_hash=hash_token(session_id), created_at=now,
+                          expires_at=now + dt.timedelta(hours=hours)))
+        return session_id
+
+    def user_for_session(self, session_id: str | None) -> User | None:
+        """The person of a session that has neither ended nor expired."""
+        if not session_id:
+            return None
+        with self.reading() as s:
+            return s.scalar(sa.select(User).join(Session, Session.user_id == User.id)
+                            .where(Session.id_hash == hash_token(session_id), Session.expires_at > _now()))
+
+    def end_session(self, session_id: str) -> None:
+        with self._writing() as s:
+            s.execute(sa.delete(Session).where(Session.id_hash == hash_token(session_id)))
+
+    def revoke(self, name: str, *, new_token: bool) -> str | None:
+        """End every session of a person and make their token unusable; with `new_token`, issue
+        them a new one (returned, shown once)."""
+        token = secrets.token_urlsafe(24) if new_token else None
+        with self._writing() as s:
+            wanted = normalized_name(name).casefold()
+            user = next((u for u in s.scalars(sa.select(User)) if u.name.casefold() == wanted), None)
+            if user is None:
+                raise LabelError(f"no person named {name!r}", field="name", status=404)
+            s.execute(sa.delete(Session).where(Session.user_id == user.id))
+            # a revoked token is replaced by the hash of a random one nobody holds
+            user.token_hash = hash_token(token or secrets.token_urlsafe(32))
+        return token
 
     # items --------------------------------------------------------------------------------
     def add_items(self, records) -> int:
