@@ -455,3 +455,22 @@ def test_a_login_is_a_session_that_logging_out_expiry_and_revoking_end(client, s
     assert client.get("/api/me", headers=bearer(fresh)).status_code == 200
     with pytest.raises(LabelError, match="no person named 'zoe'"):
         store.revoke("zoe", new_token=True)
+
+
+def test_the_openapi_schema_gives_every_error_code_and_its_real_shape(client, store):
+    admin = bearer(store.add_user("boss", "admin"))
+    schema = client.get("/api/openapi.json", headers=admin).json()
+    assert set(schema["components"]["schemas"]["ErrorOut"]["properties"]) == {"detail", "field"}
+    expected = {("/api/labels", "post"): {"401", "404", "409", "413", "422", "503"},
+                ("/api/next", "post"): {"401", "413", "503"},
+                ("/api/admin/priorities", "post"): {"401", "403", "404", "413", "422", "503"},
+                ("/api/admin/stats", "get"): {"401", "403", "413"}}
+    for (path, method), codes in expected.items():
+        responses = schema["paths"][path][method]["responses"]
+        assert codes <= set(responses), (path, set(responses))
+        for code in codes:
+            assert responses[code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
+    # and the errors answered have that shape
+    for response in (client.get("/api/me"), client.get("/api/admin/stats", headers=bearer(store.add_user("ann"))),
+                     client.post("/api/labels", headers=admin, json={"item_id": "x"})):
+        assert set(response.json()) == {"detail", "field"}, response.json()

@@ -64,6 +64,22 @@ class Priorities(BaseModel):
                                                description="item id → priority (higher is handed out first)")
 
 
+class ErrorOut(BaseModel):
+    """Every error the API answers: what went wrong, and the request field it is about (if one)."""
+
+    detail: str
+    field: str | None = None
+
+
+def _errors(*codes: int) -> dict:
+    """The `responses` of a route: its error codes, each with the real error shape."""
+    said = {401: "no token, an unknown token, or a session that has ended", 403: "admins only",
+            404: "an unknown item", 409: "not handed to you, or labelled already",
+            413: "the request body is over the limit (before anything else is read)",
+            422: "a malformed request: the field is named", 503: "the database cannot keep a write"}
+    return {code: {"model": ErrorOut, "description": said[code]} for code in (401, 413, *codes)}
+
+
 class Unauthorized(Exception):
     def __init__(self, message: str, status: int = 401):
         self.message, self.status = message, status
@@ -100,7 +116,7 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI
     @app.exception_handler(Unauthorized)
     async def _unauthorized(request: Request, error: Unauthorized):
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": error.message}, status_code=error.status)
+            return JSONResponse({"detail": error.message, "field": None}, status_code=error.status)
         if error.status == 401:
             return HTMLResponse(pages["login"], status_code=401)
         return HTMLResponse(f"<p>{error.message}. <a href='/label'>Back to labelling</a></p>", status_code=403)
@@ -121,7 +137,7 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI
     def login_page():
         return pages["login"]
 
-    @app.post("/api/login", summary="Exchange a token for a session cookie")
+    @app.post("/api/login", summary="Exchange a token for a session cookie", responses=_errors(422, 503))
     def login(body: Login, request: Request, response: Response) -> dict:
         found = store.user_for_token(body.token)
         if found is None:
@@ -133,7 +149,7 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI
                             max_age=int(SESSION_HOURS * 3600))
         return {"name": found.name, "role": found.role}
 
-    @app.post("/api/logout", summary="End this browser's session")
+    @app.post("/api/logout", summary="End this browser's session", responses=_errors(503))
     def logout(_who: Person, request: Request, response: Response) -> dict:
         if request.cookies.get(COOKIE):
             store.end_session(request.cookies[COOKIE])
@@ -152,37 +168,40 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI
     def admin_page(_who: Admin):
         return pages["admin"]
 
-    @app.get("/api/me", summary="Who you are and your progress")
+    @app.get("/api/me", summary="Who you are and your progress", responses=_errors())
     def me(who: Person) -> dict:
         return store.progress(who)
 
     # POST: handing an item out reserves it, a change of state no GET may make (a prefetching
     # browser or a link preview must not take an item from the queue)
     @app.post("/api/next", summary="The next item for you to judge (held for you until it expires)",
-             responses={204: {"description": "nothing left to label"}})
+              responses={204: {"description": "nothing left to label"}, **_errors(503)})
     def next_item(who: Person):
         assignment = store.next_assignment(who)
         return Response(status_code=204) if assignment is None else assignment
 
-    @app.post("/api/labels", status_code=201, summary="Submit a judgement of an item handed to you")
+    @app.post("/api/labels", status_code=201, summary="Submit a judgement of an item handed to you",
+              responses=_errors(404, 409, 422, 503))
     def submit(body: LabelIn, who: Person) -> dict:
         label_id = store.submit(who, body.item_id, choice=body.choice, ranking=body.ranking, comment=body.comment)
         return {"id": label_id, **store.progress(who)}
 
-    @app.get("/api/labels", summary="Your own labels")
+    @app.get("/api/labels", summary="Your own labels", responses=_errors())
     def my_labels(who: Person) -> list[dict]:
         # where an item came from (a file path and row) is for admins only
         return [{key: value for key, value in label.items() if key != "source"} for label in store.labels(who.name)]
 
-    @app.get("/api/admin/labels", summary="Every label, or one annotator's")
+    @app.get("/api/admin/labels", summary="Every label, or one annotator's", responses=_errors(403, 422))
     def all_labels(_who: Admin, annotator: Annotated[str | None, Query(max_length=MAX_NAME)] = None) -> list[dict]:
         return store.labels(annotator)
 
-    @app.get("/api/admin/stats", summary="Counts, throughput per annotator, agreement, disputed items")
+    @app.get("/api/admin/stats", summary="Counts, throughput per annotator, agreement, disputed items",
+             responses=_errors(403))
     def stats(_who: Admin) -> dict:
         return store.counts() | {"agreement": agreement.summary(store.labels())}
 
-    @app.post("/api/admin/priorities", summary="Set item priorities (the active loop uses this)")
+    @app.post("/api/admin/priorities", summary="Set item priorities (the active loop uses this)",
+              responses=_errors(403, 404, 422, 503))
     def priorities(body: Priorities, _who: Admin) -> dict:
         store.set_priorities(body.priorities)
         return {"updated": len(body.priorities)}
