@@ -154,3 +154,55 @@ def test_rank_by_dragging(browser, tmp_path):
     label = Store(db).labels()[0]
     by_shown = {shown_index: rank for rank, shown_index in enumerate(shown, start=1)}
     assert label["ranks"] == [by_shown[label["display_order"].index(c)] for c in range(4)]
+
+
+def test_long_and_strange_text_renders_fast_and_lists_past_z_get_labels(browser, tmp_path):
+    """A megabyte without a space, a thousand-character line, a hundred code blocks: the page shows
+    the first 4,000 characters of each and a button for the rest, in well under a second (the
+    whole megabyte took Chromium 90 s to lay out); a list of 30 completions is tagged A … Z, AA … AD."""
+    import time
+
+    huge = "x" * 1_000_000
+    blocks = "".join(f"step {i}\n```python\nprint({i})\n```\n" for i in range(100))
+    rows = [{"prompt": "Long answers", "completions": [huge, ("word " * 200 + "\n") * 50]},
+            {"prompt": "Code", "completions": [blocks, "short"]},
+            {"prompt": "Thirty answers", "completions": [f"answer {i}" for i in range(30)]}]
+    items = write_items(tmp_path / "items.jsonl", rows)
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    store = Store(db)
+    token = store.add_user("ann")
+    server = Server(items, db)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/login")
+        page.fill("#token", token)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/label")
+        page.wait_for_selector(".completion .text")
+        # from the page's navigation to the first item laid out: fetched, rendered, layout forced
+        seconds = [page.evaluate("() => { document.body.offsetHeight; return performance.now() / 1000; }")]
+        started = time.perf_counter()
+        for n in range(2):  # the long pair, then the code blocks (items in file order)
+            if n:  # from submitting the long pair to the code blocks laid out
+                page.wait_for_selector(".completion pre")
+                page.evaluate("() => document.body.offsetHeight")
+                seconds.append(time.perf_counter() - started)
+            prompt = page.inner_text(".prompt")
+            if "Long answers" in prompt:
+                assert page.locator("button.more").count() == 2
+                assert "Show all (1,000,000 characters)" in page.inner_text("#pair")
+                page.locator("button.more").nth(1).click()  # the 10,250-character answer, whole
+                assert page.locator("button.more").count() == 1
+            page.keyboard.press("3")  # a tie
+            started = time.perf_counter()
+            page.keyboard.press("Enter")
+            page.wait_for_function("(text) => !document.querySelector('.prompt').innerText.includes(text)",
+                                   arg=prompt.splitlines()[-1])
+        page.wait_for_selector(".ranking .completion")
+        tags = page.locator(".ranking .tag").all_inner_texts()
+        assert tags[:3] == ["A", "B", "C"] and tags[25:] == ["Z", "AA", "AB", "AC", "AD"]
+        print(f"render seconds (the long pair from navigation, the code blocks from submit): "
+              f"{[round(s, 3) for s in seconds]}")
+        assert max(seconds) < 1.0, seconds
+    finally:
+        server.stop()

@@ -16,14 +16,37 @@ function element(tag, className, text) {
 }
 
 // Text with ``` code fences: prose keeps its line breaks, code goes in <pre>. Never HTML.
+// Long text is shown collapsed: its first SHOWN characters and a button for the rest, so that a
+// megabyte of output (or a token of a megabyte, which browsers break into lines slowly) cannot
+// stall the page.
+const SHOWN = 4000;
+
 function renderText(container, text) {
-  const parts = String(text).split(/```[^\n`]*\n?/);
+  text = String(text);
+  const shown = text.length > SHOWN ? text.slice(0, SHOWN) : text;
+  renderParts(container, shown);
+  if (shown.length === text.length) return;
+  const more = element("button", "more", `Show all (${text.length.toLocaleString()} characters)`);
+  more.type = "button";
+  more.addEventListener("click", (event) => {
+    event.stopPropagation();  // not a click on the card (which ranks it)
+    container.replaceChildren();
+    renderParts(container, text);
+  });
+  container.append(element("span", "cut", "…"), more);
+}
+
+function renderParts(container, text) {
+  const parts = text.split(/```[^\n`]*\n?/);
   parts.forEach((part, i) => {
     if (!part) return;
     if (i % 2 === 1) { const pre = element("pre"); pre.append(element("code", "", part.replace(/\n$/, ""))); container.append(pre); }
     else container.append(element("div", "text", part));
   });
 }
+
+// A completion's tag: A … Z, then AA, AB, … (as spreadsheets name columns)
+function tagName(n) { return n < 26 ? String.fromCharCode(65 + n) : tagName(Math.floor(n / 26) - 1) + tagName(n % 26); }
 
 // A prompt or completion: a string, or chat messages [{role, content}].
 function renderMessage(container, value) {

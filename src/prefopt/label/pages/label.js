@@ -2,7 +2,6 @@ let current = null;   // the assignment from /api/next
 let choice = null;    // pair: "left" | "right" | "tie" | "both_bad"
 let ranks = [];       // ranking: rank of each shown completion (0 = not yet ranked)
 const $ = (id) => document.getElementById(id);
-const LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 function showProgress(me) {
   $("who").textContent = me.name;
@@ -29,7 +28,7 @@ async function load() {
 function completionCard(index, order) {
   const card = element("div", "completion card");
   card.dataset.index = index;
-  card.append(element("span", "tag", LETTERS[order]));
+  card.append(element("span", "tag", tagName(order)));
   const body = element("div");
   renderMessage(body, current.completions[index]);
   card.append(body);
@@ -59,7 +58,7 @@ function showRanking() {
     card.dataset.index = index;
     card.draggable = true;
     const side = element("div", "ranks");
-    side.append(element("span", "tag", LETTERS[index]));
+    side.append(element("span", "tag", tagName(index)));
     side.append(element("span", "hint", ranks[index] ? `rank ${ranks[index]}` : "not ranked"));
     const buttons = element("div", "buttons");
     for (let r = 1; r <= k; r++) {
