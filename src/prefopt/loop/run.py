@@ -57,7 +57,7 @@ def loop(config: LoopConfig, *, resume: bool = False, console: Console | None = 
     pool_rows = {json.dumps(record.prompt, sort_keys=True): record for record in load_prompts(config.prompts)}
     pool = list(pool_rows)
     records = read_jsonl(out / "rounds.jsonl") if (out / "rounds.jsonl").exists() else []
-    reuse = Reuse()  # models stay in memory between stages and rounds: each folder is read once
+    reuse = Reuse(keep_trained=True)  # models stay in memory between stages and rounds: each folder is read once
     initial_answers = _initial_answers(config, out, reuse, console) if config.heldout else None
     for n in range(len(records), config.rounds):
         console.print(f"[bold]round {n + 1} of {config.rounds}[/]", highlight=False)

@@ -62,6 +62,7 @@ class Reuse:
     tokenizers: dict = dataclasses.field(default_factory=dict)
     data: dict = dataclasses.field(default_factory=dict)
     models: dict = dataclasses.field(default_factory=dict)
+    keep_trained: bool = False  # also keep each run's saved model, as read from its folder (the loop reads it next)
     hits: dict[str, int] = dataclasses.field(default_factory=lambda: {"tokenizer": 0, "data": 0})
 
     def tokenizer(self, spec: str):
@@ -449,7 +450,7 @@ class _Run:
     def save_final(self) -> None:
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.engine).model
-            loaded = self.reuse.models if self.reuse is not None else None
+            loaded = self.reuse.models if self.reuse is not None and self.reuse.keep_trained else None
             self.say(self.task.save(model, self.tokenizer, self.out_dir, self.config, self.lora, loaded))
 
     def progress(self, label: str, transient: bool = False) -> Progress:
