@@ -474,3 +474,38 @@ def test_the_openapi_schema_gives_every_error_code_and_its_real_shape(client, st
     for response in (client.get("/api/me"), client.get("/api/admin/stats", headers=bearer(store.add_user("ann"))),
                      client.post("/api/labels", headers=admin, json={"item_id": "x"})):
         assert set(response.json()) == {"detail", "field"}, response.json()
+
+
+def test_skip_with_a_reason_and_undo_within_its_window(client, store):
+    ann = bearer(store.add_user("ann"))
+    first = client.post("/api/next", headers=ann).json()
+    skip = lambda reason: client.post("/api/skip", headers=ann, json={"item_id": first["item_id"], "reason": reason})
+    assert skip(" ").status_code == 422 and skip("unclear").status_code == 200
+    second = client.post("/api/next", headers=ann).json()
+    assert second["item_id"] != first["item_id"]  # a skipped item is never handed back
+    assert store.counts()["skipped"] == 1 and store.counts()["annotators"][0]["skipped"] == 1
+    judged = {"choice": "a"} if second["kind"] == "pair" else {"ranking": [1, 2, 3, 4]}
+    answer = {"item_id": second["item_id"], **judged}
+    label = client.post("/api/labels", headers=ann, json=answer).json()
+    undone = client.delete(f"/api/labels/{label['id']}", headers=ann)
+    assert undone.status_code == 200 and undone.json()["item_id"] == second["item_id"] and store.labels() == []
+    assert client.post("/api/next", headers=ann).json()["item_id"] == second["item_id"]  # back to them first
+    again = client.post("/api/labels", headers=ann, json=answer).json()
+    bob = bearer(store.add_user("bob"))
+    assert client.delete(f"/api/labels/{again['id']}", headers=bob).status_code == 404  # only your own
+    import datetime as dt
+
+    import sqlalchemy as sa
+    with store.engine.begin() as connection:  # three minutes later
+        connection.execute(sa.text("UPDATE labels SET created_at = :t"),
+                           {"t": dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=3)})
+    late = client.delete(f"/api/labels/{again['id']}", headers=ann)
+    assert late.status_code == 409 and "can be undone for 120 s" in late.json()["detail"]
+
+
+def test_guidelines_are_served_when_given(store):
+    ann = bearer(store.add_user("ann"))
+    assert TestClient(create_app(store), base_url="http://localhost").get("/api/guidelines",
+                                                                           headers=ann).status_code == 204
+    with_rules = TestClient(create_app(store, guidelines="# Rules\n- be kind"), base_url="http://localhost")
+    assert with_rules.get("/api/guidelines", headers=ann).json() == {"markdown": "# Rules\n- be kind"}

@@ -206,3 +206,51 @@ def test_long_and_strange_text_renders_fast_and_lists_past_z_get_labels(browser,
         assert max(seconds) < 1.0, seconds
     finally:
         server.stop()
+
+
+def test_guidelines_skip_and_undo_in_a_browser(browser, tmp_path):
+    """The guidelines file is shown, its Markdown as text (a script in it runs nothing); Skip asks
+    why and moves on; Undo takes the last label back, the item comes again and the new label is
+    the one kept."""
+    rules = tmp_path / "rules.md"
+    rules.write_text("# How to judge\n\n- prefer **correct** answers\n- then `short` ones\n\n<script>window.hacked = 1"
+                     "</script>\n")
+    rows = [{"prompt": f"Question {i}", "completions": [f"good {i}", f"bad {i}"]} for i in range(3)]
+    items = write_items(tmp_path / "items.jsonl", rows)
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    store = Store(db)
+    token = store.add_user("ann")
+    server = Server(items, db, "--guidelines", str(rules))
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        violations = []
+        page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+        page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/login")
+        page.fill("#token", token)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#guidelines:not([hidden]) h3")
+        assert page.inner_text("#guidelines h3") == "How to judge"
+        assert page.inner_text("#guidelines li strong") == "correct"
+        assert page.inner_text("#guidelines li code") == "short"
+        assert "<script>window.hacked = 1</script>" in page.inner_text("#guidelines")
+        assert page.evaluate("() => window.hacked") is None
+        page.wait_for_selector("text=Question 0")
+        page.click("#skip")  # asks why first
+        page.fill("#skip-reason", "the question is unclear")
+        page.click("#skip")
+        page.wait_for_selector("text=Question 1")
+        page.keyboard.press("1")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("text=Question 2")
+        page.click("#undo")
+        page.wait_for_selector("text=Question 1")  # back for another judgement
+        page.keyboard.press("3")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("text=Question 2")
+        page.click("#guidelines-toggle")
+        assert page.locator("#guidelines").is_hidden()
+    finally:
+        server.stop()
+    labels = store.labels()
+    assert [(label["prompt"], label["choice"]) for label in labels] == [("Question 1", "tie")]
+    assert store.counts()["skipped"] == 1 and violations == []

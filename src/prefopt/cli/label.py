@@ -43,6 +43,8 @@ def label_serve(
     assignment_minutes: Annotated[float, typer.Option(min=0.1, help="An item handed out is reserved for its "
                                                                      "annotator this long.")] = 30.0,
     create: CreateOption = False,
+    guidelines: Annotated[Path | None, typer.Option("--guidelines", help="A Markdown file of labelling guidelines, "
+                                                                         "shown to annotators.")] = None,
 ) -> None:
     """Serve the labelling app: prefopt label serve --items ITEMS --db URL."""
 
@@ -52,6 +54,9 @@ def label_serve(
         from prefopt.data import load_records
         from prefopt.label.app import create_app
 
+        text = None
+        if guidelines is not None:
+            text = guidelines.read_text(encoding="utf-8")  # a missing file is one clear line
         store = _store(db, create, redundancy=redundancy, assignment_minutes=assignment_minutes)
         out = console()
         if items is not None:
@@ -60,7 +65,7 @@ def label_serve(
             out.print(f"{loaded.summary()}; {added} new items added", highlight=False)
         out.print(f"labelling app at http://{host}:{port}/login (database {store.engine.url!r})",
                       highlight=False)
-        uvicorn.run(create_app(store), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(store, guidelines=text), host=host, port=port, log_level="warning")
 
     run_library(serve)
 

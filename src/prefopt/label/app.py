@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -19,7 +20,9 @@ from prefopt.label.store import (
     MAX_COMMENT,
     MAX_COMPLETIONS,
     MAX_ID,
+    MAX_REASON,
     SESSION_HOURS,
+    UNDO_SECONDS,
     LabelError,
     Store,
     User,
@@ -58,6 +61,12 @@ class LabelIn(BaseModel):
     comment: StrictStr = Field("", max_length=MAX_COMMENT)
 
 
+class SkipIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: ItemId
+    reason: StrictStr = Field(min_length=1, max_length=MAX_REASON, description="Why (unclear, offensive, …)")
+
+
 class Priorities(BaseModel):
     model_config = ConfigDict(extra="forbid")
     priorities: dict[ItemKey, Priority] = Field(max_length=MAX_PRIORITIES,
@@ -85,7 +94,8 @@ class Unauthorized(Exception):
         self.message, self.status = message, status
 
 
-def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines: str | None = None) -> FastAPI:
+    """The app on `store`; `guidelines` (Markdown) are shown to annotators from the label page."""
     app = FastAPI(title="prefopt label", docs_url=None, redoc_url=None, openapi_url=None,
                   description="Compare and rank model outputs; labels feed `prefopt train` directly.")
     pages = {name: _page(name) for name in ("login", "label", "admin")}
@@ -185,6 +195,22 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI
     def submit(body: LabelIn, who: Person) -> dict:
         label_id = store.submit(who, body.item_id, choice=body.choice, ranking=body.ranking, comment=body.comment)
         return {"id": label_id, **store.progress(who)}
+
+    @app.post("/api/skip", summary="Pass on the item handed to you, saying why", responses=_errors(409, 422, 503))
+    def skip(body: SkipIn, who: Person) -> dict:
+        store.skip(who, body.item_id, body.reason)
+        return store.progress(who)
+
+    @app.delete("/api/labels/{label_id}", summary=f"Take back your label, within {UNDO_SECONDS} s of giving it "
+                                                   "(its item is handed back to you)",
+                responses=_errors(404, 409, 422, 503))
+    def undo(label_id: Annotated[int, PathParameter(ge=1, le=MAX_ID)], who: Person) -> dict:
+        return {"item_id": store.undo(who, label_id), **store.progress(who)}
+
+    @app.get("/api/guidelines", summary="The labelling guidelines (Markdown), if the server was given any",
+             responses={204: {"description": "no guidelines"}, **_errors()})
+    def read_guidelines(_who: Person):
+        return Response(status_code=204) if guidelines is None else {"markdown": guidelines}
 
     @app.get("/api/labels", summary="Your own labels", responses=_errors())
     def my_labels(who: Person) -> list[dict]:

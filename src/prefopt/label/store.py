@@ -22,6 +22,8 @@ CHOICES = ("a", "b", "tie", "both_bad")  # a/b = completions[0]/[1] of the item,
 MAX_COMMENT = 2000
 MAX_ID = 2**31 - 1  # the largest id PostgreSQL's integer column holds
 SESSION_HOURS = 12.0  # a login lasts a working day
+UNDO_SECONDS = 120  # how long a label can be taken back
+MAX_REASON = 500
 MAX_COMPLETIONS = 256  # completions of one item a ranking may rank
 _CHUNK = 500  # ids per statement: well under SQLite's and PostgreSQL's limits on bound parameters
 
@@ -82,6 +84,7 @@ class Assignment(Base):
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
     expires_at: orm.Mapped[dt.datetime]
     done: orm.Mapped[bool] = orm.mapped_column(default=False)
+    skipped: orm.Mapped[str | None] = orm.mapped_column(sa.String(500))  # the reason, when passed on
 
 
 class Label(Base):
@@ -335,6 +338,37 @@ class Store:
                     "prompt": json.loads(item.prompt), "completions": [completions[i] for i in order],
                     "display_order": order, "expires_at": held.expires_at.isoformat() + "Z"}
 
+    def skip(self, user: User, item_id: int, reason: str) -> None:
+        """Pass on an item handed to you, saying why; it is never handed to you again (others
+        still get it)."""
+        reason = reason.strip()
+        if not reason or len(reason) > MAX_REASON:
+            raise LabelError(f"give a reason of 1 to {MAX_REASON} characters", field="reason")
+        with self._writing() as s:
+            held = s.scalar(sa.select(Assignment).where(Assignment.item_id == item_id, Assignment.user_id == user.id))
+            if held is None or held.done:
+                raise LabelError(f"item {item_id} is not waiting for you (ask /api/next)", field="item_id",
+                                 status=409)
+            held.done, held.skipped = True, reason
+
+    def undo(self, user: User, label_id: int) -> int:
+        """Take back your own label within UNDO_SECONDS of giving it: the label is deleted and its
+        item handed back to you (the next /api/next). Returns the item's id."""
+        with self._writing() as s:
+            label = s.get(Label, label_id)
+            if label is None or label.user_id != user.id:
+                raise LabelError(f"you have no label {label_id}", field="label_id", status=404)
+            age = (_now() - label.created_at).total_seconds()
+            if age > UNDO_SECONDS:
+                raise LabelError(f"label {label_id} was given {age:.0f} s ago; it can be undone for "
+                                 f"{UNDO_SECONDS} s", field="label_id", status=409)
+            held = s.scalar(sa.select(Assignment).where(Assignment.item_id == label.item_id,
+                                                          Assignment.user_id == user.id))
+            held.done = False
+            held.expires_at = _now() + dt.timedelta(minutes=self.assignment_minutes)
+            s.delete(label)
+            return label.item_id
+
     # labels -------------------------------------------------------------------------------
     def submit(self, user: User, item_id: int, *, choice: str | None = None, ranking: list[int] | None = None,
                comment: str = "") -> int:
@@ -399,15 +433,17 @@ class Store:
             labels = s.scalar(sa.select(sa.func.count()).select_from(Label))
             per_item = sa.select(Label.item_id, sa.func.count().label("n")).group_by(Label.item_id).subquery()
             complete = s.scalar(sa.select(sa.func.count()).select_from(per_item).where(per_item.c.n >= self.redundancy))
+            skips = dict(s.execute(sa.select(User.name, sa.func.count(Assignment.id)).join(Assignment)
+                                   .where(Assignment.skipped.is_not(None)).group_by(User.id)).all())
         people = []
         for name, role, count, first, last, seconds in per_user:
             hours = (last - first).total_seconds() / 3600 if count > 1 else 0.0
             hours = hours if hours > 1 / 60 else None  # a rate over less than a minute means nothing
-            people.append({"name": name, "role": role, "labels": count,
+            people.append({"name": name, "role": role, "labels": count, "skipped": skips.get(name, 0),
                            "labels_per_hour": round((count - 1) / hours, 1) if hours else None,
                            "mean_seconds_per_label": round(seconds, 1) if seconds is not None else None})
         return {"items": items, "labels": labels, "items_complete": complete, "redundancy": self.redundancy,
-                "annotators": people}
+                "skipped": sum(skips.values()), "annotators": people}
 
 
 def _ranks(k: int, choice: str | None, ranking: list[int] | None) -> list[int]:

@@ -57,3 +57,39 @@ function renderMessage(container, value) {
     }
   } else renderText(container, value);
 }
+
+// A little Markdown (headings, lists, code fences, paragraphs, **bold**, `code`), built from
+// elements and textContent only: a guideline can hold any text and never becomes HTML.
+function renderMarkdown(container, markdown) {
+  container.replaceChildren();
+  let list = null, code = null, paragraph = null;
+  const end = () => { list = null; paragraph = null; };
+  for (const line of String(markdown).split("\n")) {
+    if (line.startsWith("```")) {
+      if (code) { code = null; } else { end(); code = element("code"); const pre = element("pre"); pre.append(code); container.append(pre); }
+      continue;
+    }
+    if (code) { code.textContent += line + "\n"; continue; }
+    const heading = line.match(/^(#{1,4})\s+(.*)$/), item = line.match(/^\s*(?:[-*]|\d+\.)\s+(.*)$/);
+    if (heading) { end(); container.append(inline(element(`h${Math.min(heading[1].length + 2, 6)}`), heading[2])); }
+    else if (item) {
+      paragraph = null;
+      if (!list) { list = element(/^\s*\d/.test(line) ? "ol" : "ul"); container.append(list); }
+      list.append(inline(element("li"), item[1]));
+    } else if (!line.trim()) end();
+    else {
+      list = null;
+      if (!paragraph) { paragraph = element("p"); container.append(paragraph); } else paragraph.append(" ");
+      inline(paragraph, line.trim());
+    }
+  }
+}
+
+function inline(node, text) {   // **bold** and `code` spans, the rest as text
+  text.split(/(\*\*[^*]+\*\*|`[^`]+`)/).forEach((part) => {
+    if (/^\*\*.+\*\*$/.test(part)) node.append(element("strong", "", part.slice(2, -2)));
+    else if (/^`.+`$/.test(part)) node.append(element("code", "", part.slice(1, -1)));
+    else if (part) node.append(document.createTextNode(part));
+  });
+  return node;
+}

@@ -10,10 +10,14 @@ function showProgress(me) {
 
 function setStatus(text, kind = "") { $("status").textContent = text; $("status").className = "status " + kind; }
 
+let lastLabel = null;  // {id, until}: the label that Undo takes back, until its window closes
+const UNDO_MS = 120 * 1000;
+
 async function load() {
   current = await api("/api/next", {method: "POST"});
   choice = null;
   $("comment").value = "";
+  $("skip-reason").value = ""; $("skip-reason").hidden = true;
   $("submit").disabled = true;
   if (!current) { $("task").hidden = true; $("done").hidden = false; return; }
   $("task").hidden = false; $("done").hidden = true;
@@ -112,18 +116,57 @@ async function submit() {
   }
   $("submit").disabled = true;
   try {
-    showProgress(await api("/api/labels", {method: "POST", body: JSON.stringify(body)}));
+    const saved = await api("/api/labels", {method: "POST", body: JSON.stringify(body)});
+    showProgress(saved);
+    lastLabel = {id: saved.id, until: Date.now() + UNDO_MS};
+    $("undo").hidden = false;
+    setTimeout(() => { if (lastLabel && Date.now() >= lastLabel.until) $("undo").hidden = true; }, UNDO_MS);
     setStatus("Saved", "ok");
     await load();
   } catch (error) { setStatus(error.message, "error"); $("submit").disabled = false; }
 }
 
+async function skip() {
+  if (!current) return;
+  const reason = $("skip-reason").value.trim();
+  if ($("skip-reason").hidden || !reason) {   // first ask why
+    $("skip-reason").hidden = false; $("skip-reason").focus(); setStatus("Say why, then Skip again"); return;
+  }
+  try {
+    showProgress(await api("/api/skip", {method: "POST", body: JSON.stringify({item_id: current.item_id, reason})}));
+    setStatus("Skipped", "ok");
+    await load();
+  } catch (error) { setStatus(error.message, "error"); }
+}
+
+async function undo() {
+  if (!lastLabel) return;
+  try {
+    showProgress(await api(`/api/labels/${lastLabel.id}`, {method: "DELETE"}));
+    lastLabel = null; $("undo").hidden = true;
+    setStatus("Label taken back: judge it again", "ok");
+    await load();   // the item comes back first
+  } catch (error) { setStatus(error.message, "error"); }
+}
+
+async function showGuidelines() {
+  const body = await api("/api/guidelines");
+  if (!body) return;
+  renderMarkdown($("guidelines-text"), body.markdown);
+  $("guidelines").hidden = false;
+  $("guidelines-toggle").hidden = false;
+}
+
 for (const button of $("choices").querySelectorAll("button"))
   button.addEventListener("click", () => pick(button.dataset.choice));
 $("submit").addEventListener("click", submit);
+$("skip").addEventListener("click", skip);
+$("undo").addEventListener("click", undo);
+$("guidelines-toggle").addEventListener("click", () => { $("guidelines").hidden = !$("guidelines").hidden; });
 $("reset").addEventListener("click", () => { ranks = ranks.map(() => 0); showRanking(); });
 $("logout").addEventListener("click", async () => { await api("/api/logout", {method: "POST"}); location.href = "/login"; });
 document.addEventListener("keydown", (event) => {
+  if (event.target.id === "skip-reason") { if (event.key === "Enter") { event.preventDefault(); skip(); } return; }
   if (event.target.tagName === "TEXTAREA" && !(event.key === "Enter" && (event.ctrlKey || event.metaKey))) return;
   if (current && current.kind === "pair" && "1234".includes(event.key) && event.key.length === 1)
     pick(["left", "right", "tie", "both_bad"][Number(event.key) - 1]);
@@ -131,4 +174,5 @@ document.addEventListener("keydown", (event) => {
 });
 
 api("/api/me").then(showProgress);
+showGuidelines().catch((error) => setStatus(error.message, "error"));
 load().catch((error) => setStatus(error.message, "error"));
