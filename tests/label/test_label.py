@@ -509,3 +509,32 @@ def test_guidelines_are_served_when_given(store):
                                                                            headers=ann).status_code == 204
     with_rules = TestClient(create_app(store, guidelines="# Rules\n- be kind"), base_url="http://localhost")
     assert with_rules.get("/api/guidelines", headers=ann).json() == {"markdown": "# Rules\n- be kind"}
+
+
+def test_gold_items_are_mixed_in_measure_people_and_stay_out_of_the_data(tmp_path):
+    rows = [*item_rows(3, 0), {"prompt": "Gold: 2 + 2?", "completions": ["4", "5"], "gold": "a"},
+            {"prompt": "Gold ranking", "completions": ["w", "x", "y", "z"], "gold": [1, 2, 2, 4]}]
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    store = Store(url, redundancy=4, gold_rate=1.0)  # every item a gold one while any is left
+    assert store.add_items(load_records(write_items(tmp_path / "items.jsonl", rows), require_scores=False).records) == 5
+    answers = {"ann": {"Gold: 2 + 2?": "a", "Gold ranking": [1, 2, 2, 4]},  # ann agrees with gold, cat does not
+               "cat": {"Gold: 2 + 2?": "b", "Gold ranking": [4, 3, 2, 1]}}
+    for name in ("ann", "bob", "cat", "dan"):
+        who, handed = person(store, name), []
+        while (item := store.next_assignment(who)) is not None:
+            handed.append(item)
+            gold = answers.get(name, {}).get(item["prompt"], "a" if item["kind"] == "pair" else [1, 2, 3, 4])
+            answer = gold if item["prompt"].startswith("Gold") else ("b" if name == "cat" else "a")
+            store.submit(who, item["item_id"], **({"ranking": answer} if isinstance(answer, list) else
+                                                  {"choice": answer}))
+        if name == "ann":
+            assert [item["prompt"] for item in handed[:2]] == ["Gold: 2 + 2?", "Gold ranking"]  # gold first, at rate 1
+    quality = store.quality()
+    assert quality["ann"]["gold_labels"] == 2 and quality["ann"]["gold_agreement"] == 1.0
+    assert quality["cat"]["gold_agreement"] < 0.5 and quality["cat"]["majority_agreement"] == 0.0
+    assert quality["ann"]["majority_agreement"] == 1.0  # with bob and dan, against cat, on every regular pair
+    rows_out, left_out = export_rows(store.labels(), "lists")
+    assert left_out["labels of gold items"] == 8 and all(not r["prompt"].startswith("Gold") for r in rows_out)
+    bad = [{"prompt": "p", "completions": ["a", "b"], "gold": "c"}]
+    with pytest.raises(LabelError, match=r"row 1: gold: choice must be one of a, b, tie, both_bad"):
+        store.add_items(load_records(write_items(tmp_path / "bad.jsonl", bad), require_scores=False).records)

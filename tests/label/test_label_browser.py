@@ -254,3 +254,35 @@ def test_guidelines_skip_and_undo_in_a_browser(browser, tmp_path):
     labels = store.labels()
     assert [(label["prompt"], label["choice"]) for label in labels] == [("Question 1", "tie")]
     assert store.counts()["skipped"] == 1 and violations == []
+
+
+def test_gold_items_come_mixed_in_and_the_admin_sees_agreement_with_them(browser, tmp_path):
+    rows = [{"prompt": "Gold: 2 + 2?", "completions": ["4", "5"], "gold": "a"},
+            {"prompt": "Regular question", "completions": ["yes", "no"]}]
+    items = write_items(tmp_path / "items.jsonl", rows)
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    store = Store(db)
+    token, admin = store.add_user("ann"), store.add_user("boss", "admin")
+    server = Server(items, db, "--gold-rate", "1.0")
+    base = server.url.replace("127.0.0.1", "localhost")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(f"{base}/login")
+        page.fill("#token", token)
+        page.click("button[type=submit]")
+        page.wait_for_selector("text=Gold: 2 + 2?")  # shown like any item: annotators cannot tell
+        shown = page.locator("#pair .completion").all_inner_texts()
+        page.keyboard.press("1" if shown[0].endswith("4") else "2")  # the right answer, whichever side
+        page.keyboard.press("Enter")
+        page.wait_for_selector("text=Regular question")
+        admin_page = browser.new_page(viewport={"width": 1280, "height": 860})
+        admin_page.goto(f"{base}/login")
+        admin_page.fill("#token", admin)
+        admin_page.click("button[type=submit]")
+        admin_page.wait_for_selector("#people td")
+        header = admin_page.locator("#people th").all_inner_texts()
+        ann = next(row for row in admin_page.locator("#people tr").all_inner_texts() if row.startswith("ann"))
+        cells = dict(zip(header, ann.split("\t"), strict=True))
+        assert cells["gold labels"] == "1" and cells["agreement with gold"] == "1"
+    finally:
+        server.stop()

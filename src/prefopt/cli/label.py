@@ -43,6 +43,9 @@ def label_serve(
     assignment_minutes: Annotated[float, typer.Option(min=0.1, help="An item handed out is reserved for its "
                                                                      "annotator this long.")] = 30.0,
     create: CreateOption = False,
+    gold_rate: Annotated[float, typer.Option("--gold-rate", min=0.0, max=1.0,
+                                             help="The share of each person's items that are gold items (rows with "
+                                                  "a `gold` answer), while any are left.")] = 0.1,
     guidelines: Annotated[Path | None, typer.Option("--guidelines", help="A Markdown file of labelling guidelines, "
                                                                          "shown to annotators.")] = None,
 ) -> None:
@@ -57,7 +60,7 @@ def label_serve(
         text = None
         if guidelines is not None:
             text = guidelines.read_text(encoding="utf-8")  # a missing file is one clear line
-        store = _store(db, create, redundancy=redundancy, assignment_minutes=assignment_minutes)
+        store = _store(db, create, redundancy=redundancy, assignment_minutes=assignment_minutes, gold_rate=gold_rate)
         out = console()
         if items is not None:
             loaded = load_records(items, require_scores=False)

@@ -224,7 +224,12 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines
     @app.get("/api/admin/stats", summary="Counts, throughput per annotator, agreement, disputed items",
              responses=_errors(403))
     def stats(_who: Admin) -> dict:
-        return store.counts() | {"agreement": agreement.summary(store.labels())}
+        counts, quality = store.counts(), store.quality()
+        for person in counts["annotators"]:
+            person |= quality.get(person["name"], {"gold_labels": 0, "gold_agreement": None,
+                                                   "majority_agreement": None})
+        labels = [label for label in store.labels() if label["gold"] is None]
+        return counts | {"agreement": agreement.summary(labels)}
 
     @app.post("/api/admin/priorities", summary="Set item priorities (the active loop uses this)",
               responses=_errors(403, 404, 422, 503))

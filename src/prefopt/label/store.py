@@ -5,6 +5,7 @@ answer is committed."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import hashlib
@@ -49,6 +50,7 @@ class Item(Base):
     id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
     source: orm.Mapped[str] = orm.mapped_column(sa.String(500))  # where it was first read ("file, row N")
     content: orm.Mapped[str] = orm.mapped_column(sa.String(64), index=True)  # its identity: content_key
+    gold: orm.Mapped[str | None] = orm.mapped_column(sa.Text)  # JSON: the known answer's ranks, for gold items
     prompt: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON: a string or chat messages
     completions: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON list
     k: orm.Mapped[int]
@@ -133,9 +135,10 @@ class Store:
     item stays reserved; `redundancy` is how many different people label each item."""
 
     def __init__(self, url: str, *, assignment_minutes: float = 30.0, redundancy: int = 1, migrate: bool = True,
-                 create: bool = True):
+                 create: bool = True, gold_rate: float = 0.0):
         self.url = url
         self.assignment_minutes, self.redundancy = assignment_minutes, redundancy
+        self.gold_rate = gold_rate  # the share of a person's items that are gold, while gold items are left
         self.path = _sqlite_file(url)
         if self.path is not None and not self.path.exists() and not create:
             raise LabelError(f"{self.path}: no such database; add --create to make one there", field="db",
@@ -242,14 +245,16 @@ class Store:
         stored item adds nothing (the same file served by another path, or asked about again),
         and a changed row is a new item, the old one and its labels kept."""
         keys = [content_key(r.prompt, r.completions) for r in records]
+        golds = [_gold(record) for record in records]  # checked before anything is stored
         with self._writing() as s:
             known = self._known(s, keys)
             rows = []
-            for record, key in zip(records, keys, strict=True):
+            for record, key, gold in zip(records, keys, golds, strict=True):
                 if key not in known:
                     known.add(key)
                     rows.append(Item(source=record.source[:500], content=key, prompt=json.dumps(record.prompt),
-                                     k=len(record.completions), completions=json.dumps(list(record.completions))))
+                                     k=len(record.completions), completions=json.dumps(list(record.completions)),
+                                     gold=None if gold is None else json.dumps(gold)))
             s.add_all(rows)
         return len(rows)
 
@@ -316,12 +321,17 @@ class Store:
                            .where(~Assignment.done, Assignment.expires_at > now).group_by(Assignment.item_id)
                            .subquery())
                 mine = sa.select(Assignment.item_id).where(Assignment.user_id == user.id)
-                item_id = s.scalar(
-                    sa.select(Item.id).outerjoin(labels, labels.c.item_id == Item.id)
-                    .outerjoin(holders, holders.c.item_id == Item.id)
-                    .where(~Item.id.in_(mine),
-                           sa.func.coalesce(labels.c.n, 0) + sa.func.coalesce(holders.c.n, 0) < self.redundancy)
-                    .order_by(Item.priority.desc(), Item.id).limit(1))
+                item_id = None
+                if self.gold_rate and rng.random() < self.gold_rate:  # a gold item this person has not had
+                    item_id = s.scalar(sa.select(Item.id).where(Item.gold.is_not(None), ~Item.id.in_(mine))
+                                       .order_by(Item.id).limit(1))
+                if item_id is None:
+                    item_id = s.scalar(
+                        sa.select(Item.id).outerjoin(labels, labels.c.item_id == Item.id)
+                        .outerjoin(holders, holders.c.item_id == Item.id)
+                        .where(~Item.id.in_(mine), Item.gold.is_(None),
+                               sa.func.coalesce(labels.c.n, 0) + sa.func.coalesce(holders.c.n, 0) < self.redundancy)
+                        .order_by(Item.priority.desc(), Item.id).limit(1))
                 if item_id is None:
                     return None
                 k = s.get(Item, item_id).k
@@ -412,8 +422,37 @@ class Store:
                      "ranks": json.loads(label.ranks), "display_order": json.loads(label.display_order),
                      "comment": label.comment, "seconds": label.seconds,
                      "created_at": label.created_at.isoformat() + "Z", "prompt": json.loads(item.prompt),
-                     "completions": json.loads(item.completions), "source": item.source}
+                     "completions": json.loads(item.completions), "source": item.source,
+                     "gold": None if item.gold is None else json.loads(item.gold)}
                     for label, name, item in s.execute(query)]
+
+    def quality(self) -> dict[str, dict]:
+        """Per person: how often their labels agree with gold answers, and with the majority of
+        the others on the same regular items — a careless labeller shows in both within an hour.
+        Agreement of two rankings is the share of completion pairs they order alike (a tie only
+        matches a tie); pairs are one such comparison. Reads ids and ranks only, not the texts."""
+        query = (sa.select(Label.item_id, User.name, Label.ranks, Item.gold).join(User, User.id == Label.user_id)
+                 .join(Item, Item.id == Label.item_id))
+        by_item: dict[int, list[tuple[str, list[int]]]] = {}
+        gold: dict[str, list[float]] = {}
+        with self.reading() as s:
+            for item_id, name, ranks, known in s.execute(query):
+                if known is not None:
+                    gold.setdefault(name, []).append(_order_agreement(json.loads(ranks), [json.loads(known)]))
+                else:
+                    by_item.setdefault(item_id, []).append((name, json.loads(ranks)))
+        majority: dict[str, list[float | None]] = {}
+        for labels in by_item.values():
+            for i, (name, ranks) in enumerate(labels):
+                others = [other for j, (_, other) in enumerate(labels) if j != i]
+                if others:
+                    majority.setdefault(name, []).append(_order_agreement(ranks, others))
+        def mean(values):
+            values = [v for v in values if v is not None]
+            return round(sum(values) / len(values), 3) if values else None
+
+        return {name: {"gold_labels": len(gold.get(name, [])), "gold_agreement": mean(gold.get(name, [])),
+                       "majority_agreement": mean(majority.get(name, []))} for name in {*gold, *majority}}
 
     def progress(self, user: User) -> dict:
         with self.reading() as s:
@@ -444,6 +483,33 @@ class Store:
                            "mean_seconds_per_label": round(seconds, 1) if seconds is not None else None})
         return {"items": items, "labels": labels, "items_complete": complete, "redundancy": self.redundancy,
                 "skipped": sum(skips.values()), "annotators": people}
+
+
+def _order_agreement(ranks: list[int], others: list[list[int]]) -> float | None:
+    """The share of completion pairs on which `ranks` orders as the majority of `others` does
+    (better, worse or tied); pairs the others split evenly are not counted (None if none is)."""
+    sign = lambda r, i, j: (r[i] < r[j]) - (r[i] > r[j])
+    agree = total = 0
+    for i in range(len(ranks)):
+        for j in range(i + 1, len(ranks)):
+            votes = collections.Counter(sign(other, i, j) for other in others).most_common()
+            if len(votes) > 1 and votes[0][1] == votes[1][1]:
+                continue
+            total += 1
+            agree += sign(ranks, i, j) == votes[0][0]
+    return agree / total if total else None
+
+
+def _gold(record) -> list[int] | None:
+    """A record's known answer as ranks: `"gold": "a" | "b" | "tie"` for a pair, a ranking for a list."""
+    gold = getattr(record, "extra", {}).get("gold")
+    if gold is None:
+        return None
+    try:
+        return _ranks(len(record.completions), gold if isinstance(gold, str) else None,
+                      gold if isinstance(gold, list) else None)
+    except LabelError as error:
+        raise LabelError(f"{record.source}: gold: {error}", field="gold") from None
 
 
 def _ranks(k: int, choice: str | None, ranking: list[int] | None) -> list[int]:

@@ -28,8 +28,10 @@ async function refresh() {
   const stats = await api("/api/admin/stats");
   $("counts").replaceChildren(stat("items", stats.items), stat("labels", stats.labels),
     stat(`items with ${stats.redundancy} label(s)`, stats.items_complete), stat("people", stats.annotators.length));
-  table($("people"), ["name", "role", "labels", "labels per hour", "mean seconds per label"],
-        stats.annotators.map((p) => [p.name, p.role, p.labels, p.labels_per_hour, p.mean_seconds_per_label]));
+  table($("people"), ["name", "role", "labels", "skipped", "labels per hour", "mean seconds per label",
+                      "gold labels", "agreement with gold", "agreement with the majority"],
+        stats.annotators.map((p) => [p.name, p.role, p.labels, p.skipped, p.labels_per_hour, p.mean_seconds_per_label,
+                                     p.gold_labels, p.gold_agreement, p.majority_agreement]));
   const a = stats.agreement;
   $("agreement").replaceChildren(stat("Fleiss' κ (pairs)", a.pairs.fleiss_kappa),
     stat("mean Cohen's κ (pairs)", a.pairs.mean_cohen_kappa),
