@@ -202,7 +202,9 @@ def _generate_with(settings, reuse: Reuse, console) -> float:
                     tokenizer=reuse.tokenizer(settings.model)).seconds
 
 
-def _acquire(config: LoopConfig, out: Path, n: int, folder: Path, reuse: Reuse) -> None:
+def _acquire(config: LoopConfig, out: Path, n: int, folder: Path, reuse: Reuse) -> float:
+    """Score every candidate list and choose the budget; returns the seconds of certainty's two
+    log-prob passes (the acquisition's own work; the rest is bookkeeping)."""
     from prefopt.acquire.strategies import Acquisition, AcquisitionState, Candidates
     from prefopt.data import load_records
     from prefopt.evaluate.run import logps_table
@@ -210,12 +212,13 @@ def _acquire(config: LoopConfig, out: Path, n: int, folder: Path, reuse: Reuse) 
     generations = load_records(folder / "generations.jsonl", require_scores=False).records
     lengths = torch.tensor([r.extra["meta"]["lengths"] for r in generations], dtype=torch.float64)
     logps = torch.tensor([r.extra["meta"]["logps"] for r in generations], dtype=torch.float64)
-    ref = None
+    ref, started = None, time.perf_counter()
     if config.acquisition in ("certainty", "hybrid"):
         reference = config.model if config.training == "restart" or n == 0 else _policy(config, out, n - 1)
         ref = logps_table(_merged(reference), generations, config.precision, reuse.models)[0]
         # the same tokens under the policy
         logps = logps_table(_merged(_policy(config, out, n)), generations, config.precision, reuse.models)[0]
+    passes = time.perf_counter() - started if ref is not None else 0.0
     beta = config.train.get("loss_params", {}).get("dpo", {}).get("beta", 0.1)
     acquisition = Acquisition(config.acquisition, rule=config.selection, beta=config.selection_beta, dpo_beta=beta,
                               oversample=config.oversample)
@@ -230,6 +233,7 @@ def _acquire(config: LoopConfig, out: Path, n: int, folder: Path, reuse: Reuse) 
         "chosen": selection.indices, "reserve": reserve, "scores": scores, "note": selection.note,
         "chosen_mean_score": sum(scores[i] for i in selection.indices) / max(len(selection.indices), 1),
         "candidate_mean_score": sum(scores) / max(len(scores), 1)})
+    return passes
 
 
 def _label(config: LoopConfig, out: Path, n: int, folder: Path, console) -> float:
