@@ -108,6 +108,18 @@ def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
         admin_page.wait_for_selector("#people td")
         assert admin_page.inner_text(".stats .stat >> nth=1").startswith("8")  # labels
         assert "ann" in admin_page.inner_text("#people") and "ann / bob" in admin_page.inner_text("#cohen")
+        # disputed items with their prompt and answers, not raw JSON; the labels, filtered; the export
+        admin_page.wait_for_selector("#disputed .disputed .answer")
+        assert "ann:" in admin_page.inner_text("#disputed .votes >> nth=0")
+        admin_page.wait_for_selector("#labels td")
+        admin_page.select_option("#annotator", "bob")
+        admin_page.click("#filters button[type=submit]")
+        admin_page.wait_for_function("() => [...document.querySelectorAll('#labels tr')].slice(1)"
+                                     ".every((row) => row.children[1].innerText === 'bob')")
+        with admin_page.expect_download() as download:
+            admin_page.click("#export")
+        rows = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+        assert rows and {row["annotator"] for row in rows} == {"bob"}
         admin_page.screenshot(path=shots / "admin.png", full_page=True)
         assert violations == []  # the pages work with no inline script or style allowed
     finally:

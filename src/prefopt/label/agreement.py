@@ -85,9 +85,10 @@ def _distance(metric: str, marginals: collections.Counter):
 
 
 def summary(labels: list[dict]) -> dict:
-    """Agreement over the label store's rows (`Store.labels()`): Fleiss' κ and mean pairwise
-    Cohen's κ on pair choices, Krippendorff's α (ordinal) on ranks of lists, and the items
-    whose labels differ, most disputed first."""
+    """Agreement over labels ({item_id, annotator, choice, ranks}, as `Store.judged()` gives
+    them): Fleiss' κ and mean pairwise Cohen's κ on pair choices, Krippendorff's α (ordinal) on
+    ranks of lists, and the 100 items whose labels differ most (ids and votes; the caller adds
+    their texts)."""
     by_item: dict[int, list[dict]] = collections.defaultdict(list)
     for label in labels:
         by_item[label["item_id"]].append(label)
@@ -111,10 +112,7 @@ def summary(labels: list[dict]) -> dict:
             continue
         spread = _disagreement([lab["ranks"] for lab in group])
         if spread > 0:
-            prompt = group[0]["prompt"]
-            text = prompt if isinstance(prompt, str) else " ".join(str(m.get("content", "")) for m in prompt)
-            disputed.append({"item_id": item_id, "prompt": text[:120], "labels": len(group),
-                             "disagreement": round(spread, 3),
+            disputed.append({"item_id": item_id, "labels": len(group), "disagreement": round(spread, 3),
                              "votes": {lab["annotator"]: lab["choice"] or lab["ranks"] for lab in group}})
     disputed.sort(key=lambda d: (-d["disagreement"], d["item_id"]))
     return {"pairs": {"items_with_2_plus_labels": sum(len(u) >= 2 for u in pair_units),

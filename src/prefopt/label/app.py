@@ -3,6 +3,8 @@ it. Every route but the login page and the login call needs a token, given as
 `Authorization: Bearer TOKEN` or by the HTTP-only session cookie that logging in sets."""
 
 
+import datetime as dt
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -13,6 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from prefopt.label import agreement
+from prefopt.label.export import export_rows
 from prefopt.label.headers import SecurityHeaders
 from prefopt.label.limits import MAX_BODY_BYTES, BodyLimit
 from prefopt.label.store import (
@@ -217,9 +220,23 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines
         # where an item came from (a file path and row) is for admins only
         return [{key: value for key, value in label.items() if key != "source"} for label in store.labels(who.name)]
 
-    @app.get("/api/admin/labels", summary="Every label, or one annotator's", responses=_errors(403, 422))
-    def all_labels(_who: Admin, annotator: Annotated[str | None, Query(max_length=MAX_NAME)] = None) -> list[dict]:
-        return store.labels(annotator)
+    Annotator = Annotated[str | None, Query(max_length=MAX_NAME, description="one person's labels")]
+    Since = Annotated[dt.datetime | None, Query(description="labels given from this time (ISO 8601, UTC)")]
+    Until = Annotated[dt.datetime | None, Query(description="labels given before this time (ISO 8601, UTC)")]
+
+    @app.get("/api/admin/labels", summary="Every label, or one annotator's, or those of a time span",
+             responses=_errors(403, 422))
+    def all_labels(_who: Admin, annotator: Annotator = None, since: Since = None, until: Until = None) -> list[dict]:
+        return store.labels(annotator, _utc(since), _utc(until))
+
+    @app.get("/api/admin/export", summary="The labels as training data (JSON Lines, as `prefopt label export`)",
+             responses={200: {"content": {"application/x-ndjson": {}}}, **_errors(403, 422)})
+    def export(_who: Admin, fmt: Annotated[Literal["lists", "pairs"], Query(alias="format")] = "lists",
+               annotator: Annotator = None, since: Since = None, until: Until = None) -> Response:
+        rows, _ = export_rows(store.labels(annotator, _utc(since), _utc(until)), fmt)
+        body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        return Response(body, media_type="application/x-ndjson",
+                        headers={"content-disposition": f'attachment; filename="labels-{fmt}.jsonl"'})
 
     @app.get("/api/admin/stats", summary="Counts, throughput per annotator, agreement, disputed items",
              responses=_errors(403))
@@ -228,8 +245,11 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines
         for person in counts["annotators"]:
             person |= quality.get(person["name"], {"gold_labels": 0, "gold_agreement": None,
                                                    "majority_agreement": None})
-        labels = [label for label in store.labels() if label["gold"] is None]
-        return counts | {"agreement": agreement.summary(labels)}
+        summary = agreement.summary(store.judged())  # ids and ranks only: fast with many labels
+        texts = store.item_texts([d["item_id"] for d in summary["disputed_items"]])
+        for disputed in summary["disputed_items"]:
+            disputed |= texts[disputed["item_id"]]
+        return counts | {"agreement": summary}
 
     @app.post("/api/admin/priorities", summary="Set item priorities (the active loop uses this)",
               responses=_errors(403, 404, 422, 503))
@@ -251,6 +271,13 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(SecurityHeaders)  # outermost: a 413 carries the headers too
     return app
+
+
+def _utc(moment: dt.datetime | None) -> dt.datetime | None:
+    """A query's time as the store keeps times: UTC, without a zone."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def _page(name: str) -> str:

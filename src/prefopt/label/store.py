@@ -411,12 +411,18 @@ class Store:
                 raise LabelError(f"you already labelled item {item_id}", field="item_id", status=409) from None
             return label.id
 
-    def labels(self, annotator: str | None = None) -> list[dict]:
-        """Every label (or one person's), oldest first, with the item's prompt and completions."""
+    def labels(self, annotator: str | None = None, since: dt.datetime | None = None,
+               until: dt.datetime | None = None) -> list[dict]:
+        """Every label (or one person's, or those given from `since` to before `until`), oldest
+        first, with the item's prompt and completions."""
         query = (sa.select(Label, User.name, Item).join(User, User.id == Label.user_id)
                  .join(Item, Item.id == Label.item_id).order_by(Label.id))
         if annotator is not None:
             query = query.where(User.name == annotator)
+        if since is not None:
+            query = query.where(Label.created_at >= since)
+        if until is not None:
+            query = query.where(Label.created_at < until)
         with self.reading() as s:
             return [{"id": label.id, "item_id": label.item_id, "annotator": name, "choice": label.choice,
                      "ranks": json.loads(label.ranks), "display_order": json.loads(label.display_order),
@@ -425,6 +431,26 @@ class Store:
                      "completions": json.loads(item.completions), "source": item.source,
                      "gold": None if item.gold is None else json.loads(item.gold)}
                     for label, name, item in s.execute(query)]
+
+    def judged(self) -> list[dict]:
+        """Every label of a regular (not gold) item as the agreement statistics read it: item,
+        person, choice and ranks, without the texts (so statistics stay fast with many labels)."""
+        query = (sa.select(Label.item_id, User.name, Label.choice, Label.ranks).join(User, User.id == Label.user_id)
+                 .join(Item, Item.id == Label.item_id).where(Item.gold.is_(None)).order_by(Label.id))
+        with self.reading() as s:
+            return [{"item_id": item_id, "annotator": name, "choice": choice, "ranks": json.loads(ranks)}
+                    for item_id, name, choice, ranks in s.execute(query)]
+
+    def item_texts(self, item_ids: list[int]) -> dict[int, dict]:
+        """The prompt and completions of these items."""
+        found = {}
+        with self.reading() as s:
+            for start in range(0, len(item_ids), _CHUNK):
+                query = sa.select(Item.id, Item.prompt, Item.completions).where(
+                    Item.id.in_(item_ids[start: start + _CHUNK]))
+                found |= {item_id: {"prompt": json.loads(prompt), "completions": json.loads(completions)}
+                          for item_id, prompt, completions in s.execute(query)}
+        return found
 
     def quality(self) -> dict[str, dict]:
         """Per person: how often their labels agree with gold answers, and with the majority of

@@ -40,9 +40,57 @@ async function refresh() {
     stat("rankings with 2+ labels", a.rankings.items_with_2_plus_labels));
   table($("cohen"), ["annotators", "shared items", "Cohen's κ"],
         Object.entries(a.pairs.cohen_kappa_by_pair).map(([pair, v]) => [pair, v.items, v.kappa]));
-  table($("disputed"), ["item", "prompt", "labels", "disagreement", "votes"],
-        a.disputed_items.map((d) => [d.item_id, d.prompt, d.labels, d.disagreement, JSON.stringify(d.votes)]));
+  showDisputed(a.disputed_items);
+  const chosen = $("annotator").value;
+  $("annotator").replaceChildren(element("option", "", "everyone"),
+    ...stats.annotators.map((p) => element("option", "", p.name)));
+  $("annotator").options[0].value = "";
+  $("annotator").value = chosen;
+  await showLabels();
 }
+
+// Each disputed item with its prompt and answers, and who voted what (choices name answers A, B, …)
+function showDisputed(items) {
+  if (!items.length) { $("disputed").replaceChildren(element("p", "hint", "none yet")); return; }
+  $("disputed").replaceChildren(...items.map((d) => {
+    const card = element("div", "card disputed");
+    card.append(element("div", "hint", `item ${d.item_id} · ${d.labels} labels · disagreement ${d.disagreement}`));
+    const prompt = element("div", "prompt");
+    renderMessage(prompt, d.prompt);
+    card.append(prompt);
+    d.completions.forEach((completion, i) => {
+      const answer = element("div", "answer");
+      answer.append(element("span", "tag", tagName(i)));
+      renderMessage(answer, completion);
+      card.append(answer);
+    });
+    const votes = Object.entries(d.votes).map(([who, vote]) =>
+      `${who}: ${Array.isArray(vote) ? vote.map((r, i) => `${tagName(i)}=${r}`).join(" ") : vote}`);
+    card.append(element("div", "votes", votes.join(" · ")));
+    return card;
+  }));
+}
+
+function query() {
+  const parts = new URLSearchParams();
+  if ($("annotator").value) parts.set("annotator", $("annotator").value);
+  if ($("since").value) parts.set("since", $("since").value + "T00:00:00Z");
+  if ($("until").value) parts.set("until", $("until").value + "T23:59:59Z");
+  return parts;
+}
+
+async function showLabels() {
+  const parts = query();
+  const labels = await api("/api/admin/labels?" + parts);
+  parts.set("format", $("format").value);
+  $("export").href = "/api/admin/export?" + parts;
+  const shown = labels.slice(-200).reverse();   // the latest first
+  table($("labels"), ["when", "annotator", "item", "choice or ranks", "comment"],
+        shown.map((l) => [l.created_at.slice(0, 16).replace("T", " "), l.annotator, l.item_id,
+                          l.choice || l.ranks.join(" "), l.comment]));
+}
+
+$("filters").addEventListener("submit", (event) => { event.preventDefault(); showLabels(); });
 
 $("refresh").addEventListener("click", refresh);
 refresh();
