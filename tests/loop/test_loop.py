@@ -279,3 +279,23 @@ def test_optune_samples_again_only_the_lowest_scored_lists(tiny_model, setup, tm
         else:
             assert row["completions"] == old[asked[j]]["completions"] and row["meta"]["kept_from_round"] == 0
     assert len((after / "regenerated.jsonl").read_text().splitlines()) == 2  # only these were sampled
+
+
+@pytest.mark.parametrize("oracle", ["reward_model", "judge"])
+def test_the_loop_runs_with_a_reward_model_and_with_a_judge(tiny_model, setup, tmp_path, oracle):
+    """Every oracle kind labels the loop's lists: a reward model (rewards of each completion), and
+    a local judge (each pair in both orders; a flip is a tie), here a tiny model built to answer A
+    or B by the prompt; the verifier and people have tests of their own."""
+    from tiny import build_tiny_judge, build_tiny_reward_model
+
+    built = (build_tiny_reward_model(tmp_path / "rm", tiny_model) if oracle == "reward_model"
+             else build_tiny_judge(tmp_path / "judge", tiny_model))
+    out = tmp_path / "run"
+    records = loop(settings(tiny_model, setup, out, rounds=1, oracle=oracle,
+                            oracle_options={"model": str(built), **({"precision": "fp32"} if oracle == "reward_model"
+                                                                    else {})}, eval_oracle="verifier",
+                            eval_oracle_options={"function": f"{setup[0] / 'verify.py'}:short"}))
+    labels = [json.loads(line) for line in (out / "round-0" / "labels.jsonl").read_text().splitlines()]
+    assert records[0]["labels"] == len(labels) > 0
+    assert all(len(set(row.get("scores", row.get("ranks", [])))) > 1 for row in labels)  # each prefers something
+    assert "score" in records[0]["eval"]
