@@ -288,8 +288,6 @@ class _Run:
         `ref_tokens`, when the objective needs them): from the run folder on resume (by then a fully
         fine-tuned policy is no longer the reference), else the reference pass with the shared cache
         (for every later run with the same settings)."""
-        from prefopt.engine.model import cache_dir
-        from prefopt.engine.refcache import ReferenceCache, weights_fingerprint
 
         device, run_copy = self.accelerator.device, self.out_dir / "reference_logps.pt"
         with_tokens = "ref_tokens" in self.objective.needs
@@ -301,12 +299,7 @@ class _Run:
                     self.ref_tokens = {split: table.to(device) for split, table in saved["tokens"].items()}
                 return saved["train"].to(device), saved["eval"].to(device)
         base = self.accelerator.unwrap_model(self.engine).model
-        cache = None
-        if self.config.reference_cache:
-            key = {"weights": weights_fingerprint(base), "precision": self.precision,
-                   "share_prompt": self.config.share_prompt, "pad_multiple": self.config.pad_multiple,
-                   "engine": ENGINE_VERSION}
-            cache = ReferenceCache(cache_dir() / "reference", key)
+        cache = self.reference_cache(base)
         with self.progress("reference log-probs", transient=True) as progress:
             (ref_train, ref_eval), tokens, hits = reference_logps(
                 self.engine, [self.train_data, self.eval_data], batching=self.batching,
@@ -325,12 +318,23 @@ class _Run:
         self.say(f"reference log-probs: {hits} of {total} lists from the cache, {total - hits} computed")
         return ref_train, ref_eval
 
+    def reference_cache(self, model):
+        """The shared on-disk cache of log-probs under `model`'s weights and this run's settings
+        (None when the run keeps none)."""
+        from prefopt.engine.model import cache_dir
+        from prefopt.engine.refcache import ReferenceCache, weights_fingerprint
+
+        if not self.config.reference_cache:
+            return None
+        key = {"weights": weights_fingerprint(model), "precision": self.precision,
+               "share_prompt": self.config.share_prompt, "pad_multiple": self.config.pad_multiple,
+               "engine": ENGINE_VERSION}
+        return ReferenceCache(cache_dir() / "reference", key)
+
     def anchor_logps(self) -> dict[str, torch.Tensor]:
         """Log-probs of the train and eval lists under `anchor_model` (a second, fixed reference):
         from the run folder on resume, else a pass of that model, loaded for it alone, with the
         shared cache."""
-        from prefopt.engine.model import cache_dir
-        from prefopt.engine.refcache import ReferenceCache, weights_fingerprint
 
         device, run_copy = self.accelerator.device, self.out_dir / "anchor_logps.pt"
         if run_copy.exists():
@@ -341,12 +345,7 @@ class _Run:
         model = load_model(self.config.anchor_model, engine=self.accelerator.unwrap_model(self.engine).settings,
                            loaded=loaded).to(device)
         engine = CompletionLogpsModel(model, self.accelerator.unwrap_model(self.engine).settings)
-        cache = None
-        if self.config.reference_cache:
-            key = {"weights": weights_fingerprint(model), "precision": self.precision,
-                   "share_prompt": self.config.share_prompt, "pad_multiple": self.config.pad_multiple,
-                   "engine": ENGINE_VERSION}
-            cache = ReferenceCache(cache_dir() / "reference", key)
+        cache = self.reference_cache(model)
         with self.progress("anchor log-probs", transient=True) as progress:
             tables, _, hits = reference_logps(engine, [self.train_data, self.eval_data], batching=self.batching,
                                               pad_id=self.tokenizer.pad_token_id, device=device, cache=cache,
