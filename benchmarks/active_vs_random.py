@@ -105,11 +105,11 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 def print_table(result: dict) -> None:
     curves = result["summary"]["curves"]
     rounds = len(next(iter(curves.values()))["labels"])
-    print(f"{'strategy':<10}" + "".join(f"{'round ' + str(i) if i else 'start':>24}" for i in range(rounds)))
+    print(f"{'strategy':<10}" + "".join(f"  {'round ' + str(i) if i else 'start':>29}" for i in range(rounds)))
     for strategy, curve in curves.items():
-        cells = [f"{s['mean']:.3f} [{s['low']:.3f}, {s['high']:.3f}] @{n:.0f}"
+        cells = [f"{s['mean']:.3f} [{s['low']:.3f}, {s['high']:.3f}] at {n:.0f}"
                  for n, s in zip(curve["labels"], curve["score"], strict=True)]
-        print(f"{strategy:<10}" + "".join(f"{cell:>24}" for cell in cells))
+        print(f"{strategy:<10}" + "".join(f"  {cell:>29}" for cell in cells))
     summary = result["summary"]
     print(f"random's final held-out score: {summary['random_final']:.3f}")
     for strategy, reached in summary["reached_random_final"].items():
