@@ -30,6 +30,13 @@ def browser():
         browser.close()
 
 
+def log_in(page, server, token: str) -> None:
+    """Log in through the login page (on localhost: the session cookie is Secure)."""
+    page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/login")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+
+
 def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
     shots = Path(os.environ.get("PREFOPT_SCREENSHOTS", tmp_path / "screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
@@ -101,9 +108,7 @@ def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
             second.submit(bob, second.next_assignment(bob)["item_id"], **answer)
         admin_page = browser.new_page(viewport={"width": 1280, "height": 860})
         admin_page.on("console", watch)
-        admin_page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/login")
-        admin_page.fill("#token", admin)
-        admin_page.click("button[type=submit]")
+        log_in(admin_page, server, admin)
         admin_page.wait_for_url("**/admin")
         admin_page.wait_for_selector("#people td")
         assert admin_page.inner_text(".stats .stat >> nth=1").startswith("8")  # labels
@@ -150,9 +155,7 @@ def test_rank_by_dragging(browser, tmp_path):
     server = Server(items, db)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/login")
-        page.fill("#token", token)
-        page.click("button[type=submit]")
+        log_in(page, server, token)
         page.wait_for_selector("#ranking .completion")
         cards = page.locator("#ranking .completion")
         page.locator('#ranking .completion[data-index="3"]').drag_to(cards.nth(0), target_position={"x": 20, "y": 5})
@@ -186,9 +189,7 @@ def test_long_and_strange_text_renders_fast_and_lists_past_z_get_labels(browser,
     server = Server(items, db)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 860})
-        page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/login")
-        page.fill("#token", token)
-        page.click("button[type=submit]")
+        log_in(page, server, token)
         page.wait_for_url("**/label")
         page.wait_for_selector(".completion .text")
         # from the page's navigation to the first item laid out: fetched, rendered, layout forced
@@ -237,9 +238,7 @@ def test_guidelines_skip_and_undo_in_a_browser(browser, tmp_path):
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         violations = []
         page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
-        page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/login")
-        page.fill("#token", token)
-        page.click("button[type=submit]")
+        log_in(page, server, token)
         page.wait_for_selector("#guidelines:not([hidden]) h3")
         assert page.inner_text("#guidelines h3") == "How to judge"
         assert page.inner_text("#guidelines li strong") == "correct"
@@ -276,21 +275,16 @@ def test_gold_items_come_mixed_in_and_the_admin_sees_agreement_with_them(browser
     store = Store(db)
     token, admin = store.add_user("ann"), store.add_user("boss", "admin")
     server = Server(items, db, "--gold-rate", "1.0")
-    base = server.url.replace("127.0.0.1", "localhost")
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 860})
-        page.goto(f"{base}/login")
-        page.fill("#token", token)
-        page.click("button[type=submit]")
+        log_in(page, server, token)
         page.wait_for_selector("text=Gold: 2 + 2?")  # shown like any item: annotators cannot tell
         shown = page.locator("#pair .completion").all_inner_texts()
         page.keyboard.press("1" if shown[0].endswith("4") else "2")  # the right answer, whichever side
         page.keyboard.press("Enter")
         page.wait_for_selector("text=Regular question")
         admin_page = browser.new_page(viewport={"width": 1280, "height": 860})
-        admin_page.goto(f"{base}/login")
-        admin_page.fill("#token", admin)
-        admin_page.click("button[type=submit]")
+        log_in(admin_page, server, admin)
         admin_page.wait_for_selector("#people td")
         header = admin_page.locator("#people th").all_inner_texts()
         ann = next(row for row in admin_page.locator("#people tr").all_inner_texts() if row.startswith("ann"))

@@ -141,3 +141,45 @@ def _disagreement(rankings: list[list[int]]) -> float:
 
 def _round(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 4)
+
+
+def order_agreement(ranks: list[int], others: list[list[int]]) -> float | None:
+    """The share of completion pairs on which `ranks` orders as the majority of `others` does
+    (better, worse or tied); pairs the others split evenly are not counted (None if none is)."""
+    sign = lambda r, i, j: (r[i] < r[j]) - (r[i] > r[j])
+    agree = total = 0
+    for i in range(len(ranks)):
+        for j in range(i + 1, len(ranks)):
+            votes = collections.Counter(sign(other, i, j) for other in others).most_common()
+            if len(votes) > 1 and votes[0][1] == votes[1][1]:
+                continue
+            total += 1
+            agree += sign(ranks, i, j) == votes[0][0]
+    return agree / total if total else None
+
+
+def quality(labels: list[dict]) -> dict[str, dict]:
+    """Per person, over labels as `Store.judged()` gives them: how often their labels agree with
+    gold answers, and with the majority of the others on the same regular items — a careless
+    labeller shows in both within an hour. Agreement is `order_agreement`'s share of completion
+    pairs ordered alike (a pair of completions is one such comparison)."""
+    gold: dict[str, list[float | None]] = collections.defaultdict(list)
+    by_item: dict[int, list[dict]] = collections.defaultdict(list)
+    for label in labels:
+        if label["gold"] is not None:
+            gold[label["annotator"]].append(order_agreement(label["ranks"], [label["gold"]]))
+        else:
+            by_item[label["item_id"]].append(label)
+    majority: dict[str, list[float | None]] = collections.defaultdict(list)
+    for group in by_item.values():
+        for i, label in enumerate(group):
+            others = [other["ranks"] for j, other in enumerate(group) if j != i]
+            if others:
+                majority[label["annotator"]].append(order_agreement(label["ranks"], others))
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return round(sum(values) / len(values), 3) if values else None
+
+    return {name: {"gold_labels": len(gold[name]), "gold_agreement": mean(gold[name]),
+                   "majority_agreement": mean(majority[name])} for name in {*gold, *majority}}

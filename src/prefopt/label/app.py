@@ -241,11 +241,12 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines
     @app.get("/api/admin/stats", summary="Counts, throughput per annotator, agreement, disputed items",
              responses=_errors(403))
     def stats(_who: Admin) -> dict:
-        counts, quality = store.counts(), store.quality()
+        counts, labels = store.counts(), store.judged()  # ids and ranks only: fast with many labels
+        quality = agreement.quality(labels)
         for person in counts["annotators"]:
             person |= quality.get(person["name"], {"gold_labels": 0, "gold_agreement": None,
                                                    "majority_agreement": None})
-        summary = agreement.summary(store.judged())  # ids and ranks only: fast with many labels
+        summary = agreement.summary([label for label in labels if label["gold"] is None])
         texts = store.item_texts([d["item_id"] for d in summary["disputed_items"]])
         for disputed in summary["disputed_items"]:
             disputed |= texts[disputed["item_id"]]

@@ -5,18 +5,19 @@ answer is committed."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime as dt
 import hashlib
 import json
 import secrets
 import unicodedata
-from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy import event, orm
+from sqlalchemy import orm
 from sqlalchemy.exc import IntegrityError
+
+from prefopt.label import agreement
+from prefopt.label.database import file_identity, make_engine, serialize, sqlite_file, upgrade
 
 ROLES = ("annotator", "admin")
 CHOICES = ("a", "b", "tie", "both_bad")  # a/b = completions[0]/[1] of the item, whatever side they were shown on
@@ -139,7 +140,7 @@ class Store:
         self.url = url
         self.assignment_minutes, self.redundancy = assignment_minutes, redundancy
         self.gold_rate = gold_rate  # the share of a person's items that are gold, while gold items are left
-        self.path = _sqlite_file(url)
+        self.path = sqlite_file(url)
         if self.path is not None and not self.path.exists() and not create:
             raise LabelError(f"{self.path}: no such database; add --create to make one there", field="db",
                              status=404)
@@ -149,15 +150,16 @@ class Store:
         self.session = orm.sessionmaker(self.engine, expire_on_commit=False)  # writes: `with self.session.begin()`
         # reads take no write lock: on SQLite a deferred transaction reads the last commit while a
         # writer holds its lock (WAL); PostgreSQL's reads never wait on writers
-        self.reading = orm.sessionmaker(make_engine(url, writes=False), expire_on_commit=False)
-        self._file = _identity(self.path)  # the SQLite file written to; a write checks it is still there
+        self.read_engine = make_engine(url, writes=False)
+        self.reading = orm.sessionmaker(self.read_engine, expire_on_commit=False)
+        self._file = file_identity(self.path)  # the SQLite file written to; a write checks it is still there
 
     @contextlib.contextmanager
     def _writing(self):
         """A write transaction that never acknowledges what it cannot keep: the SQLite file must
         still be the one the store opened (not deleted or replaced), and a database that became
         read-only is said to be so; both refuse the write with 503."""
-        if self._file is not None and _identity(self.path) != self._file:
+        if self._file is not None and file_identity(self.path) != self._file:
             raise LabelError(f"the database file {self.path} is gone (deleted or replaced while serving); nothing "
                              "can be saved: restart the server on the database", status=503)
         try:
@@ -172,13 +174,13 @@ class Store:
     @staticmethod
     def exists(url: str) -> bool:
         """Whether the database is there already (a server's database, PostgreSQL's, always is)."""
-        path = _sqlite_file(url)
+        path = sqlite_file(url)
         return path is None or path.exists()
 
     def close(self) -> None:
         """Close the store's connections (both engines)."""
         self.engine.dispose()
-        self.reading.kw["bind"].dispose()
+        self.read_engine.dispose()
 
     # people -------------------------------------------------------------------------------
     def add_user(self, name: str, role: str = "annotator") -> str:
@@ -312,7 +314,7 @@ class Store:
         rng = rng or secrets.SystemRandom()
         now = _now()
         with self._writing() as s:
-            _serialize(s)
+            serialize(s)
             held = s.scalar(sa.select(Assignment).where(Assignment.user_id == user.id, ~Assignment.done,
                                                           Assignment.expires_at > now).limit(1))
             if held is None:
@@ -433,13 +435,15 @@ class Store:
                     for label, name, item in s.execute(query)]
 
     def judged(self) -> list[dict]:
-        """Every label of a regular (not gold) item as the agreement statistics read it: item,
-        person, choice and ranks, without the texts (so statistics stay fast with many labels)."""
-        query = (sa.select(Label.item_id, User.name, Label.choice, Label.ranks).join(User, User.id == Label.user_id)
-                 .join(Item, Item.id == Label.item_id).where(Item.gold.is_(None)).order_by(Label.id))
+        """Every label as the agreement statistics read it: item, person, choice, ranks and the
+        item's gold ranks (None for a regular item), without the texts, so statistics stay fast
+        with many labels."""
+        query = (sa.select(Label.item_id, User.name, Label.choice, Label.ranks, Item.gold)
+                 .join(User, User.id == Label.user_id).join(Item, Item.id == Label.item_id).order_by(Label.id))
         with self.reading() as s:
-            return [{"item_id": item_id, "annotator": name, "choice": choice, "ranks": json.loads(ranks)}
-                    for item_id, name, choice, ranks in s.execute(query)]
+            return [{"item_id": item_id, "annotator": name, "choice": choice, "ranks": json.loads(ranks),
+                     "gold": None if gold is None else json.loads(gold)}
+                    for item_id, name, choice, ranks, gold in s.execute(query)]
 
     def item_texts(self, item_ids: list[int]) -> dict[int, dict]:
         """The prompt and completions of these items."""
@@ -453,32 +457,8 @@ class Store:
         return found
 
     def quality(self) -> dict[str, dict]:
-        """Per person: how often their labels agree with gold answers, and with the majority of
-        the others on the same regular items — a careless labeller shows in both within an hour.
-        Agreement of two rankings is the share of completion pairs they order alike (a tie only
-        matches a tie); pairs are one such comparison. Reads ids and ranks only, not the texts."""
-        query = (sa.select(Label.item_id, User.name, Label.ranks, Item.gold).join(User, User.id == Label.user_id)
-                 .join(Item, Item.id == Label.item_id))
-        by_item: dict[int, list[tuple[str, list[int]]]] = {}
-        gold: dict[str, list[float]] = {}
-        with self.reading() as s:
-            for item_id, name, ranks, known in s.execute(query):
-                if known is not None:
-                    gold.setdefault(name, []).append(_order_agreement(json.loads(ranks), [json.loads(known)]))
-                else:
-                    by_item.setdefault(item_id, []).append((name, json.loads(ranks)))
-        majority: dict[str, list[float | None]] = {}
-        for labels in by_item.values():
-            for i, (name, ranks) in enumerate(labels):
-                others = [other for j, (_, other) in enumerate(labels) if j != i]
-                if others:
-                    majority.setdefault(name, []).append(_order_agreement(ranks, others))
-        def mean(values):
-            values = [v for v in values if v is not None]
-            return round(sum(values) / len(values), 3) if values else None
-
-        return {name: {"gold_labels": len(gold.get(name, [])), "gold_agreement": mean(gold.get(name, [])),
-                       "majority_agreement": mean(majority.get(name, []))} for name in {*gold, *majority}}
+        """Per person: agreement with gold answers and with the majority (agreement.quality)."""
+        return agreement.quality(self.judged())
 
     def progress(self, user: User) -> dict:
         with self.reading() as s:
@@ -511,21 +491,6 @@ class Store:
                 "skipped": sum(skips.values()), "annotators": people}
 
 
-def _order_agreement(ranks: list[int], others: list[list[int]]) -> float | None:
-    """The share of completion pairs on which `ranks` orders as the majority of `others` does
-    (better, worse or tied); pairs the others split evenly are not counted (None if none is)."""
-    sign = lambda r, i, j: (r[i] < r[j]) - (r[i] > r[j])
-    agree = total = 0
-    for i in range(len(ranks)):
-        for j in range(i + 1, len(ranks)):
-            votes = collections.Counter(sign(other, i, j) for other in others).most_common()
-            if len(votes) > 1 and votes[0][1] == votes[1][1]:
-                continue
-            total += 1
-            agree += sign(ranks, i, j) == votes[0][0]
-    return agree / total if total else None
-
-
 def _gold(record) -> list[int] | None:
     """A record's known answer as ranks: `"gold": "a" | "b" | "tie"` for a pair, a ranking for a list."""
     gold = getattr(record, "extra", {}).get("gold")
@@ -554,60 +519,3 @@ def _ranks(k: int, choice: str | None, ranking: list[int] | None) -> list[int]:
         raise LabelError("ranking is not a ranking: rank r needs exactly r−1 completions ranked better "
                          f"(got {ranking})", field="ranking")
     return list(ranking)
-
-
-def _sqlite_file(url: str) -> Path | None:
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
-
-
-def _identity(path: Path | None) -> tuple[int, int] | None:
-    """The file's device and inode (None when there is no file to watch, or it is gone)."""
-    if path is None:
-        return None
-    try:
-        found = path.stat()
-    except FileNotFoundError:
-        return (-1, -1)
-    return found.st_dev, found.st_ino
-
-
-def make_engine(url: str, writes: bool = True) -> sa.Engine:
-    """An engine for the store; on SQLite, `writes` transactions take the write lock as they begin
-    (BEGIN IMMEDIATE: writers queue at the start and never deadlock midway), read ones do not."""
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
-
-        @event.listens_for(engine, "connect")
-        def _connect(dbapi_connection, _record):
-            dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" below opens transactions
-            dbapi_connection.execute("PRAGMA journal_mode=WAL")
-            dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: commits survive a killed process
-            dbapi_connection.execute("PRAGMA foreign_keys=ON")
-            dbapi_connection.execute("PRAGMA busy_timeout=60000")
-
-        @event.listens_for(engine, "begin")
-        def _begin(connection):
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
-
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
-
-
-def _serialize(session: orm.Session) -> None:
-    """Hand out items one at a time across processes (SQLite already does with BEGIN IMMEDIATE)."""
-    if session.bind.dialect.name == "postgresql":
-        session.execute(sa.text("SELECT pg_advisory_xact_lock(727001)"))
-
-
-def upgrade(engine: sa.Engine) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")

@@ -61,24 +61,24 @@ class LoopConfig(BaseModel):
 
     @model_validator(mode="after")
     def _train_settings_build(self):
-        from prefopt.settings import build
-        from prefopt.train import TrainConfig
-
         if self.pair_margin and self.pair_rule != "best_worst":
             raise ValueError("pair_margin filters the pairs of pair_rule: best_worst; set that too")
         owned = {"model", "data", "output_dir", "eval_data", "seed", "precision", "anchor_model"} & set(self.train)
         if owned:
             raise ValueError(f"train: {', '.join(sorted(owned))} are set by the loop itself")
-        # unknown settings fail here; a loss that reads a second reference gets the initial model
-        settings = build(TrainConfig, {"data": "x", "anchor_model": self.model, **self.train}, "loop train")
-        if "anchor" in settings.build_objective().needs and self.training != "continue":
+        # unknown settings fail here
+        if self._reads_an_anchor() and self.training != "continue":
             raise ValueError("train: this loss reads the previous round's policy as its reference and the initial "
                              "model as a second one (inpo): set training: continue")
         return self
 
+    def _reads_an_anchor(self) -> bool:
+        from prefopt.settings import build
+        from prefopt.train import TrainConfig
+
+        settings = build(TrainConfig, {"data": "x", "anchor_model": self.model, **self.train}, "loop train")
+        return "anchor" in settings.build_objective().needs
+
     def train_settings(self) -> dict[str, Any]:
         """The round's `prefopt train` settings the loop adds to `train` (the anchor, where a loss reads one)."""
-        from prefopt.losses import Objective
-
-        objective = Objective(self.train.get("loss", "dpo"), self.train.get("loss_params"))
-        return {"anchor_model": self.model} if "anchor" in objective.needs else {}
+        return {"anchor_model": self.model} if self._reads_an_anchor() else {}
