@@ -161,3 +161,23 @@ def test_segment_attention_through_matmuls_equals_the_dense_block_mask(monkeypat
     assert max(ours) < 0.01
     for mine, theirs in zip(ours, fused, strict=True):  # 1.1: as in the single-call test above (AMX CPUs)
         assert mine <= 1.1 * theirs
+
+
+def test_the_attention_kernel_is_the_machines_and_the_settings(monkeypatch):
+    """matmuls only in bf16 on a CPU, where asked ("on") or where they beat the flash kernel (bf16
+    instructions without AMX tiles: "auto"); a resumed run gets the same answer as the first."""
+    import prefopt.engine.attention as attention
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    on, off, auto = (EngineSettings(matmul_attention=mode) for mode in ("on", "off", "auto"))
+    assert attention.attention_kernel(on, "bf16", cpu) == "matmuls"
+    assert {attention.attention_kernel(s, p, d) for s in (on, off, auto) for p, d in
+            (("fp32", cpu), ("bf16", gpu))} | {attention.attention_kernel(off, "bf16", cpu)} == {"flash"}
+    for amx, expected in ((True, "flash"), (False, "matmuls")):
+        attention._matmuls_beat_flash.cache_clear()
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        assert attention.attention_kernel(auto, "bf16", cpu) == expected
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert attention.matmuls_are_faster(torch.empty(1)) == (expected == "matmuls")
+    attention._matmuls_beat_flash.cache_clear()

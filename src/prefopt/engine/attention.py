@@ -6,11 +6,12 @@ P² / 2 + K·(C·P + C² / 2) instead of (P + K·C)². Installed by `use_segment
 transformers attention implementation; without segments (unpacked rows, generation) it is plain
 SDPA.
 
-Each call is PyTorch's fused SDPA kernel, except under bf16 autocast on a CPU with bf16 matrix
-instructions: there PyTorch's CPU flash kernel runs no faster in bf16 than in float32 (about 80
-GFLOP/s on a 481-token call, half of a bf16 training step), and `_MatmulAttention` does the same
-work as oneDNN matmuls instead (float32 scores, bf16 where the result is rounded to bf16 anyway),
-about 1.9× faster and closer to float64."""
+Each call is PyTorch's fused SDPA kernel, except under bf16 autocast on a CPU with bf16 vector
+instructions but no AMX tiles (AMD's Zen 4, for one): there PyTorch's CPU flash kernel runs no
+faster in bf16 than in float32 (about 80 GFLOP/s on a 481-token call, half of a bf16 training
+step), and `_MatmulAttention` does the same work as oneDNN matmuls instead (float32 scores, bf16
+where the result is rounded to bf16 anyway), about 1.9× faster and closer to float64. With AMX
+tiles the flash kernel runs its GEMMs through oneDNN's AMX brgemm and is the faster one."""
 
 from __future__ import annotations
 
@@ -166,19 +167,33 @@ def _prompt_then_causal(prompt: int, completion: int, device: torch.device) -> t
 
 
 def matmuls_are_faster(query: torch.Tensor) -> bool:
-    """bf16 autocast on a CPU with bf16 matrix instructions (oneDNN's check), and a torch that can
-    send float32 matmuls to oneDNN (`torch.backends.mkldnn.matmul.fp32_precision`). The choice may
-    not depend on grad mode: the reference pass must take the policy's kernel."""
+    """bf16 autocast on a CPU with bf16 instructions (oneDNN's check) but no AMX tiles, and a torch
+    that can send float32 matmuls to oneDNN (`torch.backends.mkldnn.matmul.fp32_precision`). The
+    choice is the machine's, fixed for a process and never dependent on grad mode or timing: the
+    reference pass must take the policy's kernel, and a resumed run the interrupted one's."""
     if query.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
         return False
-    return torch.get_autocast_dtype("cpu") == torch.bfloat16 and _cpu_has_bf16_matmuls()
+    return torch.get_autocast_dtype("cpu") == torch.bfloat16 and _matmuls_beat_flash()
+
+
+def attention_kernel(settings: EngineSettings, precision: str, device: torch.device) -> str:
+    """"matmuls" or "flash": the kernel that a run's large segment calls take (part of the
+    reference cache's key: the two agree only to rounding)."""
+    if device.type != "cpu" or precision != "bf16" or settings.matmul_attention == "off":
+        return "flash"
+    return "matmuls" if settings.matmul_attention == "on" or _matmuls_beat_flash() else "flash"
 
 
 @functools.cache
-def _cpu_has_bf16_matmuls() -> bool:  # asked once per process: every layer of every forward asks
+def _matmuls_beat_flash() -> bool:  # asked once per process: every layer of every forward asks
+    """On a CPU with AMX tiles PyTorch's flash kernel runs its bf16 GEMMs through oneDNN's AMX
+    brgemm and beats the matmuls (benchmarks/attention.py on a Xeon with AMX: a 481-token causal
+    call 1.59 ms forward against 2.46, 8.77 ms forward + backward against 8.35; a bf16 LoRA step
+    of pairs 12% faster). Without AMX its bf16 path is no faster than float32 and the matmuls win."""
     if not hasattr(torch.backends.mkldnn, "matmul") or not torch.backends.mkldnn.is_available():
         return False
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and not has_amx()
 
 
 _QUERY_BLOCK = 128  # queries per score tile: skips most of the masked upper triangle, tile stays in cache

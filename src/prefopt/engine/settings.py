@@ -9,7 +9,7 @@ from typing import Literal
 # part of the reference cache's key: raised whenever a change to the engine can change a list's
 # log-probs in the last bits (entries of older engines would give non-zero step-0 rewards).
 # Its history is in CHANGELOG.md.
-ENGINE_VERSION = 7
+ENGINE_VERSION = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,8 +18,8 @@ class EngineSettings:
     optimization on equals all off)."""
 
     segment_attention: bool = True  # packed rows attend only within their blocks (prefopt.engine.attention)
-    # bf16 matmul attention on CPUs with bf16 matrix units: auto = where it is faster (bf16 autocast on
-    # such a CPU), on = every call that is large enough, off = PyTorch's fused kernel always
+    # bf16 matmul attention on CPUs: auto = where it is faster (bf16 autocast on a CPU with bf16
+    # instructions but no AMX tiles), on = every call that is large enough, off = PyTorch's fused kernel always
     matmul_attention: Literal["auto", "on", "off"] = "auto"
     # calls of at least this many queries and keys take the matmuls: below, the fused kernel's one call
     # costs less than the matmuls' ~25 small ops (docs/performance.md has the measurements)

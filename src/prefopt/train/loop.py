@@ -321,14 +321,17 @@ class _Run:
     def reference_cache(self, model):
         """The shared on-disk cache of log-probs under `model`'s weights and this run's settings
         (None when the run keeps none)."""
+        from prefopt.engine.attention import attention_kernel
         from prefopt.engine.model import cache_dir
         from prefopt.engine.refcache import ReferenceCache, weights_fingerprint
 
         if not self.config.reference_cache:
             return None
+        settings = self.accelerator.unwrap_model(self.engine).settings
         key = {"weights": weights_fingerprint(model), "precision": self.precision,
                "share_prompt": self.config.share_prompt, "pad_multiple": self.config.pad_multiple,
-               "engine": ENGINE_VERSION}
+               "engine": ENGINE_VERSION,
+               "attention": attention_kernel(settings, self.precision, self.accelerator.device)}
         return ReferenceCache(cache_dir() / "reference", key)
 
     def anchor_logps(self) -> dict[str, torch.Tensor]:
