@@ -79,7 +79,7 @@ def prefopt_config(args, rows, model_path: str, folder: Path):
     return RewardConfig(
         model=model_path, data=str(data), output_dir=str(folder / "run"),
         objective="plackett_luce" if len(rows[0]["completions"]) > 2 else "bradley_terry",
-        lora=args.lora, precision=args.precision, learning_rate=args.lr, batch_size=args.batch_size, epochs=1,
+        lora=args.lora, precision=args.precision, learning_rate=args.lr, batch_size=args.batch_size, epochs=args.epochs,
         eval_fraction=0.0, warmup_ratio=0.0, scheduler="constant", max_prompt_tokens=args.max_length,
         max_completion_tokens=args.max_length, chat_template="never", max_grad_norm=None,
         gradient_checkpointing=args.checkpointing)
@@ -127,7 +127,8 @@ def run_trl(args, rows, model_path: str, folder: Path) -> dict:
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                  "down_proj"])
     config = RewardConfig(output_dir=str(folder / "trl"), per_device_train_batch_size=args.batch_size,
-                          learning_rate=args.lr, max_length=4 * args.max_length, num_train_epochs=1, logging_steps=1,
+                          learning_rate=args.lr, max_length=4 * args.max_length, num_train_epochs=args.epochs,
+                          logging_steps=1,
                           save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
                           bf16=args.precision == "bf16", lr_scheduler_type="constant", warmup_steps=0,
                           max_grad_norm=0.0, gradient_checkpointing=args.checkpointing, dataloader_num_workers=0,
@@ -198,7 +199,7 @@ def worker(args) -> None:
 def measure(args, framework: str, workload: str) -> dict:
     command = [sys.executable, __file__, "--worker", framework, "--workload", workload, "--model", args.model,
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--max-length", str(args.max_length),
-               "--precision", args.precision]
+               "--precision", args.precision, "--epochs", str(args.epochs)]
     command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--checkpointing"] * args.checkpointing
     return run_worker(command, args.cache, f"{framework} on {workload}")
 
@@ -212,6 +213,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs on both sides (held-out accuracy needs several)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--lora", action="store_true", help="LoRA on both sides (adapters and the head trained)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
@@ -236,7 +238,8 @@ def main() -> None:
     results = {workload: side_by_side(lambda tool, workload=workload: measure(args, tool, workload), args.repeats)
                for workload in args.workloads.split(",")}
     table = Table(title=f"prefopt reward train vs TRL RewardTrainer ({'LoRA' if args.lora else 'full fine-tuning'}, "
-                        f"{args.precision}, batch {args.batch_size}{', checkpointing' * args.checkpointing}"
+                        f"{args.precision}, batch {args.batch_size}, {args.epochs} epoch{'s' * (args.epochs > 1)}"
+                        f"{', checkpointing' * args.checkpointing}"
                         f"{', quick' if args.quick else ''}"
                         f"{f', fastest of {args.repeats}' if args.repeats > 1 else ''})")
     for column in ("workload", "tool", "epoch s", "tokens/s", "lists/s", "peak GB", "step-1 loss", "held-out acc",

@@ -119,13 +119,13 @@ def test_cache_misses_when_its_key_changes(tiny_model, lists_file, tmp_path, cap
 
 def test_cache_misses_when_the_attention_kernel_changes(tiny_model, lists_file, tmp_path, capsys):
     """The matmul and flash kernels agree only to rounding: a bf16 reference of one is not the other's."""
-    sizes = dict(matmul_min_queries=0, matmul_min_keys=0)
+    kernel = lambda mode: EngineSettings(matmul_attention=mode, matmul_min_queries=0, matmul_min_keys=0)
     bf16 = dict(precision="bf16", max_steps=1)
-    train(config(tiny_model, lists_file, tmp_path / "a", **bf16), engine=EngineSettings(matmul_attention="on", **sizes))
+    train(config(tiny_model, lists_file, tmp_path / "a", **bf16), engine=kernel("on"))
     capsys.readouterr()
-    train(config(tiny_model, lists_file, tmp_path / "b", **bf16), engine=EngineSettings(matmul_attention="off", **sizes))
+    train(config(tiny_model, lists_file, tmp_path / "b", **bf16), engine=kernel("off"))
     assert "0 of 32 lists from the cache" in capsys.readouterr().out
-    train(config(tiny_model, lists_file, tmp_path / "c", **bf16), engine=EngineSettings(matmul_attention="off", **sizes))
+    train(config(tiny_model, lists_file, tmp_path / "c", **bf16), engine=kernel("off"))
     assert "32 of 32 lists from the cache" in capsys.readouterr().out
 
 
