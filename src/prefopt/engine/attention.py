@@ -77,9 +77,9 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
 
 def _use_matmuls(settings: EngineSettings, query: torch.Tensor, dropout: float) -> EngineSettings | None:
     """The settings when calls may take the matmul attention, else None."""
-    if settings.matmul_attention == "off" or dropout:
-        return None
-    if settings.matmul_attention == "auto" and not matmuls_are_faster(query):
+    device = query.device.type
+    bf16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+    if dropout or _kernel(settings, query.device, bf16) != "matmuls":
         return None
     return settings
 
@@ -167,21 +167,27 @@ def _prompt_then_causal(prompt: int, completion: int, device: torch.device) -> t
 
 
 def matmuls_are_faster(query: torch.Tensor) -> bool:
-    """bf16 autocast on a CPU with bf16 instructions (oneDNN's check) but no AMX tiles, and a torch
-    that can send float32 matmuls to oneDNN (`torch.backends.mkldnn.matmul.fp32_precision`). The
-    choice is the machine's, fixed for a process and never dependent on grad mode or timing: the
-    reference pass must take the policy's kernel, and a resumed run the interrupted one's."""
-    if query.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-        return False
-    return torch.get_autocast_dtype("cpu") == torch.bfloat16 and _matmuls_beat_flash()
+    """Under bf16 autocast on this CPU, would `auto` take the matmul attention?"""
+    bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return _kernel(EngineSettings(), query.device, bf16) == "matmuls"
 
 
 def attention_kernel(settings: EngineSettings, precision: str, device: torch.device) -> str:
     """"matmuls" or "flash": the kernel that a run's large segment calls take (part of the
     reference cache's key: the two agree only to rounding)."""
-    if device.type != "cpu" or precision != "bf16" or settings.matmul_attention == "off":
-        return "flash"
-    return "matmuls" if settings.matmul_attention == "on" or _matmuls_beat_flash() else "flash"
+    return _kernel(settings, device, precision == "bf16")
+
+
+def _kernel(settings: EngineSettings, device: torch.device, bf16: bool) -> str:
+    """The one rule: "on" takes the matmuls, "off" never; "auto" where they are faster, bf16
+    autocast on a CPU with bf16 instructions (oneDNN's check) but no AMX tiles, with a torch that
+    can send float32 matmuls to oneDNN. The choice is the machine's, fixed for a process and never
+    dependent on grad mode or timing: the reference pass must take the policy's kernel, and a
+    resumed run the interrupted one's."""
+    if settings.matmul_attention == "on":
+        return "matmuls"
+    faster = settings.matmul_attention == "auto" and device.type == "cpu" and bf16 and _matmuls_beat_flash()
+    return "matmuls" if faster else "flash"
 
 
 @functools.cache
