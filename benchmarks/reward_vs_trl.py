@@ -128,8 +128,7 @@ def run_trl(args, rows, model_path: str, folder: Path) -> dict:
                                                  "down_proj"])
     config = RewardConfig(output_dir=str(folder / "trl"), per_device_train_batch_size=args.batch_size,
                           learning_rate=args.lr, max_length=4 * args.max_length, num_train_epochs=args.epochs,
-                          logging_steps=1,
-                          save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+                          logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
                           bf16=args.precision == "bf16", lr_scheduler_type="constant", warmup_steps=0,
                           max_grad_norm=0.0, gradient_checkpointing=args.checkpointing, dataloader_num_workers=0,
                           seed=0)

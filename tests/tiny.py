@@ -75,6 +75,20 @@ def tiny_train_config(tiny_model, data, out, **overrides):
     return TrainConfig(**{**settings, **overrides})
 
 
+class Crash(Exception):
+    """What `crash_at` raises: a run killed mid-way."""
+
+
+def crash_at(step: int, error: type[BaseException] = Crash):
+    """An on_step callback that raises `error` once the run has taken `step` steps."""
+
+    def on_step(state, record):
+        if state.step == step:
+            raise error
+
+    return on_step
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path

@@ -16,7 +16,7 @@ from prefopt.data.tokenize import tokenize_record
 from prefopt.oracles import ListToJudge, make_oracle
 from prefopt.reward import RewardConfig, reward_train
 from prefopt.train.checkpoint import latest_checkpoint
-from tiny import toy_rows, write_jsonl
+from tiny import Crash, crash_at, toy_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +118,8 @@ def test_resume_equals_uninterrupted(tiny_model, lists_file, tmp_path, lora):
     settings = dict(max_steps=6, save_every=2, lora=lora, lora_r=4, lora_dropout=0.1, batch_size=4,
                     scheduler="cosine", warmup_ratio=0.2, center_rewards_coefficient=0.01)
     whole = reward_train(config(tiny_model, lists_file, tmp_path / "whole", **settings))
-
-    class Crash(Exception):
-        pass
-
-    def crash_at_step_5(state, record):
-        if state.step == 5:
-            raise Crash
-
     with pytest.raises(Crash):
-        reward_train(config(tiny_model, lists_file, tmp_path / "cut", **settings), on_step=crash_at_step_5)
+        reward_train(config(tiny_model, lists_file, tmp_path / "cut", **settings), on_step=crash_at(5))
     resumed = reward_train(config(tiny_model, lists_file, tmp_path / "cut", **settings), resume=True)
     assert resumed.steps == whole.steps == 6
     a, b = (load_file(latest_checkpoint(tmp_path / run) / "trained.safetensors") for run in ("whole", "cut"))

@@ -14,7 +14,7 @@ import torch
 
 from prefopt.engine.settings import ALL_OFF, EngineSettings
 from prefopt.train import train
-from tiny import tiny_train_config, toy_rows, write_jsonl
+from tiny import crash_at, tiny_train_config, toy_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +97,8 @@ def test_per_token_reference_log_probs_for_ld_dpo_are_exact_cached_and_resumed(t
     assert second.eval_end == pytest.approx(first.eval_end, abs=1e-6)
     cached = torch.load(tmp_path / "second" / "reference_logps.pt")
     assert all(torch.equal(saved["tokens"][split], cached["tokens"][split]) for split in ("train", "eval"))
-
-    def stop_at_step_3(state, record):
-        if state.step == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train(config(tiny_model, lists_file, tmp_path / "cut", **settings), on_step=stop_at_step_3)
+        train(config(tiny_model, lists_file, tmp_path / "cut", **settings), on_step=crash_at(3, KeyboardInterrupt))
     resumed = train(config(tiny_model, lists_file, tmp_path / "cut", **settings), resume=True)
     assert resumed.eval_end == pytest.approx(first.eval_end, abs=1e-6)
 

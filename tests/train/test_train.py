@@ -13,7 +13,7 @@ from prefopt.errors import TrainingError
 from prefopt.losses import Objective
 from prefopt.train import TrainConfig, train
 from prefopt.train.checkpoint import latest_checkpoint
-from tiny import tiny_train_config, toy_rows, write_jsonl
+from tiny import Crash, crash_at, tiny_train_config, toy_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +69,8 @@ def test_resume_equals_uninterrupted(tiny_model, pairs_file, tmp_path, lora):
     settings = dict(max_steps=6, save_every=2, lora=lora, lora_dropout=0.1, lora_r=4, scheduler="cosine",
                     warmup_ratio=0.2, learning_rate=1e-3, batch_size=4, epochs=1)
     whole = train(config(tiny_model, pairs_file, tmp_path / "whole", **settings))
-
-    class Crash(Exception):
-        pass
-
-    def crash_at_step_5(state, record):
-        if state.step == 5:
-            raise Crash
-
     with pytest.raises(Crash):
-        train(config(tiny_model, pairs_file, tmp_path / "cut", **settings), on_step=crash_at_step_5)
+        train(config(tiny_model, pairs_file, tmp_path / "cut", **settings), on_step=crash_at(5))
     assert latest_checkpoint(tmp_path / "cut").name == "step-4"
     resumed = train(config(tiny_model, pairs_file, tmp_path / "cut", **settings), resume=True)
     assert resumed.steps == whole.steps == 6
