@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from vs_trl import WORDS, peak_memory_gb, run_worker, side_by_side  # the policy benchmark's helpers
+# the policy benchmark's helpers
+from vs_trl import WORDS, peak_memory_gb, prefopt_step_seconds, run_worker, side_by_side, steady, trl_step_timer
 
 WORKLOADS = {"pairs": (64, 170, 170, 2), "lists": (24, 170, 170, 4)}  # lists, prompt tokens, answer tokens, K
 QUICK = {"pairs": (8, 48, 48, 2), "lists": (4, 48, 48, 4)}
@@ -82,7 +83,7 @@ def prefopt_config(args, rows, model_path: str, folder: Path):
         lora=args.lora, precision=args.precision, learning_rate=args.lr, batch_size=args.batch_size, epochs=args.epochs,
         eval_fraction=0.0, warmup_ratio=0.0, scheduler="constant", max_prompt_tokens=args.max_length,
         max_completion_tokens=args.max_length, chat_template="never", max_grad_norm=None,
-        gradient_checkpointing=args.checkpointing)
+        gradient_checkpointing=args.checkpointing, compile=args.compile)
 
 
 def prefopt_order(args, rows, model_path: str, folder: Path) -> list[int]:
@@ -105,8 +106,10 @@ def run_prefopt(args, rows, model_path: str, folder: Path) -> dict:
     result = reward_train(prefopt_config(args, rows, model_path, folder))
     memory = peak_memory_gb()
     first = json.loads((folder / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    steps = prefopt_step_seconds(folder / "run" / "metrics.jsonl", args.batch_size)
     return {"seconds": result.loop_seconds, "step1_loss": first["loss"], "steps": result.steps,
-            "peak_memory_gb": memory, "model_folder": str(folder / "run" / "model")}
+            "peak_memory_gb": memory, "model_folder": str(folder / "run" / "model"),
+            "steady_step_seconds": steady(steps)}
 
 
 def run_trl(args, rows, model_path: str, folder: Path) -> dict:
@@ -131,7 +134,7 @@ def run_trl(args, rows, model_path: str, folder: Path) -> dict:
                           logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
                           bf16=args.precision == "bf16", lr_scheduler_type="constant", warmup_steps=0,
                           max_grad_norm=0.0, gradient_checkpointing=args.checkpointing, dataloader_num_workers=0,
-                          seed=0)
+                          seed=0, torch_compile=args.compile)
     pairs_only = len(rows[0]["completions"]) == 2
     if pairs_only:  # TRL takes the pairs in prefopt's order, one after another (no shuffle of its own)
         rows = [rows[i] for i in prefopt_order(args, rows, model_path, folder)]
@@ -143,10 +146,12 @@ def run_trl(args, rows, model_path: str, folder: Path) -> dict:
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             return torch.utils.data.SequentialSampler(dataset)
 
+    step_seconds = []
     # prefopt keeps freed memory in the process while it trains on a CPU; TRL gets the same
     with keep_freed_memory(enabled=not torch.cuda.is_available()):
         trainer = InOrder(model=model, args=config, train_dataset=datasets.Dataset.from_list(as_pairs(rows)),
-                          processing_class=tokenizer, peft_config=peft_config)
+                          processing_class=tokenizer, peft_config=peft_config,
+                          callbacks=[trl_step_timer(step_seconds)])
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
@@ -156,7 +161,7 @@ def run_trl(args, rows, model_path: str, folder: Path) -> dict:
     trained.save_pretrained(folder / "trl-model")
     tokenizer.save_pretrained(folder / "trl-model")
     return {"seconds": seconds, "step1_loss": losses[0], "steps": trainer.state.global_step, "peak_memory_gb": memory,
-            "model_folder": str(folder / "trl-model")}
+            "model_folder": str(folder / "trl-model"), "steady_step_seconds": steady(step_seconds)}
 
 
 def initial_reward_model(model: str, folder: Path) -> str:
@@ -200,6 +205,7 @@ def measure(args, framework: str, workload: str) -> dict:
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--max-length", str(args.max_length),
                "--precision", args.precision, "--epochs", str(args.epochs)]
     command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--checkpointing"] * args.checkpointing
+    command += ["--compile"] * args.compile
     return run_worker(command, args.cache, f"{framework} on {workload}")
 
 
@@ -216,6 +222,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--lora", action="store_true", help="LoRA on both sides (adapters and the head trained)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
+    parser.add_argument("--compile", action="store_true", help="torch.compile on both sides (prefopt's compile: "
+                        "true, TRL's torch_compile); see the steady step time: compiling takes the first steps")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool and workload (the fastest is kept)")
     parser.add_argument("--worker", choices=["prefopt", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
@@ -238,19 +246,20 @@ def main() -> None:
                for workload in args.workloads.split(",")}
     table = Table(title=f"prefopt reward train vs TRL RewardTrainer ({'LoRA' if args.lora else 'full fine-tuning'}, "
                         f"{args.precision}, batch {args.batch_size}, {args.epochs} epoch{'s' * (args.epochs > 1)}"
-                        f"{', checkpointing' * args.checkpointing}"
+                        f"{', checkpointing' * args.checkpointing}{', compiled' * args.compile}"
                         f"{', quick' if args.quick else ''}"
                         f"{f', fastest of {args.repeats}' if args.repeats > 1 else ''})")
-    for column in ("workload", "tool", "epoch s", "tokens/s", "lists/s", "peak GB", "step-1 loss", "held-out acc",
-                   "speedup", "memory ratio"):
+    for column in ("workload", "tool", "epoch s", "step s (steady)", "tokens/s", "lists/s", "peak GB", "step-1 loss",
+                   "held-out acc", "speedup", "memory ratio"):
         table.add_column(column, justify="right")
     for workload, row in results.items():
         for tool in ("prefopt", "trl"):
             r = row[tool]
             ratios = (f"{row['speedup']:.2f}×", f"{row['memory_ratio']:.2f}") if tool == "prefopt" else ("", "")
-            table.add_row(workload, tool, f"{r['seconds']:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['lists_per_s']:.2f}",
-                          f"{r['peak_memory_gb']:.2f}", f"{r['step1_loss']:.5f}", f"{r['held_out_accuracy']:.3f}",
-                          *ratios)
+            steady = f"{r['steady_step_seconds']:.2f}" if r.get("steady_step_seconds") else "–"
+            table.add_row(workload, tool, f"{r['seconds']:.1f}", steady, f"{r['tokens_per_s']:.0f}",
+                          f"{r['lists_per_s']:.2f}", f"{r['peak_memory_gb']:.2f}", f"{r['step1_loss']:.5f}",
+                          f"{r['held_out_accuracy']:.3f}", *ratios)
     console = Console(width=160)
     console.print(table)
     pairs = results.get("pairs")

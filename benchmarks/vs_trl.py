@@ -62,6 +62,33 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def steady(step_seconds: list[float]) -> float | None:
+    """The median step time past the first three (which pay for compilation and first page faults)."""
+    later = sorted(step_seconds[3:])
+    return later[len(later) // 2] if later else None
+
+
+def prefopt_step_seconds(metrics_file: Path, batch_size: int) -> list[float]:
+    """Each training step's seconds from a run's metrics.jsonl: its lists over its lists per second
+    (the last step may hold fewer lists than `batch_size`; the median reads past it)."""
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    return [batch_size / r["lists_per_s"] for r in records if r.get("split") == "train"]
+
+
+def trl_step_timer(step_seconds: list[float]):
+    """A transformers TrainerCallback that appends each optimizer step's seconds to `step_seconds`."""
+    from transformers import TrainerCallback
+
+    class StepTimes(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            step_seconds.append(time.perf_counter() - self.started)
+
+    return StepTimes()
+
+
 def run_prefopt(args, rows, model_path: str) -> dict:
     from prefopt.train import TrainConfig, train
 
@@ -75,12 +102,14 @@ def run_prefopt(args, rows, model_path: str) -> dict:
             learning_rate=args.lr, batch_size=args.batch_size, epochs=1, eval_fraction=0.0, warmup_ratio=0.0,
             scheduler="constant", max_prompt_tokens=args.max_length, max_completion_tokens=args.max_length,
             chat_template="never", reference_cache=False, max_grad_norm=None,
-            gradient_checkpointing=args.checkpointing,
+            gradient_checkpointing=args.checkpointing, compile=args.compile,
         )
         result = train(config)
         first = json.loads((Path(folder) / "run" / "metrics.jsonl").read_text().splitlines()[0])
+        steps = prefopt_step_seconds(Path(folder) / "run" / "metrics.jsonl", args.batch_size)
     return {"seconds": result.reference_seconds + result.loop_seconds, "reference_seconds": result.reference_seconds,
-            "step1_loss": first["loss"], "steps": result.steps, "peak_memory_gb": peak_memory_gb()}
+            "step1_loss": first["loss"], "steps": result.steps, "peak_memory_gb": peak_memory_gb(),
+            "steady_step_seconds": steady(steps)}
 
 
 def run_trl(args, rows, model_path: str) -> dict:
@@ -123,11 +152,14 @@ def run_trl(args, rows, model_path: str) -> dict:
                            bf16=args.precision == "bf16",
                            lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0,
                            precompute_ref_log_probs=args.trl_precompute,
-                           gradient_checkpointing=args.checkpointing, dataloader_num_workers=0, seed=0)
+                           gradient_checkpointing=args.checkpointing, dataloader_num_workers=0, seed=0,
+                           torch_compile=args.compile)
+        step_seconds = []
         # prefopt keeps freed memory in the process while it trains on a CPU; this gives TRL the same
         with keep_freed_memory(enabled=args.trl_keep_freed_memory and not torch.cuda.is_available()):
             trainer = TimedDPOTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(pairs),
-                                      processing_class=tokenizer, peft_config=peft_config)
+                                      processing_class=tokenizer, peft_config=peft_config,
+                                      callbacks=[trl_step_timer(step_seconds)])
             if args.trl_precompute and not trainer.reference_seconds:
                 raise SystemExit("TRL's reference pass was not timed: DPOTrainer no longer calls _precompute_ref_logps")
             started = time.perf_counter()
@@ -135,7 +167,8 @@ def run_trl(args, rows, model_path: str) -> dict:
             seconds = time.perf_counter() - started
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {"seconds": trainer.reference_seconds + seconds, "reference_seconds": trainer.reference_seconds,
-            "step1_loss": losses[0], "steps": trainer.state.global_step, "peak_memory_gb": peak_memory_gb()}
+            "step1_loss": losses[0], "steps": trainer.state.global_step, "peak_memory_gb": peak_memory_gb(),
+            "steady_step_seconds": steady(step_seconds)}
 
 
 def required_flops(model_path: str, lengths: list[tuple[int, list[int]]], lora: bool) -> dict:
@@ -213,6 +246,7 @@ def measure(args, framework: str, workload: str) -> dict:
                "--max-length", str(args.max_length), "--precision", args.precision, "--scale", str(args.scale)]
     command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--trl-precompute"] * args.trl_precompute
     command += ["--checkpointing"] * args.checkpointing + ["--trl-keep-freed-memory"] * args.trl_keep_freed_memory
+    command += ["--compile"] * args.compile
     return run_worker(command, args.cache, f"{framework} on {workload}")
 
 
@@ -257,6 +291,8 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="LoRA on both sides (reference = adapters off)")
     parser.add_argument("--trl-precompute", action="store_true", help="TRL precompute_ref_log_probs=True")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
+    parser.add_argument("--compile", action="store_true", help="torch.compile on both sides (prefopt's compile: "
+                        "true, TRL's torch_compile); see the steady step time: compiling takes the first steps")
     parser.add_argument("--trl-keep-freed-memory", action="store_true",
                         help="run TRL with the glibc allocator settings prefopt uses on a CPU (prefopt.engine.hostmem)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool and workload (the fastest is kept)")
@@ -284,18 +320,21 @@ def main() -> None:
                for workload in args.workloads.split(",")}
     table = Table(title=f"prefopt vs TRL DPOTrainer ({'LoRA' if args.lora else 'full fine-tuning'}, "
                         f"{args.precision}, batch {args.batch_size}{', checkpointing' * args.checkpointing}"
+                        f"{', compiled' * args.compile}"
                         f"{', TRL precompute_ref_log_probs' * args.trl_precompute}"
                         f"{', TRL keeps freed memory' * args.trl_keep_freed_memory}{', quick' if args.quick else ''}"
                         f"{f', fastest of {args.repeats}' if args.repeats > 1 else ''})")
-    for column in ("workload", "tool", "epoch s", "tokens/s", "lists/s", "peak GB", "step-1 loss", "MFU (GFLOP/s)",
+    for column in ("workload", "tool", "epoch s", "step s (steady)", "tokens/s", "lists/s", "peak GB", "step-1 loss",
+                   "MFU (GFLOP/s)",
                    "speedup", "memory ratio"):
         table.add_column(column, justify="right")
     for workload, row in results.items():
         for tool in ("prefopt", "trl"):
             r = row[tool]
             ratios = (f"{row['speedup']:.2f}×", f"{row['memory_ratio']:.2f}") if tool == "prefopt" else ("", "")
-            table.add_row(workload, tool, f"{r['seconds']:.1f}", f"{r['tokens_per_s']:.0f}", f"{r['lists_per_s']:.2f}",
-                          f"{r['peak_memory_gb']:.2f}", f"{r['step1_loss']:.5f}",
+            steady = f"{r['steady_step_seconds']:.2f}" if r.get("steady_step_seconds") else "–"
+            table.add_row(workload, tool, f"{r['seconds']:.1f}", steady, f"{r['tokens_per_s']:.0f}",
+                          f"{r['lists_per_s']:.2f}", f"{r['peak_memory_gb']:.2f}", f"{r['step1_loss']:.5f}",
                           f"{r['mfu']:.0%} of {r['peak_gflops']:.0f} ({r['mfu_without_attention']:.0%} without "
                           f"attention; {r['mfu_of_best_peak']:.0%} of best; bf16 {r['bf16_peak_gflops']:.0f})",
                           *ratios)

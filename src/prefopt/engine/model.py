@@ -221,9 +221,14 @@ def _prepare(model, lora: LoraSettings | None, gradient_checkpointing: bool, eng
         lora_layers = fuse_lora_sums(model) if engine.fused_lora else 0
         if gradient_checkpointing:
             model.enable_input_require_grads()
+    compiled = 0
+    if engine.compile:  # last: the layers it compiles hold their adapters by now
+        from prefopt.engine.compiled import compile_decoder_layers
+
+        compiled = compile_decoder_layers(model)
     # a plain attribute: never saved with the model
     model.prefopt_engine = AppliedEngine(engine, segment_attention=segments, fused_norms=norms,
-                                         fused_lora_layers=lora_layers)
+                                         fused_lora_layers=lora_layers, compiled_layers=compiled)
     return model
 
 

@@ -9,7 +9,7 @@ from typing import Literal
 # part of the reference cache's key: raised whenever a change to the engine can change a list's
 # log-probs in the last bits (entries of older engines would give non-zero step-0 rewards).
 # Its history is in CHANGELOG.md.
-ENGINE_VERSION = 8
+ENGINE_VERSION = 9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,9 @@ class EngineSettings:
     fused_norm: bool = True  # RMSNorms that feed linear layers as one autograd function (prefopt.engine.norm)
     fused_lora: bool = True  # LoRA's adapter sum inside the base GEMM (prefopt.engine.lora)
     chunk_tokens: int = 1024  # completion tokens per LM-head chunk (the logits of one chunk exist at a time)
+    # torch.compile each decoder layer (prefopt.engine.compiled): fused elementwise ops and fewer tensors kept for
+    # the backward, for a compilation at the first step; rounds differently from eager in the last bits
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.matmul_attention not in ("auto", "on", "off"):
@@ -54,8 +57,9 @@ class AppliedEngine:
     segment_attention: bool
     fused_norms: int
     fused_lora_layers: int
+    compiled_layers: int = 0
 
     def describe(self) -> str:
         return (f"segment attention {'on' if self.segment_attention else 'off'}, matmul attention "
                 f"{self.settings.matmul_attention}, {self.fused_norms} fused norms, "
-                f"{self.fused_lora_layers} fused LoRA layers")
+                f"{self.fused_lora_layers} fused LoRA layers, {self.compiled_layers} compiled layers")

@@ -332,6 +332,8 @@ class _Run:
                "share_prompt": self.config.share_prompt, "pad_multiple": self.config.pad_multiple,
                "engine": ENGINE_VERSION,
                "attention": attention_kernel(settings, self.precision, self.accelerator.device)}
+        if settings.compile:  # compiled kernels round differently (the key of eager runs is as it was)
+            key["compiled"] = True
         return ReferenceCache(cache_dir() / "reference", key)
 
     def anchor_logps(self) -> dict[str, torch.Tensor]:
