@@ -147,8 +147,11 @@ def _attend(query, key, value, segments: Segments, options: dict, matmuls: Engin
     batch, heads, length, dim = query.shape
     out = query.new_empty(batch, length, heads, dim)
     calls = []
+    # fused calls gather their inputs in the dtype SDPA runs in under autocast (it would cast them)
+    device = query.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
     for kernel, places in _planned_calls(segments, matmuls):
-        inputs, own_keys = _call_inputs(query, key, value, places, kernel)
+        inputs, own_keys = _call_inputs(query, key, value, places, kernel, dtype)
         if track:
             inputs = tuple(t.detach().requires_grad_() for t in inputs)
         first = places[0][3] is None
@@ -191,10 +194,11 @@ def _padded(size: int) -> int:
     return -(-size // _CALL_MULTIPLE) * _CALL_MULTIPLE
 
 
-def _call_inputs(query, key, value, places: list[Place], kernel: str):
+def _call_inputs(query, key, value, places: list[Place], kernel: str, dtype: torch.dtype | None):
     """Query, keys and values [n, H(_kv), L, D] of one call of n places, and where its keys of a
     completion's own begin (None for first calls). A matmul call (one place) takes exact slices; a
-    fused call pads each place's queries, prompt keys and own keys with zeros to the call's shape."""
+    fused call pads each place's queries, prompt keys and own keys with zeros to the call's shape,
+    in `dtype` if given."""
     row, start, end, prompt = places[0]
     if kernel == "matmuls":
         one = slice(row, row + 1)  # 4-D slices: the kernels take only [B, H, L, D]
@@ -204,18 +208,19 @@ def _call_inputs(query, key, value, places: list[Place], kernel: str):
         return (query[one, :, start:end], keys, values), prompt
     if prompt is None:
         prefixes = [(place_row, [(0, place_end)]) for place_row, _, place_end, _ in places]
-        return tuple(_gathered(t, prefixes, [_padded(end)]) for t in (query, key, value)), None
+        return tuple(_gathered(t, prefixes, [_padded(end)], dtype) for t in (query, key, value)), None
     shared, queries = _padded(prompt), _padded(end - start)
     own = [(place_row, [(first, last)]) for place_row, first, last, _ in places]
     both = [(place_row, [(0, place_prompt), (first, last)]) for place_row, first, last, place_prompt in places]
-    keys, values = (_gathered(t, both, [shared, queries]) for t in (key, value))
-    return (_gathered(query, own, [queries]), keys, values), shared
+    keys, values = (_gathered(t, both, [shared, queries], dtype) for t in (key, value))
+    return (_gathered(query, own, [queries], dtype), keys, values), shared
 
 
-def _gathered(tensor: torch.Tensor, rows: list[tuple[int, list[tuple[int, int]]]], sizes: list[int]) -> torch.Tensor:
-    """[n, H, Σ sizes, D] from `tensor` [B, H, L, D]: for each of n (row, spans), span j of that row
-    at the start of its slot of sizes[j] positions, zeros after it."""
-    gathered = tensor.new_zeros(len(rows), tensor.shape[1], sum(sizes), tensor.shape[3])
+def _gathered(tensor: torch.Tensor, rows: list[tuple[int, list[tuple[int, int]]]], sizes: list[int],
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+    """[n, H, Σ sizes, D] from `tensor` [B, H, L, D], in `dtype` (else the tensor's): for each of n
+    (row, spans), span j of that row at the start of its slot of sizes[j] positions, zeros after it."""
+    gathered = tensor.new_zeros(len(rows), tensor.shape[1], sum(sizes), tensor.shape[3], dtype=dtype or tensor.dtype)
     for i, (row, spans) in enumerate(rows):
         slot = 0
         for (start, end), size in zip(spans, sizes, strict=True):

@@ -194,10 +194,12 @@ def _prepare(model, lora: LoraSettings | None, gradient_checkpointing: bool, eng
     """The engine's switches, gradient checkpointing and LoRA adapters on a loaded model."""
     from prefopt.engine.attention import use_segment_attention
     from prefopt.engine.norm import fuse_rms_norms
+    from prefopt.engine.swiglu import fuse_swiglu
 
     model.config.use_cache = False
     segments = use_segment_attention(model) if engine.segment_attention else False
     norms = fuse_rms_norms(model) if engine.fused_norm else 0
+    mlps = fuse_swiglu(model) if engine.fused_swiglu else 0
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -228,7 +230,7 @@ def _prepare(model, lora: LoraSettings | None, gradient_checkpointing: bool, eng
         compiled = compile_decoder_layers(model)
     # a plain attribute: never saved with the model
     model.prefopt_engine = AppliedEngine(engine, segment_attention=segments, fused_norms=norms,
-                                         fused_lora_layers=lora_layers, compiled_layers=compiled)
+                                         fused_lora_layers=lora_layers, compiled_layers=compiled, fused_mlps=mlps)
     return model
 
 

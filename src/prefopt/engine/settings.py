@@ -29,6 +29,7 @@ class EngineSettings:
     # query, bounded per token) instead of recomputing them
     keep_probabilities_up_to: int = 512
     fused_norm: bool = True  # RMSNorms that feed linear layers as one autograd function (prefopt.engine.norm)
+    fused_swiglu: bool = True  # gated MLPs' silu(g) · u as one autograd function (prefopt.engine.swiglu)
     fused_lora: bool = True  # LoRA's adapter sum inside the base GEMM (prefopt.engine.lora)
     chunk_tokens: int = 1024  # completion tokens per LM-head chunk (the logits of one chunk exist at a time)
     # torch.compile each decoder layer (prefopt.engine.compiled): fused elementwise ops and fewer tensors kept for
@@ -45,7 +46,8 @@ class EngineSettings:
             raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
 
 
-ALL_OFF = EngineSettings(segment_attention=False, matmul_attention="off", fused_norm=False, fused_lora=False)
+ALL_OFF = EngineSettings(segment_attention=False, matmul_attention="off", fused_norm=False, fused_swiglu=False,
+                         fused_lora=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +60,9 @@ class AppliedEngine:
     fused_norms: int
     fused_lora_layers: int
     compiled_layers: int = 0
+    fused_mlps: int = 0
 
     def describe(self) -> str:
         return (f"segment attention {'on' if self.segment_attention else 'off'}, matmul attention "
-                f"{self.settings.matmul_attention}, {self.fused_norms} fused norms, "
+                f"{self.settings.matmul_attention}, {self.fused_norms} fused norms, {self.fused_mlps} fused MLPs, "
                 f"{self.fused_lora_layers} fused LoRA layers, {self.compiled_layers} compiled layers")
