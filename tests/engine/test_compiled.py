@@ -78,3 +78,34 @@ def tiny_model_layers(folder) -> int:
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(folder).num_hidden_layers
+
+
+def test_a_compiled_run_with_evaluations_stays_compiled(tiny_model, tmp_path):
+    """Training and evaluation graphs, the first layer's input without grad and the later ones'
+    with: more variants of a layer than dynamo's default limit of 8, past which it would run that
+    layer eagerly for the rest of the process."""
+    import logging
+
+    from prefopt.reward import RewardConfig, reward_train
+    from tiny import toy_rows, write_jsonl
+
+    class LimitHits(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            if "recompile_limit" in record.getMessage():
+                self.messages.append(record.getMessage())
+
+    hits = LimitHits()
+    logger = logging.getLogger("torch._dynamo")
+    logger.addHandler(hits)
+    try:
+        data = write_jsonl(tmp_path / "lists.jsonl", toy_rows(32, seed=2, k=4))
+        reward_train(RewardConfig(model=str(tiny_model), data=str(data), output_dir=str(tmp_path / "run"),
+                                  precision="fp32", batch_size=8, eval_fraction=0.25, epochs=1, lora=True,
+                                  compile=True))
+    finally:
+        logger.removeHandler(hits)
+    assert not hits.messages

@@ -60,13 +60,16 @@ _CHANGES_ATTENTION = ("sliding_window", "softcap", "s_aux", "position_bias")
 # would be traced again for every new layout; compiled layers run it eagerly between their graphs
 @torch.compiler.disable
 def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                      prefopt_segments: Segments | None = None, prefopt_engine: EngineSettings | None = None,
+                      prefopt_segments: Segments | torch.Tensor | None = None,
+                      prefopt_engine: EngineSettings | None = None,
                       prefopt_decode: DecodeState | None = None, **kwargs):
     """query [B, H, L, D], key and value [B, H_kv, L, D] -> ([B, L, H, D], None). `prefopt_engine`
     holds the matmul attention's switch and thresholds (the defaults when not given);
     `prefopt_decode` takes the shared-prefix sampling path of prefopt.engine.decode."""
     if prefopt_decode is not None:
         return decode_attention(module, query, key, value, prefopt_decode, scaling)
+    if isinstance(prefopt_segments, torch.Tensor):
+        prefopt_segments = segments_from_tensor(prefopt_segments)
     if prefopt_segments is None or any(kwargs.get(name) is not None for name in _CHANGES_ATTENTION):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -79,6 +82,20 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         return _SegmentAttention.apply(query, key, value, prefopt_segments, options, matmuls), None
     return _attend(query, key, value, prefopt_segments, options, matmuls)[0], None
+
+
+def segments_as_tensor(segments: Segments) -> torch.Tensor:
+    """A layout as a [rows, 1 + K_max] int tensor (prompt length, then completion ends, -1 past a
+    row's K): the form the engine passes through the decoder layers. torch.compile guards on the
+    length of every tuple it is given and compiles again for each new batch size and K; a tensor's
+    sizes it takes as dynamic."""
+    width = 1 + max(len(ends) for _, ends in segments)
+    rows = [[prompt, *ends] + [-1] * (width - 1 - len(ends)) for prompt, ends in segments]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def segments_from_tensor(layout: torch.Tensor) -> Segments:
+    return tuple((row[0], tuple(end for end in row[1:] if end >= 0)) for row in layout.tolist())
 
 
 def _use_matmuls(settings: EngineSettings, query: torch.Tensor, dropout: float) -> EngineSettings | None:

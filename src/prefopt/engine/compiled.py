@@ -17,11 +17,17 @@ import shutil
 
 import torch
 
+RECOMPILE_LIMIT = 64
+
 
 def compile_decoder_layers(model) -> int:
     """Compile every decoder layer of `model` (a transformers model, PEFT-wrapped or not) in place;
     returns how many. The layers are the model's own `_no_split_modules` blocks."""
     _check_compiler()
+    # a layer compiles a few variants: training and inference, the first layer's input without grad
+    # (frozen embeddings) and the others' with, transformers' wrappers called with and without self;
+    # past dynamo's default of 8 a frame would fall back to eager for good
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     blocks = set(getattr(base, "_no_split_modules", None) or ())
     layers = [module for module in base.modules() if type(module).__name__ in blocks]

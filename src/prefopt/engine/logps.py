@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from prefopt.data.batching import padded_length, row_length
 from prefopt.data.tokenize import TokenizedList
-from prefopt.engine.attention import SEGMENT_ATTENTION, Segments
+from prefopt.engine.attention import SEGMENT_ATTENTION, Segments, segments_as_tensor
 from prefopt.engine.settings import EngineSettings
 
 
@@ -144,7 +144,7 @@ def completion_logps(model, batch: Collated, settings: EngineSettings | None = N
     decoder = _decoder(model)
     kwargs = {"position_ids": batch.position_ids} if batch.position_ids is not None else {}
     if batch.layout is not None and decoder.config._attn_implementation == SEGMENT_ATTENTION:
-        kwargs["prefopt_segments"] = batch.layout
+        kwargs["prefopt_segments"] = segments_as_tensor(batch.layout)
         kwargs["prefopt_engine"] = settings
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).last_hidden_state
     token_logps, log_sum_squares = _head_logps(model, hidden[batch.pred_rows, batch.pred_positions], batch.targets,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from prefopt.data.tokenize import TokenizedList
-from prefopt.engine.attention import SEGMENT_ATTENTION
+from prefopt.engine.attention import SEGMENT_ATTENTION, segments_as_tensor
 from prefopt.engine.logps import Collated, CompletionLogps, collate
 from prefopt.engine.settings import EngineSettings
 
@@ -34,7 +34,7 @@ def batch_rewards(model, batch: Collated, settings: EngineSettings | None = None
     decoder = getattr(model, model.base_model_prefix)
     kwargs = {"position_ids": batch.position_ids} if batch.position_ids is not None else {}
     if batch.layout is not None and decoder.config._attn_implementation == SEGMENT_ATTENTION:
-        kwargs |= {"prefopt_segments": batch.layout, "prefopt_engine": settings or EngineSettings()}
+        kwargs |= {"prefopt_segments": segments_as_tensor(batch.layout), "prefopt_engine": settings or EngineSettings()}
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).last_hidden_state
     b, k = batch.lengths.shape
     items = batch.mask.flatten().nonzero().squeeze(-1)
