@@ -332,8 +332,8 @@ def main() -> None:
         for tool in ("prefopt", "trl"):
             r = row[tool]
             ratios = (f"{row['speedup']:.2f}×", f"{row['memory_ratio']:.2f}") if tool == "prefopt" else ("", "")
-            steady = f"{r['steady_step_seconds']:.2f}" if r.get("steady_step_seconds") else "–"
-            table.add_row(workload, tool, f"{r['seconds']:.1f}", steady, f"{r['tokens_per_s']:.0f}",
+            step = f"{r['steady_step_seconds']:.2f}" if r.get("steady_step_seconds") else "–"
+            table.add_row(workload, tool, f"{r['seconds']:.1f}", step, f"{r['tokens_per_s']:.0f}",
                           f"{r['lists_per_s']:.2f}", f"{r['peak_memory_gb']:.2f}", f"{r['step1_loss']:.5f}",
                           f"{r['mfu']:.0%} of {r['peak_gflops']:.0f} ({r['mfu_without_attention']:.0%} without "
                           f"attention; {r['mfu_of_best_peak']:.0%} of best; bf16 {r['bf16_peak_gflops']:.0f})",

@@ -175,7 +175,8 @@ def _attend(query, key, value, segments: Segments, options: dict, matmuls: Engin
         if kernel == "matmuls":
             piece = _MatmulAttention.apply(*inputs, options["scale"], matmuls.keep_probabilities_up_to)
         else:
-            mask = None if first else _after_prompt(places, own_keys, inputs[0].shape[2], query.device)
+            prompts = tuple(prompt for *_, prompt in places)
+            mask = None if first else _after_prompt(prompts, own_keys, inputs[0].shape[2], query.device)
             piece = F.scaled_dot_product_attention(*inputs, attn_mask=mask, is_causal=first, **options)
         for i, (row, start, end, _) in enumerate(places):
             out[row, start:end] = piece[i, :, :end - start].detach().transpose(0, 1)
@@ -186,7 +187,8 @@ def _attend(query, key, value, segments: Segments, options: dict, matmuls: Engin
     return out, calls
 
 
-def _planned_calls(segments: Segments, matmuls: EngineSettings | None) -> list[tuple[str, list[Place]]]:
+@functools.lru_cache(maxsize=64)  # every layer of a forward plans the same batch
+def _planned_calls(segments: Segments, matmuls: EngineSettings | None) -> tuple[tuple[str, tuple[Place, ...]], ...]:
     """Every segment call of a batch, as (kernel, places of one call), in each row's order: a row's
     prompt + first completion (a plain causal prefix), then each later completion against its prompt
     and itself. Fused calls of one padded shape and completion index share one batched call, whose
@@ -204,14 +206,14 @@ def _planned_calls(segments: Segments, matmuls: EngineSettings | None) -> list[t
             else:
                 group = (index, "fused", _padded(shared), _padded(queries))
             groups.setdefault(group, []).append((row, start, end, shared))
-    return [(group[1], places) for group, places in sorted(groups.items())]
+    return tuple((group[1], tuple(places)) for group, places in sorted(groups.items()))
 
 
 def _padded(size: int) -> int:
     return -(-size // _CALL_MULTIPLE) * _CALL_MULTIPLE
 
 
-def _call_inputs(query, key, value, places: list[Place], kernel: str, dtype: torch.dtype | None):
+def _call_inputs(query, key, value, places: tuple[Place, ...], kernel: str, dtype: torch.dtype | None):
     """Query, keys and values [n, H(_kv), L, D] of one call of n places, and where its keys of a
     completion's own begin (None for first calls). A matmul call (one place) takes exact slices; a
     fused call pads each place's queries, prompt keys and own keys with zeros to the call's shape,
@@ -246,7 +248,7 @@ def _gathered(tensor: torch.Tensor, rows: list[tuple[int, list[tuple[int, int]]]
     return gathered
 
 
-def _call_grad(grad: torch.Tensor, piece: torch.Tensor, places: list[Place]) -> torch.Tensor:
+def _call_grad(grad: torch.Tensor, piece: torch.Tensor, places: tuple[Place, ...]) -> torch.Tensor:
     """The output gradient of one call, [n, H, L, D], from the [B, L, H, D] gradient (0 on padding)."""
     call_grad = grad.new_zeros(piece.shape)
     for i, (row, start, end, _) in enumerate(places):
@@ -254,19 +256,16 @@ def _call_grad(grad: torch.Tensor, piece: torch.Tensor, places: list[Place]) -> 
     return call_grad
 
 
-def _after_prompt(places: list[Place], shared: int, queries: int, device: torch.device) -> torch.Tensor:
-    """[n, 1, queries, shared + queries] for a fused call of later completions: each place's prompt
-    keys, then its own keys causally (padded queries see the same: their outputs are dropped)."""
-    mask = torch.zeros(len(places), 1, queries, shared + queries, dtype=torch.bool, device=device)
-    mask[:, 0, :, shared:] = _causal(queries, device)
-    for i, (_, _, _, prompt) in enumerate(places):
+@functools.lru_cache(maxsize=256)  # every layer of a forward makes the same calls
+def _after_prompt(prompts: tuple[int, ...], shared: int, queries: int, device: torch.device) -> torch.Tensor:
+    """[n, 1, queries, shared + queries] for a fused call of n later completions after prompts of
+    `prompts` tokens: each one's prompt keys, then its own keys causally (padded queries see the
+    same: their outputs are dropped)."""
+    mask = torch.zeros(len(prompts), 1, queries, shared + queries, dtype=torch.bool, device=device)
+    mask[:, 0, :, shared:] = torch.ones(queries, queries, dtype=torch.bool, device=device).tril()
+    for i, prompt in enumerate(prompts):
         mask[i, 0, :, :prompt] = True
     return mask
-
-
-@functools.lru_cache(maxsize=64)
-def _causal(size: int, device: torch.device) -> torch.Tensor:
-    return torch.ones(size, size, dtype=torch.bool, device=device).tril()
 
 
 def matmuls_are_faster(query: torch.Tensor) -> bool:
