@@ -38,10 +38,13 @@ class FusedLoraLinear(Linear):
                  and isinstance(self.lora_dropout[name], torch.nn.Identity))
         if not plain:
             return None
-        weights = {self.lora_A[name].weight.dtype, self.lora_B[name].weight.dtype, self.base_layer.weight.dtype}
+        adapters = {self.lora_A[name].weight.dtype, self.lora_B[name].weight.dtype}
+        base = self.base_layer.weight.dtype
         if torch.is_autocast_enabled(x.device.type):  # autocast casts inputs and weights to one dtype
-            return name if weights == {torch.float32} else None
-        return name if weights == {x.dtype} else None
+            # a frozen base may be held in that dtype already (prefopt.engine.frozen)
+            plain = adapters == {torch.float32} and base in (torch.float32, torch.get_autocast_dtype(x.device.type))
+            return name if plain else None
+        return name if adapters | {base} == {x.dtype} else None
 
 
 def fuse_lora_sums(model) -> int:

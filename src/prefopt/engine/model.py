@@ -199,7 +199,8 @@ def _prepare(model, lora: LoraSettings | None, gradient_checkpointing: bool, eng
     model.config.use_cache = False
     segments = use_segment_attention(model) if engine.segment_attention else False
     norms = fuse_rms_norms(model) if engine.fused_norm else 0
-    mlps = fuse_swiglu(model) if engine.fused_swiglu else 0
+    # compiled layers fuse the MLP's elementwise work themselves, so they keep the plainer function
+    mlps = fuse_swiglu(model, lora=engine.fused_lora_mlp and not engine.compile) if engine.fused_swiglu else 0
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

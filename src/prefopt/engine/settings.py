@@ -31,6 +31,11 @@ class EngineSettings:
     fused_norm: bool = True  # RMSNorms that feed linear layers as one autograd function (prefopt.engine.norm)
     fused_swiglu: bool = True  # gated MLPs' silu(g) · u as one autograd function (prefopt.engine.swiglu)
     fused_lora: bool = True  # LoRA's adapter sum inside the base GEMM (prefopt.engine.lora)
+    # a LoRA MLP's three linears and SwiGLU as one autograd function (prefopt.engine.swiglu); its
+    # backward sums the input gradient's products inside one GEMM, so it rounds differently
+    fused_lora_mlp: bool = True
+    # a LoRA run under bf16 autocast holds its frozen base weights in bf16 (prefopt.engine.frozen)
+    frozen_in_bf16: bool = True
     chunk_tokens: int = 1024  # completion tokens per LM-head chunk (the logits of one chunk exist at a time)
     # torch.compile each decoder layer (prefopt.engine.compiled): fused elementwise ops and fewer tensors kept for
     # the backward, for a compilation at the first step; rounds differently from eager in the last bits
@@ -47,7 +52,7 @@ class EngineSettings:
 
 
 ALL_OFF = EngineSettings(segment_attention=False, matmul_attention="off", fused_norm=False, fused_swiglu=False,
-                         fused_lora=False)
+                         fused_lora=False, fused_lora_mlp=False, frozen_in_bf16=False)
 
 
 @dataclasses.dataclass(frozen=True)

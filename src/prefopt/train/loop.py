@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from prefopt.data import Batching, PlannedStep, TokenizeSettings, load_records, split_by_prompt, tokenize_records
+from prefopt.engine.frozen import keep_frozen_in, restore_frozen
 from prefopt.engine.hostmem import keep_freed_memory
 from prefopt.engine.logps import CompletionLogpsModel, collate
 from prefopt.engine.model import LoraSettings, keep_saved, load_model
@@ -223,7 +224,7 @@ class _Run:
         from accelerate.state import AcceleratorState
         from transformers import get_scheduler
 
-        from prefopt.engine.model import load_tokenizer
+        from prefopt.engine.model import load_tokenizer, resolve_model_path
         from prefopt.engine.precision import choose_precision
 
         started = time.perf_counter()
@@ -244,10 +245,14 @@ class _Run:
                             tuple(config.lora_target_modules)) if config.lora else None
         engine = task.build(config, lora, engine_settings, objective, tokenizer, reuse.models if reuse else None)
         model = engine.model
+        frozen = 0
+        if precision == "bf16" and lora and engine_settings.frozen_in_bf16:  # the same numbers, less memory
+            frozen = keep_frozen_in(model, torch.bfloat16, resolve_model_path(config.model))
         params = [p for p in engine.parameters() if p.requires_grad]
         total = sum(p.numel() for p in engine.parameters())
         say(f"model: {config.model} ({total / 1e6:.1f} M parameters, {sum(p.numel() for p in params) / 1e6:.2f} M "
-            f"trained{', LoRA' if lora else ''}), precision {precision} ({why}); {model.prefopt_engine.describe()}")
+            f"trained{', LoRA' if lora else ''}), precision {precision} ({why}); {model.prefopt_engine.describe()}"
+            + (f"; {frozen} frozen weights held in bf16" if frozen else ""))
         # PyTorch's fused AdamW updates every tensor in one kernel; on a CPU the default runs a Python
         # loop over the tensors (docs/benchmarks.md: several times slower for full fine-tuning)
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
@@ -454,6 +459,7 @@ class _Run:
     def save_final(self) -> None:
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.engine).model
+            restore_frozen(model)  # the saved model keeps its base weights' float32 values
             loaded = self.reuse.models if self.reuse is not None and self.reuse.keep_trained else None
             self.say(self.task.save(model, self.tokenizer, self.out_dir, self.config, self.lora, loaded))
 
