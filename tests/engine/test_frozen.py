@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from prefopt.engine.frozen import keep_frozen_in, restore_frozen
 from prefopt.engine.model import LoraSettings, load_model
 from prefopt.engine.settings import EngineSettings
+from prefopt.errors import TrainingError
 from prefopt.reward import RewardConfig
 from prefopt.reward.run import reward_task
 from prefopt.train import train
@@ -90,5 +91,5 @@ def test_a_model_folder_changed_during_the_run_is_named(tiny_model, tmp_path):
     key = "model.layers.0.self_attn.q_proj.weight"
     weights[key] = weights[key] + 1.0
     save_file(weights, folder / "model.safetensors")
-    with pytest.raises(RuntimeError, match=f"model.safetensors: {key} is not the weight this run trained against"):
+    with pytest.raises(TrainingError, match=f"model.safetensors: {key} is not the weight this run trained against"):
         restore_frozen(model)

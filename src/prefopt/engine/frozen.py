@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from prefopt.errors import TrainingError
+
 _ATTRIBUTE = "prefopt_frozen"  # a plain attribute on the model: never saved with it
 
 
@@ -66,8 +68,9 @@ def restore_frozen(model: torch.nn.Module) -> int:
     for name, (file, key) in frozen.places.items():
         parameter, exact = parameters[name], _read_tensor(file, key).to(torch.float32)
         if exact.shape != parameter.shape or not torch.equal(exact.to(parameter.dtype), parameter.data):
-            raise RuntimeError(f"{file}: {key} is not the weight this run trained against (the model "
-                               f"folder {frozen.folder} changed during the run); nothing was saved")
+            raise TrainingError(f"{file}: {key} is not the weight this run trained against (the model folder "
+                                f"{frozen.folder} changed during the run); the model was not saved, its "
+                                "checkpoints are kept")
         parameter.data = exact
     delattr(model, _ATTRIBUTE)
     return len(frozen.places)

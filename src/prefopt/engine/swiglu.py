@@ -38,11 +38,11 @@ class _SiluTimes(torch.autograd.Function):
 class _LoraSwiGLU(torch.autograd.Function):
     """down(silu(gate(x)) · up(x)) for three LoRA linears with frozen bias-free bases, y = x·Wᵀ +
     s·(x·Aᵀ)·Bᵀ each, in the compute dtype `dtype` (the forward is FusedLoraLinear's ops, the same
-    numbers). It keeps x, gate's and up's outputs and the three x·Aᵀ; down's input h = silu(g)·u
-    is recomputed in the backward instead of kept (SmolLM2-135M: 3 KB a token and layer). In the
-    backward, h's gradient is one GEMM accumulating down's base and adapter paths in place, and
-    x's is one GEMM over [dg, du, dg·B_g, du·B_u] against [W_g; W_u; s·A_g; s·A_u], where autograd
-    adds four products after rounding each."""
+    numbers). It keeps x, gate's and up's outputs and the three rank-r products (x·Aᵀ, h·A_dᵀ);
+    down's input h = silu(g)·u is recomputed in the backward instead of kept (SmolLM2-135M: 3 KB a
+    token and layer). In the backward, h's gradient is one GEMM accumulating down's base and
+    adapter paths in place, and x's is one GEMM over [dg, du, dg·B_g, du·B_u] against
+    [W_g; W_u; s·A_g; s·A_u], where autograd adds four products after rounding each."""
 
     @staticmethod
     def forward(ctx, x, dtype, scales, *weights):
