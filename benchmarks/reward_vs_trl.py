@@ -206,7 +206,8 @@ def measure(args, framework: str, workload: str) -> dict:
                "--precision", args.precision, "--epochs", str(args.epochs)]
     command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--checkpointing"] * args.checkpointing
     command += ["--compile"] * args.compile
-    return run_worker(command, args.cache, f"{framework} on {workload}")
+    return run_worker(command, args.cache, f"{framework} on {workload}",
+                      huge_pages=framework == "prefopt" or args.trl_huge_pages)
 
 
 def main() -> None:
@@ -225,6 +226,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile on both sides (prefopt's compile: "
                         "true, TRL's torch_compile); see the steady step time: compiling takes the first steps")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool and workload (the fastest is kept)")
+    parser.add_argument("--trl-huge-pages", action="store_true", help="TRL with PyTorch's huge-page allocation "
+                        "too (THP_MEM_ALLOC_ENABLE=1, which importing prefopt sets); by default TRL runs without it")
     parser.add_argument("--worker", choices=["prefopt", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -247,13 +247,18 @@ def measure(args, framework: str, workload: str) -> dict:
     command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--trl-precompute"] * args.trl_precompute
     command += ["--checkpointing"] * args.checkpointing + ["--trl-keep-freed-memory"] * args.trl_keep_freed_memory
     command += ["--compile"] * args.compile
-    return run_worker(command, args.cache, f"{framework} on {workload}")
+    return run_worker(command, args.cache, f"{framework} on {workload}",
+                      huge_pages=framework == "prefopt" or args.trl_huge_pages)
 
 
-def run_worker(command: list[str], cache: str, label: str) -> dict:
+def run_worker(command: list[str], cache: str, label: str, huge_pages: bool = True) -> dict:
     """One measurement in a process of its own (so peak memory is its own), with its own prefopt
-    cache folder; its result is the last line it prints as `RESULT {json}`."""
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PREFOPT_CACHE": cache})
+    cache folder; its result is the last line it prints as `RESULT {json}`. Without `huge_pages`,
+    PyTorch's allocator runs as it does by default (importing prefopt turns its huge pages on)."""
+    env = {**os.environ, "PREFOPT_CACHE": cache}
+    if not huge_pages:
+        env["THP_MEM_ALLOC_ENABLE"] = "0"
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{label} failed:\n{done.stderr[-4000:]}")
@@ -296,6 +301,8 @@ def main() -> None:
     parser.add_argument("--trl-keep-freed-memory", action="store_true",
                         help="run TRL with the glibc allocator settings prefopt uses on a CPU (prefopt.engine.hostmem)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool and workload (the fastest is kept)")
+    parser.add_argument("--trl-huge-pages", action="store_true", help="TRL with PyTorch's huge-page allocation "
+                        "too (THP_MEM_ALLOC_ENABLE=1, which importing prefopt sets); by default TRL runs without it")
     parser.add_argument("--worker", choices=["prefopt", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -4,6 +4,7 @@ only."""
 
 import ast
 import importlib
+import os
 import pkgutil
 import subprocess
 import sys
@@ -88,3 +89,17 @@ def test_pure_parts_import_torch_only(part):
             "if m in sys.modules]; print(heavy)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("setting", "imports", "seen"), [
+    (None, "import prefopt, torch", "1"),  # before torch: PyTorch's allocator reads it at its first allocation
+    ("0", "import prefopt, torch", "0"),  # a value the user set is kept
+    (None, "import torch, prefopt", "None"),  # too late to matter: left unset
+])
+def test_importing_prefopt_first_turns_on_pytorchs_huge_pages(setting, imports, seen):
+    env = {key: value for key, value in os.environ.items() if key != "THP_MEM_ALLOC_ENABLE"}
+    if setting is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = setting
+    code = f"{imports}; import os; print(os.environ.get('THP_MEM_ALLOC_ENABLE'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == seen
