@@ -65,13 +65,17 @@ def restore_frozen(model: torch.nn.Module) -> int:
     if frozen is None:
         return 0
     parameters = dict(model.named_parameters())
+    by_file: dict[str, dict[str, str]] = {}
     for name, (file, key) in frozen.places.items():
-        parameter, exact = parameters[name], _read_tensor(file, key).to(torch.float32)
-        if exact.shape != parameter.shape or not torch.equal(exact.to(parameter.dtype), parameter.data):
-            raise TrainingError(f"{file}: {key} is not the weight this run trained against (the model folder "
-                                f"{frozen.folder} changed during the run); the model was not saved, its "
-                                "checkpoints are kept")
-        parameter.data = exact
+        by_file.setdefault(file, {})[key] = name
+    for file, names in by_file.items():
+        for key, exact in _read_tensors(file, list(names)):
+            parameter, exact = parameters[names[key]], exact.to(torch.float32)
+            if exact.shape != parameter.shape or not torch.equal(exact.to(parameter.dtype), parameter.data):
+                raise TrainingError(f"{file}: {key} is not the weight this run trained against (the model folder "
+                                    f"{frozen.folder} changed during the run); the model was not saved, its "
+                                    "checkpoints are kept")
+            parameter.data = exact
     delattr(model, _ATTRIBUTE)
     return len(frozen.places)
 
@@ -86,18 +90,20 @@ def _header(file: str) -> tuple[int, dict]:
         return 8 + size, json.loads(handle.read(size))
 
 
-def _read_tensor(file: str, key: str) -> torch.Tensor:
-    """One tensor of a safetensors file, read with plain file reads: safetensors' own reader maps
-    the file, and every mapped page it touches counts in the process's resident memory (0.4 GB for
-    the default model's weights, above a LoRA run's training peak)."""
+def _read_tensors(file: str, keys: list[str]):
+    """(key, tensor) for each of `keys` of a safetensors file, read with plain file reads:
+    safetensors' own reader maps the file, and every mapped page it touches counts in the
+    process's resident memory (0.4 GB for the default model's weights, above a LoRA run's training
+    peak)."""
     begin, header = _header(file)
-    entry = header[key]
-    start, end = entry["data_offsets"]
-    data = bytearray(end - start)
     with open(file, "rb") as handle:
-        handle.seek(begin + start)
-        handle.readinto(data)
-    return torch.frombuffer(data, dtype=_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+        for key in keys:
+            entry = header[key]
+            start, end = entry["data_offsets"]
+            data = bytearray(end - start)
+            handle.seek(begin + start)
+            handle.readinto(data)
+            yield key, torch.frombuffer(data, dtype=_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
 def _disk_key(name: str) -> str:

@@ -49,12 +49,10 @@ class _LoraSwiGLU(torch.autograd.Function):
         w_gate, w_up, w_down, a_gate, b_gate, a_up, b_up, a_down, b_down = (w.to(dtype) for w in weights)
         rows = x.reshape(-1, x.shape[-1]).to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            down_gate, down_up = rows @ a_gate.T, rows @ a_up.T
-            gate = (rows @ w_gate.T).addmm_(down_gate, b_gate.T, alpha=scales[0])
-            up = (rows @ w_up.T).addmm_(down_up, b_up.T, alpha=scales[1])
+            gate, down_gate = _lora_linear(rows, w_gate, a_gate, b_gate, scales[0])
+            up, down_up = _lora_linear(rows, w_up, a_up, b_up, scales[1])
             hidden = F.silu(gate) * up
-            down_down = hidden @ a_down.T
-            out = (hidden @ w_down.T).addmm_(down_down, b_down.T, alpha=scales[2])
+            out, down_down = _lora_linear(hidden, w_down, a_down, b_down, scales[2])
         ctx.save_for_backward(rows, gate, up, down_gate, down_up, down_down, *weights)
         ctx.dtype, ctx.scales, ctx.shape, ctx.input_dtype = dtype, scales, x.shape, x.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -87,6 +85,12 @@ class _LoraSwiGLU(torch.autograd.Function):
         grad_x = None if grad_x is None else grad_x.to(ctx.input_dtype)
         adapters = (g.to(w.dtype) for g, w in zip(grads, weights[3:], strict=True))
         return grad_x, None, None, None, None, None, *adapters
+
+
+def _lora_linear(rows, weight, a, b, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FusedLoraLinear's forward on 2-D rows in one dtype: rows·Wᵀ + s·(rows·Aᵀ)·Bᵀ, and rows·Aᵀ."""
+    down = rows @ a.T
+    return (rows @ weight.T).addmm_(down, b.T, alpha=scale), down
 
 
 def _lora_parts(mlp, x: torch.Tensor):
