@@ -15,6 +15,7 @@ reward_model oracle, equal to a plain transformers forward). TRL: `pip install -
     python benchmarks/reward_vs_trl.py --quick                    # a minute or two
     python benchmarks/reward_vs_trl.py --json results.json        # the full table
     python benchmarks/reward_vs_trl.py --lora --precision bf16    # LoRA both sides, bf16
+    python benchmarks/reward_vs_trl.py --lora --workloads pairs --profile-step 4  # where a step's time goes
 """
 
 from __future__ import annotations
@@ -29,7 +30,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 # the policy benchmark's helpers
-from vs_trl import WORDS, peak_memory_gb, prefopt_step_seconds, run_worker, side_by_side, steady, trl_step_timer
+from vs_trl import (
+    WORDS,
+    StepProfile,
+    peak_memory_gb,
+    prefopt_step_profile,
+    prefopt_step_seconds,
+    print_step_profiles,
+    run_worker,
+    side_by_side,
+    steady,
+    trl_step_profile,
+    trl_step_timer,
+)
 
 WORKLOADS = {"pairs": (64, 170, 170, 2), "lists": (24, 170, 170, 4)}  # lists, prompt tokens, answer tokens, K
 QUICK = {"pairs": (8, 48, 48, 2), "lists": (4, 48, 48, 4)}
@@ -103,13 +116,17 @@ def prefopt_order(args, rows, model_path: str, folder: Path) -> list[int]:
 def run_prefopt(args, rows, model_path: str, folder: Path) -> dict:
     from prefopt.reward import reward_train
 
-    result = reward_train(prefopt_config(args, rows, model_path, folder))
+    profile = StepProfile(args.profile_step, lists=args.batch_size)
+    try:
+        result = reward_train(prefopt_config(args, rows, model_path, folder), on_step=prefopt_step_profile(profile))
+    finally:
+        profile.close()
     memory = peak_memory_gb()
     first = json.loads((folder / "run" / "metrics.jsonl").read_text().splitlines()[0])
     steps = prefopt_step_seconds(folder / "run" / "metrics.jsonl", args.batch_size)
     return {"seconds": result.loop_seconds, "step1_loss": first["loss"], "steps": result.steps,
             "peak_memory_gb": memory, "model_folder": str(folder / "run" / "model"),
-            "steady_step_seconds": steady(steps)}
+            "steady_step_seconds": steady(steps), "profile": profile.result()}
 
 
 def run_trl(args, rows, model_path: str, folder: Path) -> dict:
@@ -147,11 +164,13 @@ def run_trl(args, rows, model_path: str, folder: Path) -> dict:
             return torch.utils.data.SequentialSampler(dataset)
 
     step_seconds = []
+    k = len(rows[0]["completions"])
+    profile = StepProfile(args.profile_step, lists=args.batch_size / (k * (k - 1) // 2))  # a step is pairs
     # prefopt keeps freed memory in the process while it trains on a CPU; TRL gets the same
     with keep_freed_memory(enabled=not torch.cuda.is_available()):
         trainer = InOrder(model=model, args=config, train_dataset=datasets.Dataset.from_list(as_pairs(rows)),
                           processing_class=tokenizer, peft_config=peft_config,
-                          callbacks=[trl_step_timer(step_seconds)])
+                          callbacks=[trl_step_timer(step_seconds), trl_step_profile(profile)])
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
@@ -161,7 +180,8 @@ def run_trl(args, rows, model_path: str, folder: Path) -> dict:
     trained.save_pretrained(folder / "trl-model")
     tokenizer.save_pretrained(folder / "trl-model")
     return {"seconds": seconds, "step1_loss": losses[0], "steps": trainer.state.global_step, "peak_memory_gb": memory,
-            "model_folder": str(folder / "trl-model"), "steady_step_seconds": steady(step_seconds)}
+            "model_folder": str(folder / "trl-model"), "steady_step_seconds": steady(step_seconds),
+            "profile": profile.result()}
 
 
 def initial_reward_model(model: str, folder: Path) -> str:
@@ -206,6 +226,7 @@ def measure(args, framework: str, workload: str) -> dict:
                "--precision", args.precision, "--epochs", str(args.epochs)]
     command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--checkpointing"] * args.checkpointing
     command += ["--compile"] * args.compile
+    command += ["--profile-step", str(args.profile_step)] * bool(args.profile_step)
     return run_worker(command, args.cache, f"{framework} on {workload}",
                       huge_pages=framework == "prefopt" or args.trl_huge_pages)
 
@@ -228,9 +249,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool and workload (the fastest is kept)")
     parser.add_argument("--trl-huge-pages", action="store_true", help="TRL with PyTorch's huge-page allocation "
                         "too (THP_MEM_ALLOC_ENABLE=1, which importing prefopt sets); by default TRL runs without it")
+    parser.add_argument("--profile-step", type=int, help="profile this optimizer step (2 or later) on both sides "
+                        "and print where its time went: GEMMs, attention, the rest")
     parser.add_argument("--worker", choices=["prefopt", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile_step is not None and args.profile_step < 2:
+        parser.error("--profile-step: 2 or later (the first step pays for first page faults and caches)")
     if args.worker:
         return worker(args)
 
@@ -265,6 +290,7 @@ def main() -> None:
                           f"{r['held_out_accuracy']:.3f}", *ratios)
     console = Console(width=160)
     console.print(table)
+    print_step_profiles(console, results)
     pairs = results.get("pairs")
     if pairs and pairs["step1_loss_difference"] > 1e-3:
         console.print(f"[yellow]pairs: step-1 losses differ by {pairs['step1_loss_difference']:.5f} (> 1e-3): both "

@@ -68,6 +68,112 @@ def steady(step_seconds: list[float]) -> float | None:
     return later[len(later) // 2] if later else None
 
 
+# ATen ops that are matrix products (dense GEMMs and their fused-add forms)
+_GEMM_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"}
+
+
+class StepProfile:
+    """torch.profiler over one optimizer step (the `step`-th, counted from 1), its time split into
+    GEMMs, attention kernels and everything else (elementwise work, copies, the optimizer, Python).
+    `lists` is how many of the workload's lists a step trains on (TRL's 4 pairs of lists of 4 are
+    4/6 of a list). `begin(n)` / `end(n)` bracket step n; `result()` is None until it was profiled."""
+
+    def __init__(self, step: int | None, lists: float):
+        self.step, self.lists, self.profiler, self.seconds, self.split = step, lists, None, 0.0, None
+
+    def begin(self, step: int) -> None:
+        if step == self.step:
+            import torch
+
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+            self.started = time.perf_counter()
+
+    def end(self, step: int) -> None:
+        if step != self.step or self.profiler is None:
+            return
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.started
+        self.profiler.__exit__(None, None, None)
+        on_gpu = torch.cuda.is_available()
+        split = {"gemm_s": 0.0, "attention_s": 0.0}
+        for event in self.profiler.key_averages():
+            spent = (event.self_device_time_total if on_gpu else event.self_cpu_time_total) / 1e6
+            if event.key in _GEMM_OPS or (on_gpu and "gemm" in event.key.lower()):
+                split["gemm_s"] += spent
+            elif "scaled_dot_product" in event.key or "flash" in event.key.lower():
+                split["attention_s"] += spent
+        split["other_s"] = max(self.seconds - split["gemm_s"] - split["attention_s"], 0.0)
+        self.split = split | {"step_s": self.seconds, "step": self.step, "lists": self.lists}
+        self.profiler = None
+
+    def close(self) -> None:
+        """Stop a profile begun for a step that never ran (prefopt's begins when the step before ends)."""
+        if self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+            self.profiler = None
+
+    def result(self) -> dict | None:
+        return self.split
+
+
+def trl_step_profile(profile: StepProfile):
+    """A transformers TrainerCallback that runs `profile` over its step."""
+    from transformers import TrainerCallback
+
+    class Profiled(TrainerCallback):
+        def on_step_begin(self, _args, state, *_, **__):
+            profile.begin(state.global_step + 1)
+
+        def on_step_end(self, _args, state, *_, **__):
+            profile.end(state.global_step)
+
+    return Profiled()
+
+
+def prefopt_step_profile(profile: StepProfile):
+    """An `on_step` callback of prefopt's training loop that runs `profile` over its step (it is
+    called after each step: step n's profile starts when step n − 1 ends)."""
+    def on_step(state, _record) -> None:
+        profile.end(state.step)
+        profile.begin(state.step + 1)
+
+    return on_step
+
+
+def print_step_profiles(console, results: dict) -> None:
+    """Where one profiled step's time went, per workload and tool, and what that bounds: TRL's time
+    a list over prefopt's GEMM time alone a list is the speedup prefopt would have if all its other
+    work took no time."""
+    from rich.table import Table
+
+    profiled = {w: row for w, row in results.items() if row["prefopt"].get("profile") and row["trl"].get("profile")}
+    for workload in results.keys() - profiled.keys():
+        console.print(f"[yellow]{workload}: no profile (--profile-step past one tool's last step)[/]")
+    if not profiled:
+        return
+    table = Table(title="one profiled step (seconds; the profiler adds its own overhead to both)")
+    for column in ("workload", "tool", "lists", "step", "GEMMs", "attention", "other", "GEMM share",
+                   "bound a list if only GEMMs"):
+        table.add_column(column, justify="right")
+    for workload, row in profiled.items():
+        trl = row["trl"]["profile"]
+        for tool in ("prefopt", "trl"):
+            p = row[tool]["profile"]
+            bound = ""
+            if tool == "prefopt" and p["gemm_s"]:
+                bound = f"{(trl['step_s'] / trl['lists']) / (p['gemm_s'] / p['lists']):.2f}×"
+            seconds = (f"{p[key]:.2f}" for key in ("step_s", "gemm_s", "attention_s", "other_s"))
+            table.add_row(workload, tool, f"{p['lists']:.2f}", *seconds, f"{p['gemm_s'] / p['step_s']:.0%}", bound)
+    console.print(table)
+
+
 def prefopt_step_seconds(metrics_file: Path, batch_size: int) -> list[float]:
     """Each training step's seconds from a run's metrics.jsonl: its lists over its lists per second
     (the last step may hold fewer lists than `batch_size`; the median reads past it)."""

@@ -86,3 +86,40 @@ def test_active_against_random_runs_every_strategy_and_seed_and_resumes(tiny_mod
     assert again.returncode == 0 and json.loads((tmp_path / "result.json").read_text())["runs"] == result["runs"]
     done = subprocess.run([sys.executable, script, "--strategies", "entropy"], capture_output=True, text=True)
     assert done.returncode != 0 and "random is the baseline" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_step_profile_splits_only_its_step_into_gemms_attention_and_the_rest():
+    import importlib.util
+    from types import SimpleNamespace
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("vs_trl", ROOT / "benchmarks" / "vs_trl.py")
+    vs_trl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vs_trl)
+    profile = vs_trl.StepProfile(2, lists=4)
+    on_step = vs_trl.prefopt_step_profile(profile)
+    q = torch.randn(1, 2, 64, 16)
+
+    def work(products: int) -> None:
+        for _ in range(products):
+            torch.randn(256, 256) @ torch.randn(256, 256)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+        torch.randn(1000).exp_()
+
+    work(1)  # step 1: not profiled
+    on_step(SimpleNamespace(step=1), {})
+    assert profile.result() is None
+    work(20)  # step 2
+    on_step(SimpleNamespace(step=2), {})
+    split = profile.result()
+    assert split["step"] == 2 and split["lists"] == 4
+    assert split["gemm_s"] > 0 and split["attention_s"] > 0 and split["other_s"] >= 0
+    assert split["gemm_s"] + split["attention_s"] + split["other_s"] == pytest.approx(split["step_s"])
+    work(1)  # step 3 leaves step 2's split as it was
+    on_step(SimpleNamespace(step=3), {})
+    assert profile.result() == split
+    late = vs_trl.StepProfile(5, lists=4)  # a step past the run's last: begun, closed, no result
+    vs_trl.prefopt_step_profile(late)(SimpleNamespace(step=4), {})
+    late.close()
+    assert late.result() is None and late.profiler is None
