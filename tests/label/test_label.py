@@ -543,7 +543,9 @@ def test_gold_items_are_mixed_in_measure_people_and_stay_out_of_the_data(tmp_pat
 
 def test_admin_statistics_stay_fast_with_100000_labels(tmp_path):
     """Statistics read ids and ranks in SQL-sized pieces, not every label with its texts: on a store
-    of 50,000 items with long answers and 100,000 labels, one stats request stays within seconds."""
+    of 50,000 items with long answers and 100,000 labels, one stats request reads the texts of the
+    100 disputed items it shows and no others (its time is printed, not asserted: a shared machine's
+    speed varies; reading every label with its texts took 7.6 s where this takes 2–5)."""
     import time
 
     import sqlalchemy as sa
@@ -566,9 +568,17 @@ def test_admin_statistics_stay_fast_with_100000_labels(tmp_path):
                              "r": json.dumps([1, 2] if choice == "a" else [2, 1])} for i in range(1, 50_001)
                             for name, choice in (("ann", "a"), ("bob", "a" if i % 10 else "b"))])
     client = TestClient(create_app(store), base_url="http://localhost")
+    texts_read = []  # the parameters of every statement that reads the items' texts
+
+    def record(_connection, _cursor, statement, parameters, _context, _many):
+        if "completions" in statement:
+            texts_read.append(parameters)
+
+    sa.event.listen(store.read_engine, "before_cursor_execute", record)
     started = time.perf_counter()
     stats = client.get("/api/admin/stats", headers=admin).json()
     seconds = time.perf_counter() - started
+    sa.event.remove(store.read_engine, "before_cursor_execute", record)
     assert stats["labels"] == 100_000 and stats["items_complete"] == 50_000
     disputed = stats["agreement"]["disputed_items"]
     assert len(disputed) == 100 and disputed[0]["prompt"].startswith("prompt ") and len(disputed[0]["completions"]) == 2
@@ -577,7 +587,8 @@ def test_admin_statistics_stay_fast_with_100000_labels(tmp_path):
         started = time.perf_counter()
         agreement.summary(store.labels())
         print(f"every label with its texts, then the summary: {time.perf_counter() - started:.2f} s")
-    assert seconds < 5, seconds  # reading every label with its texts took 7.6 s here, before the summary
+    # the texts of the disputed items only, by id, in SQL-sized pieces
+    assert texts_read and sum(len(parameters) for parameters in texts_read) == 100, texts_read
 
 
 def test_the_admin_exports_and_filters_by_person_and_time(client, store):
