@@ -79,7 +79,7 @@ class StepProfile:
     4/6 of a list). `begin(n)` / `end(n)` bracket step n; `result()` is None until it was profiled."""
 
     def __init__(self, step: int | None, lists: float):
-        self.step, self.lists, self.profiler, self.seconds, self.split = step, lists, None, 0.0, None
+        self.step, self.lists, self.profiler, self.split = step, lists, None, None
 
     def begin(self, step: int) -> None:
         if step == self.step:
@@ -89,7 +89,7 @@ class StepProfile:
             if torch.cuda.is_available():
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             self.profiler = torch.profiler.profile(activities=activities)
-            self.profiler.__enter__()
+            self.profiler.start()
             self.started = time.perf_counter()
 
     def end(self, step: int) -> None:
@@ -99,8 +99,8 @@ class StepProfile:
 
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        self.seconds = time.perf_counter() - self.started
-        self.profiler.__exit__(None, None, None)
+        seconds = time.perf_counter() - self.started
+        self.profiler.stop()
         on_gpu = torch.cuda.is_available()
         split = {"gemm_s": 0.0, "attention_s": 0.0}
         for event in self.profiler.key_averages():
@@ -109,14 +109,14 @@ class StepProfile:
                 split["gemm_s"] += spent
             elif "scaled_dot_product" in event.key or "flash" in event.key.lower():
                 split["attention_s"] += spent
-        split["other_s"] = max(self.seconds - split["gemm_s"] - split["attention_s"], 0.0)
-        self.split = split | {"step_s": self.seconds, "step": self.step, "lists": self.lists}
+        split["other_s"] = max(seconds - split["gemm_s"] - split["attention_s"], 0.0)
+        self.split = split | {"step_s": seconds, "step": self.step, "lists": self.lists}
         self.profiler = None
 
     def close(self) -> None:
         """Stop a profile begun for a step that never ran (prefopt's begins when the step before ends)."""
         if self.profiler is not None:
-            self.profiler.__exit__(None, None, None)
+            self.profiler.stop()
             self.profiler = None
 
     def result(self) -> dict | None:
