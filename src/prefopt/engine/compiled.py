@@ -28,6 +28,10 @@ def compile_decoder_layers(model) -> int:
     # (frozen embeddings) and the others' with, transformers' wrappers called with and without self;
     # past dynamo's default of 8 a frame would fall back to eager for good
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    # dynamo gives sizes that happen to be equal one symbol ("duck sizing"): a first batch of 3 rows
+    # with K = 2 (a layout of width 1 + K = 3) would tie the batch size to K, and the first batch
+    # where they differ (the epoch's last, a list of another K) would compile every graph again
+    torch.fx.experimental._config.use_duck_shape = False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     blocks = set(getattr(base, "_no_split_modules", None) or ())
     layers = [module for module in base.modules() if type(module).__name__ in blocks]
