@@ -44,12 +44,16 @@ system-deps:
 	  else echo "chromium or postgresql missing and cannot be installed here: those tests will skip"; fi; \
 	fi
 
+# one pytest worker per core (pytest-xdist), each test file on one worker: its module fixtures
+# are built once, and its tests run in their order
+PYTEST := $(BIN)/python -m pytest -n auto --dist loadfile
+
 test: lint system-deps
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # the inner loop of development: everything but the end-to-end tests (marked slow)
 test-fast: lint
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

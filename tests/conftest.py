@@ -9,6 +9,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# `make test` runs one pytest worker per core: each worker's torch, and every process it starts,
+# takes its share of the cores instead of all of them (OpenMP threads that outnumber the cores
+# spin while they wait for each other)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 
 @pytest.fixture(scope="session")
 def prefopt_cli():
