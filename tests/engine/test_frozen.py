@@ -47,11 +47,11 @@ def test_bf16_frozen_weights_train_and_save_the_same_numbers(tiny_model, data, t
         if task == "reward":
             config = RewardConfig(**settings)
             train(config, objective=config.build_objective(), task=reward_task(config),
-                  engine=EngineSettings(frozen_in_bf16=held), console=Console(file=log, width=300))
+                  engine=EngineSettings(frozen_in_bf16=held), console=Console(file=log, width=1000))
             saved = out / "model"
         else:
             config = TrainConfig(**settings, merge=True)
-            train(config, engine=EngineSettings(frozen_in_bf16=held), console=Console(file=log, width=300))
+            train(config, engine=EngineSettings(frozen_in_bf16=held), console=Console(file=log, width=1000))
             saved = out / "merged"
         assert ("frozen weights held in bf16" in log.getvalue()) == held
         runs[held] = losses(out), tensors(saved)

@@ -187,7 +187,13 @@ def load_reward_model(spec: str, *, lora: LoraSettings | None = None, gradient_c
     model = _from_pretrained(AutoModelForSequenceClassification, path, kept, num_labels=1, dtype=torch.float32)
     if pad_token_id is not None:  # transformers' own forward finds the last token by it
         model.config.pad_token_id = pad_token_id
-    return _prepare(model, lora, gradient_checkpointing, engine, task_type="SEQ_CLS")
+    model = _prepare(model, lora, gradient_checkpointing, engine, task_type="SEQ_CLS")
+    if engine.last_layer_at_rewards:  # after LoRA: its hooks belong on the adapters' wrappers
+        from prefopt.engine.rewards import last_layer_at_rewards
+
+        model.prefopt_engine = dataclasses.replace(model.prefopt_engine,
+                                                   last_layer_at_rewards=last_layer_at_rewards(model))
+    return model
 
 
 def _prepare(model, lora: LoraSettings | None, gradient_checkpointing: bool, engine: EngineSettings, task_type: str):

@@ -36,6 +36,9 @@ class EngineSettings:
     fused_lora_mlp: bool = True
     # a LoRA run under bf16 autocast holds its frozen base weights in bf16 (prefopt.engine.frozen)
     frozen_in_bf16: bool = True
+    # a reward model's last decoder layer computes its output projection and MLP only at the tokens read as
+    # rewards (prefopt.engine.rewards)
+    last_layer_at_rewards: bool = True
     chunk_tokens: int = 1024  # completion tokens per LM-head chunk (the logits of one chunk exist at a time)
     # torch.compile each decoder layer (prefopt.engine.compiled): fused elementwise ops and fewer tensors kept for
     # the backward, for a compilation at the first step; rounds differently from eager in the last bits
@@ -52,7 +55,8 @@ class EngineSettings:
 
 
 ALL_OFF = EngineSettings(segment_attention=False, matmul_attention="off", fused_norm=False, fused_swiglu=False,
-                         fused_lora=False, fused_lora_mlp=False, frozen_in_bf16=False)
+                         fused_lora=False, fused_lora_mlp=False, frozen_in_bf16=False,
+                         last_layer_at_rewards=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +70,10 @@ class AppliedEngine:
     fused_lora_layers: int
     compiled_layers: int = 0
     fused_mlps: int = 0
+    last_layer_at_rewards: bool = False
 
     def describe(self) -> str:
         return (f"segment attention {'on' if self.segment_attention else 'off'}, matmul attention "
                 f"{self.settings.matmul_attention}, {self.fused_norms} fused norms, {self.fused_mlps} fused MLPs, "
-                f"{self.fused_lora_layers} fused LoRA layers, {self.compiled_layers} compiled layers")
+                f"{self.fused_lora_layers} fused LoRA layers, {self.compiled_layers} compiled layers"
+                + (", last layer at the rewards only" if self.last_layer_at_rewards else ""))
