@@ -47,8 +47,11 @@ def test_the_last_layer_at_the_rewards_equals_the_whole_layer(reward_model, toke
 
 
 def test_the_last_layer_computes_one_row_per_completion(reward_model, tokenizer):
+    from prefopt.engine.rewards import last_layer_at_rewards
+
     examples = ragged_examples(tokenizer)  # 3 + 2 completions
     model = load_reward_model(str(reward_model))
+    assert last_layer_at_rewards(model)  # a second time: the same hooks, not another set
     layers = model.model.layers
     seen = {}
     for name, part in {"first mlp": layers[0].mlp, "last mlp": layers[-1].mlp,

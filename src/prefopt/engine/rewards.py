@@ -77,6 +77,8 @@ def last_layer_at_rewards(model) -> bool:
     decoder = getattr(base, base.base_model_prefix)
     if base.config.model_type not in PRE_NORM_MODELS:
         return False
+    if getattr(decoder, "prefopt_last_layer_at_rewards", False):
+        return True  # hooked already: a second set of hooks would gather the gathered rows again
     layer, state = decoder.layers[-1], _RewardPositions()
     layer.self_attn.register_forward_pre_hook(functools.partial(_read_positions, state), with_kwargs=True)
     for part in (layer.self_attn.o_proj, layer.mlp):
