@@ -2,8 +2,6 @@
 gradients as the whole layer (full weights and LoRA, with gradient checkpointing, packed and not),
 and its MLP and output projection really see one row per completion."""
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -71,7 +69,6 @@ def test_the_last_layer_computes_one_row_per_completion(reward_model, tokenizer)
 def test_a_model_type_outside_the_pre_norm_ones_keeps_its_whole_last_layer(reward_model):
     from prefopt.engine.rewards import last_layer_at_rewards
 
-    model = load_reward_model(str(reward_model), engine=dataclasses.replace(EngineSettings(),
-                                                                            last_layer_at_rewards=False))
+    model = load_reward_model(str(reward_model), engine=EngineSettings(last_layer_at_rewards=False))
     model.config.model_type = "gemma2"  # a norm after the MLP: not one of the layouts it knows
     assert last_layer_at_rewards(model) is False

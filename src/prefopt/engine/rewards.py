@@ -18,6 +18,8 @@ from prefopt.engine.settings import EngineSettings
 
 # the decoder's keyword that carries the flat token positions read as rewards to the last layer
 _REWARD_POSITIONS = "prefopt_reward_positions"
+# a plain attribute on a decoder whose last layer has the hooks (never saved with the model)
+_HOOKED = "prefopt_last_layer_at_rewards"
 
 
 def reward_head(model) -> torch.nn.Module:
@@ -46,7 +48,7 @@ def batch_rewards(model, batch: Collated, settings: EngineSettings | None = None
     kwargs = {"position_ids": batch.position_ids} if batch.position_ids is not None else {}
     if batch.layout is not None and decoder.config._attn_implementation == SEGMENT_ATTENTION:
         kwargs |= {"prefopt_segments": segments_as_tensor(batch.layout), "prefopt_engine": settings or EngineSettings()}
-    if getattr(decoder, "prefopt_last_layer_at_rewards", False):
+    if getattr(decoder, _HOOKED, False):
         kwargs[_REWARD_POSITIONS] = rows * batch.input_ids.shape[1] + positions
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).last_hidden_state
     values = reward_head(model)(hidden[rows, positions]).float().squeeze(-1)
@@ -77,14 +79,14 @@ def last_layer_at_rewards(model) -> bool:
     decoder = getattr(base, base.base_model_prefix)
     if base.config.model_type not in PRE_NORM_MODELS:
         return False
-    if getattr(decoder, "prefopt_last_layer_at_rewards", False):
+    if getattr(decoder, _HOOKED, False):
         return True  # hooked already: a second set of hooks would gather the gathered rows again
     layer, state = decoder.layers[-1], _RewardPositions()
     layer.self_attn.register_forward_pre_hook(functools.partial(_read_positions, state), with_kwargs=True)
     for part in (layer.self_attn.o_proj, layer.mlp):
         part.register_forward_pre_hook(functools.partial(_only_at_positions, state))
         part.register_forward_hook(functools.partial(_back_in_place, state))
-    decoder.prefopt_last_layer_at_rewards = True  # a plain attribute: never saved with the model
+    setattr(decoder, _HOOKED, True)
     return True
 
 
