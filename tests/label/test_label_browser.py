@@ -173,8 +173,8 @@ def test_rank_by_dragging(browser, tmp_path):
 
 def test_long_and_strange_text_renders_fast_and_lists_past_z_get_labels(browser, tmp_path):
     """A megabyte without a space, a thousand-character line, a hundred code blocks: the page shows
-    the first 4,000 characters of each and a button for the rest, in well under a second (the
-    whole megabyte took Chromium 90 s to lay out); a list of 30 completions is tagged A … Z, AA … AD."""
+    the first 4,000 characters of each and a button for the rest at once (the whole megabyte
+    took Chromium 90 s to lay out); a list of 30 completions is tagged A … Z, AA … AD."""
     import time
 
     huge = "x" * 1_000_000
@@ -216,7 +216,9 @@ def test_long_and_strange_text_renders_fast_and_lists_past_z_get_labels(browser,
         assert tags[:3] == ["A", "B", "C"] and tags[25:] == ["Z", "AA", "AB", "AC", "AD"]
         print(f"render seconds (the long pair from navigation, the code blocks from submit): "
               f"{[round(s, 3) for s in seconds]}")
-        assert max(seconds) < 1.0, seconds
+        # a fraction of a second alone, 1.6 s seen beside the other test workers: the bound catches
+        # the whole text laid out (90 s) without failing under load
+        assert max(seconds) < 5.0, seconds
     finally:
         server.stop()
 
