@@ -159,3 +159,14 @@ def test_text_utf8_cannot_hold_is_refused_naming_file_row_and_field(tmp_path):
         load_records(path, require_scores=False)
     loaded = load_records(path, require_scores=False, skip_invalid=True)
     assert len(loaded.records) == 1 and loaded.skipped == {"invalid text": 1}
+
+
+def test_read_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
+    """A sampled answer held U+2029: json.dumps(ensure_ascii=False) writes it as is, and a file
+    split by str.splitlines broke that row in two."""
+    from prefopt.data import read_jsonl
+
+    rows = [{"prompt": "p", "completions": ["one\u2029two", "a\u2028b\x85c\x0bd"]}, {"prompt": "q"}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    assert read_jsonl(path) == rows

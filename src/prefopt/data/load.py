@@ -39,8 +39,10 @@ class LoadedData:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """The rows of a JSON Lines file that prefopt wrote itself (runs, rounds, answers); blank lines
-    skipped. Data from people goes through load_records, which names a bad row."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    skipped. Data from people goes through load_records, which names a bad row. Lines end at a newline
+    only: str.splitlines also breaks at U+2028, U+2029 and \\x85, which json.dumps(ensure_ascii=False)
+    leaves inside strings (a sampled answer held U+2029)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def load_records(source: str | Path, *, skip_invalid: bool = False, require_completions: bool = True,

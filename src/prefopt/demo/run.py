@@ -154,7 +154,7 @@ def _serve_people(out: Path, port: int, say):
 
 
 def _count(path: Path) -> int:
-    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return sum(1 for line in path.read_text(encoding="utf-8").split("\n") if line.strip())  # as read_jsonl
 
 
 def _answers(model: str, prompts: Path, path: Path, settings: dict, console: Console) -> list[dict]:

@@ -105,10 +105,10 @@ def generate(config: GenerateConfig, *, resume: bool = False, console: Console |
 def _in_prompt_order(out: Path) -> None:
     """Lines are written as batches finish (prompts are batched by length); once every prompt is
     done, the file is rewritten in the prompts' order, atomically."""
-    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = [line for line in out.read_text(encoding="utf-8").split("\n") if line]  # "\n" only, as read_jsonl
     ordered = sorted(lines, key=lambda line: json.loads(line)["meta"]["index"])
     staging = out.with_name(out.name + ".partial")
-    staging.write_text("".join(ordered), encoding="utf-8")
+    staging.write_text("".join(line + "\n" for line in ordered), encoding="utf-8")
     os.replace(staging, out)
 
 
