@@ -17,13 +17,14 @@ import prefopt
 PACKAGE = Path(prefopt.__file__).parent
 # a package may import packages of a lower layer (and itself), never one of its own layer or above
 LAYERS = {
-    "errors": 0, "registry": 0, "settings": 0,
-    "losses": 1, "data": 1, "acquire": 1,
-    "engine": 2, "label": 2, "oracles": 3,
-    "train": 3, "generate": 3,
-    "evaluate": 4,
-    "reward": 5, "loop": 6, "tune": 6, "demo": 7,
-    "cli": 9,
+    "errors": 0, "registry": 0, "files": 0,
+    "settings": 1,
+    "losses": 2, "data": 2, "acquire": 2,
+    "engine": 3, "label": 3, "oracles": 4,
+    "train": 4, "generate": 4,
+    "evaluate": 5,
+    "reward": 6, "loop": 7, "tune": 7, "demo": 8,
+    "cli": 10,
 }
 MODEL_LIBRARIES = {"transformers", "peft", "accelerate"}
 

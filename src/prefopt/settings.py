@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from prefopt.files import write_atomic
+
 
 class ConfigError(ValueError):
     pass
@@ -95,5 +97,4 @@ def _describe(error: ValidationError, model: type[BaseModel], path) -> str:
 
 
 def save_config(config: BaseModel, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    write_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

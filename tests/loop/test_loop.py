@@ -19,7 +19,7 @@ VERIFIER = "def short(prompt, completion, record):\n    return -len(completion)\
 STAGES = {"candidates": ["candidates.json"], "generate": ["candidates.jsonl", "generations.jsonl", "generations.done"],
           "acquire": ["acquisition.json"],
           "label": ["chosen.jsonl", "asked.json", "labels.left_out.json", "labels.jsonl"],
-          "train": ["data.jsonl", "train"], "evaluate": ["eval.json", "eval.partial.model.jsonl"]}
+          "train": ["data.jsonl", "train"], "evaluate": ["eval.json", "eval.full.json", "eval.full.model.jsonl"]}
 
 
 @pytest.fixture(scope="module")

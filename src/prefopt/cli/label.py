@@ -132,10 +132,11 @@ def label_export(
         fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
     def export() -> None:
-        from prefopt.label.export import export_rows, write_jsonl
+        from prefopt.files import write_jsonl
+        from prefopt.label.export import export_rows
 
         rows, left_out = export_rows(_store(db).labels(), fmt)
-        write_jsonl(rows, out)
+        write_jsonl(out, rows)
         skipped = "; ".join(f"{count} {reason} left out" for reason, count in left_out.items())
         console().print(f"wrote {len(rows)} {fmt} rows to {out}" + (f" ({skipped})" if skipped else ""),
                          highlight=False)

@@ -9,7 +9,10 @@ import html
 from pathlib import Path
 
 from prefopt.data import read_jsonl
+from prefopt.demo.task import satisfaction
 from prefopt.evaluate.report import figure_html, table_html, write_page
+from prefopt.loop import Round
+from prefopt.oracles.constraints import check_constraints
 
 EXAMPLES = 8  # held-out prompts shown before and after: the first ones of the file, not chosen
 
@@ -19,12 +22,9 @@ def _interval(estimate: dict) -> str:
 
 
 def demo_report(out: Path, arms: list, unseen: dict, seconds: dict) -> Path:
-    from prefopt.demo.run import satisfaction
-
     active = arms[0]
-    last = len(active.rounds) - 1
     before_rows = read_jsonl(active.folder / "initial-answers.jsonl")
-    after_rows = read_jsonl(active.folder / f"round-{last}" / "eval.partial.model.jsonl")
+    after_rows = read_jsonl(Round(active.folder, len(active.rounds) - 1).heldout_answers)
     heldout = {"before": satisfaction(before_rows), "after": satisfaction(after_rows)}
     body = _summary_table(arms, unseen)
     body += "<h2>Before and after</h2>" + figure_html(lambda f: _before_after(f, heldout, unseen), height=4.0,
@@ -94,8 +94,6 @@ def _stage_table(arms: list, seconds: dict) -> str:
 
 
 def _examples(before: list[dict], after: list[dict]) -> str:
-    from prefopt.oracles.constraints import check_constraints
-
     def cell(row: dict) -> str:
         checks = check_constraints(row["prompt"], row["completions"][0], row)
         marks = " ".join(f"{'✓' if met else '✗'} {name}" for name, met in checks.items())

@@ -8,15 +8,21 @@ prompts of constraint types never trained on; and a report shows all of it."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from rich.console import Console
 
 from prefopt.data import read_jsonl
-from prefopt.demo.task import TRAINED, UNSEEN, write_task
-from prefopt.loop import LoopConfig
+from prefopt.demo.report import demo_report
+from prefopt.demo.task import TRAINED, UNSEEN, satisfaction, write_task
+from prefopt.generate import GenerateConfig, generate
+from prefopt.label.app import create_app
+from prefopt.label.store import Store
+from prefopt.loop import LoopConfig, loop, policy_after
 
 # the demo's loop: 3 rounds of 48 labelled lists, each chosen from 96 candidates (measured on
 # 2 CPU cores: docs/demo.md); the final policy of a round is the next round's start and reference
@@ -64,9 +70,6 @@ def demo(out: str | Path = "runs/demo", *, model: str = "default", compare_rando
     """Run the demo into `out` (resumable: run it again to continue). With `people`, the label app
     serves the loop's store on `port` and a person is the oracle. `task_sizes` and `loop_settings`
     change the task and the loop (the tests make both small)."""
-    from prefopt.demo.report import demo_report
-    from prefopt.loop import policy_after
-
     console = console or Console()
     out = Path(out)
     seconds: dict[str, float] = {}
@@ -103,8 +106,6 @@ def demo(out: str | Path = "runs/demo", *, model: str = "default", compare_rando
 
 
 def _run_arms(settings: dict, out: Path, compare_random: bool, seconds: dict, say, console) -> list[Arm]:
-    from prefopt.loop import loop
-
     arms = []
     for name in ["entropy"] + ["random"] * compare_random:
         folder = out / ("active" if name == "entropy" else "random")
@@ -126,13 +127,6 @@ def _serve_people(out: Path, port: int, say):
     """The label app on the loop's store, in a thread of this process, with an annotator whose
     token is kept in `out/people-token.txt` (readable by its owner only) so a resumed demo logs in
     the same way."""
-    import threading
-
-    import uvicorn
-
-    from prefopt.label.app import create_app
-    from prefopt.label.store import Store
-
     out.mkdir(parents=True, exist_ok=True)
     store = Store(f"sqlite:///{out / 'labels.db'}")
     token_file = out / "people-token.txt"
@@ -159,8 +153,6 @@ def _count(path: Path) -> int:
 
 def _answers(model: str, prompts: Path, path: Path, settings: dict, console: Console) -> list[dict]:
     """Greedy answers of `model` to `prompts`, as the loop's evaluation reads a model (generated once)."""
-    from prefopt.generate import GenerateConfig, generate
-
     done = path.with_suffix(".done")
     if not done.exists():
         path.unlink(missing_ok=True)
@@ -168,23 +160,6 @@ def _answers(model: str, prompts: Path, path: Path, settings: dict, console: Con
                                 max_new_tokens=settings["max_new_tokens"]), console=console)
         done.write_text("")
     return read_jsonl(path)
-
-
-def satisfaction(rows: list[dict]) -> dict:
-    """The constraints verifier's mean score (fraction of a prompt's constraints met) with its
-    bootstrap interval over prompts, and the share met of each constraint type."""
-    from prefopt.evaluate.stats import bootstrap_mean
-    from prefopt.oracles.constraints import check_constraints
-
-    per_prompt, by_type = [], {}
-    for row in rows:
-        checks = check_constraints(row["prompt"], row["completions"][0], row)
-        per_prompt.append([sum(checks.values()) / len(checks)])
-        for name, met in checks.items():
-            by_type.setdefault(name.split("#")[0], []).append(met)
-    return {"score": bootstrap_mean(per_prompt).to_json(),
-            "by_type": {kind: sum(met) / len(met) for kind, met in sorted(by_type.items())},
-            "prompts": len(rows)}
 
 
 def _summary(result: DemoResult, say) -> None:

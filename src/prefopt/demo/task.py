@@ -10,7 +10,8 @@ import json
 import random
 from pathlib import Path
 
-from prefopt.oracles.constraints import describe_constraint
+from prefopt.evaluate.stats import bootstrap_mean
+from prefopt.oracles.constraints import check_constraints, describe_constraint
 
 TOPICS = ("the ocean", "a city at night", "learning to cook", "the moon", "a rainy day", "trains", "gardening",
           "a lost key", "winter mornings", "a small robot", "the history of bread", "friendship", "mountains",
@@ -72,3 +73,17 @@ def write_task(folder: str | Path, *, train: int = 300, heldout: int = 60, unsee
         files[name] = folder / f"task_{name}.jsonl"
         files[name].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return files
+
+
+def satisfaction(rows: list[dict]) -> dict:
+    """The constraints verifier's mean score (fraction of a prompt's constraints met) with its
+    bootstrap interval over prompts, and the share met of each constraint type."""
+    per_prompt, by_type = [], {}
+    for row in rows:
+        checks = check_constraints(row["prompt"], row["completions"][0], row)
+        per_prompt.append([sum(checks.values()) / len(checks)])
+        for name, met in checks.items():
+            by_type.setdefault(name.split("#")[0], []).append(met)
+    return {"score": bootstrap_mean(per_prompt).to_json(),
+            "by_type": {kind: sum(met) / len(met) for kind, met in sorted(by_type.items())},
+            "prompts": len(rows)}

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from prefopt.engine.settings import AppliedEngine, EngineSettings
+from prefopt.files import write_atomic
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -76,11 +77,12 @@ def _converted_gguf(path: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     _clear_quantization_marker(model)
-    staging = target.with_name(target.name + ".partial")
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    staging.rename(target)  # atomic: an interrupted conversion never looks finished
-    return target
+
+    def save(staging: Path) -> None:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    return write_atomic(target, save)  # an interrupted conversion never looks finished
 
 
 def _clear_quantization_marker(model) -> None:
@@ -103,12 +105,57 @@ def load_tokenizer(spec: str):
     return tokenizer
 
 
+class ModelCache:
+    """Models as read from disk, kept for a process's later loads (a tuning study's trials, the
+    loop's stages and rounds): a load through the cache gets a deep copy of the kept model, so every
+    caller starts from the weights on disk and adds its own LoRA adapters. It costs one more copy of
+    each kept model's weights in memory."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, object] = {}
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def copy_of(self, model_class, path: str, **kwargs):
+        """`model_class.from_pretrained(path, **kwargs)`, read once and copied for every call."""
+        key = self._key(model_class, path, kwargs)
+        if key not in self._models:
+            self._models[key] = model_class.from_pretrained(path, **kwargs)
+        return copy.deepcopy(self._models[key])
+
+    def keep_saved(self, folder: Path, model, base: str) -> None:
+        """Record that `folder` now holds `model`'s weights (a policy trained from `base`, just
+        saved there), so that a later load of the folder copies them from memory. The record is
+        `base` as loaded with those weights: the numbers the folder holds."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        kept = self.copy_of(AutoModelForCausalLM, resolve_model_path(base), dtype=torch.float32)
+        kept.load_state_dict(model.state_dict())
+        self._models[self._key(AutoModelForCausalLM, str(folder), {"dtype": torch.float32})] = kept
+
+    def keep_only(self, specs: set[str]) -> None:
+        """Drop every model but those of `specs` (the loop keeps its initial model and two policies)."""
+        paths = {resolve_model_path(spec) for spec in specs}
+        self._models = {key: model for key, model in self._models.items() if key[1] in paths}
+
+    @staticmethod
+    def _key(model_class, path: str, kwargs: dict) -> tuple:
+        return model_class.__name__, str(path), tuple(sorted(kwargs.items()))
+
+
+def _from_pretrained(model_class, path: str, cache: ModelCache | None, **kwargs):
+    if cache is None:
+        return model_class.from_pretrained(path, **kwargs)
+    return cache.copy_of(model_class, path, **kwargs)
+
+
 def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpointing: bool = False,
-               engine: EngineSettings | None = None, loaded: dict | None = None):
+               engine: EngineSettings | None = None, cache: ModelCache | None = None):
     """The policy in float32 (bf16 compute is autocast by the trainer), with LoRA adapters if asked
     and the engine's switches applied; `model.prefopt_engine` (an AppliedEngine) says which took.
-    `loaded` keeps each model as read from disk, so that later calls with it get a copy instead of
-    reading again (see `_from_pretrained`)."""
+    With a `cache`, a model already read is copied from memory instead of read again."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -120,54 +167,16 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
         if lora is not None:
             raise ValueError(f"{spec} holds trained LoRA adapters; to train on, give its merged model or its base")
         return _load_adapters(path, json.loads(adapters.read_text())["base_model_name_or_path"], engine)
-    model = _from_pretrained(AutoModelForCausalLM, path, loaded, dtype=torch.float32)
+    model = _from_pretrained(AutoModelForCausalLM, path, cache, dtype=torch.float32)
     return _prepare(model, lora, gradient_checkpointing, engine, task_type="CAUSAL_LM")
-
-
-def _from_pretrained(model_class, path: str, loaded: dict | None, **kwargs):
-    """`model_class.from_pretrained(path, **kwargs)`, or with `loaded` a copy of the model it keeps
-    for those arguments (read on first use and never changed: every caller gets fresh LoRA adapters
-    and the original weights, as from disk)."""
-    if loaded is None:
-        return model_class.from_pretrained(path, **kwargs)
-    key = _loaded_key(model_class, path, kwargs)
-    if key not in loaded:
-        loaded[key] = model_class.from_pretrained(path, **kwargs)
-    return copy.deepcopy(loaded[key])
-
-
-def _loaded_key(model_class, path: str, kwargs: dict) -> tuple:
-    return model_class.__name__, str(path), tuple(sorted(kwargs.items()))
-
-
-def keep_saved(loaded: dict | None, folder: Path, model, base: str) -> None:
-    """Record in `loaded` that `folder` now holds `model`'s weights (a policy just saved there,
-    trained from `base`), so that load_model(folder, loaded=loaded) copies them from memory instead
-    of reading the folder again. The record is a copy of `base` as loaded with those weights (the
-    same numbers the folder holds: float32 saved as float32)."""
-    if loaded is None:
-        return
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    kept = _from_pretrained(AutoModelForCausalLM, resolve_model_path(base), loaded, dtype=torch.float32)
-    kept.load_state_dict(model.state_dict())
-    loaded[_loaded_key(AutoModelForCausalLM, str(folder), {"dtype": torch.float32})] = kept
-
-
-def forget_loaded(loaded: dict, keep: set[str]) -> None:
-    """Drop every model of `loaded` but those of the specs in `keep` (a loop keeps two policies)."""
-    paths = {resolve_model_path(spec) for spec in keep}
-    for key in [key for key in loaded if key[1] not in paths]:
-        del loaded[key]
 
 
 def load_reward_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpointing: bool = False,
                       engine: EngineSettings | None = None, pad_token_id: int | None = None, new_head: bool = False,
-                      loaded: dict | None = None):
+                      cache: ModelCache | None = None):
     """A sequence-classification model with one output (a reward model) in float32, with the
     engine's switches that apply to it. With `new_head`, a causal LM gets a new scalar head (to
-    train one from it); LoRA, if asked, trains adapters and a copy of the whole head. `loaded`: as
+    train one from it); LoRA, if asked, trains adapters and a copy of the whole head. `cache`: as
     `load_model`'s."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -183,7 +192,7 @@ def load_reward_model(spec: str, *, lora: LoraSettings | None = None, gradient_c
         raise ValueError(f"{spec} is not a reward model ({', '.join(config.architectures or ['no architecture'])}, "
                          "not a sequence-classification model); `prefopt reward train` makes one from it")
     # a new head is drawn from the run's seed as it loads: a kept copy would carry the first run's
-    kept = loaded if is_reward_model else None
+    kept = cache if is_reward_model else None
     model = _from_pretrained(AutoModelForSequenceClassification, path, kept, num_labels=1, dtype=torch.float32)
     if pad_token_id is not None:  # transformers' own forward finds the last token by it
         model.config.pad_token_id = pad_token_id

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from prefopt.data.tokenize import TokenizedList
+from prefopt.files import write_atomic
 
 
 def list_key(example: TokenizedList) -> str:
@@ -61,8 +62,5 @@ class ReferenceCache:
     def save(self) -> None:
         if not self.changed:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_suffix(".partial")
-        torch.save(self.entries, staging)
-        staging.replace(self.path)
+        write_atomic(self.path, lambda staging: torch.save(self.entries, staging))
         self.changed = False

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 
 from prefopt.data import Batching, DataError, PreferenceRecord, TokenizeSettings, load_records, tokenize_records
+from prefopt.engine.model import ModelCache
 from prefopt.evaluate.stats import (
     bootstrap_mean,
     difficulty,
@@ -32,6 +33,7 @@ from prefopt.evaluate.stats import (
     kl_estimate,
     win_rate,
 )
+from prefopt.files import write_json
 
 
 class EvalConfig(BaseModel):
@@ -76,20 +78,18 @@ class EvalConfig(BaseModel):
         return self
 
 
-def evaluate(config: EvalConfig, *, console: Console | None = None, loaded: dict | None = None) -> dict:
-    """Evaluate as `config` says; `loaded` keeps models already read (see engine.model.load_model)."""
+def evaluate(config: EvalConfig, *, console: Console | None = None, cache: ModelCache | None = None) -> dict:
+    """Evaluate as `config` says; `cache` keeps models already read (see engine.model.ModelCache)."""
     console = console or Console()
-    result = _on_data(config) if config.data is not None else _on_prompts(config, console, loaded)
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    result = _on_data(config) if config.data is not None else _on_prompts(config, console, cache)
+    write_json(config.out, result)
     return result
 
 
 # ----- on prompts -----
 
 
-def _answers(config: EvalConfig, which: str, console: Console, loaded: dict | None
+def _answers(config: EvalConfig, which: str, console: Console, cache: ModelCache | None
              ) -> tuple[list[PreferenceRecord] | None, float]:
     """The model's (or the baseline's) answers: read, or generated into a file beside the output;
     and the seconds spent sampling them."""
@@ -109,18 +109,18 @@ def _answers(config: EvalConfig, which: str, console: Console, loaded: dict | No
         settings = GenerateConfig(model=model, prompts=config.prompts, out=given, k=config.k,
                                   temperature=config.temperature, max_new_tokens=config.max_new_tokens,
                                   seed=config.seed, batch_size=config.batch_size, precision=config.precision)
-        policy = load_model(model, loaded=loaded) if loaded is not None and settings.backend != "vllm" else None
+        policy = load_model(model, cache=cache) if cache is not None and settings.backend != "vllm" else None
         seconds = generate(settings, console=console, model=policy).seconds
     return load_records(given, require_scores=False, min_completions=1).records, seconds
 
 
-def _on_prompts(config: EvalConfig, console: Console, loaded: dict | None) -> dict:
+def _on_prompts(config: EvalConfig, console: Console, cache: ModelCache | None) -> dict:
     from prefopt.oracles import ListToJudge, make_oracle
     from prefopt.oracles.cache import judge
     from prefopt.oracles.score import answer_cache
 
-    answers, model_seconds = _answers(config, "model", console, loaded)
-    baseline, baseline_seconds = _answers(config, "baseline", console, loaded)
+    answers, model_seconds = _answers(config, "model", console, cache)
+    baseline, baseline_seconds = _answers(config, "baseline", console, cache)
     if baseline is not None and [a.prompt for a in answers] != [b.prompt for b in baseline]:
         raise DataError("the baseline's answers are to other prompts than the model's (or in another order)")
     oracle = make_oracle(config.oracle, config.oracle_options)
@@ -254,9 +254,10 @@ def _alpha(config: EvalConfig, records, examples, m: int) -> float:
     return float(value)
 
 
-def logps_table(spec: str, records: list[PreferenceRecord], precision: str = "auto", loaded: dict | None = None):
+def logps_table(spec: str, records: list[PreferenceRecord], precision: str = "auto",
+                cache: ModelCache | None = None):
     """Summed completion log-probs [lists, K] and lengths under one model, each list best first
-    (in its own order when unscored), with the tokenized lists. `loaded`: as load_model's."""
+    (in its own order when unscored), with the tokenized lists. `cache`: as load_model's."""
     from prefopt.engine.logps import CompletionLogpsModel
     from prefopt.engine.model import load_model, load_tokenizer
     from prefopt.engine.precision import choose_precision
@@ -267,7 +268,7 @@ def logps_table(spec: str, records: list[PreferenceRecord], precision: str = "au
                                                                        max_completion_tokens=None))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision, _ = choose_precision(precision, device)
-    engine = CompletionLogpsModel(load_model(spec, loaded=loaded).to(device))
+    engine = CompletionLogpsModel(load_model(spec, cache=cache).to(device))
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     (table,), _, _ = reference_logps(engine, [examples], batching=Batching(), pad_id=tokenizer.pad_token_id,
                                      device=device, cache=None, adapters_off=None, autocast=autocast)

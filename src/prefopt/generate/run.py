@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from prefopt.data import DataError, PreferenceRecord, load_records
 from prefopt.data.tokenize import prompt_ids
+from prefopt.files import write_atomic
 from prefopt.generate.config import GenerateConfig
 from prefopt.generate.sampling import Sample, SamplingSettings, sample
 
@@ -107,9 +107,7 @@ def _in_prompt_order(out: Path) -> None:
     done, the file is rewritten in the prompts' order, atomically."""
     lines = [line for line in out.read_text(encoding="utf-8").split("\n") if line]  # "\n" only, as read_jsonl
     ordered = sorted(lines, key=lambda line: json.loads(line)["meta"]["index"])
-    staging = out.with_name(out.name + ".partial")
-    staging.write_text("".join(line + "\n" for line in ordered), encoding="utf-8")
-    os.replace(staging, out)
+    write_atomic(out, "".join(line + "\n" for line in ordered))
 
 
 def _finished_prompts(out: Path, config: GenerateConfig, resume: bool, records: list[PreferenceRecord]) -> set[int]:
@@ -141,7 +139,7 @@ def _finished_prompts(out: Path, config: GenerateConfig, resume: bool, records: 
                             "prompts file changed? Start a new output file")
         done.add(index)
         kept.append(line)
-    out.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    write_atomic(out, "".join(line + "\n" for line in kept))
     return done
 
 

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
-import os
-from pathlib import Path
 
 FORMATS = ("pairs", "lists")
 
@@ -62,14 +59,3 @@ def export_rows(labels: list[dict], fmt: str) -> tuple[list[dict], collections.C
     return rows, left_out
 
 
-def write_jsonl(rows: list[dict], out: str | Path) -> None:
-    """Write atomically: a crash leaves the old file, never half a new one."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    with partial.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(out)

@@ -6,6 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from prefopt.losses import Objective
+from prefopt.settings import build
+from prefopt.train import TrainConfig
+
 
 class LoopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -72,12 +76,17 @@ class LoopConfig(BaseModel):
                              "model as a second one (inpo): set training: continue")
         return self
 
-    def _reads_an_anchor(self) -> bool:
-        from prefopt.settings import build
-        from prefopt.train import TrainConfig
-
+    def _objective(self) -> Objective:
+        """The objective every round trains (unknown settings of `train` fail here, at load)."""
         settings = build(TrainConfig, {"data": "x", "anchor_model": self.model, **self.train}, "loop train")
-        return "anchor" in settings.build_objective().needs
+        return settings.build_objective()
+
+    def _reads_an_anchor(self) -> bool:
+        return "anchor" in self._objective().needs
+
+    def implicit_reward_beta(self) -> float:
+        """β of the implicit reward the rounds train (certainty acquisition reads it)."""
+        return self._objective().beta
 
     def train_settings(self) -> dict[str, Any]:
         """The round's `prefopt train` settings the loop adds to `train` (the anchor, where a loss reads one)."""

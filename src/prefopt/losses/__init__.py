@@ -66,6 +66,16 @@ class Objective:
     def needs_reference(self) -> bool:
         return "ref" in self.needs
 
+    @property
+    def beta(self) -> float:
+        """β of the implicit reward β·log(π/π_ref) this objective trains (Rafailov et al. 2023, Eq. 5):
+        that of the first loss with a β (as set, or its default); DPO's default 0.1 when none has one."""
+        for name in self.weights:
+            defaults = loss_defaults(name)
+            if "beta" in defaults:
+                return float(self.params.get(name, {}).get("beta", defaults["beta"]))
+        return 0.1
+
     def __call__(self, batch: ListBatch, *, train: bool = True) -> LossOutput:
         total, metrics = None, {}
         prefix = len(self.weights) > 1

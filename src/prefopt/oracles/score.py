@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from prefopt.data import load_records
+from prefopt.files import staging_path
 from prefopt.oracles.base import ListToJudge, make_oracle
 from prefopt.oracles.cache import AnswerCache, judge
 
@@ -69,7 +70,7 @@ def score(config: ScoreConfig, *, console: Console | None = None) -> ScoreResult
         oracle.on_failure = lambda message: console.print(f"[yellow]{message}[/]", highlight=False)
     cache = answer_cache(config.cache)
     out = Path(config.out)
-    staging = out.with_name(out.name + ".partial")
+    staging = staging_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     left_out: collections.Counter = collections.Counter()
     written = from_cache = 0

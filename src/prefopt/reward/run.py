@@ -7,13 +7,12 @@ that `AutoModelForSequenceClassification.from_pretrained` loads alone."""
 from __future__ import annotations
 
 import copy
-import functools
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
-from prefopt.engine.model import LoraSettings, load_reward_model
+from prefopt.engine.model import LoraSettings, ModelCache, load_reward_model
 from prefopt.engine.rewards import RewardEngine
 from prefopt.engine.settings import EngineSettings
 from prefopt.evaluate.stats import calibration
@@ -21,11 +20,37 @@ from prefopt.reward.config import RewardConfig
 from prefopt.train import Task, TrainResult, train
 
 
-def _build(config: RewardConfig, lora: LoraSettings | None, engine: EngineSettings, objective, tokenizer,
-           loaded: dict | None):
-    model = load_reward_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing,
-                              engine=engine, pad_token_id=tokenizer.pad_token_id, new_head=True, loaded=loaded)
-    return RewardEngine(model, engine)
+class RewardTask(Task):
+    """A reward model: a scalar head in place of the LM head, rewards read at completions' last tokens."""
+
+    summarizes = True
+
+    def __init__(self, calibration_bins: int):
+        self.calibration_bins = calibration_bins
+
+    def build(self, config: RewardConfig, *, lora: LoraSettings | None, engine: EngineSettings, objective, tokenizer,
+              cache: ModelCache | None) -> RewardEngine:
+        model = load_reward_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing,
+                                  engine=engine, pad_token_id=tokenizer.pad_token_id, new_head=True, cache=cache)
+        return RewardEngine(model, engine)
+
+    def save(self, model, *, tokenizer, out: Path, config: RewardConfig, lora: bool, cache: ModelCache | None) -> str:
+        """output_dir/model: the whole reward model (LoRA merged into it); with LoRA also
+        output_dir/adapters (the adapters and the trained head, for peft)."""
+        note = ""
+        tokenizer = copy.deepcopy(tokenizer)  # the run's own may be shared with later runs (a Reuse)
+        distinct_pad(tokenizer, model.get_base_model() if lora else model)
+        if lora:
+            model.save_pretrained(out / "adapters")
+            tokenizer.save_pretrained(out / "adapters")
+            model = model.merge_and_unload()
+            note = f" (adapters in {out / 'adapters'})"
+        model.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+        return f"saved the reward model to {out / 'model'}{note}"
+
+    def summarize(self, batches: list[tuple]) -> dict:
+        return summarize(batches, bins=self.calibration_bins)
 
 
 def distinct_pad(tokenizer, model) -> None:
@@ -36,22 +61,6 @@ def distinct_pad(tokenizer, model) -> None:
             None, tokenizer.eos_token_id, tokenizer.bos_token_id):
         tokenizer.pad_token = tokenizer.unk_token
     model.config.pad_token_id = tokenizer.pad_token_id
-
-
-def _save(model, tokenizer, out: Path, config: RewardConfig, lora: bool, loaded: dict | None) -> str:
-    """output_dir/model: the whole reward model (LoRA merged into it); with LoRA also
-    output_dir/adapters (the adapters and the trained head, for peft)."""
-    note = ""
-    tokenizer = copy.deepcopy(tokenizer)  # the run's own may be shared with later runs (a Reuse)
-    distinct_pad(tokenizer, model.get_base_model() if lora else model)
-    if lora:
-        model.save_pretrained(out / "adapters")
-        tokenizer.save_pretrained(out / "adapters")
-        model = model.merge_and_unload()
-        note = f" (adapters in {out / 'adapters'})"
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
-    return f"saved the reward model to {out / 'model'}{note}"
 
 
 def summarize(batches: list[tuple], bins: int = 10) -> dict:
@@ -79,8 +88,8 @@ def summarize(batches: list[tuple], bins: int = 10) -> dict:
             **({"calibration": table} if table else {})}
 
 
-def reward_task(config: RewardConfig) -> Task:
-    return Task(build=_build, save=_save, summarize=functools.partial(summarize, bins=config.calibration_bins))
+def reward_task(config: RewardConfig) -> RewardTask:
+    return RewardTask(config.calibration_bins)
 
 
 def reward_train(config: RewardConfig, *, resume: bool = False, console: Console | None = None,

@@ -14,24 +14,28 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from prefopt.files import write_atomic
+
 _NAME = re.compile(r"^step-(\d+)$")
 
 
 def save_checkpoint(out_dir: Path, module: torch.nn.Module, optimizer, scheduler, state: dict,
                     objective_state: dict) -> Path:
     target = Path(out_dir) / "checkpoints" / f"step-{state['step']}"
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    trained = {name: p.detach().contiguous().cpu() for name, p in module.named_parameters() if p.requires_grad}
-    save_file(trained, staging / "trained.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optimizer.pt")
-    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, staging / "rng.pt")
-    (staging / "state.json").write_text(json.dumps({"state": state, "objective": objective_state}, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target
+
+    def save(staging: Path) -> None:
+        staging.mkdir(parents=True)
+        trained = {name: p.detach().contiguous().cpu() for name, p in module.named_parameters() if p.requires_grad}
+        save_file(trained, staging / "trained.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                   staging / "optimizer.pt")
+        torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                   staging / "rng.pt")
+        (staging / "state.json").write_text(json.dumps({"state": state, "objective": objective_state}, indent=1))
+
+    shutil.rmtree(target, ignore_errors=True)  # a folder is not renamed over another
+    return write_atomic(target, save)
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

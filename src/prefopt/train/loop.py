@@ -15,16 +15,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import get_scheduler
 
 from prefopt.data import Batching, PlannedStep, TokenizeSettings, load_records, split_by_prompt, tokenize_records
+from prefopt.engine.attention import attention_kernel
 from prefopt.engine.frozen import keep_frozen_in, restore_frozen
 from prefopt.engine.hostmem import keep_freed_memory
 from prefopt.engine.logps import CompletionLogpsModel, collate
-from prefopt.engine.model import LoraSettings, keep_saved, load_model
+from prefopt.engine.model import (
+    LoraSettings,
+    ModelCache,
+    cache_dir,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
+from prefopt.engine.precision import choose_precision
+from prefopt.engine.refcache import ReferenceCache, weights_fingerprint
 from prefopt.engine.settings import ENGINE_VERSION, EngineSettings
 from prefopt.errors import TrainingError
+from prefopt.files import write_atomic
 from prefopt.losses import ListBatch, Objective
 from prefopt.settings import save_config
 from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -55,20 +69,17 @@ class TrainResult:
 @dataclasses.dataclass
 class Reuse:
     """What one process keeps between runs that share a model and data (the trials of a tuning
-    study): tokenizers by model, tokenized data by every setting that changes it, and each model as
-    read from disk, copied for every run (so each gets fresh LoRA adapters, or for full fine-tuning
-    the original weights). A run with it trains exactly as one without; it costs one more copy of
-    the model's weights in memory. `hits` counts what was reused."""
+    study, the loop's rounds): tokenizers by model, tokenized data by every setting that changes it,
+    and the models as read from disk (a ModelCache). A run with it trains exactly as one without.
+    `hits` counts what was reused."""
 
     tokenizers: dict = dataclasses.field(default_factory=dict)
     data: dict = dataclasses.field(default_factory=dict)
-    models: dict = dataclasses.field(default_factory=dict)
+    models: ModelCache = dataclasses.field(default_factory=ModelCache)
     keep_trained: bool = False  # also keep each run's saved model, as read from its folder (the loop reads it next)
     hits: dict[str, int] = dataclasses.field(default_factory=lambda: {"tokenizer": 0, "data": 0})
 
     def tokenizer(self, spec: str):
-        from prefopt.engine.model import load_tokenizer
-
         if spec in self.tokenizers:
             self.hits["tokenizer"] += 1
         else:
@@ -80,45 +91,43 @@ _DATA_SETTINGS = ("model", "data", "eval_data", "eval_fraction", "seed", "skip_i
                   "max_prompt_tokens", "max_completion_tokens", "prompt_truncation", "chat_template")
 
 
-@dataclasses.dataclass(frozen=True)
 class Task:
-    """What a run trains, the rest of the run being the same: `build` loads the model (from the
-    `loaded` models of a Reuse, when given) and wraps it in the engine module whose forward gives
-    per-completion values [B, K] (log-probs of a policy, or rewards of a reward model); `save`
-    writes the final model and says where (and keeps it in the `loaded` models, when given);
-    `summarize`, if set, adds metrics computed over the whole evaluation set from each batch's
-    (loss output, collated batch)."""
+    """What a run trains, the rest of the run being the same: a policy by default (`POLICY`);
+    `prefopt reward train` trains a reward model."""
 
-    build: Callable[[RunSettings, LoraSettings | None, EngineSettings, Objective, object, dict | None],
-                    torch.nn.Module]
-    save: Callable[[torch.nn.Module, object, Path, RunSettings, bool, dict | None], str]
-    summarize: Callable[[list[tuple]], dict[str, float]] | None = None
+    def build(self, config: RunSettings, *, lora: LoraSettings | None, engine: EngineSettings, objective: Objective,
+              tokenizer, cache: ModelCache | None) -> torch.nn.Module:
+        """The model (through `cache`, when given) in the engine module whose forward gives
+        per-completion values [B, K]: log-probs of a policy, or rewards of a reward model."""
+        model = load_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing,
+                           engine=engine, cache=cache)
+        needs = objective.needs
+        return CompletionLogpsModel(model, engine, with_tokens="tokens" in needs,
+                                    with_sampling_weights="sampling_weights" in needs, with_prompt="prompt" in needs)
+
+    def save(self, model, *, tokenizer, out: Path, config: RunSettings, lora: bool, cache: ModelCache | None) -> str:
+        """Write the final model; say where. With a `cache`, the saved model is kept in it too."""
+        model.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+        if cache is not None and not lora:
+            cache.keep_saved(out / "model", model, config.model)
+        if not (config.merge and lora):
+            return f"saved the model to {out / 'model'}"
+        merged = model.merge_and_unload()
+        merged.save_pretrained(out / "merged")
+        tokenizer.save_pretrained(out / "merged")
+        if cache is not None:
+            cache.keep_saved(out / "merged", merged, config.model)
+        return f"saved the model to {out / 'model'} and {out / 'merged'}"
+
+    summarizes = False  # whether `summarize` reads the evaluation's batches (they are kept for it)
+
+    def summarize(self, batches: list[tuple]) -> dict[str, float]:
+        """Metrics over the whole evaluation set, from each batch's (loss output, collated batch)."""
+        return {}
 
 
-def _build_policy(config: RunSettings, lora: LoraSettings | None, engine: EngineSettings, objective: Objective,
-                  tokenizer, loaded: dict | None) -> torch.nn.Module:
-    model = load_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing, engine=engine,
-                       loaded=loaded)
-    needs = objective.needs
-    return CompletionLogpsModel(model, engine, with_tokens="tokens" in needs,
-                                with_sampling_weights="sampling_weights" in needs, with_prompt="prompt" in needs)
-
-
-def _save_policy(model, tokenizer, out: Path, config: RunSettings, lora: bool, loaded: dict | None) -> str:
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
-    if not lora:
-        keep_saved(loaded, out / "model", model, config.model)
-    if not (config.merge and lora):
-        return f"saved the model to {out / 'model'}"
-    merged = model.merge_and_unload()
-    merged.save_pretrained(out / "merged")
-    tokenizer.save_pretrained(out / "merged")
-    keep_saved(loaded, out / "merged", merged, config.model)
-    return f"saved the model to {out / 'model'} and {out / 'merged'}"
-
-
-POLICY = Task(build=_build_policy, save=_save_policy)
+POLICY = Task()
 
 
 def train(config: RunSettings, *, resume: bool = False, console: Console | None = None,
@@ -130,43 +139,72 @@ def train(config: RunSettings, *, resume: bool = False, console: Console | None 
     `task` what is trained (a policy by default; `prefopt reward train` passes a reward model's);
     `on_eval(step, metrics)` is called after each evaluation (a tuning study prunes on it); `reuse`
     keeps the tokenizer, tokenized data and loaded model for the process's next runs."""
-    # on a CPU, a step's activations page-faulted in afresh each step cost ~20% of it
+    # on a CPU, a step's activations page-faulted in afresh each step cost a large share of it
     with keep_freed_memory(enabled=not torch.cuda.is_available()):
         run = _Run.start(config, console or Console(), objective or config.build_objective(),
-                         engine or config.engine_settings(), task, reuse)
-        run.on_eval, run.reuse = on_eval, reuse
+                         engine or config.engine_settings(), task, reuse, on_eval)
         return run.fit(resume, on_step)
 
 
 @dataclasses.dataclass
+class Trainee:
+    """The model being trained and what steps it: the engine module (prepared by accelerate), its
+    trained parameters, optimizer and schedule."""
+
+    engine: torch.nn.Module
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    precision: str
+    lora: bool
+
+
+@dataclasses.dataclass
+class RunData:
+    """The tokenized train and eval lists and the optimizer steps planned over them."""
+
+    tokenizer: object
+    train: list
+    eval: list
+    plan: list[PlannedStep]
+
+
+@dataclasses.dataclass
+class FixedLogps:
+    """Log-probs of the run's lists under a model that does not change while it trains (the
+    reference, or an anchor): [lists, K] sums per split, and per token ([lists, K, T]) when asked."""
+
+    train: torch.Tensor
+    eval: torch.Tensor
+    tokens: dict[str, torch.Tensor] | None = None
+
+    def of(self, split: str) -> torch.Tensor:
+        return self.train if split == "train" else self.eval
+
+
+@dataclasses.dataclass
 class _Run:
-    """Everything a run holds, built once by `start`; `fit` is the loop."""
+    """A run: its settings, the trainee, the data, where it is (`state`) and the fixed log-probs it
+    reads; built once by `start`; `fit` is the loop."""
 
     config: RunSettings
     task: Task
     console: Console
-    say: Callable
     accelerator: object
-    engine: torch.nn.Module
     objective: Objective
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    params: list
-    tokenizer: object
-    train_data: list
-    eval_data: list
-    plan: list[PlannedStep]
-    precision: str
-    lora: bool
+    trainee: Trainee
+    data: RunData
+    reuse: Reuse | None
+    on_eval: Callable[[int, dict], None] | None
     started: float
     state: TrainState = dataclasses.field(default_factory=TrainState)
-    ref_train: torch.Tensor | None = None
-    ref_eval: torch.Tensor | None = None
-    ref_tokens: dict[str, torch.Tensor] | None = None  # "train"/"eval": per-token reference log-probs, when asked
-    anchor: dict[str, torch.Tensor] | None = None  # "train"/"eval": log-probs under anchor_model, when asked
-    on_eval: Callable[[int, dict], None] | None = None
-    reuse: Reuse | None = None
+    reference: FixedLogps | None = None
+    anchor: FixedLogps | None = None  # log-probs under anchor_model, when the objective reads them
     eval_seconds: float = 0.0
+
+    def say(self, *args, **kwargs) -> None:
+        if self.accelerator.is_main_process:
+            self.console.print(*args, **kwargs)
 
     @property
     def out_dir(self) -> Path:
@@ -177,11 +215,11 @@ class _Run:
         return self.config.batching()
 
     def fit(self, resume: bool, on_step: Callable[[TrainState, dict], None] | None) -> TrainResult:
-        config, total = self.config, len(self.plan)
+        config, total = self.config, len(self.data.plan)
         metrics_log = self.restore(resume)
         reference_started = time.perf_counter()
         if self.objective.needs_reference:
-            self.ref_train, self.ref_eval = self.reference()
+            self.reference = self.reference_logps()
         if "anchor" in self.objective.needs:
             self.anchor = self.anchor_logps()
         reference_seconds = time.perf_counter() - reference_started
@@ -192,7 +230,7 @@ class _Run:
         tokens_seen, train_seconds = 0, 0.0
         with self.progress("train") as progress:
             task = progress.add_task("train", total=total, completed=self.state.step, status="")
-            for planned in self.plan[self.state.step:]:
+            for planned in self.data.plan[self.state.step:]:
                 record, step_tokens, elapsed = self.step(planned)
                 tokens_seen, train_seconds = tokens_seen + step_tokens, train_seconds + elapsed
                 step = self.state.step
@@ -219,14 +257,7 @@ class _Run:
 
     @classmethod
     def start(cls, config: RunSettings, console: Console, objective: Objective, engine_settings: EngineSettings,
-              task: Task, reuse: Reuse | None) -> _Run:
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-        from transformers import get_scheduler
-
-        from prefopt.engine.model import load_tokenizer, resolve_model_path
-        from prefopt.engine.precision import choose_precision
-
+              task: Task, reuse: Reuse | None, on_eval: Callable[[int, dict], None] | None) -> _Run:
         started = time.perf_counter()
         on_gpu = torch.cuda.is_available()
         precision, why = choose_precision(config.precision, torch.device("cuda" if on_gpu else "cpu"))
@@ -243,7 +274,8 @@ class _Run:
                                                                                                     say)
         lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout,
                             tuple(config.lora_target_modules)) if config.lora else None
-        engine = task.build(config, lora, engine_settings, objective, tokenizer, reuse.models if reuse else None)
+        engine = task.build(config, lora=lora, engine=engine_settings, objective=objective, tokenizer=tokenizer,
+                            cache=reuse.models if reuse else None)
         model = engine.model
         frozen = 0
         if precision == "bf16" and lora and engine_settings.frozen_in_bf16:  # the same numbers, less memory
@@ -263,19 +295,21 @@ class _Run:
         scheduler = get_scheduler("constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
                                   optimizer, num_warmup_steps=round(config.warmup_ratio * len(plan)),
                                   num_training_steps=len(plan))
-        return cls(config=config, task=task, console=console, say=say, accelerator=accelerator, engine=engine,
-                   objective=objective, optimizer=optimizer, scheduler=scheduler, params=params, tokenizer=tokenizer,
-                   train_data=train_data, eval_data=eval_data, plan=plan, precision=precision, lora=lora is not None,
-                   started=started)
+        trainee = Trainee(engine=engine, params=params, optimizer=optimizer, scheduler=scheduler, precision=precision,
+                          lora=lora is not None)
+        return cls(config=config, task=task, console=console, accelerator=accelerator, objective=objective,
+                   trainee=trainee, data=RunData(tokenizer, train_data, eval_data, plan), reuse=reuse,
+                   on_eval=on_eval, started=started)
 
     def restore(self, resume: bool) -> MetricsLog:
         """Load the last checkpoint (with `resume`), or clear what an earlier run left here."""
         checkpoint = latest_checkpoint(self.out_dir) if resume else None
         if resume and checkpoint is None:
             self.say(f"[yellow]no checkpoint in {self.out_dir}; starting from the beginning[/]")
+        trainee = self.trainee
         if checkpoint is not None:
-            saved = load_checkpoint(checkpoint, self.accelerator.unwrap_model(self.engine), self.optimizer,
-                                    self.scheduler)
+            saved = load_checkpoint(checkpoint, self.accelerator.unwrap_model(trainee.engine), trainee.optimizer,
+                                    trainee.scheduler)
             self.state = TrainState(step=saved["state"]["step"], epoch=saved["state"].get("epoch", 0))
             self.objective.load_state_dict(saved["objective"])
             self.say(f"resumed from {checkpoint} at step {self.state.step}")
@@ -288,102 +322,85 @@ class _Run:
         return MetricsLog(self.out_dir / "metrics.jsonl", keep_until=self.state.step if checkpoint else -1,
                           enabled=self.accelerator.is_main_process)
 
-    def reference(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference log-probs of the train and eval lists (and their per-token values into
-        `ref_tokens`, when the objective needs them): from the run folder on resume (by then a fully
-        fine-tuned policy is no longer the reference), else the reference pass with the shared cache
-        (for every later run with the same settings)."""
+    def reference_logps(self) -> FixedLogps:
+        """The reference: the policy's base with LoRA adapters off, or the policy as it starts (its
+        per-token values too, when the objective reads them)."""
+        engine = self.trainee.engine
+        base = self.accelerator.unwrap_model(engine).model
+        return self.fixed_logps("reference", engine, base, adapters_off=base.disable_adapter if self.trainee.lora
+                                else None, with_tokens="ref_tokens" in self.objective.needs)
 
-        device, run_copy = self.accelerator.device, self.out_dir / "reference_logps.pt"
-        with_tokens = "ref_tokens" in self.objective.needs
+    def anchor_logps(self) -> FixedLogps:
+        """A second, fixed reference: `anchor_model`, loaded for this pass alone."""
+        settings = self.accelerator.unwrap_model(self.trainee.engine).settings
+        model = load_model(self.config.anchor_model, engine=settings,
+                           cache=self.reuse.models if self.reuse is not None else None).to(self.accelerator.device)
+        return self.fixed_logps("anchor", CompletionLogpsModel(model, settings), model, adapters_off=None,
+                                with_tokens=False, detail=f" ({self.config.anchor_model})")
+
+    def fixed_logps(self, name: str, engine, model, *, adapters_off, with_tokens: bool, detail: str = ""
+                    ) -> FixedLogps:
+        """The train and eval lists' log-probs under `engine` (whose weights are `model`'s): from the
+        run folder's copy on resume (by then a fully fine-tuned policy is no longer its reference),
+        else one pass in inference mode through the shared cache (for every later run with the same
+        settings). The folder's copy is what a resume reads: written atomically."""
+        device, run_copy = self.accelerator.device, self.out_dir / f"{name}_logps.pt"
+        lists = [self.data.train, self.data.eval]
         if run_copy.exists():
             saved = torch.load(run_copy)
-            if (saved["train"].shape[0] == len(self.train_data) and saved["eval"].shape[0] == len(self.eval_data)
+            if ([saved["train"].shape[0], saved["eval"].shape[0]] == [len(split) for split in lists]
                     and (not with_tokens or "tokens" in saved)):
-                if with_tokens:
-                    self.ref_tokens = {split: table.to(device) for split, table in saved["tokens"].items()}
-                return saved["train"].to(device), saved["eval"].to(device)
-        base = self.accelerator.unwrap_model(self.engine).model
-        cache = self.reference_cache(base)
-        with self.progress("reference log-probs", transient=True) as progress:
-            (ref_train, ref_eval), tokens, hits = reference_logps(
-                self.engine, [self.train_data, self.eval_data], batching=self.batching,
-                pad_id=self.tokenizer.pad_token_id, device=device, cache=cache,
-                adapters_off=base.disable_adapter if self.lora else None, autocast=self.accelerator.autocast,
-                progress=progress, with_tokens=with_tokens)
-        saved = {"train": ref_train.cpu(), "eval": ref_eval.cpu()}
-        if tokens is not None:
-            self.ref_tokens = dict(zip(("train", "eval"), tokens, strict=True))
-            saved["tokens"] = {split: table.cpu() for split, table in self.ref_tokens.items()}
+                tokens = {split: table.to(device) for split, table in saved["tokens"].items()} if with_tokens else None
+                return FixedLogps(saved["train"].to(device), saved["eval"].to(device), tokens)
+        cache = self.reference_cache(model)
+        with self.progress(f"{name} log-probs", transient=True) as progress:
+            (train, eval_), tokens, hits = reference_logps(
+                engine, lists, batching=self.batching, pad_id=self.data.tokenizer.pad_token_id, device=device,
+                cache=cache, adapters_off=adapters_off, autocast=self.accelerator.autocast, progress=progress,
+                with_tokens=with_tokens)
+        fixed = FixedLogps(train, eval_, None if tokens is None else dict(zip(("train", "eval"), tokens, strict=True)))
+        saved = {"train": train.cpu(), "eval": eval_.cpu()}
+        if fixed.tokens is not None:
+            saved["tokens"] = {split: table.cpu() for split, table in fixed.tokens.items()}
         if self.accelerator.is_main_process:
-            torch.save(saved, run_copy)
+            write_atomic(run_copy, lambda staging: torch.save(saved, staging))
             if cache is not None:
                 cache.save()
-        total = len(self.train_data) + len(self.eval_data)
-        self.say(f"reference log-probs: {hits} of {total} lists from the cache, {total - hits} computed")
-        return ref_train, ref_eval
+        total = len(self.data.train) + len(self.data.eval)
+        self.say(f"{name} log-probs{detail}: {hits} of {total} lists from the cache, {total - hits} computed")
+        return fixed
 
-    def reference_cache(self, model):
+    def reference_cache(self, model) -> ReferenceCache | None:
         """The shared on-disk cache of log-probs under `model`'s weights and this run's settings
         (None when the run keeps none)."""
-        from prefopt.engine.attention import attention_kernel
-        from prefopt.engine.model import cache_dir
-        from prefopt.engine.refcache import ReferenceCache, weights_fingerprint
-
         if not self.config.reference_cache:
             return None
-        settings = self.accelerator.unwrap_model(self.engine).settings
-        key = {"weights": weights_fingerprint(model), "precision": self.precision,
+        settings = self.accelerator.unwrap_model(self.trainee.engine).settings
+        precision = self.trainee.precision
+        key = {"weights": weights_fingerprint(model), "precision": precision,
                "share_prompt": self.config.share_prompt, "pad_multiple": self.config.pad_multiple,
-               "engine": ENGINE_VERSION,
-               "attention": attention_kernel(settings, self.precision, self.accelerator.device)}
+               "engine": ENGINE_VERSION, "attention": attention_kernel(settings, precision, self.accelerator.device)}
         if settings.compile:  # compiled kernels round differently (the key of eager runs is as it was)
             key["compiled"] = True
         return ReferenceCache(cache_dir() / "reference", key)
 
-    def anchor_logps(self) -> dict[str, torch.Tensor]:
-        """Log-probs of the train and eval lists under `anchor_model` (a second, fixed reference):
-        from the run folder on resume, else a pass of that model, loaded for it alone, with the
-        shared cache."""
-
-        device, run_copy = self.accelerator.device, self.out_dir / "anchor_logps.pt"
-        if run_copy.exists():
-            saved = torch.load(run_copy)
-            if saved["train"].shape[0] == len(self.train_data) and saved["eval"].shape[0] == len(self.eval_data):
-                return {split: table.to(device) for split, table in saved.items()}
-        loaded = self.reuse.models if self.reuse is not None else None
-        model = load_model(self.config.anchor_model, engine=self.accelerator.unwrap_model(self.engine).settings,
-                           loaded=loaded).to(device)
-        engine = CompletionLogpsModel(model, self.accelerator.unwrap_model(self.engine).settings)
-        cache = self.reference_cache(model)
-        with self.progress("anchor log-probs", transient=True) as progress:
-            tables, _, hits = reference_logps(engine, [self.train_data, self.eval_data], batching=self.batching,
-                                              pad_id=self.tokenizer.pad_token_id, device=device, cache=cache,
-                                              adapters_off=None, autocast=self.accelerator.autocast, progress=progress)
-        anchor = dict(zip(("train", "eval"), tables, strict=True))
-        if self.accelerator.is_main_process:
-            torch.save({split: table.cpu() for split, table in anchor.items()}, run_copy)
-            if cache is not None:
-                cache.save()
-        total = len(self.train_data) + len(self.eval_data)
-        self.say(f"anchor log-probs ({self.config.anchor_model}): {hits} of {total} lists from the cache")
-        return anchor
-
-    def losses(self, indices: list[int], examples, ref: torch.Tensor | None, train: bool):
-        batching = self.batching
-        collated = collate([examples[i] for i in indices], indices, self.tokenizer.pad_token_id,
+    def losses(self, indices: list[int], split: str):
+        """The objective on the lists `indices` of `split` ("train" or "eval")."""
+        batching, train = self.batching, split == "train"
+        examples = self.data.train if train else self.data.eval
+        collated = collate([examples[i] for i in indices], indices, self.data.tokenizer.pad_token_id,
                            share_prompt=batching.share_prompt, pad_multiple=batching.pad_multiple)
         collated = collated.to(self.accelerator.device)
         with self.accelerator.autocast():
-            result = self.engine(collated)
+            result = self.trainee.engine(collated)
         k = collated.mask.shape[1]
+        reference, anchor = self.reference, self.anchor
         ref_tokens = None
-        if self.ref_tokens is not None:
-            table = self.ref_tokens["train" if train else "eval"]  # train: the train lists, else the eval lists
-            ref_tokens = table[collated.indices, :k, : result.token_logps.shape[-1]]
-        anchor = None if self.anchor is None else self.anchor["train" if train else "eval"][collated.indices, :k]
-        batch = ListBatch(logps=result.logps, ref_logps=None if ref is None else ref[collated.indices, :k],
-                          anchor_logps=anchor,
+        if reference is not None and reference.tokens is not None:
+            ref_tokens = reference.tokens[split][collated.indices, :k, : result.token_logps.shape[-1]]
+        batch = ListBatch(logps=result.logps,
+                          ref_logps=None if reference is None else reference.of(split)[collated.indices, :k],
+                          anchor_logps=None if anchor is None else anchor.of(split)[collated.indices, :k],
                           lengths=result.lengths, scores=collated.scores, mask=collated.mask,
                           token_logps=result.token_logps, token_mask=result.token_mask, ref_token_logps=ref_tokens,
                           sampling_log_weights=result.sampling_log_weights, prompt_logps=result.prompt_logps,
@@ -393,15 +410,15 @@ class _Run:
     def step(self, planned: PlannedStep) -> tuple[dict, int, float]:
         """One optimizer step over the planned lists (split into micro-batches and processes);
         returns its metrics record, real tokens and seconds."""
-        started = time.perf_counter()
+        started, trainee = time.perf_counter(), self.trainee
         processes, lists = self.accelerator.num_processes, planned.lists
         micro = self.batching.micro_batches(lists, processes)[self.accelerator.process_index::processes]
         metrics = MetricMeans()
         real_tokens = padded_tokens = 0
         for i, indices in enumerate(micro):
             sync = i == len(micro) - 1
-            with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.engine):
-                out, collated = self.losses(indices, self.train_data, self.ref_train, train=True)
+            with contextlib.nullcontext() if sync else self.accelerator.no_sync(trainee.engine):
+                out, collated = self.losses(indices, "train")
                 loss = out.loss.mean()
                 if not torch.isfinite(loss):
                     path = self.checkpoint()
@@ -414,20 +431,20 @@ class _Run:
             real_tokens += collated.real_tokens
             padded_tokens += collated.padded_tokens
             metrics.add(out)
-        grad_norm = self.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm or float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self.accelerator.clip_grad_norm_(trainee.params, self.config.max_grad_norm or float("inf"))
+        trainee.optimizer.step()
+        trainee.scheduler.step()
+        trainee.optimizer.zero_grad(set_to_none=True)
         self.state = TrainState(step=self.state.step + 1, epoch=planned.epoch)
         elapsed = time.perf_counter() - started
         record = {"step": self.state.step, "split": "train", "epoch": planned.epoch,
-                  "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                  "lr": trainee.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                   "tokens_per_s": real_tokens / elapsed, "lists_per_s": len(lists) / elapsed,
                   "padding": padded_tokens / max(1, real_tokens + padded_tokens), **metrics.means()}
         return record, real_tokens, elapsed
 
     def evaluate(self) -> dict[str, float]:
-        if not self.eval_data:
+        if not self.data.eval:
             return {}
         started = time.perf_counter()
         metrics = self.evaluate_lists()
@@ -437,31 +454,34 @@ class _Run:
         return metrics
 
     def evaluate_lists(self) -> dict[str, float]:
-        self.engine.eval()
+        engine = self.trainee.engine
+        engine.eval()
         metrics, batches = MetricMeans(), []
         with torch.no_grad():
-            for indices in self.batching.inference_batches(self.eval_data):
-                out, collated = self.losses(indices, self.eval_data, self.ref_eval, train=False)
+            for indices in self.batching.inference_batches(self.data.eval):
+                out, collated = self.losses(indices, "eval")
                 metrics.add(out)
-                if self.task.summarize is not None:
+                if self.task.summarizes:
                     batches.append((out, collated))
-        self.engine.train()
-        return metrics.means() | (self.task.summarize(batches) if self.task.summarize is not None else {})
+        engine.train()
+        return metrics.means() | self.task.summarize(batches)
 
     def checkpoint(self) -> Path:
         path = self.out_dir / "checkpoints" / f"step-{self.state.step}"
+        trainee = self.trainee
         if self.accelerator.is_main_process:
-            path = save_checkpoint(self.out_dir, self.accelerator.unwrap_model(self.engine), self.optimizer,
-                                   self.scheduler, dataclasses.asdict(self.state), self.objective.state_dict())
+            path = save_checkpoint(self.out_dir, self.accelerator.unwrap_model(trainee.engine), trainee.optimizer,
+                                   trainee.scheduler, dataclasses.asdict(self.state), self.objective.state_dict())
         self.accelerator.wait_for_everyone()
         return path
 
     def save_final(self) -> None:
         if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.engine).model
+            model = self.accelerator.unwrap_model(self.trainee.engine).model
             restore_frozen(model)  # the saved model keeps its base weights' float32 values
-            loaded = self.reuse.models if self.reuse is not None and self.reuse.keep_trained else None
-            self.say(self.task.save(model, self.tokenizer, self.out_dir, self.config, self.lora, loaded))
+            cache = self.reuse.models if self.reuse is not None and self.reuse.keep_trained else None
+            self.say(self.task.save(model, tokenizer=self.data.tokenizer, out=self.out_dir, config=self.config,
+                                    lora=self.trainee.lora, cache=cache))
 
     def progress(self, label: str, transient: bool = False) -> Progress:
         columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

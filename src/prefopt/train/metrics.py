@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from prefopt.data import read_jsonl
+from prefopt.files import write_atomic
 from prefopt.losses import LossOutput
 
 
@@ -40,7 +41,7 @@ class MetricsLog:
             return
         if keep_until >= 0 and path.exists():
             lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= keep_until]
-            path.write_text("".join(line + "\n" for line in lines))
+            write_atomic(path, "".join(line + "\n" for line in lines))
         elif keep_until < 0:
             path.unlink(missing_ok=True)
 
