@@ -94,15 +94,18 @@ def _pick(scores: torch.Tensor, budget: int, acquisition: Acquisition, generator
     return Selection(select(scores, budget, acquisition.rule, acquisition.beta, generator), scores.tolist(), note)
 
 
+@ACQUISITIONS.register("random")
 def _random(acquisition: Acquisition, candidates: Candidates, budget: int, generator) -> Selection:
     count = candidates.logps.shape[0]
     return Selection(torch.randperm(count, generator=generator)[:budget].tolist(), [0.0] * count)
 
 
+@ACQUISITIONS.register("entropy")
 def _entropy(acquisition: Acquisition, candidates: Candidates, budget: int, generator) -> Selection:
     return _pick(acquisition.entropy(candidates), budget, acquisition, generator)
 
 
+@ACQUISITIONS.register("certainty")
 def _certainty(acquisition: Acquisition, candidates: Candidates, budget: int, generator) -> Selection:
     scores = acquisition.certainty(candidates)
     if not bool((scores > 0).any()):  # round 0: the policy is its reference, every implicit reward 0
@@ -111,6 +114,7 @@ def _certainty(acquisition: Acquisition, candidates: Candidates, budget: int, ge
     return _pick(scores, budget, acquisition, generator)
 
 
+@ACQUISITIONS.register("hybrid")
 def _hybrid(acquisition: Acquisition, candidates: Candidates, budget: int, generator) -> Selection:
     entropy = acquisition.entropy(candidates)
     kept = select(entropy, budget * acquisition.oversample, "top")
@@ -121,7 +125,3 @@ def _hybrid(acquisition: Acquisition, candidates: Candidates, budget: int, gener
     chosen = select(scores[kept], budget, acquisition.rule, acquisition.beta, generator)
     return Selection([kept[i] for i in chosen], scores.tolist())
 
-
-for _name, _function in (("random", _random), ("entropy", _entropy), ("certainty", _certainty),
-                         ("hybrid", _hybrid)):
-    ACQUISITIONS.register(_name, _function)

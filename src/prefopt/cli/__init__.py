@@ -24,7 +24,7 @@ _EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}  # --ke
 
 app.command("losses")(losses.losses_command)
 app.command("train", context_settings=_EXTRA_ARGS)(train.train_command)
-app.command("generate")(generate.generate_command)
+app.command("generate", context_settings=_EXTRA_ARGS)(generate.generate_command)
 app.command("score", context_settings=_EXTRA_ARGS)(score.score_command)
 app.command("eval", context_settings=_EXTRA_ARGS)(evaluate.eval_command)
 app.command("report")(report.report_command)

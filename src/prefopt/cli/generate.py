@@ -7,39 +7,19 @@ from typing import Annotated
 
 import typer
 
-from prefopt.cli.common import console, fail, run_library
+from prefopt.cli.common import console, load_settings, run_library
 
 
 def generate_command(
-    prompts: Annotated[Path, typer.Option("--prompts", help="Prompts: any file `prefopt train` reads.")],
-    model: Annotated[str, typer.Option(help="HF id or folder, .gguf, `default`, or a train output folder.")
-                     ] = "default",
-    out: Annotated[Path, typer.Option("--out", help="JSON Lines output, one line per prompt.")
-                   ] = Path("generations.jsonl"),
-    k: Annotated[int, typer.Option("--k", help="Completions per prompt.")] = 4,
-    temperature: Annotated[float, typer.Option(help="0: greedy.")] = 1.0,
-    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
-    top_k: Annotated[int, typer.Option("--top-k", help="0: no limit.")] = 0,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 128,
-    stop: Annotated[list[str] | None, typer.Option("--stop", help="End a completion before this string "
-                                                                  "(repeatable).")] = None,
-    seed: Annotated[int, typer.Option(help="Completion k of a prompt depends on (seed, prompt, k) only.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts decoded together.")] = 16,
-    backend: Annotated[str, typer.Option(help="prefopt, transformers or vllm.")] = "prefopt",
-    precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Argument(help="YAML settings (docs/settings.md); or all as --key=value.")
+                      ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run's output file.")] = False,
 ) -> None:
     """Sample K completions for every prompt: prefopt generate --prompts FILE --k 4 --out FILE."""
     from prefopt.generate import GenerateConfig
-    from prefopt.settings import ConfigError, build
 
-    values = dict(model=model, prompts=str(prompts), out=str(out), k=k, temperature=temperature, top_p=top_p,
-                  top_k=top_k, max_new_tokens=max_new_tokens, stop=list(stop or []), seed=seed, batch_size=batch_size,
-                  backend=backend, precision=precision)
-    try:
-        settings = build(GenerateConfig, values, "prefopt generate")
-    except ConfigError as error:
-        fail(str(error))
+    settings = load_settings(GenerateConfig, config, ctx.args)
     run_library(lambda: _generate(settings, resume))
 
 

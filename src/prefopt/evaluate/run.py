@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,10 @@ from prefopt.evaluate.stats import (
     win_rate,
 )
 from prefopt.files import write_json
+from prefopt.oracles import ORACLES, ListToJudge, make_oracle
+from prefopt.oracles.cache import judge
+from prefopt.oracles.score import answer_cache
+from prefopt.registry import registered
 
 
 class EvalConfig(BaseModel):
@@ -47,7 +51,8 @@ class EvalConfig(BaseModel):
     baseline: str | None = Field(None, description="A model to compare with: its answers to the same prompts are "
                                                    "generated with the same settings.")
     baseline_generations: str | None = Field(None, description="The baseline's answers, already generated.")
-    oracle: str | None = Field(None, description="Scores the answers (verifier, reward_model, judge, people).")
+    oracle: Annotated[str, registered(ORACLES)] | None = Field(
+        None, description="Scores the answers (verifier, reward_model, judge, people).")
     oracle_options: dict[str, Any] = Field(default_factory=dict, description="The oracle's options.")
     data: str | None = Field(None, description="On preference data: pairs or ranked lists to check the model's "
                                                "likelihoods and implicit rewards against.")
@@ -115,10 +120,6 @@ def _answers(config: EvalConfig, which: str, console: Console, cache: ModelCache
 
 
 def _on_prompts(config: EvalConfig, console: Console, cache: ModelCache | None) -> dict:
-    from prefopt.oracles import ListToJudge, make_oracle
-    from prefopt.oracles.cache import judge
-    from prefopt.oracles.score import answer_cache
-
     answers, model_seconds = _answers(config, "model", console, cache)
     baseline, baseline_seconds = _answers(config, "baseline", console, cache)
     if baseline is not None and [a.prompt for a in answers] != [b.prompt for b in baseline]:
@@ -166,9 +167,6 @@ def _win_rate(oracle, answers, baseline, scored, theirs, cache, boot):
     """Per prompt: with an oracle of absolute scores, A's mean score against B's (`scored` and
     `theirs`, judged already); with a comparing one (a judge, people), A's first answer and B's
     first judged as a pair."""
-    from prefopt.oracles import ListToJudge
-    from prefopt.oracles.cache import judge
-
     if oracle.absolute_scores:
         preferences = [None if a.abstained or b.abstained else
                        float(np.sign(np.mean(a.scores) - np.mean(b.scores)) / 2 + 0.5) for a, b in zip(scored, theirs,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prefopt.data import TokenizeSettings
 from prefopt.generate.sampling import SamplingSettings
@@ -25,7 +25,8 @@ class GenerateConfig(BaseModel):
                                                       "much probability.")
     top_k: int = Field(0, ge=0, description="Keep the k most likely tokens (0: all).")
     max_new_tokens: int = Field(128, ge=1, description="Longest completion, in tokens.")
-    stop: list[str] = Field(default_factory=list, description="A completion ends before the first of these strings.")
+    stop: list[str] = Field(default_factory=list, description="A completion ends before the first of these strings "
+                                                               "(one string, or a list).")
     seed: int = Field(0, description="Completion k of a prompt is reproducible from (seed, prompt, k), alone or in "
                                      "any batch.")
     batch_size: int = Field(16, ge=1, description="Prompts decoded together (K sequences each); prompts are "
@@ -37,6 +38,11 @@ class GenerateConfig(BaseModel):
     max_prompt_tokens: int | None = Field(512, ge=1, description="Longer prompts keep their end.")
     chat_template: Literal["auto", "always", "never"] = Field("auto", description="As in `prefopt train`: how "
                                                                                   "prompts are rendered.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, value):
+        return [value] if isinstance(value, str) else value
 
     def sampling(self) -> SamplingSettings:
         return SamplingSettings(k=self.k, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from prefopt.acquire.strategies import ACQUISITIONS
 from prefopt.losses import Objective
+from prefopt.oracles import ORACLES
+from prefopt.oracles.base import make_options
+from prefopt.registry import registered
 from prefopt.settings import build
 from prefopt.train import TrainConfig
 
@@ -18,11 +22,12 @@ class LoopConfig(BaseModel):
     prompts: str = Field(..., description="The prompt pool: any file `prefopt train` reads; prompts are drawn "
                                           "from it, each used once.")
     heldout: str | None = Field(None, description="Held-out prompts to evaluate every round on (never trained on).")
-    oracle: str = Field("verifier", description="Labels the chosen lists: verifier, reward_model, judge, people.")
+    oracle: Annotated[str, registered(ORACLES)] = Field(
+        "verifier", description="Labels the chosen lists: verifier, reward_model, judge, people.")
     oracle_options: dict[str, Any] = Field(default_factory=dict, description="The oracle's options.")
-    eval_oracle: str | None = Field(None, description="The oracle that measures the held-out answers (default: "
-                                                      "the labelling oracle; e.g. label with people, measure with "
-                                                      "a verifier).")
+    eval_oracle: Annotated[str, registered(ORACLES)] | None = Field(
+        None, description="The oracle that measures the held-out answers (default: the labelling oracle; e.g. "
+                          "label with people, measure with a verifier).")
     eval_oracle_options: dict[str, Any] | None = Field(None, description="Its options (default: the labelling "
                                                                          "oracle's, when it is the same oracle).")
     rounds: int = Field(3, ge=1, description="Rounds of generate → acquire → label → train → evaluate.")
@@ -32,7 +37,7 @@ class LoopConfig(BaseModel):
     k: int = Field(4, ge=2, description="Completions generated per prompt (a list).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the policy.")
     max_new_tokens: int = Field(64, ge=1, description="Longest completion.")
-    acquisition: Literal["random", "entropy", "certainty", "hybrid"] = Field(
+    acquisition: Annotated[str, registered(ACQUISITIONS)] = Field(
         "entropy", description="How lists are chosen (certainty falls back to entropy while the policy is its "
                                "reference).")
     selection: Literal["top", "softmax", "power", "softrank"] = Field("top", description="Top-k, or a stochastic "
@@ -62,6 +67,14 @@ class LoopConfig(BaseModel):
     output_dir: str = Field("runs/loop", description="Where every round's stages, rounds.jsonl and the models go.")
     seed: int = Field(0, description="Seeds the prompt draws, sampling, acquisition and training.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="As in `prefopt train`.")
+
+    @model_validator(mode="after")
+    def _oracle_options_build(self):
+        """The oracles' options are checked now, not after a round's sampling."""
+        make_options(self.oracle, self.oracle_options)
+        if self.eval_oracle is not None and self.eval_oracle_options is not None:
+            make_options(self.eval_oracle, self.eval_oracle_options)
+        return self
 
     @model_validator(mode="after")
     def _train_settings_build(self):

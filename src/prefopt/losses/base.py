@@ -374,6 +374,6 @@ def register_loss(name: str, *, formula: str, paper: str, family: str, needs: tu
 
         named.info = LossInfo(formula=formula, paper=paper, family=family, needs=needs, needs_if=needs_if or {},
                               **flags)
-        return LOSSES.register(name, named)
+        return LOSSES.register(name)(named)
 
     return attach

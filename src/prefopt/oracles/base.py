@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from prefopt.registry import Registry
+from prefopt.settings import build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,9 +85,11 @@ class Oracle(abc.ABC):
 ORACLES: Registry[type[Oracle]] = Registry("oracle")
 
 
-def make_oracle(name: str, options: dict[str, Any] | None = None) -> Oracle:
-    """The oracle `name` with its options checked (unknown names and bad values name the option)."""
-    from prefopt.settings import build
+def make_options(name: str, options: dict[str, Any] | None = None) -> OracleOptions:
+    """The options of oracle `name`, checked (unknown names and bad values name the option)."""
+    return build(ORACLES.get(name).Options, dict(options or {}), f"oracle {name}")
 
-    kind = ORACLES.get(name)
-    return kind(build(kind.Options, dict(options or {}), f"oracle {name}"))
+
+def make_oracle(name: str, options: dict[str, Any] | None = None) -> Oracle:
+    """The oracle `name` with its options checked."""
+    return ORACLES.get(name)(make_options(name, options))

@@ -46,6 +46,7 @@ class JudgeOptions(OracleOptions):
     batch_size: int = 8  # local: prompts per forward
 
 
+@ORACLES.register("judge")
 class JudgeOracle(Oracle):
     name: ClassVar[str] = "judge"
     Options: ClassVar[type[OracleOptions]] = JudgeOptions
@@ -213,5 +214,3 @@ class _HttpJudge:
     def close(self) -> None:
         self.client.close()
 
-
-ORACLES.register("judge", JudgeOracle)

@@ -27,6 +27,7 @@ class PeopleOptions(OracleOptions):
     # lists their acquisition scores)
 
 
+@ORACLES.register("people")
 class PeopleOracle(Oracle):
     name: ClassVar[str] = "people"
     Options: ClassVar[type[OracleOptions]] = PeopleOptions
@@ -93,6 +94,3 @@ class PeopleOracle(Oracle):
 
     def close(self) -> None:
         self.store.close()
-
-
-ORACLES.register("people", PeopleOracle)

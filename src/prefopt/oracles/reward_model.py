@@ -23,6 +23,7 @@ class RewardModelOptions(OracleOptions):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
+@ORACLES.register("reward_model")
 class RewardModelOracle(Oracle):
     name: ClassVar[str] = "reward_model"
     Options: ClassVar[type[OracleOptions]] = RewardModelOptions
@@ -60,6 +61,3 @@ class RewardModelOracle(Oracle):
 
     def close(self) -> None:
         self.model = None
-
-
-ORACLES.register("reward_model", RewardModelOracle)

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
@@ -18,8 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from prefopt.data import load_records
 from prefopt.files import staging_path
-from prefopt.oracles.base import ListToJudge, make_oracle
+from prefopt.oracles.base import ORACLES, ListToJudge, make_oracle
 from prefopt.oracles.cache import AnswerCache, judge
+from prefopt.registry import registered
 
 
 class ScoreConfig(BaseModel):
@@ -27,7 +28,8 @@ class ScoreConfig(BaseModel):
 
     generations: str = Field(..., description="Lists to judge: `prefopt generate` output, or any file with a "
                                               "prompt and completions.")
-    oracle: str = Field(..., description="A registered oracle: verifier, reward_model or judge.")
+    oracle: Annotated[str, registered(ORACLES)] = Field(..., description="A registered oracle: verifier, "
+                                                                          "reward_model, judge or people.")
     oracle_options: dict[str, Any] = Field(default_factory=dict, description="The oracle's options "
                                                                              "(--oracle.NAME=VALUE).")
     out: str = Field("scored.jsonl", description="Training data: the lists with scores or ranks.")

@@ -26,6 +26,7 @@ class VerifierOptions(OracleOptions):
     function: str = "constraints"  # a built-in name, path/file.py:function or package.module:function
 
 
+@ORACLES.register("verifier")
 class VerifierOracle(Oracle):
     name: ClassVar[str] = "verifier"
     Options: ClassVar[type[OracleOptions]] = VerifierOptions
@@ -105,5 +106,3 @@ def load_function(spec: str) -> Callable:
                          f"{inspect.signature(function)}") from None
     return function
 
-
-ORACLES.register("verifier", VerifierOracle)

@@ -117,8 +117,8 @@ class TrainConfig(RunSettings):
                                                                                     "e.g. {dpo: {beta: 0.1}}.")
 
     # the log-prob engine
-    chunk_tokens: int = Field(1024, ge=64, description="Completion tokens per LM-head chunk (the logits of one chunk "
-                                                       "exist at a time).")
+    chunk_tokens: int = Field(EngineSettings.chunk_tokens, ge=64, description="Completion tokens per LM-head "
+                              "chunk (the logits of one chunk exist at a time).")
     reference_cache: bool = Field(True, description="Keep reference log-probs on disk (in the prefopt cache "
                                                     "folder) and reuse them in every later epoch, run and trial "
                                                     "with the same model, data and settings.")
