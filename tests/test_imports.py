@@ -24,7 +24,7 @@ LAYERS = {
     "train": 4, "generate": 4,
     "evaluate": 5,
     "reward": 6, "loop": 7, "tune": 7, "demo": 8,
-    "cli": 10,
+    "report": 9, "cli": 10,
 }
 MODEL_LIBRARIES = {"transformers", "peft", "accelerate"}
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from prefopt.data import DataError
-from prefopt.evaluate.report import report
 from prefopt.evaluate.run import EvalConfig, evaluate
+from prefopt.report import report
 from prefopt.reward import RewardConfig, reward_train
 from prefopt.tune import TuneConfig, tune
 from tiny import tiny_train_config, toy_rows, write_jsonl

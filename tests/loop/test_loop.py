@@ -105,7 +105,7 @@ def test_settings_the_loop_owns_are_refused():
 
 
 def test_a_loops_report_overlays_loops(whole, tmp_path):
-    from prefopt.evaluate.report import report
+    from prefopt.report import report
 
     out, _ = whole
     page = report(out, tmp_path / "report.html", compare=[out]).read_text()

@@ -45,7 +45,7 @@ def run_library(job) -> None:
 def write_report(path) -> None:
     """The report of a finished run or eval; a plotting failure is told, never fatal (the results
     are saved already)."""
-    from prefopt.evaluate.report import report
+    from prefopt.report import report
 
     try:
         console().print(f"report: {report(path)}", highlight=False)

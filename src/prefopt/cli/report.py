@@ -17,6 +17,6 @@ def report_command(
                                                                          "(repeatable).")] = None,
 ) -> None:
     """Write one self-contained HTML page with plots: prefopt report PATH."""
-    from prefopt.evaluate.report import report
+    from prefopt.report import report
 
     run_library(lambda: console().print(f"report: {report(path, out, compare or [])}", highlight=False))

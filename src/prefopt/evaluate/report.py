@@ -1,6 +1,6 @@
-"""`prefopt report PATH`: one self-contained HTML page (plots embedded as PNG) for a train run or
-an eval result, its path printed. Plots are matplotlib without a display, with labelled axes and
-units, train and eval on the same axes."""
+"""The reports of train runs and eval results, and what every report shares: one self-contained
+HTML page (plots embedded as PNG). Plots are matplotlib without a display, with labelled axes and
+units, train and eval on the same axes. `prefopt.report` picks the report for a path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import io
 import json
 from pathlib import Path
 
-from prefopt.data import DataError, read_jsonl
+from prefopt.data import DataError
+from prefopt.files import write_atomic
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}table{border-collapse:collapse;margin:.6em 0}
@@ -18,35 +19,11 @@ td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}td:first-child,th
 img{max-width:100%;border:1px solid #eee;margin:.4em 0}.note{color:#666}"""
 
 
-def report(path: str | Path, out: str | Path | None = None, compare: list[str | Path] = ()) -> Path:
-    """Write the report of a train or reward run folder (metrics.jsonl), a loop folder (rounds.jsonl,
-    with other loops to overlay in `compare`), a tuning study (study.json) or an eval result."""
-    path = Path(path)
-    if path.is_dir() and (path / "study.json").exists():
-        title, body = _study_report(path)
-        target = Path(out) if out else path / "report.html"
-    elif path.is_dir() and (path / "rounds.jsonl").exists():
-        title, body = _loop_report([path, *map(Path, compare)])
-        target = Path(out) if out else path / "report.html"
-    elif path.is_dir() and (path / "metrics.jsonl").exists():
-        title, body = _train_report(path)
-        target = Path(out) if out else path / "report.html"
-    elif path.is_file() and path.suffix == ".json":
-        title, body = _eval_report(path)
-        target = Path(out) if out else path.with_suffix(".html")
-    else:
-        raise DataError(f"{path}: not a run (a folder with metrics.jsonl or rounds.jsonl), a study (study.json) "
-                        "or an eval result (a .json file)")
-    return write_page(target, title, body)
-
-
 def write_page(target: Path, title: str, body: str) -> Path:
     """A self-contained HTML page (figures embedded) with the reports' style."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
-    target.write_text(page, encoding="utf-8")
-    return target
+    return write_atomic(target, page)
 
 
 def figure_html(draw, *, width: float = 10, height: float = 3.6, png: Path | None = None) -> str:
@@ -76,7 +53,7 @@ def table_html(rows: list[list[str]], header: list[str]) -> str:
 # ----- train runs -----
 
 
-def _train_report(run: Path) -> tuple[str, str]:
+def train_report(run: Path) -> tuple[str, str]:
     from prefopt.train.metrics import headline, read_metrics
 
     lines = read_metrics(run / "metrics.jsonl")
@@ -175,59 +152,10 @@ def _reward_body(evals: list[dict]) -> str:
     return "<h2>Calibration and rewards by rank (held out)</h2>" + figure_html(reliability)
 
 
-# ----- loops -----
-
-
-def _loop_report(loops: list[Path]) -> tuple[str, str]:
-    runs = {}
-    for folder in loops:
-        if not (folder / "rounds.jsonl").exists():
-            raise DataError(f"{folder}: not a loop (no rounds.jsonl)")
-        runs[folder.name] = read_jsonl(folder / "rounds.jsonl")
-
-    def curves(figure):
-        for n, (key, unit) in enumerate((("score", "held-out mean oracle score"),
-                                         ("win_rate", "win rate against the initial model")), 1):
-            axes = figure.add_subplot(1, 2, n)
-            for name, rounds in runs.items():
-                points = [(r["labels_total"], r["eval"][key]["rate"] if key == "win_rate" else r["eval"][key])
-                          for r in rounds if key in r.get("eval", {})]
-                if points:
-                    labels = [p for p, _ in points]
-                    values = [e["value"] for _, e in points]
-                    errors = [[e["value"] - e["low"] for _, e in points], [e["high"] - e["value"] for _, e in points]]
-                    axes.errorbar(labels, values, yerr=errors, marker="o", capsize=4, label=name)
-            axes.set_xlabel("labels used")
-            axes.set_ylabel(unit)
-            axes.set_title(f"{unit}, 95% interval")
-            axes.legend()
-
-    def stages(figure):
-        axes = figure.add_subplot(1, 1, 1)
-        rounds = next(iter(runs.values()))
-        names = list(rounds[0]["seconds"])
-        bottom = [0.0] * len(rounds)
-        for stage in names:
-            values = [r["seconds"].get(stage, 0.0) for r in rounds]
-            axes.bar([f"round {r['round'] + 1}" for r in rounds], values, bottom=bottom, label=stage)
-            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-        axes.set_ylabel("seconds")
-        axes.set_title(f"time per stage ({next(iter(runs))})")
-        axes.legend()
-
-    rows = [[name, str(r["round"] + 1), str(r["labels"]), str(r["labels_total"]),
-             str(r.get("eval", {}).get("score", {}).get("value", "–"))[:6], r["acquisition"]["note"] or "–"]
-            for name, rounds in runs.items() for r in rounds]
-    body = (table_html(rows, ["loop", "round", "labels", "labels in all", "held-out score", "acquisition note"])
-            + "<h2>Held-out quality against labels used</h2>" + figure_html(curves)
-            + "<h2>Where a round's time goes</h2>" + figure_html(stages, width=8, height=3.4))
-    return "prefopt loop: " + ", ".join(runs), body
-
-
 # ----- eval results -----
 
 
-def _eval_report(path: Path) -> tuple[str, str]:
+def eval_report(path: Path) -> tuple[str, str]:
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -322,57 +250,3 @@ def _data_body(result: dict) -> str:
         axes.legend()
 
     return body + "<h2>Difficulty</h2>" + figure_html(scatter, height=4.5)
-
-
-# ----- tuning studies -----
-
-
-def _study_report(folder: Path) -> tuple[str, str]:
-    study = json.loads((folder / "study.json").read_text())
-    names, trials = list(study["objectives"]), study["trials"]
-    done = [t for t in trials if t["state"] == "COMPLETE"]
-    best = set(study["best"])
-
-    def history(figure):
-        if len(names) == 1:
-            axes = figure.add_subplot(1, 1, 1)
-            axes.plot([t["number"] for t in done], [t["values"][0] for t in done], "o", label="complete trials")
-            pick = max if study["objectives"][names[0]] == "maximize" else min
-            running = [pick(t["values"][0] for t in done[: i + 1]) for i in range(len(done))]
-            axes.step([t["number"] for t in done], running, where="post", label="best so far")
-            axes.xaxis.get_major_locator().set_params(integer=True)
-            axes.set_xlabel("trial")
-            axes.set_ylabel(names[0])
-        else:
-            axes = figure.add_subplot(1, 1, 1)
-            for chosen, style, label in ((False, "o", "trials"), (True, "*", "Pareto front")):
-                points = [t["values"][:2] for t in done if (t["number"] in best) == chosen]
-                if points:
-                    axes.plot(*zip(*points, strict=True), style, markersize=9 if chosen else 6, label=label)
-            axes.set_xlabel(f"{names[0]} ({study['objectives'][names[0]]})")
-            axes.set_ylabel(f"{names[1]} ({study['objectives'][names[1]]})")
-        axes.legend(fontsize=8)
-
-    def importances(figure):
-        for n, (name, values) in enumerate(study["importances"].items(), 1):
-            axes = figure.add_subplot(1, len(study["importances"]), n)
-            axes.barh(list(values), list(values.values()))
-            axes.set_title(f"importance for {name}")
-            axes.invert_yaxis()
-
-    keys = sorted({key for t in trials for key in t["params"]})
-    rows = [[str(t["number"]) + (" *" if t["number"] in best else ""), t["state"].lower(),
-             *(f"{v:.4g}" for v in (t["values"] or [float("nan")] * len(names))),
-             *(f"{t['params'][k]:.4g}" if isinstance(t["params"].get(k), float) else str(t["params"].get(k, ""))
-               for k in keys),
-             f"{t['seconds']:.0f}" if t["seconds"] else "", f"{t['overhead_seconds']:.1f}" if t["seconds"] else "",
-             t["failure"] or ""] for t in trials]
-    body = (f"<p>{len(trials)} trials, {len(done)} complete; * marks the best"
-            f"{' (the Pareto front)' if len(names) > 1 else ''}. Storage: {html.escape(study['storage'])} "
-            "(optuna-dashboard opens it as well).</p>"
-            + table_html(rows, ["trial", "state", *names, *keys, "seconds", "overhead s", "failure"])
-            + (("<h2>History</h2>" if len(names) == 1 else "<h2>Pareto front</h2>") + figure_html(history)
-               if done else "")
-            + ("<h2>Importances (Optuna's default evaluator)</h2>" + figure_html(importances)
-               if study["importances"] else ""))
-    return f"prefopt tune: study {study['study_name']}", body

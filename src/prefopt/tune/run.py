@@ -17,7 +17,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from prefopt.files import write_json
 from prefopt.tune.config import Param, TuneConfig, setting, trial_settings
+from prefopt.tune.summary import StudySummary, TrialRecord
 
 FAILURES = (ArithmeticError, RuntimeError, ValueError, MemoryError)  # TrainingError and DataError are ValueErrors
 
@@ -25,7 +27,7 @@ FAILURES = (ArithmeticError, RuntimeError, ValueError, MemoryError)  # TrainingE
 @dataclasses.dataclass
 class TuneResult:
     folder: Path
-    trials: list[dict]  # number, state, values, params, run folder, failure, seconds, overhead
+    trials: list[TrialRecord]
     best: list[int]  # the best trial, or the Pareto front's
 
 
@@ -184,7 +186,7 @@ def summarize(study, config: TuneConfig) -> TuneResult:
     """study.json in the study's folder: every trial, the best ones and the settings' importances."""
     import optuna
 
-    trials = [{"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
+    trials: list[TrialRecord] = [{"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
                "run": t.user_attrs.get("run"), "failure": t.user_attrs.get("failure"),
                "seconds": t.user_attrs.get("seconds"), "overhead_seconds": t.user_attrs.get("overhead_seconds")}
               for t in study.trials]
@@ -205,9 +207,10 @@ def summarize(study, config: TuneConfig) -> TuneResult:
             except (RuntimeError, ValueError):  # e.g. one distinct value per parameter
                 pass
     folder = Path(config.output_dir)
-    (folder / "study.json").write_text(json.dumps({
-        "study_name": config.study_name, "objectives": config.objectives, "storage": storage_url(config),
-        "trials": trials, "best": best, "importances": importances}, indent=1))
+    summary: StudySummary = {"study_name": config.study_name, "objectives": config.objectives,
+                             "storage": storage_url(config), "trials": trials, "best": best,
+                             "importances": importances}
+    write_json(folder / "study.json", summary)
     return TuneResult(folder, trials, best)
 
 
