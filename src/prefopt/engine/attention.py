@@ -3,18 +3,18 @@ block mask allows. One dense call with a block mask pays for every (query, key) 
 here each row's prompt and first completion form one causal call (the fused kernels skip the
 upper triangle), and each later completion attends to its prompt and itself: cost
 P² / 2 + K·(C·P + C² / 2) instead of (P + K·C)². Calls are padded to multiples of 32 queries and
-keys, and those of one padded shape from all rows of a batch run as one batched call (a 340-token
-causal call's forward + backward costs PyTorch's CPU flash kernel 5.2 ms alone, 3.9 ms a row in a
-batch); a row's padded shape is its own, so its numbers are the same alone or in any batch.
+keys, and those of one padded shape from all rows of a batch run as one batched call (a batched
+call costs less per row than calls one by one: docs/performance.md); a row's padded shape is its
+own, so its numbers are the same alone or in any batch.
 Installed by `use_segment_attention` as a transformers attention implementation; without segments
 (unpacked rows, generation) it is plain SDPA.
 
 Each call is PyTorch's fused SDPA kernel, except under bf16 autocast on a CPU with bf16 vector
 instructions but no AMX tiles (AMD's Zen 4, for one): there PyTorch's CPU flash kernel runs no
-faster in bf16 than in float32 (about 80 GFLOP/s on a 481-token call, half of a bf16 training
-step), and `_MatmulAttention` does the same work as oneDNN matmuls instead (float32 scores, bf16
-where the result is rounded to bf16 anyway), about 1.9× faster and closer to float64. With AMX
-tiles the flash kernel runs its GEMMs through oneDNN's AMX brgemm and is the faster one."""
+faster in bf16 than in float32, and `_MatmulAttention` does the same work as oneDNN matmuls
+instead (float32 scores, bf16 where the result is rounded to bf16 anyway), faster and closer to
+float64. With AMX tiles the flash kernel runs its GEMMs through oneDNN's AMX brgemm and is the
+faster one. The measurements behind both choices are in docs/performance.md."""
 
 from __future__ import annotations
 
@@ -295,9 +295,8 @@ def _kernel(settings: EngineSettings, device: torch.device, bf16: bool) -> str:
 @functools.cache
 def _matmuls_beat_flash() -> bool:  # asked once per process: every layer of every forward asks
     """On a CPU with AMX tiles PyTorch's flash kernel runs its bf16 GEMMs through oneDNN's AMX
-    brgemm and beats the matmuls (benchmarks/attention.py on a Xeon with AMX: a 481-token causal
-    call 1.59 ms forward against 2.46, 8.77 ms forward + backward against 8.35; a bf16 LoRA step
-    of pairs 12% faster). Without AMX its bf16 path is no faster than float32 and the matmuls win."""
+    brgemm and beats the matmuls (benchmarks/attention.py; docs/performance.md). Without AMX its
+    bf16 path is no faster than float32 and the matmuls win."""
     if not hasattr(torch.backends.mkldnn, "matmul") or not torch.backends.mkldnn.is_available():
         return False
     has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
@@ -313,7 +312,7 @@ class _MatmulAttention(torch.autograd.Function):
     its G = H / H_kv query heads stacked into one GEMM, and per block of queries only the keys any
     of them sees. Scores, softmax and dP = dO·Vᵀ are float32 GEMMs and float32 math (the flash
     kernel rounds queries and keys to bf16 first; dP − Σ P·dP cancels). The GEMMs whose results
-    are rounded to bf16 anyway run in bf16 (about 1.6× faster): probabilities × values (the output
+    are rounded to bf16 anyway run in bf16 (bf16 GEMMs are the faster ones): probabilities × values (the output
     is bf16), and in the backward dV, dQ and dK, from probabilities and score gradients rounded to
     bf16 as the flash kernel rounds them. The backward reuses the forward's bf16 probabilities up to
     `keep_up_to` keys and recomputes them beyond, like the flash kernel, so memory
@@ -367,7 +366,7 @@ class _MatmulAttention(torch.autograd.Function):
 @contextlib.contextmanager
 def _float32_through_onednn():
     """float32 matmuls through oneDNN's brgemm, autocast off. `fp32_precision = "bf16"` is the
-    switch that sends float32 matmuls to oneDNN instead of MKL (481² forward 1.7 against 2.3 ms).
+    switch that sends float32 matmuls to oneDNN instead of MKL (the faster at these shapes).
     It allows bf16, but on AVX-512 BF16 CPUs oneDNN picks float32 kernels at these shapes
     (ONEDNN_VERBOSE=1 shows brg_matmul:avx512_core): the results equal MKL's to float32 rounding."""
     settings = torch.backends.mkldnn.matmul

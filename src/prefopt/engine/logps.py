@@ -339,8 +339,8 @@ def _logits_into(buffer: torch.Tensor, hidden: torch.Tensor, weight: torch.Tenso
                  softcap: float | None) -> torch.Tensor:
     """softcap(hidden·weightᵀ + bias) in float32 in `buffer`, the matmul in the weight's dtype.
     The logits lie vocabulary-major in memory ([vocabulary, rows], returned as its [rows,
-    vocabulary] transpose): the matmul is then weight·hiddenᵀ, which CPU BLAS runs ~1.4× faster
-    than hidden·weightᵀ at these shapes (a column's values do not depend on the other columns)."""
+    vocabulary] transpose): the matmul is then weight·hiddenᵀ, which CPU BLAS runs faster than
+    hidden·weightᵀ at these shapes (a column's values do not depend on the other columns)."""
     logits = buffer[: hidden.shape[0] * weight.shape[0]].view(weight.shape[0], hidden.shape[0]).T
     if hidden.dtype == weight.dtype == torch.float32:
         torch.mm(hidden, weight.T, out=logits)

@@ -1,16 +1,14 @@
 """peft's LoRA linear with the adapter's output summed into the base output inside one GEMM.
 
 peft computes `base(x) + lora_B(lora_A(x)) * scaling`: two extra passes over the [tokens × out]
-output in the forward (the scaling, the sum) and one in the backward, about a tenth of a LoRA
-training step on a CPU. Here `base(x).addmm_(lora_A(x), lora_Bᵀ, alpha=scaling)` accumulates
-into the base output in place (a linear layer does not save its output for the backward, so
-autograd allows it). Under autocast the sum runs in the autocast dtype: peft casts the input
-back to the adapter's float32 for autocast to cast it down again, two copies of the input and a
-third pass over the output (a bf16 gate projection's forward + backward on a CPU, alone: 32 ms
-with peft, 13 ms fused; in a whole bf16 step the difference stayed within noise). Same
-parameters, state dict and peft API; anything but one plain adapter (several adapters, dropout,
-adapter biases, DoRA and other variants, mixed dtypes without autocast) takes peft's own
-forward."""
+output in the forward (the scaling, the sum) and one in the backward. Here
+`base(x).addmm_(lora_A(x), lora_Bᵀ, alpha=scaling)` accumulates into the base output in place (a
+linear layer does not save its output for the backward, so autograd allows it). Under autocast the
+sum runs in the autocast dtype: peft casts the input back to the adapter's float32 for autocast to
+cast it down again, two copies of the input and a third pass over the output (docs/performance.md
+has what that costs). Same parameters, state dict and peft API; anything but one plain adapter
+(several adapters, dropout, adapter biases, DoRA and other variants, mixed dtypes without autocast)
+takes peft's own forward."""
 
 from __future__ import annotations
 

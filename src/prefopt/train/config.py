@@ -57,11 +57,11 @@ class RunSettings(BaseModel):
     pad_multiple: int = Field(16, ge=1, description="Rows are padded to a multiple of this and batches hold lists "
                                                     "of one padded length (length bucketing).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass "
-                                                            "(less memory, ~30% slower).")
+                                                            "(less memory, more compute).")
     compile: bool = Field(False, description="torch.compile the model's decoder layers: faster steps and less "
-                                             "memory, for a compilation of ~30-50 s at the first step and the "
-                                             "first evaluation (worth it for runs of minutes; needs a C++ "
-                                             "compiler on a CPU).")
+                                             "memory, for a compilation at the first step and the first "
+                                             "evaluation (worth it for runs of minutes; docs/benchmarks.md; "
+                                             "needs a C++ compiler on a CPU).")
 
     # tokenization
     max_prompt_tokens: int | None = Field(512, ge=1, description="Longer prompts are truncated (counted and printed).")
