@@ -1,5 +1,6 @@
-"""Every objective against the golden numbers of spec/ALGORITHMS.md, in float64 at atol 1e-6.
-Adding a loss adds a row."""
+"""Every objective against golden numbers worked by hand from its paper's formula (the paper and
+equation each loss is registered with: `prefopt losses NAME`), in float64 at atol 1e-6. Adding a
+loss adds a row."""
 
 import math
 
@@ -16,12 +17,12 @@ def pair(chosen, rejected, ref_chosen=None, ref_rejected=None, len_chosen=None, 
     return ListBatch.from_pairs(t(chosen), t(rejected), t(ref_chosen), t(ref_rejected), t(len_chosen), t(len_rejected))
 
 
-# spec §0.4
+# pairs (S_θ(y_w), S_θ(y_l), S_ref(y_w), S_ref(y_l), |y_w|, |y_l|): A and B disagree in sign, C has no lengths
 A = pair(-10, -12, -11, -11, 5, 8)
 B = pair(-15, -9, -14, -10, 6, 4)
 C = pair(-10, -12, -11.5, -12.5)
 
-# spec Part II table: ψ, ρ = S_θ − S_ref, PRO reward, S_θ, lengths
+# one list of three, scored 0.8 > 0.5 > 0.2: ψ, ρ = S_θ − S_ref, PRO's reward, S_θ, lengths
 LIST = ListBatch(
     logps=torch.tensor([[2.0, 6.0, -4.0]], dtype=f64),
     ref_logps=torch.zeros(1, 3, dtype=f64),
@@ -37,10 +38,11 @@ PL_ON_AVG = ListBatch(  # plain PL on A_θ = [−1, −1.5, −0.8]
     ref_logps=torch.zeros(1, 3, dtype=f64),
     scores=torch.tensor([[2.0, 1.0, -1.0]], dtype=f64),
 )
-# spec §18–19: one forget completion
+# one forget completion: NPO (Zhang et al. 2024, Eq. 3) and SimNPO (Fan et al. 2024, Eq. 4)
 FORGET = ListBatch(logps=torch.tensor([[-20.0]], dtype=f64), ref_logps=torch.tensor([[-15.0]], dtype=f64),
                    lengths=torch.tensor([[10.0]], dtype=f64), scores=torch.zeros(1, 1, dtype=f64))
-# spec §20, §22: token probabilities [0.9, 0.5, 0.1] of one target completion
+# token probabilities [0.9, 0.5, 0.1] of one target completion: DFT (Wu et al. 2025, Eq. 9), the
+# probability-based objectives of Li et al. 2025 (Beyond Log Likelihood)
 _token_logps = torch.log(torch.tensor([[[0.9, 0.5, 0.1]]], dtype=f64))
 TOKENS = ListBatch(logps=_token_logps.sum(-1), token_logps=_token_logps, scores=torch.ones(1, 1, dtype=f64))
 
@@ -198,7 +200,7 @@ def test_golden_components():
 
 
 def test_trl_rpo_alpha_is_a_mixture():
-    # TRL's rpo_alpha=1: DPO + token-mean NLL of the chosen response (spec §6)
+    # TRL's rpo_alpha=1: DPO + token-mean NLL of the chosen response (Liu et al. 2024, RPO, arXiv 2405.16436)
     mix = Objective({"dpo": 1.0, "sft": 1.0})
     assert mix(A).loss.item() == pytest.approx(2.5981388694, abs=1e-6)
     assert mix(B).loss.item() == pytest.approx(3.2981388694, abs=1e-6)

@@ -193,7 +193,7 @@ def test_gradcheck(name):
 
 
 def test_dft_gradient_is_that_of_minus_p():
-    """The weight is detached: ∇(−sg(p)·log p) = −∇p (spec §20), unlike ∇(−p·log p)."""
+    """The weight is detached: ∇(−sg(p)·log p) = −∇p (Wu et al. 2025, DFT, Eq. 9), unlike ∇(−p·log p)."""
     grads = []
     for name, params in (("dft", {}), ("prob_sft", {"objective": "one_minus_p"})):
         token_logps, fields = random_batch(seed=7)

@@ -34,7 +34,16 @@ def plackett_luce(batch: ListBatch, *, beta: float = 0.1, top_k: int | None = No
     `top_k` keeps only the factors of the first k places (a top-k partial ranking).
     Ties use Breslow's rule (as in Cox regression): an item's denominator holds every item
     scored at or below it, so tied items are treated alike and the order of items never
-    matters. Without ties this is the usual PL likelihood."""
+    matters. Without ties this is the usual PL likelihood.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch(logps=torch.tensor([[2.0, 6.0, -4.0]]), ref_logps=torch.zeros(1, 3),
+        ...                lengths=torch.tensor([[4.0, 6.0, 5.0]]), scores=torch.tensor([[0.8, 0.5, 0.2]]))
+        >>> round(LOSSES["plackett_luce"](batch).loss.mean().item(), 4)
+        1.4253
+    """
     check_beta(beta)
     check(top_k is None or top_k >= 1, "top_k", top_k, "must be >= 1 or None")
     rewards = beta * batch.log_ratios()
@@ -59,7 +68,16 @@ def pro(batch: ListBatch, *, sft_weight: float = 0.05) -> LossOutput:
     positive against all lower items with reward-gap temperatures 1/T_k^i = r_k − r_i,
     1/T_k^k = max_{i>k}(r_k − r_i):  L_k = −log [e^{A_k/T_k^k} / (e^{A_k/T_k^k} + Σ_{i>k} e^{A_i/T_k^i})].
     L = Σ_k L_k + sft_weight·(K−1)²·(−S_θ(y_top)). Default sft_weight 0.05 (official train_hh.sh).
-    Tied rewards give a zero multiplier, so a tie contributes a constant and no gradient."""
+    Tied rewards give a zero multiplier, so a tie contributes a constant and no gradient.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch(logps=torch.tensor([[2.0, 6.0, -4.0]]), ref_logps=torch.zeros(1, 3),
+        ...                lengths=torch.tensor([[4.0, 6.0, 5.0]]), scores=torch.tensor([[0.8, 0.5, 0.2]]))
+        >>> round(LOSSES["pro"](batch).loss.mean().item(), 4)
+        0.9587
+    """
     check(sft_weight >= 0, "sft_weight", sft_weight, "must be >= 0")
     avg, rewards, mask = batch.avg_logps(), batch.scores, batch.mask
     k = rewards.shape[1]
@@ -118,7 +136,16 @@ def lipo_lambda(batch: ListBatch, *, beta: float = 0.05, discount: str = "ln") -
     """LiPO-λ: LambdaLoss with s_i = β·ρ(y_i), gain G = 2^ψ − 1, discount D(τ) = log(1+τ)
     where τ is the rank of the item by the current s (Δ carries no gradient). `discount="log2"`
     is TF-Ranking's base (rescales Δ by ln 2). Summed over pairs. Defaults β = 0.05, natural log
-    (the paper's; K = 8 lists in its main runs, from memory, unverified)."""
+    (the paper's; K = 8 lists in its main runs, from memory, unverified).
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch(logps=torch.tensor([[2.0, 6.0, -4.0]]), ref_logps=torch.zeros(1, 3),
+        ...                lengths=torch.tensor([[4.0, 6.0, 5.0]]), scores=torch.tensor([[0.8, 0.5, 0.2]]))
+        >>> round(LOSSES["lipo_lambda"](batch).loss.mean().item(), 4)
+        0.2918
+    """
     check_beta(beta)
     check_choice("discount", discount, ("ln", "log2"))
     rewards = beta * batch.log_ratios()
@@ -134,7 +161,16 @@ def rank_dpo(batch: ListBatch, *, beta: float = 0.1, score: str = "log_ratio", g
     score: "log_ratio" s = βρ (default); "avg_log_ratio" s = β·ρ/|y|; "avg_logps" s = β·A_θ (no reference).
     gain: "rank" (default) G = 2^rel − 1 with rel the number of items scored below, so any score
     scale works (rewards, ranks, votes); "exp2" G = 2^ψ − 1 (LiPO-λ on ψ); "linear" G = ψ.
-    The paper's exact gain is unverified; it is configuration."""
+    The paper's exact gain is unverified; it is configuration.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch(logps=torch.tensor([[2.0, 6.0, -4.0]]), ref_logps=torch.zeros(1, 3),
+        ...                lengths=torch.tensor([[4.0, 6.0, 5.0]]), scores=torch.tensor([[0.8, 0.5, 0.2]]))
+        >>> round(LOSSES["rank_dpo"](batch).loss.mean().item(), 4)
+        1.4462
+    """
     check_beta(beta)
     check_choice("score", score, ("log_ratio", "avg_log_ratio", "avg_logps"))
     check_choice("gain", gain, ("rank", "exp2", "linear"))
@@ -153,7 +189,16 @@ def rank_dpo(batch: ListBatch, *, beta: float = 0.1, score: str = "log_ratio", g
 def list_softmax(batch: ListBatch, *, beta: float = 0.05) -> LossOutput:
     """Softmax list cross-entropy (ListNet-like): L = −Σ_i (ψ_i / Σ_j ψ_j)·log softmax(s)_i,
     s = β·ρ. Scores must be ≥ 0 with a positive sum in every list. At K=2 with scores (1, 0)
-    this is DPO. (TF-Ranking's extra per-list weight Σψ is not applied.)"""
+    this is DPO. (TF-Ranking's extra per-list weight Σψ is not applied.)
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch(logps=torch.tensor([[2.0, 6.0, -4.0]]), ref_logps=torch.zeros(1, 3),
+        ...                lengths=torch.tensor([[4.0, 6.0, 5.0]]), scores=torch.tensor([[0.8, 0.5, 0.2]]))
+        >>> round(LOSSES["list_softmax"](batch).loss.mean().item(), 4)
+        1.0593
+    """
     check_beta(beta)
     scores, mask = batch.scores, batch.mask
     totals = scores.sum(1)
@@ -177,7 +222,16 @@ def infonca(batch: ListBatch, *, beta: float = 0.1, temperature: float = 1e-3) -
     """InfoNCA, K-response form: soft targets q = softmax(ψ/temperature), r = β·ρ,
     L = −Σ_i q_i·log softmax(r)_i. With hard pair labels this is DPO. Default temperature 1e-3
     (official reward_trainer.py; near one-hot targets). Tied top scores share the target mass
-    (the official code's +0.01 tie-break on the first response is not applied)."""
+    (the official code's +0.01 tie-break on the first response is not applied).
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch(logps=torch.tensor([[2.0, 6.0, -4.0]]), ref_logps=torch.zeros(1, 3),
+        ...                lengths=torch.tensor([[4.0, 6.0, 5.0]]), scores=torch.tensor([[0.8, 0.5, 0.2]]))
+        >>> round(LOSSES["infonca"](batch).loss.mean().item(), 4)
+        1.1121
+    """
     check_beta(beta)
     check(temperature > 0, "temperature", temperature, "must be > 0")
     rewards = beta * batch.log_ratios()
@@ -191,7 +245,16 @@ def nca(batch: ListBatch, *, beta: float = 0.1, temperature: float = 1e-3) -> Lo
     """NCA, K-response form: q = softmax(ψ/temperature), r = β·ρ,
     L = −Σ_i q_i·log σ(r_i) − (1/K)·Σ_i log σ(−r_i). For a pair with hard labels:
     −log σ(r_w) − ½ log σ(−r_w) − ½ log σ(−r_l). Unlike DPO it pushes the absolute reward of the
-    chosen response up (it keeps the chosen likelihood from falling). Official recipe β = 0.01."""
+    chosen response up (it keeps the chosen likelihood from falling). Official recipe β = 0.01.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch(logps=torch.tensor([[2.0, 6.0, -4.0]]), ref_logps=torch.zeros(1, 3),
+        ...                lengths=torch.tensor([[4.0, 6.0, 5.0]]), scores=torch.tensor([[0.8, 0.5, 0.2]]))
+        >>> round(LOSSES["nca"](batch).loss.mean().item(), 4)
+        1.381
+    """
     check_beta(beta)
     check(temperature > 0, "temperature", temperature, "must be > 0")
     rewards = beta * batch.log_ratios()

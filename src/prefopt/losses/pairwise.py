@@ -42,7 +42,15 @@ def dpo(batch: ListBatch, *, beta: float = 0.1, margin: float = 0.0, length_norm
     arXiv 2307.09288, Eq. 2), and DPO with an offset (Amini et al. 2024, arXiv 2402.10571). On
     rewards with β = 1 and no reference, this is the Bradley–Terry reward model's loss.
     `length_normalize=True` divides each log-ratio by its completion's token count, r̂ = β·ρ/|y|
-    (TRL's `loss_type="sigmoid_norm"`; lengths needed only then)."""
+    (TRL's `loss_type="sigmoid_norm"`; lengths needed only then).
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["dpo"](batch).loss.mean().item(), 4)
+        0.5981
+    """
     check_beta(beta)
     check(math.isfinite(margin) and margin >= 0, "margin", margin, "must be a finite number >= 0")
     rho = batch.log_ratios()
@@ -72,7 +80,19 @@ def ld_dpo(batch: ListBatch, *, beta: float = 0.1, alpha: float = 0.5) -> LossOu
     policy and the reference, then L = −log σ(β·(ρ̃_w − ρ̃_l)) with ρ̃ = S̃_θ − S̃_ref. α = 1 is
     DPO; the paper tunes α per model and TRL's `ld_alpha` has no default, so 0.5 is a midpoint,
     not a recommendation. Lists: each pair has its own ℓ. Implicit rewards in the metrics: DPO's
-    β·ρ."""
+    β·ρ.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> tokens = torch.tensor([[[-1.0, -2, -3, 0, 0], [-0.5, -1, -1, -2, -1]]])
+        >>> ref = torch.tensor([[[-1.5, -2, -2, 0, 0], [-1.0, -1, -1, -1, -1]]])
+        >>> mask = torch.tensor([[[True] * 3 + [False] * 2, [True] * 5]])
+        >>> batch = ListBatch(logps=tokens.sum(-1), ref_logps=ref.sum(-1), token_logps=tokens, token_mask=mask,
+        ...                ref_token_logps=ref)
+        >>> round(LOSSES["ld_dpo"](batch).loss.mean().item(), 4)
+        0.7185
+    """
     check_beta(beta)
     check(0 <= alpha <= 1, "alpha", alpha, "must be in [0, 1]")
     pairs = batch.pairs
@@ -98,7 +118,16 @@ def wpo(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     to how peaked the policy is at that token: w(y) = exp(mean_t [log π_θ(y_t) − log Σ_v π_θ(v)²])
     (the paper's weight with its alignment to the policy's own sampling), taken as a constant, and
     a pair's DPO loss is multiplied by w(y_w)·w(y_l). As TRL's `use_weighting`, the weighted
-    losses are averaged, not renormalised by the weights' sum. β = 0.1."""
+    losses are averaged, not renormalised by the weights' sum. β = 0.1.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch(logps=torch.tensor([[-10.0, -12.0]]), ref_logps=torch.tensor([[-11.0, -11.0]]),
+        ...                sampling_log_weights=torch.tensor([[-0.5, -1.5]]))
+        >>> round(LOSSES["wpo"](batch).loss.mean().item(), 4)
+        0.0809
+    """
     check_beta(beta)
     rewards = beta * batch.log_ratios()
     weight_w, weight_l = batch.pairs.take(batch.sampling_weights())
@@ -115,7 +144,16 @@ def inpo(batch: ListBatch, *, eta: float | None = None, tau: float | None = None
     Δ the summed log-prob gap of the pair under the policy, the fixed reference π_ref (anchor_logps,
     `anchor_model`) and the previous iterate π_t (ref_logps: the loop's reference under `training:
     continue`), and L = (h − η/2)². η (step size) and τ (KL strength toward π_ref) have no
-    defaults: the paper's were not verified, so both must be given. Implicit rewards: ρ = S_θ − S_t."""
+    defaults: the paper's were not verified, so both must be given. Implicit rewards: ρ = S_θ − S_t.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch(logps=torch.tensor([[-10.0, -12.0]]), ref_logps=torch.tensor([[-10.5, -11.5]]),
+        ...                anchor_logps=torch.tensor([[-11.0, -11.0]]))
+        >>> round(LOSSES["inpo"](batch, eta=1.0, tau=0.1).loss.mean().item(), 4)
+        0.36
+    """
     check(eta is not None and eta > 0, "eta", eta, "must be given and > 0 (no default: the paper's was not verified)")
     check(tau is not None and tau >= 0, "tau", tau, "must be given and >= 0 (no default: the paper's was not verified)")
     check(eta * tau <= 1, "eta·tau", eta * tau, "must be <= 1 (the previous iterate's weight is 1 − ητ)")
@@ -131,7 +169,15 @@ def inpo(batch: ListBatch, *, eta: float | None = None, tau: float | None = None
 def cdpo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.1) -> LossOutput:
     """Conservative DPO: labels flipped with probability ε, soft-label cross-entropy
     L = −(1−ε) log σ(βh) − ε log σ(−βh). Minimum at βh = log((1−ε)/ε). ε = 0 is DPO.
-    Default ε = 0.1 (the typical value; TRL's `label_smoothing`)."""
+    Default ε = 0.1 (the typical value; TRL's `label_smoothing`).
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["cdpo"](batch).loss.mean().item(), 4)
+        0.6181
+    """
     check_beta(beta)
     check(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, "must be in [0, 0.5)")
     rewards = beta * batch.log_ratios()
@@ -144,7 +190,15 @@ def cdpo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.1) -
 def robust(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.1) -> LossOutput:
     """Robust DPO: unbiased loss under label-flip rate ε < 1/2,
     L = [−(1−ε) log σ(βh) + ε log σ(−βh)] / (1 − 2ε). Can be negative (unbounded below).
-    Default ε = 0.1 (TRL docs)."""
+    Default ε = 0.1 (TRL docs).
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["robust"](batch).loss.mean().item(), 4)
+        0.5731
+    """
     check_beta(beta)
     check(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, "must be in [0, 0.5)")
     rewards = beta * batch.log_ratios()
@@ -160,7 +214,15 @@ def ipo(batch: ListBatch, *, beta: float = 0.1, length_normalize: bool = False) 
     """IPO: L = (h − 1/(2τ))² with τ = beta (default 0.1, target margin 5).
 
     Paper form (default) uses summed log-ratios. `length_normalize=True` is TRL's form:
-    h = ρ_w/|y_w| − ρ_l/|y_l| (lengths needed only then)."""
+    h = ρ_w/|y_w| − ρ_l/|y_l| (lengths needed only then).
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["ipo"](batch).loss.mean().item(), 4)
+        9.0
+    """
     check_beta(beta)
     rho = batch.log_ratios()
     margin_source = rho / batch.safe_lengths() if length_normalize else rho
@@ -173,7 +235,15 @@ def ipo(batch: ListBatch, *, beta: float = 0.1, length_normalize: bool = False) 
                needs=("ref",))
 def hinge(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """Normalised-likelihood hinge (RSO; TRL's `hinge`): L = max(0, 1 − βh), so 1/β acts
-    as the margin. Zero gradient once βh ≥ 1."""
+    as the margin. Zero gradient once βh ≥ 1.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["hinge"](batch).loss.mean().item(), 4)
+        0.8
+    """
     check_beta(beta)
     rewards = beta * batch.log_ratios()
     return _pairwise(batch, F.relu(1 - _margins(batch, rewards)), rewards)
@@ -184,7 +254,15 @@ def hinge(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
 def slic(batch: ListBatch, *, delta: float = 1.0, regularization: float = 0.0) -> LossOutput:
     """SLiC-HF calibration: L = max(0, δ − S_θ(y_w) + S_θ(y_l)) − λ·S_θ(y_w), reference-free.
     The regulariser target is the chosen response. The paper's δ and λ were not verified:
-    δ = 1, λ = 0 (calibration term only) are configuration, not paper defaults."""
+    δ = 1, λ = 0 (calibration term only) are configuration, not paper defaults.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["slic"](batch, delta=1.0).loss.mean().item(), 4)
+        0.0
+    """
     check(delta > 0, "delta", delta, "must be > 0")
     check(regularization >= 0, "regularization", regularization, "must be >= 0")
     logps = batch.logps
@@ -201,7 +279,15 @@ def rpo(batch: ListBatch, *, beta: float = 0.1, eta: float = 0.005, nll: str = "
     nll="mean" (App. F, OpenRLHF): L = L_DPO + η·(−A_θ(y_w)), not multiplied by β.
     Official recipes: zephyr-7b-beta β=0.01, η=0.005; OpenRLHF mean form β=0.5, η=0.2.
     TRL's `rpo_alpha` (Pang et al.) is the mixture {"dpo": 1, "sft": α} with sft's
-    nll_reduction="tokens" instead."""
+    nll_reduction="tokens" instead.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["rpo"](batch).loss.mean().item(), 4)
+        0.6031
+    """
     check_beta(beta)
     check(eta >= 0, "eta", eta, "must be >= 0")
     check_choice("nll", nll, ("sum", "mean"))
@@ -238,7 +324,15 @@ def fdpo(batch: ListBatch, *, beta: float = 0.1, divergence: str = "reverse_kl",
     "alpha" (the paper's f′ = (1 − u^−α)/α; α → 0 is the reverse KL, α = 1 the forward KL).
     TRL writes the α-divergence as (t^(a−1) − 1)/(a − 1): its f_alpha_divergence_coef a is
     1 − α here (its default 0.5 is α = 0.5, the default here too). Exponents are capped at 50, so
-    extreme log-ratios saturate rather than overflow (TRL caps at 80). β = 0.1 as in TRL."""
+    extreme log-ratios saturate rather than overflow (TRL caps at 80). β = 0.1 as in TRL.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["fdpo"](batch).loss.mean().item(), 4)
+        0.5981
+    """
     check_beta(beta)
     check_choice("divergence", divergence, ("reverse_kl", "forward_kl", "js", "alpha"))
     check(alpha > 0, "alpha", alpha, "must be > 0")
@@ -251,7 +345,15 @@ def fdpo(batch: ListBatch, *, beta: float = 0.1, divergence: str = "reverse_kl",
 def discopop(batch: ListBatch, *, beta: float = 0.05, tau: float = 0.05) -> LossOutput:
     """DiscoPOP / log-ratio modulated loss: z = βh, m = σ(z/τ),
     L = (1 − m)·(−log σ(z)) + m·exp(−z), gradients through m. Defaults β = 0.05, τ = 0.05
-    (official recipe). The exponential uses z clamped at −50 (its weight m is 0 there)."""
+    (official recipe). The exponential uses z clamped at −50 (its weight m is 0 there).
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["discopop"](batch).loss.mean().item(), 4)
+        0.8738
+    """
     check_beta(beta)
     check(tau > 0, "tau", tau, "must be > 0")
     rewards = beta * batch.log_ratios()
@@ -282,7 +384,15 @@ def simpo(
     `alpha` ≠ 0 is AlphaPO (Gupta et al. 2025, arXiv 2501.03884, Eq. 6): the reward A_θ becomes
     (1 − π(y)^(−α/|y|))/α = (1 − e^(−α·A_θ))/α, which α → 0 returns to A_θ; α > 0 makes the
     reward concave in the likelihood (the paper's settings are around α = 0.25). The exponent is
-    capped at 50. TRL: CPOTrainer's `alpha` with loss_type "simpo"."""
+    capped at 50. TRL: CPOTrainer's `alpha` with loss_type "simpo".
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["simpo"](batch).loss.mean().item(), 4)
+        1.7014
+    """
     check_beta(beta)
     check(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, "must be in [0, 0.5)")
     check(sft_weight >= 0, "sft_weight", sft_weight, "must be >= 0")
@@ -316,7 +426,15 @@ def orpo(batch: ListBatch, *, odds_weight: float = 0.1, nll_reduction: str = "se
     (prompt tokens are not trained); `nll_prompt=True` adds the prompt's tokens to it, as TRL's
     ORPOTrainer and the authors' code do (the engine then also scores the prompt). `nll_reduction`:
     a token mean per sequence (`sequence`, default) or one mean over the batch's tokens (`tokens`,
-    TRL's). λ = odds_weight, default 0.1 (official scripts' --alpha, TRL's ORPOConfig.beta)."""
+    TRL's). λ = odds_weight, default 0.1 (official scripts' --alpha, TRL's ORPOConfig.beta).
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["orpo"](batch).loss.mean().item(), 4)
+        2.1042
+    """
     check(odds_weight >= 0, "odds_weight", odds_weight, "must be >= 0")
     avg = batch.avg_logps()
     odds_margin = _margins(batch, _log_odds(avg))
@@ -332,7 +450,15 @@ def asft(batch: ListBatch, *, odds_weight: float = 0.1) -> LossOutput:
     """ASFT, aligned SFT through absolute likelihood (EXPERIMENTAL: a reconstruction, no
     reference code exists). Pointwise, odds-based: with a = A_θ(y),
     L = NLL(y_w) + λ·[−log σ(log odds(y_w)) − log σ(−log odds(y_l))] = −a_w + λ·(−a_w − log(1 − e^{a_l})).
-    λ = odds_weight, default 0.1."""
+    λ = odds_weight, default 0.1.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["asft"](batch).loss.mean().item(), 4)
+        2.2252
+    """
     check(odds_weight >= 0, "odds_weight", odds_weight, "must be >= 0")
     avg = batch.avg_logps()
     better, worse = batch.pairs.take(avg)
@@ -346,7 +472,15 @@ def asft(batch: ListBatch, *, odds_weight: float = 0.1) -> LossOutput:
 def exo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 1e-3) -> LossOutput:
     """EXO, pairwise: with z = βh,
     L = σ(z)·(log σ(z) − log(1−ε)) + σ(−z)·(log σ(−z) − log ε). Minimum 0 at z = log((1−ε)/ε).
-    Default ε = 1e-3 (TRL), β = 0.1."""
+    Default ε = 1e-3 (TRL), β = 0.1.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["exo"](batch).loss.mean().item(), 4)
+        2.422
+    """
     check_beta(beta)
     check(0 < label_smoothing < 1, "label_smoothing", label_smoothing, "must be in (0, 1)")
     rewards = beta * batch.log_ratios()
@@ -362,7 +496,15 @@ def exo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 1e-3) -
                family="pairwise", needs=("ref",))
 def apo_zero(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """APO-zero, for chosen outputs better than the model's own: raise the chosen
-    likelihood, lower the rejected: L = (1 − σ(βρ_w)) + σ(βρ_l). Bounded in [0, 2]."""
+    likelihood, lower the rejected: L = (1 − σ(βρ_w)) + σ(βρ_l). Bounded in [0, 2].
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["apo_zero"](batch).loss.mean().item(), 4)
+        0.95
+    """
     check_beta(beta)
     rewards = beta * batch.log_ratios()
     better, worse = batch.pairs.take(rewards)
@@ -374,7 +516,15 @@ def apo_zero(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
                family="pairwise", needs=("ref",))
 def apo_down(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """APO-down, for chosen outputs worse than the model's own: lower both, the rejected
-    more: L = σ(βρ_w) + (1 − σ(β(ρ_w − ρ_l))). Bounded in [0, 2]."""
+    more: L = σ(βρ_w) + (1 − σ(β(ρ_w − ρ_l))). Bounded in [0, 2].
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["apo_down"](batch).loss.mean().item(), 4)
+        0.9751
+    """
     check_beta(beta)
     rewards = beta * batch.log_ratios()
     better, worse = batch.pairs.take(rewards)
@@ -409,7 +559,15 @@ def bco_pair(batch: ListBatch, *, beta: float = 0.1, delta: float | None = None,
     δ is a reward shift: a fixed `delta` if given (0.0 is TRL HEAD's behaviour); otherwise the
     running mean of batch-mean rewards (paper / BCOTrainer), updated before the loss when the
     trainer passes its `running` state (it does not update in evaluation); with neither, the
-    current batch mean."""
+    current batch mean.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["bco_pair"](batch).loss.mean().item(), 4)
+        1.2888
+    """
     check_beta(beta)
     rewards = beta * batch.log_ratios()
     if delta is None:
@@ -425,7 +583,15 @@ def bco_pair(batch: ListBatch, *, beta: float = 0.1, delta: float | None = None,
                family="pairwise", needs=("ref",))
 def sppo_hard(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """SPPO with hard labels: regress the winner's log-ratio to +1/(2β) and the
-    loser's to −1/(2β): L = (ρ_w − 1/(2β))² + (ρ_l + 1/(2β))²."""
+    loser's to −1/(2β): L = (ρ_w − 1/(2β))² + (ρ_l + 1/(2β))².
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch.from_pairs(*torch.tensor([[-10.0], [-12.0], [-11.0], [-11.0], [5.0], [8.0]]))
+        >>> round(LOSSES["sppo_hard"](batch).loss.mean().item(), 4)
+        32.0
+    """
     check_beta(beta)
     rho = batch.log_ratios()
     better, worse = batch.pairs.take(rho)
@@ -453,7 +619,16 @@ def aot(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.0) ->
     against the i-th smallest reference margin, z_i = β·(sorted policy − sorted reference), with the
     logistic loss −(1−ε)·log σ(z) − ε·log σ(−z). One pair alone is DPO. The batch is the one the
     loss is called on (a micro-batch of training), as TRL sorts within a device's batch; lists add
-    all their pairs. β = 0.1, ε = 0 as in TRL."""
+    all their pairs. β = 0.1, ε = 0 as in TRL.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> columns = [[-10.0, -15, -8], [-12, -9, -12], [-11, -14, -11], [-11, -10, -10]]  # S_w, S_l, S_ref_w, S_ref_l
+        >>> batch = ListBatch.from_pairs(*torch.tensor(columns))
+        >>> round(LOSSES["aot"](batch).loss.mean().item(), 4)
+        0.6218
+    """
     check_beta(beta)
     check(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, "must be in [0, 0.5)")
     rho = batch.log_ratios()
@@ -471,7 +646,16 @@ def aot_unpaired(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float 
     """Alignment via optimal transport on unpaired data: the distribution of chosen log-ratios
     ρ = S_θ − S_ref should dominate that of rejected ones, whichever prompt each came from. Over
     the batch, z_i = β·(i-th smallest ρ_w − i-th smallest ρ_l), logistic loss with label smoothing
-    ε. One pair alone is DPO. Sorted within the batch the loss is called on, as `aot`."""
+    ε. One pair alone is DPO. Sorted within the batch the loss is called on, as `aot`.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> columns = [[-10.0, -15, -8], [-12, -9, -12], [-11, -14, -11], [-11, -10, -10]]  # S_w, S_l, S_ref_w, S_ref_l
+        >>> batch = ListBatch.from_pairs(*torch.tensor(columns))
+        >>> round(LOSSES["aot_unpaired"](batch).loss.mean().item(), 4)
+        0.6136
+    """
     check_beta(beta)
     check(0 <= label_smoothing < 0.5, "label_smoothing", label_smoothing, "must be in [0, 0.5)")
     rho = batch.log_ratios()

@@ -28,7 +28,16 @@ def sft(batch: ListBatch, *, length_normalize: bool = True, nll_reduction: str =
     batch averages completions; `"tokens"` takes one mean over every best-completion token of the
     batch, as TRL does: each example's loss is then −S_θ(y)·B / Σ_b |y_b|, whose batch mean is
     −Σ S / Σ |y|. Mixed with DPO as {"dpo": 1, "sft": α}, the `tokens` form is TRL's `rpo_alpha`
-    (the default form equals it when the chosen completions have one length)."""
+    (the default form equals it when the chosen completions have one length).
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> tokens = torch.log(torch.tensor([[[0.9, 0.5, 0.1]]]))
+        >>> batch = ListBatch(logps=tokens.sum(-1), token_logps=tokens, scores=torch.ones(1, 1))
+        >>> round(LOSSES["sft"](batch).loss.mean().item(), 4)
+        1.0337
+    """
     check_choice("nll_reduction", nll_reduction, ("sequence", "tokens"))
     if nll_reduction == "tokens":
         lengths = _on_best(batch, batch.safe_lengths())
@@ -44,7 +53,16 @@ def dft(batch: ListBatch) -> LossOutput:
     """Dynamic Fine-Tuning: token NLL re-weighted by the detached token probability,
     L = mean_t −sg(p_t)·log p_t over the completion tokens of the best completion (per-sequence
     token mean; the paper's global-batch mean is the same for one sequence). Its gradient is that
-    of −p, so tokens the model finds very unlikely barely learn (the known limitation)."""
+    of −p, so tokens the model finds very unlikely barely learn (the known limitation).
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> tokens = torch.log(torch.tensor([[[0.9, 0.5, 0.1]]]))
+        >>> batch = ListBatch(logps=tokens.sum(-1), token_logps=tokens, scores=torch.ones(1, 1))
+        >>> round(LOSSES["dft"](batch).loss.mean().item(), 4)
+        0.2239
+    """
     token_logps, token_mask = batch.tokens()
     per_token = -token_logps.detach().exp() * token_logps
     return outputs(_on_best(batch, masked_mean(per_token, token_mask)), _token_average_logps(batch), batch)
@@ -61,7 +79,16 @@ def prob_sft(batch: ListBatch, *, objective: str = "one_minus_p", q: float = 10.
     keep "top": only tokens with p ≥ threshold; "bottom": only p ≤ threshold; kept-out tokens
     leave the denominator too, and a sequence with no kept token contributes 0 (as the
     official code). The paper favours prior-leaning objectives where the model is already strong
-    (math) and NLL where it is weak; official math default: power, q = 10."""
+    (math) and NLL where it is weak; official math default: power, q = 10.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> tokens = torch.log(torch.tensor([[[0.9, 0.5, 0.1]]]))
+        >>> batch = ListBatch(logps=tokens.sum(-1), token_logps=tokens, scores=torch.ones(1, 1))
+        >>> round(LOSSES["prob_sft"](batch).loss.mean().item(), 4)
+        0.5
+    """
     check_choice("objective", objective, ("nll", "one_minus_p", "power"))
     check_choice("keep", keep, ("all", "top", "bottom"))
     check(q > 0, "q", q, "must be > 0")

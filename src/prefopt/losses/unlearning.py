@@ -21,7 +21,16 @@ def npo(batch: ListBatch, *, beta: float = 0.1, target: str = "worse") -> LossOu
     """Negative Preference Optimization: L = −(2/β)·log σ(−β·ρ(y)) on summed log-ratios,
     averaged over the forget items of each example. target "worse": items below the list's top
     score (the rejected response); "all": every item (a forget set). Combine with a retain loss
-    by mixing, e.g. {"npo": 1, "sft": 1}. As β → 0 it becomes gradient ascent. Default β = 0.1."""
+    by mixing, e.g. {"npo": 1, "sft": 1}. As β → 0 it becomes gradient ascent. Default β = 0.1.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch(logps=torch.tensor([[-20.0]]), ref_logps=torch.tensor([[-15.0]]),
+        ...                lengths=torch.tensor([[10.0]]), scores=torch.zeros(1, 1))
+        >>> round(LOSSES["npo"](batch, target="all").loss.mean().item(), 4)
+        9.4815
+    """
     check(beta > 0, "beta", beta, "must be > 0")
     rho = batch.log_ratios()
     forget = _forget_items(batch, target)
@@ -36,7 +45,16 @@ def simnpo(batch: ListBatch, *, beta: float = 2.5, gamma: float = 0.0, gamma_sca
            target: str = "worse") -> LossOutput:
     """SimNPO, reference-free and length-normalised: L = −(2/β)·log σ(−(β/|y|)·S_θ(y) − γ).
     `gamma_scaled_by_beta=True` uses the official code's β·γ instead of γ (equal at γ = 0).
-    Defaults β = 2.5, γ = 0 (official TOFU forget05 config). Items as in `npo`."""
+    Defaults β = 2.5, γ = 0 (official TOFU forget05 config). Items as in `npo`.
+
+    Example:
+        >>> import torch
+        >>> from prefopt.losses import LOSSES, ListBatch
+        >>> batch = ListBatch(logps=torch.tensor([[-20.0]]), ref_logps=torch.tensor([[-15.0]]),
+        ...                lengths=torch.tensor([[10.0]]), scores=torch.zeros(1, 1))
+        >>> round(LOSSES["simnpo"](batch, beta=2.5, target="all").loss.mean().item(), 4)
+        0.0054
+    """
     check(beta > 0, "beta", beta, "must be > 0")
     check(gamma >= 0, "gamma", gamma, "must be >= 0")
     avg = batch.avg_logps()
