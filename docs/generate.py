@@ -14,6 +14,15 @@ import yaml
 HERE = Path(__file__).resolve().parent
 
 
+def _with_fenced_example(doc: str) -> str:
+    """A docstring's indented `Example:` block (a doctest) as a fenced Python block."""
+    text, found, example = doc.partition("Example:\n")
+    if not found:
+        return doc
+    code = "\n".join(line.removeprefix("    ") for line in example.splitlines())
+    return f"{text}Example:\n\n```python\n{code}\n```"
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -155,7 +164,7 @@ def losses_page() -> str:
     lines += ["", _NOTES, "", *_trl_section(), ""]
     lines += ["## Each loss in full", ""]
     for name in names:
-        lines += [f"### `{name}`", "", inspect.getdoc(LOSSES[name]), ""]
+        lines += [f"### `{name}`", "", _with_fenced_example(inspect.getdoc(LOSSES[name])), ""]
     return "\n".join(lines)
 
 
