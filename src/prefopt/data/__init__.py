@@ -1,6 +1,8 @@
 """Preference data: one record type, loaders with precise errors, tokenization, splitting,
 batching."""
 
+import random
+
 from prefopt.data.batching import Batching, PlannedStep, padded_length, row_length
 from prefopt.data.load import LoadedData, load_records, read_jsonl
 from prefopt.data.records import DataError, PreferenceRecord, parse_row
@@ -10,8 +12,6 @@ from prefopt.data.tokenize import TokenizedList, TokenizeSettings, TruncationCou
 def split_by_prompt(records: list[PreferenceRecord], fraction: float, seed: int
                     ) -> tuple[list[PreferenceRecord], list[PreferenceRecord]]:
     """Hold out `fraction` of the distinct prompts (never the same prompt on both sides)."""
-    import random
-
     prompts = sorted({r.prompt_text for r in records})
     if fraction <= 0 or len(prompts) < 2:
         return records, []

@@ -190,7 +190,7 @@ def _csv(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
 
 
 def _parquet(path: Path) -> Iterator[tuple[int, Any]]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # here, not at the top: only Parquet files need it
 
     try:
         table = pq.read_table(path)
@@ -200,7 +200,7 @@ def _parquet(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _dataset_folder(path: Path) -> Iterator[tuple[int, Any]]:
-    import datasets
+    import datasets  # here, not at the top: a heavy import (docs/performance.md) only these formats need
 
     try:
         data = datasets.load_from_disk(str(path))
@@ -213,7 +213,7 @@ def _dataset_folder(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _hub(name: str, split: str) -> Iterator[tuple[int, Any]]:
-    import datasets
+    import datasets  # as in _dataset_folder
 
     try:
         data = datasets.load_dataset(name, split=split)

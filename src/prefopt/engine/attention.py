@@ -24,6 +24,9 @@ import itertools
 
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from prefopt.engine.decode import DecodeState, decode_attention
 from prefopt.engine.settings import EngineSettings
@@ -37,9 +40,6 @@ Segments = tuple[tuple[int, tuple[int, ...]], ...]
 
 def use_segment_attention(model) -> bool:
     """Switch a transformers model that uses SDPA to segment attention; False when it cannot."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
     AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
     AttentionMaskInterface.register(SEGMENT_ATTENTION, sdpa_mask)
     config = model.config
@@ -71,8 +71,6 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     if isinstance(prefopt_segments, torch.Tensor):
         prefopt_segments = segments_from_tensor(prefopt_segments)
     if prefopt_segments is None or any(kwargs.get(name) is not None for name in _CHANGES_ATTENTION):
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     options = {"scale": scaling, "dropout_p": dropout if module.training else 0.0,

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import torch
+from peft.tuners.lora.layer import LoraLayer
 
 from prefopt.errors import TrainingError
 
@@ -36,8 +37,6 @@ class FrozenWeights:
 def keep_frozen_in(model: torch.nn.Module, dtype: torch.dtype, folder: str) -> int:
     """Cast the frozen base weights of `model`'s LoRA linears to `dtype` where `folder` (the
     model's source) holds their float32 values; returns how many were cast."""
-    from peft.tuners.lora.layer import LoraLayer
-
     on_disk = _safetensors_keys(Path(folder))
     uses: dict[int, int] = {}
     for _, parameter in model.named_parameters(remove_duplicate=False):

@@ -11,9 +11,22 @@ import hashlib
 import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 
+import torch
+from huggingface_hub.utils import disable_progress_bars
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging
+
+from prefopt.engine.attention import use_segment_attention
+from prefopt.engine.compiled import compile_decoder_layers
+from prefopt.engine.lora import fuse_lora_sums
+from prefopt.engine.norm import fuse_rms_norms
+from prefopt.engine.rewards import last_layer_at_rewards
 from prefopt.engine.settings import AppliedEngine, EngineSettings
+from prefopt.engine.swiglu import fuse_swiglu
 from prefopt.files import write_atomic
 
 DEFAULT_MODEL = "default"
@@ -35,11 +48,6 @@ def cache_dir() -> Path:
 
 def _quiet_transformers() -> None:
     """prefopt draws its own progress; transformers' per-file bars would interleave with it."""
-    import warnings
-
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging
-
     disable_progress_bars()
     logging.disable_progress_bar()
     logging.set_verbosity_error()
@@ -71,8 +79,6 @@ def _converted_gguf(path: Path) -> Path:
     target = cache_dir() / "models" / f"{path.stem}-{key}"
     if (target / "config.json").exists():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     _quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -96,8 +102,6 @@ def _clear_quantization_marker(model) -> None:
 
 
 def load_tokenizer(spec: str):
-    from transformers import AutoTokenizer
-
     _quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(spec))
     if tokenizer.pad_token_id is None:
@@ -128,9 +132,6 @@ class ModelCache:
         """Record that `folder` now holds `model`'s weights (a policy trained from `base`, just
         saved there), so that a later load of the folder copies them from memory. The record is
         `base` as loaded with those weights: the numbers the folder holds."""
-        import torch
-        from transformers import AutoModelForCausalLM
-
         kept = self.copy_of(AutoModelForCausalLM, resolve_model_path(base), dtype=torch.float32)
         kept.load_state_dict(model.state_dict())
         self._models[self._key(AutoModelForCausalLM, str(folder), {"dtype": torch.float32})] = kept
@@ -156,9 +157,6 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
     """The policy in float32 (bf16 compute is autocast by the trainer), with LoRA adapters if asked
     and the engine's switches applied; `model.prefopt_engine` (an AppliedEngine) says which took.
     With a `cache`, a model already read is copied from memory instead of read again."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     engine = engine or EngineSettings()
     _quiet_transformers()
     path = resolve_model_path(spec)
@@ -178,9 +176,6 @@ def load_reward_model(spec: str, *, lora: LoraSettings | None = None, gradient_c
     engine's switches that apply to it. With `new_head`, a causal LM gets a new scalar head (to
     train one from it); LoRA, if asked, trains adapters and a copy of the whole head. `cache`: as
     `load_model`'s."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
     engine = engine or EngineSettings()
     _quiet_transformers()
     path = resolve_model_path(spec)
@@ -198,8 +193,6 @@ def load_reward_model(spec: str, *, lora: LoraSettings | None = None, gradient_c
         model.config.pad_token_id = pad_token_id
     model = _prepare(model, lora, gradient_checkpointing, engine, task_type="SEQ_CLS")
     if engine.last_layer_at_rewards:  # after LoRA: its hooks belong on the adapters' wrappers
-        from prefopt.engine.rewards import last_layer_at_rewards
-
         model.prefopt_engine = dataclasses.replace(model.prefopt_engine,
                                                    last_layer_at_rewards=last_layer_at_rewards(model))
     return model
@@ -207,10 +200,6 @@ def load_reward_model(spec: str, *, lora: LoraSettings | None = None, gradient_c
 
 def _prepare(model, lora: LoraSettings | None, gradient_checkpointing: bool, engine: EngineSettings, task_type: str):
     """The engine's switches, gradient checkpointing and LoRA adapters on a loaded model."""
-    from prefopt.engine.attention import use_segment_attention
-    from prefopt.engine.norm import fuse_rms_norms
-    from prefopt.engine.swiglu import fuse_swiglu
-
     model.config.use_cache = False
     segments = use_segment_attention(model) if engine.segment_attention else False
     norms = fuse_rms_norms(model) if engine.fused_norm else 0
@@ -223,10 +212,6 @@ def _prepare(model, lora: LoraSettings | None, gradient_checkpointing: bool, eng
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora_layers = 0
     if lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        from prefopt.engine.lora import fuse_lora_sums
-
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         missing = [m for m in lora.target_modules if m not in present]
         if missing:
@@ -241,8 +226,6 @@ def _prepare(model, lora: LoraSettings | None, gradient_checkpointing: bool, eng
             model.enable_input_require_grads()
     compiled = 0
     if engine.compile:  # last: the layers it compiles hold their adapters by now
-        from prefopt.engine.compiled import compile_decoder_layers
-
         compiled = compile_decoder_layers(model)
     # a plain attribute: never saved with the model
     model.prefopt_engine = AppliedEngine(engine, segment_attention=segments, fused_norms=norms,
@@ -252,8 +235,6 @@ def _prepare(model, lora: LoraSettings | None, gradient_checkpointing: bool, eng
 
 def _load_adapters(path: str, base: str, engine: EngineSettings):
     """A model saved as LoRA adapters (`prefopt train` with lora: true), merged into its base."""
-    from peft import PeftModel
-
     model = load_model(base, engine=engine)
     applied = model.prefopt_engine
     merged = PeftModel.from_pretrained(model, path).merge_and_unload()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 
 def choose_precision(requested: str, device) -> tuple[str, str]:
     """`auto` picks bf16 where it is faster: on a GPU that supports it, or on a CPU whose bf16
     matmul measures clearly faster than fp32 (CPUs with matrix units); fp32 otherwise.
     Returns (precision, reason)."""
-    import torch
-
     if requested != "auto":
         return requested, "as configured"
     if device.type == "cuda":
@@ -40,8 +40,6 @@ def decode_precision(requested: str, device) -> str:
 
 
 def matmul_gflops(dtype, size: int = 768, repeats: int = 4, device: str = "cpu") -> float:
-    import torch
-
     a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     a @ b
     torch.cuda.synchronize() if device == "cuda" else None

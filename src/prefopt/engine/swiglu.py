@@ -17,6 +17,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from prefopt.engine.lora import FusedLoraLinear
 from prefopt.engine.norm import PRE_NORM_MODELS
 
 
@@ -96,8 +97,6 @@ def _lora_linear(rows, weight, a, b, scale: float) -> tuple[torch.Tensor, torch.
 def _lora_parts(mlp, x: torch.Tensor):
     """(dtype, scales, weights) for `_LoraSwiGLU` when gate, up and down are each one plain LoRA
     adapter on a frozen bias-free base (prefopt.engine.lora) and the settings allow it, else None."""
-    from prefopt.engine.lora import FusedLoraLinear
-
     layers = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
     if not getattr(mlp, "prefopt_lora_mlp", False) or not all(type(layer) is FusedLoraLinear for layer in layers):
         return None

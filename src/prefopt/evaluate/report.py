@@ -10,8 +10,11 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
+
 from prefopt.data import DataError
 from prefopt.files import write_atomic
+from prefopt.train.metrics import headline, read_metrics
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}table{border-collapse:collapse;margin:.6em 0}
@@ -28,7 +31,7 @@ def write_page(target: Path, title: str, body: str) -> Path:
 
 def figure_html(draw, *, width: float = 10, height: float = 3.6, png: Path | None = None) -> str:
     """An <img> of what `draw(figure)` plots, as an embedded PNG (also written to `png`, if given)."""
-    import matplotlib
+    import matplotlib  # here: pyplot may be imported only after the display-less backend is chosen
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
@@ -54,8 +57,6 @@ def table_html(rows: list[list[str]], header: list[str]) -> str:
 
 
 def train_report(run: Path) -> tuple[str, str]:
-    from prefopt.train.metrics import headline, read_metrics
-
     lines = read_metrics(run / "metrics.jsonl")
     train = [line for line in lines if line["split"] == "train"]
     evals = [line for line in lines if line["split"] == "eval"]
@@ -236,8 +237,6 @@ def _data_body(result: dict) -> str:
         return body + f'<p class=note>{html.escape(result.get("note", ""))}</p>'
 
     def scatter(figure):
-        import numpy as np
-
         axes = figure.add_subplot(1, 1, 1)
         for correct, color, label in ((True, "#55a868", "ranked correctly"), (False, "#c44e52", "misranked")):
             chosen = [p for p in points if p["ranked_correctly"] == correct]

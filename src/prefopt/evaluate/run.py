@@ -21,11 +21,14 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 
 from prefopt.data import Batching, DataError, PreferenceRecord, TokenizeSettings, load_records, tokenize_records
-from prefopt.engine.model import ModelCache
+from prefopt.engine.logps import CompletionLogpsModel
+from prefopt.engine.model import ModelCache, load_model, load_tokenizer
+from prefopt.engine.precision import choose_precision
 from prefopt.evaluate.stats import (
     bootstrap_mean,
     difficulty,
@@ -34,10 +37,12 @@ from prefopt.evaluate.stats import (
     win_rate,
 )
 from prefopt.files import write_json
+from prefopt.generate import GenerateConfig, generate
 from prefopt.oracles import ORACLES, ListToJudge, make_oracle
 from prefopt.oracles.cache import judge
 from prefopt.oracles.score import answer_cache
 from prefopt.registry import registered
+from prefopt.train.reference import reference_logps
 
 
 class EvalConfig(BaseModel):
@@ -98,9 +103,6 @@ def _answers(config: EvalConfig, which: str, console: Console, cache: ModelCache
              ) -> tuple[list[PreferenceRecord] | None, float]:
     """The model's (or the baseline's) answers: read, or generated into a file beside the output;
     and the seconds spent sampling them."""
-    from prefopt.engine.model import load_model
-    from prefopt.generate import GenerateConfig, generate
-
     given, model = (config.generations, config.model) if which == "model" else (config.baseline_generations,
                                                                                  config.baseline)
     if given is None and model is None:
@@ -256,11 +258,6 @@ def logps_table(spec: str, records: list[PreferenceRecord], precision: str = "au
                 cache: ModelCache | None = None):
     """Summed completion log-probs [lists, K] and lengths under one model, each list best first
     (in its own order when unscored), with the tokenized lists. `cache`: as load_model's."""
-    from prefopt.engine.logps import CompletionLogpsModel
-    from prefopt.engine.model import load_model, load_tokenizer
-    from prefopt.engine.precision import choose_precision
-    from prefopt.train.reference import reference_logps
-
     tokenizer = load_tokenizer(spec)
     examples, _ = tokenize_records(records, tokenizer, TokenizeSettings(max_prompt_tokens=None,
                                                                        max_completion_tokens=None))
@@ -278,8 +275,6 @@ def logps_table(spec: str, records: list[PreferenceRecord], precision: str = "au
 
 def default_reference(spec: str) -> str | None:
     """A train run's reference: the base of its LoRA adapters, or the model it started from."""
-    import yaml
-
     path = Path(spec)
     for adapters in (path / "model" / "adapter_config.json", path / "adapter_config.json"):
         if adapters.exists():

@@ -15,9 +15,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from prefopt.data import DataError, PreferenceRecord, load_records
 from prefopt.data.tokenize import prompt_ids
+from prefopt.engine.model import load_model, load_tokenizer
+from prefopt.engine.precision import decode_precision
 from prefopt.files import write_atomic
 from prefopt.generate.config import GenerateConfig
 from prefopt.generate.sampling import Sample, SamplingSettings, sample
+from prefopt.generate.vllm_backend import sample_with_vllm
 
 
 @dataclasses.dataclass
@@ -49,9 +52,6 @@ def generate(config: GenerateConfig, *, resume: bool = False, console: Console |
              tokenizer=None) -> GenerateResult:
     """Generate as `config` says; `model` and `tokenizer` may be given already loaded (the loop's
     policy stays in memory between rounds)."""
-    from prefopt.engine.model import load_model, load_tokenizer
-    from prefopt.engine.precision import decode_precision
-
     console = console or Console()
     records = load_prompts(config.prompts)
     out = Path(config.out)
@@ -66,8 +66,6 @@ def generate(config: GenerateConfig, *, resume: bool = False, console: Console |
     if not todo:
         return GenerateResult(out, len(records), 0, len(done), 0, 0.0)
     if config.backend == "vllm":
-        from prefopt.generate.vllm_backend import sample_with_vllm
-
         model = None
     else:
         model = model or load_model(config.model)

@@ -4,6 +4,7 @@ log-prob of the sampled tokens. Not exercised by the test suite (it needs a GPU)
 
 from __future__ import annotations
 
+from prefopt.engine.model import resolve_model_path
 from prefopt.generate.sampling import Sample, SamplingSettings
 
 
@@ -15,8 +16,6 @@ def sample_with_vllm(model: str, prompts: list[list[int]], settings: SamplingSet
     except ImportError:
         raise ValueError("backend vllm needs the vllm package, which runs on GPU machines: pip install vllm "
                          "(or use backend prefopt)") from None
-    from prefopt.engine.model import resolve_model_path
-
     llm = LLM(model=resolve_model_path(model), seed=settings.seed, dtype="bfloat16" if precision == "bf16" else "auto")
     params = SamplingParams(n=settings.k, temperature=settings.temperature, top_p=settings.top_p,
                             top_k=settings.top_k or -1, max_tokens=settings.max_new_tokens, stop=list(settings.stop),

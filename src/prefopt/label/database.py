@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import event, orm
 
 
@@ -57,9 +59,6 @@ def serialize(session: orm.Session) -> None:
 
 
 def upgrade(engine: sa.Engine) -> None:
-    from alembic import command
-    from alembic.config import Config
-
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as connection:

@@ -19,6 +19,8 @@ from typing import ClassVar, Literal
 
 import torch
 
+from prefopt.engine.model import load_model, load_tokenizer
+from prefopt.engine.refcache import weights_fingerprint
 from prefopt.errors import OracleError
 from prefopt.oracles.base import ORACLES, Judgement, ListToJudge, Oracle, OracleOptions
 
@@ -123,9 +125,6 @@ class _LocalJudge:
     """A causal LM's probability of "A" against "B" as the first token of its answer."""
 
     def __init__(self, options: JudgeOptions):
-        from prefopt.engine.model import load_model, load_tokenizer
-        from prefopt.engine.refcache import weights_fingerprint
-
         self.options = options
         self.tokenizer = load_tokenizer(options.model)
         self.model = load_model(options.model).eval()

@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 
 from prefopt.data import PreferenceRecord
 from prefopt.errors import OracleError
+from prefopt.label.store import Store, content_key
 from prefopt.oracles.base import ORACLES, Judgement, ListToJudge, Oracle, OracleOptions
 
 
@@ -36,16 +37,12 @@ class PeopleOracle(Oracle):
 
     def __init__(self, options: PeopleOptions):
         super().__init__(options)
-        from prefopt.label.store import Store
-
         url = options.db if "://" in options.db else f"sqlite:///{options.db}"
         self.store = Store(url, redundancy=options.labels_per_list)
         self.on_progress: Callable[[int, int], None] | None = None  # (labels in, labels wanted)
 
     def add(self, lists: list[ListToJudge], priorities: list[float] | None = None) -> list[int]:
         """Put the lists in the store (those already there are kept) and return their item ids."""
-        from prefopt.label.store import content_key
-
         self.store.add_items([PreferenceRecord(item.prompt, item.completions, (0.0,) * len(item.completions),
                                                source="asked by an oracle") for item in lists])
         keys = [content_key(item.prompt, item.completions) for item in lists]

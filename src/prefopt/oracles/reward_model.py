@@ -11,6 +11,10 @@ import torch
 
 from prefopt.data import PreferenceRecord, TokenizeSettings
 from prefopt.data.tokenize import tokenize_record
+from prefopt.engine.model import load_reward_model, load_tokenizer
+from prefopt.engine.precision import choose_precision
+from prefopt.engine.refcache import weights_fingerprint
+from prefopt.engine.rewards import completion_rewards
 from prefopt.oracles.base import ORACLES, Judgement, ListToJudge, Oracle, OracleOptions
 
 
@@ -30,10 +34,6 @@ class RewardModelOracle(Oracle):
 
     def __init__(self, options: RewardModelOptions):
         super().__init__(options)
-        from prefopt.engine.model import load_reward_model, load_tokenizer
-        from prefopt.engine.precision import choose_precision
-        from prefopt.engine.refcache import weights_fingerprint
-
         self.tokenizer = load_tokenizer(options.model)
         self.model = load_reward_model(options.model).eval()
         self.precision, _ = choose_precision(options.precision, self.model.device)
@@ -45,8 +45,6 @@ class RewardModelOracle(Oracle):
         return {**super().identity(), "weights": self.fingerprint}
 
     def judge(self, lists: list[ListToJudge]) -> list[Judgement]:
-        from prefopt.engine.rewards import completion_rewards
-
         examples = [tokenize_record(PreferenceRecord(item.prompt, item.completions, (0.0,) * len(item.completions)),
                                     self.tokenizer, self.settings) for item in lists]
         judgements = []

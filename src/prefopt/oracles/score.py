@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from prefopt.data import load_records
+from prefopt.engine.model import cache_dir
 from prefopt.files import staging_path
 from prefopt.oracles.base import ORACLES, ListToJudge, make_oracle
 from prefopt.oracles.cache import AnswerCache, judge
@@ -57,8 +58,6 @@ class ScoreResult:
 
 
 def answer_cache(path: str | None) -> AnswerCache | None:
-    from prefopt.engine.model import cache_dir
-
     if path == "none":
         return None
     return AnswerCache(path or cache_dir() / "oracle-answers.sqlite")

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from prefopt.reward.objective import RewardObjective
 from prefopt.train.config import RunSettings
 
 
@@ -36,7 +37,5 @@ class RewardConfig(RunSettings):
         return self
 
     def build_objective(self):
-        from prefopt.reward.objective import RewardObjective
-
         return RewardObjective(self.objective, margin=self.margin,
                                center_rewards_coefficient=self.center_rewards_coefficient)

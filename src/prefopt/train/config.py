@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from prefopt.data.batching import Batching
 from prefopt.engine.settings import EngineSettings
+from prefopt.losses import LOSSES, Objective
 
 
 class RunSettings(BaseModel):
@@ -129,8 +130,6 @@ class TrainConfig(RunSettings):
     @field_validator("loss")
     @classmethod
     def _known_losses(cls, value):
-        from prefopt.losses import LOSSES
-
         for name in [value] if isinstance(value, str) else list(value):
             LOSSES.get(name)  # an unknown name lists the valid ones
         return value
@@ -144,8 +143,6 @@ class TrainConfig(RunSettings):
         return self
 
     def build_objective(self):
-        from prefopt.losses import Objective
-
         return Objective(self.loss, self.loss_params)
 
     def engine_settings(self) -> EngineSettings:

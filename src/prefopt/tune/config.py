@@ -4,11 +4,15 @@ the study's storage."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from prefopt.settings import ConfigError, build, set_dotted
+from prefopt.train import TrainConfig
 
 
 class Param(BaseModel):
@@ -99,9 +103,6 @@ class TuneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _space_fits_the_base(self):
-        from prefopt.settings import ConfigError, build
-        from prefopt.train import TrainConfig
-
         if "output_dir" in self.space or "output_dir" in self.base:
             raise ValueError("output_dir: each trial's is output_dir/trial-N of the study")
         for key, param in self.space.items():
@@ -127,10 +128,6 @@ class TuneConfig(BaseModel):
 
 def trial_settings(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The base settings with each (dotted) parameter set."""
-    import copy
-
-    from prefopt.settings import set_dotted
-
     settings = copy.deepcopy(base)
     for key, value in params.items():
         set_dotted(settings, key, value)

@@ -14,10 +14,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import optuna
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from prefopt.files import write_json
+from prefopt.settings import build, save_config
+from prefopt.train import Reuse, TrainConfig, train
 from prefopt.tune.config import Param, TuneConfig, setting, trial_settings
 from prefopt.tune.summary import StudySummary, TrialRecord
 
@@ -32,8 +36,6 @@ class TuneResult:
 
 
 def _sampler(config: TuneConfig):
-    import optuna
-
     if config.sampler == "gp":
         try:
             import scipy  # noqa: F401  (Optuna's Gaussian process needs it)
@@ -45,8 +47,6 @@ def _sampler(config: TuneConfig):
 
 
 def _pruner(config: TuneConfig):
-    import optuna
-
     return {"none": optuna.pruners.NopPruner(), "median": optuna.pruners.MedianPruner(n_warmup_steps=1),
             "hyperband": optuna.pruners.HyperbandPruner()}[config.pruner]
 
@@ -57,8 +57,6 @@ def storage_url(config: TuneConfig) -> str:
 
 def open_study(config: TuneConfig, resume: bool):
     """The study in its storage: new (an existing one is an error without `resume`), or continued."""
-    import optuna
-
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     # a heartbeat marks the trials of a killed process failed when the next trial starts, and the
     # callback asks for them again
@@ -79,9 +77,6 @@ def _storage(url: str, attempts: int = 5):
     """The RDB storage. Two processes creating the same new database's tables at once collide (on
     PostgreSQL a duplicate key, or one reads the schema's version while the other is still writing
     it), and a moment later the tables are made."""
-    import optuna
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
     with warnings.catch_warnings():  # the heartbeat is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
@@ -115,11 +110,6 @@ def suggest(trial, space: dict[str, Param], base: dict[str, Any]) -> dict[str, A
 
 
 def _objective(config: TuneConfig, console: Console):
-    import optuna
-
-    from prefopt.settings import build
-    from prefopt.train import Reuse, TrainConfig, train
-
     reuse = Reuse()  # the trials of this process tokenize once and read the model from disk once
 
     def run_trial(trial) -> list[float]:
@@ -164,10 +154,6 @@ def _objective(config: TuneConfig, console: Console):
 def tune(config: TuneConfig, *, resume: bool = False, n_trials: int | None = None,
          console: Console | None = None) -> TuneResult:
     """Run the study until its trial budget (over every process on its storage) or time is spent."""
-    import optuna
-
-    from prefopt.settings import save_config
-
     console = console or Console()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(config, resume)
@@ -184,8 +170,6 @@ def tune(config: TuneConfig, *, resume: bool = False, n_trials: int | None = Non
 
 def summarize(study, config: TuneConfig) -> TuneResult:
     """study.json in the study's folder: every trial, the best ones and the settings' importances."""
-    import optuna
-
     trials: list[TrialRecord] = [{"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
                "run": t.user_attrs.get("run"), "failure": t.user_attrs.get("failure"),
                "seconds": t.user_attrs.get("seconds"), "overhead_seconds": t.user_attrs.get("overhead_seconds")}
