@@ -28,6 +28,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples docs
+	$(BIN)/ruff format --check src tests benchmarks examples docs
 
 # docs/settings.md and docs/losses.md are generated from the code; tests/test_docs.py checks them
 docs: install

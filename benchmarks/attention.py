@@ -55,14 +55,17 @@ def measure(queries: int, keys: int, repeats: int) -> dict:
 
         def run(backward: bool, attend=attend):
             leaves = [t.detach().requires_grad_(backward) for t in (query, key, value)]
-            leaves[2] = leaves[2].bfloat16().detach().requires_grad_(backward)  # values come from a bf16 matmul
+            # values come from a bf16 matmul
+            leaves[2] = leaves[2].bfloat16().detach().requires_grad_(backward)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = attend(*leaves)
             grads = torch.autograd.grad(out, leaves, grad.to(out.dtype)) if backward else []
             return [out, *grads]
 
-        errors = [((got.double() - want).norm() / want.norm()).item()
-                  for got, want in zip(run(True), exact, strict=True)]
+        errors = [
+            ((got.double() - want).norm() / want.norm()).item()
+            for got, want in zip(run(True), exact, strict=True)
+        ]
         with torch.no_grad():
             forward = milliseconds(lambda: run(False), repeats)
         both = milliseconds(lambda: run(True), repeats)
@@ -71,33 +74,53 @@ def measure(queries: int, keys: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", nargs="+", default=["481x481", "81x481", "1024x1024", "2048x2048"],
-                        help="QUERIESxKEYS (queries ≤ keys; query i sees keys up to keys − queries + i)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--calls",
+        nargs="+",
+        default=["481x481", "81x481", "1024x1024", "2048x2048"],
+        help="QUERIESxKEYS (queries ≤ keys; query i sees keys up to keys − queries + i)",
+    )
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     calls = []
     for call in args.calls:
         sizes = call.split("x")
-        if len(sizes) != 2 or not all(n.isdigit() for n in sizes) or not 0 < int(sizes[0]) <= int(sizes[1]):
-            parser.error(f"--calls {call}: expected QUERIESxKEYS with 1 ≤ queries ≤ keys, e.g. 81x481")
+        if (
+            len(sizes) != 2
+            or not all(n.isdigit() for n in sizes)
+            or not 0 < int(sizes[0]) <= int(sizes[1])
+        ):
+            parser.error(
+                f"--calls {call}: expected QUERIESxKEYS with 1 ≤ queries ≤ keys, e.g. 81x481"
+            )
         calls.append((call, int(sizes[0]), int(sizes[1])))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         chosen = matmuls_are_faster(torch.empty(1, device="cpu"))
     settings = EngineSettings()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; prefopt picks the matmuls here for "
-          f"calls of {settings.matmul_min_queries} queries and {settings.matmul_min_keys} keys and more: "
-          f"{'yes' if chosen else 'no (no bf16 instructions, or AMX tiles: the flash kernel is faster there)'}")
-    print(f"{'call':>11} {'kernel':>8} {'forward ms':>11} {'fwd+bwd ms':>11}   "
-          "rel. error vs float64: out / dq / dk / dv")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; prefopt picks the matmuls here for "
+        f"calls of {settings.matmul_min_queries} queries and {settings.matmul_min_keys} keys and more: "
+        f"{'yes' if chosen else 'no (no bf16 instructions, or AMX tiles: the flash kernel is faster there)'}"
+    )
+    print(
+        f"{'call':>11} {'kernel':>8} {'forward ms':>11} {'fwd+bwd ms':>11}   "
+        "rel. error vs float64: out / dq / dk / dv"
+    )
     for call, queries, keys in calls:
         results = measure(queries, keys, args.repeats)
         for name, r in results.items():
             errors = " / ".join(f"{e:.4f}" for e in r["errors"])
-            print(f"{call:>11} {name:>8} {r['forward_ms']:>11.2f} {r['forward_backward_ms']:>11.2f}   {errors}")
+            print(
+                f"{call:>11} {name:>8} {r['forward_ms']:>11.2f} {r['forward_backward_ms']:>11.2f}   {errors}"
+            )
         sdpa, ours = results["sdpa"], results["matmuls"]
-        print(f"{call:>11} {'speedup':>8} {sdpa['forward_ms'] / ours['forward_ms']:>10.2f}× "
-              f"{sdpa['forward_backward_ms'] / ours['forward_backward_ms']:>10.2f}×")
+        print(
+            f"{call:>11} {'speedup':>8} {sdpa['forward_ms'] / ours['forward_ms']:>10.2f}× "
+            f"{sdpa['forward_backward_ms'] / ours['forward_backward_ms']:>10.2f}×"
+        )
 
 
 if __name__ == "__main__":

@@ -21,20 +21,34 @@ from prefopt.engine.model import load_model, resolve_model_path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="default")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(resolve_model_path(args.model)).to(device).eval()
     rng = random.Random(0)
     vocab = model.config.vocab_size
-    lists = [TokenizedList(tuple(rng.randrange(vocab) for _ in range(100 + rng.randrange(12))),
-                           tuple(tuple(rng.randrange(vocab) for _ in range(60 + rng.randrange(20))) for _ in range(4)),
-                           (4.0, 3.0, 2.0, 1.0)) for _ in range(8)]
+    lists = [
+        TokenizedList(
+            tuple(rng.randrange(vocab) for _ in range(100 + rng.randrange(12))),
+            tuple(
+                tuple(rng.randrange(vocab) for _ in range(60 + rng.randrange(20))) for _ in range(4)
+            ),
+            (4.0, 3.0, 2.0, 1.0),
+        )
+        for _ in range(8)
+    ]
 
     def logps(indices, precision, share_prompt):
-        batch = collate([lists[i] for i in indices], indices, 0, share_prompt=share_prompt, pad_multiple=128)
-        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        batch = collate(
+            [lists[i] for i in indices], indices, 0, share_prompt=share_prompt, pad_multiple=128
+        )
+        with (
+            torch.no_grad(),
+            torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"),
+        ):
             return completion_logps(model, batch.to(device)).logps.float().cpu()
 
     for precision in ("fp32", "bf16"):
@@ -42,11 +56,17 @@ def main() -> None:
             alone = torch.stack([logps([i], precision, share_prompt)[0] for i in range(len(lists))])
             worst = 0.0
             for size in (2, 4, 8):
-                together = torch.cat([logps(list(range(j, j + size)), precision, share_prompt)
-                                      for j in range(0, len(lists), size)])
+                together = torch.cat(
+                    [
+                        logps(list(range(j, j + size)), precision, share_prompt)
+                        for j in range(0, len(lists), size)
+                    ]
+                )
                 worst = max(worst, float((together - alone).abs().max()))
-            print(f"{device} {precision:4} {'packed' if share_prompt else 'rows':6}: largest |log-prob alone − "
-                  f"in a batch| = {worst:.3g}")
+            print(
+                f"{device} {precision:4} {'packed' if share_prompt else 'rows':6}: largest |log-prob alone − "
+                f"in a batch| = {worst:.3g}"
+            )
 
 
 if __name__ == "__main__":

@@ -39,18 +39,27 @@ def milliseconds(seconds: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="default")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per setting")
     args = parser.parse_args()
     if args.steps < 2:
-        raise SystemExit(f"--steps {args.steps}: needs at least 2 (the first step creates the state)")
+        raise SystemExit(
+            f"--steps {args.steps}: needs at least 2 (the first step creates the state)"
+        )
     try:  # LoRA as `prefopt train` sets it up by default: r = 16 on every projection
-        setups = {"full": load_model(args.model), "lora r=16": load_model(args.model, lora=LoraSettings())}
+        setups = {
+            "full": load_model(args.model),
+            "lora r=16": load_model(args.model, lora=LoraSettings()),
+        }
     except (OSError, ValueError) as error:
         raise SystemExit(f"--model {args.model}: {error}") from None
-    print(f"{'parameters':>22} {'optimizer':>10} {'first step ms':>14} {'later steps ms':>15} {'max |Δ|':>9}")
+    print(
+        f"{'parameters':>22} {'optimizer':>10} {'first step ms':>14} {'later steps ms':>15} {'max |Δ|':>9}"
+    )
     for name, model in setups.items():
         params = [p for p in model.parameters() if p.requires_grad]
         label = f"{name} ({sum(p.numel() for p in params) / 1e6:.1f} M)"
@@ -63,8 +72,10 @@ def main() -> None:
         for kind, measured in runs.items():
             first = min(seconds[0] for seconds, _ in measured)
             later = min(sorted(seconds[1:])[len(seconds[1:]) // 2] for seconds, _ in measured)
-            print(f"{label:>22} {'fused' if kind else 'loop':>10} {milliseconds(first):>14} {milliseconds(later):>15} "
-                  f"{difference if kind else 0.0:>9.1e}")
+            print(
+                f"{label:>22} {'fused' if kind else 'loop':>10} {milliseconds(first):>14} {milliseconds(later):>15} "
+                f"{difference if kind else 0.0:>9.1e}"
+            )
         model.to("meta")  # frees the weights before the next setup
 
 

@@ -44,13 +44,16 @@ from vs_trl import (
     trl_step_timer,
 )
 
-WORKLOADS = {"pairs": (64, 170, 170, 2), "lists": (24, 170, 170, 4)}  # lists, prompt tokens, answer tokens, K
+# lists, prompt tokens, answer tokens, K
+WORKLOADS = {"pairs": (64, 170, 170, 2), "lists": (24, 170, 170, 4)}
 QUICK = {"pairs": (8, 48, 48, 2), "lists": (4, 48, 48, 4)}
 HELD_OUT = 48  # held-out pairs (lists are split into their pairs for accuracy)
 GOOD = ("bright", "clear", "kind", "honest", "helpful", "careful", "precise", "gentle")
 
 
-def synthetic_lists(tokenizer, count: int, prompt_tokens: int, answer_tokens: int, k: int, seed: int) -> list:
+def synthetic_lists(
+    tokenizer, count: int, prompt_tokens: int, answer_tokens: int, k: int, seed: int
+) -> list:
     """Lists whose answers hold 0, 3, 6, … good words among random ones (shuffled order, scored by
     that count): a preference a reward model can learn from the text alone."""
     rng = random.Random(seed)
@@ -66,21 +69,36 @@ def synthetic_lists(tokenizer, count: int, prompt_tokens: int, answer_tokens: in
     rows = []
     for _ in range(count):
         goods = rng.sample(range(0, 3 * k + 3, 3), k)
-        rows.append({"prompt": text(prompt_tokens) + "\n", "completions": [" " + text(answer_tokens, g) for g in goods],
-                     "scores": [float(g) for g in goods]})
+        rows.append(
+            {
+                "prompt": text(prompt_tokens) + "\n",
+                "completions": [" " + text(answer_tokens, g) for g in goods],
+                "scores": [float(g) for g in goods],
+            }
+        )
     return rows
 
 
 def as_pairs(rows: list) -> list:
-    return [{"prompt": row["prompt"], "chosen": row["completions"][i], "rejected": row["completions"][j]}
-            for row in rows for i in range(len(row["completions"])) for j in range(len(row["completions"]))
-            if row["scores"][i] > row["scores"][j]]
+    return [
+        {
+            "prompt": row["prompt"],
+            "chosen": row["completions"][i],
+            "rejected": row["completions"][j],
+        }
+        for row in rows
+        for i in range(len(row["completions"]))
+        for j in range(len(row["completions"]))
+        if row["scores"][i] > row["scores"][j]
+    ]
 
 
 def held_out_accuracy(model_folder: str, pairs: list) -> float:
     from prefopt.oracles import ListToJudge, make_oracle
 
-    oracle = make_oracle("reward_model", {"model": model_folder, "precision": "fp32", "chat_template": "never"})
+    oracle = make_oracle(
+        "reward_model", {"model": model_folder, "precision": "fp32", "chat_template": "never"}
+    )
     judged = oracle.judge([ListToJudge(p["prompt"], (p["chosen"], p["rejected"])) for p in pairs])
     return sum(j.scores[0] > j.scores[1] for j in judged) / len(pairs)
 
@@ -91,12 +109,25 @@ def prefopt_config(args, rows, model_path: str, folder: Path):
     data = folder / "data.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return RewardConfig(
-        model=model_path, data=str(data), output_dir=str(folder / "run"),
+        model=model_path,
+        data=str(data),
+        output_dir=str(folder / "run"),
         objective="plackett_luce" if len(rows[0]["completions"]) > 2 else "bradley_terry",
-        lora=args.lora, precision=args.precision, learning_rate=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-        eval_fraction=0.0, warmup_ratio=0.0, scheduler="constant", max_prompt_tokens=args.max_length,
-        max_completion_tokens=args.max_length, chat_template="never", max_grad_norm=None,
-        gradient_checkpointing=args.checkpointing, compile=args.compile)
+        lora=args.lora,
+        precision=args.precision,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        eval_fraction=0.0,
+        warmup_ratio=0.0,
+        scheduler="constant",
+        max_prompt_tokens=args.max_length,
+        max_completion_tokens=args.max_length,
+        chat_template="never",
+        max_grad_norm=None,
+        gradient_checkpointing=args.checkpointing,
+        compile=args.compile,
+    )
 
 
 def prefopt_order(args, rows, model_path: str, folder: Path) -> list[int]:
@@ -108,7 +139,9 @@ def prefopt_order(args, rows, model_path: str, folder: Path) -> list[int]:
 
     config = prefopt_config(args, rows, model_path, folder)
     records = load_records(config.data).records
-    settings = TokenizeSettings(config.max_prompt_tokens, config.max_completion_tokens, chat_template="never")
+    settings = TokenizeSettings(
+        config.max_prompt_tokens, config.max_completion_tokens, chat_template="never"
+    )
     examples, _ = tokenize_records(records, load_tokenizer(model_path), settings)
     return [i for lists in config.batching().epoch_steps(examples, 0, 1) for i in lists]
 
@@ -118,15 +151,23 @@ def run_prefopt(args, rows, model_path: str, folder: Path) -> dict:
 
     profile = StepProfile(args.profile_step, lists=args.batch_size)
     try:
-        result = reward_train(prefopt_config(args, rows, model_path, folder), on_step=prefopt_step_profile(profile))
+        result = reward_train(
+            prefopt_config(args, rows, model_path, folder), on_step=prefopt_step_profile(profile)
+        )
     finally:
         profile.close()
     memory = peak_memory_gb()
     first = json.loads((folder / "run" / "metrics.jsonl").read_text().splitlines()[0])
     steps = prefopt_step_seconds(folder / "run" / "metrics.jsonl", args.batch_size)
-    return {"seconds": result.loop_seconds, "step1_loss": first["loss"], "steps": result.steps,
-            "peak_memory_gb": memory, "model_folder": str(folder / "run" / "model"),
-            "steady_step_seconds": steady(steps), "profile": profile.result()}
+    return {
+        "seconds": result.loop_seconds,
+        "step1_loss": first["loss"],
+        "steps": result.steps,
+        "peak_memory_gb": memory,
+        "model_folder": str(folder / "run" / "model"),
+        "steady_step_seconds": steady(steps),
+        "profile": profile.result(),
+    }
 
 
 def run_trl(args, rows, model_path: str, folder: Path) -> dict:
@@ -138,22 +179,51 @@ def run_trl(args, rows, model_path: str, folder: Path) -> dict:
     from prefopt.engine.hostmem import keep_freed_memory
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=1, dtype=torch.float32
+    )
     peft_config = None
     if args.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="SEQ_CLS",
-                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                 "down_proj"])
-    config = RewardConfig(output_dir=str(folder / "trl"), per_device_train_batch_size=args.batch_size,
-                          learning_rate=args.lr, max_length=4 * args.max_length, num_train_epochs=args.epochs,
-                          logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-                          bf16=args.precision == "bf16", lr_scheduler_type="constant", warmup_steps=0,
-                          max_grad_norm=0.0, gradient_checkpointing=args.checkpointing, dataloader_num_workers=0,
-                          seed=0, torch_compile=args.compile)
+        peft_config = LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            task_type="SEQ_CLS",
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+        )
+    config = RewardConfig(
+        output_dir=str(folder / "trl"),
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        max_length=4 * args.max_length,
+        num_train_epochs=args.epochs,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        bf16=args.precision == "bf16",
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=0.0,
+        gradient_checkpointing=args.checkpointing,
+        dataloader_num_workers=0,
+        seed=0,
+        torch_compile=args.compile,
+    )
     pairs_only = len(rows[0]["completions"]) == 2
-    if pairs_only:  # TRL takes the pairs in prefopt's order, one after another (no shuffle of its own)
+    if (
+        pairs_only
+    ):  # TRL takes the pairs in prefopt's order, one after another (no shuffle of its own)
         rows = [rows[i] for i in prefopt_order(args, rows, model_path, folder)]
 
     class InOrder(RewardTrainer):
@@ -165,12 +235,18 @@ def run_trl(args, rows, model_path: str, folder: Path) -> dict:
 
     step_seconds = []
     k = len(rows[0]["completions"])
-    profile = StepProfile(args.profile_step, lists=args.batch_size / (k * (k - 1) // 2))  # a step is pairs
+    # a step is pairs
+    profile = StepProfile(args.profile_step, lists=args.batch_size / (k * (k - 1) // 2))
     # prefopt keeps freed memory in the process while it trains on a CPU; TRL gets the same
     with keep_freed_memory(enabled=not torch.cuda.is_available()):
-        trainer = InOrder(model=model, args=config, train_dataset=datasets.Dataset.from_list(as_pairs(rows)),
-                          processing_class=tokenizer, peft_config=peft_config,
-                          callbacks=[trl_step_timer(step_seconds), trl_step_profile(profile)])
+        trainer = InOrder(
+            model=model,
+            args=config,
+            train_dataset=datasets.Dataset.from_list(as_pairs(rows)),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[trl_step_timer(step_seconds), trl_step_profile(profile)],
+        )
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
@@ -179,9 +255,15 @@ def run_trl(args, rows, model_path: str, folder: Path) -> dict:
     trained = trainer.model.merge_and_unload() if args.lora else trainer.model
     trained.save_pretrained(folder / "trl-model")
     tokenizer.save_pretrained(folder / "trl-model")
-    return {"seconds": seconds, "step1_loss": losses[0], "steps": trainer.state.global_step, "peak_memory_gb": memory,
-            "model_folder": str(folder / "trl-model"), "steady_step_seconds": steady(step_seconds),
-            "profile": profile.result()}
+    return {
+        "seconds": seconds,
+        "step1_loss": losses[0],
+        "steps": trainer.state.global_step,
+        "peak_memory_gb": memory,
+        "model_folder": str(folder / "trl-model"),
+        "steady_step_seconds": steady(step_seconds),
+        "profile": profile.result(),
+    }
 
 
 def initial_reward_model(model: str, folder: Path) -> str:
@@ -196,7 +278,9 @@ def initial_reward_model(model: str, folder: Path) -> str:
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(model)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    reward_model = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1, dtype=torch.float32)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(
+        model, num_labels=1, dtype=torch.float32
+    )
     distinct_pad(tokenizer, reward_model)
     reward_model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -213,26 +297,57 @@ def worker(args) -> None:
     held_out = as_pairs(synthetic_lists(tokenizer, HELD_OUT, *lengths[:2], 2, seed=1))
     tokens = sum(len(tokenizer(r["prompt"] + "".join(r["completions"]))["input_ids"]) for r in rows)
     with tempfile.TemporaryDirectory() as folder:
-        result = (run_prefopt if args.worker == "prefopt" else run_trl)(args, rows, args.model, Path(folder))
+        result = (run_prefopt if args.worker == "prefopt" else run_trl)(
+            args, rows, args.model, Path(folder)
+        )
         result["held_out_accuracy"] = held_out_accuracy(result.pop("model_folder"), held_out)
-    result |= {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "lists": len(rows),
-               "lists_per_s": len(rows) / result["seconds"], "tokens_per_s": tokens / result["seconds"]}
+    result |= {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "lists": len(rows),
+        "lists_per_s": len(rows) / result["seconds"],
+        "tokens_per_s": tokens / result["seconds"],
+    }
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def measure(args, framework: str, workload: str) -> dict:
-    command = [sys.executable, __file__, "--worker", framework, "--workload", workload, "--model", args.model,
-               "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--max-length", str(args.max_length),
-               "--precision", args.precision, "--epochs", str(args.epochs)]
-    command += ["--quick"] * args.quick + ["--lora"] * args.lora + ["--checkpointing"] * args.checkpointing
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        framework,
+        "--workload",
+        workload,
+        "--model",
+        args.model,
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--max-length",
+        str(args.max_length),
+        "--precision",
+        args.precision,
+        "--epochs",
+        str(args.epochs),
+    ]
+    command += (
+        ["--quick"] * args.quick + ["--lora"] * args.lora + ["--checkpointing"] * args.checkpointing
+    )
     command += ["--compile"] * args.compile
     command += ["--profile-step", str(args.profile_step)] * bool(args.profile_step)
-    return run_worker(command, args.cache, f"{framework} on {workload}",
-                      huge_pages=framework == "prefopt" or args.trl_huge_pages)
+    return run_worker(
+        command,
+        args.cache,
+        f"{framework} on {workload}",
+        huge_pages=framework == "prefopt" or args.trl_huge_pages,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small data: a minute or two")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--model", default="default")
@@ -240,22 +355,47 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--epochs", type=int, default=1, help="epochs on both sides (held-out accuracy needs several)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="epochs on both sides (held-out accuracy needs several)",
+    )
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--lora", action="store_true", help="LoRA on both sides (adapters and the head trained)")
-    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
-    parser.add_argument("--compile", action="store_true", help="torch.compile on both sides (prefopt's compile: "
-                        "true, TRL's torch_compile); see the steady step time: compiling takes the first steps")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per tool and workload (the fastest is kept)")
-    parser.add_argument("--trl-huge-pages", action="store_true", help="TRL with PyTorch's huge-page allocation "
-                        "too (THP_MEM_ALLOC_ENABLE=1, which importing prefopt sets); by default TRL runs without it")
-    parser.add_argument("--profile-step", type=int, help="profile this optimizer step (2 or later) on both sides "
-                        "and print where its time went: GEMMs, attention, the rest")
+    parser.add_argument(
+        "--lora", action="store_true", help="LoRA on both sides (adapters and the head trained)"
+    )
+    parser.add_argument(
+        "--checkpointing", action="store_true", help="gradient checkpointing on both sides"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile on both sides (prefopt's compile: "
+        "true, TRL's torch_compile); see the steady step time: compiling takes the first steps",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs per tool and workload (the fastest is kept)"
+    )
+    parser.add_argument(
+        "--trl-huge-pages",
+        action="store_true",
+        help="TRL with PyTorch's huge-page allocation "
+        "too (THP_MEM_ALLOC_ENABLE=1, which importing prefopt sets); by default TRL runs without it",
+    )
+    parser.add_argument(
+        "--profile-step",
+        type=int,
+        help="profile this optimizer step (2 or later) on both sides "
+        "and print where its time went: GEMMs, attention, the rest",
+    )
     parser.add_argument("--worker", choices=["prefopt", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile_step is not None and args.profile_step < 2:
-        parser.error("--profile-step: 2 or later (the first step pays for first page faults and caches)")
+        parser.error(
+            "--profile-step: 2 or later (the first step pays for first page faults and caches)"
+        )
     if args.worker:
         return worker(args)
 
@@ -270,31 +410,63 @@ def main() -> None:
         raise SystemExit(f"--model {args.model}: {error}") from None
     args.cache = tempfile.mkdtemp(prefix="prefopt-bench-cache-")
     args.model = initial_reward_model(base, Path(tempfile.mkdtemp(prefix="prefopt-bench-rm-")))
-    results = {workload: side_by_side(lambda tool, workload=workload: measure(args, tool, workload), args.repeats)
-               for workload in args.workloads.split(",")}
-    table = Table(title=f"prefopt reward train vs TRL RewardTrainer ({'LoRA' if args.lora else 'full fine-tuning'}, "
-                        f"{args.precision}, batch {args.batch_size}, {args.epochs} epoch{'s' * (args.epochs > 1)}"
-                        f"{', checkpointing' * args.checkpointing}{', compiled' * args.compile}"
-                        f"{', quick' if args.quick else ''}"
-                        f"{f', fastest of {args.repeats}' if args.repeats > 1 else ''})")
-    for column in ("workload", "tool", "epoch s", "step s (steady)", "tokens/s", "lists/s", "peak GB", "step-1 loss",
-                   "held-out acc", "speedup", "memory ratio"):
+    results = {
+        workload: side_by_side(
+            lambda tool, workload=workload: measure(args, tool, workload), args.repeats
+        )
+        for workload in args.workloads.split(",")
+    }
+    table = Table(
+        title=f"prefopt reward train vs TRL RewardTrainer ({'LoRA' if args.lora else 'full fine-tuning'}, "
+        f"{args.precision}, batch {args.batch_size}, {args.epochs} epoch{'s' * (args.epochs > 1)}"
+        f"{', checkpointing' * args.checkpointing}{', compiled' * args.compile}"
+        f"{', quick' if args.quick else ''}"
+        f"{f', fastest of {args.repeats}' if args.repeats > 1 else ''})"
+    )
+    for column in (
+        "workload",
+        "tool",
+        "epoch s",
+        "step s (steady)",
+        "tokens/s",
+        "lists/s",
+        "peak GB",
+        "step-1 loss",
+        "held-out acc",
+        "speedup",
+        "memory ratio",
+    ):
         table.add_column(column, justify="right")
     for workload, row in results.items():
         for tool in ("prefopt", "trl"):
             r = row[tool]
-            ratios = (f"{row['speedup']:.2f}×", f"{row['memory_ratio']:.2f}") if tool == "prefopt" else ("", "")
+            ratios = (
+                (f"{row['speedup']:.2f}×", f"{row['memory_ratio']:.2f}")
+                if tool == "prefopt"
+                else ("", "")
+            )
             step = f"{r['steady_step_seconds']:.2f}" if r.get("steady_step_seconds") else "–"
-            table.add_row(workload, tool, f"{r['seconds']:.1f}", step, f"{r['tokens_per_s']:.0f}",
-                          f"{r['lists_per_s']:.2f}", f"{r['peak_memory_gb']:.2f}", f"{r['step1_loss']:.5f}",
-                          f"{r['held_out_accuracy']:.3f}", *ratios)
+            table.add_row(
+                workload,
+                tool,
+                f"{r['seconds']:.1f}",
+                step,
+                f"{r['tokens_per_s']:.0f}",
+                f"{r['lists_per_s']:.2f}",
+                f"{r['peak_memory_gb']:.2f}",
+                f"{r['step1_loss']:.5f}",
+                f"{r['held_out_accuracy']:.3f}",
+                *ratios,
+            )
     console = Console(width=160)
     console.print(table)
     print_step_profiles(console, results)
     pairs = results.get("pairs")
     if pairs and pairs["step1_loss_difference"] > 1e-3:
-        console.print(f"[yellow]pairs: step-1 losses differ by {pairs['step1_loss_difference']:.5f} (> 1e-3): both "
-                      "start from the same reward model, so their first rewards should agree[/]")
+        console.print(
+            f"[yellow]pairs: step-1 losses differ by {pairs['step1_loss_difference']:.5f} (> 1e-3): both "
+            "start from the same reward model, so their first rewards should agree[/]"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # spin while they wait for each other)
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _CORES = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _CORES // _WORKERS)))
 
 
@@ -25,8 +27,14 @@ def prefopt_cli():
     assert script.exists(), f"console script missing: {script} (install with `pip install -e .`)"
 
     def run(*args, cwd=None, timeout=600, env=None):
-        return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                              timeout=timeout, env={**os.environ, "NO_COLOR": "1", **(env or {})})
+        return subprocess.run(
+            [str(script), *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=timeout,
+            env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        )
 
     return run
 

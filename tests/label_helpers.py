@@ -16,16 +16,31 @@ from pathlib import Path
 
 import httpx
 
-HOSTILE = ('<script>window.__pwned = 1</script>', '<img src=x onerror="window.__pwned = 2">',
-           '<a href="javascript:window.__pwned = 3">click me</a>')
+HOSTILE = (
+    "<script>window.__pwned = 1</script>",
+    '<img src=x onerror="window.__pwned = 2">',
+    '<a href="javascript:window.__pwned = 3">click me</a>',
+)
 
 
 def item_rows(pairs: int = 4, lists: int = 1, k: int = 4) -> list[dict]:
-    rows = [{"prompt": f"Question {i}: what is {i} + {i}?",
-             "completions": [f"It is {2 * i}.", f"Maybe {2 * i + 1}?\n```python\nprint({i} + {i})\n```"]}
-            for i in range(pairs)]
-    rows += [{"prompt": [{"role": "user", "content": f"Rank these answers {j}"}],
-              "completions": [f"answer {j}.{c}" for c in range(k)]} for j in range(lists)]
+    rows = [
+        {
+            "prompt": f"Question {i}: what is {i} + {i}?",
+            "completions": [
+                f"It is {2 * i}.",
+                f"Maybe {2 * i + 1}?\n```python\nprint({i} + {i})\n```",
+            ],
+        }
+        for i in range(pairs)
+    ]
+    rows += [
+        {
+            "prompt": [{"role": "user", "content": f"Rank these answers {j}"}],
+            "completions": [f"answer {j}.{c}" for c in range(k)],
+        }
+        for j in range(lists)
+    ]
     return rows
 
 
@@ -49,8 +64,13 @@ class Server:
         script = Path(sys.executable).parent / "prefopt"
         command = [str(script), "label", "serve", "--db", db, "--port", str(self.port), *args]
         command += ["--items", str(items)] if items else []
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env={**os.environ, "NO_COLOR": "1"})
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -89,10 +109,21 @@ def postgres_server():
         shutil.chown(folder, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    run = lambda *args: subprocess.run([*as_user, *map(str, args)], check=True, capture_output=True, text=True)
+    run = lambda *args: subprocess.run(
+        [*as_user, *map(str, args)], check=True, capture_output=True, text=True
+    )
     run(bin_dir / "initdb", "-D", data, "-U", "prefopt", "--auth=trust", "-E", "UTF8")
-    run(bin_dir / "pg_ctl", "-D", data, "-w", "-l", folder / "log", "-o",
-        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200", "start")
+    run(
+        bin_dir / "pg_ctl",
+        "-D",
+        data,
+        "-w",
+        "-l",
+        folder / "log",
+        "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200",
+        "start",
+    )
     try:
         yield f"postgresql+psycopg://prefopt@127.0.0.1:{port}/postgres"
     finally:

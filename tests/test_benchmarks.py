@@ -14,37 +14,73 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("model", ["missing.gguf", "missing-folder"])
 def test_vs_trl_names_a_missing_model(tmp_path, model):
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_trl.py"), "--quick", "--model",
-                           str(tmp_path / model)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "vs_trl.py"),
+            "--quick",
+            "--model",
+            str(tmp_path / model),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
-    assert f"--model {tmp_path / model}:" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert f"--model {tmp_path / model}:" in done.stderr and "Traceback" not in done.stderr, (
+        done.stderr
+    )
 
 
 def test_attention_benchmark_compares_both_kernels_and_names_a_bad_call():
     script = str(ROOT / "benchmarks" / "attention.py")
-    done = subprocess.run([sys.executable, script, "--calls", "20x20", "8x30", "--repeats", "1"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, script, "--calls", "20x20", "8x30", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines()]
-    assert [row[:2] for row in rows if row[0] == "8x30"] == [["8x30", "sdpa"], ["8x30", "matmuls"], ["8x30", "speedup"]]
+    assert [row[:2] for row in rows if row[0] == "8x30"] == [
+        ["8x30", "sdpa"],
+        ["8x30", "matmuls"],
+        ["8x30", "speedup"],
+    ]
     errors = [float(e) for row in rows if row[:2] == ["8x30", "matmuls"] for e in row[4::2]]
     assert len(errors) == 4 and max(errors) < 0.01
-    done = subprocess.run([sys.executable, script, "--calls", "30x8"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, script, "--calls", "30x8"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode != 0 and "--calls 30x8: expected QUERIESxKEYS" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_optimizer_benchmark_times_both_updates_and_checks_they_agree(tiny_model):
     script = str(ROOT / "benchmarks" / "optimizer.py")
-    done = subprocess.run([sys.executable, script, "--model", str(tiny_model), "--steps", "2", "--rounds", "1"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, script, "--model", str(tiny_model), "--steps", "2", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines()[1:]]
-    assert [(row[0], row[-4]) for row in rows] == [("full", "loop"), ("full", "fused"), ("lora", "loop"),
-                                                   ("lora", "fused")]
+    assert [(row[0], row[-4]) for row in rows] == [
+        ("full", "loop"),
+        ("full", "fused"),
+        ("lora", "loop"),
+        ("lora", "fused"),
+    ]
     assert all(float(row[-3]) > 0 and float(row[-2]) > 0 and float(row[-1]) < 1e-6 for row in rows)
-    done = subprocess.run([sys.executable, script, "--steps", "1"], capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "--steps 1: needs at least 2" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(
+        [sys.executable, script, "--steps", "1"], capture_output=True, text=True, timeout=120
+    )
+    assert (
+        done.returncode != 0
+        and "--steps 1: needs at least 2" in done.stderr
+        and "Traceback" not in done.stderr
+    )
 
 
 def test_required_flops_count_linear_layers_head_and_the_attention_pairs_the_work_needs(tiny_model):
@@ -70,10 +106,33 @@ def test_required_flops_count_linear_layers_head_and_the_attention_pairs_the_wor
 
 def test_active_against_random_runs_every_strategy_and_seed_and_resumes(tiny_model, tmp_path):
     script = str(ROOT / "benchmarks" / "active_vs_random.py")
-    command = [sys.executable, script, "--model", str(tiny_model), "--seeds", "2", "--rounds", "1", "--labels", "2",
-               "--heldout", "3", "--train-prompts", "12", "--max-new-tokens", "6",
-               "--strategies", "random", "certainty", "--out", str(tmp_path / "runs"),
-               "--json", str(tmp_path / "result.json"), "--plot", str(tmp_path / "curves.png")]
+    command = [
+        sys.executable,
+        script,
+        "--model",
+        str(tiny_model),
+        "--seeds",
+        "2",
+        "--rounds",
+        "1",
+        "--labels",
+        "2",
+        "--heldout",
+        "3",
+        "--train-prompts",
+        "12",
+        "--max-new-tokens",
+        "6",
+        "--strategies",
+        "random",
+        "certainty",
+        "--out",
+        str(tmp_path / "runs"),
+        "--json",
+        str(tmp_path / "result.json"),
+        "--plot",
+        str(tmp_path / "curves.png"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "result.json").read_text())
@@ -82,10 +141,20 @@ def test_active_against_random_runs_every_strategy_and_seed_and_resumes(tiny_mod
     assert curve["labels"][0] == 0 and len(curve["score"]) == 2  # the initial model, then one round
     assert "random's final held-out score" in done.stdout and "certainty:" in done.stdout
     assert (tmp_path / "curves.png").stat().st_size > 1000
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # every run is read, none redone
-    assert again.returncode == 0 and json.loads((tmp_path / "result.json").read_text())["runs"] == result["runs"]
-    done = subprocess.run([sys.executable, script, "--strategies", "entropy"], capture_output=True, text=True)
-    assert done.returncode != 0 and "random is the baseline" in done.stderr and "Traceback" not in done.stderr
+    # every run is read, none redone
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert (
+        again.returncode == 0
+        and json.loads((tmp_path / "result.json").read_text())["runs"] == result["runs"]
+    )
+    done = subprocess.run(
+        [sys.executable, script, "--strategies", "entropy"], capture_output=True, text=True
+    )
+    assert (
+        done.returncode != 0
+        and "random is the baseline" in done.stderr
+        and "Traceback" not in done.stderr
+    )
 
 
 def test_step_profile_splits_only_its_step_into_gemms_attention_and_the_rest():
@@ -115,7 +184,9 @@ def test_step_profile_splits_only_its_step_into_gemms_attention_and_the_rest():
     split = profile.result()
     assert split["step"] == 2 and split["lists"] == 4
     assert split["gemm_s"] > 0 and split["attention_s"] > 0 and split["other_s"] >= 0
-    assert split["gemm_s"] + split["attention_s"] + split["other_s"] == pytest.approx(split["step_s"])
+    assert split["gemm_s"] + split["attention_s"] + split["other_s"] == pytest.approx(
+        split["step_s"]
+    )
     work(1)  # step 3 leaves step 2's split as it was
     on_step(SimpleNamespace(step=3), {})
     assert profile.result() == split

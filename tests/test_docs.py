@@ -12,8 +12,11 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_generated_pages_match_the_code():
-    result = subprocess.run([sys.executable, str(ROOT / "docs" / "generate.py"), "--check"], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "generate.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -46,4 +49,6 @@ def test_every_relative_link_resolves():
         prose = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)  # code is not linked
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", prose):
             if "://" not in target:
-                assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+                assert (page.parent / target).exists(), (
+                    f"{page.name} links to {target}, which does not exist"
+                )

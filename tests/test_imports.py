@@ -17,21 +17,37 @@ import prefopt
 PACKAGE = Path(prefopt.__file__).parent
 # a package may import packages of a lower layer (and itself), never one of its own layer or above
 LAYERS = {
-    "errors": 0, "registry": 0, "files": 0,
+    "errors": 0,
+    "registry": 0,
+    "files": 0,
     "settings": 1,
-    "losses": 2, "data": 2, "acquire": 2,
-    "engine": 3, "label": 3, "oracles": 4,
-    "train": 4, "generate": 4,
+    "losses": 2,
+    "data": 2,
+    "acquire": 2,
+    "engine": 3,
+    "label": 3,
+    "oracles": 4,
+    "train": 4,
+    "generate": 4,
     "evaluate": 5,
-    "reward": 6, "loop": 7, "tune": 7, "demo": 8,
-    "report": 9, "cli": 10,
+    "reward": 6,
+    "loop": 7,
+    "tune": 7,
+    "demo": 8,
+    "report": 9,
+    "cli": 10,
 }
 MODEL_LIBRARIES = {"transformers", "peft", "accelerate"}
 
 
 def _modules() -> dict[str, Path]:
-    return {".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): path
-            for path in PACKAGE.rglob("*.py") if "migrations" not in path.parts}
+    return {
+        ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(
+            ".__init__"
+        ): path
+        for path in PACKAGE.rglob("*.py")
+        if "migrations" not in path.parts
+    }
 
 
 def _imports(path: Path) -> set[str]:
@@ -52,7 +68,12 @@ def _part(module: str) -> str:
 
 def test_every_module_imports():
     names = [m.name for m in pkgutil.walk_packages(prefopt.__path__, prefix="prefopt.")]
-    assert {"prefopt.losses.pairwise", "prefopt.train.loop", "prefopt.label.app", "prefopt.engine.logps"} <= set(names)
+    assert {
+        "prefopt.losses.pairwise",
+        "prefopt.train.loop",
+        "prefopt.label.app",
+        "prefopt.engine.logps",
+    } <= set(names)
     for name in names:
         importlib.import_module(name)
 
@@ -67,7 +88,9 @@ def test_imports_point_down(module):
     for imported in _imports(_modules()[module]):
         if not imported.startswith("prefopt.") or _part(imported) == part:
             continue
-        assert _part(imported) != "cli", f"{module} imports {imported}: nothing imports the command line"
+        assert _part(imported) != "cli", (
+            f"{module} imports {imported}: nothing imports the command line"
+        )
         assert LAYERS[_part(imported)] < LAYERS[part], f"{module} (layer {part}) imports {imported}"
 
 
@@ -86,21 +109,31 @@ def test_pure_parts_import_torch_only(part):
         if _part(module) == part:
             outside = {name.split(".")[0] for name in _imports(path)} - allowed
             assert not outside, f"{module} imports {outside}"
-    code = (f"import sys, prefopt.{part}; heavy = [m for m in ('transformers', 'peft', 'accelerate', 'datasets') "
-            "if m in sys.modules]; print(heavy)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = (
+        f"import sys, prefopt.{part}; heavy = [m for m in ('transformers', 'peft', 'accelerate', 'datasets') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize(("setting", "imports", "seen"), [
-    (None, "import prefopt, torch", "1"),  # before torch: PyTorch's allocator reads it at its first allocation
-    ("0", "import prefopt, torch", "0"),  # a value the user set is kept
-    (None, "import torch, prefopt", "None"),  # too late to matter: left unset
-])
+@pytest.mark.parametrize(
+    ("setting", "imports", "seen"),
+    [
+        # before torch: PyTorch's allocator reads it at its first allocation
+        (None, "import prefopt, torch", "1"),
+        ("0", "import prefopt, torch", "0"),  # a value the user set is kept
+        (None, "import torch, prefopt", "None"),  # too late to matter: left unset
+    ],
+)
 def test_importing_prefopt_first_turns_on_pytorchs_huge_pages(setting, imports, seen):
     env = {key: value for key, value in os.environ.items() if key != "THP_MEM_ALLOC_ENABLE"}
     if setting is not None:
         env["THP_MEM_ALLOC_ENABLE"] = setting
     code = f"{imports}; import os; print(os.environ.get('THP_MEM_ALLOC_ENABLE'))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
     assert done.stdout.strip() == seen

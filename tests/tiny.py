@@ -11,8 +11,10 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-WORDS = ("apple river stone cloud green quick seven happy ocean light table music garden window paper "
-         "yes no good bad answer question please thanks short long word list first second").split()
+WORDS = (
+    "apple river stone cloud green quick seven happy ocean light table music garden window paper "
+    "yes no good bad answer question please thanks short long word list first second"
+).split()
 
 
 def build_tiny_model(path: Path, seed: int = 0) -> Path:
@@ -22,20 +24,38 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
 
     rng = random.Random(seed)
     corpus = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(300)]
-    corpus += [" ".join(WORDS).upper(), "user assistant system 0123456789 .,;:!?-'\"()[]{}<>/\\@#$%^&*_=+~`|"]
+    corpus += [
+        " ".join(WORDS).upper(),
+        "user assistant system 0123456789 .,;:!?-'\"()[]{}<>/\\@#$%^&*_=+~`|",
+    ]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(path)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=False,
+    )
     LlamaForCausalLM(config).save_pretrained(path)
     return path
 
@@ -51,15 +71,24 @@ def toy_rows(n: int, seed: int = 0, k: int = 2, chat: bool = False) -> list[dict
         if k == 2:
             chosen, rejected = " ".join(words), " ".join(words).upper()
             if chat:
-                rows.append({"prompt": [{"role": "user", "content": prompt}],
-                             "chosen": [{"role": "assistant", "content": chosen}],
-                             "rejected": [{"role": "assistant", "content": rejected}]})
+                rows.append(
+                    {
+                        "prompt": [{"role": "user", "content": prompt}],
+                        "chosen": [{"role": "assistant", "content": chosen}],
+                        "rejected": [{"role": "assistant", "content": rejected}],
+                    }
+                )
             else:
                 rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
         else:
-            completions = [" ".join(words[: 2 + j % 3]) if j % 2 == 0 else " ".join(words[: 2 + j % 3]).upper()
-                           for j in range(k)]
-            scores = [(1.0 if j % 2 == 0 else 0.0) * 10 - len(c.split()) for j, c in enumerate(completions)]
+            completions = [
+                " ".join(words[: 2 + j % 3]) if j % 2 == 0 else " ".join(words[: 2 + j % 3]).upper()
+                for j in range(k)
+            ]
+            scores = [
+                (1.0 if j % 2 == 0 else 0.0) * 10 - len(c.split())
+                for j, c in enumerate(completions)
+            ]
             completions = [c + f" {j}" for j, c in enumerate(completions)]
             rows.append({"prompt": prompt, "completions": completions, "scores": scores})
     return rows
@@ -70,8 +99,17 @@ def tiny_train_config(tiny_model, data, out, **overrides):
     the prompts held out; anything can be overridden."""
     from prefopt.train.config import TrainConfig
 
-    settings = dict(model=str(tiny_model), data=str(data), output_dir=str(out), precision="fp32",
-                    learning_rate=1e-3, batch_size=4, eval_fraction=0.25, warmup_ratio=0.0, scheduler="constant")
+    settings = dict(
+        model=str(tiny_model),
+        data=str(data),
+        output_dir=str(out),
+        precision="fp32",
+        learning_rate=1e-3,
+        batch_size=4,
+        eval_fraction=0.25,
+        warmup_ratio=0.0,
+        scheduler="constant",
+    )
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -99,8 +137,11 @@ def ragged_examples(tokenizer):
     from prefopt.data import PreferenceRecord, TokenizeSettings, tokenize_records
 
     records = [
-        PreferenceRecord(prompt="apple river stone", completions=("yes good", "no", "maybe later today"),
-                         scores=(2, 0, 1)),
+        PreferenceRecord(
+            prompt="apple river stone",
+            completions=("yes good", "no", "maybe later today"),
+            scores=(2, 0, 1),
+        ),
         PreferenceRecord(prompt="hi", completions=("a longer answer here", "short"), scores=(1, 0)),
     ]
     return tokenize_records(records, tokenizer, TokenizeSettings())[0]
@@ -115,9 +156,18 @@ def build_tiny_reward_model(path: Path, tokenizer_from: Path, seed: int = 0) -> 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
     tokenizer.save_pretrained(path)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, num_labels=1,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        num_labels=1,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     LlamaForSequenceClassification(config).save_pretrained(path)
     return path
 
@@ -136,17 +186,44 @@ def build_tiny_judge(path: Path, model_from: Path) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(model_from)
     model = AutoModelForCausalLM.from_pretrained(model_from)
-    answers = ["yes good", "no", "maybe later today", "a", "b b", "green quick", "seven happy ocean"]
-    probes = [DEFAULT_TEMPLATE.format(prompt=p, a=a, b=b) for p in ("apple river", "hi")
-              for a, b in itertools.permutations(answers, 2)]
+    answers = [
+        "yes good",
+        "no",
+        "maybe later today",
+        "a",
+        "b b",
+        "green quick",
+        "seven happy ocean",
+    ]
+    probes = [
+        DEFAULT_TEMPLATE.format(prompt=p, a=a, b=b)
+        for p in ("apple river", "hi")
+        for a, b in itertools.permutations(answers, 2)
+    ]
     with torch.no_grad():
-        hidden = torch.stack([model.model(input_ids=torch.tensor([tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False)])
-        ).last_hidden_state[0, -1] for text in probes])
+        hidden = torch.stack(
+            [
+                model.model(
+                    input_ids=torch.tensor(
+                        [
+                            tokenizer.apply_chat_template(
+                                [{"role": "user", "content": text}],
+                                add_generation_prompt=True,
+                                tokenize=True,
+                                return_dict=False,
+                            )
+                        ]
+                    )
+                ).last_hidden_state[0, -1]
+                for text in probes
+            ]
+        )
         centred = (hidden.unsqueeze(2) - hidden.unsqueeze(1)).sign()  # [probe, i, j]
         balance = centred.mean(0).abs()  # 0: the sign splits the probes evenly
-        i, j = divmod(int(balance.masked_fill(torch.eye(hidden.shape[1], dtype=torch.bool), 2).argmin()),
-                      hidden.shape[1])
+        i, j = divmod(
+            int(balance.masked_fill(torch.eye(hidden.shape[1], dtype=torch.bool), 2).argmin()),
+            hidden.shape[1],
+        )
         model.lm_head.weight.zero_()
         for letter, sign in (("A", 1.0), ("B", -1.0)):
             row = tokenizer.convert_tokens_to_ids(letter)

@@ -28,7 +28,9 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[Path], None]
     if callable(content):
         content(staging)
     else:
-        with staging.open("wb") as handle:  # synced: a crash of the machine leaves no empty file either
+        with staging.open(
+            "wb"
+        ) as handle:  # synced: a crash of the machine leaves no empty file either
             handle.write(content if isinstance(content, bytes) else content.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())

@@ -41,7 +41,9 @@ class Registry(Mapping[str, T], Generic[T]):
             return self._entries[name]
         except (KeyError, TypeError):
             valid = ", ".join(sorted(self._entries))
-            raise UnknownName(f"unknown {self.kind} {name!r}; valid {self.plural}: {valid}") from None
+            raise UnknownName(
+                f"unknown {self.kind} {name!r}; valid {self.plural}: {valid}"
+            ) from None
 
     def __getitem__(self, name: str) -> T:
         return self.get(name)

@@ -28,6 +28,8 @@ def report(path: str | Path, out: str | Path | None = None, compare: list[str | 
         title, body = eval_report(path)
         target = Path(out) if out else path.with_suffix(".html")
     else:
-        raise DataError(f"{path}: not a run (a folder with metrics.jsonl or rounds.jsonl), a study (study.json) "
-                        "or an eval result (a .json file)")
+        raise DataError(
+            f"{path}: not a run (a folder with metrics.jsonl or rounds.jsonl), a study (study.json) "
+            "or an eval result (a .json file)"
+        )
     return write_page(target, title, body)

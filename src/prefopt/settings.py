@@ -22,7 +22,9 @@ def settings_table(model: type[BaseModel]) -> list[tuple[str, str, str]]:
     """(name, default, help) for every field: the source of docs/settings.md."""
     rows = []
     for name, field in model.model_fields.items():
-        default = "required" if field.is_required() else field.get_default(call_default_factory=True)
+        default = (
+            "required" if field.is_required() else field.get_default(call_default_factory=True)
+        )
         rows.append((name, str(default), field.description or ""))
     return rows
 
@@ -57,7 +59,9 @@ def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     target[leaf] = value
 
 
-def build(model: type[BaseModel], values: dict[str, Any], source: str | Path | None = None) -> BaseModel:
+def build(
+    model: type[BaseModel], values: dict[str, Any], source: str | Path | None = None
+) -> BaseModel:
     """`model(**values)`, with every error a ConfigError naming the field (and `source`)."""
     try:
         return model(**values)

@@ -9,15 +9,21 @@ from prefopt.acquire.selection import select, selection_probabilities
 
 
 def test_predictive_entropy_is_the_mean_negative_log_prob_of_the_samples():
-    assert predictive_entropy(torch.tensor([[-30.0, -25.0, -40.0, -35.0]])).item() == pytest.approx(32.5)
-    normalized = predictive_entropy(torch.tensor([[-30.0, -20.0]]), torch.tensor([[10, 5]]), length_normalize=True)
+    assert predictive_entropy(torch.tensor([[-30.0, -25.0, -40.0, -35.0]])).item() == pytest.approx(
+        32.5
+    )
+    normalized = predictive_entropy(
+        torch.tensor([[-30.0, -20.0]]), torch.tensor([[10, 5]]), length_normalize=True
+    )
     assert normalized.item() == pytest.approx((3 + 4) / 2)
     with pytest.raises(ValueError, match="needs the samples' lengths"):
         predictive_entropy(torch.tensor([[-1.0]]), length_normalize=True)
 
 
 def test_certainty_of_a_pair_and_the_codes_uncertainty():
-    rewards = implicit_rewards(torch.tensor([[-50.0, -48.0]]), torch.tensor([[-52.0, -47.0]]), beta=0.2)
+    rewards = implicit_rewards(
+        torch.tensor([[-50.0, -48.0]]), torch.tensor([[-52.0, -47.0]]), beta=0.2
+    )
     assert rewards[0].tolist() == pytest.approx([0.4, -0.2])
     assert certainty(rewards).item() == pytest.approx(0.6)
     assert pair_uncertainty(rewards).item() == pytest.approx(0.7086873875)
@@ -37,11 +43,14 @@ def test_certainty_of_a_list_is_the_mean_pairwise_gap_and_zero_at_round_zero():
 S = torch.tensor([0.5, 0.2, 0.2, 0.1], dtype=torch.float64)
 
 
-@pytest.mark.parametrize("rule, expected", [
-    ("softmax", [0.3172632630, 0.2350344060, 0.2350344060, 0.2126679251]),
-    ("power", [0.5, 0.2, 0.2, 0.1]),
-    ("softrank", [0.4878048780, 0.1951219512, 0.1951219512, 0.1219512195]),
-])
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        ("softmax", [0.3172632630, 0.2350344060, 0.2350344060, 0.2126679251]),
+        ("power", [0.5, 0.2, 0.2, 0.1]),
+        ("softrank", [0.4878048780, 0.1951219512, 0.1951219512, 0.1219512195]),
+    ],
+)
 def test_first_pick_probabilities(rule, expected):
     assert selection_probabilities(S, rule, beta=1.0).tolist() == pytest.approx(expected, abs=1e-9)
 
@@ -49,8 +58,11 @@ def test_first_pick_probabilities(rule, expected):
 def test_coldness_zero_is_uniform_and_large_coldness_is_top_k():
     assert selection_probabilities(S, "softmax", beta=0.0).tolist() == pytest.approx([0.25] * 4)
     generator = torch.Generator().manual_seed(0)
-    assert sorted(select(S, 2, "softmax", beta=1e4, generator=generator)) == sorted(select(S, 2, "top"))
-    assert select(torch.tensor([1.0, 3.0, 3.0, 2.0]), 3, "top") == [1, 2, 3]  # ties: the earlier first
+    assert sorted(select(S, 2, "softmax", beta=1e4, generator=generator)) == sorted(
+        select(S, 2, "top")
+    )
+    # ties: the earlier first
+    assert select(torch.tensor([1.0, 3.0, 3.0, 2.0]), 3, "top") == [1, 2, 3]
 
 
 def test_sampling_without_replacement_matches_the_first_pick_probabilities():
@@ -68,7 +80,9 @@ def test_sampling_without_replacement_matches_the_first_pick_probabilities():
 
 
 def test_power_with_too_few_positive_scores_falls_back_to_uniform():
-    picked = select(torch.tensor([0.0, 0.0, 1.0]), 2, "power", generator=torch.Generator().manual_seed(1))
+    picked = select(
+        torch.tensor([0.0, 0.0, 1.0]), 2, "power", generator=torch.Generator().manual_seed(1)
+    )
     assert len(set(picked)) == 2
     with pytest.raises(ValueError, match="needs scores >= 0"):
         select(torch.tensor([-1.0, 1.0]), 1, "power")
@@ -102,8 +116,10 @@ def test_entropy_and_certainty_pick_what_they_say():
 
     pool = candidates()
     entropy = (-pool.logps).mean(1)
-    assert Acquisition("entropy").select(Acquisition("entropy").init(0), pool, 3)[0].indices == \
-        entropy.argsort(descending=True)[:3].tolist()
+    assert (
+        Acquisition("entropy").select(Acquisition("entropy").init(0), pool, 3)[0].indices
+        == entropy.argsort(descending=True)[:3].tolist()
+    )
     sure = certainty(implicit_rewards(pool.logps, pool.ref_logps, 0.1))
     picked = Acquisition("certainty").select(Acquisition("certainty").init(0), pool, 3)[0]
     assert picked.indices == sure.argsort(descending=True)[:3].tolist() and not picked.note
@@ -120,7 +136,9 @@ def test_certainty_at_round_zero_falls_back_to_entropy_and_says_so(name):
     acquisition = Acquisition(name)
     selection, _ = acquisition.select(acquisition.init(0), pool, 3)
     assert "chose by entropy" in selection.note
-    assert selection.indices == Acquisition("entropy").select(acquisition.init(0), pool, 3)[0].indices
+    assert (
+        selection.indices == Acquisition("entropy").select(acquisition.init(0), pool, 3)[0].indices
+    )
 
 
 def test_unknown_acquisitions_are_named():

@@ -6,12 +6,17 @@ from prefopt.losses import LOSSES
 
 pytestmark = pytest.mark.slow  # real processes: make test-fast skips them
 
+
 def test_lists_every_loss(prefopt_cli):
     result = prefopt_cli("losses")
     assert result.returncode == 0, result.stderr
     for name in LOSSES:
         assert name in result.stdout
-    assert "2305.18290" in result.stdout and "beta=0.1" in result.stdout and "reference" in result.stdout
+    assert (
+        "2305.18290" in result.stdout
+        and "beta=0.1" in result.stdout
+        and "reference" in result.stdout
+    )
 
 
 def test_shows_one_loss_in_full(prefopt_cli):

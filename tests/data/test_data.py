@@ -15,7 +15,10 @@ CHAT_PAIR = {
 }
 RANKED = {"prompt": "Name a colour", "completions": ["red", "blue", "car"], "scores": [2, 2, 0]}
 RANKS = {"prompt": "Name a colour", "completions": ["red", "car", "blue"], "ranks": [1, 3, 2]}
-ULTRAFEEDBACK = {"prompt": "Say hi", "completions": [{"text": "hi", "score": 9}, {"response": "bye", "score": 2}]}
+ULTRAFEEDBACK = {
+    "prompt": "Say hi",
+    "completions": [{"text": "hi", "score": 9}, {"response": "bye", "score": 2}],
+}
 
 
 def write(tmp_path, name, rows):
@@ -25,12 +28,16 @@ def write(tmp_path, name, rows):
 
 
 def test_formats_become_one_record_type(tmp_path):
-    records = load_records(write(tmp_path, "d.jsonl", [PAIR, CHAT_PAIR, RANKED, RANKS, ULTRAFEEDBACK])).records
+    records = load_records(
+        write(tmp_path, "d.jsonl", [PAIR, CHAT_PAIR, RANKED, RANKS, ULTRAFEEDBACK])
+    ).records
     pair, chat, ranked, ranks, uf = records
     assert (pair.prompt, pair.completions, pair.scores) == ("What is 2+2?", ("4", "5"), (1.0, 0.0))
     assert chat.prompt == [{"role": "user", "content": "Hi"}]  # implicit prompt: the shared prefix
-    assert chat.completions == ([{"role": "assistant", "content": "Hello!"}], [{"role": "assistant",
-                                                                                "content": "Go away."}])
+    assert chat.completions == (
+        [{"role": "assistant", "content": "Hello!"}],
+        [{"role": "assistant", "content": "Go away."}],
+    )
     assert ranked.scores == (2.0, 2.0, 0.0)
     assert ranks.scores == (-1.0, -3.0, -2.0)  # rank 1 is best
     assert uf.completions == ("hi", "bye") and uf.scores == (9.0, 2.0)
@@ -57,7 +64,9 @@ def test_parquet_csv_json_and_datasets_folder(tmp_path):
     assert load_records(tmp_path / "pairs.csv").records[0].completions == ("4", "5")
     (tmp_path / "d.json").write_text(json.dumps(rows))
     assert len(load_records(tmp_path / "d.json").records) == 2
-    datasets.Dataset.from_list([PAIR, {**PAIR, "prompt": "Why?"}]).save_to_disk(str(tmp_path / "folder"))
+    datasets.Dataset.from_list([PAIR, {**PAIR, "prompt": "Why?"}]).save_to_disk(
+        str(tmp_path / "folder")
+    )
     assert len(load_records(tmp_path / "folder").records) == 2
 
 
@@ -66,17 +75,28 @@ BAD_ROWS = [
     ({"chosen": "a", "rejected": "b"}, 'missing field "prompt"'),
     ({"prompt": "p", "chosen": "", "rejected": "b"}, '"chosen" is empty'),
     ({"prompt": "  ", "chosen": "a", "rejected": "b"}, '"prompt" is empty'),
-    ({"prompt": "p", "chosen": 3, "rejected": "b"}, '"chosen" must be a string or a list of chat messages, got int'),
+    (
+        {"prompt": "p", "chosen": 3, "rejected": "b"},
+        '"chosen" must be a string or a list of chat messages, got int',
+    ),
     ({"prompt": "p", "chosen": "same", "rejected": "same"}, '"rejected" is identical to "chosen"'),
     ({"prompt": "p", "completions": ["a"], "scores": [1]}, "needs at least two completions, got 1"),
     ({"prompt": "p", "completions": ["a", "b"], "scores": [1, 1]}, "all scores are tied (1.0)"),
-    ({"prompt": "p", "completions": ["a", "b", "c"], "scores": [1, 0]},
-     '"completions" has 3 items but "scores" has 2'),
+    (
+        {"prompt": "p", "completions": ["a", "b", "c"], "scores": [1, 0]},
+        '"completions" has 3 items but "scores" has 2',
+    ),
     ({"prompt": "p", "completions": ["a", "b"]}, 'missing field "scores"'),
-    ({"prompt": "p", "completions": ["a", "b"], "scores": [1, "x"]}, '"scores"[1] must be a finite number'),
+    (
+        {"prompt": "p", "completions": ["a", "b"], "scores": [1, "x"]},
+        '"scores"[1] must be a finite number',
+    ),
     ({"prompt": "p", "completions": "ab", "scores": [1, 0]}, '"completions" must be a list'),
     ({"prompt": "p"}, "missing completions"),
-    ({"prompt": "p", "chosen": [{"role": "assistant"}], "rejected": "b"}, '"chosen"[0]["content"] must be a string'),
+    (
+        {"prompt": "p", "chosen": [{"role": "assistant"}], "rejected": "b"},
+        '"chosen"[0]["content"] must be a string',
+    ),
 ]
 
 
@@ -103,15 +123,23 @@ def test_invalid_json_and_non_utf8(tmp_path):
 
 
 def test_skip_invalid_counts_by_reason(tmp_path):
-    rows = [PAIR, {"prompt": "p", "chosen": "", "rejected": "b"}, {"prompt": "q", "chosen": "", "rejected": "c"},
-            {"prompt": "p", "completions": ["a", "b"], "scores": [1, 1]}, RANKED]
+    rows = [
+        PAIR,
+        {"prompt": "p", "chosen": "", "rejected": "b"},
+        {"prompt": "q", "chosen": "", "rejected": "c"},
+        {"prompt": "p", "completions": ["a", "b"], "scores": [1, 1]},
+        RANKED,
+    ]
     path = write(tmp_path, "d.jsonl", rows)
     with path.open("a") as handle:
         handle.write("{oops\n")
     loaded = load_records(path, skip_invalid=True)
     assert len(loaded.records) == 2
     assert loaded.skipped == {"empty text": 2, "all scores tied": 1, "invalid JSON": 1}
-    assert "skipped 4 invalid rows (2 empty text, 1 all scores tied, 1 invalid JSON)" in loaded.summary()
+    assert (
+        "skipped 4 invalid rows (2 empty text, 1 all scores tied, 1 invalid JSON)"
+        in loaded.summary()
+    )
 
 
 def test_missing_file_and_unknown_type(tmp_path):
@@ -125,8 +153,10 @@ def test_missing_file_and_unknown_type(tmp_path):
 def test_split_by_prompt_never_shares_a_prompt():
     from prefopt.data import PreferenceRecord
 
-    records = [PreferenceRecord(prompt=f"p{i % 20}", completions=(f"a{i}", f"b{i}"), scores=(1.0, 0.0))
-               for i in range(100)]
+    records = [
+        PreferenceRecord(prompt=f"p{i % 20}", completions=(f"a{i}", f"b{i}"), scores=(1.0, 0.0))
+        for i in range(100)
+    ]
     train, held_out = split_by_prompt(records, 0.2, seed=3)
     assert len(train) + len(held_out) == 100
     assert {r.prompt for r in train}.isdisjoint({r.prompt for r in held_out})
@@ -140,8 +170,13 @@ def test_an_empty_answer_to_a_chat_prompt_is_kept_and_tokenized(tokenizer):
     from prefopt.data import TokenizeSettings
     from prefopt.data.tokenize import tokenize_record
 
-    record = parse_row({"prompt": [{"role": "user", "content": "hi"}], "completions": ["", "hello"],
-                        "scores": [0, 1]})
+    record = parse_row(
+        {
+            "prompt": [{"role": "user", "content": "hi"}],
+            "completions": ["", "hello"],
+            "scores": [0, 1],
+        }
+    )
     assert record.completions == ("", "hello")
     example = tokenize_record(record, tokenizer, TokenizeSettings())
     assert all(len(ids) > 0 for ids in example.completion_ids)
@@ -152,10 +187,15 @@ def test_an_empty_answer_to_a_chat_prompt_is_kept_and_tokenized(tokenizer):
 def test_text_utf8_cannot_hold_is_refused_naming_file_row_and_field(tmp_path):
     # JSON's "\ud800" escape gives Python a lone surrogate: refused where it is read, not later
     path = tmp_path / "items.jsonl"
-    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
-                    '{"prompt": [{"role": "user", "content": "ok \\ud800"}], "completions": ["x", "y"]}\n')
-    with pytest.raises(DataError, match=r'items.jsonl, row 2: "prompt"\[0\]\["content"\] is not valid text: '
-                                        r"a lone surrogate '\\ud800' at character 3"):
+    path.write_text(
+        '{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+        '{"prompt": [{"role": "user", "content": "ok \\ud800"}], "completions": ["x", "y"]}\n'
+    )
+    with pytest.raises(
+        DataError,
+        match=r'items.jsonl, row 2: "prompt"\[0\]\["content"\] is not valid text: '
+        r"a lone surrogate '\\ud800' at character 3",
+    ):
         load_records(path, require_scores=False)
     loaded = load_records(path, require_scores=False, skip_invalid=True)
     assert len(loaded.records) == 1 and loaded.skipped == {"invalid text": 1}
@@ -168,5 +208,7 @@ def test_read_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
 
     rows = [{"prompt": "p", "completions": ["one\u2029two", "a\u2028b\x85c\x0bd"]}, {"prompt": "q"}]
     path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8"
+    )
     assert read_jsonl(path) == rows

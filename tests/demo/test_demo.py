@@ -8,13 +8,27 @@ import pytest
 from prefopt.demo import demo
 
 SMALL_TASK = {"train": 16, "heldout": 4, "unseen": 4}
-SMALL_LOOP = {"rounds": 2, "labels_per_round": 3, "candidates_per_label": 2, "k": 3, "max_new_tokens": 8,
-              "precision": "fp32", "train": {"loss": {"plackett_luce": 1.0, "sft": 0.5}, "lora": True,
-                                             "learning_rate": 1e-3, "max_steps": 2, "batch_size": 2}}
+SMALL_LOOP = {
+    "rounds": 2,
+    "labels_per_round": 3,
+    "candidates_per_label": 2,
+    "k": 3,
+    "max_new_tokens": 8,
+    "precision": "fp32",
+    "train": {
+        "loss": {"plackett_luce": 1.0, "sft": 0.5},
+        "lora": True,
+        "learning_rate": 1e-3,
+        "max_steps": 2,
+        "batch_size": 2,
+    },
+}
 
 
 def run(tiny_model, out, **options):
-    return demo(out, model=str(tiny_model), task_sizes=SMALL_TASK, loop_settings=SMALL_LOOP, **options)
+    return demo(
+        out, model=str(tiny_model), task_sizes=SMALL_TASK, loop_settings=SMALL_LOOP, **options
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +44,18 @@ def test_the_whole_path_runs_and_reports(result):
     for arm in result.arms:
         assert [r["round"] for r in arm.rounds] == [0, 1]
         assert {"score", "baseline_score", "win_rate"} <= set(arm.rounds[-1]["eval"])
-    assert set(result.unseen["before"]["by_type"]) <= {"uppercase", "min_words", "paragraphs", "postscript"}
+    assert set(result.unseen["before"]["by_type"]) <= {
+        "uppercase",
+        "min_words",
+        "paragraphs",
+        "postscript",
+    }
     assert result.unseen["before"]["prompts"] == 4
     page = result.report.read_text()
-    assert page.count("data:image/png;base64,") == 2 and "held-out prompts (random acquisition)" in page
+    assert (
+        page.count("data:image/png;base64,") == 2
+        and "held-out prompts (random acquisition)" in page
+    )
     assert "Held-out answers, before and after" in page and page.count("<pre") == 2 * 4
     assert (result.folder / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert {"loop (entropy)", "loop (random)", "unseen types", "total"} <= set(result.seconds)

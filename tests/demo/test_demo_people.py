@@ -31,7 +31,9 @@ def person(base: str, token_file, stop: threading.Event, ranked: list) -> None:
         while not stop.is_set():
             try:
                 response = client.post("/api/next")
-            except httpx.TransportError:  # the app starts just after the token is written, and stops first
+            except (
+                httpx.TransportError
+            ):  # the app starts just after the token is written, and stops first
                 time.sleep(0.1)
                 continue
             if response.status_code == 204:
@@ -42,18 +44,32 @@ def person(base: str, token_file, stop: threading.Event, ranked: list) -> None:
             in_item_order = [shown[order.index(i)] for i in range(len(order))]
             lengths = sorted({len(text) for text in in_item_order})
             ranking = [1 + lengths.index(len(text)) for text in in_item_order]
-            assert client.post("/api/labels", json={"item_id": item["item_id"], "ranking": ranking}).status_code == 201
+            assert (
+                client.post(
+                    "/api/labels", json={"item_id": item["item_id"], "ranking": ranking}
+                ).status_code
+                == 201
+            )
             ranked.append(item["item_id"])
 
 
 def test_a_person_in_the_browser_is_the_oracle(tiny_model, tmp_path):
     port, stop, ranked, done = free_port(), threading.Event(), [], {}
-    labeller = threading.Thread(target=person, args=(f"http://127.0.0.1:{port}", tmp_path / "people-token.txt", stop,
-                                                     ranked), daemon=True)
+    labeller = threading.Thread(
+        target=person,
+        args=(f"http://127.0.0.1:{port}", tmp_path / "people-token.txt", stop, ranked),
+        daemon=True,
+    )
     labeller.start()
     try:
-        done["result"] = demo(tmp_path, model=str(tiny_model), people=True, port=port, task_sizes=SMALL_TASK,
-                              loop_settings={**SMALL_LOOP, "rounds": 1, "labels_per_round": 2})
+        done["result"] = demo(
+            tmp_path,
+            model=str(tiny_model),
+            people=True,
+            port=port,
+            task_sizes=SMALL_TASK,
+            loop_settings={**SMALL_LOOP, "rounds": 1, "labels_per_round": 2},
+        )
     finally:
         stop.set()
         labeller.join(timeout=10)

@@ -21,10 +21,16 @@ def test_the_task_files(tmp_path):
     prompts = [row["prompt"][0]["content"] for group in rows.values() for row in group]
     assert len(prompts) == len(set(prompts))
     kinds = lambda name: {c["type"] for row in rows[name] for c in row["constraints"]}
-    assert kinds("train") <= set(TRAINED) and kinds("heldout") <= set(TRAINED) and kinds("unseen") <= set(UNSEEN)
+    assert (
+        kinds("train") <= set(TRAINED)
+        and kinds("heldout") <= set(TRAINED)
+        and kinds("unseen") <= set(UNSEEN)
+    )
     for group in rows.values():
         for row in group:
-            assert set(check_constraints(row["prompt"], "an answer", row)) >= {c["type"] for c in row["constraints"]}
+            assert set(check_constraints(row["prompt"], "an answer", row)) >= {
+                c["type"] for c in row["constraints"]
+            }
 
 
 def test_the_shipped_task_and_the_example_loop_config(tmp_path):
@@ -32,7 +38,10 @@ def test_the_shipped_task_and_the_example_loop_config(tmp_path):
     from prefopt.loop import LoopConfig
     from prefopt.settings import load_config
 
-    shipped = {name: (ROOT / "examples" / "data" / f"task_{name}.jsonl") for name in ("train", "heldout", "unseen")}
+    shipped = {
+        name: (ROOT / "examples" / "data" / f"task_{name}.jsonl")
+        for name in ("train", "heldout", "unseen")
+    }
     regenerated = write_task(tmp_path)
     assert all(shipped[name].read_text() == regenerated[name].read_text() for name in shipped)
     config = load_config(LoopConfig, ROOT / "examples" / "loop.yaml", [])

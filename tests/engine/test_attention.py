@@ -9,23 +9,31 @@ import torch
 from prefopt.engine.settings import EngineSettings
 
 
-def _segment_layout(heads: int = 4, kv_heads: int = 2, dim: int = 8, scale: int = 1, dtype=torch.float32):
+def _segment_layout(
+    heads: int = 4, kv_heads: int = 2, dim: int = 8, scale: int = 1, dtype=torch.float32
+):
     """Ragged rows (prompts and completions of different lengths, K = 1..3, right padding) with
     their query, key and value, the dense block mask that segment attention must equal, and which
     positions are real."""
     torch.manual_seed(0)
-    layout = ((5, (9,)), (3, (7, 8, 12)), (6, (8, 11)), (0, (4, 9)))  # (prompt length, completion ends)
+    # (prompt length, completion ends)
+    layout = ((5, (9,)), (3, (7, 8, 12)), (6, (8, 11)), (0, (4, 9)))
     layout = tuple((prompt * scale, tuple(end * scale for end in ends)) for prompt, ends in layout)
     length = 14 * scale
     query = torch.randn(4, heads, length, dim, dtype=dtype, requires_grad=True)
-    key, value = (torch.randn(4, kv_heads, length, dim, dtype=dtype, requires_grad=True) for _ in range(2))
+    key, value = (
+        torch.randn(4, kv_heads, length, dim, dtype=dtype, requires_grad=True) for _ in range(2)
+    )
     owner = torch.full((4, length), -1)
     for row, (prompt, ends) in enumerate(layout):
         owner[row, :prompt] = 0
         for k, (start, end) in enumerate(itertools.pairwise((prompt, *ends))):
             owner[row, start:end] = k + 1
-    allowed = (torch.ones(length, length, dtype=torch.bool).tril() & (owner.unsqueeze(1) >= 0)
-               & ((owner.unsqueeze(2) == owner.unsqueeze(1)) | (owner.unsqueeze(1) == 0)))
+    allowed = (
+        torch.ones(length, length, dtype=torch.bool).tril()
+        & (owner.unsqueeze(1) >= 0)
+        & ((owner.unsqueeze(2) == owner.unsqueeze(1)) | (owner.unsqueeze(1) == 0))
+    )
     allowed |= torch.eye(length, dtype=torch.bool)
     return layout, (query, key, value), allowed.unsqueeze(1), owner >= 0
 
@@ -39,18 +47,31 @@ def test_segment_attention_equals_the_dense_block_mask():
     layout, (query, key, value), allowed, real = _segment_layout()
     dim = query.shape[-1]
     module = SimpleNamespace(training=False, num_key_value_groups=2, is_causal=True)
-    dense = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed,
-                                                             enable_gqa=True).transpose(1, 2)
-    segments, _ = segment_attention(module, query, key, value, None, scaling=dim**-0.5, prefopt_segments=layout)
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=allowed, enable_gqa=True
+    ).transpose(1, 2)
+    segments, _ = segment_attention(
+        module, query, key, value, None, scaling=dim**-0.5, prefopt_segments=layout
+    )
     torch.testing.assert_close(segments[real], dense[real], atol=1e-6, rtol=1e-5)
     assert (segments[~real] == 0).all()
     weights = torch.randn_like(dense) * real[..., None, None]
-    grads = [torch.autograd.grad((out * weights).sum(), (query, key, value)) for out in (segments, dense)]
+    grads = [
+        torch.autograd.grad((out * weights).sum(), (query, key, value)) for out in (segments, dense)
+    ]
     for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     # a model that adds a window (or soft-capping, sinks, a bias) gets the dense call with its mask
-    windowed, _ = segment_attention(module, query, key, value, allowed, scaling=dim**-0.5,
-                                    prefopt_segments=layout, sliding_window=4096)
+    windowed, _ = segment_attention(
+        module,
+        query,
+        key,
+        value,
+        allowed,
+        scaling=dim**-0.5,
+        prefopt_segments=layout,
+        sliding_window=4096,
+    )
     torch.testing.assert_close(windowed, dense)
 
 
@@ -74,7 +95,9 @@ def test_a_rows_segment_attention_is_the_same_alone_and_in_any_batch():
 
     def attend(rows):
         leaves = [t[rows].detach().requires_grad_() for t in (query, key, value)]
-        out, _ = segment_attention(module, *leaves, None, prefopt_segments=tuple(layout[r] for r in rows))
+        out, _ = segment_attention(
+            module, *leaves, None, prefopt_segments=tuple(layout[r] for r in rows)
+        )
         return [out.detach(), *torch.autograd.grad((out * weights[rows]).sum(), leaves)]
 
     together = attend([0, 1, 2])
@@ -91,10 +114,15 @@ def _relative_errors(attend, inputs, weights, exact):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = attend(*leaves)
     grads = torch.autograd.grad((out.float() * weights).sum(), leaves)
-    return [((got.double() - want).norm() / want.norm()).item() for got, want in zip((out, *grads), exact, strict=True)]
+    return [
+        ((got.double() - want).norm() / want.norm()).item()
+        for got, want in zip((out, *grads), exact, strict=True)
+    ]
 
 
-@pytest.mark.parametrize("keep", [True, False], ids=["probabilities-kept", "probabilities-recomputed"])
+@pytest.mark.parametrize(
+    "keep", [True, False], ids=["probabilities-kept", "probabilities-recomputed"]
+)
 @pytest.mark.parametrize("queries, keys", [(300, 300), (200, 460), (5, 9)])
 def test_matmul_attention_is_at_least_as_accurate_as_the_flash_kernel(queries, keys, keep):
     """Under bf16 autocast on a CPU, against float64: output and gradients of the matmul attention
@@ -103,7 +131,6 @@ def test_matmul_attention_is_at_least_as_accurate_as_the_flash_kernel(queries, k
     recomputing them. 300 queries span three query blocks; 200 after a 260-token prompt are a
     later completion."""
     from prefopt.engine.attention import _MatmulAttention
-
 
     torch.manual_seed(0)
     heads, kv_heads, dim = 6, 2, 64
@@ -114,7 +141,9 @@ def test_matmul_attention_is_at_least_as_accurate_as_the_flash_kernel(queries, k
     visible = torch.ones(queries, keys, dtype=torch.bool).tril(keys - queries)
     weights = torch.randn(1, heads, queries, dim)
     exact = [t.double().requires_grad_() for t in (query, key, value)]
-    out = torch.nn.functional.scaled_dot_product_attention(*exact, attn_mask=visible, enable_gqa=True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        *exact, attn_mask=visible, enable_gqa=True
+    )
     exact = [out.detach(), *torch.autograd.grad((out * weights.double()).sum(), exact)]
 
     def flash(q, k, v):
@@ -125,7 +154,9 @@ def test_matmul_attention_is_at_least_as_accurate_as_the_flash_kernel(queries, k
         # values arrive in bf16 from autocast
         return _MatmulAttention.apply(q, k, v.bfloat16(), None, 10_000 if keep else 0)
 
-    ours, theirs = (_relative_errors(attend, (query, key, value), weights, exact) for attend in (matmuls, flash))
+    ours, theirs = (
+        _relative_errors(attend, (query, key, value), weights, exact) for attend in (matmuls, flash)
+    )
     assert max(ours) < 0.01
     # on CPUs with AMX the fused kernel's bf16 tiles round a little differently: one gradient of the
     # 300 × 300 call came out 1.054× the fused kernel's error there (0.0083 against 0.0079)
@@ -153,7 +184,8 @@ def test_matmul_attention_backward_is_the_same_with_kept_or_recomputed_probabili
         return kept, out.grad_fn.kept, grads
 
     kept, after, grads = gradients(300)
-    assert len(kept) == 2 * 3 and after is None  # 2 key heads × 3 query blocks, freed by the backward
+    # 2 key heads × 3 query blocks, freed by the backward
+    assert len(kept) == 2 * 3 and after is None
     none, _, recomputed = gradients(299)
     assert none is None
     for a, b in zip(grads, recomputed, strict=True):
@@ -171,25 +203,33 @@ def test_segment_attention_through_matmuls_equals_the_dense_block_mask(monkeypat
     layout, inputs, allowed, real = _segment_layout(heads=6, kv_heads=2, dim=64, scale=12)
     module = SimpleNamespace(training=False, num_key_value_groups=3, is_causal=True)
     exact = [t.double() for t in inputs]
-    dense = torch.nn.functional.scaled_dot_product_attention(*exact, attn_mask=allowed, enable_gqa=True)
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        *exact, attn_mask=allowed, enable_gqa=True
+    )
     weights = torch.randn(dense.transpose(1, 2).shape) * real[..., None, None]
     exact_grads = torch.autograd.grad((dense.transpose(1, 2) * weights.double()).sum(), exact)
     exact = [dense.detach().transpose(1, 2) * real[..., None, None], *exact_grads]  # padding: 0
 
     def errors(matmuls: str):
         settings = EngineSettings(matmul_attention=matmuls, matmul_min_queries=0, matmul_min_keys=0)
-        segments = lambda q, k, v: attention.segment_attention(module, q, k, v, None, prefopt_segments=layout,
-                                                               prefopt_engine=settings)[0]
+        segments = lambda q, k, v: attention.segment_attention(
+            module, q, k, v, None, prefopt_segments=layout, prefopt_engine=settings
+        )[0]
         return _relative_errors(segments, inputs, weights, exact)
 
     fused = errors("off")
     calls = []
-    monkeypatch.setattr(attention._MatmulAttention, "apply",
-                        lambda *args, apply=attention._MatmulAttention.apply: calls.append(1) or apply(*args))
+    monkeypatch.setattr(
+        attention._MatmulAttention,
+        "apply",
+        lambda *args, apply=attention._MatmulAttention.apply: calls.append(1) or apply(*args),
+    )
     ours = errors("on")
     assert len(calls) == 1 + 3 + 2 + 2  # every call of every row
     assert max(ours) < 0.01
-    for mine, theirs in zip(ours, fused, strict=True):  # 1.1: as in the single-call test above (AMX CPUs)
+    for mine, theirs in zip(
+        ours, fused, strict=True
+    ):  # 1.1: as in the single-call test above (AMX CPUs)
         assert mine <= 1.1 * theirs
 
 
@@ -200,10 +240,15 @@ def test_the_attention_kernel_is_the_machines_and_the_settings(monkeypatch):
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     on, off, auto = (EngineSettings(matmul_attention=mode) for mode in ("on", "off", "auto"))
-    assert {attention.attention_kernel(on, p, d) for p, d in (("bf16", cpu), ("fp32", cpu), ("bf16", gpu))} == {
-        "matmuls"}  # "on" is the matmuls wherever it runs, and the cache's key says so
-    assert {attention.attention_kernel(s, p, d) for s in (off, auto) for p, d in
-            (("fp32", cpu), ("bf16", gpu))} | {attention.attention_kernel(off, "bf16", cpu)} == {"flash"}
+    assert {
+        attention.attention_kernel(on, p, d)
+        for p, d in (("bf16", cpu), ("fp32", cpu), ("bf16", gpu))
+    } == {"matmuls"}  # "on" is the matmuls wherever it runs, and the cache's key says so
+    assert {
+        attention.attention_kernel(s, p, d)
+        for s in (off, auto)
+        for p, d in (("fp32", cpu), ("bf16", gpu))
+    } | {attention.attention_kernel(off, "bf16", cpu)} == {"flash"}
     for amx, expected in ((True, "flash"), (False, "matmuls")):
         attention._matmuls_beat_flash.cache_clear()
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)

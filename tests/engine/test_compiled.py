@@ -16,9 +16,17 @@ from prefopt.engine.settings import EngineSettings
 
 def lists(count: int, prompt: int, completion: int, k: int, seed: int) -> list[TokenizedList]:
     rng = random.Random(seed)
-    return [TokenizedList(tuple(rng.randrange(5, 200) for _ in range(prompt + rng.randrange(4))),
-                          tuple(tuple(rng.randrange(5, 200) for _ in range(completion + rng.randrange(6)))
-                                for _ in range(k)), tuple(float(k - j) for j in range(k))) for _ in range(count)]
+    return [
+        TokenizedList(
+            tuple(rng.randrange(5, 200) for _ in range(prompt + rng.randrange(4))),
+            tuple(
+                tuple(rng.randrange(5, 200) for _ in range(completion + rng.randrange(6)))
+                for _ in range(k)
+            ),
+            tuple(float(k - j) for j in range(k)),
+        )
+        for _ in range(count)
+    ]
 
 
 def batch(examples):
@@ -39,19 +47,30 @@ def test_compiled_reward_model_equals_eager_and_compiles_once(tiny_model):
     torch.manual_seed(0)
     # the adapters of a run's defaults: the compiled run below then finds these graphs in inductor's cache
     eager = load_reward_model(str(tiny_model), lora=LoraSettings(), new_head=True, pad_token_id=0)
-    compiled = load_reward_model(str(tiny_model), lora=LoraSettings(), new_head=True, pad_token_id=0,
-                                 engine=EngineSettings(compile=True))
+    compiled = load_reward_model(
+        str(tiny_model),
+        lora=LoraSettings(),
+        new_head=True,
+        pad_token_id=0,
+        engine=EngineSettings(compile=True),
+    )
     compiled.load_state_dict(eager.state_dict())
     assert compiled.prefopt_engine.compiled_layers == tiny_model_layers(tiny_model)
     graphs = [torch._dynamo.utils.counters["stats"]["unique_graphs"]]
     # a first batch of 3 rows with K = 2 (width 1 + K = 3): the duck sizing engine.compiled turns off
-    for examples in (lists(3, 12, 8, 2, seed=1), lists(2, 20, 5, 4, seed=2), lists(4, 30, 11, 3, seed=3)):
+    for examples in (
+        lists(3, 12, 8, 2, seed=1),
+        lists(2, 20, 5, 4, seed=2),
+        lists(4, 30, 11, 3, seed=3),
+    ):
         want, want_grads = rewards_and_grads(eager, examples)
         got, got_grads = rewards_and_grads(compiled, examples)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         assert got_grads.keys() == want_grads.keys()
         for name in want_grads:
-            torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(
+                got_grads[name], want_grads[name], rtol=1e-4, atol=1e-5, msg=name
+            )
         graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     assert graphs[1] > graphs[0]  # the first batch compiled the layers
     assert graphs[3] == graphs[2] == graphs[1]  # other lengths, batch sizes and K: no new graph
@@ -105,9 +124,19 @@ def test_a_compiled_run_with_evaluations_stays_compiled(tiny_model, tmp_path):
     logger.addHandler(hits)
     try:
         data = write_jsonl(tmp_path / "lists.jsonl", toy_rows(32, seed=2, k=4))
-        reward_train(RewardConfig(model=str(tiny_model), data=str(data), output_dir=str(tmp_path / "run"),
-                                  precision="fp32", batch_size=8, eval_fraction=0.25, epochs=1, lora=True,
-                                  compile=True))
+        reward_train(
+            RewardConfig(
+                model=str(tiny_model),
+                data=str(data),
+                output_dir=str(tmp_path / "run"),
+                precision="fp32",
+                batch_size=8,
+                eval_fraction=0.25,
+                epochs=1,
+                lora=True,
+                compile=True,
+            )
+        )
     finally:
         logger.removeHandler(hits)
     assert not hits.messages

@@ -20,8 +20,16 @@ from prefopt.train import train
 from prefopt.train.config import TrainConfig
 from tiny import toy_rows, write_jsonl
 
-BF16_LORA = dict(precision="bf16", lora=True, batch_size=4, epochs=1, eval_fraction=0.25, warmup_ratio=0.0,
-                 scheduler="constant", learning_rate=1e-3)
+BF16_LORA = dict(
+    precision="bf16",
+    lora=True,
+    batch_size=4,
+    epochs=1,
+    eval_fraction=0.25,
+    warmup_ratio=0.0,
+    scheduler="constant",
+    learning_rate=1e-3,
+)
 
 
 def losses(out) -> list[float]:
@@ -46,12 +54,21 @@ def test_bf16_frozen_weights_train_and_save_the_same_numbers(tiny_model, data, t
         settings = dict(model=str(tiny_model), data=str(data), output_dir=str(out), **BF16_LORA)
         if task == "reward":
             config = RewardConfig(**settings)
-            train(config, objective=config.build_objective(), task=reward_task(config),
-                  engine=EngineSettings(frozen_in_bf16=held), console=Console(file=log, width=1000))
+            train(
+                config,
+                objective=config.build_objective(),
+                task=reward_task(config),
+                engine=EngineSettings(frozen_in_bf16=held),
+                console=Console(file=log, width=1000),
+            )
             saved = out / "model"
         else:
             config = TrainConfig(**settings, merge=True)
-            train(config, engine=EngineSettings(frozen_in_bf16=held), console=Console(file=log, width=1000))
+            train(
+                config,
+                engine=EngineSettings(frozen_in_bf16=held),
+                console=Console(file=log, width=1000),
+            )
             saved = out / "merged"
         assert ("frozen weights held in bf16" in log.getvalue()) == held
         runs[held] = losses(out), tensors(saved)
@@ -69,7 +86,9 @@ def test_only_frozen_untied_weights_are_cast_and_all_come_back(tiny_model):
     cast = keep_frozen_in(model, torch.bfloat16, str(tiny_model))
     assert cast == len([n for n in before if n.endswith("base_layer.weight")]) > 0
     for name, parameter in model.named_parameters():
-        assert parameter.dtype == (torch.bfloat16 if name.endswith("base_layer.weight") else torch.float32), name
+        assert parameter.dtype == (
+            torch.bfloat16 if name.endswith("base_layer.weight") else torch.float32
+        ), name
     assert restore_frozen(model) == cast and restore_frozen(model) == 0
     for name, parameter in model.named_parameters():
         assert parameter.dtype == torch.float32 and torch.equal(parameter, before[name]), name
@@ -91,5 +110,7 @@ def test_a_model_folder_changed_during_the_run_is_named(tiny_model, tmp_path):
     key = "model.layers.0.self_attn.q_proj.weight"
     weights[key] = weights[key] + 1.0
     save_file(weights, folder / "model.safetensors")
-    with pytest.raises(TrainingError, match=f"model.safetensors: {key} is not the weight this run trained against"):
+    with pytest.raises(
+        TrainingError, match=f"model.safetensors: {key} is not the weight this run trained against"
+    ):
         restore_frozen(model)

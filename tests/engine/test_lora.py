@@ -18,11 +18,16 @@ def _lora_models(tiny_model, **settings):
         for name, parameter in fused.named_parameters():
             if "lora_" in name:
                 parameter.normal_(0, 0.2)
-    plain = load_model(str(tiny_model), lora=LoraSettings(**settings), engine=EngineSettings(fused_lora=False))
+    plain = load_model(
+        str(tiny_model), lora=LoraSettings(**settings), engine=EngineSettings(fused_lora=False)
+    )
     plain.load_state_dict(fused.state_dict())
     fused_layers = [m for m in fused.modules() if type(m) is FusedLoraLinear]
     assert fused_layers and len(fused_layers) == fused.prefopt_engine.fused_lora_layers
-    assert not any(type(m) is FusedLoraLinear for m in plain.modules()) and plain.prefopt_engine.fused_lora_layers == 0
+    assert (
+        not any(type(m) is FusedLoraLinear for m in plain.modules())
+        and plain.prefopt_engine.fused_lora_layers == 0
+    )
     return fused, plain
 
 
@@ -40,10 +45,18 @@ def test_fused_lora_sum_equals_peft_in_values_and_gradients(tiny_model, tokenize
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
     assert results[0][1].keys() == results[1][1].keys() and results[0][1]
     for name in results[0][1]:
-        torch.testing.assert_close(results[0][1][name], results[1][1][name], rtol=1e-4, atol=2e-5, msg=name)
-    with fused.disable_adapter(), plain.disable_adapter(), torch.no_grad():  # adapters off: the same base model
+        torch.testing.assert_close(
+            results[0][1][name], results[1][1][name], rtol=1e-4, atol=2e-5, msg=name
+        )
+    with (
+        fused.disable_adapter(),
+        plain.disable_adapter(),
+        torch.no_grad(),
+    ):  # adapters off: the same base model
         off = completion_logps(fused, batch).logps
-        assert torch.equal(off, completion_logps(plain, batch).logps) and not torch.equal(off, results[0][0])
+        assert torch.equal(off, completion_logps(plain, batch).logps) and not torch.equal(
+            off, results[0][0]
+        )
 
 
 def test_fused_lora_sum_under_bf16_autocast_is_as_accurate_as_peft(tiny_model, tokenizer):
@@ -58,13 +71,20 @@ def test_fused_lora_sum_under_bf16_autocast_is_as_accurate_as_peft(tiny_model, t
     examples, _ = tokenize_records(records, tokenizer, TokenizeSettings(64, 32))
     batch = collate(examples, [0], tokenizer.pad_token_id)
     results = {}
-    for name, model, bf16 in (("fp32", plain, False), ("fused", fused, True), ("peft", plain, True)):
+    for name, model, bf16 in (
+        ("fp32", plain, False),
+        ("fused", fused, True),
+        ("peft", plain, True),
+    ):
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logps = completion_logps(model, batch).logps
         assert logps.dtype == torch.float32
         logps.sum().backward()
-        results[name] = logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results[name] = (
+            logps.detach(),
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad},
+        )
     truth, truth_grads = results["fp32"]
     errors = {}
     for name in ("fused", "peft"):
@@ -87,11 +107,13 @@ def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(tiny_model):
     assert layer._plain_adapter(x, (), {}) == "default"
     assert layer._plain_adapter(x.double(), (), {}) is None
     bias_free = layer.lora_B["default"]
-    layer.lora_B["default"] = torch.nn.Linear(bias_free.in_features, bias_free.out_features)  # peft's lora_bias
+    # peft's lora_bias
+    layer.lora_B["default"] = torch.nn.Linear(bias_free.in_features, bias_free.out_features)
     assert layer._plain_adapter(x, (), {}) is None
     layer.lora_B["default"] = bias_free
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layer._plain_adapter(x, (), {}) == "default"  # autocast casts input and weights alike
+        # autocast casts input and weights alike
+        assert layer._plain_adapter(x, (), {}) == "default"
         assert layer._plain_adapter(x.bfloat16(), (), {}) == "default"
         layer.lora_A["default"].to(torch.bfloat16)  # weights of mixed dtypes: peft's forward
         assert layer._plain_adapter(x, (), {}) is None

@@ -45,8 +45,10 @@ def test_gradients_match_finite_differences_in_float64():
     # float64 input is not the fused path's dtype: call the function itself
     from prefopt.engine.norm import _RMSNorm
 
-    assert torch.autograd.gradcheck(lambda x, w: _RMSNorm.apply(x, w, 1e-5, torch.float64),
-                                    (hidden, fused.weight.detach().clone().requires_grad_()))
+    assert torch.autograd.gradcheck(
+        lambda x, w: _RMSNorm.apply(x, w, 1e-5, torch.float64),
+        (hidden, fused.weight.detach().clone().requires_grad_()),
+    )
 
 
 def test_under_bf16_autocast_the_output_is_what_the_linears_would_cast_to():
@@ -70,11 +72,23 @@ def test_load_model_switches_the_norms_that_feed_linears(tiny_model):
     for lora in (None, LoraSettings()):
         model = load_model(str(tiny_model), lora=lora)
         assert model.prefopt_engine.fused_norms == 5
-        switched = sorted(name.rsplit("model.", 1)[-1] for name, m in model.named_modules()
-                          if type(m).__name__ == "FusedLlamaRMSNorm")
-        assert switched == ["layers.0.input_layernorm", "layers.0.post_attention_layernorm",
-                            "layers.1.input_layernorm", "layers.1.post_attention_layernorm", "norm"]
-        assert all(isinstance(m, LlamaRMSNorm) for name, m in model.named_modules() if name.endswith("norm"))
+        switched = sorted(
+            name.rsplit("model.", 1)[-1]
+            for name, m in model.named_modules()
+            if type(m).__name__ == "FusedLlamaRMSNorm"
+        )
+        assert switched == [
+            "layers.0.input_layernorm",
+            "layers.0.post_attention_layernorm",
+            "layers.1.input_layernorm",
+            "layers.1.post_attention_layernorm",
+            "norm",
+        ]
+        assert all(
+            isinstance(m, LlamaRMSNorm)
+            for name, m in model.named_modules()
+            if name.endswith("norm")
+        )
 
 
 def test_other_model_types_keep_their_norms(tiny_model):
@@ -92,5 +106,7 @@ def test_the_fused_norm_switch_turns_it_off(tiny_model):
 
     model = load_model(str(tiny_model), engine=EngineSettings(fused_norm=False))
     assert model.prefopt_engine.fused_norms == 0
-    assert not any(type(m).__name__.startswith("Fused") and type(m).__name__.endswith("RMSNorm")
-                   for m in model.modules())
+    assert not any(
+        type(m).__name__.startswith("Fused") and type(m).__name__.endswith("RMSNorm")
+        for m in model.modules()
+    )

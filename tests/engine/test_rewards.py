@@ -23,21 +23,28 @@ def rewards_and_grads(path, examples, pad_id, *, at_rewards: bool, share_prompt=
     model = load_reward_model(str(path), engine=engine, **options)
     assert model.prefopt_engine.last_layer_at_rewards is at_rewards
     model.train()
-    batch = collate(examples, list(range(len(examples))), pad_id, share_prompt=share_prompt, pad_multiple=16)
+    batch = collate(
+        examples, list(range(len(examples))), pad_id, share_prompt=share_prompt, pad_multiple=16
+    )
     rewards = batch_rewards(model, batch, engine)
     (rewards * torch.arange(1.0, 1 + rewards.numel()).view_as(rewards)).sum().backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return rewards.detach(), grads, model
 
 
-@pytest.mark.parametrize("options", [{}, {"lora": LoraSettings(r=4)}, {"gradient_checkpointing": True},
-                                     {"share_prompt": False}], ids=["full", "lora", "checkpointing", "unpacked"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"lora": LoraSettings(r=4)}, {"gradient_checkpointing": True}, {"share_prompt": False}],
+    ids=["full", "lora", "checkpointing", "unpacked"],
+)
 def test_the_last_layer_at_the_rewards_equals_the_whole_layer(reward_model, tokenizer, options):
     examples = ragged_examples(tokenizer)
-    whole, whole_grads, _ = rewards_and_grads(reward_model, examples, tokenizer.pad_token_id, at_rewards=False,
-                                              **options)
-    at_rewards, grads, _ = rewards_and_grads(reward_model, examples, tokenizer.pad_token_id, at_rewards=True,
-                                             **options)
+    whole, whole_grads, _ = rewards_and_grads(
+        reward_model, examples, tokenizer.pad_token_id, at_rewards=False, **options
+    )
+    at_rewards, grads, _ = rewards_and_grads(
+        reward_model, examples, tokenizer.pad_token_id, at_rewards=True, **options
+    )
     torch.testing.assert_close(at_rewards, whole, rtol=1e-5, atol=1e-6)
     assert grads.keys() == whole_grads.keys() and len(grads) > 0
     for name, grad in grads.items():
@@ -52,9 +59,14 @@ def test_the_last_layer_computes_one_row_per_completion(reward_model, tokenizer)
     assert last_layer_at_rewards(model)  # a second time: the same hooks, not another set
     layers = model.model.layers
     seen = {}
-    for name, part in {"first mlp": layers[0].mlp, "last mlp": layers[-1].mlp,
-                       "last o_proj": layers[-1].self_attn.o_proj}.items():
-        part.register_forward_pre_hook(lambda module, args, name=name: seen.__setitem__(name, args[0].shape))
+    for name, part in {
+        "first mlp": layers[0].mlp,
+        "last mlp": layers[-1].mlp,
+        "last o_proj": layers[-1].self_attn.o_proj,
+    }.items():
+        part.register_forward_pre_hook(
+            lambda module, args, name=name: seen.__setitem__(name, args[0].shape)
+        )
     batch = collate(examples, [0, 1], tokenizer.pad_token_id, share_prompt=True, pad_multiple=16)
     with torch.no_grad():
         batch_rewards(model, batch)

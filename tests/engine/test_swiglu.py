@@ -14,8 +14,14 @@ from prefopt.engine.settings import EngineSettings
 def forward_backward(model, precision: str):
     """Summed log-probs of a batch of lists, their gradients, and the bytes autograd kept (besides
     the weights)."""
-    examples = [TokenizedList(tuple(range(5, 17)), (tuple(range(20, 29)), tuple(range(30, 36))), (2.0, 1.0)),
-                TokenizedList(tuple(range(40, 47)), (tuple(range(50, 61)), tuple(range(70, 74))), (2.0, 1.0))]
+    examples = [
+        TokenizedList(
+            tuple(range(5, 17)), (tuple(range(20, 29)), tuple(range(30, 36))), (2.0, 1.0)
+        ),
+        TokenizedList(
+            tuple(range(40, 47)), (tuple(range(50, 61)), tuple(range(70, 74))), (2.0, 1.0)
+        ),
+    ]
     batch = collate(examples, [0, 1], 0, share_prompt=True, pad_multiple=8)
     kept, weights = [], {p.untyped_storage().data_ptr() for p in model.parameters()}
 
@@ -25,8 +31,10 @@ def forward_backward(model, precision: str):
         return tensor
 
     model.zero_grad(set_to_none=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"),
+    ):
         logps = completion_logps(model, batch, model.prefopt_engine.settings).logps
     (logps * torch.tensor([[1.0, -2.0]])).sum().backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
@@ -43,7 +51,9 @@ def test_fused_swiglu_gives_autograds_numbers_and_keeps_less(tiny_model, precisi
     plain = load_model(str(tiny_model), lora=adapters, engine=EngineSettings(fused_swiglu=False))
     torch.manual_seed(0)
     fused = load_model(str(tiny_model), lora=adapters, engine=EngineSettings(fused_lora_mlp=False))
-    assert fused.prefopt_engine.fused_mlps == AutoConfig.from_pretrained(tiny_model).num_hidden_layers
+    assert (
+        fused.prefopt_engine.fused_mlps == AutoConfig.from_pretrained(tiny_model).num_hidden_layers
+    )
     assert plain.prefopt_engine.fused_mlps == 0
     want, want_grads, plain_bytes = forward_backward(plain, precision)
     got, got_grads, fused_bytes = forward_backward(fused, precision)
@@ -56,7 +66,9 @@ def test_fused_swiglu_gives_autograds_numbers_and_keeps_less(tiny_model, precisi
 
 def float64_grads(tiny_model, adapters) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    model = load_model(str(tiny_model), lora=adapters, engine=EngineSettings(fused_swiglu=False)).double()
+    model = load_model(
+        str(tiny_model), lora=adapters, engine=EngineSettings(fused_swiglu=False)
+    ).double()
     return forward_backward(model, "fp32")[1]
 
 
@@ -70,7 +82,10 @@ def test_a_lora_mlp_as_one_function_keeps_less_and_is_as_exact(tiny_model, preci
     for model in (plain, fused):  # B starts at zero: give the adapters a path of their own to check
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
-                parameter.data = torch.randn(parameter.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1
+                parameter.data = (
+                    torch.randn(parameter.shape, generator=torch.Generator().manual_seed(len(name)))
+                    * 0.1
+                )
     want, want_grads, plain_bytes = forward_backward(plain, precision)
     got, got_grads, fused_bytes = forward_backward(fused, precision)
     assert torch.equal(got, want)  # the forward is FusedLoraLinear's ops
@@ -83,4 +98,6 @@ def test_a_lora_mlp_as_one_function_keeps_less_and_is_as_exact(tiny_model, preci
             torch.testing.assert_close(got_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
         else:  # bf16: no further from float64 than autograd's own (a little slack for rounding's luck)
             error = (got_grads[name].double() - exact[name]).norm() / exact[name].norm()
-            assert error <= 1.2 * (grad.double() - exact[name]).norm() / exact[name].norm() + 1e-3, name
+            assert (
+                error <= 1.2 * (grad.double() - exact[name]).norm() / exact[name].norm() + 1e-3
+            ), name

@@ -19,8 +19,10 @@ from prefopt.evaluate import (
 )
 
 
-@pytest.mark.parametrize("beta, ratio, correct", [(0.1, 7991.4131398387, 1), (1.0, 0.4060058497, 0),
-                                                  (10.0, 0.1510508459, 0)])
+@pytest.mark.parametrize(
+    "beta, ratio, correct",
+    [(0.1, 7991.4131398387, 1), (1.0, 0.4060058497, 0), (10.0, 0.1510508459, 0)],
+)
 def test_the_optimal_policys_likelihood_ratio(beta, ratio, correct):
     log_ratio = idealized_log_ratio(np.array([-2.0]), np.array([0.75]), beta)
     assert math.exp(log_ratio[0]) == pytest.approx(ratio, rel=1e-9)
@@ -38,7 +40,9 @@ def test_difficulty_and_its_loss_threshold():
 
 
 def test_ranking_accuracy_counts_ties_as_correct():
-    assert ranking_accuracy(np.array([-1.0, -2.0, -3.0]), np.array([-2.0, -2.0, -1.0])) == pytest.approx(2 / 3)
+    assert ranking_accuracy(
+        np.array([-1.0, -2.0, -3.0]), np.array([-2.0, -2.0, -1.0])
+    ) == pytest.approx(2 / 3)
 
 
 def test_a_bootstrap_interval_covers_a_known_rate_at_its_level():
@@ -48,13 +52,16 @@ def test_a_bootstrap_interval_covers_a_known_rate_at_its_level():
         outcomes = rng.random((80, 4)) < 0.3  # 80 prompts, 4 samples each
         estimate = bootstrap_mean(outcomes.astype(float), resamples=1000, seed=trial)
         covered += estimate.low <= 0.3 <= estimate.high
-    assert 0.90 <= covered / 300 <= 0.985  # nominal 0.95; a percentile interval runs a little narrow
+    # nominal 0.95; a percentile interval runs a little narrow
+    assert 0.90 <= covered / 300 <= 0.985
 
 
 def test_bootstrap_resamples_prompts_not_samples():
     # two prompts, one always right and one always wrong: the interval spans both, whatever K
     estimate = bootstrap_mean([[1.0] * 50, [0.0] * 50], resamples=500)
-    assert estimate.value == 0.5 and estimate.low == 0.0 and estimate.high == 1.0 and estimate.n == 2
+    assert (
+        estimate.value == 0.5 and estimate.low == 0.0 and estimate.high == 1.0 and estimate.n == 2
+    )
 
 
 def test_win_rate_counts_ties_as_half_and_failures_apart():
@@ -71,12 +78,21 @@ def test_length_control_removes_a_preference_for_length_alone():
     rng = np.random.default_rng(1)
     differences = rng.normal(60, 60, 4000)  # A is usually longer
     z = differences / differences.std()
-    preferences = (rng.random(4000) < 1 / (1 + np.exp(-1.5 * z))).astype(float)  # only length matters
+    # only length matters
+    preferences = (rng.random(4000) < 1 / (1 + np.exp(-1.5 * z))).astype(float)
     raw = preferences.mean()
     controlled = length_controlled_win_rate(preferences, differences)
     assert raw > 0.65 and controlled == pytest.approx(0.5, abs=0.04)
-    result = win_rate(list(preferences), lengths_a=list(differences + 100), lengths_b=[100.0] * 4000, resamples=200)
-    assert result.length_controlled == pytest.approx(controlled) and result.mean_length_a > result.mean_length_b
+    result = win_rate(
+        list(preferences),
+        lengths_a=list(differences + 100),
+        lengths_b=[100.0] * 4000,
+        resamples=200,
+    )
+    assert (
+        result.length_controlled == pytest.approx(controlled)
+        and result.mean_length_a > result.mean_length_b
+    )
 
 
 def test_length_control_leaves_a_real_preference():

@@ -8,7 +8,12 @@ import torch.nn.functional as F
 
 from prefopt.generate.sampling import SamplingSettings, sample
 
-PROMPTS = ["apple river stone", "green quick seven happy ocean light table music", "hi", "paper window"]
+PROMPTS = [
+    "apple river stone",
+    "green quick seven happy ocean light table music",
+    "hi",
+    "paper window",
+]
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +27,14 @@ def tokens(results):
 
 def test_greedy_equals_transformers_generate(model, tokenizer, prompts):
     settings = SamplingSettings(k=2, temperature=0, max_new_tokens=12, batch_size=3)
-    assert tokens(sample(model, tokenizer, prompts, settings)) == \
-        tokens(sample(model, tokenizer, prompts, settings, backend="transformers"))
+    assert tokens(sample(model, tokenizer, prompts, settings)) == tokens(
+        sample(model, tokenizer, prompts, settings, backend="transformers")
+    )
 
 
-def test_finished_sequences_leave_the_batch_and_the_others_are_unchanged(model, tokenizer, prompts, monkeypatch):
+def test_finished_sequences_leave_the_batch_and_the_others_are_unchanged(
+    model, tokenizer, prompts, monkeypatch
+):
     """An end-of-sequence token that one prompt's greedy completion starts with: its sequences end
     at once and leave the batch; the other prompts' completions are what transformers generates."""
     from prefopt.engine.decode import DecodeState
@@ -34,13 +42,20 @@ def test_finished_sequences_leave_the_batch_and_the_others_are_unchanged(model, 
     settings = SamplingSettings(k=2, temperature=0, max_new_tokens=10, batch_size=4)
     first = sample(model, tokenizer, prompts, settings)[0][0].token_ids[0]
     kept = []
-    monkeypatch.setattr(DecodeState, "keep", lambda self, rows, keep=DecodeState.keep: kept.append(len(rows))
-                        or keep(self, rows))
+    monkeypatch.setattr(
+        DecodeState,
+        "keep",
+        lambda self, rows, keep=DecodeState.keep: kept.append(len(rows)) or keep(self, rows),
+    )
     monkeypatch.setattr(model.generation_config, "eos_token_id", [tokenizer.eos_token_id, first])
     ours = sample(model, tokenizer, prompts, settings)
     assert kept, "finished rows should have left the batch"
-    assert ours[0][0].finished == "eos" and ours[0][0].token_ids == (first,) and ours[0][0].text == ""
-    assert tokens(ours) == tokens(sample(model, tokenizer, prompts, settings, backend="transformers"))
+    assert (
+        ours[0][0].finished == "eos" and ours[0][0].token_ids == (first,) and ours[0][0].text == ""
+    )
+    assert tokens(ours) == tokens(
+        sample(model, tokenizer, prompts, settings, backend="transformers")
+    )
 
 
 def test_log_probs_are_those_of_a_plain_forward(model, tokenizer, prompts):
@@ -50,7 +65,9 @@ def test_log_probs_are_those_of_a_plain_forward(model, tokenizer, prompts):
             for s in samples:
                 full = torch.tensor([ids + list(s.token_ids)])
                 logits = model(input_ids=full).logits.float()[0, :-1]
-                expected = F.log_softmax(logits, -1).gather(-1, full[0, 1:, None])[len(ids) - 1:].sum()
+                expected = (
+                    F.log_softmax(logits, -1).gather(-1, full[0, 1:, None])[len(ids) - 1 :].sum()
+                )
                 assert s.logp == pytest.approx(float(expected), abs=1e-4)
 
 
@@ -58,19 +75,34 @@ def test_a_completion_depends_on_seed_prompt_and_k_only(model, tokenizer, prompt
     settings = SamplingSettings(k=3, max_new_tokens=8, seed=5, batch_size=4)
     together = tokens(sample(model, tokenizer, prompts, settings))
     alone = [tokens(sample(model, tokenizer, [p], settings))[0] for p in prompts]
-    reordered = tokens(sample(model, tokenizer, prompts[::-1], SamplingSettings(k=3, max_new_tokens=8, seed=5,
-                                                                                  batch_size=2)))[::-1]
+    reordered = tokens(
+        sample(
+            model,
+            tokenizer,
+            prompts[::-1],
+            SamplingSettings(k=3, max_new_tokens=8, seed=5, batch_size=2),
+        )
+    )[::-1]
     assert together == alone == reordered
     assert len({s for samples in together for s in samples}) > 4  # samples, not copies
-    assert tokens(sample(model, tokenizer, prompts, SamplingSettings(k=3, max_new_tokens=8, seed=6))) != together
-    fewer = tokens(sample(model, tokenizer, prompts, SamplingSettings(k=2, max_new_tokens=8, seed=5)))
+    assert (
+        tokens(sample(model, tokenizer, prompts, SamplingSettings(k=3, max_new_tokens=8, seed=6)))
+        != together
+    )
+    fewer = tokens(
+        sample(model, tokenizer, prompts, SamplingSettings(k=2, max_new_tokens=8, seed=5))
+    )
     assert fewer == [samples[:2] for samples in together]  # completion k is the same whatever K is
 
 
 def test_top_k_1_and_a_tiny_top_p_are_greedy(model, tokenizer, prompts):
-    greedy = tokens(sample(model, tokenizer, prompts, SamplingSettings(k=2, temperature=0, max_new_tokens=6)))
-    for settings in (SamplingSettings(k=2, top_k=1, max_new_tokens=6), SamplingSettings(k=2, top_p=1e-6,
-                                                                                        max_new_tokens=6)):
+    greedy = tokens(
+        sample(model, tokenizer, prompts, SamplingSettings(k=2, temperature=0, max_new_tokens=6))
+    )
+    for settings in (
+        SamplingSettings(k=2, top_k=1, max_new_tokens=6),
+        SamplingSettings(k=2, top_p=1e-6, max_new_tokens=6),
+    ):
         assert tokens(sample(model, tokenizer, prompts, settings)) == greedy
 
 
@@ -79,29 +111,43 @@ def _clean_cut(tokenizer, token_ids):
     cleanly (byte-level tokens can decode to half a character) and the addition is new."""
     for n in range(2, len(token_ids) - 1):
         before = tokenizer.decode(token_ids[:n], skip_special_tokens=True)
-        added = tokenizer.decode(token_ids[: n + 1], skip_special_tokens=True)[len(before):]
+        added = tokenizer.decode(token_ids[: n + 1], skip_special_tokens=True)[len(before) :]
         if added.strip() and added not in before and "\ufffd" not in before + added:
             return n, before, added
     raise AssertionError("no clean cut in the greedy completion")
 
 
 def test_a_stop_string_ends_the_completion_before_it(model, tokenizer, prompts):
-    free = sample(model, tokenizer, prompts[1:2], SamplingSettings(k=1, temperature=0, max_new_tokens=16))[0][0]
+    free = sample(
+        model, tokenizer, prompts[1:2], SamplingSettings(k=1, temperature=0, max_new_tokens=16)
+    )[0][0]
     n, before, stop = _clean_cut(tokenizer, free.token_ids)
-    stopped = sample(model, tokenizer, prompts[1:2], SamplingSettings(k=1, temperature=0, max_new_tokens=16,
-                                                                     stop=(stop,)))[0][0]
+    stopped = sample(
+        model,
+        tokenizer,
+        prompts[1:2],
+        SamplingSettings(k=1, temperature=0, max_new_tokens=16, stop=(stop,)),
+    )[0][0]
     assert stopped.finished == "stop" and stopped.text == before and len(stopped.token_ids) == n + 1
     assert free.finished == "length" and len(free.token_ids) == 16
 
 
-@pytest.mark.parametrize("bad, message", [({"k": 0}, "k must be >= 1"), ({"top_p": 0}, "top_p must be in"),
-                                          ({"temperature": -1}, "temperature must be >= 0")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"k": 0}, "k must be >= 1"),
+        ({"top_p": 0}, "top_p must be in"),
+        ({"temperature": -1}, "temperature must be >= 0"),
+    ],
+)
 def test_bad_settings_name_the_setting(bad, message):
     with pytest.raises(ValueError, match=message):
         SamplingSettings(**bad)
 
 
-@pytest.mark.parametrize("spread", [0.5, 20.0], ids=["flat: the full sort", "peaked: the top candidates"])
+@pytest.mark.parametrize(
+    "spread", [0.5, 20.0], ids=["flat: the full sort", "peaked: the top candidates"]
+)
 def test_the_nucleus_is_the_smallest_set_of_most_likely_tokens_holding_p(spread):
     from prefopt.generate.sampling import warp
 

@@ -19,20 +19,42 @@ from prefopt.label.store import LabelError, Store
 
 # ---------------------------------------------------------------- agreement: published values
 NA = None
-KRIPPENDORFF_2011 = list(zip([1, 2, 3, 3, 2, 1, 4, 1, 2, NA, NA, NA], [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, NA, 3],
-                             [NA, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, NA], [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, NA],
-                             strict=True))
+KRIPPENDORFF_2011 = list(
+    zip(
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, NA, NA, NA],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, NA, 3],
+        [NA, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, NA],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, NA],
+        strict=True,
+    )
+)
 
 
-@pytest.mark.parametrize(("metric", "expected"), [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849)])
+@pytest.mark.parametrize(
+    ("metric", "expected"), [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849)]
+)
 def test_krippendorff_alpha_matches_krippendorff_2011(metric, expected):
-    assert agreement.krippendorff_alpha(KRIPPENDORFF_2011, metric) == pytest.approx(expected, abs=5e-4)
+    assert agreement.krippendorff_alpha(KRIPPENDORFF_2011, metric) == pytest.approx(
+        expected, abs=5e-4
+    )
 
 
 def test_fleiss_kappa_matches_fleiss_1971_example():
-    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1], [7, 7, 0, 0, 0],
-             [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
-    units = [[category for category, count in enumerate(row) for _ in range(count)] for row in table]
+    table = [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
+    units = [
+        [category for category, count in enumerate(row) for _ in range(count)] for row in table
+    ]
     assert agreement.fleiss_kappa(units) == pytest.approx(0.210, abs=5e-4)
 
 
@@ -63,8 +85,10 @@ def test_assignment_holds_redundancy_priority_and_expiry(store):
     ann, bob, cat = person(store, "ann"), person(store, "bob"), person(store, "cat")
     first = store.next_assignment(ann)
     assert store.next_assignment(ann)["item_id"] == first["item_id"]  # held until labelled
-    assert store.next_assignment(bob)["item_id"] == first["item_id"]  # redundancy 2: a second person
-    assert store.next_assignment(cat)["item_id"] != first["item_id"]  # two hold it: the third gets another
+    # redundancy 2: a second person
+    assert store.next_assignment(bob)["item_id"] == first["item_id"]
+    # two hold it: the third gets another
+    assert store.next_assignment(cat)["item_id"] != first["item_id"]
     store.set_priorities({5: 10.0})
     store.submit(ann, first["item_id"], choice="a")
     assert store.next_assignment(ann)["item_id"] == 5  # highest priority first
@@ -75,10 +99,13 @@ def test_assignment_holds_redundancy_priority_and_expiry(store):
 
 
 def test_display_order_is_random_and_recorded_with_the_label(store):
-    rng = random.Random(7)  # seeded: with 10 draws of 2 orders an unseeded test would fail 1 run in 512
+    # seeded: with 10 draws of 2 orders an unseeded test would fail 1 run in 512
+    rng = random.Random(7)
     people = [person(store, f"p{i}") for i in range(10)]
     shown = [store.next_assignment(someone, rng=rng) for someone in people]
-    pair_orders = {tuple(item["display_order"]) for item in shown if len(item["display_order"]) == 2}
+    pair_orders = {
+        tuple(item["display_order"]) for item in shown if len(item["display_order"]) == 2
+    }
     assert pair_orders == {(0, 1), (1, 0)}
     for someone, item in zip(people[:2], shown[:2], strict=True):
         store.submit(someone, item["item_id"], choice="a")
@@ -89,8 +116,11 @@ def test_display_order_is_random_and_recorded_with_the_label(store):
 def test_submit_validates_and_changes_nothing_on_error(store):
     ann = person(store, "ann")
     pair = store.next_assignment(ann)
-    for kwargs, field in [({"choice": "left"}, "choice"), ({"ranking": [1, 2]}, "choice"),
-                          ({"choice": "a", "comment": "x" * 2001}, "comment")]:
+    for kwargs, field in [
+        ({"choice": "left"}, "choice"),
+        ({"ranking": [1, 2]}, "choice"),
+        ({"choice": "a", "comment": "x" * 2001}, "comment"),
+    ]:
         with pytest.raises(Exception) as error:
             store.submit(ann, pair["item_id"], **kwargs)
         assert error.value.field == field
@@ -103,7 +133,9 @@ def test_submit_validates_and_changes_nothing_on_error(store):
     assert [lab["comment"] for lab in store.labels()] == ["'; DROP TABLE labels; --"]
 
 
-@pytest.mark.parametrize("ranking", [[1, 1, 1, 2], [1, 2, 3], [0, 1, 2, 3], [1, 2, 3, 5], [1, 3, 3, 3], [2, 2, 3, 4]])
+@pytest.mark.parametrize(
+    "ranking", [[1, 1, 1, 2], [1, 2, 3], [0, 1, 2, 3], [1, 2, 3, 5], [1, 3, 3, 3], [2, 2, 3, 4]]
+)
 def test_a_ranking_must_be_a_ranking(store, ranking):
     ann = person(store, "ann")
     store.set_priorities({5: 1.0})
@@ -123,10 +155,19 @@ def label_all(store, votes: dict[str, list]):
 
 
 def test_export_lists_keeps_order_and_ties_and_loads_in_train(store, tmp_path):
-    label_all(store, {"ann": ["a", "b", "tie", "both_bad", [1, 2, 2, 4]], "bob": ["a", "a", "a", "b", [2, 1, 3, 4]]})
+    label_all(
+        store,
+        {
+            "ann": ["a", "b", "tie", "both_bad", [1, 2, 2, 4]],
+            "bob": ["a", "a", "a", "b", [2, 1, 3, 4]],
+        },
+    )
     rows, left_out = export_rows(store.labels(), "lists")
     assert len(rows) == 8 and sum(left_out.values()) == 2  # ann's tie and both-bad prefer nothing
-    assert left_out == {"labels with no preference (a tie)": 1, "labels calling both answers bad": 1}
+    assert left_out == {
+        "labels with no preference (a tie)": 1,
+        "labels calling both answers bad": 1,
+    }
     assert [1, 2, 2, 4] in [row["ranks"] for row in rows]
     path = write_items(tmp_path / "lists.jsonl", rows)
     records = load_records(path).records
@@ -145,21 +186,33 @@ def test_both_bad_is_its_own_judgement(tmp_path):
     store = Store(url)
     label_all(store, {"ann": ["tie", "both_bad"]})
     found = store.judgements(ids)
-    assert [found[i][0]["choice"] for i in ids] == ["tie", "both_bad"] and found[ids[1]][0]["ranks"] == [1, 1]
+    assert [found[i][0]["choice"] for i in ids] == ["tie", "both_bad"] and found[ids[1]][0][
+        "ranks"
+    ] == [1, 1]
     tie, bad = oracle.judge(lists)
     assert tie.abstained is None and tie.all_tied and bad.abstained == "both answers bad"
 
 
 def test_export_pairs_is_the_majority(store, tmp_path):
     store.redundancy = 3
-    label_all(store, {"ann": ["a", "b", "tie", "a", [1, 2, 3, 4]], "bob": ["a", "a", "a", "a", [1, 2, 3, 4]],
-                      "cat": ["b", "a", "tie", "a", [1, 2, 4, 3]]})
+    label_all(
+        store,
+        {
+            "ann": ["a", "b", "tie", "a", [1, 2, 3, 4]],
+            "bob": ["a", "a", "a", "a", [1, 2, 3, 4]],
+            "cat": ["b", "a", "tie", "a", [1, 2, 4, 3]],
+        },
+    )
     rows, left_out = export_rows(store.labels(), "pairs")
     by_item = {}
     for row in rows:
         by_item.setdefault(row["item_id"], []).append(row)
     first = by_item[1][0]
-    assert first["chosen"].startswith("It is") and first["votes"] == {"chosen": 2, "rejected": 1, "no_preference": 0}
+    assert first["chosen"].startswith("It is") and first["votes"] == {
+        "chosen": 2,
+        "rejected": 1,
+        "no_preference": 0,
+    }
     assert 3 not in by_item  # tie, a, tie: no preference wins
     assert len(by_item[5]) == 6  # all 6 pairs of the list have a majority (the last two 2 to 1)
     assert [r["votes"]["rejected"] for r in by_item[5]] == [0, 0, 0, 0, 0, 1]
@@ -179,9 +232,17 @@ def bearer(token):
 
 def test_every_endpoint_needs_a_token_and_admin_endpoints_need_an_admin(client, store):
     ann = bearer(store.add_user("ann"))
-    routes = [("get", "/api/me"), ("post", "/api/next"), ("post", "/api/labels"), ("get", "/api/labels"),
-              ("get", "/api/admin/stats"), ("get", "/api/admin/labels"), ("post", "/api/admin/priorities"),
-              ("get", "/api/openapi.json"), ("post", "/api/logout")]
+    routes = [
+        ("get", "/api/me"),
+        ("post", "/api/next"),
+        ("post", "/api/labels"),
+        ("get", "/api/labels"),
+        ("get", "/api/admin/stats"),
+        ("get", "/api/admin/labels"),
+        ("post", "/api/admin/priorities"),
+        ("get", "/api/openapi.json"),
+        ("post", "/api/logout"),
+    ]
     for method, path in routes:
         assert getattr(client, method)(path).status_code == 401, path
         assert getattr(client, method)(path, headers=bearer("wrong")).status_code == 401, path
@@ -194,34 +255,58 @@ def test_every_endpoint_needs_a_token_and_admin_endpoints_need_an_admin(client, 
 
 
 def test_login_sets_an_http_only_secure_cookie(store):
-    client = TestClient(create_app(store), base_url="https://localhost")  # a client sends secure cookies on https
+    # a client sends secure cookies on https
+    client = TestClient(create_app(store), base_url="https://localhost")
     token = store.add_user("ann")
     assert client.post("/api/login", json={"token": "nope"}).status_code == 401
     response = client.post("/api/login", json={"token": token})
     cookie = response.headers["set-cookie"].lower()
-    assert response.status_code == 200 and "httponly" in cookie and "secure" in cookie and "samesite=strict" in cookie
+    assert (
+        response.status_code == 200
+        and "httponly" in cookie
+        and "secure" in cookie
+        and "samesite=strict" in cookie
+    )
     assert client.get("/api/me").json()["name"] == "ann"  # the cookie alone is enough
 
 
 def test_annotators_see_only_their_own_labels(client, store):
     ann, bob = bearer(store.add_user("ann")), bearer(store.add_user("bob"))
     item = client.post("/api/next", headers=ann).json()
-    assert client.post("/api/labels", headers=ann, json={"item_id": item["item_id"], "choice": "a"}).status_code == 201
+    assert (
+        client.post(
+            "/api/labels", headers=ann, json={"item_id": item["item_id"], "choice": "a"}
+        ).status_code
+        == 201
+    )
     assert len(client.get("/api/labels", headers=ann).json()) == 1
     assert client.get("/api/labels", headers=bob).json() == []
-    assert client.get("/api/admin/labels", headers=bob, params={"annotator": "ann"}).status_code == 403
+    assert (
+        client.get("/api/admin/labels", headers=bob, params={"annotator": "ann"}).status_code == 403
+    )
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"item_id": "1", "choice": "a"}, "item_id"), ({"item_id": 1, "choice": "best"}, "choice"),
-    ({"item_id": 1, "choice": "a", "comment": "x" * 2001}, "comment"), ({"item_id": 1, "choice": "a", "x": 1}, "x"),
-    ({"item_id": 12345, "choice": "a"}, "item_id"), ({"choice": "a"}, "item_id"),
-    ({"item_id": 5, "ranking": [1, 1, 2, 3]}, "ranking"), ({"item_id": 5, "ranking": ["1", 2, 3, 4]}, "ranking.0"),
-    # numbers past what the databases hold, and lists past any item's length
-    ({"item_id": 2**31, "choice": "a"}, "item_id"), ({"item_id": 0, "choice": "a"}, "item_id"),
-    ({"item_id": 5, "ranking": [1, 2, 3, 10**30]}, "ranking.3"), ({"item_id": 5, "ranking": [1] * 257}, "ranking"),
-])
-def test_malformed_requests_get_a_4xx_naming_the_field_and_change_nothing(client, store, body, field):
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"item_id": "1", "choice": "a"}, "item_id"),
+        ({"item_id": 1, "choice": "best"}, "choice"),
+        ({"item_id": 1, "choice": "a", "comment": "x" * 2001}, "comment"),
+        ({"item_id": 1, "choice": "a", "x": 1}, "x"),
+        ({"item_id": 12345, "choice": "a"}, "item_id"),
+        ({"choice": "a"}, "item_id"),
+        ({"item_id": 5, "ranking": [1, 1, 2, 3]}, "ranking"),
+        ({"item_id": 5, "ranking": ["1", 2, 3, 4]}, "ranking.0"),
+        # numbers past what the databases hold, and lists past any item's length
+        ({"item_id": 2**31, "choice": "a"}, "item_id"),
+        ({"item_id": 0, "choice": "a"}, "item_id"),
+        ({"item_id": 5, "ranking": [1, 2, 3, 10**30]}, "ranking.3"),
+        ({"item_id": 5, "ranking": [1] * 257}, "ranking"),
+    ],
+)
+def test_malformed_requests_get_a_4xx_naming_the_field_and_change_nothing(
+    client, store, body, field
+):
     ann = bearer(store.add_user("ann"))
     store.set_priorities({5: 1.0})
     client.post("/api/next", headers=ann)
@@ -233,16 +318,25 @@ def test_malformed_requests_get_a_4xx_naming_the_field_and_change_nothing(client
     assert store.labels() == []
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    (b'{"priorities": {"1": NaN}}', "priorities.1"), (b'{"priorities": {"1": Infinity}}', "priorities.1"),
-    (b'{"priorities": {"1": 1e300}}', "priorities.1"), (b'{"priorities": {"99999999999": 1.0}}', "priorities"),
-    (b'{"priorities": {"-3": 1.0}}', "priorities"), (b'{"priorities": {"abc": 1.0}}', "priorities"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"priorities": {"1": NaN}}', "priorities.1"),
+        (b'{"priorities": {"1": Infinity}}', "priorities.1"),
+        (b'{"priorities": {"1": 1e300}}', "priorities.1"),
+        (b'{"priorities": {"99999999999": 1.0}}', "priorities"),
+        (b'{"priorities": {"-3": 1.0}}', "priorities"),
+        (b'{"priorities": {"abc": 1.0}}', "priorities"),
+    ],
+)
 def test_priorities_are_finite_and_ids_in_range(client, store, body, field):
     admin = bearer(store.add_user("boss", "admin"))
-    response = client.post("/api/admin/priorities", headers={**admin, "content-type": "application/json"},
-                           content=body)
-    assert response.status_code == 422 and response.json()["field"].startswith(field), response.json()
+    response = client.post(
+        "/api/admin/priorities", headers={**admin, "content-type": "application/json"}, content=body
+    )
+    assert response.status_code == 422 and response.json()["field"].startswith(field), (
+        response.json()
+    )
     assert {item["priority"] for item in _items(store)} == {0.0}  # nothing changed
 
 
@@ -250,23 +344,36 @@ def _items(store):
     import sqlalchemy as sa
 
     with store.engine.connect() as connection:
-        return [dict(row._mapping) for row in connection.execute(sa.text("SELECT id, priority FROM items"))]
+        return [
+            dict(row._mapping)
+            for row in connection.execute(sa.text("SELECT id, priority FROM items"))
+        ]
 
 
 def test_a_large_admin_request_is_written_in_chunks_the_database_accepts(client, store):
     """33,000 priorities in one request: more ids than SQLite binds in one statement (32,766)."""
     from prefopt.data import PreferenceRecord
 
-    store.add_items([PreferenceRecord(f"p{i}", (f"a{i}", f"b{i}"), (0.0, 0.0), source=f"bulk {i}")
-                     for i in range(33_000)])
+    store.add_items(
+        [
+            PreferenceRecord(f"p{i}", (f"a{i}", f"b{i}"), (0.0, 0.0), source=f"bulk {i}")
+            for i in range(33_000)
+        ]
+    )
     admin = bearer(store.add_user("boss", "admin"))
     ids = [item["id"] for item in _items(store)]
-    response = client.post("/api/admin/priorities", headers=admin,
-                           json={"priorities": {str(i): i / 7 for i in ids}})
+    response = client.post(
+        "/api/admin/priorities", headers=admin, json={"priorities": {str(i): i / 7 for i in ids}}
+    )
     assert response.status_code == 200 and response.json() == {"updated": len(ids)}, response.json()
-    assert {item["id"]: item["priority"] for item in _items(store)} == pytest.approx({i: i / 7 for i in ids})
-    too_many = client.post("/api/admin/priorities", headers=admin,
-                           json={"priorities": {str(i): 1.0 for i in range(1, 50_002)}})
+    assert {item["id"]: item["priority"] for item in _items(store)} == pytest.approx(
+        {i: i / 7 for i in ids}
+    )
+    too_many = client.post(
+        "/api/admin/priorities",
+        headers=admin,
+        json={"priorities": {str(i): 1.0 for i in range(1, 50_002)}},
+    )
     assert too_many.status_code in (413, 422)  # the body limit or the count, never a 500
 
 
@@ -278,7 +385,10 @@ def test_not_json_is_a_clear_4xx(client, store):
 
 def test_stats_and_openapi(client, store):
     admin = bearer(store.add_user("boss", "admin"))
-    label_all(store, {"ann": ["a", "b", "tie", "a", [1, 2, 3, 4]], "bob": ["a", "a", "tie", "a", [1, 2, 3, 4]]})
+    label_all(
+        store,
+        {"ann": ["a", "b", "tie", "a", [1, 2, 3, 4]], "bob": ["a", "a", "tie", "a", [1, 2, 3, 4]]},
+    )
     stats = client.get("/api/admin/stats", headers=admin).json()
     assert stats["labels"] == 10 and stats["items_complete"] == 5
     assert stats["agreement"]["rankings"]["krippendorff_alpha_ordinal"] == 1.0
@@ -290,22 +400,33 @@ def test_stats_and_openapi(client, store):
 
 def test_hostile_text_is_stored_verbatim(client, store, tmp_path):
     rows = [{"prompt": "p'; DROP TABLE items; --", "completions": list(HOSTILE[:2])}]
-    records = load_records(write_items(tmp_path / "hostile.jsonl", rows), require_scores=False).records
+    records = load_records(
+        write_items(tmp_path / "hostile.jsonl", rows), require_scores=False
+    ).records
     store.add_items(records)
     store.set_priorities({6: 9.0})
     ann = bearer(store.add_user("ann"))
     item = client.post("/api/next", headers=ann).json()
-    assert item["prompt"] == rows[0]["prompt"] and sorted(item["completions"]) == sorted(HOSTILE[:2])
+    assert item["prompt"] == rows[0]["prompt"] and sorted(item["completions"]) == sorted(
+        HOSTILE[:2]
+    )
 
 
 def test_every_response_carries_the_security_headers(client, store):
     from prefopt.label.headers import HEADERS
 
     ann = bearer(store.add_user("ann"))
-    responses = [client.get("/login"), client.get("/label"), client.get("/label", headers=ann),
-                 client.get("/api/me"), client.get("/api/me", headers=ann), client.get("/nowhere"),
-                 client.get("/assets/label.js"), client.get("/assets/../app.py"),
-                 client.post("/api/labels", headers=ann, content=b"x" * (2 << 20))]
+    responses = [
+        client.get("/login"),
+        client.get("/label"),
+        client.get("/label", headers=ann),
+        client.get("/api/me"),
+        client.get("/api/me", headers=ann),
+        client.get("/nowhere"),
+        client.get("/assets/label.js"),
+        client.get("/assets/../app.py"),
+        client.post("/api/labels", headers=ann, content=b"x" * (2 << 20)),
+    ]
     assert [r.status_code for r in responses] == [200, 401, 200, 401, 200, 404, 200, 404, 413]
     for response in responses:
         for name, value in HEADERS.items():
@@ -321,12 +442,14 @@ def test_the_pages_hold_no_inline_script_or_style_and_their_assets_are_served(cl
     admin = bearer(store.add_user("boss", "admin"))
     for path, who in (("/login", ann), ("/label", ann), ("/admin", admin)):
         page = client.get(path, headers=who).text
-        assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", page) == [], path  # every script from a file
+        # every script from a file
+        assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", page) == [], path
         assert "<style" not in page and " style=" not in page and " on" + "click=" not in page, path
         for asset in re.findall(r'(?:src|href)="(/assets/[^"]+)"', page):
             response = client.get(asset)
             assert response.status_code == 200 and response.headers["content-type"].startswith(
-                ("text/javascript", "text/css")), asset
+                ("text/javascript", "text/css")
+            ), asset
 
 
 def test_annotators_see_nothing_of_where_an_item_came_from(client, store):
@@ -335,7 +458,13 @@ def test_annotators_see_nothing_of_where_an_item_came_from(client, store):
     client.post("/api/labels", headers=ann, json={"item_id": item["item_id"], "choice": "a"})
     sources = {label["source"] for label in client.get("/api/admin/labels", headers=boss).json()}
     assert sources and all(sources)  # admins see it
-    seen = json.dumps([item, client.get("/api/labels", headers=ann).json(), client.get("/api/me", headers=ann).json()])
+    seen = json.dumps(
+        [
+            item,
+            client.get("/api/labels", headers=ann).json(),
+            client.get("/api/me", headers=ann).json(),
+        ]
+    )
     assert "source" not in seen and not any(source in seen for source in sources)
 
 
@@ -345,7 +474,8 @@ def test_a_get_changes_nothing(client, store):
     assert client.get("/api/next", headers=ann).status_code == 405
     assert client.get("/api/me", headers=ann).json()["labelled_by_you"] == 0
     first = client.post("/api/next", headers=ann).json()
-    assert client.post("/api/next", headers=ann).json()["item_id"] == first["item_id"]  # still held for ann
+    # still held for ann
+    assert client.post("/api/next", headers=ann).json()["item_id"] == first["item_id"]
 
 
 def test_an_item_is_its_content(tmp_path):
@@ -371,23 +501,41 @@ def test_an_item_is_its_content(tmp_path):
     shutil.copy(first, other)
     assert store.add_items(load_records(other, require_scores=False).records) == 0
     label_all(store, {"ann": ["a"]})
-    changed = [dict(rows[0], completions=[rows[0]["completions"][0], "a new second answer"]), *rows[1:]]
-    assert store.add_items(load_records(write_items(tmp_path / "c.jsonl", changed), require_scores=False).records) == 1
+    changed = [
+        dict(rows[0], completions=[rows[0]["completions"][0], "a new second answer"]),
+        *rows[1:],
+    ]
+    assert (
+        store.add_items(
+            load_records(write_items(tmp_path / "c.jsonl", changed), require_scores=False).records
+        )
+        == 1
+    )
     assert store.counts()["items"] == 6 and len(store.labels()) == 1
     # an old store: tables at the first revision, items without a content key
     old_url = f"sqlite:///{tmp_path / 'old.db'}"
     config = Config()
-    config.set_main_option("script_location", str(Path(store_module.__file__).parent / "migrations"))
+    config.set_main_option(
+        "script_location", str(Path(store_module.__file__).parent / "migrations")
+    )
     engine = sa.create_engine(old_url)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "0001")
-        connection.execute(sa.text("INSERT INTO items (source, prompt, completions, k, priority, created_at) VALUES "
-                                   "('old.jsonl, row 1', :prompt, :completions, 2, 0, '2026-01-01')"),
-                           {"prompt": json.dumps(rows[0]["prompt"]), "completions": json.dumps(rows[0]["completions"])})
+        connection.execute(
+            sa.text(
+                "INSERT INTO items (source, prompt, completions, k, priority, created_at) VALUES "
+                "('old.jsonl, row 1', :prompt, :completions, 2, 0, '2026-01-01')"
+            ),
+            {
+                "prompt": json.dumps(rows[0]["prompt"]),
+                "completions": json.dumps(rows[0]["completions"]),
+            },
+        )
     engine.dispose()
     upgraded = Store(old_url)
-    assert upgraded.add_items(load_records(first, require_scores=False).records) == 4  # its first row is known
+    # its first row is known
+    assert upgraded.add_items(load_records(first, require_scores=False).records) == 4
 
 
 def test_a_database_file_deleted_while_serving_refuses_writes(client, store, tmp_path):
@@ -398,7 +546,9 @@ def test_a_database_file_deleted_while_serving_refuses_writes(client, store, tmp
     item = client.post("/api/next", headers=ann).json()
     for suffix in ("", "-wal", "-shm"):
         (tmp_path / f"labels.db{suffix}").unlink(missing_ok=True)
-    response = client.post("/api/labels", headers=ann, json={"item_id": item["item_id"], "choice": "a"})
+    response = client.post(
+        "/api/labels", headers=ann, json={"item_id": item["item_id"], "choice": "a"}
+    )
     assert response.status_code == 503 and "is gone" in response.json()["detail"], response.json()
     assert client.post("/api/next", headers=ann).status_code == 503
     assert client.get("/api/me", headers=ann).status_code == 200
@@ -415,10 +565,16 @@ def test_a_read_only_database_says_so(tmp_path):
     assert raised.value.status == 503
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("ann\u200b", "invisible character (U+200B)"), ("ann\u202eevil", "U+202E"), ("bob\x07", "U+0007"),
-    ("   ", "the name is empty"), ("x" * 201, "at most 200"),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("ann\u200b", "invisible character (U+200B)"),
+        ("ann\u202eevil", "U+202E"),
+        ("bob\x07", "U+0007"),
+        ("   ", "the name is empty"),
+        ("x" * 201, "at most 200"),
+    ],
+)
 def test_names_hold_no_hidden_characters(tmp_path, name, message):
     store = Store(f"sqlite:///{tmp_path / 'labels.db'}")
     with pytest.raises(LabelError, match=re.escape(message)):
@@ -445,9 +601,12 @@ def test_a_login_is_a_session_that_logging_out_expiry_and_revoking_end(client, s
     client.post("/api/logout", headers=browser)
     ended = client.get("/api/me", headers=browser)
     assert ended.status_code == 401 and "session has ended" in ended.json()["detail"]
-    assert client.get("/api/me", headers=bearer(token)).status_code == 200  # the token itself still works
+    # the token itself still works
+    assert client.get("/api/me", headers=bearer(token)).status_code == 200
     expired = store.start_session(store.user_for_token(token), hours=-1)
-    assert client.get("/api/me", headers={"Cookie": f"prefopt_session={expired}"}).status_code == 401
+    assert (
+        client.get("/api/me", headers={"Cookie": f"prefopt_session={expired}"}).status_code == 401
+    )
     live = client.post("/api/login", json={"token": token}).cookies["prefopt_session"]
     assert store.revoke("ann", new_token=False) is None
     assert client.get("/api/me", headers={"Cookie": f"prefopt_session={live}"}).status_code == 401
@@ -462,25 +621,34 @@ def test_the_openapi_schema_gives_every_error_code_and_its_real_shape(client, st
     admin = bearer(store.add_user("boss", "admin"))
     schema = client.get("/api/openapi.json", headers=admin).json()
     assert set(schema["components"]["schemas"]["ErrorOut"]["properties"]) == {"detail", "field"}
-    expected = {("/api/labels", "post"): {"401", "404", "409", "413", "422", "503"},
-                ("/api/next", "post"): {"401", "413", "503"},
-                ("/api/admin/priorities", "post"): {"401", "403", "404", "413", "422", "503"},
-                ("/api/admin/stats", "get"): {"401", "403", "413"}}
+    expected = {
+        ("/api/labels", "post"): {"401", "404", "409", "413", "422", "503"},
+        ("/api/next", "post"): {"401", "413", "503"},
+        ("/api/admin/priorities", "post"): {"401", "403", "404", "413", "422", "503"},
+        ("/api/admin/stats", "get"): {"401", "403", "413"},
+    }
     for (path, method), codes in expected.items():
         responses = schema["paths"][path][method]["responses"]
         assert codes <= set(responses), (path, set(responses))
         for code in codes:
-            assert responses[code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
+            assert responses[code]["content"]["application/json"]["schema"]["$ref"].endswith(
+                "/ErrorOut"
+            )
     # and the errors answered have that shape
-    for response in (client.get("/api/me"), client.get("/api/admin/stats", headers=bearer(store.add_user("ann"))),
-                     client.post("/api/labels", headers=admin, json={"item_id": "x"})):
+    for response in (
+        client.get("/api/me"),
+        client.get("/api/admin/stats", headers=bearer(store.add_user("ann"))),
+        client.post("/api/labels", headers=admin, json={"item_id": "x"}),
+    ):
         assert set(response.json()) == {"detail", "field"}, response.json()
 
 
 def test_skip_with_a_reason_and_undo_within_its_window(client, store):
     ann = bearer(store.add_user("ann"))
     first = client.post("/api/next", headers=ann).json()
-    skip = lambda reason: client.post("/api/skip", headers=ann, json={"item_id": first["item_id"], "reason": reason})
+    skip = lambda reason: client.post(
+        "/api/skip", headers=ann, json={"item_id": first["item_id"], "reason": reason}
+    )
     assert skip(" ").status_code == 422 and skip("unclear").status_code == 200
     second = client.post("/api/next", headers=ann).json()
     assert second["item_id"] != first["item_id"]  # a skipped item is never handed back
@@ -489,56 +657,95 @@ def test_skip_with_a_reason_and_undo_within_its_window(client, store):
     answer = {"item_id": second["item_id"], **judged}
     label = client.post("/api/labels", headers=ann, json=answer).json()
     undone = client.delete(f"/api/labels/{label['id']}", headers=ann)
-    assert undone.status_code == 200 and undone.json()["item_id"] == second["item_id"] and store.labels() == []
-    assert client.post("/api/next", headers=ann).json()["item_id"] == second["item_id"]  # back to them first
+    assert (
+        undone.status_code == 200
+        and undone.json()["item_id"] == second["item_id"]
+        and store.labels() == []
+    )
+    # back to them first
+    assert client.post("/api/next", headers=ann).json()["item_id"] == second["item_id"]
     again = client.post("/api/labels", headers=ann, json=answer).json()
     bob = bearer(store.add_user("bob"))
-    assert client.delete(f"/api/labels/{again['id']}", headers=bob).status_code == 404  # only your own
+    # only your own
+    assert client.delete(f"/api/labels/{again['id']}", headers=bob).status_code == 404
     import datetime as dt
 
     import sqlalchemy as sa
+
     with store.engine.begin() as connection:  # three minutes later
-        connection.execute(sa.text("UPDATE labels SET created_at = :t"),
-                           {"t": dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=3)})
+        connection.execute(
+            sa.text("UPDATE labels SET created_at = :t"),
+            {"t": dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=3)},
+        )
     late = client.delete(f"/api/labels/{again['id']}", headers=ann)
     assert late.status_code == 409 and "can be undone for 120 s" in late.json()["detail"]
 
 
 def test_guidelines_are_served_when_given(store):
     ann = bearer(store.add_user("ann"))
-    assert TestClient(create_app(store), base_url="http://localhost").get("/api/guidelines",
-                                                                           headers=ann).status_code == 204
-    with_rules = TestClient(create_app(store, guidelines="# Rules\n- be kind"), base_url="http://localhost")
-    assert with_rules.get("/api/guidelines", headers=ann).json() == {"markdown": "# Rules\n- be kind"}
+    assert (
+        TestClient(create_app(store), base_url="http://localhost")
+        .get("/api/guidelines", headers=ann)
+        .status_code
+        == 204
+    )
+    with_rules = TestClient(
+        create_app(store, guidelines="# Rules\n- be kind"), base_url="http://localhost"
+    )
+    assert with_rules.get("/api/guidelines", headers=ann).json() == {
+        "markdown": "# Rules\n- be kind"
+    }
 
 
 def test_gold_items_are_mixed_in_measure_people_and_stay_out_of_the_data(tmp_path):
-    rows = [*item_rows(3, 0), {"prompt": "Gold: 2 + 2?", "completions": ["4", "5"], "gold": "a"},
-            {"prompt": "Gold ranking", "completions": ["w", "x", "y", "z"], "gold": [1, 2, 2, 4]}]
+    rows = [
+        *item_rows(3, 0),
+        {"prompt": "Gold: 2 + 2?", "completions": ["4", "5"], "gold": "a"},
+        {"prompt": "Gold ranking", "completions": ["w", "x", "y", "z"], "gold": [1, 2, 2, 4]},
+    ]
     url = f"sqlite:///{tmp_path / 'labels.db'}"
     store = Store(url, redundancy=4, gold_rate=1.0)  # every item a gold one while any is left
-    assert store.add_items(load_records(write_items(tmp_path / "items.jsonl", rows), require_scores=False).records) == 5
-    answers = {"ann": {"Gold: 2 + 2?": "a", "Gold ranking": [1, 2, 2, 4]},  # ann agrees with gold, cat does not
-               "cat": {"Gold: 2 + 2?": "b", "Gold ranking": [4, 3, 2, 1]}}
+    assert (
+        store.add_items(
+            load_records(write_items(tmp_path / "items.jsonl", rows), require_scores=False).records
+        )
+        == 5
+    )
+    answers = {
+        # ann agrees with gold, cat does not
+        "ann": {"Gold: 2 + 2?": "a", "Gold ranking": [1, 2, 2, 4]},
+        "cat": {"Gold: 2 + 2?": "b", "Gold ranking": [4, 3, 2, 1]},
+    }
     for name in ("ann", "bob", "cat", "dan"):
         who, handed = person(store, name), []
         while (item := store.next_assignment(who)) is not None:
             handed.append(item)
-            gold = answers.get(name, {}).get(item["prompt"], "a" if item["kind"] == "pair" else [1, 2, 3, 4])
+            gold = answers.get(name, {}).get(
+                item["prompt"], "a" if item["kind"] == "pair" else [1, 2, 3, 4]
+            )
             answer = gold if item["prompt"].startswith("Gold") else ("b" if name == "cat" else "a")
-            store.submit(who, item["item_id"], **({"ranking": answer} if isinstance(answer, list) else
-                                                  {"choice": answer}))
+            store.submit(
+                who,
+                item["item_id"],
+                **({"ranking": answer} if isinstance(answer, list) else {"choice": answer}),
+            )
         if name == "ann":
-            assert [item["prompt"] for item in handed[:2]] == ["Gold: 2 + 2?", "Gold ranking"]  # gold first, at rate 1
+            # gold first, at rate 1
+            assert [item["prompt"] for item in handed[:2]] == ["Gold: 2 + 2?", "Gold ranking"]
     quality = store.quality()
     assert quality["ann"]["gold_labels"] == 2 and quality["ann"]["gold_agreement"] == 1.0
     assert quality["cat"]["gold_agreement"] < 0.5 and quality["cat"]["majority_agreement"] == 0.0
-    assert quality["ann"]["majority_agreement"] == 1.0  # with bob and dan, against cat, on every regular pair
+    # with bob and dan, against cat, on every regular pair
+    assert quality["ann"]["majority_agreement"] == 1.0
     rows_out, left_out = export_rows(store.labels(), "lists")
-    assert left_out["labels of gold items"] == 8 and all(not r["prompt"].startswith("Gold") for r in rows_out)
+    assert left_out["labels of gold items"] == 8 and all(
+        not r["prompt"].startswith("Gold") for r in rows_out
+    )
     bad = [{"prompt": "p", "completions": ["a", "b"], "gold": "c"}]
     with pytest.raises(LabelError, match=r"row 1: gold: choice must be one of a, b, tie, both_bad"):
-        store.add_items(load_records(write_items(tmp_path / "bad.jsonl", bad), require_scores=False).records)
+        store.add_items(
+            load_records(write_items(tmp_path / "bad.jsonl", bad), require_scores=False).records
+        )
 
 
 def test_admin_statistics_stay_fast_with_100000_labels(tmp_path):
@@ -557,16 +764,40 @@ def test_admin_statistics_stay_fast_with_100000_labels(tmp_path):
     now = "2026-12-01 12:00:00"
     long = "a long answer " * 200  # 2.8 kB a completion: loading texts would dominate
     with store.engine.begin() as connection:
-        connection.execute(sa.text("INSERT INTO items (source, content, prompt, completions, k, priority, created_at) "
-                                   "VALUES (:s, :c, :p, :q, 2, 0, :t)"),
-                           [{"s": f"bulk {i}", "c": f"{i:064d}", "p": json.dumps(f"prompt {i}"),
-                             "q": json.dumps([long + str(i), long]), "t": now} for i in range(1, 50_001)])
+        connection.execute(
+            sa.text(
+                "INSERT INTO items (source, content, prompt, completions, k, priority, created_at) "
+                "VALUES (:s, :c, :p, :q, 2, 0, :t)"
+            ),
+            [
+                {
+                    "s": f"bulk {i}",
+                    "c": f"{i:064d}",
+                    "p": json.dumps(f"prompt {i}"),
+                    "q": json.dumps([long + str(i), long]),
+                    "t": now,
+                }
+                for i in range(1, 50_001)
+            ],
+        )
         users = dict(connection.execute(sa.text("SELECT name, id FROM users")).all())
-        connection.execute(sa.text("INSERT INTO labels (item_id, user_id, choice, ranks, display_order, comment, "
-                                   "seconds, created_at) VALUES (:i, :u, :c, :r, '[0, 1]', '', 3.0, :t)"),
-                           [{"i": i, "u": users[name], "c": choice, "t": now,
-                             "r": json.dumps([1, 2] if choice == "a" else [2, 1])} for i in range(1, 50_001)
-                            for name, choice in (("ann", "a"), ("bob", "a" if i % 10 else "b"))])
+        connection.execute(
+            sa.text(
+                "INSERT INTO labels (item_id, user_id, choice, ranks, display_order, comment, "
+                "seconds, created_at) VALUES (:i, :u, :c, :r, '[0, 1]', '', 3.0, :t)"
+            ),
+            [
+                {
+                    "i": i,
+                    "u": users[name],
+                    "c": choice,
+                    "t": now,
+                    "r": json.dumps([1, 2] if choice == "a" else [2, 1]),
+                }
+                for i in range(1, 50_001)
+                for name, choice in (("ann", "a"), ("bob", "a" if i % 10 else "b"))
+            ],
+        )
     client = TestClient(create_app(store), base_url="http://localhost")
     texts_read = []  # the parameters of every statement that reads the items' texts
 
@@ -581,12 +812,18 @@ def test_admin_statistics_stay_fast_with_100000_labels(tmp_path):
     sa.event.remove(store.read_engine, "before_cursor_execute", record)
     assert stats["labels"] == 100_000 and stats["items_complete"] == 50_000
     disputed = stats["agreement"]["disputed_items"]
-    assert len(disputed) == 100 and disputed[0]["prompt"].startswith("prompt ") and len(disputed[0]["completions"]) == 2
+    assert (
+        len(disputed) == 100
+        and disputed[0]["prompt"].startswith("prompt ")
+        and len(disputed[0]["completions"]) == 2
+    )
     print(f"stats over 100,000 labels: {seconds:.2f} s")
     if os.environ.get("PREFOPT_MEASURE_OLD_STATS"):  # what reading every label with its texts cost
         started = time.perf_counter()
         agreement.summary(store.labels())
-        print(f"every label with its texts, then the summary: {time.perf_counter() - started:.2f} s")
+        print(
+            f"every label with its texts, then the summary: {time.perf_counter() - started:.2f} s"
+        )
     # the texts of the disputed items only, by id, in SQL-sized pieces
     assert texts_read and sum(len(parameters) for parameters in texts_read) == 100, texts_read
 
@@ -596,12 +833,32 @@ def test_the_admin_exports_and_filters_by_person_and_time(client, store):
     label_all(store, {"ann": ["a", "b"], "bob": ["tie", "a"]})
     everything = client.get("/api/admin/labels", headers=admin).json()
     assert {label["annotator"] for label in everything} == {"ann", "bob"}
-    assert {label["annotator"] for label in client.get("/api/admin/labels", headers=admin,
-                                                       params={"annotator": "bob"}).json()} == {"bob"}
-    assert client.get("/api/admin/labels", headers=admin, params={"since": "2999-01-01T00:00:00Z"}).json() == []
-    assert len(client.get("/api/admin/labels", headers=admin, params={"until": "2999-01-01T00:00:00Z"}).json()) == 4
-    exported = client.get("/api/admin/export", headers=admin, params={"format": "lists", "annotator": "ann"})
+    assert {
+        label["annotator"]
+        for label in client.get(
+            "/api/admin/labels", headers=admin, params={"annotator": "bob"}
+        ).json()
+    } == {"bob"}
+    assert (
+        client.get(
+            "/api/admin/labels", headers=admin, params={"since": "2999-01-01T00:00:00Z"}
+        ).json()
+        == []
+    )
+    assert (
+        len(
+            client.get(
+                "/api/admin/labels", headers=admin, params={"until": "2999-01-01T00:00:00Z"}
+            ).json()
+        )
+        == 4
+    )
+    exported = client.get(
+        "/api/admin/export", headers=admin, params={"format": "lists", "annotator": "ann"}
+    )
     assert exported.status_code == 200 and "attachment" in exported.headers["content-disposition"]
     rows = [json.loads(line) for line in exported.text.splitlines()]
     assert rows == export_rows(store.labels("ann"), "lists")[0]
-    assert client.get("/api/admin/export", headers=admin, params={"format": "csv"}).status_code == 422
+    assert (
+        client.get("/api/admin/export", headers=admin, params={"format": "csv"}).status_code == 422
+    )

@@ -14,9 +14,13 @@ from label_helpers import HOSTILE, Server, write_items
 from prefopt.label.store import Store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                 reason="Debian's chromium is not installed (make test installs it with apt-get)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason="Debian's chromium is not installed (make test installs it with apt-get)",
+    ),
+]
 
 
 @pytest.fixture
@@ -24,8 +28,11 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
         yield browser
         browser.close()
 
@@ -40,13 +47,29 @@ def log_in(page, server, token: str) -> None:
 def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
     shots = Path(os.environ.get("PREFOPT_SCREENSHOTS", tmp_path / "screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
-    rows = [{"prompt": "Which snippet is safe to show?", "completions": [HOSTILE[0] + "\n" + HOSTILE[2], HOSTILE[1]]},
-            {"prompt": "Write a function that adds two numbers.",
-             "completions": ["Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nIt returns the sum.",
-                             "def add(a, b): return a - b"]},
-            {"prompt": "Say hello.", "completions": ["Hello!", "Hi there."]},
-            {"prompt": [{"role": "user", "content": "Name a prime number."}],
-             "completions": ["2", "7", "9 (not prime, sorry)", "Primes are numbers with two divisors; 13 is one."]}]
+    rows = [
+        {
+            "prompt": "Which snippet is safe to show?",
+            "completions": [HOSTILE[0] + "\n" + HOSTILE[2], HOSTILE[1]],
+        },
+        {
+            "prompt": "Write a function that adds two numbers.",
+            "completions": [
+                "Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nIt returns the sum.",
+                "def add(a, b): return a - b",
+            ],
+        },
+        {"prompt": "Say hello.", "completions": ["Hello!", "Hi there."]},
+        {
+            "prompt": [{"role": "user", "content": "Name a prime number."}],
+            "completions": [
+                "2",
+                "7",
+                "9 (not prime, sorry)",
+                "Primes are numbers with two divisors; 13 is one.",
+            ],
+        },
+    ]
     items = write_items(tmp_path / "items.jsonl", rows)
     db = f"sqlite:///{tmp_path / 'labels.db'}"
     store = Store(db)
@@ -55,7 +78,9 @@ def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         violations = []  # what the Content-Security-Policy refused (a console error naming it)
-        watch = lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None
+        watch = lambda message: (
+            violations.append(message.text) if "Content Security Policy" in message.text else None
+        )
         page.on("console", watch)
         page.goto(f"{server.url.replace('127.0.0.1', 'localhost')}/label")
         page.screenshot(path=shots / "login.png")
@@ -102,9 +127,15 @@ def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
         assert "4 labelled by you" in page.inner_text("#progress")
         page.screenshot(path=shots / "done.png")
 
-        second = Store(db, redundancy=2)  # a second annotator, through the store, for agreement figures
+        # a second annotator, through the store, for agreement figures
+        second = Store(db, redundancy=2)
         bob = second.user_for_token(second.add_user("bob"))
-        for answer in ({"choice": "a"}, {"choice": "a"}, {"choice": "tie"}, {"ranking": [1, 2, 3, 4]}):
+        for answer in (
+            {"choice": "a"},
+            {"choice": "a"},
+            {"choice": "tie"},
+            {"ranking": [1, 2, 3, 4]},
+        ):
             second.submit(bob, second.next_assignment(bob)["item_id"], **answer)
         admin_page = browser.new_page(viewport={"width": 1280, "height": 860})
         admin_page.on("console", watch)
@@ -112,15 +143,19 @@ def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
         admin_page.wait_for_url("**/admin")
         admin_page.wait_for_selector("#people td")
         assert admin_page.inner_text(".stats .stat >> nth=1").startswith("8")  # labels
-        assert "ann" in admin_page.inner_text("#people") and "ann / bob" in admin_page.inner_text("#cohen")
+        assert "ann" in admin_page.inner_text("#people") and "ann / bob" in admin_page.inner_text(
+            "#cohen"
+        )
         # disputed items with their prompt and answers, not raw JSON; the labels, filtered; the export
         admin_page.wait_for_selector("#disputed .disputed .answer")
         assert "ann:" in admin_page.inner_text("#disputed .votes >> nth=0")
         admin_page.wait_for_selector("#labels td")
         admin_page.select_option("#annotator", "bob")
         admin_page.click("#filters button[type=submit]")
-        admin_page.wait_for_function("() => [...document.querySelectorAll('#labels tr')].slice(1)"
-                                     ".every((row) => row.children[1].innerText === 'bob')")
+        admin_page.wait_for_function(
+            "() => [...document.querySelectorAll('#labels tr')].slice(1)"
+            ".every((row) => row.children[1].innerText === 'bob')"
+        )
         with admin_page.expect_download() as download:
             admin_page.click("#export")
         rows = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
@@ -139,17 +174,22 @@ def test_label_pairs_and_a_ranking_in_a_browser(browser, tmp_path, prefopt_cli):
         [{2: 1, 0: 2, 1: 3, 3: 3}[order[3].index(c)] for c in range(4)],
     ]
     assert [lab["ranks"] for lab in labels] == expected
-    assert [lab["choice"] for lab in labels][2] == "tie" and labels[0]["comment"] == "both look like markup"
+    assert [lab["choice"] for lab in labels][2] == "tie" and labels[0][
+        "comment"
+    ] == "both look like markup"
     out = tmp_path / "lists.jsonl"
     done = prefopt_cli("label", "export", "--db", db, "--format", "lists", "--out", out)
     assert done.returncode == 0, done.stderr
     exported = [json.loads(line) for line in out.read_text().splitlines()]
     exported = [row for row in exported if row["annotator"] == "ann"]
-    assert [row["ranks"] for row in exported] == [expected[0], expected[1], expected[3]]  # the tie prefers nothing
+    # the tie prefers nothing
+    assert [row["ranks"] for row in exported] == [expected[0], expected[1], expected[3]]
 
 
 def test_rank_by_dragging(browser, tmp_path):
-    items = write_items(tmp_path / "items.jsonl", [{"prompt": "Order these.", "completions": ["w", "x", "y", "z"]}])
+    items = write_items(
+        tmp_path / "items.jsonl", [{"prompt": "Order these.", "completions": ["w", "x", "y", "z"]}]
+    )
     db = f"sqlite:///{tmp_path / 'labels.db'}"
     token = Store(db).add_user("ann")
     server = Server(items, db)
@@ -158,7 +198,9 @@ def test_rank_by_dragging(browser, tmp_path):
         log_in(page, server, token)
         page.wait_for_selector("#ranking .completion")
         cards = page.locator("#ranking .completion")
-        page.locator('#ranking .completion[data-index="3"]').drag_to(cards.nth(0), target_position={"x": 20, "y": 5})
+        page.locator('#ranking .completion[data-index="3"]').drag_to(
+            cards.nth(0), target_position={"x": 20, "y": 5}
+        )
         page.wait_for_function("!document.querySelector('#submit').disabled")
         shown = [int(i) for i in cards.evaluate_all("cards => cards.map(c => c.dataset.index)")]
         assert shown[0] == 3 and sorted(shown) == [0, 1, 2, 3]
@@ -179,9 +221,11 @@ def test_long_and_strange_text_renders_fast_and_lists_past_z_get_labels(browser,
 
     huge = "x" * 1_000_000
     blocks = "".join(f"step {i}\n```python\nprint({i})\n```\n" for i in range(100))
-    rows = [{"prompt": "Long answers", "completions": [huge, ("word " * 200 + "\n") * 50]},
-            {"prompt": "Code", "completions": [blocks, "short"]},
-            {"prompt": "Thirty answers", "completions": [f"answer {i}" for i in range(30)]}]
+    rows = [
+        {"prompt": "Long answers", "completions": [huge, ("word " * 200 + "\n") * 50]},
+        {"prompt": "Code", "completions": [blocks, "short"]},
+        {"prompt": "Thirty answers", "completions": [f"answer {i}" for i in range(30)]},
+    ]
     items = write_items(tmp_path / "items.jsonl", rows)
     db = f"sqlite:///{tmp_path / 'labels.db'}"
     store = Store(db)
@@ -193,7 +237,9 @@ def test_long_and_strange_text_renders_fast_and_lists_past_z_get_labels(browser,
         page.wait_for_url("**/label")
         page.wait_for_selector(".completion .text")
         # from the page's navigation to the first item laid out: fetched, rendered, layout forced
-        seconds = [page.evaluate("() => { document.body.offsetHeight; return performance.now() / 1000; }")]
+        seconds = [
+            page.evaluate("() => { document.body.offsetHeight; return performance.now() / 1000; }")
+        ]
         started = time.perf_counter()
         for n in range(2):  # the long pair, then the code blocks (items in file order)
             if n:  # from submitting the long pair to the code blocks laid out
@@ -209,13 +255,17 @@ def test_long_and_strange_text_renders_fast_and_lists_past_z_get_labels(browser,
             page.keyboard.press("3")  # a tie
             started = time.perf_counter()
             page.keyboard.press("Enter")
-            page.wait_for_function("(text) => !document.querySelector('.prompt').innerText.includes(text)",
-                                   arg=prompt.splitlines()[-1])
+            page.wait_for_function(
+                "(text) => !document.querySelector('.prompt').innerText.includes(text)",
+                arg=prompt.splitlines()[-1],
+            )
         page.wait_for_selector(".ranking .completion")
         tags = page.locator(".ranking .tag").all_inner_texts()
         assert tags[:3] == ["A", "B", "C"] and tags[25:] == ["Z", "AA", "AB", "AC", "AD"]
-        print(f"render seconds (the long pair from navigation, the code blocks from submit): "
-              f"{[round(s, 3) for s in seconds]}")
+        print(
+            f"render seconds (the long pair from navigation, the code blocks from submit): "
+            f"{[round(s, 3) for s in seconds]}"
+        )
         # a fraction of a second alone, 1.6 s seen beside the other test workers: the bound catches
         # the whole text laid out (90 s) without failing under load
         assert max(seconds) < 5.0, seconds
@@ -228,8 +278,10 @@ def test_guidelines_skip_and_undo_in_a_browser(browser, tmp_path):
     why and moves on; Undo takes the last label back, the item comes again and the new label is
     the one kept."""
     rules = tmp_path / "rules.md"
-    rules.write_text("# How to judge\n\n- prefer **correct** answers\n- then `short` ones\n\n<script>window.hacked = 1"
-                     "</script>\n")
+    rules.write_text(
+        "# How to judge\n\n- prefer **correct** answers\n- then `short` ones\n\n<script>window.hacked = 1"
+        "</script>\n"
+    )
     rows = [{"prompt": f"Question {i}", "completions": [f"good {i}", f"bad {i}"]} for i in range(3)]
     items = write_items(tmp_path / "items.jsonl", rows)
     db = f"sqlite:///{tmp_path / 'labels.db'}"
@@ -239,7 +291,10 @@ def test_guidelines_skip_and_undo_in_a_browser(browser, tmp_path):
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         violations = []
-        page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+        page.on(
+            "console",
+            lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None,
+        )
         log_in(page, server, token)
         page.wait_for_selector("#guidelines:not([hidden]) h3")
         assert page.inner_text("#guidelines h3") == "How to judge"
@@ -270,8 +325,10 @@ def test_guidelines_skip_and_undo_in_a_browser(browser, tmp_path):
 
 
 def test_gold_items_come_mixed_in_and_the_admin_sees_agreement_with_them(browser, tmp_path):
-    rows = [{"prompt": "Gold: 2 + 2?", "completions": ["4", "5"], "gold": "a"},
-            {"prompt": "Regular question", "completions": ["yes", "no"]}]
+    rows = [
+        {"prompt": "Gold: 2 + 2?", "completions": ["4", "5"], "gold": "a"},
+        {"prompt": "Regular question", "completions": ["yes", "no"]},
+    ]
     items = write_items(tmp_path / "items.jsonl", rows)
     db = f"sqlite:///{tmp_path / 'labels.db'}"
     store = Store(db)
@@ -282,14 +339,19 @@ def test_gold_items_come_mixed_in_and_the_admin_sees_agreement_with_them(browser
         log_in(page, server, token)
         page.wait_for_selector("text=Gold: 2 + 2?")  # shown like any item: annotators cannot tell
         shown = page.locator("#pair .completion").all_inner_texts()
-        page.keyboard.press("1" if shown[0].endswith("4") else "2")  # the right answer, whichever side
+        # the right answer, whichever side
+        page.keyboard.press("1" if shown[0].endswith("4") else "2")
         page.keyboard.press("Enter")
         page.wait_for_selector("text=Regular question")
         admin_page = browser.new_page(viewport={"width": 1280, "height": 860})
         log_in(admin_page, server, admin)
         admin_page.wait_for_selector("#people td")
         header = admin_page.locator("#people th").all_inner_texts()
-        ann = next(row for row in admin_page.locator("#people tr").all_inner_texts() if row.startswith("ann"))
+        ann = next(
+            row
+            for row in admin_page.locator("#people tr").all_inner_texts()
+            if row.startswith("ann")
+        )
         cells = dict(zip(header, ann.split("\t"), strict=True))
         assert cells["gold labels"] == "1" and cells["agreement with gold"] == "1"
     finally:

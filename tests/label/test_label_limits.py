@@ -21,12 +21,18 @@ def client(tmp_path):
 
 
 def test_an_oversized_body_is_refused_before_authentication(client):
-    declared = client.post("/api/labels", content=b"x" * 5000, headers={"content-type": "application/json"})
-    assert declared.status_code == 413 and declared.json() == {"detail": "the request body is over 1000 bytes",
-                                                              "field": "body"}
-    streamed = client.post("/api/labels", content=(b"x" * 400 for _ in range(10)))  # no length: chunked
+    declared = client.post(
+        "/api/labels", content=b"x" * 5000, headers={"content-type": "application/json"}
+    )
+    assert declared.status_code == 413 and declared.json() == {
+        "detail": "the request body is over 1000 bytes",
+        "field": "body",
+    }
+    # no length: chunked
+    streamed = client.post("/api/labels", content=(b"x" * 400 for _ in range(10)))
     assert streamed.status_code == 413
-    assert client.post("/api/labels", json={"item_id": 1, "choice": "a"}).status_code == 401  # small: on to auth
+    # small: on to auth
+    assert client.post("/api/labels", json={"item_id": 1, "choice": "a"}).status_code == 401
 
 
 @pytest.mark.slow
@@ -47,8 +53,11 @@ def test_a_real_server_stays_responsive_and_bounded_under_large_bodies(tmp_path)
         def body():  # 256 MiB, no declared length, refused once past the limit
             for _ in range(4096):
                 yield b"x" * 65536
+
         try:
-            results.append(httpx.post(server.url + "/api/labels", content=body(), timeout=60).status_code)
+            results.append(
+                httpx.post(server.url + "/api/labels", content=body(), timeout=60).status_code
+            )
         except httpx.TransportError:  # the server closed the connection after its 413
             results.append("closed")
 
@@ -69,4 +78,6 @@ def test_a_real_server_stays_responsive_and_bounded_under_large_bodies(tmp_path)
     assert all(r in (413, "closed") for r in results) and len(results) == 4
     assert (peak[0] - base) / 2**20 < 100, f"RSS grew by {(peak[0] - base) / 2**20:.0f} MB"
     assert max(latencies) < 1.0, latencies
-    print(f"RSS growth {(peak[0] - base) / 2**20:.1f} MB, login latency max {max(latencies) * 1000:.0f} ms")
+    print(
+        f"RSS growth {(peak[0] - base) / 2**20:.1f} MB, login latency max {max(latencies) * 1000:.0f} ms"
+    )

@@ -18,12 +18,16 @@ def store(postgres_url):
 
     store = Store(postgres_url)
     with store.engine.begin() as connection:  # a clean slate per test, schema kept
-        connection.execute(sa.text("TRUNCATE labels, assignments, users, items RESTART IDENTITY CASCADE"))
+        connection.execute(
+            sa.text("TRUNCATE labels, assignments, users, items RESTART IDENTITY CASCADE")
+        )
     return store
 
 
 def test_the_store_works_the_same_on_postgres(store, tmp_path):
-    records = load_records(write_items(tmp_path / "items.jsonl", item_rows()), require_scores=False).records
+    records = load_records(
+        write_items(tmp_path / "items.jsonl", item_rows()), require_scores=False
+    ).records
     assert store.add_items(records) == 5 and store.add_items(records) == 0
     ann = store.user_for_token(store.add_user("ann"))
     store.set_priorities({5: 1.0})
@@ -41,8 +45,10 @@ def test_the_store_works_the_same_on_postgres(store, tmp_path):
 
 @pytest.mark.slow
 def test_20_clients_on_postgres_store_every_label_once(store, tmp_path):
-    path = write_items(tmp_path / "items.jsonl", [{"prompt": f"p{i}", "completions": [f"a{i}", f"b{i}"]}
-                                                  for i in range(400)])
+    path = write_items(
+        tmp_path / "items.jsonl",
+        [{"prompt": f"p{i}", "completions": [f"a{i}", f"b{i}"]} for i in range(400)],
+    )
     tokens = [store.add_user(f"annotator{i}") for i in range(20)]
     server = Server(path, store.url, "--redundancy", "2")
     try:
@@ -71,8 +77,12 @@ def test_identical_concurrent_submissions_store_one_label(store, tmp_path):
         item = httpx.post(server.url + "/api/next", headers=headers, timeout=30).json()
 
         def send(_):
-            return httpx.post(server.url + "/api/labels", headers=headers, timeout=30,
-                              json={"item_id": item["item_id"], "choice": "a"})
+            return httpx.post(
+                server.url + "/api/labels",
+                headers=headers,
+                timeout=30,
+                json={"item_id": item["item_id"], "choice": "a"},
+            )
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(send, range(8)))

@@ -18,7 +18,9 @@ CLIENTS, ITEMS, REDUNDANCY = 20, 1000, 2  # 2,000 labels in all
 def annotate(url: str, token: str, stop: threading.Event | None = None) -> dict:
     """Label until nothing is left; returns acknowledged label ids and any 5xx or odd answers."""
     acknowledged, problems = [], []
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+    with httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    ) as client:
         while not (stop and stop.is_set()):
             try:
                 item = client.post("/api/next")
@@ -40,8 +42,10 @@ def annotate(url: str, token: str, stop: threading.Event | None = None) -> dict:
 
 
 def setup(tmp_path, items: int):
-    path = write_items(tmp_path / "items.jsonl", [{"prompt": f"p{i}", "completions": [f"a{i}", f"b{i}"]}
-                                                  for i in range(items)])
+    path = write_items(
+        tmp_path / "items.jsonl",
+        [{"prompt": f"p{i}", "completions": [f"a{i}", f"b{i}"]} for i in range(items)],
+    )
     db = f"sqlite:///{tmp_path / 'labels.db'}"
     store = Store(db)
     tokens = [store.add_user(f"annotator{i}") for i in range(CLIENTS)]
@@ -64,7 +68,8 @@ def test_20_clients_store_exactly_2000_labels(tmp_path):
     acknowledged = [i for r in results for i in r["acknowledged"]]
     labels = Store(db).labels()
     assert len(acknowledged) == len(set(acknowledged)) == len(labels) == ITEMS * REDUNDANCY
-    assert len({(lab["item_id"], lab["annotator"]) for lab in labels}) == len(labels)  # no duplicates
+    # no duplicates
+    assert len({(lab["item_id"], lab["annotator"]) for lab in labels}) == len(labels)
     per_item = {}
     for lab in labels:
         per_item[lab["item_id"]] = per_item.get(lab["item_id"], 0) + 1
@@ -109,17 +114,25 @@ def test_a_read_does_not_wait_on_another_writers_lock(tmp_path):
 
     db = tmp_path / "labels.db"
     store = Store(f"sqlite:///{db}")
-    store.add_items(load_records(write_items(tmp_path / "items.jsonl", item_rows()), require_scores=False).records)
+    store.add_items(
+        load_records(
+            write_items(tmp_path / "items.jsonl", item_rows()), require_scores=False
+        ).records
+    )
     ann = store.user_for_token(token := store.add_user("ann"))
     script = tmp_path / "hold.py"
-    script.write_text("import sqlite3, sys, time\n"
-                      "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                      "c.execute('BEGIN IMMEDIATE')\n"
-                      "c.execute('UPDATE items SET priority = 1 WHERE id = 1')\n"
-                      "print('locked', flush=True)\n"
-                      "time.sleep(3)\n"
-                      "c.execute('COMMIT')\n")
-    holder = subprocess.Popen([sys.executable, str(script), str(db)], stdout=subprocess.PIPE, text=True)
+    script.write_text(
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE')\n"
+        "c.execute('UPDATE items SET priority = 1 WHERE id = 1')\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(3)\n"
+        "c.execute('COMMIT')\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, str(script), str(db)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         started = time.perf_counter()

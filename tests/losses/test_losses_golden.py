@@ -14,7 +14,9 @@ f64 = torch.float64
 
 def pair(chosen, rejected, ref_chosen=None, ref_rejected=None, len_chosen=None, len_rejected=None):
     t = lambda v: None if v is None else torch.tensor([float(v)], dtype=f64)
-    return ListBatch.from_pairs(t(chosen), t(rejected), t(ref_chosen), t(ref_rejected), t(len_chosen), t(len_rejected))
+    return ListBatch.from_pairs(
+        t(chosen), t(rejected), t(ref_chosen), t(ref_rejected), t(len_chosen), t(len_rejected)
+    )
 
 
 # pairs (S_θ(y_w), S_θ(y_l), S_ref(y_w), S_ref(y_l), |y_w|, |y_l|): A and B disagree in sign, C has no lengths
@@ -39,33 +41,52 @@ PL_ON_AVG = ListBatch(  # plain PL on A_θ = [−1, −1.5, −0.8]
     scores=torch.tensor([[2.0, 1.0, -1.0]], dtype=f64),
 )
 # one forget completion: NPO (Zhang et al. 2024, Eq. 3) and SimNPO (Fan et al. 2024, Eq. 4)
-FORGET = ListBatch(logps=torch.tensor([[-20.0]], dtype=f64), ref_logps=torch.tensor([[-15.0]], dtype=f64),
-                   lengths=torch.tensor([[10.0]], dtype=f64), scores=torch.zeros(1, 1, dtype=f64))
+FORGET = ListBatch(
+    logps=torch.tensor([[-20.0]], dtype=f64),
+    ref_logps=torch.tensor([[-15.0]], dtype=f64),
+    lengths=torch.tensor([[10.0]], dtype=f64),
+    scores=torch.zeros(1, 1, dtype=f64),
+)
 # token probabilities [0.9, 0.5, 0.1] of one target completion: DFT (Wu et al. 2025, Eq. 9), the
 # probability-based objectives of Li et al. 2025 (Beyond Log Likelihood)
 _token_logps = torch.log(torch.tensor([[[0.9, 0.5, 0.1]]], dtype=f64))
-TOKENS = ListBatch(logps=_token_logps.sum(-1), token_logps=_token_logps, scores=torch.ones(1, 1, dtype=f64))
+TOKENS = ListBatch(
+    logps=_token_logps.sum(-1), token_logps=_token_logps, scores=torch.ones(1, 1, dtype=f64)
+)
 
 # three pairs (S_w, S_l, S^ref_w, S^ref_l) whose AOT quantiles pair differently from DPO's pairs:
 # policy margins S_w − S_l = [2, −6, 4], reference margins [0, −4, −1]; ρ_w = [1, −1, 3], ρ_l = [−1, 1, −2]
-AOT_BATCH = ListBatch.from_pairs(*torch.tensor([[-10.0, -15, -8], [-12, -9, -12], [-11, -14, -11], [-11, -10, -10]],
-                                               dtype=f64))
+AOT_BATCH = ListBatch.from_pairs(
+    *torch.tensor([[-10.0, -15, -8], [-12, -9, -12], [-11, -14, -11], [-11, -10, -10]], dtype=f64)
+)
 
 # LD-DPO: policy tokens chosen [−1, −2, −3], rejected [−0.5, −1, −1, −2, −1]; reference [−1.5, −2, −2] and
 # [−1] × 5. The shared length is 3: with α = ½, S̃_θ(y_l) = −2.5 + ½·(−3) = −4, S̃_ref(y_l) = −3 + ½·(−2) = −4,
 # so ρ̃_w = −6 + 5.5 = −0.5, ρ̃_l = 0 and L = −log σ(−0.05); α = 0: ρ̃_l = −2.5 + 3 = 0.5, L = −log σ(−0.1)
 _LD_TOKENS = torch.tensor([[[-1.0, -2, -3, 0, 0], [-0.5, -1, -1, -2, -1]]], dtype=f64)
 _LD_REF = torch.tensor([[[-1.5, -2, -2, 0, 0], [-1.0, -1, -1, -1, -1]]], dtype=f64)
-LD = ListBatch(logps=_LD_TOKENS.sum(-1), ref_logps=_LD_REF.sum(-1), token_logps=_LD_TOKENS,
-               token_mask=torch.tensor([[[True] * 3 + [False] * 2, [True] * 5]]), ref_token_logps=_LD_REF)
+LD = ListBatch(
+    logps=_LD_TOKENS.sum(-1),
+    ref_logps=_LD_REF.sum(-1),
+    token_logps=_LD_TOKENS,
+    token_mask=torch.tensor([[[True] * 3 + [False] * 2, [True] * 5]]),
+    ref_token_logps=_LD_REF,
+)
 
 # WPO on pair A: log weights −0.5 and −1.5, so the pair's weight is e^(−2) and L = e^(−2)·0.5981388694
-WPO_A = ListBatch(logps=A.logps, ref_logps=A.ref_logps, sampling_log_weights=torch.tensor([[-0.5, -1.5]], dtype=f64))
+WPO_A = ListBatch(
+    logps=A.logps,
+    ref_logps=A.ref_logps,
+    sampling_log_weights=torch.tensor([[-0.5, -1.5]], dtype=f64),
+)
 
 # INPO: S_θ = (−10, −12), π_ref (the anchor) (−11, −11), the previous iterate π_t (−10.5, −11.5):
 # h = 2 − ητ·0 − (1 − ητ)·1 = 1.1 when ητ = 0.1; L = (1.1 − η/2)²
-INPO = ListBatch(logps=torch.tensor([[-10.0, -12.0]], dtype=f64), ref_logps=torch.tensor([[-10.5, -11.5]], dtype=f64),
-                 anchor_logps=torch.tensor([[-11.0, -11.0]], dtype=f64))
+INPO = ListBatch(
+    logps=torch.tensor([[-10.0, -12.0]], dtype=f64),
+    ref_logps=torch.tensor([[-10.5, -11.5]], dtype=f64),
+    anchor_logps=torch.tensor([[-11.0, -11.0]], dtype=f64),
+)
 
 GOLDEN = [
     # (loss, params, batch, expected)
@@ -93,8 +114,15 @@ GOLDEN = [
     ("ld_dpo", {"alpha": 0.0}, LD, 0.7443966600),
     ("ld_dpo", {"alpha": 1.0}, LD, math.log(2)),  # DPO: ρ_w = ρ_l = −0.5
     ("wpo", {}, WPO_A, 0.0809492933),
-    ("wpo", {}, ListBatch(logps=A.logps, ref_logps=A.ref_logps, sampling_log_weights=torch.zeros(1, 2, dtype=f64)),
-     0.5981388694),  # weights 1: DPO
+    # weights 1: DPO
+    (
+        "wpo",
+        {},
+        ListBatch(
+            logps=A.logps, ref_logps=A.ref_logps, sampling_log_weights=torch.zeros(1, 2, dtype=f64)
+        ),
+        0.5981388694,
+    ),
     ("inpo", {"eta": 1.0, "tau": 0.1}, INPO, 0.36),
     ("inpo", {"eta": 0.5, "tau": 0.2}, INPO, 0.7225),
     ("hinge", {}, A, 0.8),
@@ -117,8 +145,17 @@ GOLDEN = [
     ("orpo", {"odds_weight": 0.1}, A, 2.1042057808),
     ("orpo", {"odds_weight": 0.1}, B, 2.5840484036),
     # the prompt's 3 tokens (log-prob −4) join the NLL: (10 + 4)/(5 + 3) = 1.75, plus the odds term 0.1042057808
-    ("orpo", {"nll_prompt": True}, ListBatch(logps=A.logps, lengths=A.lengths, prompt_logps=torch.tensor([-4.0]),
-                                             prompt_lengths=torch.tensor([3.0])), 1.8542057808),
+    (
+        "orpo",
+        {"nll_prompt": True},
+        ListBatch(
+            logps=A.logps,
+            lengths=A.lengths,
+            prompt_logps=torch.tensor([-4.0]),
+            prompt_lengths=torch.tensor([3.0]),
+        ),
+        1.8542057808,
+    ),
     ("nca", {"beta": 0.1}, A, 1.3387933201),
     ("nca", {"beta": 0.1}, B, 1.4387933201),
     ("infonca", {"beta": 0.1}, A, 0.5981388694),
@@ -147,13 +184,20 @@ GOLDEN = [
     ("npo", {"beta": 0.1, "target": "all"}, FORGET, 9.4815396836),
     ("simnpo", {"beta": 2.5, "gamma": 0.0, "target": "all"}, FORGET, 0.0053722788),
     ("simnpo", {"beta": 2.5, "gamma": 1.0, "target": "all"}, FORGET, 0.0145199423),
-    ("simnpo", {"beta": 2.5, "gamma": 1.0, "gamma_scaled_by_beta": True, "target": "all"}, FORGET, 0.0631117874),
+    (
+        "simnpo",
+        {"beta": 2.5, "gamma": 1.0, "gamma_scaled_by_beta": True, "target": "all"},
+        FORGET,
+        0.0631117874,
+    ),
     ("sft", {}, TOKENS, 1.0336975964),
     ("fdpo", {"beta": 0.1}, A, 0.5981388694),  # reverse KL: DPO
     ("fdpo", {"beta": 0.1, "divergence": "forward_kl"}, A, 0.5825167135),  # −log σ(0.1·(e − e^−1))
-    ("fdpo", {"beta": 0.1, "divergence": "js"}, A, 0.6443966601),  # margin (ρ_w − ρ_l) − (sp(ρ_w) − sp(ρ_l)) = 1
+    # margin (ρ_w − ρ_l) − (sp(ρ_w) − sp(ρ_l)) = 1
+    ("fdpo", {"beta": 0.1, "divergence": "js"}, A, 0.6443966601),
     ("fdpo", {"beta": 0.1, "divergence": "alpha", "alpha": 0.5}, A, 0.5943491230),  # (e^½ − e^−½)/½
-    ("fdpo", {"beta": 0.1, "divergence": "alpha", "alpha": 1.0}, A, 0.5825167135),  # α = 1: forward KL
+    # α = 1: forward KL
+    ("fdpo", {"beta": 0.1, "divergence": "alpha", "alpha": 1.0}, A, 0.5825167135),
     ("dft", {}, TOKENS, 0.2238855212),
     ("prob_sft", {"objective": "nll"}, TOKENS, 1.0336975964),
     ("prob_sft", {"objective": "one_minus_p"}, TOKENS, 0.5),
@@ -163,8 +207,11 @@ GOLDEN = [
 ]
 
 
-@pytest.mark.parametrize(("name", "params", "batch", "expected"), GOLDEN,
-                         ids=[f"{g[0]}-{i}" for i, g in enumerate(GOLDEN)])
+@pytest.mark.parametrize(
+    ("name", "params", "batch", "expected"),
+    GOLDEN,
+    ids=[f"{g[0]}-{i}" for i, g in enumerate(GOLDEN)],
+)
 def test_golden(name, params, batch, expected):
     out = LOSSES[name](batch, **params)
     assert out.loss.dtype == f64
@@ -178,17 +225,25 @@ def test_every_registered_loss_has_a_golden_row():
 def test_golden_components():
     orpo = LOSSES["orpo"](A)
     assert orpo.metrics["log_odds_ratio"].item() == pytest.approx(-0.6070690011, abs=1e-6)
-    assert LOSSES["orpo"](B).metrics["log_odds_ratio"].item() == pytest.approx(-0.2757272374, abs=1e-6)
+    assert LOSSES["orpo"](B).metrics["log_odds_ratio"].item() == pytest.approx(
+        -0.2757272374, abs=1e-6
+    )
     # ASFT alignment term alone: (total − NLL) / λ
-    assert (LOSSES["asft"](A, odds_weight=1.0).loss.item() - 2.0) == pytest.approx(2.2524824589, abs=1e-6)
+    assert (LOSSES["asft"](A, odds_weight=1.0).loss.item() - 2.0) == pytest.approx(
+        2.2524824589, abs=1e-6
+    )
     pro = LOSSES["pro"](PRO_LIST, sft_weight=0.05)
     assert pro.metrics["pro_ranking"].item() == pytest.approx(1.9883958386 + 1.6204174103, abs=1e-6)
     assert pro.metrics["pro_sft"].item() == pytest.approx(0.8, abs=1e-9)
     # stage 2 of the list is stage 1 of its tail (items 2 and 3)
-    tail = ListBatch(logps=PRO_LIST.logps[:, 1:], lengths=PRO_LIST.lengths[:, 1:], scores=PRO_LIST.scores[:, 1:])
+    tail = ListBatch(
+        logps=PRO_LIST.logps[:, 1:], lengths=PRO_LIST.lengths[:, 1:], scores=PRO_LIST.scores[:, 1:]
+    )
     stage2 = LOSSES["pro"](tail, sft_weight=0.0).loss.item()
     assert stage2 == pytest.approx(1.6204174103, abs=1e-6)
-    assert LOSSES["pro"](PRO_LIST, sft_weight=0.0).loss.item() - stage2 == pytest.approx(1.9883958386, abs=1e-6)
+    assert LOSSES["pro"](PRO_LIST, sft_weight=0.0).loss.item() - stage2 == pytest.approx(
+        1.9883958386, abs=1e-6
+    )
     # all-pairs logistic (Δ ≡ 1) is DPO summed over the list's 3 pairs
     assert 3 * LOSSES["dpo"](LIST, beta=0.05).loss.item() == pytest.approx(1.8265710980, abs=1e-6)
     # the implicit reward model: r̂ = βρ, margin, accuracy
@@ -208,12 +263,21 @@ def test_trl_rpo_alpha_is_a_mixture():
 
 def test_sft_token_reduction_is_one_mean_over_the_batchs_chosen_tokens():
     """TRL's NLL: Σ of the chosen log-probs over Σ of their lengths, not a mean of per-sequence means."""
-    batch = ListBatch(logps=torch.tensor([[-6.0, -9.0], [-2.0, -1.0]]), lengths=torch.tensor([[3.0, 5.0], [1.0, 4.0]]))
+    batch = ListBatch(
+        logps=torch.tensor([[-6.0, -9.0], [-2.0, -1.0]]),
+        lengths=torch.tensor([[3.0, 5.0], [1.0, 4.0]]),
+    )
     tokens = LOSSES["sft"](batch, nll_reduction="tokens").loss
     assert tokens.mean().item() == pytest.approx((6 + 2) / (3 + 1))
     assert LOSSES["sft"](batch).loss.mean().item() == pytest.approx((6 / 3 + 2 / 1) / 2)
-    same = ListBatch(logps=torch.tensor([[-6.0, -9.0], [-3.0, -1.0]]), lengths=torch.tensor([[3.0, 5.0], [3.0, 4.0]]))
-    assert LOSSES["sft"](same, nll_reduction="tokens").loss.tolist() == LOSSES["sft"](same).loss.tolist()
+    same = ListBatch(
+        logps=torch.tensor([[-6.0, -9.0], [-3.0, -1.0]]),
+        lengths=torch.tensor([[3.0, 5.0], [3.0, 4.0]]),
+    )
+    assert (
+        LOSSES["sft"](same, nll_reduction="tokens").loss.tolist()
+        == LOSSES["sft"](same).loss.tolist()
+    )
     with pytest.raises(ValueError, match="sft: nll_reduction must be one of 'sequence', 'tokens'"):
         LOSSES["sft"](batch, nll_reduction="batch")
 
@@ -223,14 +287,21 @@ def test_the_nll_terms_of_simpo_and_orpo_take_either_reduction(name):
     """Chosen log-probs −6 over 3 tokens and −2 over 1: per sequence (2 + 2)/2 = 2, over tokens 8/4 = 2,
     so a second batch (−6 over 3, −4 over 1: 3 against 2.5) tells them apart."""
     params = {"sft_weight": 1.0} if name == "simpo" else {}
-    batch = ListBatch(logps=torch.tensor([[-6.0, -9.0], [-4.0, -5.0]]), lengths=torch.tensor([[3.0, 5.0], [1.0, 4.0]]))
-    rest = {"simpo": lambda b: LOSSES["simpo"](b).loss,  # the loss without its NLL term
-            "orpo": lambda b: LOSSES["orpo"](b).loss + b.pairs.take(b.avg_logps())[0].squeeze(1)}[name](batch)
+    batch = ListBatch(
+        logps=torch.tensor([[-6.0, -9.0], [-4.0, -5.0]]),
+        lengths=torch.tensor([[3.0, 5.0], [1.0, 4.0]]),
+    )
+    rest = {
+        "simpo": lambda b: LOSSES["simpo"](b).loss,  # the loss without its NLL term
+        "orpo": lambda b: LOSSES["orpo"](b).loss + b.pairs.take(b.avg_logps())[0].squeeze(1),
+    }[name](batch)
     sequence = LOSSES[name](batch, **params).loss - rest
     tokens = LOSSES[name](batch, **params, nll_reduction="tokens").loss - rest
     assert sequence.mean().item() == pytest.approx((6 / 3 + 4 / 1) / 2)
     assert tokens.mean().item() == pytest.approx((6 + 4) / (3 + 1))
-    with pytest.raises(ValueError, match=f"{name}: nll_reduction must be one of 'sequence', 'tokens'"):
+    with pytest.raises(
+        ValueError, match=f"{name}: nll_reduction must be one of 'sequence', 'tokens'"
+    ):
         LOSSES[name](batch, nll_reduction="batch")
 
 

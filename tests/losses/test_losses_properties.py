@@ -26,7 +26,7 @@ def random_batch(batch=3, k=3, tokens=5, seed=0, dtype=torch.float64, sorted_sco
     token_mask = torch.ones(batch, k, tokens, dtype=torch.bool)
     for b in range(batch):
         for i in range(k):
-            token_mask[b, i, 1 + (b + i) % tokens:] = False
+            token_mask[b, i, 1 + (b + i) % tokens :] = False
     scores = torch.rand(batch, k, generator=gen, dtype=dtype) + 0.1
     if sorted_scores:
         scores = scores.sort(dim=1, descending=True).values
@@ -45,9 +45,17 @@ def weights(token_logps, token_mask):
 
 
 def build(token_logps, ref_logps, scores, token_mask, mask=None):
-    return ListBatch(logps=(token_logps * token_mask).sum(-1), ref_logps=ref_logps, scores=scores, mask=mask,
-                     token_logps=token_logps, token_mask=token_mask, ref_token_logps=spread(ref_logps, token_mask),
-                     sampling_log_weights=weights(token_logps, token_mask), anchor_logps=ref_logps * 1.1)
+    return ListBatch(
+        logps=(token_logps * token_mask).sum(-1),
+        ref_logps=ref_logps,
+        scores=scores,
+        mask=mask,
+        token_logps=token_logps,
+        token_mask=token_mask,
+        ref_token_logps=spread(ref_logps, token_mask),
+        sampling_log_weights=weights(token_logps, token_mask),
+        anchor_logps=ref_logps * 1.1,
+    )
 
 
 @pytest.mark.parametrize("name", SHIFT_INVARIANT)
@@ -65,7 +73,10 @@ def test_identical_chosen_and_rejected_cancel_exactly(name):
 
 def test_dpo_symmetry():
     beta = 0.1
-    chosen, rejected = torch.tensor([-10.0], dtype=torch.float64), torch.tensor([-12.0], dtype=torch.float64)
+    chosen, rejected = (
+        torch.tensor([-10.0], dtype=torch.float64),
+        torch.tensor([-12.0], dtype=torch.float64),
+    )
     ref = torch.tensor([-11.0], dtype=torch.float64)
     forward = LOSSES["dpo"](ListBatch.from_pairs(chosen, rejected, ref, ref), beta=beta).loss
     swapped = LOSSES["dpo"](ListBatch.from_pairs(rejected, chosen, ref, ref), beta=beta).loss
@@ -81,16 +92,25 @@ def test_pairwise_loss_on_a_list_averages_its_pairs():
     for i in range(4):
         for j in range(i + 1, 4):
             idx = [i, j]
-            sub = ListBatch(logps=batch.logps[:, idx], ref_logps=batch.ref_logps[:, idx], scores=batch.scores[:, idx])
+            sub = ListBatch(
+                logps=batch.logps[:, idx],
+                ref_logps=batch.ref_logps[:, idx],
+                scores=batch.scores[:, idx],
+            )
             per_pair.append(LOSSES["dpo"](sub).loss)
     torch.testing.assert_close(full, torch.stack(per_pair).mean(0))
 
 
 def test_ties_make_no_pair():
-    batch = ListBatch(logps=torch.tensor([[-1.0, -2.0, -3.0]]), ref_logps=torch.zeros(1, 3),
-                      scores=torch.tensor([[1.0, 1.0, 0.0]]))
+    batch = ListBatch(
+        logps=torch.tensor([[-1.0, -2.0, -3.0]]),
+        ref_logps=torch.zeros(1, 3),
+        scores=torch.tensor([[1.0, 1.0, 0.0]]),
+    )
     assert batch.pairs.valid.sum().item() == 2
-    all_tied = ListBatch(logps=torch.tensor([[-1.0, -2.0]]), ref_logps=torch.zeros(1, 2), scores=torch.ones(1, 2))
+    all_tied = ListBatch(
+        logps=torch.tensor([[-1.0, -2.0]]), ref_logps=torch.zeros(1, 2), scores=torch.ones(1, 2)
+    )
     out = LOSSES["dpo"](all_tied)
     assert out.loss.item() == 0.0 and math.isnan(out.metrics["reward_accuracy"].item())
 
@@ -101,13 +121,16 @@ def _pair_batch(seed=1):
     return build(token_logps, **fields)
 
 
-@pytest.mark.parametrize(("listwise", "params", "pairwise", "pair_params"), [
-    ("plackett_luce", {"beta": 0.3}, "dpo", {"beta": 0.3}),
-    ("list_softmax", {"beta": 0.3}, "dpo", {"beta": 0.3}),
-    ("infonca", {"beta": 0.3}, "dpo", {"beta": 0.3}),
-    ("rank_dpo", {"beta": 0.3, "gain": "rank"}, "dpo", {"beta": 0.3}),
-    ("pro", {"sft_weight": 0.0}, "simpo", {"beta": 1.0, "gamma_beta_ratio": 0.0}),
-])
+@pytest.mark.parametrize(
+    ("listwise", "params", "pairwise", "pair_params"),
+    [
+        ("plackett_luce", {"beta": 0.3}, "dpo", {"beta": 0.3}),
+        ("list_softmax", {"beta": 0.3}, "dpo", {"beta": 0.3}),
+        ("infonca", {"beta": 0.3}, "dpo", {"beta": 0.3}),
+        ("rank_dpo", {"beta": 0.3, "gain": "rank"}, "dpo", {"beta": 0.3}),
+        ("pro", {"sft_weight": 0.0}, "simpo", {"beta": 1.0, "gamma_beta_ratio": 0.0}),
+    ],
+)
 def test_listwise_at_k2_reduces_to_pairwise(listwise, params, pairwise, pair_params):
     batch = _pair_batch()
     expected = LOSSES[pairwise](batch, **pair_params).loss
@@ -132,23 +155,44 @@ def test_masking_equals_slicing(name):
     sliced.loss.sum().backward()
     expected_grad = token_logps.grad.clone()
 
-    padded_tokens = torch.cat([token_logps.detach(), torch.full((3, 3, 2), float("nan"), dtype=torch.float64)], 2)
-    padded_tokens = torch.cat([padded_tokens, torch.full((3, 1, 6), 123.0, dtype=torch.float64)], 1).requires_grad_()
+    padded_tokens = torch.cat(
+        [token_logps.detach(), torch.full((3, 3, 2), float("nan"), dtype=torch.float64)], 2
+    )
+    padded_tokens = torch.cat(
+        [padded_tokens, torch.full((3, 1, 6), 123.0, dtype=torch.float64)], 1
+    ).requires_grad_()
     token_mask = torch.cat([fields["token_mask"], torch.ones(3, 3, 2, dtype=torch.bool)], 2)
     token_mask[:, :, 4:] = False
     token_mask = torch.cat([token_mask, torch.ones(3, 1, 6, dtype=torch.bool)], 1)
     mask = torch.tensor([[True, True, True, False]]).expand(3, 4)
-    ref_tokens = torch.cat([spread(fields["ref_logps"], fields["token_mask"]),
-                            torch.full((3, 3, 2), float("nan"), dtype=torch.float64)], 2)
+    ref_tokens = torch.cat(
+        [
+            spread(fields["ref_logps"], fields["token_mask"]),
+            torch.full((3, 3, 2), float("nan"), dtype=torch.float64),
+        ],
+        2,
+    )
     ref_tokens = torch.cat([ref_tokens, torch.full((3, 1, 6), -7.0, dtype=torch.float64)], 1)
     padded = ListBatch(
         logps=(padded_tokens.nan_to_num(0.0) * token_mask).sum(-1),
-        ref_logps=torch.cat([fields["ref_logps"], torch.full((3, 1), -1e6, dtype=torch.float64)], 1),
+        ref_logps=torch.cat(
+            [fields["ref_logps"], torch.full((3, 1), -1e6, dtype=torch.float64)], 1
+        ),
         scores=torch.cat([fields["scores"], torch.full((3, 1), 99.0, dtype=torch.float64)], 1),
-        anchor_logps=torch.cat([fields["ref_logps"] * 1.1, torch.full((3, 1), float("nan"), dtype=torch.float64)], 1),
-        mask=mask, token_logps=padded_tokens, token_mask=token_mask, ref_token_logps=ref_tokens,
-        sampling_log_weights=torch.cat([weights(token_logps, fields["token_mask"]),
-                                        torch.full((3, 1), float("nan"), dtype=torch.float64)], 1),
+        anchor_logps=torch.cat(
+            [fields["ref_logps"] * 1.1, torch.full((3, 1), float("nan"), dtype=torch.float64)], 1
+        ),
+        mask=mask,
+        token_logps=padded_tokens,
+        token_mask=token_mask,
+        ref_token_logps=ref_tokens,
+        sampling_log_weights=torch.cat(
+            [
+                weights(token_logps, fields["token_mask"]),
+                torch.full((3, 1), float("nan"), dtype=torch.float64),
+            ],
+            1,
+        ),
     )
     out = run_loss(name, padded)
     torch.testing.assert_close(out.loss, sliced.loss)
@@ -160,12 +204,19 @@ def test_masking_equals_slicing(name):
 @pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("extreme", [1e4, -1e4, 100.0, -100.0])
 def test_finite_at_extreme_margins_in_float32(name, extreme):
-    token_logps = torch.tensor([[[-1e-9, -1e-9], [extreme if extreme < 0 else -1e-3, -1e4]]], requires_grad=True)
+    token_logps = torch.tensor(
+        [[[-1e-9, -1e-9], [extreme if extreme < 0 else -1e-3, -1e4]]], requires_grad=True
+    )
     ref = torch.tensor([[-extreme if extreme > 0 else 0.0, 0.0]])
-    batch = ListBatch(logps=token_logps.sum(-1), ref_logps=ref, scores=torch.tensor([[1.0, 0.0]]),
-                      token_logps=token_logps, ref_token_logps=spread(ref, torch.ones(1, 2, 2, dtype=torch.bool)),
-                      sampling_log_weights=weights(token_logps, torch.ones(1, 2, 2, dtype=torch.bool)),
-                      anchor_logps=ref * 0.5)
+    batch = ListBatch(
+        logps=token_logps.sum(-1),
+        ref_logps=ref,
+        scores=torch.tensor([[1.0, 0.0]]),
+        token_logps=token_logps,
+        ref_token_logps=spread(ref, torch.ones(1, 2, 2, dtype=torch.bool)),
+        sampling_log_weights=weights(token_logps, torch.ones(1, 2, 2, dtype=torch.bool)),
+        anchor_logps=ref * 0.5,
+    )
     loss = run_loss(name, batch).loss
     assert torch.isfinite(loss).all(), loss
     loss.sum().backward()
@@ -175,14 +226,20 @@ def test_finite_at_extreme_margins_in_float32(name, extreme):
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_bf16_inputs_compute_in_float32(name):
     token_logps, fields = random_batch(dtype=torch.float32)
-    batch = build(token_logps.detach().bfloat16(), fields["ref_logps"].bfloat16(), fields["scores"],
-                  fields["token_mask"])
+    batch = build(
+        token_logps.detach().bfloat16(),
+        fields["ref_logps"].bfloat16(),
+        fields["scores"],
+        fields["token_mask"],
+    )
     out = run_loss(name, batch)
     assert out.loss.dtype == torch.float32
     assert all(v.dtype in (torch.float32, torch.bool) for v in out.metrics.values())
 
 
-@pytest.mark.parametrize("name", ["dpo", "ipo", "plackett_luce", "pro", "lipo_lambda", "nca", "orpo", "prob_sft"])
+@pytest.mark.parametrize(
+    "name", ["dpo", "ipo", "plackett_luce", "pro", "lipo_lambda", "nca", "orpo", "prob_sft"]
+)
 def test_gradcheck(name):
     token_logps, fields = random_batch(batch=2, k=3, tokens=3, seed=5)
 
@@ -202,28 +259,58 @@ def test_dft_gradient_is_that_of_minus_p():
     torch.testing.assert_close(grads[0], grads[1])
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda b: LOSSES["dpo"](b, beta=0.0), "dpo: beta must be > 0"),
-    (lambda b: LOSSES["robust"](b, label_smoothing=0.5), "robust: label_smoothing must be in [0, 0.5)"),
-    (lambda b: LOSSES["cdpo"](b, label_smoothing=-0.1), "cdpo: label_smoothing"),
-    (lambda b: LOSSES["exo"](b, label_smoothing=0.0), "exo: label_smoothing must be in (0, 1)"),
-    (lambda b: LOSSES["lipo_lambda"](b, discount="log10"), "lipo_lambda: discount must be one of"),
-    (lambda b: LOSSES["dpo"](ListBatch(logps=b.logps, scores=b.scores)), "dpo: needs ref_logps"),
-    (lambda b: LOSSES["simpo"](ListBatch(logps=b.logps, scores=b.scores)), "simpo: needs lengths"),
-    (lambda b: LOSSES["dft"](ListBatch(logps=b.logps, scores=b.scores)), "dft: needs token_logps"),
-    (lambda b: LOSSES["pro"](ListBatch(logps=b.logps, lengths=b.lengths, scores=b.scores.flip(1))),
-     "pro: scores must be sorted best first"),
-    (lambda b: LOSSES["list_softmax"](ListBatch(logps=b.logps, ref_logps=b.ref_logps, scores=-b.scores)),
-     "list_softmax: scores must be >= 0"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda b: LOSSES["dpo"](b, beta=0.0), "dpo: beta must be > 0"),
+        (
+            lambda b: LOSSES["robust"](b, label_smoothing=0.5),
+            "robust: label_smoothing must be in [0, 0.5)",
+        ),
+        (lambda b: LOSSES["cdpo"](b, label_smoothing=-0.1), "cdpo: label_smoothing"),
+        (lambda b: LOSSES["exo"](b, label_smoothing=0.0), "exo: label_smoothing must be in (0, 1)"),
+        (
+            lambda b: LOSSES["lipo_lambda"](b, discount="log10"),
+            "lipo_lambda: discount must be one of",
+        ),
+        (
+            lambda b: LOSSES["dpo"](ListBatch(logps=b.logps, scores=b.scores)),
+            "dpo: needs ref_logps",
+        ),
+        (
+            lambda b: LOSSES["simpo"](ListBatch(logps=b.logps, scores=b.scores)),
+            "simpo: needs lengths",
+        ),
+        (
+            lambda b: LOSSES["dft"](ListBatch(logps=b.logps, scores=b.scores)),
+            "dft: needs token_logps",
+        ),
+        (
+            lambda b: LOSSES["pro"](
+                ListBatch(logps=b.logps, lengths=b.lengths, scores=b.scores.flip(1))
+            ),
+            "pro: scores must be sorted best first",
+        ),
+        (
+            lambda b: LOSSES["list_softmax"](
+                ListBatch(logps=b.logps, ref_logps=b.ref_logps, scores=-b.scores)
+            ),
+            "list_softmax: scores must be >= 0",
+        ),
+    ],
+)
 def test_invalid_values_name_the_loss_and_parameter(call, message):
     token_logps, fields = random_batch()
-    with pytest.raises(ValueError, match=r"^" + message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(
+        ValueError, match=r"^" + message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+    ):
         call(build(token_logps, **fields))
 
 
 def test_objective_checks_at_construction():
-    with pytest.raises(ValueError, match="unknown loss 'dpoo'; valid losses: aot, aot_unpaired, apo_down"):
+    with pytest.raises(
+        ValueError, match="unknown loss 'dpoo'; valid losses: aot, aot_unpaired, apo_down"
+    ):
         Objective("dpoo")
     with pytest.raises(ValueError, match="dpo has no parameter 'betta'; valid: beta"):
         Objective("dpo", params={"dpo": {"betta": 0.1}})
@@ -240,7 +327,9 @@ def test_objective_is_the_weighted_sum():
     out = mix(batch)
     expected = LOSSES["dpo"](batch, beta=0.2).loss + 0.5 * LOSSES["sft"](batch).loss
     torch.testing.assert_close(out.loss, expected)
-    assert {"dpo/loss", "sft/loss", "dpo/reward_accuracy", "dpo/kendall_tau", "dpo/ndcg"} <= set(out.metrics)
+    assert {"dpo/loss", "sft/loss", "dpo/reward_accuracy", "dpo/kendall_tau", "dpo/ndcg"} <= set(
+        out.metrics
+    )
     assert mix.needs == {"ref", "lengths"} and mix.needs_reference
 
 
@@ -261,16 +350,24 @@ def test_bco_reward_shift_state_is_saved_and_restored():
 
 
 def test_metrics_rank_lists():
-    batch = ListBatch(logps=torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]), ref_logps=torch.zeros(2, 3),
-                      scores=torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]]))
+    batch = ListBatch(
+        logps=torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]),
+        ref_logps=torch.zeros(2, 3),
+        scores=torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]]),
+    )
     metrics = LOSSES["dpo"](batch).metrics
     assert metrics["kendall_tau"].tolist() == [1.0, -1.0]
     assert metrics["ndcg"][0].item() == pytest.approx(1.0)
     assert metrics["ndcg"][1].item() < 0.7
     assert metrics["ranking_accuracy"].tolist() == [1.0, 0.0]
     # all rewards tied (policy = reference): no credit for the stored order
-    tied = LOSSES["dpo"](ListBatch(logps=torch.zeros(1, 3), ref_logps=torch.zeros(1, 3),
-                                   scores=torch.tensor([[3.0, 2.0, 1.0]]))).metrics
+    tied = LOSSES["dpo"](
+        ListBatch(
+            logps=torch.zeros(1, 3),
+            ref_logps=torch.zeros(1, 3),
+            scores=torch.tensor([[3.0, 2.0, 1.0]]),
+        )
+    ).metrics
     random_order_dcg = (3 + 1 + 0) / 3 * sum(1 / math.log2(1 + p) for p in (1, 2, 3))
     ideal_dcg = 3 + 1 / math.log2(3)
     assert tied["ndcg"].item() == pytest.approx(random_order_dcg / ideal_dcg)
@@ -281,14 +378,20 @@ def test_metrics_rank_lists():
 def batches(draw):
     b, k, t = draw(st.integers(1, 3)), draw(st.integers(2, 5)), draw(st.integers(1, 4))
     values = st.floats(-1e4, 0.0, allow_nan=False, width=32)
-    token_logps = torch.tensor(draw(st.lists(values, min_size=b * k * t, max_size=b * k * t))).view(b, k, t)
+    token_logps = torch.tensor(draw(st.lists(values, min_size=b * k * t, max_size=b * k * t))).view(
+        b, k, t
+    )
     ref = torch.tensor(draw(st.lists(values, min_size=b * k, max_size=b * k))).view(b, k)
-    scores = torch.tensor(draw(st.lists(st.integers(0, 4), min_size=b * k, max_size=b * k)), dtype=torch.float32)
+    scores = torch.tensor(
+        draw(st.lists(st.integers(0, 4), min_size=b * k, max_size=b * k)), dtype=torch.float32
+    )
     scores = scores.view(b, k).sort(dim=1, descending=True).values
     scores[:, 0] += 1
     mask = torch.tensor(draw(st.lists(st.booleans(), min_size=b * k, max_size=b * k))).view(b, k)
     mask[:, 0] = True
-    lengths = torch.tensor(draw(st.lists(st.integers(1, t), min_size=b * k, max_size=b * k))).view(b, k)
+    lengths = torch.tensor(draw(st.lists(st.integers(1, t), min_size=b * k, max_size=b * k))).view(
+        b, k
+    )
     token_mask = torch.arange(t).view(1, 1, t) < lengths.unsqueeze(-1)
     return token_logps, ref, scores, mask, token_mask
 
@@ -299,9 +402,17 @@ def batches(draw):
 def test_random_batches_never_give_nan(name, data):
     token_logps, ref, scores, mask, token_mask = data
     leaf = token_logps.clone().requires_grad_()
-    batch = ListBatch(logps=(leaf * token_mask).sum(-1), ref_logps=ref, scores=scores, mask=mask,
-                      token_logps=leaf, token_mask=token_mask, ref_token_logps=spread(ref, token_mask),
-                      sampling_log_weights=weights(leaf, token_mask), anchor_logps=ref * 1.1)
+    batch = ListBatch(
+        logps=(leaf * token_mask).sum(-1),
+        ref_logps=ref,
+        scores=scores,
+        mask=mask,
+        token_logps=leaf,
+        token_mask=token_mask,
+        ref_token_logps=spread(ref, token_mask),
+        sampling_log_weights=weights(leaf, token_mask),
+        anchor_logps=ref * 1.1,
+    )
     loss = run_loss(name, batch).loss
     assert torch.isfinite(loss).all()
     loss.sum().backward()
@@ -309,8 +420,12 @@ def test_random_batches_never_give_nan(name, data):
 
 
 @pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl", "js", "alpha"])
-def test_every_f_divergence_is_finite_at_extreme_log_ratios_and_cancels_on_identical_items(divergence):
-    logps = torch.tensor([[-1e4, 1e4], [1e4, -1e4], [-3.0, -3.0]], dtype=torch.float32, requires_grad=True)
+def test_every_f_divergence_is_finite_at_extreme_log_ratios_and_cancels_on_identical_items(
+    divergence,
+):
+    logps = torch.tensor(
+        [[-1e4, 1e4], [1e4, -1e4], [-3.0, -3.0]], dtype=torch.float32, requires_grad=True
+    )
     ref = torch.zeros(3, 2)
     out = LOSSES["fdpo"](ListBatch(logps=logps, ref_logps=ref), divergence=divergence, alpha=0.5)
     assert torch.isfinite(out.loss).all()
@@ -326,24 +441,31 @@ def test_aot_is_a_function_of_the_batchs_distributions_not_of_its_order(name):
     per-pair losses come back."""
     batch = _pair_batch(seed=3)
     order = torch.tensor([2, 0, 3, 1])
-    permuted = ListBatch(logps=batch.logps[order], ref_logps=batch.ref_logps[order], lengths=batch.lengths[order])
-    assert LOSSES[name](permuted).loss.mean().item() == pytest.approx(LOSSES[name](batch).loss.mean().item(), abs=1e-12)
+    permuted = ListBatch(
+        logps=batch.logps[order], ref_logps=batch.ref_logps[order], lengths=batch.lengths[order]
+    )
+    assert LOSSES[name](permuted).loss.mean().item() == pytest.approx(
+        LOSSES[name](batch).loss.mean().item(), abs=1e-12
+    )
     logps = batch.logps.detach().clone().requires_grad_(True)
     LOSSES[name](ListBatch(logps=logps, ref_logps=batch.ref_logps)).loss.mean().backward()
     assert (logps.grad.abs() > 0).all()
     for i in range(4):
-        one = ListBatch(logps=batch.logps[i:i + 1], ref_logps=batch.ref_logps[i:i + 1])
+        one = ListBatch(logps=batch.logps[i : i + 1], ref_logps=batch.ref_logps[i : i + 1])
         torch.testing.assert_close(LOSSES[name](one).loss, LOSSES["dpo"](one).loss)
     # identical references and margins that already sort in batch order: quantile i is pair i
-    monotone = ListBatch(logps=torch.tensor([[-5.0, -6.0], [-4.0, -6.0], [-2.0, -6.0]], dtype=torch.float64),
-                         ref_logps=torch.full((3, 2), -5.0, dtype=torch.float64))
+    monotone = ListBatch(
+        logps=torch.tensor([[-5.0, -6.0], [-4.0, -6.0], [-2.0, -6.0]], dtype=torch.float64),
+        ref_logps=torch.full((3, 2), -5.0, dtype=torch.float64),
+    )
     torch.testing.assert_close(LOSSES[name](monotone).loss, LOSSES["dpo"](monotone).loss)
 
 
 def test_alphapo_at_small_alpha_is_simpo():
     batch = _pair_batch()
-    torch.testing.assert_close(LOSSES["simpo"](batch, alpha=1e-7).loss, LOSSES["simpo"](batch).loss,
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        LOSSES["simpo"](batch, alpha=1e-7).loss, LOSSES["simpo"](batch).loss, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_ld_dpo_is_dpo_at_alpha_1_and_on_pairs_of_equal_length():
@@ -352,4 +474,6 @@ def test_ld_dpo_is_dpo_at_alpha_1_and_on_pairs_of_equal_length():
     torch.testing.assert_close(LOSSES["ld_dpo"](batch, alpha=1.0).loss, LOSSES["dpo"](batch).loss)
     equal = torch.ones(3, 3, 4, dtype=torch.bool)
     same_length = build(token_logps, fields["ref_logps"], fields["scores"], equal)
-    torch.testing.assert_close(LOSSES["ld_dpo"](same_length, alpha=0.2).loss, LOSSES["dpo"](same_length).loss)
+    torch.testing.assert_close(
+        LOSSES["ld_dpo"](same_length, alpha=0.2).loss, LOSSES["dpo"](same_length).loss
+    )

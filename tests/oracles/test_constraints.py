@@ -9,10 +9,17 @@ CASES = [  # (constraint, an answer that meets it, one that does not)
     ({"type": "uppercase"}, "ALL CAPS HERE!", "ALL CAPS but one"),
     ({"type": "max_words", "n": 3}, "one two three", "one two three four"),
     ({"type": "min_words", "n": 3}, "one two three", "one two"),
-    ({"type": "include_words", "words": ["river", "Stone"]}, "A stone by the River.", "A stone by the riverbank."),
+    (
+        {"type": "include_words", "words": ["river", "Stone"]},
+        "A stone by the River.",
+        "A stone by the riverbank.",
+    ),
     ({"type": "avoid_words", "words": ["bad"]}, "badge is fine", "that is Bad."),
-    ({"type": "end_with", "phrase": "Is there anything else?"}, "Done. Is there anything else?  ",
-     "Is there anything else? Done."),
+    (
+        {"type": "end_with", "phrase": "Is there anything else?"},
+        "Done. Is there anything else?  ",
+        "Is there anything else? Done.",
+    ),
     ({"type": "start_with", "word": "Yes"}, '"yes," she said', "Well, yes"),
     ({"type": "no_commas"}, "no commas at all", "one, two"),
     ({"type": "quoted"}, ' "wrapped" ', '"only at the start'),
@@ -38,14 +45,28 @@ def test_a_check_tells_an_answer_that_meets_it_from_one_that_does_not(constraint
 
 
 def test_several_constraints_are_named_and_counted_apart():
-    record = {"constraints": [{"type": "no_commas"}, {"type": "max_words", "n": 2}, {"type": "max_words", "n": 9}]}
-    assert check_constraints("p", "three short words", record) == {"no_commas": True, "max_words": False,
-                                                                   "max_words#2": True}
+    record = {
+        "constraints": [
+            {"type": "no_commas"},
+            {"type": "max_words", "n": 2},
+            {"type": "max_words", "n": 9},
+        ]
+    }
+    assert check_constraints("p", "three short words", record) == {
+        "no_commas": True,
+        "max_words": False,
+        "max_words#2": True,
+    }
 
 
-@pytest.mark.parametrize("record, message", [({}, 'no "constraints" list'),
-                                             ({"constraints": [{"type": "rhyme"}]}, "unknown constraint 'rhyme'"),
-                                             ({"constraints": [{"type": "max_words"}]}, "max_words needs n")])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({}, 'no "constraints" list'),
+        ({"constraints": [{"type": "rhyme"}]}, "unknown constraint 'rhyme'"),
+        ({"constraints": [{"type": "max_words"}]}, "max_words needs n"),
+    ],
+)
 def test_bad_constraints_are_named(record, message):
     with pytest.raises(ValueError, match=message):
         check_constraints("p", "text", record)

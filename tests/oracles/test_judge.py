@@ -18,9 +18,11 @@ def verdicts(k, better):
 
 
 def test_the_same_winner_in_both_orders_wins_and_a_flip_is_a_tie():
-    judgement = _aggregate(3, 0, verdicts(3, lambda i, j: i < j), "wins")  # 0 > 1 > 2 in both orders
+    # 0 > 1 > 2 in both orders
+    judgement = _aggregate(3, 0, verdicts(3, lambda i, j: i < j), "wins")
     assert judgement.scores == (2.0, 1.0, 0.0)
-    assert _aggregate(3, 0, verdicts(3, lambda i, j: True), "wins").scores == (1.0, 1.0, 1.0)  # always "A"
+    # always "A"
+    assert _aggregate(3, 0, verdicts(3, lambda i, j: True), "wins").scores == (1.0, 1.0, 1.0)
     assert _aggregate(3, 0, verdicts(3, lambda i, j: True), "wins").all_tied
     partial = verdicts(2, lambda i, j: i < j) | {(0, 1, 0): None}
     assert _aggregate(2, 0, partial, "wins").abstained  # the only pair abstained in one order
@@ -42,16 +44,27 @@ def test_a_template_without_its_fields_is_named(tiny_model):
 def test_local_verdicts_are_the_letter_probabilities_of_a_plain_forward(tiny_model):
     oracle = make_oracle("judge", {"model": str(tiny_model), "batch_size": 3})
     local = oracle.backend
-    items = [ListToJudge("apple river", ("yes good", "no", "maybe later today")), ListToJudge("hi", ("a", "b b"))]
+    items = [
+        ListToJudge("apple river", ("yes good", "no", "maybe later today")),
+        ListToJudge("hi", ("a", "b b")),
+    ]
     judgements = oracle.judge(items)
     for item, judgement in zip(items, judgements, strict=True):
-        assert len(judgement.scores) == len(item.completions) and sum(judgement.scores) == pytest.approx(
-            len(item.completions) * (len(item.completions) - 1) / 2)
-    prompts = [oracle.options.template.format(prompt="apple river", a="yes good", b="no"),
-               oracle.options.template.format(prompt="hi", a="b b", b="a")]
+        assert len(judgement.scores) == len(item.completions) and sum(
+            judgement.scores
+        ) == pytest.approx(len(item.completions) * (len(item.completions) - 1) / 2)
+    prompts = [
+        oracle.options.template.format(prompt="apple river", a="yes good", b="no"),
+        oracle.options.template.format(prompt="hi", a="b b", b="a"),
+    ]
     with torch.no_grad():
         for prompt, verdict in zip(prompts, local.verdicts(prompts), strict=True):
-            probs = local.model(input_ids=torch.tensor([local._ids(prompt)])).logits[0, -1].float().softmax(-1)
+            probs = (
+                local.model(input_ids=torch.tensor([local._ids(prompt)]))
+                .logits[0, -1]
+                .float()
+                .softmax(-1)
+            )
             assert verdict == bool(probs[local.letters[0]].sum() > probs[local.letters[1]].sum())
 
 
@@ -76,10 +89,22 @@ def served_judge(tiny_judge):
     from label_helpers import free_port
 
     port = free_port()
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(tiny_judge), "--host", "127.0.0.1",
-               "--port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    command = [
+        str(Path(sys.executable).parent / "transformers"),
+        "serve",
+        str(tiny_judge),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     try:
@@ -100,11 +125,17 @@ def served_judge(tiny_judge):
         process.wait(timeout=30)
 
 
-LISTS = [ListToJudge("apple river", ("yes good", "no", "maybe later today")), ListToJudge("hi", ("a", "b b"))]
+LISTS = [
+    ListToJudge("apple river", ("yes good", "no", "maybe later today")),
+    ListToJudge("hi", ("a", "b b")),
+]
 
 
-PROMPTS = [DEFAULT_TEMPLATE.format(prompt=p, a=a, b=b) for p in ("apple river", "hi", "stone cloud")
-           for a, b in itertools.permutations(["yes good", "no", "a", "b b"], 2)]
+PROMPTS = [
+    DEFAULT_TEMPLATE.format(prompt=p, a=a, b=b)
+    for p in ("apple river", "hi", "stone cloud")
+    for a, b in itertools.permutations(["yes good", "no", "a", "b b"], 2)
+]
 
 
 def test_the_tiny_judge_answers_a_or_b_depending_on_the_prompt(tiny_judge):
@@ -119,8 +150,16 @@ def test_the_tiny_judge_answers_a_or_b_depending_on_the_prompt(tiny_judge):
 def test_the_http_judge_over_a_real_server_agrees_with_the_local_one(tiny_judge, served_judge):
     """The same model behind `transformers serve` (its chat template, greedy) gives the verdicts
     the local backend reads from the letter probabilities."""
-    http = make_oracle("judge", {"model": str(tiny_judge), "backend": "http", "base_url": served_judge,
-                                 "concurrency": 2, "timeout": 60})
+    http = make_oracle(
+        "judge",
+        {
+            "model": str(tiny_judge),
+            "backend": "http",
+            "base_url": served_judge,
+            "concurrency": 2,
+            "timeout": 60,
+        },
+    )
     local = make_oracle("judge", {"model": str(tiny_judge)})
     assert http.backend.verdicts(PROMPTS) == local.backend.verdicts(PROMPTS)
     assert [j.details for j in http.judge(LISTS)] == [j.details for j in local.judge(LISTS)]
@@ -132,8 +171,16 @@ def test_an_endpoint_that_is_down_stops_the_run_with_a_message(tiny_model):
     from label_helpers import free_port
     from prefopt.errors import OracleError
 
-    oracle = make_oracle("judge", {"model": "m", "backend": "http", "base_url": f"http://127.0.0.1:{free_port()}/v1",
-                                   "retries": 1, "timeout": 2})
+    oracle = make_oracle(
+        "judge",
+        {
+            "model": "m",
+            "backend": "http",
+            "base_url": f"http://127.0.0.1:{free_port()}/v1",
+            "retries": 1,
+            "timeout": 2,
+        },
+    )
     with pytest.raises(OracleError, match="APIConnectionError.*stopped after the retries"):
         oracle.judge(LISTS[1:])
 
@@ -141,6 +188,13 @@ def test_an_endpoint_that_is_down_stops_the_run_with_a_message(tiny_model):
 def test_replies_that_are_not_a_letter_are_abstentions():
     from prefopt.oracles.judge import parse_verdict
 
-    for content, verdict in [("A", True), (" b.", False), ("B) because", False), ("Answer A", None), ("", None),
-                             (None, None), ("Absolutely", None)]:
+    for content, verdict in [
+        ("A", True),
+        (" b.", False),
+        ("B) because", False),
+        ("Answer A", None),
+        ("", None),
+        (None, None),
+        ("Absolutely", None),
+    ]:
         assert parse_verdict(content) is verdict, content

@@ -19,7 +19,9 @@ def test_annotators_label_through_the_api_while_the_oracle_waits(tmp_path):
     store = Store(db, redundancy=2)
     tokens = [store.add_user("ann"), store.add_user("bob")]
     lists = [ListToJudge("p1", ("good", "bad")), ListToJudge("p2", ("first", "second", "third"))]
-    oracle = make_oracle("people", {"db": db, "labels_per_list": 2, "poll_seconds": 0.1, "deadline_minutes": 2})
+    oracle = make_oracle(
+        "people", {"db": db, "labels_per_list": 2, "poll_seconds": 0.1, "deadline_minutes": 2}
+    )
     progress = []
     oracle.on_progress = lambda have, wanted: progress.append((have, wanted))
     result = {}
@@ -28,7 +30,9 @@ def test_annotators_label_through_the_api_while_the_oracle_waits(tmp_path):
     try:
         waiting.start()
         for token in tokens:
-            with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+            with httpx.Client(
+                base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            ) as client:
                 for _ in range(2):
                     item = client.post("/api/next")
                     while item.status_code == 204:  # the oracle has not added the items yet
@@ -38,7 +42,12 @@ def test_annotators_label_through_the_api_while_the_oracle_waits(tmp_path):
                         answer = {"choice": "a"}  # the first completion is better
                     else:  # ann ranks them in order; bob ties the last two
                         answer = {"ranking": [1, 2, 3] if token == tokens[0] else [1, 2, 2]}
-                    assert client.post("/api/labels", json={"item_id": body["item_id"], **answer}).status_code == 201
+                    assert (
+                        client.post(
+                            "/api/labels", json={"item_id": body["item_id"], **answer}
+                        ).status_code
+                        == 201
+                    )
         waiting.join(timeout=60)
     finally:
         server.stop()
@@ -46,11 +55,14 @@ def test_annotators_label_through_the_api_while_the_oracle_waits(tmp_path):
     assert pair.scores == (-1.0, -2.0)
     assert ranking.scores == (-1.0, -2.0, -2.5) and ranking.details[2] == {"ranks": [3, 2]}
     assert progress[-1] == (4, 4)  # 2 labels for each of 2 lists
-    assert len(oracle.add(lists)) == 2 and store.counts()["items"] == 2  # by content: asking again adds nothing
+    # by content: asking again adds nothing
+    assert len(oracle.add(lists)) == 2 and store.counts()["items"] == 2
 
 
 def test_a_deadline_with_no_label_abstains(tmp_path):
-    oracle = make_oracle("people", {"db": str(tmp_path / "labels.db"), "deadline_minutes": 0.002,
-                                    "poll_seconds": 0.02})
+    oracle = make_oracle(
+        "people",
+        {"db": str(tmp_path / "labels.db"), "deadline_minutes": 0.002, "poll_seconds": 0.02},
+    )
     judgement = oracle.judge([ListToJudge("p", ("a", "b"))])[0]
     assert judgement.abstained == "no label by the deadline"

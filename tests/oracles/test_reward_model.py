@@ -19,18 +19,29 @@ def test_rewards_equal_a_plain_forward_of_each_completion(reward_model):
     from prefopt.data import PreferenceRecord, TokenizeSettings
     from prefopt.data.tokenize import tokenize_record
 
-    oracle = make_oracle("reward_model", {"model": str(reward_model), "precision": "fp32", "batch_size": 2})
-    lists = [ListToJudge("apple river stone", ("yes good", "no", "maybe later today")),
-             ListToJudge([{"role": "user", "content": "hi"}], ("a longer answer here", "short")),
-             ListToJudge("paper window", ("one", "two"))]
+    oracle = make_oracle(
+        "reward_model", {"model": str(reward_model), "precision": "fp32", "batch_size": 2}
+    )
+    lists = [
+        ListToJudge("apple river stone", ("yes good", "no", "maybe later today")),
+        ListToJudge([{"role": "user", "content": "hi"}], ("a longer answer here", "short")),
+        ListToJudge("paper window", ("one", "two")),
+    ]
     judgements = oracle.judge(lists)
     plain = AutoModelForSequenceClassification.from_pretrained(reward_model).eval()
     for item, judgement in zip(lists, judgements, strict=True):
-        example = tokenize_record(PreferenceRecord(item.prompt, item.completions, (0.0,) * len(item.completions)),
-                                  oracle.tokenizer, TokenizeSettings())
+        example = tokenize_record(
+            PreferenceRecord(item.prompt, item.completions, (0.0,) * len(item.completions)),
+            oracle.tokenizer,
+            TokenizeSettings(),
+        )
         with torch.no_grad():
-            expected = [plain(input_ids=torch.tensor([list(example.prompt_ids) + list(c)])).logits[0, 0].item()
-                        for c in example.completion_ids]
+            expected = [
+                plain(input_ids=torch.tensor([list(example.prompt_ids) + list(c)]))
+                .logits[0, 0]
+                .item()
+                for c in example.completion_ids
+            ]
         assert judgement.scores == pytest.approx(expected, abs=1e-5)
     assert oracle.identity()["weights"] and oracle.model.prefopt_engine.segment_attention
 

@@ -26,9 +26,19 @@ def test_the_code_of_fenced_blocks_is_what_runs():
     completion = "Here you go:\n```python\ndef add(a, b):\n    return a + b\n```\nHope it helps."
     assert extract_code(completion) == "def add(a, b):\n    return a + b\n"
     oracle = make_oracle("verifier", {"function": "python_tests"})
-    judgement = oracle.judge([ListToJudge("add two numbers", (completion, "```python\ndef add(a, b): return 0\n```"),
-                                          {"tests": [TESTS, "assert add(0, 0) == 0"]})])[0]
-    assert judgement.scores == (1.0, 0.5) and judgement.details[1] == {"test 1": False, "test 2": True}
+    judgement = oracle.judge(
+        [
+            ListToJudge(
+                "add two numbers",
+                (completion, "```python\ndef add(a, b): return 0\n```"),
+                {"tests": [TESTS, "assert add(0, 0) == 0"]},
+            )
+        ]
+    )[0]
+    assert judgement.scores == (1.0, 0.5) and judgement.details[1] == {
+        "test 1": False,
+        "test 2": True,
+    }
 
 
 HOSTILE = {
@@ -54,13 +64,18 @@ def test_a_hostile_completion_fails_quickly(name):
 def test_files_outside_its_directory_are_out_of_reach(tmp_path):
     victim = tmp_path / "keep.txt"
     victim.write_text("precious")
-    for attack in (f"import os\nos.remove({str(victim)!r})", f"open({str(victim)!r}, 'w').write('gone')",
-                   f"import shutil\nshutil.rmtree({str(tmp_path)!r})",
-                   f"import os\nfd = os.open({str(victim)!r}, os.O_WRONLY | os.O_TRUNC)"):
+    for attack in (
+        f"import os\nos.remove({str(victim)!r})",
+        f"open({str(victim)!r}, 'w').write('gone')",
+        f"import shutil\nshutil.rmtree({str(tmp_path)!r})",
+        f"import os\nfd = os.open({str(victim)!r}, os.O_WRONLY | os.O_TRUNC)",
+    ):
         passed, why = run_tests(attack + "\ndef add(a, b):\n    return a + b", TESTS, seconds=3)
         assert not passed, attack
     assert victim.read_text() == "precious"
-    assert run_tests("open('scratch.txt', 'w').write('mine')\ndef add(a, b):\n    return a + b", TESTS)[0]
+    assert run_tests(
+        "open('scratch.txt', 'w').write('mine')\ndef add(a, b):\n    return a + b", TESTS
+    )[0]
 
 
 def test_no_network():
@@ -70,8 +85,10 @@ def test_no_network():
     port = server.getsockname()[1]
     accepted = []
     threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
-    code = (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
-            "def add(a, b):\n    return a + b")
+    code = (
+        f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+        "def add(a, b):\n    return a + b"
+    )
     passed, why = run_tests(code, TESTS, seconds=5)
     server.close()
     assert not passed and not accepted

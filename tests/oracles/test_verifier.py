@@ -5,7 +5,7 @@ import pytest
 
 from prefopt.oracles import ListToJudge, make_oracle
 
-VERIFIER = '''
+VERIFIER = """
 def by_length(prompt, completion, record):
     return len(completion) / 10
 
@@ -25,7 +25,7 @@ def wrong_type(prompt, completion, record):
 
 def two_arguments(prompt, completion):
     return True
-'''
+"""
 
 
 @pytest.fixture
@@ -52,7 +52,9 @@ def test_a_verifier_that_raises_fails_that_completion_and_is_told_once(verifier_
     told = []
     oracle = make_oracle("verifier", {"function": f"{verifier_file}:fragile"})
     oracle.on_failure = told.append
-    judgements = oracle.judge([ListToJudge("p", ("boom", "fine")), ListToJudge("p", ("boom", "boom"))])
+    judgements = oracle.judge(
+        [ListToJudge("p", ("boom", "fine")), ListToJudge("p", ("boom", "boom"))]
+    )
     assert [j.scores for j in judgements] == [(0.0, 1.0), (0.0, 0.0)]
     assert oracle.failures == {"RuntimeError: cannot parse": 3} and len(told) == 1
     oracle.function = oracle.function.__globals__["wrong_type"]
@@ -60,20 +62,26 @@ def test_a_verifier_that_raises_fails_that_completion_and_is_told_once(verifier_
     assert any(kind.startswith("TypeError: returned list") for kind in oracle.failures)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("missing.py:f", "does not import: FileNotFoundError"),
-    ("no_such_module_here:f", "does not import: ModuleNotFoundError"),
-    ("{file}:absent", "has no function 'absent'"),
-    ("{file}:two_arguments", r"must take \(prompt, completion, record\)"),
-    ("lengthy", "give a built-in"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("missing.py:f", "does not import: FileNotFoundError"),
+        ("no_such_module_here:f", "does not import: ModuleNotFoundError"),
+        ("{file}:absent", "has no function 'absent'"),
+        ("{file}:two_arguments", r"must take \(prompt, completion, record\)"),
+        ("lengthy", "give a built-in"),
+    ],
+)
 def test_a_bad_verifier_is_named_when_the_oracle_is_made(verifier_file, spec, message):
     with pytest.raises(ValueError, match=message):
         make_oracle("verifier", {"function": spec.format(file=verifier_file)})
 
 
 def test_unknown_oracles_and_options_are_named():
-    with pytest.raises(ValueError, match="unknown oracle 'verifer'; valid oracles: judge, people, reward_model, ver"):
+    with pytest.raises(
+        ValueError,
+        match="unknown oracle 'verifer'; valid oracles: judge, people, reward_model, ver",
+    ):
         make_oracle("verifer")
     with pytest.raises(ValueError, match="functon: unknown setting"):
         make_oracle("verifier", {"functon": "constraints"})
@@ -81,5 +89,11 @@ def test_unknown_oracles_and_options_are_named():
 
 def test_a_module_function_and_the_built_in():
     oracle = make_oracle("verifier", {"function": "prefopt.oracles.constraints:check_constraints"})
-    item = ListToJudge("p", ("no commas here", "one, two"), {"constraints": [{"type": "no_commas"}]})
-    assert oracle.judge([item])[0].scores == (1.0, 0.0) == make_oracle("verifier").judge([item])[0].scores
+    item = ListToJudge(
+        "p", ("no commas here", "one, two"), {"constraints": [{"type": "no_commas"}]}
+    )
+    assert (
+        oracle.judge([item])[0].scores
+        == (1.0, 0.0)
+        == make_oracle("verifier").judge([item])[0].scores
+    )

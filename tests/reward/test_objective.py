@@ -15,13 +15,18 @@ sigmoid = lambda z: 1 / (1 + math.exp(-z))
 
 def rewards(values, scores=None, mask=None):
     values = torch.tensor(values)
-    return ListBatch(logps=values, scores=None if scores is None else torch.tensor(scores),
-                     mask=None if mask is None else torch.tensor(mask))
+    return ListBatch(
+        logps=values,
+        scores=None if scores is None else torch.tensor(scores),
+        mask=None if mask is None else torch.tensor(mask),
+    )
 
 
 def test_bradley_terry_on_a_pair():
     out = RewardObjective("bradley_terry")(rewards([[1.5, 0.5], [0.0, 2.0]]))
-    assert out.loss.tolist() == pytest.approx([-math.log(sigmoid(1.0)), -math.log(sigmoid(-2.0))], abs=1e-6)
+    assert out.loss.tolist() == pytest.approx(
+        [-math.log(sigmoid(1.0)), -math.log(sigmoid(-2.0))], abs=1e-6
+    )
     assert out.metrics["reward_accuracy"].tolist() == [1.0, 0.0]
     assert "logps/chosen" not in out.metrics and "ranking_accuracy" not in out.metrics
 
@@ -39,20 +44,26 @@ def test_plackett_luce_on_a_list_and_on_a_pair():
     assert out.loss.item() == pytest.approx(by_hand, abs=1e-6)
     pair = rewards([[0.3, -0.4]])
     assert RewardObjective("plackett_luce")(pair).loss.item() == pytest.approx(
-        RewardObjective("bradley_terry")(pair).loss.item(), abs=1e-7)
+        RewardObjective("bradley_terry")(pair).loss.item(), abs=1e-7
+    )
 
 
 def test_all_pairs_bradley_terry_on_a_list_averages_its_pairs():
     r, s = [2.0, 1.0, 0.5], [3.0, 2.0, 2.0]  # the tied pair (1.0, 0.5) is no comparison
     out = RewardObjective("bradley_terry")(rewards([r], scores=[s]))
-    assert out.loss.item() == pytest.approx(-(math.log(sigmoid(1.0)) + math.log(sigmoid(1.5))) / 2, abs=1e-6)
+    assert out.loss.item() == pytest.approx(
+        -(math.log(sigmoid(1.0)) + math.log(sigmoid(1.5))) / 2, abs=1e-6
+    )
 
 
 def test_centering_is_trls_term_on_a_pair_and_twice_the_mean_squared_on_a_list():
     pair = RewardObjective("bradley_terry", center_rewards_coefficient=0.01)(rewards([[1.5, 0.5]]))
-    assert pair.loss.item() == pytest.approx(-math.log(sigmoid(1.0)) + 0.01 * (1.5 + 0.5) ** 2, abs=1e-6)
+    assert pair.loss.item() == pytest.approx(
+        -math.log(sigmoid(1.0)) + 0.01 * (1.5 + 0.5) ** 2, abs=1e-6
+    )
     ragged = RewardObjective("plackett_luce", center_rewards_coefficient=1.0)(
-        rewards([[1.0, 2.0, 99.0]], scores=[[2.0, 1.0, 0.0]], mask=[[True, True, False]]))
+        rewards([[1.0, 2.0, 99.0]], scores=[[2.0, 1.0, 0.0]], mask=[[True, True, False]])
+    )
     assert ragged.metrics["centering"].item() == pytest.approx((2 * 1.5) ** 2)  # padding left out
 
 

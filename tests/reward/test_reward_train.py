@@ -30,8 +30,18 @@ def lists_file(tmp_path_factory):
 
 
 def config(tiny_model, data, out, **overrides):
-    settings = dict(model=str(tiny_model), data=str(data), output_dir=str(out), precision="fp32", batch_size=8,
-                    learning_rate=1e-3, eval_fraction=0.25, warmup_ratio=0.0, scheduler="constant", epochs=3)
+    settings = dict(
+        model=str(tiny_model),
+        data=str(data),
+        output_dir=str(out),
+        precision="fp32",
+        batch_size=8,
+        learning_rate=1e-3,
+        eval_fraction=0.25,
+        warmup_ratio=0.0,
+        scheduler="constant",
+        epochs=3,
+    )
     return RewardConfig(**{**settings, **overrides})
 
 
@@ -42,7 +52,9 @@ def trained_on_lists(tiny_model, lists_file, tmp_path_factory):
 
 
 def test_learns_pairs_with_lora(tiny_model, pairs_file, tmp_path):
-    result = reward_train(config(tiny_model, pairs_file, tmp_path, lora=True, objective="bradley_terry"))
+    result = reward_train(
+        config(tiny_model, pairs_file, tmp_path, lora=True, objective="bradley_terry")
+    )
     assert result.eval_start["reward_accuracy"] < 0.7
     assert result.eval_end["reward_accuracy"] > 0.9
     assert result.eval_end["loss"] < result.eval_start["loss"]
@@ -60,7 +72,9 @@ def test_learns_lists_and_reports_ranking_and_calibration(trained_on_lists):
     by_rank = end["reward_by_rank"]
     assert by_rank["1"] > by_rank["4"]  # the best-ranked completions get the highest rewards
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines if line["split"] == "eval"][0] == 0  # evaluated at the start
+    assert [line["step"] for line in lines if line["split"] == "eval"][
+        0
+    ] == 0  # evaluated at the start
 
 
 def test_the_saved_model_loads_alone_and_matches_the_engine(trained_on_lists):
@@ -68,19 +82,25 @@ def test_the_saved_model_loads_alone_and_matches_the_engine(trained_on_lists):
     oracle = make_oracle("reward_model", {"model": str(out / "model"), "precision": "fp32"})
     item = ListToJudge("question 1: apple river stone", ("green quick", "GREEN QUICK STONE"))
     judged = oracle.judge([item])[0]
-    example = tokenize_record(PreferenceRecord(item.prompt, item.completions, (0.0, 0.0)), oracle.tokenizer,
-                              TokenizeSettings())
+    example = tokenize_record(
+        PreferenceRecord(item.prompt, item.completions, (0.0, 0.0)),
+        oracle.tokenizer,
+        TokenizeSettings(),
+    )
     rows = [list(example.prompt_ids) + list(ids) for ids in example.completion_ids]
     script = f"""
 import json, torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-model = AutoModelForSequenceClassification.from_pretrained({str(out / 'model')!r}).eval()
-tokenizer = AutoTokenizer.from_pretrained({str(out / 'model')!r})
+model = AutoModelForSequenceClassification.from_pretrained({str(out / "model")!r}).eval()
+tokenizer = AutoTokenizer.from_pretrained({str(out / "model")!r})
 assert model.config.num_labels == 1 and model.config.pad_token_id == tokenizer.pad_token_id
 print(json.dumps([model(input_ids=torch.tensor([row])).logits[0, 0].item() for row in {rows}]))
 """
-    plain = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                                      check=True).stdout)
+    plain = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        ).stdout
+    )
     # a packed row read at each completion's last token = transformers alone on each completion
     assert judged.scores == pytest.approx(plain, abs=1e-4)
 
@@ -102,7 +122,9 @@ def test_the_oracle_ranks_held_out_lists_with_it(trained_on_lists):
     _, out = trained_on_lists
     oracle = make_oracle("reward_model", {"model": str(out / "model"), "precision": "fp32"})
     rows = toy_rows(24, seed=9, k=4)
-    judgements = oracle.judge([ListToJudge(row["prompt"], tuple(row["completions"])) for row in rows])
+    judgements = oracle.judge(
+        [ListToJudge(row["prompt"], tuple(row["completions"])) for row in rows]
+    )
     agree = total = 0
     for row, judgement in zip(rows, judgements, strict=True):
         for i in range(4):
@@ -115,14 +137,30 @@ def test_the_oracle_ranks_held_out_lists_with_it(trained_on_lists):
 
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_resume_equals_uninterrupted(tiny_model, lists_file, tmp_path, lora):
-    settings = dict(max_steps=6, save_every=2, lora=lora, lora_r=4, lora_dropout=0.1, batch_size=4,
-                    scheduler="cosine", warmup_ratio=0.2, center_rewards_coefficient=0.01)
+    settings = dict(
+        max_steps=6,
+        save_every=2,
+        lora=lora,
+        lora_r=4,
+        lora_dropout=0.1,
+        batch_size=4,
+        scheduler="cosine",
+        warmup_ratio=0.2,
+        center_rewards_coefficient=0.01,
+    )
     whole = reward_train(config(tiny_model, lists_file, tmp_path / "whole", **settings))
     with pytest.raises(Crash):
-        reward_train(config(tiny_model, lists_file, tmp_path / "cut", **settings), on_step=crash_at(5))
-    resumed = reward_train(config(tiny_model, lists_file, tmp_path / "cut", **settings), resume=True)
+        reward_train(
+            config(tiny_model, lists_file, tmp_path / "cut", **settings), on_step=crash_at(5)
+        )
+    resumed = reward_train(
+        config(tiny_model, lists_file, tmp_path / "cut", **settings), resume=True
+    )
     assert resumed.steps == whole.steps == 6
-    a, b = (load_file(latest_checkpoint(tmp_path / run) / "trained.safetensors") for run in ("whole", "cut"))
+    a, b = (
+        load_file(latest_checkpoint(tmp_path / run) / "trained.safetensors")
+        for run in ("whole", "cut")
+    )
     assert a.keys() == b.keys() and any("score" in key for key in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)

@@ -7,8 +7,12 @@ from __future__ import annotations
 import torch
 
 
-def predictive_entropy(sample_logps: torch.Tensor, lengths: torch.Tensor | None = None, *,
-                       length_normalize: bool = False) -> torch.Tensor:
+def predictive_entropy(
+    sample_logps: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    length_normalize: bool = False,
+) -> torch.Tensor:
     """Ĥ(x) = −(1/N)·Σ_n S_θ(y_n | x) for N samples y_n ~ π_θ(·|x) at temperature 1: a Monte-Carlo
     estimate of the entropy of the policy's answers to a prompt, in nats. `sample_logps` [P, N]
     are summed completion log-probs; with `length_normalize` each is divided by its length first

@@ -43,8 +43,13 @@ def selection_probabilities(scores: torch.Tensor, rule: Rule, beta: float = 1.0)
     return torch.softmax(log_weights(scores, rule, beta), 0)
 
 
-def select(scores: torch.Tensor, k: int, rule: Rule = "top", beta: float = 1.0,
-           generator: torch.Generator | None = None) -> list[int]:
+def select(
+    scores: torch.Tensor,
+    k: int,
+    rule: Rule = "top",
+    beta: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[int]:
     """k item indices. `top`: the k highest (ties: the earlier item first). The others sample
     without replacement; if fewer than k items can be picked (power with zero scores), the rest
     are drawn uniformly from the others, as baal does."""

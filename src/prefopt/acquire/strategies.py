@@ -56,7 +56,8 @@ class Acquisition:
     beta: float = 1.0  # coldness of a stochastic rule
     dpo_beta: float = 0.1  # the β of the implicit reward r̂ = β·(S_θ − S_ref)
     length_normalize: bool = False  # entropy of per-token log-probs instead of summed ones
-    oversample: int = 4  # hybrid: entropy keeps oversample × budget lists for certainty to choose from
+    # hybrid: entropy keeps oversample × budget lists for certainty to choose from
+    oversample: int = 4
 
     def __post_init__(self) -> None:
         ACQUISITIONS.get(self.name)
@@ -66,8 +67,9 @@ class Acquisition:
     def init(self, seed: int) -> AcquisitionState:
         return AcquisitionState(seed=seed)
 
-    def select(self, state: AcquisitionState, candidates: Candidates, budget: int
-               ) -> tuple[Selection, AcquisitionState]:
+    def select(
+        self, state: AcquisitionState, candidates: Candidates, budget: int
+    ) -> tuple[Selection, AcquisitionState]:
         generator = torch.Generator().manual_seed(state.seed * 1_000_003 + state.round)
         selection = ACQUISITIONS.get(self.name)(self, candidates, budget, generator)
         return selection, dataclasses.replace(state, round=state.round + 1)
@@ -84,14 +86,20 @@ class Acquisition:
     def certainty(self, candidates: Candidates) -> torch.Tensor:
         if candidates.ref_logps is None:
             raise ValueError("certainty needs the reference log-probs of the candidates")
-        return certainty(implicit_rewards(candidates.logps, candidates.ref_logps, self.dpo_beta), candidates.mask)
+        return certainty(
+            implicit_rewards(candidates.logps, candidates.ref_logps, self.dpo_beta), candidates.mask
+        )
 
 
 ACQUISITIONS: Registry = Registry("acquisition function")
 
 
-def _pick(scores: torch.Tensor, budget: int, acquisition: Acquisition, generator, note: str = "") -> Selection:
-    return Selection(select(scores, budget, acquisition.rule, acquisition.beta, generator), scores.tolist(), note)
+def _pick(
+    scores: torch.Tensor, budget: int, acquisition: Acquisition, generator, note: str = ""
+) -> Selection:
+    return Selection(
+        select(scores, budget, acquisition.rule, acquisition.beta, generator), scores.tolist(), note
+    )
 
 
 @ACQUISITIONS.register("random")
@@ -106,11 +114,20 @@ def _entropy(acquisition: Acquisition, candidates: Candidates, budget: int, gene
 
 
 @ACQUISITIONS.register("certainty")
-def _certainty(acquisition: Acquisition, candidates: Candidates, budget: int, generator) -> Selection:
+def _certainty(
+    acquisition: Acquisition, candidates: Candidates, budget: int, generator
+) -> Selection:
     scores = acquisition.certainty(candidates)
-    if not bool((scores > 0).any()):  # round 0: the policy is its reference, every implicit reward 0
-        return _pick(acquisition.entropy(candidates), budget, acquisition, generator,
-                     "certainty is 0 for every list (the policy equals its reference): chose by entropy")
+    if not bool(
+        (scores > 0).any()
+    ):  # round 0: the policy is its reference, every implicit reward 0
+        return _pick(
+            acquisition.entropy(candidates),
+            budget,
+            acquisition,
+            generator,
+            "certainty is 0 for every list (the policy equals its reference): chose by entropy",
+        )
     return _pick(scores, budget, acquisition, generator)
 
 
@@ -120,8 +137,12 @@ def _hybrid(acquisition: Acquisition, candidates: Candidates, budget: int, gener
     kept = select(entropy, budget * acquisition.oversample, "top")
     scores = acquisition.certainty(candidates)
     if not bool((scores[kept] > 0).any()):
-        return _pick(entropy, budget, acquisition, generator,
-                     "certainty is 0 for every list (the policy equals its reference): chose by entropy")
+        return _pick(
+            entropy,
+            budget,
+            acquisition,
+            generator,
+            "certainty is 0 for every list (the policy equals its reference): chose by entropy",
+        )
     chosen = select(scores[kept], budget, acquisition.rule, acquisition.beta, generator)
     return Selection([kept[i] for i in chosen], scores.tolist())
-

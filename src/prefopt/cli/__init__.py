@@ -5,7 +5,19 @@ from __future__ import annotations
 
 import typer
 
-from prefopt.cli import demo, evaluate, generate, label, loop, losses, report, reward, score, train, tune
+from prefopt.cli import (
+    demo,
+    evaluate,
+    generate,
+    label,
+    loop,
+    losses,
+    report,
+    reward,
+    score,
+    train,
+    tune,
+)
 
 app = typer.Typer(
     help="prefopt: align language models from comparisons and rankings.",

@@ -15,7 +15,9 @@ def console() -> Console:
 
 
 def fail(message: str, code: int = 2) -> None:
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False
+    )
     raise typer.Exit(code)
 
 
@@ -31,15 +33,28 @@ def run_library(job) -> None:
     try:
         job()
     except KeyboardInterrupt:
-        fail("interrupted; run the same command with --resume to continue from the last checkpoint", 130)
-    except (DataError, TrainingError, OracleError, LabelError, FileNotFoundError, ValueError) as error:
+        fail(
+            "interrupted; run the same command with --resume to continue from the last checkpoint",
+            130,
+        )
+    except (
+        DataError,
+        TrainingError,
+        OracleError,
+        LabelError,
+        FileNotFoundError,
+        ValueError,
+    ) as error:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
         fail(str(error), 1)
     except SQLAlchemyError as error:
         if os.environ.get("PREFOPT_DEBUG"):
             raise
-        fail(f"database: {str(error.orig if getattr(error, 'orig', None) else error).strip().splitlines()[0]}", 1)
+        fail(
+            f"database: {str(error.orig if getattr(error, 'orig', None) else error).strip().splitlines()[0]}",
+            1,
+        )
 
 
 def write_report(path) -> None:
@@ -50,7 +65,10 @@ def write_report(path) -> None:
     try:
         console().print(f"report: {report(path)}", highlight=False)
     except Exception as error:
-        console().print(f"[yellow]could not write the report: {type(error).__name__}: {error}[/]", highlight=False)
+        console().print(
+            f"[yellow]could not write the report: {type(error).__name__}: {error}[/]",
+            highlight=False,
+        )
 
 
 def load_settings(model, config, args: list[str]):
@@ -71,7 +89,12 @@ def _joined_options(args: list[str]) -> list[str]:
     """`--key value` as `--key=value`, so both spellings work."""
     joined, i = [], 0
     while i < len(args):
-        if args[i].startswith("--") and "=" not in args[i] and i + 1 < len(args) and not args[i + 1].startswith("--"):
+        if (
+            args[i].startswith("--")
+            and "=" not in args[i]
+            and i + 1 < len(args)
+            and not args[i + 1].startswith("--")
+        ):
             joined.append(f"{args[i]}={args[i + 1]}")
             i += 2
         else:

@@ -11,18 +11,40 @@ from prefopt.cli.common import console, run_library
 
 
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", help="Where the task, the loops and the report go.")
-                   ] = Path("runs/demo"),
+    out: Annotated[
+        Path, typer.Option("--out", help="Where the task, the loops and the report go.")
+    ] = Path("runs/demo"),
     model: Annotated[str, typer.Option("--model", help="The initial policy.")] = "default",
-    compare_random: Annotated[bool, typer.Option("--compare-random", help="Add a random-acquisition loop with the "
-                                                                           "same budget, on the same axes.")] = False,
-    people: Annotated[bool, typer.Option("--people", help="Be the oracle: the label app serves the loop's store "
-                                                           "and you rank the chosen lists in the browser.")] = False,
-    port: Annotated[int, typer.Option("--port", help="With --people: the label app's port.")] = 8000,
+    compare_random: Annotated[
+        bool,
+        typer.Option(
+            "--compare-random",
+            help="Add a random-acquisition loop with the same budget, on the same axes.",
+        ),
+    ] = False,
+    people: Annotated[
+        bool,
+        typer.Option(
+            "--people",
+            help="Be the oracle: the label app serves the loop's store "
+            "and you rank the chosen lists in the browser.",
+        ),
+    ] = False,
+    port: Annotated[
+        int, typer.Option("--port", help="With --people: the label app's port.")
+    ] = 8000,
 ) -> None:
     """Show what prefopt is for, in about 9 minutes on two CPU cores: the model's own samples, a verifier,
     a choice of what to label, training, and the improvement on prompts it never saw. Run it again to resume."""
     from prefopt.demo import demo
 
-    run_library(lambda: demo(out, model=model, compare_random=compare_random, people=people, port=port,
-                              console=console()))
+    run_library(
+        lambda: demo(
+            out,
+            model=model,
+            compare_random=compare_random,
+            people=people,
+            port=port,
+            console=console(),
+        )
+    )

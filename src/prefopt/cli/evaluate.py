@@ -14,8 +14,9 @@ from prefopt.cli.common import console, load_settings, run_library, write_report
 
 def eval_command(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Argument(help="YAML settings (docs/settings.md); or all as --key=value.")
-                      ] = None,
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML settings (docs/settings.md); or all as --key=value.")
+    ] = None,
 ) -> None:
     """Evaluate a model: prefopt eval --model=M --prompts=FILE --oracle=NAME [--baseline=B], or --data=FILE."""
     from prefopt.evaluate.run import EvalConfig
@@ -52,7 +53,9 @@ def _cells(key: str, value) -> list[tuple[str, str]]:
         rows = [(key, f"{_interval(value['rate'])}  ({counts})")]
         if value.get("length_controlled") is not None:
             lengths = f"mean lengths {value['mean_length_a']:.0f} / {value['mean_length_b']:.0f}"
-            rows.append(("length-controlled win rate", f"{value['length_controlled']:.3f}  ({lengths})"))
+            rows.append(
+                ("length-controlled win rate", f"{value['length_controlled']:.3f}  ({lengths})")
+            )
         return rows
     if isinstance(value, float):
         return [(key, f"{value:.3f}")]

@@ -9,14 +9,25 @@ import typer
 
 from prefopt.cli.common import console, fail, run_library
 
-label_app = typer.Typer(help="The labelling web app: people compare and rank outputs; labels feed training.",
-                        no_args_is_help=True)
-DbOption = Annotated[str, typer.Option("--db", help="Database URL (sqlite:///…, postgresql+psycopg://…) or a "
-                                                    "SQLite file path.")]
+label_app = typer.Typer(
+    help="The labelling web app: people compare and rank outputs; labels feed training.",
+    no_args_is_help=True,
+)
+DbOption = Annotated[
+    str,
+    typer.Option(
+        "--db", help="Database URL (sqlite:///…, postgresql+psycopg://…) or a SQLite file path."
+    ),
+]
 
 
-CreateOption = Annotated[bool, typer.Option("--create", help="Make the SQLite database if it does not exist "
-                                                             "(it is never made without this).")]
+CreateOption = Annotated[
+    bool,
+    typer.Option(
+        "--create",
+        help="Make the SQLite database if it does not exist (it is never made without this).",
+    ),
+]
 
 
 def _store(db: str, create: bool = False, **settings):
@@ -33,21 +44,43 @@ def _store(db: str, create: bool = False, **settings):
 
 @label_app.command("serve")
 def label_serve(
-    items: Annotated[Path | None, typer.Option("--items", help="Prompts with K ≥ 2 completions, in any format "
-                                                               "`prefopt train` reads (scores not needed).")] = None,
+    items: Annotated[
+        Path | None,
+        typer.Option(
+            "--items",
+            help="Prompts with K ≥ 2 completions, in any format "
+            "`prefopt train` reads (scores not needed).",
+        ),
+    ] = None,
     db: DbOption = "labels.db",
-    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for a team; put HTTPS in front).")
-                    ] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (0.0.0.0 for a team; put HTTPS in front).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    redundancy: Annotated[int, typer.Option(min=1, help="Labels wanted per item, from different people.")] = 1,
-    assignment_minutes: Annotated[float, typer.Option(min=0.1, help="An item handed out is reserved for its "
-                                                                     "annotator this long.")] = 30.0,
+    redundancy: Annotated[
+        int, typer.Option(min=1, help="Labels wanted per item, from different people.")
+    ] = 1,
+    assignment_minutes: Annotated[
+        float,
+        typer.Option(min=0.1, help="An item handed out is reserved for its annotator this long."),
+    ] = 30.0,
     create: CreateOption = False,
-    gold_rate: Annotated[float, typer.Option("--gold-rate", min=0.0, max=1.0,
-                                             help="The share of each person's items that are gold items (rows with "
-                                                  "a `gold` answer), while any are left.")] = 0.1,
-    guidelines: Annotated[Path | None, typer.Option("--guidelines", help="A Markdown file of labelling guidelines, "
-                                                                         "shown to annotators.")] = None,
+    gold_rate: Annotated[
+        float,
+        typer.Option(
+            "--gold-rate",
+            min=0.0,
+            max=1.0,
+            help="The share of each person's items that are gold items (rows with "
+            "a `gold` answer), while any are left.",
+        ),
+    ] = 0.1,
+    guidelines: Annotated[
+        Path | None,
+        typer.Option(
+            "--guidelines", help="A Markdown file of labelling guidelines, shown to annotators."
+        ),
+    ] = None,
 ) -> None:
     """Serve the labelling app: prefopt label serve --items ITEMS --db URL."""
 
@@ -60,14 +93,22 @@ def label_serve(
         text = None
         if guidelines is not None:
             text = guidelines.read_text(encoding="utf-8")  # a missing file is one clear line
-        store = _store(db, create, redundancy=redundancy, assignment_minutes=assignment_minutes, gold_rate=gold_rate)
+        store = _store(
+            db,
+            create,
+            redundancy=redundancy,
+            assignment_minutes=assignment_minutes,
+            gold_rate=gold_rate,
+        )
         out = console()
         if items is not None:
             loaded = load_records(items, require_scores=False)
             added = store.add_items(loaded.records)
             out.print(f"{loaded.summary()}; {added} new items added", highlight=False)
-        out.print(f"labelling app at http://{host}:{port}/login (database {store.engine.url!r})",
-                      highlight=False)
+        out.print(
+            f"labelling app at http://{host}:{port}/login (database {store.engine.url!r})",
+            highlight=False,
+        )
         uvicorn.run(create_app(store, guidelines=text), host=host, port=port, log_level="warning")
 
     run_library(serve)
@@ -77,42 +118,63 @@ def _add_person(name: str, db: str, role: str, create: bool) -> None:
     def add() -> None:
         token = _store(db, create).add_user(name, role)
         out = console()
-        out.print(f"{role} {name!r} added. Their token (shown once, only its hash is stored):", highlight=False)
+        out.print(
+            f"{role} {name!r} added. Their token (shown once, only its hash is stored):",
+            highlight=False,
+        )
         out.print(token, highlight=False, markup=False)
 
     run_library(add)
 
 
 @label_app.command("add-annotator")
-def label_add_annotator(name: Annotated[str, typer.Argument(help="A unique name.")], db: DbOption = "labels.db",
-                        create: CreateOption = False) -> None:
+def label_add_annotator(
+    name: Annotated[str, typer.Argument(help="A unique name.")],
+    db: DbOption = "labels.db",
+    create: CreateOption = False,
+) -> None:
     """Add an annotator and print their token once."""
     _add_person(name, db, "annotator", create)
 
 
 @label_app.command("add-admin")
-def label_add_admin(name: Annotated[str, typer.Argument(help="A unique name.")], db: DbOption = "labels.db",
-                    create: CreateOption = False) -> None:
+def label_add_admin(
+    name: Annotated[str, typer.Argument(help="A unique name.")],
+    db: DbOption = "labels.db",
+    create: CreateOption = False,
+) -> None:
     """Add an admin (sees counts, agreement and every label) and print their token once."""
     _add_person(name, db, "admin", create)
 
 
 @label_app.command("revoke")
-def label_revoke(name: Annotated[str, typer.Argument(help="The person's name.")], db: DbOption = "labels.db") -> None:
+def label_revoke(
+    name: Annotated[str, typer.Argument(help="The person's name.")], db: DbOption = "labels.db"
+) -> None:
     """End every session of a person and disable their token (rotate gives them a new one)."""
-    run_library(lambda: _store(db).revoke(name, new_token=False) or console().print(
-        f"{name!r}: every session ended and the token disabled", highlight=False))
+    run_library(
+        lambda: (
+            _store(db).revoke(name, new_token=False)
+            or console().print(
+                f"{name!r}: every session ended and the token disabled", highlight=False
+            )
+        )
+    )
 
 
 @label_app.command("rotate")
-def label_rotate(name: Annotated[str, typer.Argument(help="The person's name.")], db: DbOption = "labels.db") -> None:
+def label_rotate(
+    name: Annotated[str, typer.Argument(help="The person's name.")], db: DbOption = "labels.db"
+) -> None:
     """End every session of a person and print a new token for them, once (the old one stops working)."""
 
     def rotate() -> None:
         token = _store(db).revoke(name, new_token=True)
         out = console()
-        out.print(f"{name!r}: every session ended; their new token (shown once, only its hash is stored):",
-                  highlight=False)
+        out.print(
+            f"{name!r}: every session ended; their new token (shown once, only its hash is stored):",
+            highlight=False,
+        )
         out.print(token, highlight=False, markup=False)
 
     run_library(rotate)
@@ -122,8 +184,14 @@ def label_rotate(name: Annotated[str, typer.Argument(help="The person's name.")]
 def label_export(
     out: Annotated[Path, typer.Option("--out", help="JSONL file to write.")],
     db: DbOption = "labels.db",
-    fmt: Annotated[str, typer.Option("--format", help="lists: every label's full order with ties; pairs: the "
-                                                      "majority preference per pair of completions.")] = "lists",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="lists: every label's full order with ties; pairs: the "
+            "majority preference per pair of completions.",
+        ),
+    ] = "lists",
 ) -> None:
     """Write the labels as training data that `prefopt train` reads as is."""
     from prefopt.label.export import FORMATS
@@ -138,7 +206,9 @@ def label_export(
         rows, left_out = export_rows(_store(db).labels(), fmt)
         write_jsonl(out, rows)
         skipped = "; ".join(f"{count} {reason} left out" for reason, count in left_out.items())
-        console().print(f"wrote {len(rows)} {fmt} rows to {out}" + (f" ({skipped})" if skipped else ""),
-                         highlight=False)
+        console().print(
+            f"wrote {len(rows)} {fmt} rows to {out}" + (f" ({skipped})" if skipped else ""),
+            highlight=False,
+        )
 
     run_library(export)

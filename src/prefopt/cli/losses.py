@@ -18,7 +18,9 @@ def _defaults(name: str) -> str:
     return ", ".join(f"{key}={value}" for key, value in loss_defaults(name).items()) or "-"
 
 
-def losses_command(name: Annotated[str | None, typer.Argument(help="Show one loss in full.")] = None) -> None:
+def losses_command(
+    name: Annotated[str | None, typer.Argument(help="Show one loss in full.")] = None,
+) -> None:
     """List every registered objective with its formula, paper, inputs and defaults."""
     from prefopt.losses import LOSSES
 
@@ -30,7 +32,14 @@ def losses_command(name: Annotated[str | None, typer.Argument(help="Show one los
         for loss_name, fn in LOSSES.items():
             info = fn.info
             label = f"{loss_name} (experimental)" if info.experimental else loss_name
-            cells = (label, info.family, info.formula, info.describe_needs(), _defaults(loss_name), info.paper)
+            cells = (
+                label,
+                info.family,
+                info.formula,
+                info.describe_needs(),
+                _defaults(loss_name),
+                info.paper,
+            )
             table.add_row(*map(escape, cells))
         out.print(table)
         out.print("`prefopt losses NAME` shows one in full.", highlight=False)
@@ -43,8 +52,13 @@ def losses_command(name: Annotated[str | None, typer.Argument(help="Show one los
     fn = LOSSES[name]
     info = fn.info
     out.print(f"[bold]{name}[/]" + (" [yellow](experimental)[/]" if info.experimental else ""))
-    for label, value in (("family", info.family), ("formula", info.formula), ("paper", info.paper),
-                         ("needs", info.describe_needs()), ("defaults", _defaults(name))):
+    for label, value in (
+        ("family", info.family),
+        ("formula", info.formula),
+        ("paper", info.paper),
+        ("needs", info.describe_needs()),
+        ("defaults", _defaults(name)),
+    ):
         out.print(f"  {label:9}{value}", highlight=False, markup=False)
     out.print()
     out.print(inspect.getdoc(fn), highlight=False, markup=False)

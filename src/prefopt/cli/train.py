@@ -12,9 +12,15 @@ from prefopt.cli.common import console, load_settings, run_library, write_report
 
 def train_command(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Argument(help="YAML config (settings: docs/settings.md).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in output_dir.")] = False,
-    merge: Annotated[bool, typer.Option("--merge", help="With LoRA, also save a merged full model.")] = False,
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML config (settings: docs/settings.md).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last checkpoint in output_dir.")
+    ] = False,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="With LoRA, also save a merged full model.")
+    ] = False,
 ) -> None:
     """Train a model on pairs or ranked lists: prefopt train CONFIG.yaml [--key=value ...]."""
     from prefopt.train.config import TrainConfig
@@ -34,6 +40,9 @@ def _train(settings, resume: bool) -> None:
         before, after = headline(start, key), headline(end, key)
         if before is not None and after is not None:
             out.print(f"eval {key}: {before:.4f} -> {after:.4f}", highlight=False)
-    out.print(f"{result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
-              f"output in {result.output_dir}", highlight=False)
+    out.print(
+        f"{result.steps} steps in {result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); "
+        f"output in {result.output_dir}",
+        highlight=False,
+    )
     write_report(result.output_dir)

@@ -12,10 +12,18 @@ from prefopt.cli.common import console, load_settings, run_library, write_report
 
 def tune_command(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Argument(help="The study file (settings: docs/settings.md).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the study in its storage.")] = False,
-    n_trials: Annotated[int | None, typer.Option("--n-trials", min=1, help="The study's trial budget (over every "
-                                                                           "process sharing it).")] = None,
+    config: Annotated[
+        Path | None, typer.Argument(help="The study file (settings: docs/settings.md).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the study in its storage.")
+    ] = False,
+    n_trials: Annotated[
+        int | None,
+        typer.Option(
+            "--n-trials", min=1, help="The study's trial budget (over every process sharing it)."
+        ),
+    ] = None,
 ) -> None:
     """Search settings of prefopt train with Optuna: prefopt tune STUDY.yaml [--resume] [--n-trials N]."""
     from prefopt.tune import TuneConfig

@@ -39,7 +39,9 @@ class Batching:
     def bucket(self, example: TokenizedList) -> int:
         return padded_length(row_length(example, self.share_prompt), self.pad_multiple)
 
-    def epoch_steps(self, examples: list[TokenizedList], epoch: int, processes: int = 1) -> list[list[int]]:
+    def epoch_steps(
+        self, examples: list[TokenizedList], epoch: int, processes: int = 1
+    ) -> list[list[int]]:
         """The lists of each optimizer step of an epoch: a seeded shuffle, grouped by padded length
         (every list of a step has the same padded length), steps of batch_size × accumulation ×
         processes lists, then the steps shuffled. A bucket's last step may hold fewer lists; a step
@@ -49,11 +51,17 @@ class Batching:
         for i in torch.randperm(len(examples), generator=generator).tolist():
             buckets.setdefault(self.bucket(examples[i]), []).append(i)
         size = self.batch_size * self.accumulation * processes
-        steps = [lists[j: j + size] for _, lists in sorted(buckets.items()) for j in range(0, len(lists), size)]
+        steps = [
+            lists[j : j + size]
+            for _, lists in sorted(buckets.items())
+            for j in range(0, len(lists), size)
+        ]
         steps = [steps[i] for i in torch.randperm(len(steps), generator=generator).tolist()]
         return [step for step in steps if len(step) >= processes]
 
-    def step_plan(self, examples: list[TokenizedList], total_steps: int, processes: int = 1) -> list[PlannedStep]:
+    def step_plan(
+        self, examples: list[TokenizedList], total_steps: int, processes: int = 1
+    ) -> list[PlannedStep]:
         """Every optimizer step of a run, epoch after epoch, until `total_steps`."""
         plan: list[PlannedStep] = []
         epoch = 0
@@ -70,10 +78,16 @@ class Batching:
         slots = self.accumulation * processes
         return [step_lists[j::slots] for j in range(slots) if step_lists[j::slots]]
 
-    def inference_batches(self, examples: list[TokenizedList], subset: list[int] | None = None) -> list[list[int]]:
+    def inference_batches(
+        self, examples: list[TokenizedList], subset: list[int] | None = None
+    ) -> list[list[int]]:
         """Batches of eval_batch_size lists of one padded length, in data order."""
         buckets: dict[int, list[int]] = {}
         for i in range(len(examples)) if subset is None else subset:
             buckets.setdefault(self.bucket(examples[i]), []).append(i)
         size = self.eval_batch_size
-        return [lists[j: j + size] for _, lists in sorted(buckets.items()) for j in range(0, len(lists), size)]
+        return [
+            lists[j : j + size]
+            for _, lists in sorted(buckets.items())
+            for j in range(0, len(lists), size)
+        ]

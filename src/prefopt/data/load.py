@@ -24,13 +24,20 @@ class LoadedData:
     records: list[PreferenceRecord]
     skipped: collections.Counter  # reason -> count of rows dropped with skip_invalid
     source: str
-    layouts: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # layout -> records
+    # layout -> records
+    layouts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def summary(self) -> str:
         text = f"{self.source}: {len(self.records)} records"
         if set(self.layouts) - {"prefopt"}:
-            text += " (layout: " + ", ".join(f"{name}" + (f" {count}" if len(self.layouts) > 1 else "")
-                                             for name, count in self.layouts.most_common()) + ")"
+            text += (
+                " (layout: "
+                + ", ".join(
+                    f"{name}" + (f" {count}" if len(self.layouts) > 1 else "")
+                    for name, count in self.layouts.most_common()
+                )
+                + ")"
+            )
         if self.skipped:
             reasons = ", ".join(f"{count} {reason}" for reason, count in self.skipped.most_common())
             text += f"; skipped {sum(self.skipped.values())} invalid rows ({reasons})"
@@ -42,12 +49,23 @@ def read_jsonl(path: str | Path) -> list[dict]:
     skipped. Data from people goes through load_records, which names a bad row. Lines end at a newline
     only: str.splitlines also breaks at U+2028, U+2029 and \\x85, which json.dumps(ensure_ascii=False)
     leaves inside strings (a sampled answer held U+2029)."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+    return [
+        json.loads(line)
+        for line in Path(path).read_text(encoding="utf-8").split("\n")
+        if line.strip()
+    ]
 
 
-def load_records(source: str | Path, *, skip_invalid: bool = False, require_completions: bool = True,
-                 require_scores: bool = True, split: str = "train", columns: dict[str, str] | None = None,
-                 min_completions: int = 2) -> LoadedData:
+def load_records(
+    source: str | Path,
+    *,
+    skip_invalid: bool = False,
+    require_completions: bool = True,
+    require_scores: bool = True,
+    split: str = "train",
+    columns: dict[str, str] | None = None,
+    min_completions: int = 2,
+) -> LoadedData:
     """Load and validate every row, in prefopt's layout or a well-known one (prefopt.data.layouts),
     with the table's fields renamed by `columns`. By default the first bad row raises a DataError
     naming the file, row and field; with `skip_invalid`, bad rows are dropped and counted by reason."""
@@ -61,8 +79,12 @@ def load_records(source: str | Path, *, skip_invalid: bool = False, require_comp
     def fail(error: DataError, where: int | str) -> None:
         if not skip_invalid:
             row = where if isinstance(where, int) else None
-            raise DataError(error.detail if row is not None else f"{where}: {error.detail}", source=name, row=row,
-                            reason=error.reason) from None
+            raise DataError(
+                error.detail if row is not None else f"{where}: {error.detail}",
+                source=name,
+                row=row,
+                reason=error.reason,
+            ) from None
         skipped[error.reason] += 1
 
     for row_number, row in _rows(name, split):
@@ -71,39 +93,62 @@ def load_records(source: str | Path, *, skip_invalid: bool = False, require_comp
                 raise row
             row = apply_columns(row, columns)
             if grouped_layout(row) is not None:
-                groups.setdefault(json.dumps(row["prompt"], sort_keys=True), []).append((row_number, row))
+                groups.setdefault(json.dumps(row["prompt"], sort_keys=True), []).append(
+                    (row_number, row)
+                )
                 continue
             layout, row = recognise(row)
-            record = parse_row(row, require_completions=require_completions, require_scores=require_scores,
-                               min_completions=min_completions)
+            record = parse_row(
+                row,
+                require_completions=require_completions,
+                require_scores=require_scores,
+                min_completions=min_completions,
+            )
         except DataError as error:
             fail(error, row_number)
             continue
         layouts[layout] += 1
-        records.append((row_number, dataclasses.replace(record, source=f"{name}, row {row_number}")))
+        records.append(
+            (row_number, dataclasses.replace(record, source=f"{name}, row {row_number}"))
+        )
     for members in groups.values():
         numbers = [number for number, _ in members]
         where = "rows " + ", ".join(map(str, numbers))
         try:
-            record = parse_row(_grouped_row([row for _, row in members]), require_completions=require_completions,
-                               require_scores=require_scores, min_completions=min_completions)
+            record = parse_row(
+                _grouped_row([row for _, row in members]),
+                require_completions=require_completions,
+                require_scores=require_scores,
+                min_completions=min_completions,
+            )
         except DataError as error:
             fail(error, where)
             continue
         layouts["one response per row, grouped by prompt"] += 1
         records.append((numbers[0], dataclasses.replace(record, source=f"{name}, {where}")))
     if not records:
-        raise DataError("no valid rows" + (f" (skipped {sum(skipped.values())})" if skipped else ""), source=name)
-    return LoadedData(records=[record for _, record in sorted(records, key=lambda item: item[0])], skipped=skipped,
-                      source=name, layouts=layouts)
+        raise DataError(
+            "no valid rows" + (f" (skipped {sum(skipped.values())})" if skipped else ""),
+            source=name,
+        )
+    return LoadedData(
+        records=[record for _, record in sorted(records, key=lambda item: item[0])],
+        skipped=skipped,
+        source=name,
+        layouts=layouts,
+    )
 
 
 def _grouped_row(rows: list[dict]) -> dict:
     """Rows of one prompt, one response each (HelpSteer2: `response` and `helpfulness`), as a list."""
     text, score = grouped_layout(rows[0])
     extra = {k: v for k, v in rows[0].items() if k not in ("prompt", text, score)}
-    return {**extra, "prompt": rows[0]["prompt"], "completions": [row[text] for row in rows],
-            "scores": [row[score] for row in rows]}
+    return {
+        **extra,
+        "prompt": rows[0]["prompt"],
+        "completions": [row[text] for row in rows],
+        "scores": [row[score] for row in rows],
+    }
 
 
 def _rows(name: str, split: str) -> Iterator[tuple[int, Any]]:
@@ -121,8 +166,10 @@ def _rows(name: str, split: str) -> Iterator[tuple[int, Any]]:
         elif suffix in (".csv", ".tsv"):
             yield from _csv(path, delimiter="\t" if suffix == ".tsv" else ",")
         else:
-            raise DataError(f"unknown file type {suffix!r}; use .jsonl, .json, .parquet, .csv or a datasets folder",
-                            source=name)
+            raise DataError(
+                f"unknown file type {suffix!r}; use .jsonl, .json, .parquet, .csv or a datasets folder",
+                source=name,
+            )
     elif "/" in name and not name.startswith((".", "/")) and name.count("/") == 1:
         yield from _hub(name, split)
     else:
@@ -135,14 +182,24 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                yield number, DataError(f"not valid UTF-8 (byte {error.start} of the line)", reason="not UTF-8")
+                yield (
+                    number,
+                    DataError(
+                        f"not valid UTF-8 (byte {error.start} of the line)", reason="not UTF-8"
+                    ),
+                )
                 continue
             if not line.strip():
                 continue
             try:
                 yield number, json.loads(line)
             except json.JSONDecodeError as error:
-                yield number, DataError(f"invalid JSON: {error.msg} at column {error.colno}", reason="invalid JSON")
+                yield (
+                    number,
+                    DataError(
+                        f"invalid JSON: {error.msg} at column {error.colno}", reason="invalid JSON"
+                    ),
+                )
 
 
 def _decode(path: Path) -> str:
@@ -151,19 +208,26 @@ def _decode(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise DataError(f"not valid UTF-8 at line {line} (byte {error.start})", source=str(path)) from None
+        raise DataError(
+            f"not valid UTF-8 at line {line} (byte {error.start})", source=str(path)
+        ) from None
 
 
 def _json(path: Path) -> Iterator[tuple[int, Any]]:
     try:
         data = json.loads(_decode(path))
     except json.JSONDecodeError as error:
-        raise DataError(f"invalid JSON: {error.msg} at line {error.lineno}, column {error.colno}",
-                        source=str(path)) from None
+        raise DataError(
+            f"invalid JSON: {error.msg} at line {error.lineno}, column {error.colno}",
+            source=str(path),
+        ) from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"train": [...]} or {"data": [...]}
     if not isinstance(data, list):
-        raise DataError("a .json file must hold a list of rows (use .jsonl for one row per line)", source=str(path))
+        raise DataError(
+            "a .json file must hold a list of rows (use .jsonl for one row per line)",
+            source=str(path),
+        )
     yield from enumerate(data, start=1)
 
 
@@ -171,8 +235,14 @@ def _csv(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
     reader = csv.DictReader(io.StringIO(_decode(path), newline=""), delimiter=delimiter)
     for number, row in enumerate(reader, start=1):
         if None in row:
-            yield number, DataError(f"has {len(row) - 1 + len(row[None])} cells but the header names "
-                                    f"{len(reader.fieldnames)}", reason="wrong cell count")
+            yield (
+                number,
+                DataError(
+                    f"has {len(row) - 1 + len(row[None])} cells but the header names "
+                    f"{len(reader.fieldnames)}",
+                    reason="wrong cell count",
+                ),
+            )
             continue
         parsed: dict[str, Any] = {}
         for key, value in row.items():
@@ -182,7 +252,12 @@ def _csv(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
                 try:
                     value = json.loads(value)
                 except json.JSONDecodeError as error:
-                    yield number, DataError(f'"{key}" holds invalid JSON: {error.msg}', reason="invalid JSON")
+                    yield (
+                        number,
+                        DataError(
+                            f'"{key}" holds invalid JSON: {error.msg}', reason="invalid JSON"
+                        ),
+                    )
                     break
             parsed[key] = value
         else:
@@ -205,7 +280,9 @@ def _dataset_folder(path: Path) -> Iterator[tuple[int, Any]]:
     try:
         data = datasets.load_from_disk(str(path))
     except Exception as error:  # datasets raises FileNotFoundError or its own errors
-        raise DataError(f"not a datasets folder saved with save_to_disk ({error})", source=str(path)) from None
+        raise DataError(
+            f"not a datasets folder saved with save_to_disk ({error})", source=str(path)
+        ) from None
     if isinstance(data, datasets.DatasetDict):
         split = "train" if "train" in data else next(iter(data))
         data = data[split]
@@ -218,5 +295,7 @@ def _hub(name: str, split: str) -> Iterator[tuple[int, Any]]:
     try:
         data = datasets.load_dataset(name, split=split)
     except Exception as error:  # network, missing data set, missing split
-        raise DataError(f"cannot load Hub data set (split {split!r}): {error}", source=name) from None
+        raise DataError(
+            f"cannot load Hub data set (split {split!r}): {error}", source=name
+        ) from None
     yield from enumerate(data, start=1)

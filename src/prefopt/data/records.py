@@ -16,10 +16,14 @@ Text = str | list[Message]  # a plain string, or chat messages [{"role", "conten
 class DataError(ValueError):
     """Bad input, with where it came from: `data/train.jsonl, row 17: "chosen" is empty`."""
 
-    def __init__(self, message: str, *, source: str = "", row: int | None = None, reason: str | None = None):
+    def __init__(
+        self, message: str, *, source: str = "", row: int | None = None, reason: str | None = None
+    ):
         self.detail, self.source, self.row = message, source, row
         self.reason = reason or message
-        where = ", ".join(part for part in (source, f"row {row}" if row is not None else "") if part)
+        where = ", ".join(
+            part for part in (source, f"row {row}" if row is not None else "") if part
+        )
         super().__init__(f"{where}: {message}" if where else message)
 
 
@@ -44,22 +48,32 @@ class PreferenceRecord:
         return "\n".join(m["content"] for m in self.prompt)
 
 
-def parse_row(row: Any, *, require_completions: bool = True, require_scores: bool = True,
-              min_completions: int = 2) -> PreferenceRecord:
+def parse_row(
+    row: Any,
+    *,
+    require_completions: bool = True,
+    require_scores: bool = True,
+    min_completions: int = 2,
+) -> PreferenceRecord:
     """Read one row: pairwise {prompt?, chosen, rejected}, ranked/scored {prompt, completions,
     scores | ranks}, UltraFeedback-style {prompt, completions: [{text|response, score}]}, or
     prompt-only {prompt} when `require_completions` is False. With `require_scores` False,
     {prompt, completions} without scores is read too (all scores 0: items to be labelled)."""
     if not isinstance(row, dict):
-        raise DataError(f"expected an object with fields, got {type(row).__name__}", reason="not an object")
+        raise DataError(
+            f"expected an object with fields, got {type(row).__name__}", reason="not an object"
+        )
     if "chosen" in row or "rejected" in row:
         record = _pair(row)
     elif "completions" in row:
         record = _ranked(row, require_scores, min_completions)
     elif require_completions:
         fields = ", ".join(sorted(map(str, row))) or "none"
-        raise DataError(f'missing completions: give "chosen" and "rejected", or "completions" with "scores" or '
-                        f'"ranks" (fields present: {fields})', reason="missing completions")
+        raise DataError(
+            f'missing completions: give "chosen" and "rejected", or "completions" with "scores" or '
+            f'"ranks" (fields present: {fields})',
+            reason="missing completions",
+        )
     else:
         record = PreferenceRecord(prompt=_prompt(row), completions=(), scores=())
     extra = {key: value for key, value in row.items() if key not in _READ_FIELDS}
@@ -79,8 +93,11 @@ def _pair(row: dict) -> PreferenceRecord:
     elif isinstance(chosen, list) and isinstance(rejected, list):
         prompt, chosen, rejected = _split_shared_prefix(chosen, rejected)
     else:
-        raise DataError('missing field "prompt" (an implicit prompt needs "chosen" and "rejected" as chat '
-                        "messages that share the conversation up to the answer)", reason='missing "prompt"')
+        raise DataError(
+            'missing field "prompt" (an implicit prompt needs "chosen" and "rejected" as chat '
+            "messages that share the conversation up to the answer)",
+            reason='missing "prompt"',
+        )
     return _record(prompt, (chosen, rejected), (1.0, 0.0), ('"chosen"', '"rejected"'))
 
 
@@ -88,13 +105,19 @@ def _ranked(row: dict, require_scores: bool = True, min_completions: int = 2) ->
     prompt = _prompt(row)
     items = row["completions"]
     if not isinstance(items, list):
-        raise DataError(f'"completions" must be a list, got {type(items).__name__}', reason="wrong type")
-    if items and all(isinstance(item, dict) and "role" not in item for item in items):  # UltraFeedback style
+        raise DataError(
+            f'"completions" must be a list, got {type(items).__name__}', reason="wrong type"
+        )
+    if items and all(
+        isinstance(item, dict) and "role" not in item for item in items
+    ):  # UltraFeedback style
         completions, scores = [], []
         for i, item in enumerate(items):
             key = "text" if "text" in item else "response" if "response" in item else None
             if key is None:
-                raise DataError(f'"completions"[{i}] needs a "text" or "response" field', reason="missing text")
+                raise DataError(
+                    f'"completions"[{i}] needs a "text" or "response" field', reason="missing text"
+                )
             completions.append(item[key])
             scores.append(item.get("score", item.get("overall_score")))
             if scores[-1] is None:
@@ -106,46 +129,78 @@ def _ranked(row: dict, require_scores: bool = True, min_completions: int = 2) ->
     names = tuple(f'"completions"[{i}]' for i in range(len(completions)))
     # an empty answer to a chat prompt is an answer (the model ended its turn at once; the template
     # still gives it tokens); in plain text it would have no token to score
-    texts = tuple(_text(c, name, empty_ok=isinstance(prompt, list)) for c, name in zip(completions, names, strict=True))
-    return _record(prompt, texts, tuple(_number(s, f'"scores"[{i}]') for i, s in enumerate(scores)), names,
-                   allow_ties=not require_scores, min_completions=min_completions)
+    texts = tuple(
+        _text(c, name, empty_ok=isinstance(prompt, list))
+        for c, name in zip(completions, names, strict=True)
+    )
+    return _record(
+        prompt,
+        texts,
+        tuple(_number(s, f'"scores"[{i}]') for i, s in enumerate(scores)),
+        names,
+        allow_ties=not require_scores,
+        min_completions=min_completions,
+    )
 
 
 def _scores_field(row: dict, count: int) -> list:
     if "scores" in row and "ranks" in row:
         raise DataError('give "scores" or "ranks", not both', reason="scores and ranks")
     if "scores" not in row and "ranks" not in row:
-        raise DataError('missing field "scores" (or "ranks", 1 = best) for "completions"', reason='missing "scores"')
+        raise DataError(
+            'missing field "scores" (or "ranks", 1 = best) for "completions"',
+            reason='missing "scores"',
+        )
     field = "scores" if "scores" in row else "ranks"
     values = row[field]
     if not isinstance(values, list):
-        raise DataError(f'"{field}" must be a list of numbers, got {type(values).__name__}', reason="wrong type")
+        raise DataError(
+            f'"{field}" must be a list of numbers, got {type(values).__name__}', reason="wrong type"
+        )
     if len(values) != count:
-        raise DataError(f'"completions" has {count} items but "{field}" has {len(values)}',
-                        reason="length mismatch")
+        raise DataError(
+            f'"completions" has {count} items but "{field}" has {len(values)}',
+            reason="length mismatch",
+        )
     numbers = [_number(v, f'"{field}"[{i}]') for i, v in enumerate(values)]
     if field == "ranks":
         for i, rank in enumerate(numbers):
             if rank < 1 or rank != int(rank):
-                raise DataError(f'"ranks"[{i}] must be a positive integer (1 = best), got {values[i]!r}',
-                                reason="bad rank")
+                raise DataError(
+                    f'"ranks"[{i}] must be a positive integer (1 = best), got {values[i]!r}',
+                    reason="bad rank",
+                )
         return [-rank for rank in numbers]
     return numbers
 
 
-def _record(prompt: Text, completions: tuple, scores: tuple, names: tuple, allow_ties: bool = False,
-            min_completions: int = 2) -> PreferenceRecord:
+def _record(
+    prompt: Text,
+    completions: tuple,
+    scores: tuple,
+    names: tuple,
+    allow_ties: bool = False,
+    min_completions: int = 2,
+) -> PreferenceRecord:
     if len(completions) < min_completions:
-        raise DataError(f"needs at least {'two completions' if min_completions == 2 else min_completions}, got "
-                        f"{len(completions)}", reason="too few completions")
+        raise DataError(
+            f"needs at least {'two completions' if min_completions == 2 else min_completions}, got "
+            f"{len(completions)}",
+            reason="too few completions",
+        )
     seen: dict[str, str] = {}
     for completion, name in zip(completions, names, strict=True):
         key = repr(completion)
-        if key in seen and not allow_ties:  # unscored lists are samples, and a policy can repeat itself
+        if (
+            key in seen and not allow_ties
+        ):  # unscored lists are samples, and a policy can repeat itself
             raise DataError(f"{name} is identical to {seen[key]}", reason="identical completions")
         seen[key] = name
     if len(set(scores)) == 1 and not allow_ties:
-        raise DataError(f"all scores are tied ({scores[0]}), so there is nothing to prefer", reason="all scores tied")
+        raise DataError(
+            f"all scores are tied ({scores[0]}), so there is nothing to prefer",
+            reason="all scores tied",
+        )
     return PreferenceRecord(prompt=prompt, completions=completions, scores=scores)
 
 
@@ -164,8 +219,11 @@ def _utf8(text: str, label: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        raise DataError(f"{label} is not valid text: a lone surrogate {text[error.start]!r} at character "
-                        f"{error.start} (UTF-8 cannot hold it)", reason="invalid text") from None
+        raise DataError(
+            f"{label} is not valid text: a lone surrogate {text[error.start]!r} at character "
+            f"{error.start} (UTF-8 cannot hold it)",
+            reason="invalid text",
+        ) from None
 
 
 def _text(value: Any, name: str, empty_ok: bool = False) -> Text:
@@ -180,22 +238,31 @@ def _text(value: Any, name: str, empty_ok: bool = False) -> Text:
     if isinstance(value, list) and value:
         for i, message in enumerate(value):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise DataError(f'{label}[{i}] must be a message {{"role", "content"}}', reason="bad messages")
+                raise DataError(
+                    f'{label}[{i}] must be a message {{"role", "content"}}', reason="bad messages"
+                )
             if message["role"] not in CHAT_ROLES:
-                raise DataError(f'{label}[{i}]["role"] is {message["role"]!r}; chat templates know '
-                                f"{', '.join(CHAT_ROLES)}", reason="unknown role")
+                raise DataError(
+                    f'{label}[{i}]["role"] is {message["role"]!r}; chat templates know '
+                    f"{', '.join(CHAT_ROLES)}",
+                    reason="unknown role",
+                )
             content = message.get("content")
             if not isinstance(content, str):
-                raise DataError(f'{label}[{i}]["content"] must be a string, got {type(content).__name__}',
-                                reason="wrong type")
+                raise DataError(
+                    f'{label}[{i}]["content"] must be a string, got {type(content).__name__}',
+                    reason="wrong type",
+                )
             if not content.strip():
                 raise DataError(f'{label}[{i}]["content"] is empty', reason="empty text")
             _utf8(content, f'{label}[{i}]["content"]')
         return [{"role": m["role"], "content": m["content"]} for m in value]
     if isinstance(value, list):
         raise DataError(f"{label} is an empty list", reason="empty text")
-    raise DataError(f"{label} must be a string or a list of chat messages, got {type(value).__name__}",
-                    reason="wrong type")
+    raise DataError(
+        f"{label} must be a string or a list of chat messages, got {type(value).__name__}",
+        reason="wrong type",
+    )
 
 
 def _number(value: Any, name: str) -> float:
@@ -210,9 +277,13 @@ def _split_shared_prefix(chosen: list[Message], rejected: list[Message]) -> tupl
     while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
         shared += 1
     if shared == 0:
-        raise DataError('missing field "prompt", and "chosen" and "rejected" share no conversation prefix',
-                        reason='missing "prompt"')
+        raise DataError(
+            'missing field "prompt", and "chosen" and "rejected" share no conversation prefix',
+            reason='missing "prompt"',
+        )
     if shared == len(chosen) or shared == len(rejected):
-        raise DataError('"chosen" and "rejected" are identical after their shared prompt',
-                        reason="identical completions")
+        raise DataError(
+            '"chosen" and "rejected" are identical after their shared prompt',
+            reason="identical completions",
+        )
     return chosen[:shared], chosen[shared:], rejected[shared:]

@@ -38,13 +38,18 @@ class TruncationCounts:
     completions: int = 0
     total_prompts: int = 0
     total_completions: int = 0
-    boundaries_moved: int = 0  # plain-text lists whose prompt/completion token boundary is not the text's
+    # plain-text lists whose prompt/completion token boundary is not the text's
+    boundaries_moved: int = 0
 
     def summary(self) -> str:
-        text = (f"truncated {self.prompts}/{self.total_prompts} prompts and "
-                f"{self.completions}/{self.total_completions} completions")
+        text = (
+            f"truncated {self.prompts}/{self.total_prompts} prompts and "
+            f"{self.completions}/{self.total_completions} completions"
+        )
         if self.boundaries_moved:
-            text += f"; {self.boundaries_moved} plain-text lists have a token spanning the prompt's end"
+            text += (
+                f"; {self.boundaries_moved} plain-text lists have a token spanning the prompt's end"
+            )
         return text
 
 
@@ -56,14 +61,19 @@ class TokenizeSettings:
     chat_template: ChatTemplate = "auto"
 
 
-def tokenize_records(records: list[PreferenceRecord], tokenizer, settings: TokenizeSettings
-                     ) -> tuple[list[TokenizedList], TruncationCounts]:
+def tokenize_records(
+    records: list[PreferenceRecord], tokenizer, settings: TokenizeSettings
+) -> tuple[list[TokenizedList], TruncationCounts]:
     counts = TruncationCounts()
     return [tokenize_record(r, tokenizer, settings, counts) for r in records], counts
 
 
-def tokenize_record(record: PreferenceRecord, tokenizer, settings: TokenizeSettings,
-                    counts: TruncationCounts | None = None) -> TokenizedList:
+def tokenize_record(
+    record: PreferenceRecord,
+    tokenizer,
+    settings: TokenizeSettings,
+    counts: TruncationCounts | None = None,
+) -> TokenizedList:
     counts = counts if counts is not None else TruncationCounts()
     use_template = _use_template(record, tokenizer, settings.chat_template)
     if use_template:
@@ -75,7 +85,9 @@ def tokenize_record(record: PreferenceRecord, tokenizer, settings: TokenizeSetti
     limit = settings.max_prompt_tokens
     if limit is not None and len(prompt_ids) > limit:
         counts.prompts += 1
-        prompt_ids = prompt_ids[-limit:] if settings.prompt_truncation == "keep_end" else prompt_ids[:limit]
+        prompt_ids = (
+            prompt_ids[-limit:] if settings.prompt_truncation == "keep_end" else prompt_ids[:limit]
+        )
     limited = []
     for ids in completions:
         counts.total_completions += 1
@@ -85,7 +97,8 @@ def tokenize_record(record: PreferenceRecord, tokenizer, settings: TokenizeSetti
         if not ids:
             raise DataError("a completion has no tokens", source=record.source, reason="empty text")
         limited.append(tuple(ids))
-    order = sorted(range(len(limited)), key=lambda i: -record.scores[i])  # stable: ties keep data order
+    # stable: ties keep data order
+    order = sorted(range(len(limited)), key=lambda i: -record.scores[i])
     return TokenizedList(
         prompt_ids=tuple(prompt_ids),
         completion_ids=tuple(limited[i] for i in order),
@@ -98,8 +111,13 @@ def prompt_ids(record: PreferenceRecord, tokenizer, settings: TokenizeSettings) 
     """The prompt's tokens as training renders them (chat template with its generation prompt, or
     plain text with the tokenizer's BOS), truncated as `settings` says: what generation continues."""
     if _use_template(record, tokenizer, settings.chat_template):
-        ids = _encode(tokenizer, tokenizer.apply_chat_template(_as_messages(record.prompt, "user"), tokenize=False,
-                                                               add_generation_prompt=True), special=False)
+        ids = _encode(
+            tokenizer,
+            tokenizer.apply_chat_template(
+                _as_messages(record.prompt, "user"), tokenize=False, add_generation_prompt=True
+            ),
+            special=False,
+        )
     else:
         ids = _encode(tokenizer, record.prompt, special=True)
     limit = settings.max_prompt_tokens
@@ -112,8 +130,11 @@ def _use_template(record: PreferenceRecord, tokenizer, mode: ChatTemplate) -> bo
     has_template = getattr(tokenizer, "chat_template", None) is not None
     wanted = mode == "always" or (mode == "auto" and record.is_chat)
     if wanted and not has_template:
-        raise DataError("chat data needs a tokenizer with a chat template (this one has none); "
-                        "set chat_template: never to train on plain text", source=record.source)
+        raise DataError(
+            "chat data needs a tokenizer with a chat template (this one has none); "
+            "set chat_template: never to train on plain text",
+            source=record.source,
+        )
     return wanted
 
 
@@ -126,11 +147,16 @@ def _chat_ids(record: PreferenceRecord, tokenizer) -> tuple[list[int], list[list
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     completions = []
     for completion in record.completions:
-        full_text = tokenizer.apply_chat_template(prompt + _as_messages(completion, "assistant"), tokenize=False)
+        full_text = tokenizer.apply_chat_template(
+            prompt + _as_messages(completion, "assistant"), tokenize=False
+        )
         if not full_text.startswith(prompt_text):
-            raise DataError("the chat template renders the prompt differently once an answer follows, so the "
-                            "completion boundary is ambiguous", source=record.source)
-        completions.append(_encode(tokenizer, full_text[len(prompt_text):], special=False))
+            raise DataError(
+                "the chat template renders the prompt differently once an answer follows, so the "
+                "completion boundary is ambiguous",
+                source=record.source,
+            )
+        completions.append(_encode(tokenizer, full_text[len(prompt_text) :], special=False))
     return _encode(tokenizer, prompt_text, special=False), completions
 
 
@@ -138,11 +164,17 @@ def _plain_ids(record: PreferenceRecord, tokenizer) -> tuple[list[int], list[lis
     """Prompt + completion tokenized as one text for each completion (one EOS at the end); the
     prompt is their longest common token prefix, leaving every completion at least one token.
     Also whether that boundary differs from the prompt tokenized alone."""
-    prompt = record.prompt if isinstance(record.prompt, str) else "\n".join(m["content"] for m in record.prompt)
+    prompt = (
+        record.prompt
+        if isinstance(record.prompt, str)
+        else "\n".join(m["content"] for m in record.prompt)
+    )
     eos = tokenizer.eos_token_id
     joint = []
     for completion in record.completions:
-        text = completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+        text = (
+            completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+        )
         ids = _encode(tokenizer, prompt + text, special=True)
         if eos is not None and (not ids or ids[-1] != eos):
             ids.append(eos)

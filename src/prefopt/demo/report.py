@@ -27,13 +27,16 @@ def demo_report(out: Path, arms: list, unseen: dict, seconds: dict) -> Path:
     after_rows = read_jsonl(Round(active.folder, len(active.rounds) - 1).heldout_answers)
     heldout = {"before": satisfaction(before_rows), "after": satisfaction(after_rows)}
     body = _summary_table(arms, unseen)
-    body += "<h2>Before and after</h2>" + figure_html(lambda f: _before_after(f, heldout, unseen), height=4.0,
-                                                       png=out / "report.png")
+    body += "<h2>Before and after</h2>" + figure_html(
+        lambda f: _before_after(f, heldout, unseen), height=4.0, png=out / "report.png"
+    )
     body += "<h2>Against the labels used</h2>" + figure_html(lambda f: _curves(f, arms), height=3.6)
     body += "<h2>Stages</h2>" + _stage_table(arms, seconds)
     body += f"<h2>Held-out answers, before and after (the first {EXAMPLES} prompts)</h2>"
     body += _examples(before_rows[:EXAMPLES], after_rows[:EXAMPLES])
-    return write_page(out / "report.html", "prefopt demo: instruction following, before and after", body)
+    return write_page(
+        out / "report.html", "prefopt demo: instruction following, before and after", body
+    )
 
 
 def _summary_table(arms: list, unseen: dict) -> str:
@@ -41,26 +44,55 @@ def _summary_table(arms: list, unseen: dict) -> str:
     for arm in arms:
         final = arm.rounds[-1]["eval"]
         gain = 100 * (final["score"]["value"] - final["baseline_score"]["value"])
-        rows.append([f"held-out prompts ({arm.name} acquisition)", _interval(final["baseline_score"]),
-                     _interval(final["score"]), f"{gain:+.1f}", str(arm.rounds[-1]["labels_total"])])
-    rows.append(["unseen constraint types", _interval(unseen["before"]["score"]), _interval(unseen["after"]["score"]),
-                 f"{100 * (unseen['after']['score']['value'] - unseen['before']['score']['value']):+.1f}", ""])
-    return ("<p>Constraint satisfaction: the fraction of a prompt's constraints met, averaged over prompts, with "
-            "95% bootstrap intervals over prompts; greedy answers.</p>"
-            + table_html(rows, ["prompts", "before", "after", "points", "labelled lists"]))
+        rows.append(
+            [
+                f"held-out prompts ({arm.name} acquisition)",
+                _interval(final["baseline_score"]),
+                _interval(final["score"]),
+                f"{gain:+.1f}",
+                str(arm.rounds[-1]["labels_total"]),
+            ]
+        )
+    rows.append(
+        [
+            "unseen constraint types",
+            _interval(unseen["before"]["score"]),
+            _interval(unseen["after"]["score"]),
+            f"{100 * (unseen['after']['score']['value'] - unseen['before']['score']['value']):+.1f}",
+            "",
+        ]
+    )
+    return (
+        "<p>Constraint satisfaction: the fraction of a prompt's constraints met, averaged over prompts, with "
+        "95% bootstrap intervals over prompts; greedy answers.</p>"
+        + table_html(rows, ["prompts", "before", "after", "points", "labelled lists"])
+    )
 
 
 def _before_after(figure, heldout: dict, unseen: dict) -> None:
-    for n, (title, result) in enumerate((("held-out prompts, trained constraint types", heldout),
-                                         ("constraint types never trained on", unseen)), 1):
+    for n, (title, result) in enumerate(
+        (
+            ("held-out prompts, trained constraint types", heldout),
+            ("constraint types never trained on", unseen),
+        ),
+        1,
+    ):
         axes = figure.add_subplot(1, 2, n)
         kinds = list(result["before"]["by_type"])
         width = 0.4
-        for shift, which, color in ((-width / 2, "before", "#9aa5b1"), (width / 2, "after", "#2f6fde")):
+        for shift, which, color in (
+            (-width / 2, "before", "#9aa5b1"),
+            (width / 2, "after", "#2f6fde"),
+        ):
             score = result[which]["score"]
             label = f"{which}: {score['value']:.2f} [{score['low']:.2f}, {score['high']:.2f}]"
-            axes.bar([i + shift for i in range(len(kinds))], [result[which]["by_type"].get(k, 0) for k in kinds],
-                     width, color=color, label=label)
+            axes.bar(
+                [i + shift for i in range(len(kinds))],
+                [result[which]["by_type"].get(k, 0) for k in kinds],
+                width,
+                color=color,
+                label=label,
+            )
         axes.set_xticks(range(len(kinds)), kinds, rotation=35, ha="right", fontsize=8)
         axes.set_ylim(0, 1.05)
         axes.set_ylabel("share of constraints met")
@@ -72,10 +104,20 @@ def _curves(figure, arms: list) -> None:
     axes = figure.add_subplot(1, 1, 1)
     for arm in arms:
         labels = [0] + [r["labels_total"] for r in arm.rounds]
-        scores = [arm.rounds[0]["eval"]["baseline_score"]] + [r["eval"]["score"] for r in arm.rounds]
-        axes.errorbar(labels, [s["value"] for s in scores],
-                      yerr=[[s["value"] - s["low"] for s in scores], [s["high"] - s["value"] for s in scores]],
-                      marker="o", capsize=3, label=f"{arm.name} acquisition")
+        scores = [arm.rounds[0]["eval"]["baseline_score"]] + [
+            r["eval"]["score"] for r in arm.rounds
+        ]
+        axes.errorbar(
+            labels,
+            [s["value"] for s in scores],
+            yerr=[
+                [s["value"] - s["low"] for s in scores],
+                [s["high"] - s["value"] for s in scores],
+            ],
+            marker="o",
+            capsize=3,
+            label=f"{arm.name} acquisition",
+        )
     axes.set_xlabel("labelled lists used for training")
     axes.set_ylabel("held-out constraint satisfaction")
     axes.legend(fontsize=8)
@@ -90,19 +132,26 @@ def _stage_table(arms: list, seconds: dict) -> str:
             rows.append([f"{arm.name}, round {record['round'] + 1}", *times])
     timing = "; ".join(f"{name} {value:.0f} s" for name, value in seconds.items())
     note = f"wall clock of this run (a resumed run counts only what it ran): {timing}"
-    return table_html(rows, ["round", *(f"{stage} s" for stage in stages)]) + f"<p class=note>{html.escape(note)}</p>"
+    return (
+        table_html(rows, ["round", *(f"{stage} s" for stage in stages)])
+        + f"<p class=note>{html.escape(note)}</p>"
+    )
 
 
 def _examples(before: list[dict], after: list[dict]) -> str:
     def cell(row: dict) -> str:
         checks = check_constraints(row["prompt"], row["completions"][0], row)
         marks = " ".join(f"{'✓' if met else '✗'} {name}" for name, met in checks.items())
-        return (f"<div class=note>{html.escape(marks)}</div>"
-                f"<pre style='white-space:pre-wrap;margin:0'>{html.escape(row['completions'][0])}</pre>")
+        return (
+            f"<div class=note>{html.escape(marks)}</div>"
+            f"<pre style='white-space:pre-wrap;margin:0'>{html.escape(row['completions'][0])}</pre>"
+        )
 
-    rows = "".join(f"<tr><td style='text-align:left'>{html.escape(_prompt_text(b['prompt']))}</td>"
-                   f"<td style='text-align:left'>{cell(b)}</td><td style='text-align:left'>{cell(a)}</td></tr>"
-                   for b, a in zip(before, after, strict=True))
+    rows = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(_prompt_text(b['prompt']))}</td>"
+        f"<td style='text-align:left'>{cell(b)}</td><td style='text-align:left'>{cell(a)}</td></tr>"
+        for b, a in zip(before, after, strict=True)
+    )
     return f"<table><tr><th>prompt</th><th>before</th><th>after</th></tr>{rows}</table>"
 
 

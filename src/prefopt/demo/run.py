@@ -27,17 +27,31 @@ from prefopt.loop import LoopConfig, loop, policy_after
 # the demo's loop: 3 rounds of 48 labelled lists, each chosen from 96 candidates (measured on
 # 2 CPU cores: docs/demo.md); the final policy of a round is the next round's start and reference
 LOOP_SETTINGS: dict[str, Any] = {
-    "oracle": "verifier", "oracle_options": {"function": "constraints"}, "rounds": 3, "labels_per_round": 48,
-    "candidates_per_label": 2, "k": 4, "max_new_tokens": 64, "acquisition": "entropy", "training": "continue",
-    "train": {"loss": {"plackett_luce": 1.0, "sft": 0.5}, "lora": True, "learning_rate": 5e-4, "epochs": 2,
-              "batch_size": 4},
+    "oracle": "verifier",
+    "oracle_options": {"function": "constraints"},
+    "rounds": 3,
+    "labels_per_round": 48,
+    "candidates_per_label": 2,
+    "k": 4,
+    "max_new_tokens": 64,
+    "acquisition": "entropy",
+    "training": "continue",
+    "train": {
+        "loss": {"plackett_luce": 1.0, "sft": 0.5},
+        "lora": True,
+        "learning_rate": 5e-4,
+        "epochs": 2,
+        "batch_size": 4,
+    },
 }
 
 
 # with --people, a person labels in the browser: a budget a person gets through in a few minutes a
 # round; the verifier still measures the held-out answers
 PEOPLE_SETTINGS: dict[str, Any] = {
-    "labels_per_round": 8, "candidates_per_label": 4, "eval_oracle": "verifier",
+    "labels_per_round": 8,
+    "candidates_per_label": 4,
+    "eval_oracle": "verifier",
     "eval_oracle_options": {"function": "constraints"},
 }
 
@@ -64,9 +78,17 @@ class DemoResult:
     seconds: dict[str, float]
 
 
-def demo(out: str | Path = "runs/demo", *, model: str = "default", compare_random: bool = False,
-         people: bool = False, port: int = 8000, console: Console | None = None,
-         task_sizes: dict[str, int] | None = None, loop_settings: dict[str, Any] | None = None) -> DemoResult:
+def demo(
+    out: str | Path = "runs/demo",
+    *,
+    model: str = "default",
+    compare_random: bool = False,
+    people: bool = False,
+    port: int = 8000,
+    console: Console | None = None,
+    task_sizes: dict[str, int] | None = None,
+    loop_settings: dict[str, Any] | None = None,
+) -> DemoResult:
     """Run the demo into `out` (resumable: run it again to continue). With `people`, the label app
     serves the loop's store on `port` and a person is the oracle. `task_sizes` and `loop_settings`
     change the task and the loop (the tests make both small)."""
@@ -76,14 +98,28 @@ def demo(out: str | Path = "runs/demo", *, model: str = "default", compare_rando
     started = time.perf_counter()
     say = lambda text: console.print(text, highlight=False)
     task = write_task(out / "task", **(task_sizes or {}))
-    say(f"[bold]task[/]: {_count(task['train'])} training prompts, {_count(task['heldout'])} held-out prompts "
-        f"({', '.join(TRAINED)}), {_count(task['unseen'])} prompts of types never trained on ({', '.join(UNSEEN)})")
-    settings = {**LOOP_SETTINGS, **(PEOPLE_SETTINGS if people else {}), **(loop_settings or {}), "model": model,
-                "prompts": str(task["train"]), "heldout": str(task["heldout"])}
+    say(
+        f"[bold]task[/]: {_count(task['train'])} training prompts, {_count(task['heldout'])} held-out prompts "
+        f"({', '.join(TRAINED)}), {_count(task['unseen'])} prompts of types never trained on ({', '.join(UNSEEN)})"
+    )
+    settings = {
+        **LOOP_SETTINGS,
+        **(PEOPLE_SETTINGS if people else {}),
+        **(loop_settings or {}),
+        "model": model,
+        "prompts": str(task["train"]),
+        "heldout": str(task["heldout"]),
+    }
     server = thread = None
     if people:
-        settings |= {"oracle": "people",
-                     "oracle_options": {"db": str(out / "labels.db"), "labels_per_list": 1, "poll_seconds": 0.5}}
+        settings |= {
+            "oracle": "people",
+            "oracle_options": {
+                "db": str(out / "labels.db"),
+                "labels_per_list": 1,
+                "poll_seconds": 0.5,
+            },
+        }
         server, thread = _serve_people(out, port, say)
     try:
         arms = _run_arms(settings, out, compare_random, seconds, say, console)
@@ -91,12 +127,18 @@ def demo(out: str | Path = "runs/demo", *, model: str = "default", compare_rando
         if server is not None:
             server.should_exit = True
             thread.join(timeout=10)
-    say("[bold]unseen constraint types[/]: the initial and the final model answer prompts of types never "
-        "trained on (does the model learn to follow instructions, or just these?)")
+    say(
+        "[bold]unseen constraint types[/]: the initial and the final model answer prompts of types never "
+        "trained on (does the model learn to follow instructions, or just these?)"
+    )
     unseen_started = time.perf_counter()
     final = policy_after(arms[0].config, len(arms[0].rounds) - 1)
-    unseen = {which: satisfaction(_answers(spec, task["unseen"], out / f"unseen-{which}.jsonl", settings, console))
-              for which, spec in (("before", model), ("after", final))}
+    unseen = {
+        which: satisfaction(
+            _answers(spec, task["unseen"], out / f"unseen-{which}.jsonl", settings, console)
+        )
+        for which, spec in (("before", model), ("after", final))
+    }
     seconds["unseen types"] = time.perf_counter() - unseen_started
     seconds["total"] = time.perf_counter() - started
     report = demo_report(out, arms, unseen, seconds)
@@ -105,16 +147,20 @@ def demo(out: str | Path = "runs/demo", *, model: str = "default", compare_rando
     return result
 
 
-def _run_arms(settings: dict, out: Path, compare_random: bool, seconds: dict, say, console) -> list[Arm]:
+def _run_arms(
+    settings: dict, out: Path, compare_random: bool, seconds: dict, say, console
+) -> list[Arm]:
     arms = []
     for name in ["entropy"] + ["random"] * compare_random:
         folder = out / ("active" if name == "entropy" else "random")
         kept = "the policy is least sure of" if name == "entropy" else "at random"
         judge = "you rank" if settings["oracle"] == "people" else "the verifier score"
-        say(f"[bold]loop ({name} acquisition)[/]: each round samples {settings['k']} answers to "
+        say(
+            f"[bold]loop ({name} acquisition)[/]: each round samples {settings['k']} answers to "
             f"{settings['labels_per_round'] * settings['candidates_per_label']} training prompts, keeps the "
             f"{settings['labels_per_round']} lists {kept}, has {judge} them, trains LoRA on them and measures "
-            "the held-out prompts with the verifier")
+            "the held-out prompts with the verifier"
+        )
         arm_started = time.perf_counter()
         config = LoopConfig(**{**settings, "acquisition": name, "output_dir": str(folder)})
         rounds = loop(config, resume=True, console=console)
@@ -134,21 +180,28 @@ def _serve_people(out: Path, port: int, say):
         token = store.add_user("you")
         token_file.touch(mode=0o600)
         token_file.write_text(token + "\n")
-    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     if not server.started:
-        raise OSError(f"the label app could not listen on 127.0.0.1:{port} (is the port in use? choose --port)")
-    say(f"[bold]you are the oracle[/]: open http://127.0.0.1:{port}/login and log in with the token in "
-        f"{token_file}; the loop waits for your rankings each round")
+        raise OSError(
+            f"the label app could not listen on 127.0.0.1:{port} (is the port in use? choose --port)"
+        )
+    say(
+        f"[bold]you are the oracle[/]: open http://127.0.0.1:{port}/login and log in with the token in "
+        f"{token_file}; the loop waits for your rankings each round"
+    )
     return server, thread
 
 
 def _count(path: Path) -> int:
-    return sum(1 for line in path.read_text(encoding="utf-8").split("\n") if line.strip())  # as read_jsonl
+    # as read_jsonl
+    return sum(1 for line in path.read_text(encoding="utf-8").split("\n") if line.strip())
 
 
 def _answers(model: str, prompts: Path, path: Path, settings: dict, console: Console) -> list[dict]:
@@ -156,8 +209,17 @@ def _answers(model: str, prompts: Path, path: Path, settings: dict, console: Con
     done = path.with_suffix(".done")
     if not done.exists():
         path.unlink(missing_ok=True)
-        generate(GenerateConfig(model=model, prompts=str(prompts), out=str(path), k=1, temperature=0.0,
-                                max_new_tokens=settings["max_new_tokens"]), console=console)
+        generate(
+            GenerateConfig(
+                model=model,
+                prompts=str(prompts),
+                out=str(path),
+                k=1,
+                temperature=0.0,
+                max_new_tokens=settings["max_new_tokens"],
+            ),
+            console=console,
+        )
         done.write_text("")
     return read_jsonl(path)
 
@@ -166,11 +228,15 @@ def _summary(result: DemoResult, say) -> None:
     for arm in result.arms:
         last = arm.rounds[-1]["eval"]
         before, after = last["baseline_score"], last["score"]
-        say(f"held-out constraint satisfaction ({arm.name}): {before['value']:.3f} [{before['low']:.3f}, "
+        say(
+            f"held-out constraint satisfaction ({arm.name}): {before['value']:.3f} [{before['low']:.3f}, "
             f"{before['high']:.3f}] -> {after['value']:.3f} [{after['low']:.3f}, {after['high']:.3f}] "
             f"({100 * (after['value'] - before['value']):+.1f} points, "
-            f"{arm.rounds[-1]['labels_total']} labelled lists)")
+            f"{arm.rounds[-1]['labels_total']} labelled lists)"
+        )
     before, after = result.unseen["before"]["score"], result.unseen["after"]["score"]
-    say(f"unseen constraint types: {before['value']:.3f} -> {after['value']:.3f} "
-        f"({100 * (after['value'] - before['value']):+.1f} points)")
+    say(
+        f"unseen constraint types: {before['value']:.3f} -> {after['value']:.3f} "
+        f"({100 * (after['value'] - before['value']):+.1f} points)"
+    )
     say(f"{result.seconds['total'] / 60:.1f} minutes; report: {result.report}")

@@ -13,29 +13,65 @@ from pathlib import Path
 from prefopt.evaluate.stats import bootstrap_mean
 from prefopt.oracles.constraints import check_constraints, describe_constraint
 
-TOPICS = ("the ocean", "a city at night", "learning to cook", "the moon", "a rainy day", "trains", "gardening",
-          "a lost key", "winter mornings", "a small robot", "the history of bread", "friendship", "mountains",
-          "a library", "honeybees", "the first day of school", "coffee", "a thunderstorm", "maps", "bicycles")
-TASKS = ("Write a short note about {topic}.", "Describe {topic}.", "Tell me something interesting about {topic}.",
-         "Write a few sentences about {topic}.", "Explain {topic} to a child.")
+TOPICS = (
+    "the ocean",
+    "a city at night",
+    "learning to cook",
+    "the moon",
+    "a rainy day",
+    "trains",
+    "gardening",
+    "a lost key",
+    "winter mornings",
+    "a small robot",
+    "the history of bread",
+    "friendship",
+    "mountains",
+    "a library",
+    "honeybees",
+    "the first day of school",
+    "coffee",
+    "a thunderstorm",
+    "maps",
+    "bicycles",
+)
+TASKS = (
+    "Write a short note about {topic}.",
+    "Describe {topic}.",
+    "Tell me something interesting about {topic}.",
+    "Write a few sentences about {topic}.",
+    "Explain {topic} to a child.",
+)
 WORDS = ("light", "blue", "quiet", "river", "morning", "green", "story", "simple", "warm", "stone")
 PHRASES = ("Is there anything else?", "That is all.", "Thank you for reading.")
 
 # constraint types a model is trained on, and those it only meets at evaluation
-TRAINED = ("lowercase", "max_words", "include_words", "avoid_words", "end_with", "no_commas", "quoted",
-           "bullet_points", "title", "start_with")
+TRAINED = (
+    "lowercase",
+    "max_words",
+    "include_words",
+    "avoid_words",
+    "end_with",
+    "no_commas",
+    "quoted",
+    "bullet_points",
+    "title",
+    "start_with",
+)
 UNSEEN = ("uppercase", "min_words", "paragraphs", "postscript")
 
 
 def _constraint(kind: str, rng: random.Random) -> dict:
-    parameters = {"max_words": lambda: {"n": rng.choice((15, 20, 30))},
-                  "min_words": lambda: {"n": rng.choice((40, 60))},
-                  "include_words": lambda: {"words": rng.sample(WORDS, 2)},
-                  "avoid_words": lambda: {"words": rng.sample(WORDS, 1) + ["the"]},
-                  "end_with": lambda: {"phrase": rng.choice(PHRASES)},
-                  "start_with": lambda: {"word": rng.choice(("Yes", "Today", "Imagine", "First"))},
-                  "bullet_points": lambda: {"n": rng.choice((2, 3, 4))},
-                  "paragraphs": lambda: {"n": rng.choice((2, 3))}}
+    parameters = {
+        "max_words": lambda: {"n": rng.choice((15, 20, 30))},
+        "min_words": lambda: {"n": rng.choice((40, 60))},
+        "include_words": lambda: {"words": rng.sample(WORDS, 2)},
+        "avoid_words": lambda: {"words": rng.sample(WORDS, 1) + ["the"]},
+        "end_with": lambda: {"phrase": rng.choice(PHRASES)},
+        "start_with": lambda: {"word": rng.choice(("Yes", "Today", "Imagine", "First"))},
+        "bullet_points": lambda: {"n": rng.choice((2, 3, 4))},
+        "paragraphs": lambda: {"n": rng.choice((2, 3))},
+    }
     return {"type": kind, **parameters.get(kind, dict)()}
 
 
@@ -52,16 +88,20 @@ def make_prompts(count: int, kinds: tuple[str, ...], seed: int) -> list[dict]:
     return rows
 
 
-def write_task(folder: str | Path, *, train: int = 300, heldout: int = 60, unseen: int = 40, seed: int = 0
-               ) -> dict[str, Path]:
+def write_task(
+    folder: str | Path, *, train: int = 300, heldout: int = 60, unseen: int = 40, seed: int = 0
+) -> dict[str, Path]:
     """The task's three prompt files: training prompts, held-out prompts of the trained constraint
     types, and held-out prompts of unseen types. Prompts never repeat across the files."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
     files = {}
-    for name, count, kinds, offset in (("train", train, TRAINED, 0), ("heldout", heldout, TRAINED, 1),
-                                       ("unseen", unseen, UNSEEN, 2)):
+    for name, count, kinds, offset in (
+        ("train", train, TRAINED, 0),
+        ("heldout", heldout, TRAINED, 1),
+        ("unseen", unseen, UNSEEN, 2),
+    ):
         rows, attempt = [], 0
         while len(rows) < count:
             for row in make_prompts(count, kinds, seed * 101 + offset * 17 + attempt):
@@ -84,6 +124,8 @@ def satisfaction(rows: list[dict]) -> dict:
         per_prompt.append([sum(checks.values()) / len(checks)])
         for name, met in checks.items():
             by_type.setdefault(name.split("#")[0], []).append(met)
-    return {"score": bootstrap_mean(per_prompt).to_json(),
-            "by_type": {kind: sum(met) / len(met) for kind, met in sorted(by_type.items())},
-            "prompts": len(rows)}
+    return {
+        "score": bootstrap_mean(per_prompt).to_json(),
+        "by_type": {kind: sum(met) / len(met) for kind, met in sorted(by_type.items())},
+        "prompts": len(rows),
+    }

@@ -59,10 +59,19 @@ _CHANGES_ATTENTION = ("sliding_window", "softcap", "s_aux", "position_bias")
 # never traced by torch.compile (engine.compile): the calls follow the batch's layout, a Python loop that
 # would be traced again for every new layout; compiled layers run it eagerly between their graphs
 @torch.compiler.disable
-def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                      prefopt_segments: Segments | torch.Tensor | None = None,
-                      prefopt_engine: EngineSettings | None = None,
-                      prefopt_decode: DecodeState | None = None, **kwargs):
+def segment_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling=None,
+    prefopt_segments: Segments | torch.Tensor | None = None,
+    prefopt_engine: EngineSettings | None = None,
+    prefopt_decode: DecodeState | None = None,
+    **kwargs,
+):
     """query [B, H, L, D], key and value [B, H_kv, L, D] -> ([B, L, H, D], None). `prefopt_engine`
     holds the matmul attention's switch and thresholds (the defaults when not given);
     `prefopt_decode` takes the shared-prefix sampling path of prefopt.engine.decode."""
@@ -71,10 +80,14 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     if isinstance(prefopt_segments, torch.Tensor):
         prefopt_segments = segments_from_tensor(prefopt_segments)
     if prefopt_segments is None or any(kwargs.get(name) is not None for name in _CHANGES_ATTENTION):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    options = {"scale": scaling, "dropout_p": dropout if module.training else 0.0,
-               "enable_gqa": query.shape[1] != key.shape[1]}
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    options = {
+        "scale": scaling,
+        "dropout_p": dropout if module.training else 0.0,
+        "enable_gqa": query.shape[1] != key.shape[1],
+    }
     settings = prefopt_engine or EngineSettings()
     matmuls = _use_matmuls(settings, query, dropout)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
@@ -96,7 +109,9 @@ def segments_from_tensor(layout: torch.Tensor) -> Segments:
     return tuple((row[0], tuple(end for end in row[1:] if end >= 0)) for row in layout.tolist())
 
 
-def _use_matmuls(settings: EngineSettings, query: torch.Tensor, dropout: float) -> EngineSettings | None:
+def _use_matmuls(
+    settings: EngineSettings, query: torch.Tensor, dropout: float
+) -> EngineSettings | None:
     """The settings when calls may take the matmul attention, else None."""
     device = query.device.type
     bf16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
@@ -120,8 +135,10 @@ class _SegmentAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if not hasattr(ctx, "calls"):
-            raise RuntimeError("segment attention: backward through the same graph twice (its buffers are freed "
-                               "after the first backward)")
+            raise RuntimeError(
+                "segment attention: backward through the same graph twice (its buffers are freed "
+                "after the first backward)"
+            )
         (batch, heads, length, dim), (_, kv_heads, _, _) = ctx.shapes
         # laid out [B, L, H, D], as the projections they flow back into
         dq = grad.new_zeros(batch, length, heads, dim).transpose(1, 2)
@@ -135,13 +152,13 @@ class _SegmentAttention(torch.autograd.Function):
         for _, places, own_keys, _ in ctx.calls:
             gq, gk, gv = next(found), next(found), next(found)
             for i, (row, start, end, prompt) in enumerate(places):
-                dq[row, :, start:end] = gq[i, :, :end - start]
+                dq[row, :, start:end] = gq[i, :, : end - start]
                 if prompt is None:  # keys [0, end), the first call of its row
                     dk[row, :, :end], dv[row, :, :end] = gk[i, :, :end], gv[i, :, :end]
                     continue
                 for total, part in ((dk, gk), (dv, gv)):  # keys [its prompt, itself]
                     total[row, :, :prompt] += part[i, :, :prompt]
-                    total[row, :, start:end] = part[i, :, own_keys:own_keys + end - start]
+                    total[row, :, start:end] = part[i, :, own_keys : own_keys + end - start]
         del ctx.calls
         return dq, dk, dv, None, None, None
 
@@ -153,8 +170,15 @@ Place = tuple[int, int, int, int | None]
 _CALL_MULTIPLE = 32
 
 
-def _attend(query, key, value, segments: Segments, options: dict, matmuls: EngineSettings | None,
-            track: bool = False):
+def _attend(
+    query,
+    key,
+    value,
+    segments: Segments,
+    options: dict,
+    matmuls: EngineSettings | None,
+    track: bool = False,
+):
     """The segment calls of every row into one [B, L, H, D] output (padding 0), and with `track`
     (else an empty list) each call's output, places, where its keys of a completion's own begin,
     and detached inputs, for the backward. `options` go to SDPA; with `matmuls`, calls of at least
@@ -171,22 +195,32 @@ def _attend(query, key, value, segments: Segments, options: dict, matmuls: Engin
             inputs = tuple(t.detach().requires_grad_() for t in inputs)
         first = places[0][3] is None
         if kernel == "matmuls":
-            piece = _MatmulAttention.apply(*inputs, options["scale"], matmuls.keep_probabilities_up_to)
+            piece = _MatmulAttention.apply(
+                *inputs, options["scale"], matmuls.keep_probabilities_up_to
+            )
         else:
             prompts = tuple(prompt for *_, prompt in places)
-            mask = None if first else _after_prompt(prompts, own_keys, inputs[0].shape[2], query.device)
-            piece = F.scaled_dot_product_attention(*inputs, attn_mask=mask, is_causal=first, **options)
+            mask = (
+                None
+                if first
+                else _after_prompt(prompts, own_keys, inputs[0].shape[2], query.device)
+            )
+            piece = F.scaled_dot_product_attention(
+                *inputs, attn_mask=mask, is_causal=first, **options
+            )
         for i, (row, start, end, _) in enumerate(places):
-            out[row, start:end] = piece[i, :, :end - start].detach().transpose(0, 1)
+            out[row, start:end] = piece[i, :, : end - start].detach().transpose(0, 1)
         if track:  # untracked (inference), each piece is freed once copied into `out`
             calls.append((piece, places, own_keys, inputs))
     for row, (_, ends) in enumerate(segments):
-        out[row, ends[-1]:] = 0
+        out[row, ends[-1] :] = 0
     return out, calls
 
 
 @functools.lru_cache(maxsize=64)  # every layer of a forward plans the same batch
-def _planned_calls(segments: Segments, matmuls: EngineSettings | None) -> tuple[tuple[str, tuple[Place, ...]], ...]:
+def _planned_calls(
+    segments: Segments, matmuls: EngineSettings | None
+) -> tuple[tuple[str, tuple[Place, ...]], ...]:
     """Every segment call of a batch, as (kernel, places of one call), in each row's order: a row's
     prompt + first completion (a plain causal prefix), then each later completion against its prompt
     and itself. Fused calls of one padded shape and completion index share one batched call, whose
@@ -194,10 +228,16 @@ def _planned_calls(segments: Segments, matmuls: EngineSettings | None) -> tuple[
     batch. A matmul call is one row's, of its exact shape."""
     groups: dict[tuple, list[Place]] = {}
     for row, (prompt, ends) in enumerate(segments):
-        spans = [(0, ends[0], None)] + [(start, end, prompt) for start, end in itertools.pairwise(ends)]
+        spans = [(0, ends[0], None)] + [
+            (start, end, prompt) for start, end in itertools.pairwise(ends)
+        ]
         for index, (start, end, shared) in enumerate(spans):
             queries, keys = end - start, end if shared is None else shared + end - start
-            if matmuls and queries >= matmuls.matmul_min_queries and keys >= matmuls.matmul_min_keys:
+            if (
+                matmuls
+                and queries >= matmuls.matmul_min_queries
+                and keys >= matmuls.matmul_min_keys
+            ):
                 group = (index, "matmuls", row)
             elif shared is None:
                 group = (index, "fused", _padded(end))
@@ -211,7 +251,9 @@ def _padded(size: int) -> int:
     return -(-size // _CALL_MULTIPLE) * _CALL_MULTIPLE
 
 
-def _call_inputs(query, key, value, places: tuple[Place, ...], kernel: str, dtype: torch.dtype | None):
+def _call_inputs(
+    query, key, value, places: tuple[Place, ...], kernel: str, dtype: torch.dtype | None
+):
     """Query, keys and values [n, H(_kv), L, D] of one call of n places, and where its keys of a
     completion's own begin (None for first calls). A matmul call (one place) takes exact slices; a
     fused call pads each place's queries, prompt keys and own keys with zeros to the call's shape,
@@ -221,27 +263,40 @@ def _call_inputs(query, key, value, places: tuple[Place, ...], kernel: str, dtyp
         one = slice(row, row + 1)  # 4-D slices: the kernels take only [B, H, L, D]
         if prompt is None:
             return (query[one, :, :end], key[one, :, :end], value[one, :, :end]), None
-        keys, values = (torch.cat([t[one, :, :prompt], t[one, :, start:end]], 2) for t in (key, value))
+        keys, values = (
+            torch.cat([t[one, :, :prompt], t[one, :, start:end]], 2) for t in (key, value)
+        )
         return (query[one, :, start:end], keys, values), prompt
     if prompt is None:
         prefixes = [(place_row, [(0, place_end)]) for place_row, _, place_end, _ in places]
-        return tuple(_gathered(t, prefixes, [_padded(end)], dtype) for t in (query, key, value)), None
+        return tuple(
+            _gathered(t, prefixes, [_padded(end)], dtype) for t in (query, key, value)
+        ), None
     shared, queries = _padded(prompt), _padded(end - start)
     own = [(place_row, [(first, last)]) for place_row, first, last, _ in places]
-    both = [(place_row, [(0, place_prompt), (first, last)]) for place_row, first, last, place_prompt in places]
+    both = [
+        (place_row, [(0, place_prompt), (first, last)])
+        for place_row, first, last, place_prompt in places
+    ]
     keys, values = (_gathered(t, both, [shared, queries], dtype) for t in (key, value))
     return (_gathered(query, own, [queries], dtype), keys, values), shared
 
 
-def _gathered(tensor: torch.Tensor, rows: list[tuple[int, list[tuple[int, int]]]], sizes: list[int],
-              dtype: torch.dtype | None = None) -> torch.Tensor:
+def _gathered(
+    tensor: torch.Tensor,
+    rows: list[tuple[int, list[tuple[int, int]]]],
+    sizes: list[int],
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """[n, H, Σ sizes, D] from `tensor` [B, H, L, D], in `dtype` (else the tensor's): for each of n
     (row, spans), span j of that row at the start of its slot of sizes[j] positions, zeros after it."""
-    gathered = tensor.new_zeros(len(rows), tensor.shape[1], sum(sizes), tensor.shape[3], dtype=dtype or tensor.dtype)
+    gathered = tensor.new_zeros(
+        len(rows), tensor.shape[1], sum(sizes), tensor.shape[3], dtype=dtype or tensor.dtype
+    )
     for i, (row, spans) in enumerate(rows):
         slot = 0
         for (start, end), size in zip(spans, sizes, strict=True):
-            gathered[i, :, slot:slot + end - start] = tensor[row, :, start:end]
+            gathered[i, :, slot : slot + end - start] = tensor[row, :, start:end]
             slot += size
     return gathered
 
@@ -250,12 +305,14 @@ def _call_grad(grad: torch.Tensor, piece: torch.Tensor, places: tuple[Place, ...
     """The output gradient of one call, [n, H, L, D], from the [B, L, H, D] gradient (0 on padding)."""
     call_grad = grad.new_zeros(piece.shape)
     for i, (row, start, end, _) in enumerate(places):
-        call_grad[i, :, :end - start] = grad[row, start:end].transpose(0, 1)
+        call_grad[i, :, : end - start] = grad[row, start:end].transpose(0, 1)
     return call_grad
 
 
 @functools.lru_cache(maxsize=256)  # every layer of a forward makes the same calls
-def _after_prompt(prompts: tuple[int, ...], shared: int, queries: int, device: torch.device) -> torch.Tensor:
+def _after_prompt(
+    prompts: tuple[int, ...], shared: int, queries: int, device: torch.device
+) -> torch.Tensor:
     """[n, 1, queries, shared + queries] for a fused call of n later completions after prompts of
     `prompts` tokens: each one's prompt keys, then its own keys causally (padded queries see the
     same: their outputs are dropped)."""
@@ -273,7 +330,7 @@ def matmuls_are_faster(query: torch.Tensor) -> bool:
 
 
 def attention_kernel(settings: EngineSettings, precision: str, device: torch.device) -> str:
-    """"matmuls" or "flash": the kernel that a run's large segment calls take (part of the
+    """ "matmuls" or "flash": the kernel that a run's large segment calls take (part of the
     reference cache's key: the two agree only to rounding)."""
     return _kernel(settings, device, precision == "bf16")
 
@@ -286,7 +343,12 @@ def _kernel(settings: EngineSettings, device: torch.device, bf16: bool) -> str:
     resumed run the interrupted one's."""
     if settings.matmul_attention == "on":
         return "matmuls"
-    faster = settings.matmul_attention == "auto" and device.type == "cpu" and bf16 and _matmuls_beat_flash()
+    faster = (
+        settings.matmul_attention == "auto"
+        and device.type == "cpu"
+        and bf16
+        and _matmuls_beat_flash()
+    )
     return "matmuls" if faster else "flash"
 
 
@@ -301,7 +363,8 @@ def _matmuls_beat_flash() -> bool:  # asked once per process: every layer of eve
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and not has_amx()
 
 
-_QUERY_BLOCK = 128  # queries per score tile: skips most of the masked upper triangle, tile stays in cache
+# queries per score tile: skips most of the masked upper triangle, tile stays in cache
+_QUERY_BLOCK = 128
 
 
 class _MatmulAttention(torch.autograd.Function):
@@ -322,7 +385,11 @@ class _MatmulAttention(torch.autograd.Function):
         keep = any(ctx.needs_input_grad[:3]) and key.shape[2] <= keep_up_to
         kept = []
         with _float32_through_onednn():
-            q, k, v = _stacked(query, key.shape[1], torch.float32, ctx.scale), key[0].float(), value[0].bfloat16()
+            q, k, v = (
+                _stacked(query, key.shape[1], torch.float32, ctx.scale),
+                key[0].float(),
+                value[0].bfloat16(),
+            )
             out = q.new_empty(q.shape, dtype=torch.bfloat16)
             for h, rows, keys, probs in _probabilities(q, k, query.shape[1] // key.shape[1]):
                 probs = probs.bfloat16()
@@ -341,7 +408,11 @@ class _MatmulAttention(torch.autograd.Function):
         dk, dv = (torch.zeros(t.shape[1:], dtype=torch.float32) for t in (key, value))
         with _float32_through_onednn():
             kv_heads = key.shape[1]
-            q, k, v = _stacked(query, kv_heads, torch.float32, ctx.scale), key[0].float(), value[0].bfloat16()
+            q, k, v = (
+                _stacked(query, kv_heads, torch.float32, ctx.scale),
+                key[0].float(),
+                value[0].bfloat16(),
+            )
             do = _stacked(grad, kv_heads, torch.float32)
             delta = (do * out).sum(-1, keepdim=True)  # Σ_j P_ij dP_ij, per query and head
             do16, v32, q16 = do.bfloat16(), v.float(), q.bfloat16()  # q is scaled
@@ -349,16 +420,26 @@ class _MatmulAttention(torch.autograd.Function):
             dq = q16.new_empty(q.shape)
             group = query.shape[1] // kv_heads
             if kept is None:
-                blocks = ((h, rows, keys, probs.bfloat16()) for h, rows, keys, probs in _probabilities(q, k, group))
+                blocks = (
+                    (h, rows, keys, probs.bfloat16())
+                    for h, rows, keys, probs in _probabilities(q, k, group)
+                )
             else:
                 blocks = ((h, rows, keys, next(kept)) for h, rows, keys in _blocks(q, k, group))
             for h, rows, keys, probs in blocks:
                 dv[h, :keys] += probs.T @ do16[h, rows]
-                scores_grad = (do[h, rows] @ v32[h, :keys].T).sub_(delta[h, rows]).mul_(probs).bfloat16()
+                scores_grad = (
+                    (do[h, rows] @ v32[h, :keys].T).sub_(delta[h, rows]).mul_(probs).bfloat16()
+                )
                 torch.mm(scores_grad, k16[h, :keys], out=dq[h, rows])
                 dk[h, :keys] += scores_grad.T @ q16[h, rows]
-        return (_unstacked(dq, query.shape[1]).to(query.dtype), dk.unsqueeze(0).to(key.dtype),
-                dv.unsqueeze(0).to(value.dtype), None, None)
+        return (
+            _unstacked(dq, query.shape[1]).to(query.dtype),
+            dk.unsqueeze(0).to(key.dtype),
+            dv.unsqueeze(0).to(value.dtype),
+            None,
+            None,
+        )
 
 
 @contextlib.contextmanager
@@ -377,7 +458,9 @@ def _float32_through_onednn():
         settings.fp32_precision = before
 
 
-def _stacked(tensor: torch.Tensor, kv_heads: int, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+def _stacked(
+    tensor: torch.Tensor, kv_heads: int, dtype: torch.dtype, scale: float = 1.0
+) -> torch.Tensor:
     """[1, H, L, D] -> [H_kv, L·G, D] in `dtype`, times `scale`: per key-value head its G = H / H_kv
     query heads' rows, query i's heads in rows iG .. iG + G − 1, so that one GEMM serves the group."""
     _, heads, length, dim = tensor.shape
@@ -406,7 +489,7 @@ def _probabilities(q: torch.Tensor, k: torch.Tensor, group: int):
     for h, rows, keys in _blocks(q, k, group):
         first, last = rows.start // group, rows.stop // group
         scores = q[h, rows] @ k[h, :keys].T
-        scores[:, first + offset:].add_(_upper_triangle(last - first, group, q.device))
+        scores[:, first + offset :].add_(_upper_triangle(last - first, group, q.device))
         yield h, rows, keys, scores.softmax(-1)
 
 
@@ -426,4 +509,6 @@ def _upper_triangle(queries: int, group: int, device: torch.device) -> torch.Ten
     """[queries·G, queries]: −inf where key j comes after query i (j > i), 0 elsewhere."""
     position = torch.arange(queries, device=device).repeat_interleave(group).unsqueeze(1)
     keys = torch.arange(queries, device=device)
-    return torch.zeros(len(position), queries, device=device).masked_fill_(keys > position, float("-inf"))
+    return torch.zeros(len(position), queries, device=device).masked_fill_(
+        keys > position, float("-inf")
+    )

@@ -27,7 +27,9 @@ def compile_decoder_layers(model) -> int:
     # a layer compiles a few variants: training and inference, the first layer's input without grad
     # (frozen embeddings) and the others' with, transformers' wrappers called with and without self;
     # past dynamo's default of 8 a frame would fall back to eager for good
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    torch._dynamo.config.recompile_limit = max(
+        torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT
+    )
     # dynamo gives sizes that happen to be equal one symbol ("duck sizing"): a first batch of 3 rows
     # with K = 2 (a layout of width 1 + K = 3) would tie the batch size to K, and the first batch
     # where they differ (the epoch's last, a list of another K) would compile every graph again
@@ -46,5 +48,7 @@ def _check_compiler() -> None:
     if torch.cuda.is_available():
         return
     if not any(shutil.which(name) for name in ("g++", "c++", "clang++")):
-        raise ValueError("compile: true needs a C++ compiler on a CPU (torch.compile writes its kernels in C++): "
-                         "install g++ (Debian: apt install g++) or set compile: false")
+        raise ValueError(
+            "compile: true needs a C++ compiler on a CPU (torch.compile writes its kernels in C++): "
+            "install g++ (Debian: apt install g++) or set compile: false"
+        )

@@ -43,7 +43,9 @@ class DecodeState:
 
     @classmethod
     def empty(cls, layers: int) -> DecodeState:
-        return cls(prefix_keys=[[] for _ in range(layers)], prefix_values=[[] for _ in range(layers)])
+        return cls(
+            prefix_keys=[[] for _ in range(layers)], prefix_values=[[] for _ in range(layers)]
+        )
 
     def start_decoding(self, k: int, capacity: int) -> None:
         """Lay out k rows per prompt (prompt-major) with room for `capacity` generated tokens each."""
@@ -74,7 +76,9 @@ class DecodeState:
 
 def _stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
     length = max(t.shape[1] for t in tensors)
-    return torch.stack([torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1])) for t in tensors])
+    return torch.stack(
+        [torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1])) for t in tensors]
+    )
 
 
 def decode_attention(module, query, key, value, state: DecodeState, scaling: float | None):
@@ -84,8 +88,14 @@ def decode_attention(module, query, key, value, state: DecodeState, scaling: flo
     if state.prefilling is not None:
         state.prefix_keys[layer].append(key[0])
         state.prefix_values[layer].append(value[0])
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
-                                             enable_gqa=query.shape[1] != key.shape[1])
+        out = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )
         return out.transpose(1, 2), None
     if query.shape[2] != 1:
         raise ValueError("decoding takes one token per sequence a step")
@@ -97,7 +107,10 @@ def decode_attention(module, query, key, value, state: DecodeState, scaling: flo
     t = state.length
     state.own_keys[layer][:, :, t] = key[:, :, 0]
     state.own_values[layer][:, :, t] = value[:, :, 0]
-    own_keys, own_values = state.own_keys[layer][:, :, : t + 1], state.own_values[layer][:, :, : t + 1]
+    own_keys, own_values = (
+        state.own_keys[layer][:, :, : t + 1],
+        state.own_values[layer][:, :, : t + 1],
+    )
 
     full = state.full
 
@@ -116,9 +129,12 @@ def decode_attention(module, query, key, value, state: DecodeState, scaling: flo
         stacked = per_prompt.view(prompts, kv_heads, slots, group, -1).transpose(1, 2)
         return stacked.reshape(rows, kv_heads, group, -1) if full else stacked[place]
 
-    q = query[:, :, 0].view(rows, kv_heads, group, dim)  # query head h reads key-value head h // group
+    # query head h reads key-value head h // group
+    q = query[:, :, 0].view(rows, kv_heads, group, dim)
+    # [B, H_kv, slots·G, P_max], padding masked
     prefix_scores = (by_prompt(q) @ prefix_keys.transpose(2, 3)).masked_fill_(
-        ~state.prefix_mask[:, None, None, :], -torch.inf)  # [B, H_kv, slots·G, P_max], padding masked
+        ~state.prefix_mask[:, None, None, :], -torch.inf
+    )
     scores = torch.cat([by_row(prefix_scores), q @ own_keys.transpose(2, 3)], -1).float()
     scale = dim**-0.5 if scaling is None else scaling
     probs = torch.softmax(scores.mul_(scale), -1).to(value.dtype)

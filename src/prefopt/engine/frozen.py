@@ -48,7 +48,12 @@ def keep_frozen_in(model: torch.nn.Module, dtype: torch.dtype, folder: str) -> i
             continue
         weight = base.weight
         key = _disk_key(f"{name}.base_layer.weight")
-        if weight.requires_grad or weight.dtype != torch.float32 or uses[id(weight)] > 1 or key not in on_disk:
+        if (
+            weight.requires_grad
+            or weight.dtype != torch.float32
+            or uses[id(weight)] > 1
+            or key not in on_disk
+        ):
             continue  # a bias stays as it is: autocast casts it, and it is small
         weight.data = weight.data.to(dtype)
         places[f"{name}.base_layer.weight"] = (on_disk[key], key)
@@ -70,10 +75,14 @@ def restore_frozen(model: torch.nn.Module) -> int:
     for file, names in by_file.items():
         for key, exact in _read_tensors(file, list(names)):
             parameter, exact = parameters[names[key]], exact.to(torch.float32)
-            if exact.shape != parameter.shape or not torch.equal(exact.to(parameter.dtype), parameter.data):
-                raise TrainingError(f"{file}: {key} is not the weight this run trained against (the model folder "
-                                    f"{frozen.folder} changed during the run); the model was not saved, its "
-                                    "checkpoints are kept")
+            if exact.shape != parameter.shape or not torch.equal(
+                exact.to(parameter.dtype), parameter.data
+            ):
+                raise TrainingError(
+                    f"{file}: {key} is not the weight this run trained against (the model folder "
+                    f"{frozen.folder} changed during the run); the model was not saved, its "
+                    "checkpoints are kept"
+                )
             parameter.data = exact
     delattr(model, _ATTRIBUTE)
     return len(frozen.places)
@@ -115,8 +124,19 @@ def _safetensors_keys(folder: Path) -> dict[str, str]:
     the tensors stored in a float dtype that float32 holds exactly."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        files = {str(folder / file) for file in json.loads(index.read_text()).get("weight_map", {}).values()}
+        files = {
+            str(folder / file)
+            for file in json.loads(index.read_text()).get("weight_map", {}).values()
+        }
     else:
-        files = {str(folder / "model.safetensors")} if (folder / "model.safetensors").exists() else set()
-    return {key: file for file in sorted(files) for key, entry in _header(file)[1].items()
-            if key != "__metadata__" and entry["dtype"] in _DTYPES}
+        files = (
+            {str(folder / "model.safetensors")}
+            if (folder / "model.safetensors").exists()
+            else set()
+        )
+    return {
+        key: file
+        for file in sorted(files)
+        for key, entry in _header(file)[1].items()
+        if key != "__metadata__" and entry["dtype"] in _DTYPES
+    }

@@ -42,20 +42,32 @@ class Collated:
     mask: torch.Tensor  # [B, K]
     indices: torch.Tensor  # [B] position of each list in its data set
     layout: Segments | None = None  # packed: each row's prompt length and completion ends
-    last_tokens: torch.Tensor | None = None  # [B·K, 2] row and position of each item's last token (−1: padding)
-    prompt_rows: torch.Tensor | None = None  # [M] the row of each list's prompt token 1, 2, … (its first row)
-    prompt_lengths: torch.Tensor | None = None  # [B] prompt tokens each list predicts (its prompt's length − 1)
+    # [B·K, 2] row and position of each item's last token (−1: padding)
+    last_tokens: torch.Tensor | None = None
+    # [M] the row of each list's prompt token 1, 2, … (its first row)
+    prompt_rows: torch.Tensor | None = None
+    # [B] prompt tokens each list predicts (its prompt's length − 1)
+    prompt_lengths: torch.Tensor | None = None
     real_tokens: int = 0
     padded_tokens: int = 0
 
     def to(self, device) -> Collated:
-        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         return dataclasses.replace(self, **moved)
 
 
-def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, share_prompt: bool = True,
-            pad_multiple: int = 1) -> Collated:
+def collate(
+    examples: list[TokenizedList],
+    indices: list[int],
+    pad_id: int,
+    *,
+    share_prompt: bool = True,
+    pad_multiple: int = 1,
+) -> Collated:
     k_max = max(len(e.completion_ids) for e in examples)
     length = padded_length(max(row_length(e, share_prompt) for e in examples), pad_multiple)
     rows = len(examples) if share_prompt else sum(len(e.completion_ids) for e in examples)
@@ -71,7 +83,8 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
     row = 0
     for b, example in enumerate(examples):
         prompt = example.prompt_ids
-        prompt_rows += [row] * (len(prompt) - 1)  # tokens 1 … P−1 of the prompt, as written in the list's first row
+        # tokens 1 … P−1 of the prompt, as written in the list's first row
+        prompt_rows += [row] * (len(prompt) - 1)
         start = 0
         ends = []
         for k, completion in enumerate(example.completion_ids):
@@ -106,19 +119,30 @@ def collate(examples: list[TokenizedList], indices: list[int], pad_id: int, *, s
         causal = torch.ones(length, length, dtype=torch.bool).tril()
         query, key = owner.unsqueeze(2), owner.unsqueeze(1)
         attention = causal & (key >= 0) & ((key == query) | (key == 0))
-        attention |= torch.eye(length, dtype=torch.bool)  # padding queries see themselves (no empty rows)
+        # padding queries see themselves (no empty rows)
+        attention |= torch.eye(length, dtype=torch.bool)
         attention_mask, position_ids = attention.unsqueeze(1), positions
     else:
         attention_mask, position_ids = real.long(), None
     return Collated(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-        pred_rows=torch.tensor(pred_rows), pred_positions=torch.tensor(pred_positions),
-        targets=torch.tensor(targets), pred_items=torch.tensor(pred_items), pred_offsets=torch.tensor(pred_offsets),
-        lengths=lengths, scores=scores, mask=lengths > 0, indices=torch.tensor(indices),
-        layout=tuple(layout) if share_prompt else None, last_tokens=torch.tensor(last_tokens),
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        pred_rows=torch.tensor(pred_rows),
+        pred_positions=torch.tensor(pred_positions),
+        targets=torch.tensor(targets),
+        pred_items=torch.tensor(pred_items),
+        pred_offsets=torch.tensor(pred_offsets),
+        lengths=lengths,
+        scores=scores,
+        mask=lengths > 0,
+        indices=torch.tensor(indices),
+        layout=tuple(layout) if share_prompt else None,
+        last_tokens=torch.tensor(last_tokens),
         prompt_rows=torch.tensor(prompt_rows, dtype=torch.long),
         prompt_lengths=torch.tensor([len(e.prompt_ids) - 1 for e in examples]),
-        real_tokens=int(real.sum()), padded_tokens=int((~real).sum()),
+        real_tokens=int(real.sum()),
+        padded_tokens=int((~real).sum()),
     )
 
 
@@ -129,11 +153,19 @@ class CompletionLogps:
     token_logps: torch.Tensor | None = None  # [B, K, T]
     token_mask: torch.Tensor | None = None  # [B, K, T]
     sampling_log_weights: torch.Tensor | None = None  # [B, K] WPO's log weights (no grad)
-    prompt_logps: torch.Tensor | None = None  # [B] summed log-probs of each prompt's tokens after its first
+    # [B] summed log-probs of each prompt's tokens after its first
+    prompt_logps: torch.Tensor | None = None
 
 
-def completion_logps(model, batch: Collated, settings: EngineSettings | None = None, *, with_tokens: bool = False,
-                     with_sampling_weights: bool = False, with_prompt: bool = False) -> CompletionLogps:
+def completion_logps(
+    model,
+    batch: Collated,
+    settings: EngineSettings | None = None,
+    *,
+    with_tokens: bool = False,
+    with_sampling_weights: bool = False,
+    with_prompt: bool = False,
+) -> CompletionLogps:
     """Summed log-probs of every completion of the batch under `model` (grad follows the
     caller's mode). Only completion positions reach the LM head. `with_sampling_weights`: also
     each completion's mean over its tokens of log π(y_t) − log Σ_v π(v)², the log of WPO's weight
@@ -146,13 +178,21 @@ def completion_logps(model, batch: Collated, settings: EngineSettings | None = N
     if batch.layout is not None and decoder.config._attn_implementation == SEGMENT_ATTENTION:
         kwargs["prefopt_segments"] = segments_as_tensor(batch.layout)
         kwargs["prefopt_engine"] = settings
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).last_hidden_state
-    token_logps, log_sum_squares = _head_logps(model, hidden[batch.pred_rows, batch.pred_positions], batch.targets,
-                                               settings.chunk_tokens, with_sampling_weights)
+    hidden = decoder(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs
+    ).last_hidden_state
+    token_logps, log_sum_squares = _head_logps(
+        model,
+        hidden[batch.pred_rows, batch.pred_positions],
+        batch.targets,
+        settings.chunk_tokens,
+        with_sampling_weights,
+    )
     b, k = batch.lengths.shape
     t_max = max(int(batch.lengths.max()), 1)
-    place = lambda values: torch.zeros(b * k, t_max, dtype=values.dtype, device=hidden.device).index_put(
-        (batch.pred_items, batch.pred_offsets), values)
+    place = lambda values: torch.zeros(
+        b * k, t_max, dtype=values.dtype, device=hidden.device
+    ).index_put((batch.pred_items, batch.pred_offsets), values)
     per_token = place(token_logps)
     lengths = batch.lengths.to(torch.float32)
     result = CompletionLogps(logps=_row_sums(per_token).view(b, k), lengths=lengths)
@@ -171,10 +211,15 @@ def _prompt_logps(model, hidden: torch.Tensor, batch: Collated, chunk_tokens: in
     """[B]: Σ_{t=1}^{P−1} log p(prompt token t | tokens before it), read in each list's first row
     (where the prompt sits at positions 0 … P−1 in both layouts)."""
     lengths = batch.prompt_lengths.to(hidden.device)
-    offsets = torch.cat([torch.arange(n, device=hidden.device) for n in lengths.tolist()]) if len(lengths) else \
-        lengths.new_zeros(0)
+    offsets = (
+        torch.cat([torch.arange(n, device=hidden.device) for n in lengths.tolist()])
+        if len(lengths)
+        else lengths.new_zeros(0)
+    )
     rows = batch.prompt_rows.to(hidden.device)
-    logps, _ = _head_logps(model, hidden[rows, offsets], batch.input_ids[rows, offsets + 1], chunk_tokens)
+    logps, _ = _head_logps(
+        model, hidden[rows, offsets], batch.input_ids[rows, offsets + 1], chunk_tokens
+    )
     owners = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
     width = max(int(lengths.max()), 1) if len(lengths) else 1
     table = torch.zeros(len(lengths), width, dtype=logps.dtype, device=hidden.device)
@@ -196,16 +241,20 @@ def _row_sums(values: torch.Tensor) -> torch.Tensor:
 def _decoder(model):
     decoder = model.get_decoder()
     if decoder is None or decoder is model:
-        raise ValueError(f"{type(model).__name__} exposes no decoder body (get_decoder); prefopt needs a "
-                         "causal LM with a separate LM head")
+        raise ValueError(
+            f"{type(model).__name__} exposes no decoder body (get_decoder); prefopt needs a "
+            "causal LM with a separate LM head"
+        )
     return decoder
 
 
-_HEAD_ROWS = 64  # BLAS picks its kernel by row count; whole blocks of 64 rows give batch-independent results
+# BLAS picks its kernel by row count; whole blocks of 64 rows give batch-independent results
+_HEAD_ROWS = 64
 
 
-def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int, sum_squares: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _head_logps(
+    model, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int, sum_squares: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(target) for each row of `hidden`, and with `sum_squares` log Σ_v p(v)² (no grad).
     Chunks are multiples of 64 rows (the last padded with zeros), so a token's log-prob does not
     depend on what else is in the batch."""
@@ -221,19 +270,27 @@ def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens
         targets = torch.cat([targets, targets.new_zeros(padding)])
     softcap = getattr(model.config, "final_logit_softcapping", None) or None
     device = hidden.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+    dtype = (
+        torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+    )
     if type(head) is torch.nn.Linear:
-        logps, squares = _FusedHeadLogps.apply(hidden, head.weight, head.bias, targets, chunk_tokens, softcap, dtype,
-                                               sum_squares)
+        logps, squares = _FusedHeadLogps.apply(
+            hidden, head.weight, head.bias, targets, chunk_tokens, softcap, dtype, sum_squares
+        )
         return logps[:count], squares[:count] if sum_squares else None
     # an LM head that is not a plain Linear (LoRA on the head, quantized): its own forward, recomputed
-    pieces = [checkpoint(_chunk_logps, head, h, t, softcap, use_reentrant=False)
-              if torch.is_grad_enabled() and h.requires_grad else _chunk_logps(head, h, t, softcap)
-              for h, t in zip(hidden.split(chunk_tokens), targets.split(chunk_tokens), strict=True)]
+    pieces = [
+        checkpoint(_chunk_logps, head, h, t, softcap, use_reentrant=False)
+        if torch.is_grad_enabled() and h.requires_grad
+        else _chunk_logps(head, h, t, softcap)
+        for h, t in zip(hidden.split(chunk_tokens), targets.split(chunk_tokens), strict=True)
+    ]
     squares = None
     if sum_squares:
         with torch.no_grad():
-            squares = torch.cat([_chunk_log_sum_squares(head, h, softcap) for h in hidden.split(chunk_tokens)])[:count]
+            squares = torch.cat(
+                [_chunk_log_sum_squares(head, h, softcap) for h in hidden.split(chunk_tokens)]
+            )[:count]
     return torch.cat(pieces)[:count], squares
 
 
@@ -242,7 +299,9 @@ def _chunk_logits(head, hidden: torch.Tensor, softcap: float | None) -> torch.Te
     return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
-def _chunk_logps(head, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+def _chunk_logps(
+    head, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
     logits = _chunk_logits(head, hidden, softcap)
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
@@ -270,7 +329,8 @@ class _FusedHeadLogps(torch.autograd.Function):
         mix = torch.empty_like(hidden, dtype=torch.float32) if mix_now else None  # softmax(z)·W
         logps = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(logps)
-        squares = torch.empty_like(logps) if sum_squares else logps.new_empty(0)  # log Σ softmax(z)²
+        # log Σ softmax(z)²
+        squares = torch.empty_like(logps) if sum_squares else logps.new_empty(0)
         buffer = _logits_buffer(hidden, weight, chunk_tokens)
         with torch.autocast(hidden.device.type, enabled=False):
             weight_in_dtype = weight.to(dtype)
@@ -282,7 +342,9 @@ class _FusedHeadLogps(torch.autograd.Function):
                 total = exps.sum(1)
                 lse[rows] = total.log() + peak.squeeze(1)
                 logps[rows] = target_logits - lse[rows]
-                if sum_squares:  # Σ (e^(z−peak))² / total², without a second [rows × vocabulary] tensor
+                if (
+                    sum_squares
+                ):  # Σ (e^(z−peak))² / total², without a second [rows × vocabulary] tensor
                     squares[rows] = 2 * (torch.linalg.vector_norm(exps, dim=1).log() - total.log())
                 if mix_now:
                     mix[rows] = (exps.to(dtype) @ weight_in_dtype).float().div_(total.unsqueeze(1))
@@ -311,7 +373,9 @@ class _FusedHeadLogps(torch.autograd.Function):
             for rows in _chunks(hidden.shape[0], ctx.chunk_tokens):
                 logits = _logits_into(buffer, hidden[rows], weight_in_dtype, bias, softcap)
                 squashing = 1 - (logits / softcap).square() if softcap else None
-                grad = logits.sub_(lse[rows].unsqueeze(1)).exp_().mul_(-grad_logps[rows].unsqueeze(1))
+                grad = (
+                    logits.sub_(lse[rows].unsqueeze(1)).exp_().mul_(-grad_logps[rows].unsqueeze(1))
+                )
                 grad.scatter_add_(1, targets[rows].unsqueeze(1), grad_logps[rows].unsqueeze(1))
                 if softcap:
                     grad.mul_(squashing)
@@ -331,12 +395,20 @@ def _chunks(count: int, size: int) -> list[slice]:
 
 
 def _logits_buffer(hidden: torch.Tensor, weight: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
-    return torch.empty(min(chunk_tokens, hidden.shape[0]) * weight.shape[0], dtype=torch.float32,
-                       device=hidden.device)
+    return torch.empty(
+        min(chunk_tokens, hidden.shape[0]) * weight.shape[0],
+        dtype=torch.float32,
+        device=hidden.device,
+    )
 
 
-def _logits_into(buffer: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 softcap: float | None) -> torch.Tensor:
+def _logits_into(
+    buffer: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    softcap: float | None,
+) -> torch.Tensor:
     """softcap(hidden·weightᵀ + bias) in float32 in `buffer`, the matmul in the weight's dtype.
     The logits lie vocabulary-major in memory ([vocabulary, rows], returned as its [rows,
     vocabulary] transpose): the matmul is then weight·hiddenᵀ, which CPU BLAS runs faster than
@@ -364,7 +436,7 @@ def naive_completion_logps(model, examples: list[TokenizedList]) -> torch.Tensor
             ids = torch.tensor([list(example.prompt_ids) + list(completion)])
             logits = model(input_ids=ids).logits.float()[0, :-1]
             token_logps = F.log_softmax(logits, -1).gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
-            sums.append(token_logps[len(example.prompt_ids) - 1:].sum())
+            sums.append(token_logps[len(example.prompt_ids) - 1 :].sum())
         sums += [torch.zeros(())] * (k_max - len(sums))
         rows.append(torch.stack(sums))
     return torch.stack(rows)
@@ -374,8 +446,15 @@ class CompletionLogpsModel(torch.nn.Module):
     """The engine as a module around a causal LM, so that accelerate (DDP, FSDP, autocast) wraps
     the call that really runs: batch -> CompletionLogps."""
 
-    def __init__(self, model, settings: EngineSettings | None = None, *, with_tokens: bool = False,
-                 with_sampling_weights: bool = False, with_prompt: bool = False):
+    def __init__(
+        self,
+        model,
+        settings: EngineSettings | None = None,
+        *,
+        with_tokens: bool = False,
+        with_sampling_weights: bool = False,
+        with_prompt: bool = False,
+    ):
         super().__init__()
         self.model = model
         self.settings = settings or EngineSettings()
@@ -384,5 +463,11 @@ class CompletionLogpsModel(torch.nn.Module):
         self.with_prompt = with_prompt
 
     def forward(self, batch: Collated) -> CompletionLogps:
-        return completion_logps(self.model, batch, self.settings, with_tokens=self.with_tokens,
-                                with_sampling_weights=self.with_sampling_weights, with_prompt=self.with_prompt)
+        return completion_logps(
+            self.model,
+            batch,
+            self.settings,
+            with_tokens=self.with_tokens,
+            with_sampling_weights=self.with_sampling_weights,
+            with_prompt=self.with_prompt,
+        )

@@ -21,7 +21,8 @@ class FusedLoraLinear(Linear):
         name = self._plain_adapter(x, args, kwargs)
         if name is None:
             return super().forward(x, *args, **kwargs)
-        rows = x.reshape(-1, x.shape[-1])  # 2-D throughout: an in-place op on a view costs copies in the backward
+        # 2-D throughout: an in-place op on a view costs copies in the backward
+        rows = x.reshape(-1, x.shape[-1])
         result = self.base_layer(rows)
         down = self.lora_A[name](rows)  # under autocast both come out in its dtype
         result.addmm_(down, self.lora_B[name].weight.T.to(result.dtype), alpha=self.scaling[name])
@@ -32,15 +33,24 @@ class FusedLoraLinear(Linear):
         if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
             return None
         name = self.active_adapters[0]
-        plain = (name in self.lora_A and name not in self.lora_variant and self.lora_B[name].bias is None
-                 and isinstance(self.lora_dropout[name], torch.nn.Identity))
+        plain = (
+            name in self.lora_A
+            and name not in self.lora_variant
+            and self.lora_B[name].bias is None
+            and isinstance(self.lora_dropout[name], torch.nn.Identity)
+        )
         if not plain:
             return None
         adapters = {self.lora_A[name].weight.dtype, self.lora_B[name].weight.dtype}
         base = self.base_layer.weight.dtype
-        if torch.is_autocast_enabled(x.device.type):  # autocast casts inputs and weights to one dtype
+        if torch.is_autocast_enabled(
+            x.device.type
+        ):  # autocast casts inputs and weights to one dtype
             # a frozen base may be held in that dtype already (prefopt.engine.frozen)
-            plain = adapters == {torch.float32} and base in (torch.float32, torch.get_autocast_dtype(x.device.type))
+            plain = adapters == {torch.float32} and base in (
+                torch.float32,
+                torch.get_autocast_dtype(x.device.type),
+            )
             return name if plain else None
         return name if adapters | {base} == {x.dtype} else None
 

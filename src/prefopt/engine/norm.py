@@ -35,7 +35,8 @@ class _RMSNorm(torch.autograd.Function):
         inverse_rms = torch.linalg.vector_norm(hidden, dim=-1, keepdim=True)
         inverse_rms = inverse_rms.square_().div_(hidden.shape[-1]).add_(eps).rsqrt_()
         out = torch.empty_like(hidden, dtype=dtype)
-        torch.mul(hidden * inverse_rms, weight, out=out)  # float32 products, one rounding to `dtype`
+        # float32 products, one rounding to `dtype`
+        torch.mul(hidden * inverse_rms, weight, out=out)
         ctx.save_for_backward(hidden, weight, inverse_rms)
         return out
 
@@ -60,7 +61,9 @@ def _fused_class(norm_class: type) -> type:
         if hidden.dtype != torch.float32 or self.weight.dtype != torch.float32:
             return norm_class.forward(self, hidden)
         device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+        dtype = (
+            torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+        )
         return _RMSNorm.apply(hidden, self.weight, self.variance_epsilon, dtype)
 
     return type(f"Fused{norm_class.__name__}", (norm_class,), {"forward": forward})
@@ -74,7 +77,8 @@ def fuse_rms_norms(model) -> int:
     switched = 0
     for name, module in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
-        final = leaf == "norm" and name.count(".") <= 1  # the decoder's last norm, not one inside a layer
+        # the decoder's last norm, not one inside a layer
+        final = leaf == "norm" and name.count(".") <= 1
         if not (leaf in _NORM_NAMES or final) or not _is_rms_norm(module):
             continue
         module.__class__ = _fused_class(type(module))
@@ -84,5 +88,9 @@ def fuse_rms_norms(model) -> int:
 
 def _is_rms_norm(module) -> bool:
     weight = getattr(module, "weight", None)
-    return (type(module).__name__.endswith("RMSNorm") and isinstance(getattr(module, "variance_epsilon", None), float)
-            and isinstance(weight, torch.nn.Parameter) and weight.dim() == 1)
+    return (
+        type(module).__name__.endswith("RMSNorm")
+        and isinstance(getattr(module, "variance_epsilon", None), float)
+        and isinstance(weight, torch.nn.Parameter)
+        and weight.dim() == 1
+    )

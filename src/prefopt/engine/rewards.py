@@ -25,10 +25,13 @@ _HOOKED = "prefopt_last_layer_at_rewards"
 def reward_head(model) -> torch.nn.Module:
     """The scalar head (`score`), also when PEFT wraps it to train a copy of it."""
     head = getattr(model, "score", None)
-    linear = getattr(head, "original_module", head)  # PEFT's ModulesToSaveWrapper keeps the original
+    # PEFT's ModulesToSaveWrapper keeps the original
+    linear = getattr(head, "original_module", head)
     if not isinstance(linear, torch.nn.Linear) or linear.out_features != 1:
-        raise ValueError(f"{type(model).__name__} has no scalar reward head (a `score` linear layer with one "
-                         "output): is it a sequence-classification model with num_labels = 1?")
+        raise ValueError(
+            f"{type(model).__name__} has no scalar reward head (a `score` linear layer with one "
+            "output): is it a sequence-classification model with num_labels = 1?"
+        )
     return head
 
 
@@ -47,12 +50,19 @@ def batch_rewards(model, batch: Collated, settings: EngineSettings | None = None
     rows, positions = batch.last_tokens[items].unbind(-1)
     kwargs = {"position_ids": batch.position_ids} if batch.position_ids is not None else {}
     if batch.layout is not None and decoder.config._attn_implementation == SEGMENT_ATTENTION:
-        kwargs |= {"prefopt_segments": segments_as_tensor(batch.layout), "prefopt_engine": settings or EngineSettings()}
+        kwargs |= {
+            "prefopt_segments": segments_as_tensor(batch.layout),
+            "prefopt_engine": settings or EngineSettings(),
+        }
     if getattr(decoder, _HOOKED, False):
         kwargs[_REWARD_POSITIONS] = rows * batch.input_ids.shape[1] + positions
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).last_hidden_state
+    hidden = decoder(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs
+    ).last_hidden_state
     values = reward_head(model)(hidden[rows, positions]).float().squeeze(-1)
-    rewards = torch.zeros(b * k, dtype=torch.float32, device=hidden.device).index_put((items,), values)
+    rewards = torch.zeros(b * k, dtype=torch.float32, device=hidden.device).index_put(
+        (items,), values
+    )
     return rewards.view(b, k)
 
 
@@ -82,7 +92,9 @@ def last_layer_at_rewards(model) -> bool:
     if getattr(decoder, _HOOKED, False):
         return True  # hooked already: a second set of hooks would gather the gathered rows again
     layer, state = decoder.layers[-1], _RewardPositions()
-    layer.self_attn.register_forward_pre_hook(functools.partial(_read_positions, state), with_kwargs=True)
+    layer.self_attn.register_forward_pre_hook(
+        functools.partial(_read_positions, state), with_kwargs=True
+    )
     for part in (layer.self_attn.o_proj, layer.mlp):
         part.register_forward_pre_hook(functools.partial(_only_at_positions, state))
         part.register_forward_hook(functools.partial(_back_in_place, state))
@@ -91,7 +103,8 @@ def last_layer_at_rewards(model) -> bool:
 
 
 def _read_positions(state: _RewardPositions, module, args, kwargs) -> None:
-    state.positions = kwargs.get(_REWARD_POSITIONS)  # every forward sets them, so none outlives its own
+    # every forward sets them, so none outlives its own
+    state.positions = kwargs.get(_REWARD_POSITIONS)
 
 
 def _only_at_positions(state: _RewardPositions, module, args):
@@ -102,12 +115,16 @@ def _only_at_positions(state: _RewardPositions, module, args):
     return (x.reshape(-1, x.shape[-1]).index_select(0, state.positions),)
 
 
-def _back_in_place(state: _RewardPositions, module, args, output: torch.Tensor) -> torch.Tensor | None:
+def _back_in_place(
+    state: _RewardPositions, module, args, output: torch.Tensor
+) -> torch.Tensor | None:
     """The part's output at the reward tokens, zeros elsewhere, in the [B, L, hidden] shape the
     layer adds to its residual stream."""
     if state.positions is None:
         return None
-    full = output.new_zeros(math.prod(state.leading), output.shape[-1]).index_copy(0, state.positions, output)
+    full = output.new_zeros(math.prod(state.leading), output.shape[-1]).index_copy(
+        0, state.positions, output
+    )
     return full.view(*state.leading, -1)
 
 
@@ -122,12 +139,21 @@ class RewardEngine(torch.nn.Module):
         self.settings = settings or EngineSettings()
 
     def forward(self, batch: Collated) -> CompletionLogps:
-        return CompletionLogps(logps=batch_rewards(self.model, batch, self.settings),
-                               lengths=batch.lengths.to(torch.float32))
+        return CompletionLogps(
+            logps=batch_rewards(self.model, batch, self.settings),
+            lengths=batch.lengths.to(torch.float32),
+        )
 
 
-def completion_rewards(model, examples: list[TokenizedList], pad_id: int, settings: EngineSettings | None = None,
-                       pad_multiple: int = 16) -> torch.Tensor:
+def completion_rewards(
+    model,
+    examples: list[TokenizedList],
+    pad_id: int,
+    settings: EngineSettings | None = None,
+    pad_multiple: int = 16,
+) -> torch.Tensor:
     """[B, K_max] rewards of tokenized lists (0 past a list's K), in float32."""
-    batch = collate(examples, list(range(len(examples))), pad_id, share_prompt=True, pad_multiple=pad_multiple)
+    batch = collate(
+        examples, list(range(len(examples))), pad_id, share_prompt=True, pad_multiple=pad_multiple
+    )
     return batch_rewards(model, batch.to(next(model.parameters()).device), settings)

@@ -47,7 +47,9 @@ class _LoraSwiGLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dtype, scales, *weights):
-        w_gate, w_up, w_down, a_gate, b_gate, a_up, b_up, a_down, b_down = (w.to(dtype) for w in weights)
+        w_gate, w_up, w_down, a_gate, b_gate, a_up, b_up, a_down, b_down = (
+            w.to(dtype) for w in weights
+        )
         rows = x.reshape(-1, x.shape[-1]).to(dtype)
         with torch.autocast(x.device.type, enabled=False):
             gate, down_gate = _lora_linear(rows, w_gate, a_gate, b_gate, scales[0])
@@ -61,28 +63,44 @@ class _LoraSwiGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         rows, gate, up, down_gate, down_up, down_down, *weights = ctx.saved_tensors
-        w_gate, w_up, w_down, a_gate, b_gate, a_up, b_up, a_down, b_down = (w.to(ctx.dtype) for w in weights)
+        w_gate, w_up, w_down, a_gate, b_gate, a_up, b_up, a_down, b_down = (
+            w.to(ctx.dtype) for w in weights
+        )
         s_gate, s_up, s_down = ctx.scales
         grad = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
         with torch.autocast(grad.device.type, enabled=False):
             silu = F.silu(gate)
             hidden = silu * up
             through_b = grad @ b_down
-            grad_a_down, grad_b_down = (through_b.T @ hidden).mul_(s_down), (grad.T @ down_down).mul_(s_down)
+            grad_a_down, grad_b_down = (
+                (through_b.T @ hidden).mul_(s_down),
+                (grad.T @ down_down).mul_(s_down),
+            )
             grad_hidden = (grad @ w_down).addmm_(through_b, a_down, alpha=s_down)
             inner, rank_gate = gate.shape[1], a_gate.shape[0]
             stacked = grad_hidden.new_empty(rows.shape[0], 2 * inner + rank_gate + a_up.shape[0])
-            grad_gate, grad_up = stacked[:, :inner], stacked[:, inner:2 * inner]
+            grad_gate, grad_up = stacked[:, :inner], stacked[:, inner : 2 * inner]
             torch.ops.aten.silu_backward.grad_input(grad_hidden * up, gate, grad_input=grad_gate)
             torch.mul(grad_hidden, silu, out=grad_up)
-            through_gate, through_up = stacked[:, 2 * inner:2 * inner + rank_gate], stacked[:, 2 * inner + rank_gate:]
+            through_gate, through_up = (
+                stacked[:, 2 * inner : 2 * inner + rank_gate],
+                stacked[:, 2 * inner + rank_gate :],
+            )
             torch.mm(grad_gate, b_gate, out=through_gate)
             torch.mm(grad_up, b_up, out=through_up)
             grad_x = None
             if ctx.needs_input_grad[0]:
-                grad_x = (stacked @ torch.cat([w_gate, w_up, a_gate * s_gate, a_up * s_up])).view(ctx.shape)
-            grads = ((through_gate.T @ rows).mul_(s_gate), (grad_gate.T @ down_gate).mul_(s_gate),
-                     (through_up.T @ rows).mul_(s_up), (grad_up.T @ down_up).mul_(s_up), grad_a_down, grad_b_down)
+                grad_x = (stacked @ torch.cat([w_gate, w_up, a_gate * s_gate, a_up * s_up])).view(
+                    ctx.shape
+                )
+            grads = (
+                (through_gate.T @ rows).mul_(s_gate),
+                (grad_gate.T @ down_gate).mul_(s_gate),
+                (through_up.T @ rows).mul_(s_up),
+                (grad_up.T @ down_up).mul_(s_up),
+                grad_a_down,
+                grad_b_down,
+            )
         grad_x = None if grad_x is None else grad_x.to(ctx.input_dtype)
         adapters = (g.to(w.dtype) for g, w in zip(grads, weights[3:], strict=True))
         return grad_x, None, None, None, None, None, *adapters
@@ -98,18 +116,26 @@ def _lora_parts(mlp, x: torch.Tensor):
     """(dtype, scales, weights) for `_LoraSwiGLU` when gate, up and down are each one plain LoRA
     adapter on a frozen bias-free base (prefopt.engine.lora) and the settings allow it, else None."""
     layers = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-    if not getattr(mlp, "prefopt_lora_mlp", False) or not all(type(layer) is FusedLoraLinear for layer in layers):
+    if not getattr(mlp, "prefopt_lora_mlp", False) or not all(
+        type(layer) is FusedLoraLinear for layer in layers
+    ):
         return None
     names = [layer._plain_adapter(x, (), {}) for layer in layers]
-    if None in names or any(layer.base_layer.bias is not None or layer.base_layer.weight.requires_grad
-                            for layer in layers):
+    if None in names or any(
+        layer.base_layer.bias is not None or layer.base_layer.weight.requires_grad
+        for layer in layers
+    ):
         return None
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     weights = [layer.base_layer.weight for layer in layers]
     for layer, name in zip(layers, names, strict=True):
         weights += [layer.lora_A[name].weight, layer.lora_B[name].weight]
-    return dtype, tuple(layer.scaling[name] for layer, name in zip(layers, names, strict=True)), weights
+    return (
+        dtype,
+        tuple(layer.scaling[name] for layer, name in zip(layers, names, strict=True)),
+        weights,
+    )
 
 
 @functools.cache

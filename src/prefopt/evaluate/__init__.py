@@ -15,5 +15,15 @@ from prefopt.evaluate.stats import (
     win_rate,
 )
 
-__all__ = ["Estimate", "WinRate", "bootstrap_mean", "difficulty", "idealized_log_ratio", "idealized_ranking_accuracy",
-           "kl_estimate", "length_controlled_win_rate", "ranking_accuracy", "win_rate"]
+__all__ = [
+    "Estimate",
+    "WinRate",
+    "bootstrap_mean",
+    "difficulty",
+    "idealized_log_ratio",
+    "idealized_ranking_accuracy",
+    "kl_estimate",
+    "length_controlled_win_rate",
+    "ranking_accuracy",
+    "win_rate",
+]

@@ -24,8 +24,10 @@ img{max-width:100%;border:1px solid #eee;margin:.4em 0}.note{color:#666}"""
 
 def write_page(target: Path, title: str, body: str) -> Path:
     """A self-contained HTML page (figures embedded) with the reports' style."""
-    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+    page = (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
     return write_atomic(target, page)
 
 
@@ -44,12 +46,16 @@ def figure_html(draw, *, width: float = 10, height: float = 3.6, png: Path | Non
     pyplot.close(figure)
     if png is not None:
         png.write_bytes(buffer.getvalue())
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+    return (
+        f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+    )
 
 
 def table_html(rows: list[list[str]], header: list[str]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -62,10 +68,23 @@ def train_report(run: Path) -> tuple[str, str]:
     evals = [line for line in lines if line["split"] == "eval"]
     if not train:
         raise DataError(f"{run}/metrics.jsonl: no training steps to report")
-    keys = [k for k in ("loss", "reward_accuracy", "ranking_accuracy", "kendall_tau", "reward_margin",
-                        "logps/chosen", "logps/rejected") if headline(train[0], k) is not None]
-    series = lambda rows, key: ([r["step"] for r in rows if headline(r, key) is not None],
-                                [headline(r, key) for r in rows if headline(r, key) is not None])
+    keys = [
+        k
+        for k in (
+            "loss",
+            "reward_accuracy",
+            "ranking_accuracy",
+            "kendall_tau",
+            "reward_margin",
+            "logps/chosen",
+            "logps/rejected",
+        )
+        if headline(train[0], k) is not None
+    ]
+    series = lambda rows, key: (
+        [r["step"] for r in rows if headline(r, key) is not None],
+        [headline(r, key) for r in rows if headline(r, key) is not None],
+    )
 
     def panel(axes, key, unit):
         for rows, style, label in ((train, "-", "train"), (evals, "o-", "eval")):
@@ -78,10 +97,15 @@ def train_report(run: Path) -> tuple[str, str]:
         axes.legend()
 
     def quality(figure):
-        shown = [k for k in keys if k in ("loss", "reward_accuracy", "ranking_accuracy", "kendall_tau")]
+        shown = [
+            k for k in keys if k in ("loss", "reward_accuracy", "ranking_accuracy", "kendall_tau")
+        ]
         for n, key in enumerate(shown, 1):
-            panel(figure.add_subplot(1, len(shown), n), key, "nats" if key == "loss" else "share of pairs"
-                  if "accuracy" in key else "τ")
+            panel(
+                figure.add_subplot(1, len(shown), n),
+                key,
+                "nats" if key == "loss" else "share of pairs" if "accuracy" in key else "τ",
+            )
 
     def drift(figure):
         panel(figure.add_subplot(1, 2, 1), "reward_margin", "β·(ρ_w − ρ_l)")
@@ -90,15 +114,27 @@ def train_report(run: Path) -> tuple[str, str]:
             for rows, marker, split in ((train, "", "train"), (evals, "o", "eval")):
                 steps, values = series(rows, key)
                 if steps:
-                    axes.plot(steps, values, style + marker, label=f"{key.split('/')[1]} ({split})", markersize=4)
+                    axes.plot(
+                        steps,
+                        values,
+                        style + marker,
+                        label=f"{key.split('/')[1]} ({split})",
+                        markersize=4,
+                    )
         axes.set_title("log-probs of better and worse (likelihood drift)")
         axes.set_xlabel("optimizer step")
         axes.set_ylabel("summed log-prob (nats)")
         axes.legend(fontsize=8)
 
     def optimisation(figure):
-        for n, (key, unit) in enumerate((("lr", "learning rate"), ("grad_norm", "gradient norm"),
-                                         ("tokens_per_s", "tokens / s")), 1):
+        for n, (key, unit) in enumerate(
+            (
+                ("lr", "learning rate"),
+                ("grad_norm", "gradient norm"),
+                ("tokens_per_s", "tokens / s"),
+            ),
+            1,
+        ):
             axes = figure.add_subplot(1, 3, n)
             axes.plot([r["step"] for r in train], [r.get(key, float("nan")) for r in train])
             axes.set_title(unit)
@@ -109,17 +145,30 @@ def train_report(run: Path) -> tuple[str, str]:
     if len(evals) >= 2:
         start, end = evals[0], evals[-1]
         held_out = [*keys, "ndcg", "calibration_ece", "reward_std"]  # the last two: reward runs
-        rows = [[k, f"{headline(start, k):.4f}", f"{headline(end, k):.4f}"] for k in held_out
-                if isinstance(headline(start, k), float) and isinstance(headline(end, k), float)]
-        summary = "<h2>Held-out evaluation, start and end</h2>" + table_html(rows, ["metric", "start", "end"])
+        rows = [
+            [k, f"{headline(start, k):.4f}", f"{headline(end, k):.4f}"]
+            for k in held_out
+            if isinstance(headline(start, k), float) and isinstance(headline(end, k), float)
+        ]
+        summary = "<h2>Held-out evaluation, start and end</h2>" + table_html(
+            rows, ["metric", "start", "end"]
+        )
     else:
-        summary = '<p class=note>no evaluation lines in metrics.jsonl (no eval split): train curves only</p>'
+        summary = "<p class=note>no evaluation lines in metrics.jsonl (no eval split): train curves only</p>"
     reward_run = bool(evals) and "calibration" in evals[-1]
-    body = (summary + "<h2>Loss and accuracy</h2>" + figure_html(quality)
-            + (_reward_body(evals) if reward_run else "")
-            + ("<h2>Reward margin and likelihood drift</h2>" + figure_html(drift)
-               if headline(train[0], "logps/chosen") is not None else "")
-            + "<h2>Optimisation</h2>" + figure_html(optimisation, height=3.0))
+    body = (
+        summary
+        + "<h2>Loss and accuracy</h2>"
+        + figure_html(quality)
+        + (_reward_body(evals) if reward_run else "")
+        + (
+            "<h2>Reward margin and likelihood drift</h2>" + figure_html(drift)
+            if headline(train[0], "logps/chosen") is not None
+            else ""
+        )
+        + "<h2>Optimisation</h2>"
+        + figure_html(optimisation, height=3.0)
+    )
     kind = "reward model run" if reward_run else "train run"
     return f"prefopt {kind}: {run.name} ({len(train)} steps)", body
 
@@ -133,9 +182,17 @@ def _reward_body(evals: list[dict]) -> str:
         for line, style in ((evals[0], "s--"), (evals[-1], "o-")):
             table = line.get("calibration")
             if table:
-                points = [(p, o) for p, o in zip(table["predicted"], table["observed"], strict=True) if p is not None]
-                axes.plot(*zip(*points, strict=True), style, markersize=4,
-                          label=f"step {line['step']} (ECE {table['ece']:.3f})")
+                points = [
+                    (p, o)
+                    for p, o in zip(table["predicted"], table["observed"], strict=True)
+                    if p is not None
+                ]
+                axes.plot(
+                    *zip(*points, strict=True),
+                    style,
+                    markersize=4,
+                    label=f"step {line['step']} (ECE {table['ece']:.3f})",
+                )
         axes.set_title("calibration of σ(r_w − r_l) on held-out pairs")
         axes.set_xlabel("predicted preference probability")
         axes.set_ylabel("observed preference rate")
@@ -143,7 +200,12 @@ def _reward_body(evals: list[dict]) -> str:
         axes = figure.add_subplot(1, 2, 2)
         for line, style in ((evals[0], "s--"), (evals[-1], "o-")):
             by_rank = line.get("reward_by_rank") or {}
-            axes.plot([int(r) for r in by_rank], list(by_rank.values()), style, label=f"step {line['step']}")
+            axes.plot(
+                [int(r) for r in by_rank],
+                list(by_rank.values()),
+                style,
+                label=f"step {line['step']}",
+            )
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.set_title("mean reward by rank (1 = best)")
         axes.set_xlabel("rank in the list")
@@ -163,14 +225,25 @@ def eval_report(path: Path) -> tuple[str, str]:
         raise DataError(f"{path}: not a prefopt eval result (not JSON)") from None
     if not isinstance(result, dict) or result.get("mode") not in ("prompts", "data"):
         raise DataError(f"{path}: not a prefopt eval result (no mode)")
-    return (f"prefopt eval: {result['model']}", _prompts_body(result) if result["mode"] == "prompts"
-            else _data_body(result))
+    return (
+        f"prefopt eval: {result['model']}",
+        _prompts_body(result) if result["mode"] == "prompts" else _data_body(result),
+    )
 
 
 def _bar_with_interval(axes, labels: list[str], estimates: list[dict], unit: str) -> None:
     values = [e["value"] for e in estimates]
-    errors = [[e["value"] - e["low"] for e in estimates], [e["high"] - e["value"] for e in estimates]]
-    axes.bar(labels, values, yerr=errors, capsize=8, color=["#4c72b0", "#999999", "#55a868"][: len(values)])
+    errors = [
+        [e["value"] - e["low"] for e in estimates],
+        [e["high"] - e["value"] for e in estimates],
+    ]
+    axes.bar(
+        labels,
+        values,
+        yerr=errors,
+        capsize=8,
+        color=["#4c72b0", "#999999", "#55a868"][: len(values)],
+    )
     axes.set_ylabel(unit)
 
 
@@ -179,23 +252,33 @@ def _prompts_body(result: dict) -> str:
     estimates = {key: v for key, v in result.items() if isinstance(v, dict) and "value" in v}
     if "win_rate" in result:
         estimates["win_rate"] = result["win_rate"]["rate"]
-    rows = [[key, f"{v['value']:.3f}", f"[{v['low']:.3f}, {v['high']:.3f}]"] for key, v in estimates.items()]
+    rows = [
+        [key, f"{v['value']:.3f}", f"[{v['low']:.3f}, {v['high']:.3f}]"]
+        for key, v in estimates.items()
+    ]
     if result.get("win_rate", {}).get("length_controlled") is not None:
-        rows.append(["length-controlled win rate", f"{result['win_rate']['length_controlled']:.3f}", ""])
+        rows.append(
+            ["length-controlled win rate", f"{result['win_rate']['length_controlled']:.3f}", ""]
+        )
     body = table_html(rows, ["statistic", "value", "95% interval"])
 
     def bars(figure):
         n = 1 + ("win_rate" in result)
         if "score" in result:
             axes = figure.add_subplot(1, n, 1)
-            shown = [("model", result["score"])] + ([("baseline", result["baseline_score"])]
-                                                    if "baseline_score" in result else [])
-            _bar_with_interval(axes, [s for s, _ in shown], [e for _, e in shown], "mean oracle score")
+            shown = [("model", result["score"])] + (
+                [("baseline", result["baseline_score"])] if "baseline_score" in result else []
+            )
+            _bar_with_interval(
+                axes, [s for s, _ in shown], [e for _, e in shown], "mean oracle score"
+            )
             axes.set_title("score with 95% bootstrap interval (over prompts)")
         if "win_rate" in result:
             axes = figure.add_subplot(1, n, n)
             rate = result["win_rate"]
-            _bar_with_interval(axes, ["win rate"], [rate["rate"]], "share of prompts won (ties half)")
+            _bar_with_interval(
+                axes, ["win rate"], [rate["rate"]], "share of prompts won (ties half)"
+            )
             if rate.get("length_controlled") is not None:
                 axes.bar(["length-controlled"], [rate["length_controlled"]], color="#dd8452")
             axes.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
@@ -229,21 +312,45 @@ def _prompts_body(result: dict) -> str:
 
 
 def _data_body(result: dict) -> str:
-    rows = [[key, f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" if isinstance(v, dict) else f"{v:.3f}"]
-            for key, v in result.items() if isinstance(v, dict | float) and key != "difficulty"]
+    rows = [
+        [
+            key,
+            f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+            if isinstance(v, dict)
+            else f"{v:.3f}",
+        ]
+        for key, v in result.items()
+        if isinstance(v, dict | float) and key != "difficulty"
+    ]
     body = table_html(rows, ["statistic", "value"])
     points = result.get("difficulty")
     if not points:
-        return body + f'<p class=note>{html.escape(result.get("note", ""))}</p>'
+        return body + f"<p class=note>{html.escape(result.get('note', ''))}</p>"
 
     def scatter(figure):
         axes = figure.add_subplot(1, 1, 1)
-        for correct, color, label in ((True, "#55a868", "ranked correctly"), (False, "#c44e52", "misranked")):
+        for correct, color, label in (
+            (True, "#55a868", "ranked correctly"),
+            (False, "#c44e52", "misranked"),
+        ):
             chosen = [p for p in points if p["ranked_correctly"] == correct]
-            axes.scatter([p["c"] for p in chosen], [p["dpo_loss"] for p in chosen], s=12, color=color, label=label)
+            axes.scatter(
+                [p["c"] for p in chosen],
+                [p["dpo_loss"] for p in chosen],
+                s=12,
+                color=color,
+                label=label,
+            )
         c = np.linspace(min(p["c"] for p in points), max(p["c"] for p in points), 200)
-        axes.plot(c, np.logaddexp(0, -result["beta"] * c), color="black", label="loss threshold −log σ(βc)")
-        axes.set_xlabel("difficulty c = log π_ref(y_l) − log π_ref(y_w)  (nats; > 0: the reference misranks)")
+        axes.plot(
+            c,
+            np.logaddexp(0, -result["beta"] * c),
+            color="black",
+            label="loss threshold −log σ(βc)",
+        )
+        axes.set_xlabel(
+            "difficulty c = log π_ref(y_l) − log π_ref(y_w)  (nats; > 0: the reference misranks)"
+        )
         axes.set_ylabel("DPO loss (nats)")
         axes.set_title("difficulty against ranking correctness")
         axes.legend()

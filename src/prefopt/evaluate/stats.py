@@ -28,8 +28,13 @@ class Estimate:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 
-def bootstrap_mean(per_prompt: list[list[float]] | np.ndarray, *, resamples: int = 2000, level: float = 0.95,
-                   seed: int = 0) -> Estimate:
+def bootstrap_mean(
+    per_prompt: list[list[float]] | np.ndarray,
+    *,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
     """The mean over prompts of each prompt's mean score, with a percentile bootstrap interval
     that resamples prompts (a prompt's K samples are not independent, so they are never
     resampled apart). Ragged lists are allowed."""
@@ -39,7 +44,9 @@ def bootstrap_mean(per_prompt: list[list[float]] | np.ndarray, *, resamples: int
     return _percentile_interval(means, lambda sample: sample.mean(-1), resamples, level, seed)
 
 
-def _percentile_interval(units: np.ndarray, statistic, resamples: int, level: float, seed: int) -> Estimate:
+def _percentile_interval(
+    units: np.ndarray, statistic, resamples: int, level: float, seed: int
+) -> Estimate:
     rng = np.random.default_rng(seed)
     draws = statistic(units[rng.integers(0, len(units), size=(resamples, len(units)))])
     tail = (1 - level) / 2
@@ -62,9 +69,15 @@ class WinRate:
         return {**dataclasses.asdict(self), "rate": self.rate.to_json()}
 
 
-def win_rate(preferences: list[float | None], *, lengths_a: list[float] | None = None,
-             lengths_b: list[float] | None = None, resamples: int = 2000, level: float = 0.95,
-             seed: int = 0) -> WinRate:
+def win_rate(
+    preferences: list[float | None],
+    *,
+    lengths_a: list[float] | None = None,
+    lengths_b: list[float] | None = None,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> WinRate:
     """Win rate of A over B from one preference per prompt: 1 A wins, 0 B wins, 0.5 a tie, None
     the judge failed. The interval is a paired bootstrap over prompts. With lengths, the
     length-controlled rate is given beside it."""
@@ -80,9 +93,21 @@ def win_rate(preferences: list[float | None], *, lengths_a: list[float] | None =
         kept = [i for i, _ in judged]
         a = np.array([lengths_a[i] for i in kept], dtype=np.float64)
         b = np.array([lengths_b[i] for i in kept], dtype=np.float64)
-        controlled, mean_a, mean_b = length_controlled_win_rate(values, a - b), float(a.mean()), float(b.mean())
-    return WinRate(rate, int((values == 1).sum()), int((values == 0.5).sum()), int((values == 0).sum()),
-                   len(preferences) - len(judged), controlled, mean_a, mean_b)
+        controlled, mean_a, mean_b = (
+            length_controlled_win_rate(values, a - b),
+            float(a.mean()),
+            float(b.mean()),
+        )
+    return WinRate(
+        rate,
+        int((values == 1).sum()),
+        int((values == 0.5).sum()),
+        int((values == 0).sum()),
+        len(preferences) - len(judged),
+        controlled,
+        mean_a,
+        mean_b,
+    )
 
 
 def length_controlled_win_rate(preferences: np.ndarray, length_differences: np.ndarray) -> float:
@@ -92,7 +117,11 @@ def length_controlled_win_rate(preferences: np.ndarray, length_differences: np.n
     fit finite when length alone separates the outcomes."""
     y = np.asarray(preferences, dtype=np.float64)
     spread = float(np.std(length_differences))
-    z = np.asarray(length_differences, dtype=np.float64) / spread if spread > 0 else np.zeros_like(y)
+    z = (
+        np.asarray(length_differences, dtype=np.float64) / spread
+        if spread > 0
+        else np.zeros_like(y)
+    )
     features = np.stack([np.ones_like(z), z], 1)
     theta = np.zeros(2)
     ridge = np.diag([1e-6, 1e-2])
@@ -107,18 +136,25 @@ def length_controlled_win_rate(preferences: np.ndarray, length_differences: np.n
     return float(1 / (1 + math.exp(-theta[0])))
 
 
-def kl_estimate(policy_logps: list[list[float]], ref_logps: list[list[float]], **bootstrap) -> Estimate:
+def kl_estimate(
+    policy_logps: list[list[float]], ref_logps: list[list[float]], **bootstrap
+) -> Estimate:
     """KL(π ‖ π_ref) ≈ mean over the policy's own samples y ~ π of S_π(y) − S_ref(y), per prompt,
     then over prompts with a bootstrap interval (an unbiased Monte-Carlo estimate; a single
     sample's term can be negative)."""
-    per_prompt = [[p - r for p, r in zip(ps, rs, strict=True)] for ps, rs in zip(policy_logps, ref_logps, strict=True)]
+    per_prompt = [
+        [p - r for p, r in zip(ps, rs, strict=True)]
+        for ps, rs in zip(policy_logps, ref_logps, strict=True)
+    ]
     return bootstrap_mean(per_prompt, **bootstrap)
 
 
 # ----- ranking diagnostics (Chen et al. 2024) -----
 
 
-def idealized_log_ratio(ref_log_ratio: np.ndarray, alpha: np.ndarray, beta: float, eps: float = 1e-3) -> np.ndarray:
+def idealized_log_ratio(
+    ref_log_ratio: np.ndarray, alpha: np.ndarray, beta: float, eps: float = 1e-3
+) -> np.ndarray:
     """log π*(y_w)/π*(y_l) at the exact optimum of RLHF/DPO under Bradley–Terry (Thm 3.1):
     [S_ref(y_w) − S_ref(y_l)] + (1/β)·log(α / (1 − α)), with α the true preference probability
     for y_w, clipped away from 1 by `eps` as the paper does (α = 1 makes the optimum infinite)."""
@@ -128,8 +164,9 @@ def idealized_log_ratio(ref_log_ratio: np.ndarray, alpha: np.ndarray, beta: floa
     return np.asarray(ref_log_ratio, dtype=np.float64) + np.log(alpha / (1 - alpha)) / beta
 
 
-def idealized_ranking_accuracy(ref_log_ratio: np.ndarray, alpha: np.ndarray, beta: float, eps: float = 1e-3
-                               ) -> float:
+def idealized_ranking_accuracy(
+    ref_log_ratio: np.ndarray, alpha: np.ndarray, beta: float, eps: float = 1e-3
+) -> float:
     """R*: the share of pairs the optimal policy ranks correctly, 1[π*(y_w) > π*(y_l)] (Cor. 3.3)."""
     return float((idealized_log_ratio(ref_log_ratio, alpha, beta, eps) > 0).mean())
 
@@ -140,12 +177,15 @@ def ranking_accuracy(chosen_logps: np.ndarray, rejected_logps: np.ndarray) -> fl
     return float((np.asarray(chosen_logps) >= np.asarray(rejected_logps)).mean())
 
 
-def difficulty(ref_chosen_logps: np.ndarray, ref_rejected_logps: np.ndarray, beta: float
-               ) -> tuple[np.ndarray, np.ndarray]:
+def difficulty(
+    ref_chosen_logps: np.ndarray, ref_rejected_logps: np.ndarray, beta: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Per pair, c = log π_ref(y_l) − log π_ref(y_w) (c > 0: the reference ranks it wrongly) and
     the loss threshold −log σ(β·c): the trained model ranks the pair correctly iff its DPO loss is
     at most that (Thm 4.1)."""
-    c = np.asarray(ref_rejected_logps, dtype=np.float64) - np.asarray(ref_chosen_logps, dtype=np.float64)
+    c = np.asarray(ref_rejected_logps, dtype=np.float64) - np.asarray(
+        ref_chosen_logps, dtype=np.float64
+    )
     return c, np.logaddexp(0.0, -beta * c)
 
 
@@ -168,6 +208,13 @@ def calibration(margins: np.ndarray, bins: int = 10) -> dict:
         mean_predicted = np.bincount(which, predicted, minlength=bins) / counts
         rate = np.bincount(which, observed, minlength=bins) / counts
     filled = counts > 0
-    ece = float(np.sum(counts[filled] / predicted.size * np.abs(rate[filled] - mean_predicted[filled])))
+    ece = float(
+        np.sum(counts[filled] / predicted.size * np.abs(rate[filled] - mean_predicted[filled]))
+    )
     present = lambda values: [float(v) if f else None for v, f in zip(values, filled, strict=True)]
-    return {"ece": ece, "predicted": present(mean_predicted), "observed": present(rate), "count": counts.tolist()}
+    return {
+        "ece": ece,
+        "predicted": present(mean_predicted),
+        "observed": present(rate),
+        "count": counts.tolist(),
+    }

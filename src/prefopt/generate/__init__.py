@@ -6,4 +6,12 @@ from prefopt.generate.config import GenerateConfig
 from prefopt.generate.run import GenerateResult, generate, load_prompts
 from prefopt.generate.sampling import Sample, SamplingSettings, sample
 
-__all__ = ["GenerateConfig", "GenerateResult", "Sample", "SamplingSettings", "generate", "load_prompts", "sample"]
+__all__ = [
+    "GenerateConfig",
+    "GenerateResult",
+    "Sample",
+    "SamplingSettings",
+    "generate",
+    "load_prompts",
+    "sample",
+]

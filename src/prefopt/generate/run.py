@@ -11,7 +11,14 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from prefopt.data import DataError, PreferenceRecord, load_records
 from prefopt.data.tokenize import prompt_ids
@@ -48,8 +55,14 @@ def load_prompts(source: str) -> list[PreferenceRecord]:
     return prompts
 
 
-def generate(config: GenerateConfig, *, resume: bool = False, console: Console | None = None, model=None,
-             tokenizer=None) -> GenerateResult:
+def generate(
+    config: GenerateConfig,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    model=None,
+    tokenizer=None,
+) -> GenerateResult:
     """Generate as `config` says; `model` and `tokenizer` may be given already loaded (the loop's
     policy stays in memory between rounds)."""
     console = console or Console()
@@ -59,9 +72,13 @@ def generate(config: GenerateConfig, *, resume: bool = False, console: Console |
     tokenizer = tokenizer or load_tokenizer(config.model)
     ids = [prompt_ids(record, tokenizer, config.tokenize_settings()) for record in records]
     todo = [i for i in range(len(records)) if i not in done]
-    precision = decode_precision(config.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = decode_precision(
+        config.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     if done:
-        console.print(f"resuming: {len(done)} of {len(records)} prompts already in {out}", highlight=False)
+        console.print(
+            f"resuming: {len(done)} of {len(records)} prompts already in {out}", highlight=False
+        )
     started, tokens = time.perf_counter(), 0
     if not todo:
         return GenerateResult(out, len(records), 0, len(done), 0, 0.0)
@@ -71,8 +88,15 @@ def generate(config: GenerateConfig, *, resume: bool = False, console: Console |
         model = model or load_model(config.model)
     common = {"model": config.model, "seed": config.seed, "sampling": config.sampling().describe()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    columns = [TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
-               TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]generate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("prompts"),
+        TextColumn("{task.fields[speed]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with out.open("a", encoding="utf-8") as handle, Progress(*columns, console=console) as progress:
         task = progress.add_task("generate", total=len(todo), speed="")
 
@@ -80,9 +104,19 @@ def generate(config: GenerateConfig, *, resume: bool = False, console: Console |
             nonlocal tokens
             for i, samples in zip(indices, batch, strict=True):
                 record = records[todo[i]]
-                meta = {**common, "index": todo[i], "lengths": [len(s.token_ids) for s in samples],
-                        "finished": [s.finished for s in samples], "logps": [s.logp for s in samples]}
-                row = {**record.extra, "prompt": record.prompt, "completions": [s.text for s in samples], "meta": meta}
+                meta = {
+                    **common,
+                    "index": todo[i],
+                    "lengths": [len(s.token_ids) for s in samples],
+                    "finished": [s.finished for s in samples],
+                    "logps": [s.logp for s in samples],
+                }
+                row = {
+                    **record.extra,
+                    "prompt": record.prompt,
+                    "completions": [s.text for s in samples],
+                    "meta": meta,
+                }
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 tokens += sum(len(s.token_ids) for s in samples)
             handle.flush()
@@ -91,30 +125,49 @@ def generate(config: GenerateConfig, *, resume: bool = False, console: Console |
 
         prompts = [ids[i] for i in todo]
         if config.backend == "vllm":
-            write(list(range(len(todo))), sample_with_vllm(config.model, prompts, config.sampling(), precision))
+            write(
+                list(range(len(todo))),
+                sample_with_vllm(config.model, prompts, config.sampling(), precision),
+            )
         else:
-            autocast = lambda: torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-            sample(model, tokenizer, prompts, config.sampling(), backend=config.backend, autocast=autocast,
-                   on_batch=write)
+            autocast = lambda: torch.autocast(
+                model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
+            )
+            sample(
+                model,
+                tokenizer,
+                prompts,
+                config.sampling(),
+                backend=config.backend,
+                autocast=autocast,
+                on_batch=write,
+            )
     _in_prompt_order(out)
-    return GenerateResult(out, len(records), len(todo), len(done), tokens, time.perf_counter() - started)
+    return GenerateResult(
+        out, len(records), len(todo), len(done), tokens, time.perf_counter() - started
+    )
 
 
 def _in_prompt_order(out: Path) -> None:
     """Lines are written as batches finish (prompts are batched by length); once every prompt is
     done, the file is rewritten in the prompts' order, atomically."""
-    lines = [line for line in out.read_text(encoding="utf-8").split("\n") if line]  # "\n" only, as read_jsonl
+    # "\n" only, as read_jsonl
+    lines = [line for line in out.read_text(encoding="utf-8").split("\n") if line]
     ordered = sorted(lines, key=lambda line: json.loads(line)["meta"]["index"])
     write_atomic(out, "".join(line + "\n" for line in ordered))
 
 
-def _finished_prompts(out: Path, config: GenerateConfig, resume: bool, records: list[PreferenceRecord]) -> set[int]:
+def _finished_prompts(
+    out: Path, config: GenerateConfig, resume: bool, records: list[PreferenceRecord]
+) -> set[int]:
     """The prompt indices already in `out` (with --resume); a line cut short by an interruption is
     dropped from the file. Without --resume an existing output is never overwritten."""
     if not out.exists() or out.stat().st_size == 0:
         return set()
     if not resume:
-        raise DataError(f"{out} already exists: add --resume to continue it, or remove it to start again")
+        raise DataError(
+            f"{out} already exists: add --resume to continue it, or remove it to start again"
+        )
     lines = out.read_text(encoding="utf-8").split("\n")
     sampling = json.loads(json.dumps(config.sampling().describe()))  # as the file holds it
     kept, done = [], set()
@@ -125,16 +178,26 @@ def _finished_prompts(out: Path, config: GenerateConfig, resume: bool, records: 
             row = json.loads(line)
         except json.JSONDecodeError:
             if number < len(lines) - 1:  # only the last line can be cut short by an interruption
-                raise DataError(f"{out}, line {number}: not valid JSON; is this a prefopt generate output?") from None
+                raise DataError(
+                    f"{out}, line {number}: not valid JSON; is this a prefopt generate output?"
+                ) from None
             continue
         meta = row.get("meta", {}) if isinstance(row, dict) else {}
         if meta.get("sampling") != sampling or meta.get("model") != config.model:
-            raise DataError(f"{out}, line {number}: written with other settings (model {meta.get('model')!r}, "
-                            f"sampling {meta.get('sampling')}); resume with the same settings or start a new file")
+            raise DataError(
+                f"{out}, line {number}: written with other settings (model {meta.get('model')!r}, "
+                f"sampling {meta.get('sampling')}); resume with the same settings or start a new file"
+            )
         index = meta.get("index")
-        if not isinstance(index, int) or not 0 <= index < len(records) or row["prompt"] != records[index].prompt:
-            raise DataError(f"{out}, line {number}: its prompt is not prompt {index} of {config.prompts}; was the "
-                            "prompts file changed? Start a new output file")
+        if (
+            not isinstance(index, int)
+            or not 0 <= index < len(records)
+            or row["prompt"] != records[index].prompt
+        ):
+            raise DataError(
+                f"{out}, line {number}: its prompt is not prompt {index} of {config.prompts}; was the "
+                "prompts file changed? Start a new output file"
+            )
         done.add(index)
         kept.append(line)
     write_atomic(out, "".join(line + "\n" for line in kept))

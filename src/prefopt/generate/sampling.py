@@ -29,23 +29,30 @@ class SamplingSettings:
     batch_size: int = 16  # prompts decoded together (K sequences each)
 
     def __post_init__(self) -> None:
-        checks = [(self.k >= 1, "k", "must be >= 1"), (self.temperature >= 0, "temperature", "must be >= 0"),
-                  (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"), (self.top_k >= 0, "top_k", "must be >= 0"),
-                  (self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
-                  (self.batch_size >= 1, "batch_size", "must be >= 1")]
+        checks = [
+            (self.k >= 1, "k", "must be >= 1"),
+            (self.temperature >= 0, "temperature", "must be >= 0"),
+            (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
+            (self.top_k >= 0, "top_k", "must be >= 0"),
+            (self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+        ]
         for ok, name, requirement in checks:
             if not ok:
                 raise ValueError(f"{name} {requirement}, got {getattr(self, name)!r}")
 
     def describe(self) -> dict:
-        return {key: value for key, value in dataclasses.asdict(self).items() if key != "batch_size"}
+        return {
+            key: value for key, value in dataclasses.asdict(self).items() if key != "batch_size"
+        }
 
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
     text: str
     token_ids: tuple[int, ...]
-    logp: float | None  # summed log-prob of the sampled tokens under the model (temperature 1, no top-k/p)
+    # summed log-prob of the sampled tokens under the model (temperature 1, no top-k/p)
+    logp: float | None
     finished: str  # "eos", "stop" or "length"
 
 
@@ -54,9 +61,16 @@ def sequence_seed(seed: int, prompt_ids: list[int], k: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def sample(model, tokenizer, prompts: list[list[int]], settings: SamplingSettings, *, backend: str = "prefopt",
-           autocast: Callable = lambda: torch.autocast("cpu", enabled=False),
-           on_batch: Callable[[list[int], list[list[Sample]]], None] | None = None) -> list[list[Sample]]:
+def sample(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    settings: SamplingSettings,
+    *,
+    backend: str = "prefopt",
+    autocast: Callable = lambda: torch.autocast("cpu", enabled=False),
+    on_batch: Callable[[list[int], list[list[Sample]]], None] | None = None,
+) -> list[list[Sample]]:
     """K samples for each prompt (token ids), in the prompts' order. Prompts are batched by length;
     `on_batch(indices, samples)` is called as each batch finishes (for writing as it goes)."""
     decode = {"prefopt": _decode_shared, "transformers": _decode_transformers}[backend]
@@ -64,7 +78,7 @@ def sample(model, tokenizer, prompts: list[list[int]], settings: SamplingSetting
     results: list[list[Sample] | None] = [None] * len(prompts)
     model.eval()
     for start in range(0, len(order), settings.batch_size):
-        indices = order[start: start + settings.batch_size]
+        indices = order[start : start + settings.batch_size]
         with torch.inference_mode(), autocast():
             batch = decode(model, tokenizer, [prompts[i] for i in indices], settings)
         for i, samples in zip(indices, batch, strict=True):
@@ -77,26 +91,40 @@ def sample(model, tokenizer, prompts: list[list[int]], settings: SamplingSetting
 def _eos_ids(model, tokenizer) -> set[int]:
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids |= set(configured) if isinstance(configured, list) else ({configured} if configured is not None else set())
+    ids |= (
+        set(configured)
+        if isinstance(configured, list)
+        else ({configured} if configured is not None else set())
+    )
     return ids
 
 
-def _decode_shared(model, tokenizer, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Sample]]:
+def _decode_shared(
+    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings
+) -> list[list[Sample]]:
     state = DecodeState.empty(model.config.num_hidden_layers)
     first_logits = []
-    for p, ids in enumerate(prompts):  # one prefill per prompt, alone: its numbers never depend on the batch
+    for p, ids in enumerate(
+        prompts
+    ):  # one prefill per prompt, alone: its numbers never depend on the batch
         state.prefilling = p
-        out = model(input_ids=torch.tensor([ids]), prefopt_decode=state, use_cache=False, logits_to_keep=1)
+        out = model(
+            input_ids=torch.tensor([ids]), prefopt_decode=state, use_cache=False, logits_to_keep=1
+        )
         first_logits.append(out.logits[0, -1].float())
     k = settings.k
     state.start_decoding(k, settings.max_new_tokens)
     rows = [(p, j) for p in range(len(prompts)) for j in range(k)]
-    generators = [torch.Generator().manual_seed(sequence_seed(settings.seed, prompts[p], j)) for p, j in rows]
+    generators = [
+        torch.Generator().manual_seed(sequence_seed(settings.seed, prompts[p], j)) for p, j in rows
+    ]
     tracker = _Tracker(tokenizer, _eos_ids(model, tokenizer), settings, len(rows))
     alive = list(range(len(rows)))
     logits = torch.stack([first_logits[p] for p, _ in rows])
     while True:
-        if len(tracker.tokens[alive[0]]) < settings.min_new_tokens:  # every alive row has as many tokens
+        if (
+            len(tracker.tokens[alive[0]]) < settings.min_new_tokens
+        ):  # every alive row has as many tokens
             logits[:, list(tracker.eos)] = -torch.inf
         tokens = _draw(logits, settings, [generators[i] for i in alive])
         still = tracker.add(alive, tokens, torch.log_softmax(logits.float(), -1))
@@ -106,23 +134,37 @@ def _decode_shared(model, tokenizer, prompts: list[list[int]], settings: Samplin
             state.keep(torch.tensor(still))
             alive = [alive[j] for j in still]
         input_ids = torch.tensor([[tracker.tokens[i][-1]] for i in alive])
-        positions = torch.tensor([[len(prompts[rows[i][0]]) + len(tracker.tokens[i]) - 1] for i in alive])
-        out = model(input_ids=input_ids, position_ids=positions, prefopt_decode=state, use_cache=False)
+        positions = torch.tensor(
+            [[len(prompts[rows[i][0]]) + len(tracker.tokens[i]) - 1] for i in alive]
+        )
+        out = model(
+            input_ids=input_ids, position_ids=positions, prefopt_decode=state, use_cache=False
+        )
         state.length += 1
         logits = out.logits[:, -1].float()
     samples = tracker.samples()
-    return [samples[p * k:(p + 1) * k] for p in range(len(prompts))]
+    return [samples[p * k : (p + 1) * k] for p in range(len(prompts))]
 
 
-def _draw(logits: torch.Tensor, settings: SamplingSettings, generators: list[torch.Generator]) -> list[int]:
+def _draw(
+    logits: torch.Tensor, settings: SamplingSettings, generators: list[torch.Generator]
+) -> list[int]:
     """One token per row: greedy at temperature 0, else from the warped distribution, each row
     with its own generator."""
     if settings.temperature == 0:
         return logits.argmax(-1).tolist()
     # inverse-CDF sampling, all rows at once, each row's uniform number from its own generator
     cumulative = warp(logits, settings).softmax(-1).cumsum(-1)
-    uniform = torch.cat([torch.rand(1, generator=g) for g in generators]).unsqueeze(1) * cumulative[:, -1:]
-    return torch.searchsorted(cumulative, uniform, right=True).clamp_(max=logits.shape[-1] - 1).squeeze(1).tolist()
+    uniform = (
+        torch.cat([torch.rand(1, generator=g) for g in generators]).unsqueeze(1)
+        * cumulative[:, -1:]
+    )
+    return (
+        torch.searchsorted(cumulative, uniform, right=True)
+        .clamp_(max=logits.shape[-1] - 1)
+        .squeeze(1)
+        .tolist()
+    )
 
 
 def warp(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
@@ -143,7 +185,8 @@ def warp(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
             ordered, order = probs.topk(candidates, -1)
         else:
             ordered, order = probs.sort(-1, descending=True)
-        inside = ordered.cumsum(-1) - ordered < settings.top_p  # the mass before a token has not reached p yet
+        # the mass before a token has not reached p yet
+        inside = ordered.cumsum(-1) - ordered < settings.top_p
         kept = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, inside)
         logits = logits.masked_fill(~kept, -torch.inf)
     return logits
@@ -162,7 +205,9 @@ class _Tracker:
     def add(self, alive: list[int], tokens: list[int], logprobs: torch.Tensor) -> list[int]:
         """Record a token for each alive row; returns the positions (in `alive`) still going."""
         still = []
-        chosen = logprobs[torch.arange(len(tokens)), torch.tensor(tokens)].tolist()  # one read, not one a row
+        chosen = logprobs[
+            torch.arange(len(tokens)), torch.tensor(tokens)
+        ].tolist()  # one read, not one a row
         for j, (i, token) in enumerate(zip(alive, tokens, strict=True)):
             self.tokens[i].append(token)
             self.logps[i] += chosen[j]
@@ -190,12 +235,17 @@ class _Tracker:
             if text is None:
                 body = tokens[:-1] if self.ends[i] == "eos" else tokens
                 text = self.tokenizer.decode(body, skip_special_tokens=True)
-            out.append(Sample(text=text, token_ids=tuple(tokens), logp=self.logps[i], finished=self.ends[i]))
+            out.append(
+                Sample(
+                    text=text, token_ids=tuple(tokens), logp=self.logps[i], finished=self.ends[i]
+                )
+            )
         return out
 
 
-def _decode_transformers(model, tokenizer, prompts: list[list[int]], settings: SamplingSettings
-                         ) -> list[list[Sample]]:
+def _decode_transformers(
+    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings
+) -> list[list[Sample]]:
     """transformers' generate with num_return_sequences=K on left-padded prompts (no per-sequence
     seeds, no log-probs: its logits would take tokens × vocabulary memory)."""
     length = max(map(len, prompts))
@@ -204,23 +254,45 @@ def _decode_transformers(model, tokenizer, prompts: list[list[int]], settings: S
     attention_mask = torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids in prompts])
     torch.manual_seed(settings.seed)
     if settings.temperature > 0:
-        sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p,
-                    "top_k": settings.top_k or None, "num_return_sequences": settings.k}
+        sampling = {
+            "do_sample": True,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "top_k": settings.top_k or None,
+            "num_return_sequences": settings.k,
+        }
     else:  # greedy refuses num_return_sequences: the same copies, made by hand
         sampling = {"do_sample": False}
-        input_ids, attention_mask = (t.repeat_interleave(settings.k, 0) for t in (input_ids, attention_mask))
-    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=settings.max_new_tokens,
-                            min_new_tokens=settings.min_new_tokens or None, pad_token_id=pad, use_cache=True,
-                            stop_strings=list(settings.stop) or None, tokenizer=tokenizer if settings.stop else None,
-                            **sampling)
+        input_ids, attention_mask = (
+            t.repeat_interleave(settings.k, 0) for t in (input_ids, attention_mask)
+        )
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=settings.max_new_tokens,
+        min_new_tokens=settings.min_new_tokens or None,
+        pad_token_id=pad,
+        use_cache=True,
+        stop_strings=list(settings.stop) or None,
+        tokenizer=tokenizer if settings.stop else None,
+        **sampling,
+    )
     eos = _eos_ids(model, tokenizer)
     samples = []
     for row in output[:, length:].tolist():
         end = next((n for n, token in enumerate(row) if token in eos), None)
         tokens = row[: end + 1] if end is not None else [t for t in row if t != pad]
-        text = tokenizer.decode(tokens[:-1] if end is not None else tokens, skip_special_tokens=True)
+        text = tokenizer.decode(
+            tokens[:-1] if end is not None else tokens, skip_special_tokens=True
+        )
         cut = min((text.find(s) for s in settings.stop if s in text), default=-1)
         finished = "eos" if end is not None else ("stop" if cut >= 0 else "length")
-        samples.append(Sample(text=text[:cut] if cut >= 0 else text, token_ids=tuple(tokens), logp=None,
-                              finished=finished))
-    return [samples[p * settings.k:(p + 1) * settings.k] for p in range(len(prompts))]
+        samples.append(
+            Sample(
+                text=text[:cut] if cut >= 0 else text,
+                token_ids=tuple(tokens),
+                logp=None,
+                finished=finished,
+            )
+        )
+    return [samples[p * settings.k : (p + 1) * settings.k] for p in range(len(prompts))]

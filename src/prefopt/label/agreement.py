@@ -61,7 +61,9 @@ def krippendorff_alpha(units: Sequence[Sequence[float | None]], metric: str = "o
     n = sum(marginals.values())
     distance = _distance(metric, marginals)
     observed = sum(weight * distance(c, k) for (c, k), weight in coincidence.items())
-    expected = sum(marginals[c] * marginals[k] * distance(c, k) for c in marginals for k in marginals) / (n - 1)
+    expected = sum(
+        marginals[c] * marginals[k] * distance(c, k) for c in marginals for k in marginals
+    ) / (n - 1)
     return math.nan if expected == 0 else 1 - observed / expected
 
 
@@ -92,9 +94,17 @@ def summary(labels: list[dict]) -> dict:
     by_item: dict[int, list[dict]] = collections.defaultdict(list)
     for label in labels:
         by_item[label["item_id"]].append(label)
-    pair_units = [[lab["choice"] for lab in group] for group in by_item.values() if group[0]["choice"] is not None]
-    rank_units = [unit for group in by_item.values() if group[0]["choice"] is None
-                  for unit in zip(*(lab["ranks"] for lab in group), strict=True)]
+    pair_units = [
+        [lab["choice"] for lab in group]
+        for group in by_item.values()
+        if group[0]["choice"] is not None
+    ]
+    rank_units = [
+        unit
+        for group in by_item.values()
+        if group[0]["choice"] is None
+        for unit in zip(*(lab["ranks"] for lab in group), strict=True)
+    ]
     by_person: dict[str, dict[int, str]] = collections.defaultdict(dict)
     for label in labels:
         if label["choice"] is not None:
@@ -103,8 +113,14 @@ def summary(labels: list[dict]) -> dict:
     for a, b in itertools.combinations(sorted(by_person), 2):
         shared = sorted(set(by_person[a]) & set(by_person[b]))
         if len(shared) >= 2:
-            cohen[f"{a} / {b}"] = {"items": len(shared), "kappa": _round(cohen_kappa(
-                [by_person[a][i] for i in shared], [by_person[b][i] for i in shared]))}
+            cohen[f"{a} / {b}"] = {
+                "items": len(shared),
+                "kappa": _round(
+                    cohen_kappa(
+                        [by_person[a][i] for i in shared], [by_person[b][i] for i in shared]
+                    )
+                ),
+            }
     kappas = [v["kappa"] for v in cohen.values() if v["kappa"] is not None]
     disputed = []
     for item_id, group in by_item.items():
@@ -112,17 +128,30 @@ def summary(labels: list[dict]) -> dict:
             continue
         spread = _disagreement([lab["ranks"] for lab in group])
         if spread > 0:
-            disputed.append({"item_id": item_id, "labels": len(group), "disagreement": round(spread, 3),
-                             "votes": {lab["annotator"]: lab["choice"] or lab["ranks"] for lab in group}})
+            disputed.append(
+                {
+                    "item_id": item_id,
+                    "labels": len(group),
+                    "disagreement": round(spread, 3),
+                    "votes": {lab["annotator"]: lab["choice"] or lab["ranks"] for lab in group},
+                }
+            )
     disputed.sort(key=lambda d: (-d["disagreement"], d["item_id"]))
-    return {"pairs": {"items_with_2_plus_labels": sum(len(u) >= 2 for u in pair_units),
-                      "fleiss_kappa": _round(fleiss_kappa(pair_units)),
-                      "mean_cohen_kappa": _round(sum(kappas) / len(kappas)) if kappas else None,
-                      "cohen_kappa_by_pair": cohen},
-            "rankings": {"items_with_2_plus_labels": sum(1 for g in by_item.values()
-                                                         if len(g) >= 2 and g[0]["choice"] is None),
-                         "krippendorff_alpha_ordinal": _round(krippendorff_alpha(rank_units, "ordinal"))},
-            "disputed_items": disputed[:100]}
+    return {
+        "pairs": {
+            "items_with_2_plus_labels": sum(len(u) >= 2 for u in pair_units),
+            "fleiss_kappa": _round(fleiss_kappa(pair_units)),
+            "mean_cohen_kappa": _round(sum(kappas) / len(kappas)) if kappas else None,
+            "cohen_kappa_by_pair": cohen,
+        },
+        "rankings": {
+            "items_with_2_plus_labels": sum(
+                1 for g in by_item.values() if len(g) >= 2 and g[0]["choice"] is None
+            ),
+            "krippendorff_alpha_ordinal": _round(krippendorff_alpha(rank_units, "ordinal")),
+        },
+        "disputed_items": disputed[:100],
+    }
 
 
 def _disagreement(rankings: list[list[int]]) -> float:
@@ -181,5 +210,11 @@ def quality(labels: list[dict]) -> dict[str, dict]:
         values = [v for v in values if v is not None]
         return round(sum(values) / len(values), 3) if values else None
 
-    return {name: {"gold_labels": len(gold[name]), "gold_agreement": mean(gold[name]),
-                   "majority_agreement": mean(majority[name])} for name in {*gold, *majority}}
+    return {
+        name: {
+            "gold_labels": len(gold[name]),
+            "gold_agreement": mean(gold[name]),
+            "majority_agreement": mean(majority[name]),
+        }
+        for name in {*gold, *majority}
+    }

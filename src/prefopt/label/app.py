@@ -2,7 +2,6 @@
 it. Every route but the login page and the login call needs a token, given as
 `Authorization: Bearer TOKEN` or by the HTTP-only session cookie that logging in sets."""
 
-
 import datetime as dt
 import json
 from pathlib import Path
@@ -33,8 +32,14 @@ from prefopt.label.store import (
 
 COOKIE = "prefopt_session"
 PAGES = Path(__file__).parent / "pages"
-ASSETS = {"common.js": "text/javascript", "login.js": "text/javascript", "label.js": "text/javascript",
-          "admin.js": "text/javascript", "style.css": "text/css"}  # what /assets/ serves, nothing else
+# what /assets/ serves, nothing else
+ASSETS = {
+    "common.js": "text/javascript",
+    "login.js": "text/javascript",
+    "label.js": "text/javascript",
+    "admin.js": "text/javascript",
+    "style.css": "text/css",
+}
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 MAX_PRIORITIES = 50_000  # items one priorities request may set (a 1 MiB body holds about that many)
 MAX_NAME = 200
@@ -56,24 +61,32 @@ Priority = Annotated[float, Field(allow_inf_nan=False, ge=-1e12, le=1e12)]
 class LabelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item_id: ItemId
-    choice: Literal[CHOICES] | None = Field(None, description="For a pair: a, b (completion 0 or 1 of the item "
-                                                                "is better), tie or both_bad")
-    ranking: list[Rank] | None = Field(None, max_length=MAX_COMPLETIONS,
-                                       description="For K > 2: the rank of each completion in item order, 1 = best; "
-                                                   "tied completions share the best rank of their group (1, 2, 2, 4)")
+    choice: Literal[CHOICES] | None = Field(
+        None,
+        description="For a pair: a, b (completion 0 or 1 of the item is better), tie or both_bad",
+    )
+    ranking: list[Rank] | None = Field(
+        None,
+        max_length=MAX_COMPLETIONS,
+        description="For K > 2: the rank of each completion in item order, 1 = best; "
+        "tied completions share the best rank of their group (1, 2, 2, 4)",
+    )
     comment: StrictStr = Field("", max_length=MAX_COMMENT)
 
 
 class SkipIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item_id: ItemId
-    reason: StrictStr = Field(min_length=1, max_length=MAX_REASON, description="Why (unclear, offensive, …)")
+    reason: StrictStr = Field(
+        min_length=1, max_length=MAX_REASON, description="Why (unclear, offensive, …)"
+    )
 
 
 class Priorities(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    priorities: dict[ItemKey, Priority] = Field(max_length=MAX_PRIORITIES,
-                                               description="item id → priority (higher is handed out first)")
+    priorities: dict[ItemKey, Priority] = Field(
+        max_length=MAX_PRIORITIES, description="item id → priority (higher is handed out first)"
+    )
 
 
 class ErrorOut(BaseModel):
@@ -85,10 +98,15 @@ class ErrorOut(BaseModel):
 
 def _errors(*codes: int) -> dict:
     """The `responses` of a route: its error codes, each with the real error shape."""
-    said = {401: "no token, an unknown token, or a session that has ended", 403: "admins only",
-            404: "an unknown item", 409: "not handed to you, or labelled already",
-            413: "the request body is over the limit (before anything else is read)",
-            422: "a malformed request: the field is named", 503: "the database cannot keep a write"}
+    said = {
+        401: "no token, an unknown token, or a session that has ended",
+        403: "admins only",
+        404: "an unknown item",
+        409: "not handed to you, or labelled already",
+        413: "the request body is over the limit (before anything else is read)",
+        422: "a malformed request: the field is named",
+        503: "the database cannot keep a write",
+    }
     return {code: {"model": ErrorOut, "description": said[code]} for code in (401, 413, *codes)}
 
 
@@ -97,10 +115,17 @@ class Unauthorized(Exception):
         self.message, self.status = message, status
 
 
-def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines: str | None = None) -> FastAPI:
+def create_app(
+    store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines: str | None = None
+) -> FastAPI:
     """The app on `store`; `guidelines` (Markdown) are shown to annotators from the label page."""
-    app = FastAPI(title="prefopt label", docs_url=None, redoc_url=None, openapi_url=None,
-                  description="Compare and rank model outputs; labels feed `prefopt train` directly.")
+    app = FastAPI(
+        title="prefopt label",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        description="Compare and rank model outputs; labels feed `prefopt train` directly.",
+    )
     pages = {name: _page(name) for name in ("login", "label", "admin")}
 
     def user(request: Request) -> User:
@@ -115,7 +140,9 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines
             raise Unauthorized("no token: log in at /login or send 'Authorization: Bearer TOKEN'")
         found = store.user_for_session(session)
         if found is None:
-            raise Unauthorized("your session has ended (logged out, expired or revoked): log in again")
+            raise Unauthorized(
+                "your session has ended (logged out, expired or revoked): log in again"
+            )
         return found
 
     def admin(who: Annotated[User, Depends(user)]) -> User:
@@ -132,25 +159,40 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines
             return JSONResponse({"detail": error.message, "field": None}, status_code=error.status)
         if error.status == 401:
             return HTMLResponse(pages["login"], status_code=401)
-        return HTMLResponse(f"<p>{error.message}. <a href='/label'>Back to labelling</a></p>", status_code=403)
+        return HTMLResponse(
+            f"<p>{error.message}. <a href='/label'>Back to labelling</a></p>", status_code=403
+        )
 
     @app.exception_handler(LabelError)
     async def _label_error(_request: Request, error: LabelError):
-        return JSONResponse({"detail": f"{error.field}: {error}" if error.field else str(error),
-                             "field": error.field}, status_code=error.status)
+        return JSONResponse(
+            {
+                "detail": f"{error.field}: {error}" if error.field else str(error),
+                "field": error.field,
+            },
+            status_code=error.status,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError):
         first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
-        message = first["msg"] if field or first["type"] != "missing" else "the request needs a JSON body"
-        return JSONResponse({"detail": f"{field or 'body'}: {message}", "field": field or None}, status_code=422)
+        field = ".".join(
+            str(part) for part in first["loc"] if part not in ("body", "query", "path")
+        )
+        message = (
+            first["msg"] if field or first["type"] != "missing" else "the request needs a JSON body"
+        )
+        return JSONResponse(
+            {"detail": f"{field or 'body'}: {message}", "field": field or None}, status_code=422
+        )
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_page():
         return pages["login"]
 
-    @app.post("/api/login", summary="Exchange a token for a session cookie", responses=_errors(422, 503))
+    @app.post(
+        "/api/login", summary="Exchange a token for a session cookie", responses=_errors(422, 503)
+    )
     def login(body: Login, request: Request, response: Response) -> dict:
         found = store.user_for_token(body.token)
         if found is None:
@@ -158,8 +200,14 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines
         secure = request.url.scheme == "https" or request.url.hostname in LOOPBACK
         # the cookie holds a session's id, never the token: logging out, expiry or `prefopt label
         # revoke` end the session without touching the token
-        response.set_cookie(COOKIE, store.start_session(found), httponly=True, secure=secure, samesite="strict",
-                            max_age=int(SESSION_HOURS * 3600))
+        response.set_cookie(
+            COOKIE,
+            store.start_session(found),
+            httponly=True,
+            secure=secure,
+            samesite="strict",
+            max_age=int(SESSION_HOURS * 3600),
+        )
         return {"name": found.name, "role": found.role}
 
     @app.post("/api/logout", summary="End this browser's session", responses=_errors(503))
@@ -187,73 +235,123 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines
 
     # POST: handing an item out reserves it, a change of state no GET may make (a prefetching
     # browser or a link preview must not take an item from the queue)
-    @app.post("/api/next", summary="The next item for you to judge (held for you until it expires)",
-              responses={204: {"description": "nothing left to label"}, **_errors(503)})
+    @app.post(
+        "/api/next",
+        summary="The next item for you to judge (held for you until it expires)",
+        responses={204: {"description": "nothing left to label"}, **_errors(503)},
+    )
     def next_item(who: Person):
         assignment = store.next_assignment(who)
         return Response(status_code=204) if assignment is None else assignment
 
-    @app.post("/api/labels", status_code=201, summary="Submit a judgement of an item handed to you",
-              responses=_errors(404, 409, 422, 503))
+    @app.post(
+        "/api/labels",
+        status_code=201,
+        summary="Submit a judgement of an item handed to you",
+        responses=_errors(404, 409, 422, 503),
+    )
     def submit(body: LabelIn, who: Person) -> dict:
-        label_id = store.submit(who, body.item_id, choice=body.choice, ranking=body.ranking, comment=body.comment)
+        label_id = store.submit(
+            who, body.item_id, choice=body.choice, ranking=body.ranking, comment=body.comment
+        )
         return {"id": label_id, **store.progress(who)}
 
-    @app.post("/api/skip", summary="Pass on the item handed to you, saying why", responses=_errors(409, 422, 503))
+    @app.post(
+        "/api/skip",
+        summary="Pass on the item handed to you, saying why",
+        responses=_errors(409, 422, 503),
+    )
     def skip(body: SkipIn, who: Person) -> dict:
         store.skip(who, body.item_id, body.reason)
         return store.progress(who)
 
-    @app.delete("/api/labels/{label_id}", summary=f"Take back your label, within {UNDO_SECONDS} s of giving it "
-                                                   "(its item is handed back to you)",
-                responses=_errors(404, 409, 422, 503))
+    @app.delete(
+        "/api/labels/{label_id}",
+        summary=f"Take back your label, within {UNDO_SECONDS} s of giving it "
+        "(its item is handed back to you)",
+        responses=_errors(404, 409, 422, 503),
+    )
     def undo(label_id: Annotated[int, PathParameter(ge=1, le=MAX_ID)], who: Person) -> dict:
         return {"item_id": store.undo(who, label_id), **store.progress(who)}
 
-    @app.get("/api/guidelines", summary="The labelling guidelines (Markdown), if the server was given any",
-             responses={204: {"description": "no guidelines"}, **_errors()})
+    @app.get(
+        "/api/guidelines",
+        summary="The labelling guidelines (Markdown), if the server was given any",
+        responses={204: {"description": "no guidelines"}, **_errors()},
+    )
     def read_guidelines(_who: Person):
         return Response(status_code=204) if guidelines is None else {"markdown": guidelines}
 
     @app.get("/api/labels", summary="Your own labels", responses=_errors())
     def my_labels(who: Person) -> list[dict]:
         # where an item came from (a file path and row) is for admins only
-        return [{key: value for key, value in label.items() if key != "source"} for label in store.labels(who.name)]
+        return [
+            {key: value for key, value in label.items() if key != "source"}
+            for label in store.labels(who.name)
+        ]
 
     Annotator = Annotated[str | None, Query(max_length=MAX_NAME, description="one person's labels")]
-    Since = Annotated[dt.datetime | None, Query(description="labels given from this time (ISO 8601, UTC)")]
-    Until = Annotated[dt.datetime | None, Query(description="labels given before this time (ISO 8601, UTC)")]
+    Since = Annotated[
+        dt.datetime | None, Query(description="labels given from this time (ISO 8601, UTC)")
+    ]
+    Until = Annotated[
+        dt.datetime | None, Query(description="labels given before this time (ISO 8601, UTC)")
+    ]
 
-    @app.get("/api/admin/labels", summary="Every label, or one annotator's, or those of a time span",
-             responses=_errors(403, 422))
-    def all_labels(_who: Admin, annotator: Annotator = None, since: Since = None, until: Until = None) -> list[dict]:
+    @app.get(
+        "/api/admin/labels",
+        summary="Every label, or one annotator's, or those of a time span",
+        responses=_errors(403, 422),
+    )
+    def all_labels(
+        _who: Admin, annotator: Annotator = None, since: Since = None, until: Until = None
+    ) -> list[dict]:
         return store.labels(annotator, _utc(since), _utc(until))
 
-    @app.get("/api/admin/export", summary="The labels as training data (JSON Lines, as `prefopt label export`)",
-             responses={200: {"content": {"application/x-ndjson": {}}}, **_errors(403, 422)})
-    def export(_who: Admin, fmt: Annotated[Literal["lists", "pairs"], Query(alias="format")] = "lists",
-               annotator: Annotator = None, since: Since = None, until: Until = None) -> Response:
+    @app.get(
+        "/api/admin/export",
+        summary="The labels as training data (JSON Lines, as `prefopt label export`)",
+        responses={200: {"content": {"application/x-ndjson": {}}}, **_errors(403, 422)},
+    )
+    def export(
+        _who: Admin,
+        fmt: Annotated[Literal["lists", "pairs"], Query(alias="format")] = "lists",
+        annotator: Annotator = None,
+        since: Since = None,
+        until: Until = None,
+    ) -> Response:
         rows, _ = export_rows(store.labels(annotator, _utc(since), _utc(until)), fmt)
         body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        return Response(body, media_type="application/x-ndjson",
-                        headers={"content-disposition": f'attachment; filename="labels-{fmt}.jsonl"'})
+        return Response(
+            body,
+            media_type="application/x-ndjson",
+            headers={"content-disposition": f'attachment; filename="labels-{fmt}.jsonl"'},
+        )
 
-    @app.get("/api/admin/stats", summary="Counts, throughput per annotator, agreement, disputed items",
-             responses=_errors(403))
+    @app.get(
+        "/api/admin/stats",
+        summary="Counts, throughput per annotator, agreement, disputed items",
+        responses=_errors(403),
+    )
     def stats(_who: Admin) -> dict:
         counts, labels = store.counts(), store.judged()  # ids and ranks only: fast with many labels
         quality = agreement.quality(labels)
         for person in counts["annotators"]:
-            person |= quality.get(person["name"], {"gold_labels": 0, "gold_agreement": None,
-                                                   "majority_agreement": None})
+            person |= quality.get(
+                person["name"],
+                {"gold_labels": 0, "gold_agreement": None, "majority_agreement": None},
+            )
         summary = agreement.summary([label for label in labels if label["gold"] is None])
         texts = store.item_texts([d["item_id"] for d in summary["disputed_items"]])
         for disputed in summary["disputed_items"]:
             disputed |= texts[disputed["item_id"]]
         return counts | {"agreement": summary}
 
-    @app.post("/api/admin/priorities", summary="Set item priorities (the active loop uses this)",
-              responses=_errors(403, 404, 422, 503))
+    @app.post(
+        "/api/admin/priorities",
+        summary="Set item priorities (the active loop uses this)",
+        responses=_errors(403, 404, 422, 503),
+    )
     def priorities(body: Priorities, _who: Admin) -> dict:
         store.set_priorities(body.priorities)
         return {"updated": len(body.priorities)}
@@ -266,8 +364,11 @@ def create_app(store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines
     def asset(name: str):
         if name not in ASSETS:
             return Response(status_code=404)
-        return Response((PAGES / name).read_bytes(), media_type=ASSETS[name],
-                        headers={"cache-control": "no-cache"})
+        return Response(
+            (PAGES / name).read_bytes(),
+            media_type=ASSETS[name],
+            headers={"cache-control": "no-cache"},
+        )
 
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(SecurityHeaders)  # outermost: a 413 carries the headers too

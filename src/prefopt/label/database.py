@@ -40,7 +40,8 @@ def make_engine(url: str, writes: bool = True) -> sa.Engine:
         def _connect(dbapi_connection, _record):
             dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" below opens transactions
             dbapi_connection.execute("PRAGMA journal_mode=WAL")
-            dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: commits survive a killed process
+            # WAL + NORMAL: commits survive a killed process
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
             dbapi_connection.execute("PRAGMA foreign_keys=ON")
             dbapi_connection.execute("PRAGMA busy_timeout=60000")
 

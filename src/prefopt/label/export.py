@@ -36,9 +36,16 @@ def export_rows(labels: list[dict], fmt: str) -> tuple[list[dict], collections.C
             if len(set(label["ranks"])) == 1:
                 left_out["labels with no preference (a tie)"] += 1
                 continue
-            rows.append({"prompt": label["prompt"], "completions": label["completions"], "ranks": label["ranks"],
-                         "item_id": label["item_id"], "annotator": label["annotator"],
-                         **({"comment": label["comment"]} if label["comment"] else {})})
+            rows.append(
+                {
+                    "prompt": label["prompt"],
+                    "completions": label["completions"],
+                    "ranks": label["ranks"],
+                    "item_id": label["item_id"],
+                    "annotator": label["annotator"],
+                    **({"comment": label["comment"]} if label["comment"] else {}),
+                }
+            )
         return rows, left_out
     by_item: dict[int, list[dict]] = collections.defaultdict(list)
     for label in labels:
@@ -46,16 +53,25 @@ def export_rows(labels: list[dict], fmt: str) -> tuple[list[dict], collections.C
     for item_id, group in by_item.items():
         completions = group[0]["completions"]
         for i, j in itertools.combinations(range(len(completions)), 2):
-            votes = collections.Counter((r[i] < r[j]) - (r[i] > r[j]) for r in (lab["ranks"] for lab in group))
+            votes = collections.Counter(
+                (r[i] < r[j]) - (r[i] > r[j]) for r in (lab["ranks"] for lab in group)
+            )
             better_i, better_j, none = votes[1], votes[-1], votes[0]
             if better_i > max(better_j, none) or better_j > max(better_i, none):
                 winner, loser = (i, j) if better_i > better_j else (j, i)
-                rows.append({"prompt": group[0]["prompt"], "chosen": completions[winner],
-                             "rejected": completions[loser], "item_id": item_id,
-                             "votes": {"chosen": max(better_i, better_j), "rejected": min(better_i, better_j),
-                                       "no_preference": none}})
+                rows.append(
+                    {
+                        "prompt": group[0]["prompt"],
+                        "chosen": completions[winner],
+                        "rejected": completions[loser],
+                        "item_id": item_id,
+                        "votes": {
+                            "chosen": max(better_i, better_j),
+                            "rejected": min(better_i, better_j),
+                            "no_preference": none,
+                        },
+                    }
+                )
             else:
                 left_out["pairs without a majority preference"] += 1
     return rows, left_out
-
-

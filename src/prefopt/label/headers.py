@@ -4,8 +4,10 @@ page as markup could not run."""
 
 from __future__ import annotations
 
-CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                           "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 HEADERS = {
     "content-security-policy": CONTENT_SECURITY_POLICY,
     "x-content-type-options": "nosniff",  # a JSON answer is never read as a page or a script
@@ -27,8 +29,11 @@ class SecurityHeaders:
         async def with_headers(message):
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(name.encode(), value.encode()) for name, value in HEADERS.items()
-                         if name.encode() not in present]
+                extra = [
+                    (name.encode(), value.encode())
+                    for name, value in HEADERS.items()
+                    if name.encode() not in present
+                ]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 
-MAX_BODY_BYTES = 1 << 20  # 1 MiB: a label with a 2,000-character comment is a few KB; admin priorities fit too
+# 1 MiB: a label with a 2,000-character comment is a few KB; admin priorities fit too
+MAX_BODY_BYTES = 1 << 20
 
 
 class BodyLimit:
@@ -45,8 +46,18 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _refuse(self, send) -> None:
-        detail = json.dumps({"detail": f"the request body is over {self.max_bytes} bytes", "field": "body"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(detail)).encode()),
-                                (b"connection", b"close")]})
+        detail = json.dumps(
+            {"detail": f"the request body is over {self.max_bytes} bytes", "field": "body"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(detail)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": detail})

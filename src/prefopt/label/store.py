@@ -20,7 +20,8 @@ from prefopt.label import agreement
 from prefopt.label.database import file_identity, make_engine, serialize, sqlite_file, upgrade
 
 ROLES = ("annotator", "admin")
-CHOICES = ("a", "b", "tie", "both_bad")  # a/b = completions[0]/[1] of the item, whatever side they were shown on
+# a/b = completions[0]/[1] of the item, whatever side they were shown on
+CHOICES = ("a", "b", "tie", "both_bad")
 MAX_COMMENT = 2000
 MAX_ID = 2**31 - 1  # the largest id PostgreSQL's integer column holds
 SESSION_HOURS = 12.0  # a login lasts a working day
@@ -49,9 +50,12 @@ def _now() -> dt.datetime:
 class Item(Base):
     __tablename__ = "items"
     id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
-    source: orm.Mapped[str] = orm.mapped_column(sa.String(500))  # where it was first read ("file, row N")
-    content: orm.Mapped[str] = orm.mapped_column(sa.String(64), index=True)  # its identity: content_key
-    gold: orm.Mapped[str | None] = orm.mapped_column(sa.Text)  # JSON: the known answer's ranks, for gold items
+    # where it was first read ("file, row N")
+    source: orm.Mapped[str] = orm.mapped_column(sa.String(500))
+    # its identity: content_key
+    content: orm.Mapped[str] = orm.mapped_column(sa.String(64), index=True)
+    # JSON: the known answer's ranks, for gold items
+    gold: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     prompt: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON: a string or chat messages
     completions: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON list
     k: orm.Mapped[int]
@@ -87,7 +91,8 @@ class Assignment(Base):
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
     expires_at: orm.Mapped[dt.datetime]
     done: orm.Mapped[bool] = orm.mapped_column(default=False)
-    skipped: orm.Mapped[str | None] = orm.mapped_column(sa.String(500))  # the reason, when passed on
+    # the reason, when passed on
+    skipped: orm.Mapped[str | None] = orm.mapped_column(sa.String(500))
 
 
 class Label(Base):
@@ -97,7 +102,8 @@ class Label(Base):
     item_id: orm.Mapped[int] = orm.mapped_column(sa.ForeignKey("items.id"), index=True)
     user_id: orm.Mapped[int] = orm.mapped_column(sa.ForeignKey("users.id"), index=True)
     choice: orm.Mapped[str | None] = orm.mapped_column(sa.String(10))  # pairs: a, b, tie, both_bad
-    ranks: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON: rank of each completion, 1 = best, ties equal
+    # JSON: rank of each completion, 1 = best, ties equal
+    ranks: orm.Mapped[str] = orm.mapped_column(sa.Text)
     display_order: orm.Mapped[str] = orm.mapped_column(sa.Text)
     comment: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
     seconds: orm.Mapped[float | None]  # from handing out to submission
@@ -115,9 +121,14 @@ def normalized_name(name: str) -> str:
         raise LabelError("the name is empty", field="name")
     if len(name) > MAX_NAME:
         raise LabelError(f"the name is {len(name)} characters; at most {MAX_NAME}", field="name")
-    hidden = [ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")]
+    hidden = [
+        ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+    ]
     if hidden:
-        raise LabelError(f"the name holds a control or invisible character (U+{ord(hidden[0]):04X})", field="name")
+        raise LabelError(
+            f"the name holds a control or invisible character (U+{ord(hidden[0]):04X})",
+            field="name",
+        )
     return name
 
 
@@ -135,24 +146,38 @@ class Store:
     """All reads and writes of the labelling app. `assignment_minutes` is how long a handed-out
     item stays reserved; `redundancy` is how many different people label each item."""
 
-    def __init__(self, url: str, *, assignment_minutes: float = 30.0, redundancy: int = 1, migrate: bool = True,
-                 create: bool = True, gold_rate: float = 0.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        assignment_minutes: float = 30.0,
+        redundancy: int = 1,
+        migrate: bool = True,
+        create: bool = True,
+        gold_rate: float = 0.0,
+    ):
         self.url = url
         self.assignment_minutes, self.redundancy = assignment_minutes, redundancy
-        self.gold_rate = gold_rate  # the share of a person's items that are gold, while gold items are left
+        # the share of a person's items that are gold, while gold items are left
+        self.gold_rate = gold_rate
         self.path = sqlite_file(url)
         if self.path is not None and not self.path.exists() and not create:
-            raise LabelError(f"{self.path}: no such database; add --create to make one there", field="db",
-                             status=404)
+            raise LabelError(
+                f"{self.path}: no such database; add --create to make one there",
+                field="db",
+                status=404,
+            )
         self.engine = make_engine(url)
         if migrate:
             upgrade(self.engine)
-        self.session = orm.sessionmaker(self.engine, expire_on_commit=False)  # writes: `with self.session.begin()`
+        # writes: `with self.session.begin()`
+        self.session = orm.sessionmaker(self.engine, expire_on_commit=False)
         # reads take no write lock: on SQLite a deferred transaction reads the last commit while a
         # writer holds its lock (WAL); PostgreSQL's reads never wait on writers
         self.read_engine = make_engine(url, writes=False)
         self.reading = orm.sessionmaker(self.read_engine, expire_on_commit=False)
-        self._file = file_identity(self.path)  # the SQLite file written to; a write checks it is still there
+        # the SQLite file written to; a write checks it is still there
+        self._file = file_identity(self.path)
 
     @contextlib.contextmanager
     def _writing(self):
@@ -160,15 +185,20 @@ class Store:
         still be the one the store opened (not deleted or replaced), and a database that became
         read-only is said to be so; both refuse the write with 503."""
         if self._file is not None and file_identity(self.path) != self._file:
-            raise LabelError(f"the database file {self.path} is gone (deleted or replaced while serving); nothing "
-                             "can be saved: restart the server on the database", status=503)
+            raise LabelError(
+                f"the database file {self.path} is gone (deleted or replaced while serving); nothing "
+                "can be saved: restart the server on the database",
+                status=503,
+            )
         try:
             with self.session.begin() as s:
                 yield s
         except sa.exc.OperationalError as error:
             if "readonly" in str(error) or "read-only" in str(error):
-                raise LabelError(f"the database {self.path or self.url} is read-only; nothing can be saved",
-                                 status=503) from None
+                raise LabelError(
+                    f"the database {self.path or self.url} is read-only; nothing can be saved",
+                    status=503,
+                ) from None
             raise
 
     @staticmethod
@@ -192,10 +222,18 @@ class Store:
             raise LabelError(f"role must be one of {', '.join(ROLES)}", field="role")
         token = secrets.token_urlsafe(24)
         with self._writing() as s:
-            taken = next((other for other in s.scalars(sa.select(User.name)) if other.casefold() == name.casefold()),
-                         None)
+            taken = next(
+                (
+                    other
+                    for other in s.scalars(sa.select(User.name))
+                    if other.casefold() == name.casefold()
+                ),
+                None,
+            )
             if taken is not None:
-                raise LabelError(f"a person named {taken!r} already exists", field="name", status=409)
+                raise LabelError(
+                    f"a person named {taken!r} already exists", field="name", status=409
+                )
             s.add(User(name=name, role=role, token_hash=hash_token(token)))
         return token
 
@@ -210,8 +248,14 @@ class Store:
         session_id = secrets.token_urlsafe(32)
         now = _now()
         with self._writing() as s:
-            s.add(Session(user_id=user.id, id_hash=hash_token(session_id), created_at=now,
-                          expires_at=now + dt.timedelta(hours=hours)))
+            s.add(
+                Session(
+                    user_id=user.id,
+                    id_hash=hash_token(session_id),
+                    created_at=now,
+                    expires_at=now + dt.timedelta(hours=hours),
+                )
+            )
         return session_id
 
     def user_for_session(self, session_id: str | None) -> User | None:
@@ -219,8 +263,11 @@ class Store:
         if not session_id:
             return None
         with self.reading() as s:
-            return s.scalar(sa.select(User).join(Session, Session.user_id == User.id)
-                            .where(Session.id_hash == hash_token(session_id), Session.expires_at > _now()))
+            return s.scalar(
+                sa.select(User)
+                .join(Session, Session.user_id == User.id)
+                .where(Session.id_hash == hash_token(session_id), Session.expires_at > _now())
+            )
 
     def end_session(self, session_id: str) -> None:
         with self._writing() as s:
@@ -232,7 +279,9 @@ class Store:
         token = secrets.token_urlsafe(24) if new_token else None
         with self._writing() as s:
             wanted = normalized_name(name).casefold()
-            user = next((u for u in s.scalars(sa.select(User)) if u.name.casefold() == wanted), None)
+            user = next(
+                (u for u in s.scalars(sa.select(User)) if u.name.casefold() == wanted), None
+            )
             if user is None:
                 raise LabelError(f"no person named {name!r}", field="name", status=404)
             s.execute(sa.delete(Session).where(Session.user_id == user.id))
@@ -254,9 +303,16 @@ class Store:
             for record, key, gold in zip(records, keys, golds, strict=True):
                 if key not in known:
                     known.add(key)
-                    rows.append(Item(source=record.source[:500], content=key, prompt=json.dumps(record.prompt),
-                                     k=len(record.completions), completions=json.dumps(list(record.completions)),
-                                     gold=None if gold is None else json.dumps(gold)))
+                    rows.append(
+                        Item(
+                            source=record.source[:500],
+                            content=key,
+                            prompt=json.dumps(record.prompt),
+                            k=len(record.completions),
+                            completions=json.dumps(list(record.completions)),
+                            gold=None if gold is None else json.dumps(gold),
+                        )
+                    )
             s.add_all(rows)
         return len(rows)
 
@@ -264,7 +320,11 @@ class Store:
     def _known(s, keys: list[str]) -> set[str]:
         found = set()
         for start in range(0, len(keys), _CHUNK):  # a bounded IN list
-            found |= set(s.scalars(sa.select(Item.content).where(Item.content.in_(keys[start: start + _CHUNK]))))
+            found |= set(
+                s.scalars(
+                    sa.select(Item.content).where(Item.content.in_(keys[start : start + _CHUNK]))
+                )
+            )
         return found
 
     def item_ids(self, keys: list[str]) -> dict[str, int]:
@@ -272,8 +332,11 @@ class Store:
         found: dict[str, int] = {}
         with self.reading() as s:
             for start in range(0, len(keys), _CHUNK):
-                query = (sa.select(Item.content, Item.id).where(Item.content.in_(keys[start: start + _CHUNK]))
-                         .order_by(Item.id.desc()))
+                query = (
+                    sa.select(Item.content, Item.id)
+                    .where(Item.content.in_(keys[start : start + _CHUNK]))
+                    .order_by(Item.id.desc())
+                )
                 found |= dict(s.execute(query).all())
         return found
 
@@ -283,9 +346,12 @@ class Store:
         found: dict[int, list[dict]] = {item_id: [] for item_id in item_ids}
         with self.reading() as s:
             for start in range(0, len(item_ids), _CHUNK):
-                chunk = item_ids[start: start + _CHUNK]
-                query = (sa.select(Label.item_id, Label.ranks, Label.choice).where(Label.item_id.in_(chunk))
-                         .order_by(Label.id))
+                chunk = item_ids[start : start + _CHUNK]
+                query = (
+                    sa.select(Label.item_id, Label.ranks, Label.choice)
+                    .where(Label.item_id.in_(chunk))
+                    .order_by(Label.id)
+                )
                 for item_id, ranks, choice in s.execute(query):
                     found[item_id].append({"ranks": json.loads(ranks), "choice": choice})
         return found
@@ -298,13 +364,19 @@ class Store:
         with self._writing() as s:
             known = set()
             for start in range(0, len(ids), _CHUNK):
-                known |= set(s.scalars(sa.select(Item.id).where(Item.id.in_(ids[start: start + _CHUNK]))))
+                known |= set(
+                    s.scalars(sa.select(Item.id).where(Item.id.in_(ids[start : start + _CHUNK])))
+                )
             missing = sorted(set(ids) - known)
             if missing:
                 raise LabelError(f"unknown item ids: {missing[:10]}", field="item_id", status=404)
-            rows = [{"id": item_id, "priority": float(priority)} for item_id, priority in priorities.items()]
+            rows = [
+                {"id": item_id, "priority": float(priority)}
+                for item_id, priority in priorities.items()
+            ]
             for start in range(0, len(rows), _CHUNK):
-                s.execute(sa.update(Item), rows[start: start + _CHUNK])  # by primary key, one statement a chunk
+                # by primary key, one statement a chunk
+                s.execute(sa.update(Item), rows[start : start + _CHUNK])
 
     # assignment ---------------------------------------------------------------------------
     def next_assignment(self, user: User, rng: secrets.SystemRandom | None = None) -> dict | None:
@@ -315,40 +387,74 @@ class Store:
         now = _now()
         with self._writing() as s:
             serialize(s)
-            held = s.scalar(sa.select(Assignment).where(Assignment.user_id == user.id, ~Assignment.done,
-                                                          Assignment.expires_at > now).limit(1))
+            held = s.scalar(
+                sa.select(Assignment)
+                .where(Assignment.user_id == user.id, ~Assignment.done, Assignment.expires_at > now)
+                .limit(1)
+            )
             if held is None:
-                labels = (sa.select(Label.item_id, sa.func.count().label("n")).group_by(Label.item_id).subquery())
-                holders = (sa.select(Assignment.item_id, sa.func.count().label("n"))
-                           .where(~Assignment.done, Assignment.expires_at > now).group_by(Assignment.item_id)
-                           .subquery())
+                labels = (
+                    sa.select(Label.item_id, sa.func.count().label("n"))
+                    .group_by(Label.item_id)
+                    .subquery()
+                )
+                holders = (
+                    sa.select(Assignment.item_id, sa.func.count().label("n"))
+                    .where(~Assignment.done, Assignment.expires_at > now)
+                    .group_by(Assignment.item_id)
+                    .subquery()
+                )
                 mine = sa.select(Assignment.item_id).where(Assignment.user_id == user.id)
                 item_id = None
-                if self.gold_rate and rng.random() < self.gold_rate:  # a gold item this person has not had
-                    item_id = s.scalar(sa.select(Item.id).where(Item.gold.is_not(None), ~Item.id.in_(mine))
-                                       .order_by(Item.id).limit(1))
+                if (
+                    self.gold_rate and rng.random() < self.gold_rate
+                ):  # a gold item this person has not had
+                    item_id = s.scalar(
+                        sa.select(Item.id)
+                        .where(Item.gold.is_not(None), ~Item.id.in_(mine))
+                        .order_by(Item.id)
+                        .limit(1)
+                    )
                 if item_id is None:
                     item_id = s.scalar(
-                        sa.select(Item.id).outerjoin(labels, labels.c.item_id == Item.id)
+                        sa.select(Item.id)
+                        .outerjoin(labels, labels.c.item_id == Item.id)
                         .outerjoin(holders, holders.c.item_id == Item.id)
-                        .where(~Item.id.in_(mine), Item.gold.is_(None),
-                               sa.func.coalesce(labels.c.n, 0) + sa.func.coalesce(holders.c.n, 0) < self.redundancy)
-                        .order_by(Item.priority.desc(), Item.id).limit(1))
+                        .where(
+                            ~Item.id.in_(mine),
+                            Item.gold.is_(None),
+                            sa.func.coalesce(labels.c.n, 0) + sa.func.coalesce(holders.c.n, 0)
+                            < self.redundancy,
+                        )
+                        .order_by(Item.priority.desc(), Item.id)
+                        .limit(1)
+                    )
                 if item_id is None:
                     return None
                 k = s.get(Item, item_id).k
                 order = list(range(k))
                 rng.shuffle(order)
-                held = Assignment(item_id=item_id, user_id=user.id, display_order=json.dumps(order), created_at=now,
-                                  expires_at=now + dt.timedelta(minutes=self.assignment_minutes))
+                held = Assignment(
+                    item_id=item_id,
+                    user_id=user.id,
+                    display_order=json.dumps(order),
+                    created_at=now,
+                    expires_at=now + dt.timedelta(minutes=self.assignment_minutes),
+                )
                 s.add(held)
                 s.flush()
             item = s.get(Item, held.item_id)
             order = json.loads(held.display_order)
             completions = json.loads(item.completions)
-            return {"assignment_id": held.id, "item_id": item.id, "kind": "pair" if item.k == 2 else "ranking",
-                    "prompt": json.loads(item.prompt), "completions": [completions[i] for i in order],
-                    "display_order": order, "expires_at": held.expires_at.isoformat() + "Z"}
+            return {
+                "assignment_id": held.id,
+                "item_id": item.id,
+                "kind": "pair" if item.k == 2 else "ranking",
+                "prompt": json.loads(item.prompt),
+                "completions": [completions[i] for i in order],
+                "display_order": order,
+                "expires_at": held.expires_at.isoformat() + "Z",
+            }
 
     def skip(self, user: User, item_id: int, reason: str) -> None:
         """Pass on an item handed to you, saying why; it is never handed to you again (others
@@ -357,10 +463,17 @@ class Store:
         if not reason or len(reason) > MAX_REASON:
             raise LabelError(f"give a reason of 1 to {MAX_REASON} characters", field="reason")
         with self._writing() as s:
-            held = s.scalar(sa.select(Assignment).where(Assignment.item_id == item_id, Assignment.user_id == user.id))
+            held = s.scalar(
+                sa.select(Assignment).where(
+                    Assignment.item_id == item_id, Assignment.user_id == user.id
+                )
+            )
             if held is None or held.done:
-                raise LabelError(f"item {item_id} is not waiting for you (ask /api/next)", field="item_id",
-                                 status=409)
+                raise LabelError(
+                    f"item {item_id} is not waiting for you (ask /api/next)",
+                    field="item_id",
+                    status=409,
+                )
             held.done, held.skipped = True, reason
 
     def undo(self, user: User, label_id: int) -> int:
@@ -372,53 +485,96 @@ class Store:
                 raise LabelError(f"you have no label {label_id}", field="label_id", status=404)
             age = (_now() - label.created_at).total_seconds()
             if age > UNDO_SECONDS:
-                raise LabelError(f"label {label_id} was given {age:.0f} s ago; it can be undone for "
-                                 f"{UNDO_SECONDS} s", field="label_id", status=409)
-            held = s.scalar(sa.select(Assignment).where(Assignment.item_id == label.item_id,
-                                                          Assignment.user_id == user.id))
+                raise LabelError(
+                    f"label {label_id} was given {age:.0f} s ago; it can be undone for "
+                    f"{UNDO_SECONDS} s",
+                    field="label_id",
+                    status=409,
+                )
+            held = s.scalar(
+                sa.select(Assignment).where(
+                    Assignment.item_id == label.item_id, Assignment.user_id == user.id
+                )
+            )
             held.done = False
             held.expires_at = _now() + dt.timedelta(minutes=self.assignment_minutes)
             s.delete(label)
             return label.item_id
 
     # labels -------------------------------------------------------------------------------
-    def submit(self, user: User, item_id: int, *, choice: str | None = None, ranking: list[int] | None = None,
-               comment: str = "") -> int:
+    def submit(
+        self,
+        user: User,
+        item_id: int,
+        *,
+        choice: str | None = None,
+        ranking: list[int] | None = None,
+        comment: str = "",
+    ) -> int:
         """Store one judgement. Pairs give `choice` (a, b, tie, both_bad about completions 0
         and 1 of the item); lists give `ranking`, the rank of each completion in item order
         (1 = best, equal ranks = tie). Returns the label id; nothing is written on an error."""
         if len(comment) > MAX_COMMENT:
-            raise LabelError(f"comment is {len(comment)} characters; at most {MAX_COMMENT}", field="comment")
+            raise LabelError(
+                f"comment is {len(comment)} characters; at most {MAX_COMMENT}", field="comment"
+            )
         with self._writing() as s:
             item = s.get(Item, item_id)
             if item is None:
                 raise LabelError(f"no item with id {item_id}", field="item_id", status=404)
-            held = s.scalar(sa.select(Assignment).where(Assignment.item_id == item_id,
-                                                          Assignment.user_id == user.id))
+            held = s.scalar(
+                sa.select(Assignment).where(
+                    Assignment.item_id == item_id, Assignment.user_id == user.id
+                )
+            )
             if held is None:
-                raise LabelError(f"item {item_id} was not handed to you (ask /api/next)", field="item_id",
-                                 status=409)
+                raise LabelError(
+                    f"item {item_id} was not handed to you (ask /api/next)",
+                    field="item_id",
+                    status=409,
+                )
             ranks = _ranks(item.k, choice, ranking)
-            if s.scalar(sa.select(Label.id).where(Label.item_id == item_id, Label.user_id == user.id)):
-                raise LabelError(f"you already labelled item {item_id}", field="item_id", status=409)
+            if s.scalar(
+                sa.select(Label.id).where(Label.item_id == item_id, Label.user_id == user.id)
+            ):
+                raise LabelError(
+                    f"you already labelled item {item_id}", field="item_id", status=409
+                )
             now = _now()
-            label = Label(item_id=item_id, user_id=user.id, choice=choice if item.k == 2 else None,
-                          ranks=json.dumps(ranks), display_order=held.display_order, comment=comment,
-                          seconds=(now - held.created_at).total_seconds(), created_at=now)
+            label = Label(
+                item_id=item_id,
+                user_id=user.id,
+                choice=choice if item.k == 2 else None,
+                ranks=json.dumps(ranks),
+                display_order=held.display_order,
+                comment=comment,
+                seconds=(now - held.created_at).total_seconds(),
+                created_at=now,
+            )
             s.add(label)
             held.done = True
             try:
                 s.flush()
             except IntegrityError:  # the same label submitted twice at once: the other one won
-                raise LabelError(f"you already labelled item {item_id}", field="item_id", status=409) from None
+                raise LabelError(
+                    f"you already labelled item {item_id}", field="item_id", status=409
+                ) from None
             return label.id
 
-    def labels(self, annotator: str | None = None, since: dt.datetime | None = None,
-               until: dt.datetime | None = None) -> list[dict]:
+    def labels(
+        self,
+        annotator: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> list[dict]:
         """Every label (or one person's, or those given from `since` to before `until`), oldest
         first, with the item's prompt and completions."""
-        query = (sa.select(Label, User.name, Item).join(User, User.id == Label.user_id)
-                 .join(Item, Item.id == Label.item_id).order_by(Label.id))
+        query = (
+            sa.select(Label, User.name, Item)
+            .join(User, User.id == Label.user_id)
+            .join(Item, Item.id == Label.item_id)
+            .order_by(Label.id)
+        )
         if annotator is not None:
             query = query.where(User.name == annotator)
         if since is not None:
@@ -426,24 +582,46 @@ class Store:
         if until is not None:
             query = query.where(Label.created_at < until)
         with self.reading() as s:
-            return [{"id": label.id, "item_id": label.item_id, "annotator": name, "choice": label.choice,
-                     "ranks": json.loads(label.ranks), "display_order": json.loads(label.display_order),
-                     "comment": label.comment, "seconds": label.seconds,
-                     "created_at": label.created_at.isoformat() + "Z", "prompt": json.loads(item.prompt),
-                     "completions": json.loads(item.completions), "source": item.source,
-                     "gold": None if item.gold is None else json.loads(item.gold)}
-                    for label, name, item in s.execute(query)]
+            return [
+                {
+                    "id": label.id,
+                    "item_id": label.item_id,
+                    "annotator": name,
+                    "choice": label.choice,
+                    "ranks": json.loads(label.ranks),
+                    "display_order": json.loads(label.display_order),
+                    "comment": label.comment,
+                    "seconds": label.seconds,
+                    "created_at": label.created_at.isoformat() + "Z",
+                    "prompt": json.loads(item.prompt),
+                    "completions": json.loads(item.completions),
+                    "source": item.source,
+                    "gold": None if item.gold is None else json.loads(item.gold),
+                }
+                for label, name, item in s.execute(query)
+            ]
 
     def judged(self) -> list[dict]:
         """Every label as the agreement statistics read it: item, person, choice, ranks and the
         item's gold ranks (None for a regular item), without the texts, so statistics stay fast
         with many labels."""
-        query = (sa.select(Label.item_id, User.name, Label.choice, Label.ranks, Item.gold)
-                 .join(User, User.id == Label.user_id).join(Item, Item.id == Label.item_id).order_by(Label.id))
+        query = (
+            sa.select(Label.item_id, User.name, Label.choice, Label.ranks, Item.gold)
+            .join(User, User.id == Label.user_id)
+            .join(Item, Item.id == Label.item_id)
+            .order_by(Label.id)
+        )
         with self.reading() as s:
-            return [{"item_id": item_id, "annotator": name, "choice": choice, "ranks": json.loads(ranks),
-                     "gold": None if gold is None else json.loads(gold)}
-                    for item_id, name, choice, ranks, gold in s.execute(query)]
+            return [
+                {
+                    "item_id": item_id,
+                    "annotator": name,
+                    "choice": choice,
+                    "ranks": json.loads(ranks),
+                    "gold": None if gold is None else json.loads(gold),
+                }
+                for item_id, name, choice, ranks, gold in s.execute(query)
+            ]
 
     def item_texts(self, item_ids: list[int]) -> dict[int, dict]:
         """The prompt and completions of these items."""
@@ -451,9 +629,12 @@ class Store:
         with self.reading() as s:
             for start in range(0, len(item_ids), _CHUNK):
                 query = sa.select(Item.id, Item.prompt, Item.completions).where(
-                    Item.id.in_(item_ids[start: start + _CHUNK]))
-                found |= {item_id: {"prompt": json.loads(prompt), "completions": json.loads(completions)}
-                          for item_id, prompt, completions in s.execute(query)}
+                    Item.id.in_(item_ids[start : start + _CHUNK])
+                )
+                found |= {
+                    item_id: {"prompt": json.loads(prompt), "completions": json.loads(completions)}
+                    for item_id, prompt, completions in s.execute(query)
+                }
         return found
 
     def quality(self) -> dict[str, dict]:
@@ -462,33 +643,78 @@ class Store:
 
     def progress(self, user: User) -> dict:
         with self.reading() as s:
-            mine = s.scalar(sa.select(sa.func.count()).select_from(Label).where(Label.user_id == user.id))
+            mine = s.scalar(
+                sa.select(sa.func.count()).select_from(Label).where(Label.user_id == user.id)
+            )
             total = s.scalar(sa.select(sa.func.count()).select_from(Item))
             labelled = s.scalar(sa.select(sa.func.count()).select_from(Label))
-        return {"name": user.name, "role": user.role, "labelled_by_you": mine, "items": total,
-                "labels": labelled, "labels_wanted": total * self.redundancy}
+        return {
+            "name": user.name,
+            "role": user.role,
+            "labelled_by_you": mine,
+            "items": total,
+            "labels": labelled,
+            "labels_wanted": total * self.redundancy,
+        }
 
     def counts(self) -> dict:
         with self.reading() as s:
             per_user = s.execute(
-                sa.select(User.name, User.role, sa.func.count(Label.id), sa.func.min(Label.created_at),
-                          sa.func.max(Label.created_at), sa.func.avg(Label.seconds))
-                .outerjoin(Label, Label.user_id == User.id).group_by(User.id).order_by(User.name)).all()
+                sa.select(
+                    User.name,
+                    User.role,
+                    sa.func.count(Label.id),
+                    sa.func.min(Label.created_at),
+                    sa.func.max(Label.created_at),
+                    sa.func.avg(Label.seconds),
+                )
+                .outerjoin(Label, Label.user_id == User.id)
+                .group_by(User.id)
+                .order_by(User.name)
+            ).all()
             items = s.scalar(sa.select(sa.func.count()).select_from(Item))
             labels = s.scalar(sa.select(sa.func.count()).select_from(Label))
-            per_item = sa.select(Label.item_id, sa.func.count().label("n")).group_by(Label.item_id).subquery()
-            complete = s.scalar(sa.select(sa.func.count()).select_from(per_item).where(per_item.c.n >= self.redundancy))
-            skips = dict(s.execute(sa.select(User.name, sa.func.count(Assignment.id)).join(Assignment)
-                                   .where(Assignment.skipped.is_not(None)).group_by(User.id)).all())
+            per_item = (
+                sa.select(Label.item_id, sa.func.count().label("n"))
+                .group_by(Label.item_id)
+                .subquery()
+            )
+            complete = s.scalar(
+                sa.select(sa.func.count())
+                .select_from(per_item)
+                .where(per_item.c.n >= self.redundancy)
+            )
+            skips = dict(
+                s.execute(
+                    sa.select(User.name, sa.func.count(Assignment.id))
+                    .join(Assignment)
+                    .where(Assignment.skipped.is_not(None))
+                    .group_by(User.id)
+                ).all()
+            )
         people = []
         for name, role, count, first, last, seconds in per_user:
             hours = (last - first).total_seconds() / 3600 if count > 1 else 0.0
-            hours = hours if hours > 1 / 60 else None  # a rate over less than a minute means nothing
-            people.append({"name": name, "role": role, "labels": count, "skipped": skips.get(name, 0),
-                           "labels_per_hour": round((count - 1) / hours, 1) if hours else None,
-                           "mean_seconds_per_label": round(seconds, 1) if seconds is not None else None})
-        return {"items": items, "labels": labels, "items_complete": complete, "redundancy": self.redundancy,
-                "skipped": sum(skips.values()), "annotators": people}
+            # a rate over less than a minute means nothing
+            hours = hours if hours > 1 / 60 else None
+            people.append(
+                {
+                    "name": name,
+                    "role": role,
+                    "labels": count,
+                    "skipped": skips.get(name, 0),
+                    "labels_per_hour": round((count - 1) / hours, 1) if hours else None,
+                    "mean_seconds_per_label": round(seconds, 1) if seconds is not None else None,
+                }
+            )
+        return {
+            "items": items,
+            "labels": labels,
+            "items_complete": complete,
+            "redundancy": self.redundancy,
+            "skipped": sum(skips.values()),
+            "annotators": people,
+        }
 
 
 def _gold(record) -> list[int] | None:
@@ -497,8 +723,11 @@ def _gold(record) -> list[int] | None:
     if gold is None:
         return None
     try:
-        return _ranks(len(record.completions), gold if isinstance(gold, str) else None,
-                      gold if isinstance(gold, list) else None)
+        return _ranks(
+            len(record.completions),
+            gold if isinstance(gold, str) else None,
+            gold if isinstance(gold, list) else None,
+        )
     except LabelError as error:
         raise LabelError(f"{record.source}: gold: {error}", field="gold") from None
 
@@ -506,16 +735,25 @@ def _gold(record) -> list[int] | None:
 def _ranks(k: int, choice: str | None, ranking: list[int] | None) -> list[int]:
     if k == 2:
         if choice not in CHOICES:
-            raise LabelError(f"choice must be one of {', '.join(CHOICES)} for a pair", field="choice")
+            raise LabelError(
+                f"choice must be one of {', '.join(CHOICES)} for a pair", field="choice"
+            )
         return {"a": [1, 2], "b": [2, 1], "tie": [1, 1], "both_bad": [1, 1]}[choice]
     if choice is not None:
-        raise LabelError(f"this item has {k} completions: give a ranking, not a choice", field="choice")
+        raise LabelError(
+            f"this item has {k} completions: give a ranking, not a choice", field="choice"
+        )
     if not isinstance(ranking, list) or len(ranking) != k:
-        raise LabelError(f"ranking must give a rank for each of the {k} completions", field="ranking")
+        raise LabelError(
+            f"ranking must give a rank for each of the {k} completions", field="ranking"
+        )
     if any(isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= k for r in ranking):
         raise LabelError(f"ranks are whole numbers from 1 (best) to {k}", field="ranking")
     # Ties share the best rank of their group ("1224" style): rank = 1 + number of strictly better.
     if any(r != 1 + sum(other < r for other in ranking) for r in ranking):
-        raise LabelError("ranking is not a ranking: rank r needs exactly r−1 completions ranked better "
-                         f"(got {ranking})", field="ranking")
+        raise LabelError(
+            "ranking is not a ranking: rank r needs exactly r−1 completions ranked better "
+            f"(got {ranking})",
+            field="ranking",
+        )
     return list(ranking)

@@ -22,7 +22,8 @@ class RoundRecord(TypedDict):
 
     round: int
     seconds: dict[str, float]  # per stage, wall clock (0 for a stage done before a resume)
-    overhead_seconds: dict[str, float]  # per stage, what was not its own work (loading, bookkeeping)
+    # per stage, what was not its own work (loading, bookkeeping)
+    overhead_seconds: dict[str, float]
     overhead_share: float
     labels: int  # lists labelled this round (late labels of earlier rounds included)
     late_labels: int
@@ -55,9 +56,14 @@ class Round:
     def done(self, stage: str) -> bool:
         """Whether `stage` finished: the file it writes last exists (training: its model, or the
         note that there was nothing to train on)."""
-        last = {"candidates": (self.candidates,), "generate": (self.generated,), "acquire": (self.acquisition,),
-                "label": (self.labels,), "train": (self.trained_model, self.train_skipped),
-                "evaluate": (self.eval,)}[stage]
+        last = {
+            "candidates": (self.candidates,),
+            "generate": (self.generated,),
+            "acquire": (self.acquisition,),
+            "label": (self.labels,),
+            "train": (self.trained_model, self.train_skipped),
+            "evaluate": (self.eval,),
+        }[stage]
         return any(path.exists() for path in last)
 
     # candidates: the prompts drawn (their keys in the pool), and with OPTune those sampled anew
@@ -67,7 +73,8 @@ class Round:
     candidate_prompts = property(lambda self: self.folder / "candidates.jsonl")
     generations = property(lambda self: self.folder / "generations.jsonl")
     regenerated = property(lambda self: self.folder / "regenerated.jsonl")
-    generated = property(lambda self: self.folder / "generations.done")  # generations.jsonl grows until then
+    # generations.jsonl grows until then
+    generated = property(lambda self: self.folder / "generations.done")
     # acquire
     acquisition = property(lambda self: self.folder / "acquisition.json")
     # label: the lists handed to the oracle, every list asked about, those left out, the labels
@@ -84,5 +91,6 @@ class Round:
     train_skipped = property(lambda self: self.folder / "train.skipped")
     # evaluate: the whole `prefopt eval` result, its held-out answers, and the numbers kept
     eval_result = property(lambda self: self.folder / "eval.full.json")
-    heldout_answers = property(lambda self: self.folder / "eval.full.model.jsonl")  # named by `prefopt eval`
+    # named by `prefopt eval`
+    heldout_answers = property(lambda self: self.folder / "eval.full.model.jsonl")
     eval = property(lambda self: self.folder / "eval.json")

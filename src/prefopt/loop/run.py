@@ -68,16 +68,24 @@ class LoopContext:
         return merged(self.config.model)
 
 
-def loop(config: LoopConfig, *, resume: bool = False, console: Console | None = None) -> list[RoundRecord]:
+def loop(
+    config: LoopConfig, *, resume: bool = False, console: Console | None = None
+) -> list[RoundRecord]:
     """Run every round; returns the rounds' records (rounds.jsonl)."""
     out = Path(config.output_dir)
     if out.exists() and any(out.iterdir()) and not resume:
-        raise DataError(f"{out} already holds a loop: add --resume to continue it, or choose another output_dir")
+        raise DataError(
+            f"{out} already holds a loop: add --resume to continue it, or choose another output_dir"
+        )
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    pool = {json.dumps(record.prompt, sort_keys=True): record for record in load_prompts(config.prompts)}
+    pool = {
+        json.dumps(record.prompt, sort_keys=True): record for record in load_prompts(config.prompts)
+    }
     ctx = LoopContext(config, out, pool, Reuse(keep_trained=True), console or Console())
-    records: list[RoundRecord] = read_jsonl(out / "rounds.jsonl") if (out / "rounds.jsonl").exists() else []
+    records: list[RoundRecord] = (
+        read_jsonl(out / "rounds.jsonl") if (out / "rounds.jsonl").exists() else []
+    )
     if config.heldout:
         ctx.initial_answers = initial_answers(ctx)
     for n in range(len(records), config.rounds):
@@ -101,25 +109,34 @@ def run_round(round: Round, ctx: LoopContext) -> RoundRecord:
         started, work = time.perf_counter(), 0.0
         if not round.done(name):
             ctx.console.print(f"  {name}", highlight=False)
-            work = STAGE_FUNCTIONS[name](round, ctx) or 0.0  # the seconds of its own work (sampling, judging, …)
+            # the seconds of its own work (sampling, judging, …)
+            work = STAGE_FUNCTIONS[name](round, ctx) or 0.0
         seconds[name] = time.perf_counter() - started
         overhead[name] = max(seconds[name] - work, 0.0)
     return round_record(round, ctx, seconds, overhead)
 
 
-def round_record(round: Round, ctx: LoopContext, seconds: dict[str, float], overhead: dict[str, float]
-                 ) -> RoundRecord:
+def round_record(
+    round: Round, ctx: LoopContext, seconds: dict[str, float], overhead: dict[str, float]
+) -> RoundRecord:
     acquisition = read_json(round.acquisition)
     labels = read_jsonl(round.labels)
     record: RoundRecord = {
-        "round": round.n, "seconds": seconds, "overhead_seconds": overhead,
-        "overhead_share": sum(overhead.values()) / max(sum(seconds.values()), 1e-9), "labels": len(labels),
+        "round": round.n,
+        "seconds": seconds,
+        "overhead_seconds": overhead,
+        "overhead_share": sum(overhead.values()) / max(sum(seconds.values()), 1e-9),
+        "labels": len(labels),
         "late_labels": sum("late_from_round" in row for row in labels),
         "labels_total": sum(len(read_jsonl(r.labels)) for r in [*round.earlier(), round]),
         "left_out": read_json(round.left_out),
-        "acquisition": {"function": ctx.config.acquisition, "note": acquisition["note"],
-                        "chosen_mean_score": acquisition["chosen_mean_score"],
-                        "candidate_mean_score": acquisition["candidate_mean_score"]}}
+        "acquisition": {
+            "function": ctx.config.acquisition,
+            "note": acquisition["note"],
+            "chosen_mean_score": acquisition["chosen_mean_score"],
+            "candidate_mean_score": acquisition["candidate_mean_score"],
+        },
+    }
     if round.pairs.exists():
         record["pairs"] = read_json(round.pairs)
     if round.regenerate.exists():
@@ -145,8 +162,10 @@ def draw_candidates(round: Round, ctx: LoopContext) -> None:
     fresh = [key for key in ctx.pool if key not in used]
     wanted = config.labels_per_round * config.candidates_per_label
     if not fresh:
-        raise DataError(f"{config.prompts}: the prompt pool is exhausted after round {round.n} (every prompt was "
-                        "drawn)")
+        raise DataError(
+            f"{config.prompts}: the prompt pool is exhausted after round {round.n} (every prompt was "
+            "drawn)"
+        )
     drawn = random.Random(config.seed * 1_000_003 + round.n).sample(fresh, min(wanted, len(fresh)))
     write_json(round.candidates, drawn)
 
@@ -157,11 +176,15 @@ def keep_candidates(round: Round, ctx: LoopContext) -> None:
     sampled anew, the rest kept with their answers."""
     before = round.previous()
     keys, asked = read_json(before.candidates), read_json(before.asked)
-    scores = {row["meta"]["index"]: sum(_values(row)) / len(_values(row))
-              for row in read_jsonl(before.labels) if "late_from_round" not in row}
+    scores = {
+        row["meta"]["index"]: sum(_values(row)) / len(_values(row))
+        for row in read_jsonl(before.labels)
+        if "late_from_round" not in row
+    }
     lowest = sorted(range(len(asked)), key=lambda j: (scores.get(asked[j], -math.inf), j))
     write_json(round.regenerate, sorted(lowest[: math.ceil(ctx.config.regenerate * len(asked))]))
-    write_json(round.candidates, [keys[i] for i in asked])  # last: the stage is done when this exists
+    # last: the stage is done when this exists
+    write_json(round.candidates, [keys[i] for i in asked])
 
 
 def _values(row: dict) -> list[float]:
@@ -179,28 +202,53 @@ def generate_lists(round: Round, ctx: LoopContext) -> float:
     keys = read_json(round.candidates)
     anew = read_json(round.regenerate) if round.regenerate.exists() else None
     sampled = range(len(keys)) if anew is None else anew
-    write_jsonl(round.candidate_prompts, [{**ctx.pool[keys[i]].extra, "prompt": ctx.pool[keys[i]].prompt}
-                                          for i in sampled])
+    write_jsonl(
+        round.candidate_prompts,
+        [{**ctx.pool[keys[i]].extra, "prompt": ctx.pool[keys[i]].prompt} for i in sampled],
+    )
     target = round.generations if anew is None else round.regenerated
-    settings = GenerateConfig(model=ctx.policy(round), prompts=str(round.candidate_prompts), out=str(target),
-                              k=config.k, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                              seed=config.seed + round.n, precision=config.precision)
+    settings = GenerateConfig(
+        model=ctx.policy(round),
+        prompts=str(round.candidate_prompts),
+        out=str(target),
+        k=config.k,
+        temperature=config.temperature,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed + round.n,
+        precision=config.precision,
+    )
     seconds = generate_with(settings, ctx)
     if anew is not None:  # the kept lists' rows from the round before, the new ones in their places
-        kept = {json.dumps(row["prompt"], sort_keys=True): row for row in read_jsonl(round.previous().generations)}
+        kept = {
+            json.dumps(row["prompt"], sort_keys=True): row
+            for row in read_jsonl(round.previous().generations)
+        }
         new = dict(zip(anew, read_jsonl(target), strict=True))
-        rows = [new.get(i) or {**kept[key], "meta": {**kept[key]["meta"], "kept_from_round": round.n - 1}}
-                for i, key in enumerate(keys)]
-        write_jsonl(round.generations, [{**row, "meta": {**row["meta"], "index": i}} for i, row in enumerate(rows)])
+        rows = [
+            new.get(i)
+            or {**kept[key], "meta": {**kept[key]["meta"], "kept_from_round": round.n - 1}}
+            for i, key in enumerate(keys)
+        ]
+        write_jsonl(
+            round.generations,
+            [{**row, "meta": {**row["meta"], "index": i}} for i, row in enumerate(rows)],
+        )
     write_json(round.generated, len(keys))
     return seconds
 
 
 def generate_with(settings: GenerateConfig, ctx: LoopContext) -> float:
     """`prefopt generate` with the model and tokenizer from memory; the seconds spent sampling."""
-    model = load_model(settings.model, cache=ctx.reuse.models) if settings.backend != "vllm" else None
-    return generate(settings, resume=True, console=ctx.console, model=model,
-                    tokenizer=ctx.reuse.tokenizer(settings.model)).seconds
+    model = (
+        load_model(settings.model, cache=ctx.reuse.models) if settings.backend != "vllm" else None
+    )
+    return generate(
+        settings,
+        resume=True,
+        console=ctx.console,
+        model=model,
+        tokenizer=ctx.reuse.tokenizer(settings.model),
+    ).seconds
 
 
 # ----- acquire -----
@@ -221,19 +269,36 @@ def acquire(round: Round, ctx: LoopContext) -> float:
         # the same tokens under the policy
         logps = logps_table(ctx.policy(round), generations, config.precision, ctx.reuse.models)[0]
     passes = time.perf_counter() - started if ref is not None else 0.0
-    acquisition = Acquisition(config.acquisition, rule=config.selection, beta=config.selection_beta,
-                              dpo_beta=config.implicit_reward_beta(), oversample=config.oversample)
-    selection, _ = acquisition.select(AcquisitionState(seed=config.seed, round=round.n),
-                                      Candidates(logps=logps, lengths=lengths, ref_logps=ref),
-                                      config.labels_per_round)
+    acquisition = Acquisition(
+        config.acquisition,
+        rule=config.selection,
+        beta=config.selection_beta,
+        dpo_beta=config.implicit_reward_beta(),
+        oversample=config.oversample,
+    )
+    selection, _ = acquisition.select(
+        AcquisitionState(seed=config.seed, round=round.n),
+        Candidates(logps=logps, lengths=lengths, ref_logps=ref),
+        config.labels_per_round,
+    )
     scores = selection.scores
     # if the oracle abstains or ties on some chosen lists, the label stage asks about the next ones
     # by score, until the budget is labelled (Muldrew et al. 2024 acquire again until it is)
-    reserve = sorted(set(range(len(scores))) - set(selection.indices), key=lambda i: (-scores[i], i))
-    write_json(round.acquisition, {
-        "chosen": selection.indices, "reserve": reserve, "scores": scores, "note": selection.note,
-        "chosen_mean_score": sum(scores[i] for i in selection.indices) / max(len(selection.indices), 1),
-        "candidate_mean_score": sum(scores) / max(len(scores), 1)})
+    reserve = sorted(
+        set(range(len(scores))) - set(selection.indices), key=lambda i: (-scores[i], i)
+    )
+    write_json(
+        round.acquisition,
+        {
+            "chosen": selection.indices,
+            "reserve": reserve,
+            "scores": scores,
+            "note": selection.note,
+            "chosen_mean_score": sum(scores[i] for i in selection.indices)
+            / max(len(selection.indices), 1),
+            "candidate_mean_score": sum(scores) / max(len(scores), 1),
+        },
+    )
     return passes
 
 
@@ -248,13 +313,20 @@ def label(round: Round, ctx: LoopContext) -> float:
     config = ctx.config
     acquisition = read_json(round.acquisition)
     rows = read_jsonl(round.generations)
-    queue, reserve, scores = list(acquisition["chosen"]), list(acquisition["reserve"]), acquisition["scores"]
+    queue, reserve, scores = (
+        list(acquisition["chosen"]),
+        list(acquisition["reserve"]),
+        acquisition["scores"],
+    )
     asked, labelled, left_out = [], [], {}
     started = time.perf_counter()
     while queue:
         asked += queue
         # people see the lists in the order of their acquisition scores (the store's priorities)
-        chosen = [{**rows[i], "priority": scores[i]} if config.oracle == "people" else rows[i] for i in queue]
+        chosen = [
+            {**rows[i], "priority": scores[i]} if config.oracle == "people" else rows[i]
+            for i in queue
+        ]
         new, reasons = judged(round, ctx, chosen, config.oracle_options)
         labelled += new
         for reason, count in reasons.items():
@@ -266,15 +338,26 @@ def label(round: Round, ctx: LoopContext) -> float:
     write_json(round.left_out, left_out)
     write_jsonl(round.labels, labelled + late)  # last: the stage is done when this exists
     if not labelled:
-        ctx.console.print("  [yellow]the oracle gave no usable label this round (every list abstained or tied)[/]")
+        ctx.console.print(
+            "  [yellow]the oracle gave no usable label this round (every list abstained or tied)[/]"
+        )
     return time.perf_counter() - started
 
 
-def judged(round: Round, ctx: LoopContext, rows: list[dict], options: dict) -> tuple[list[dict], dict]:
+def judged(
+    round: Round, ctx: LoopContext, rows: list[dict], options: dict
+) -> tuple[list[dict], dict]:
     """The oracle's labelled lists among `rows` (`prefopt score`), and the counts of those left out."""
     write_jsonl(round.chosen, rows)
-    result = score(ScoreConfig(generations=str(round.chosen), oracle=ctx.config.oracle, oracle_options=options,
-                               out=str(round.judged)), console=ctx.console)
+    result = score(
+        ScoreConfig(
+            generations=str(round.chosen),
+            oracle=ctx.config.oracle,
+            oracle_options=options,
+            out=str(round.judged),
+        ),
+        console=ctx.console,
+    )
     labelled = read_jsonl(round.judged)
     round.judged.unlink()
     return labelled, dict(result.left_out)
@@ -285,25 +368,41 @@ def late_labels(round: Round, ctx: LoopContext) -> list[dict]:
     rounds asked about and got no usable label for, labelled since, are read from the store now
     (without waiting) and join this round's data, each once. They carry `late_from_round`."""
     earlier = round.earlier()
-    taken = {(row["late_from_round"], row["meta"]["index"]) for r in earlier
-             for row in read_jsonl(r.labels) if "late_from_round" in row}
+    taken = {
+        (row["late_from_round"], row["meta"]["index"])
+        for r in earlier
+        for row in read_jsonl(r.labels)
+        if "late_from_round" in row
+    }
     waiting = []
     for r in earlier:
-        done = {row["meta"]["index"] for row in read_jsonl(r.labels) if "late_from_round" not in row}
+        done = {
+            row["meta"]["index"] for row in read_jsonl(r.labels) if "late_from_round" not in row
+        }
         rows = read_jsonl(r.generations)
         scores = read_json(r.acquisition)["scores"]  # their priorities, kept
-        waiting += [{**rows[i], "priority": scores[i], "late_from_round": r.n}
-                    for i in read_json(r.asked) if i not in done and (r.n, i) not in taken]
+        waiting += [
+            {**rows[i], "priority": scores[i], "late_from_round": r.n}
+            for i in read_json(r.asked)
+            if i not in done and (r.n, i) not in taken
+        ]
     if not waiting:
         return []
     # what is there now, without waiting: lists short of R labels count only where the loop would use them
-    keep_short = ctx.config.oracle_options.get("on_deadline", "use_what_is_there") == "use_what_is_there"
-    options = {**ctx.config.oracle_options, "deadline_minutes": 0,
-               "on_deadline": "use_what_is_there" if keep_short else "abstain"}
+    keep_short = (
+        ctx.config.oracle_options.get("on_deadline", "use_what_is_there") == "use_what_is_there"
+    )
+    options = {
+        **ctx.config.oracle_options,
+        "deadline_minutes": 0,
+        "on_deadline": "use_what_is_there" if keep_short else "abstain",
+    }
     late, _ = judged(round, ctx, waiting, options)
     if late:
-        ctx.console.print(f"  {len(late)} lists of earlier rounds labelled since their deadline join this round",
-                          highlight=False)
+        ctx.console.print(
+            f"  {len(late)} lists of earlier rounds labelled since their deadline join this round",
+            highlight=False,
+        )
     return late
 
 
@@ -314,21 +413,36 @@ def train_round(round: Round, ctx: LoopContext) -> float:
     """`prefopt train` on the labelled lists (restart: of every round so far, from the initial
     model; continue: this round's, from its policy). Returns the seconds of the run's own work."""
     config = ctx.config
-    rows = [row for r in ([*round.earlier(), round] if config.training == "restart" else [round])
-            for row in read_jsonl(r.labels)]
+    rows = [
+        row
+        for r in ([*round.earlier(), round] if config.training == "restart" else [round])
+        for row in read_jsonl(r.labels)
+    ]
     if config.pair_rule == "best_worst":
         rows = best_and_worst(rows, config.pair_margin, round)
     if not rows:  # the policy stays as it is for the next round
-        reason = (f"round {round.n}: no labelled list to train on (the oracle abstained or tied on every one"
-                  f"{', or no pair reached pair_margin' if config.pair_rule == 'best_worst' else ''})")
+        reason = (
+            f"round {round.n}: no labelled list to train on (the oracle abstained or tied on every one"
+            f"{', or no pair reached pair_margin' if config.pair_rule == 'best_worst' else ''})"
+        )
         ctx.console.print(f"  [yellow]{reason}: the policy is kept as it is[/]", highlight=False)
         write_atomic(round.train_skipped, reason + "\n")
         return 0.0
     write_jsonl(round.data, rows)
     base = merged(config.model) if config.training == "restart" else ctx.policy(round)
-    settings = TrainConfig(**{"eval_fraction": 0.0, **config.train, **config.train_settings(), "model": base,
-                              "data": str(round.data), "output_dir": str(round.train_dir),
-                              "seed": config.seed + round.n, "precision": config.precision, "merge": True})
+    settings = TrainConfig(
+        **{
+            "eval_fraction": 0.0,
+            **config.train,
+            **config.train_settings(),
+            "model": base,
+            "data": str(round.data),
+            "output_dir": str(round.train_dir),
+            "seed": config.seed + round.n,
+            "precision": config.precision,
+            "merge": True,
+        }
+    )
     result = train(settings, resume=True, console=ctx.console, reuse=ctx.reuse)
     return result.reference_seconds + result.loop_seconds + result.eval_seconds
 
@@ -343,10 +457,18 @@ def best_and_worst(rows: list[dict], margin: float, round: Round) -> list[dict]:
         best = max(range(len(values)), key=lambda i: (values[i], -i))  # the first of equals
         worst = min(range(len(values)), key=lambda i: (values[i], i))
         if values[best] - values[worst] >= margin and values[best] > values[worst]:
-            kept = {key: value for key, value in row.items()
-                    if key not in ("completions", "scores", "ranks", "judgement")}
-            pairs.append({**kept, "chosen": row["completions"][best], "rejected": row["completions"][worst]})
-    write_json(round.pairs, {"lists": len(rows), "pairs": len(pairs), "below_margin": len(rows) - len(pairs)})
+            kept = {
+                key: value
+                for key, value in row.items()
+                if key not in ("completions", "scores", "ranks", "judgement")
+            }
+            pairs.append(
+                {**kept, "chosen": row["completions"][best], "rejected": row["completions"][worst]}
+            )
+    write_json(
+        round.pairs,
+        {"lists": len(rows), "pairs": len(pairs), "below_margin": len(rows) - len(pairs)},
+    )
     return pairs
 
 
@@ -369,9 +491,19 @@ def initial_answers(ctx: LoopContext) -> Path:
     config, path = ctx.config, ctx.out / "initial-answers.jsonl"
     done = ctx.out / "initial-answers.done"
     if not done.exists():
-        generate_with(GenerateConfig(model=config.model, prompts=config.heldout, out=str(path), k=config.eval_k,
-                                     temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens,
-                                     seed=config.seed, precision=config.precision), ctx)
+        generate_with(
+            GenerateConfig(
+                model=config.model,
+                prompts=config.heldout,
+                out=str(path),
+                k=config.eval_k,
+                temperature=config.eval_temperature,
+                max_new_tokens=config.max_new_tokens,
+                seed=config.seed,
+                precision=config.precision,
+            ),
+            ctx,
+        )
         write_json(done, True)
     return path
 
@@ -384,17 +516,37 @@ def evaluate_round(round: Round, ctx: LoopContext) -> float:
     options = config.eval_oracle_options
     if options is None:
         options = config.oracle_options if oracle == config.oracle else {}
-    result = evaluate(EvalConfig(model=ctx.trained_after(round.n), prompts=config.heldout,
-                                 baseline_generations=str(ctx.initial_answers), oracle=oracle,
-                                 oracle_options=options, k=config.eval_k, temperature=config.eval_temperature,
-                                 max_new_tokens=config.max_new_tokens, seed=config.seed, precision=config.precision,
-                                 out=str(round.eval_result)),
-                      console=ctx.console, cache=ctx.reuse.models)
-    write_json(round.eval, {key: result[key] for key in ("score", "baseline_score", "win_rate") if key in result})
+    result = evaluate(
+        EvalConfig(
+            model=ctx.trained_after(round.n),
+            prompts=config.heldout,
+            baseline_generations=str(ctx.initial_answers),
+            oracle=oracle,
+            oracle_options=options,
+            k=config.eval_k,
+            temperature=config.eval_temperature,
+            max_new_tokens=config.max_new_tokens,
+            seed=config.seed,
+            precision=config.precision,
+            out=str(round.eval_result),
+        ),
+        console=ctx.console,
+        cache=ctx.reuse.models,
+    )
+    write_json(
+        round.eval,
+        {key: result[key] for key in ("score", "baseline_score", "win_rate") if key in result},
+    )
     return result["seconds"]["generate"] + result["seconds"]["judge"]
 
 
-STAGE_FUNCTIONS = {"candidates": draw_candidates, "generate": generate_lists, "acquire": acquire, "label": label,
-                   "train": train_round, "evaluate": evaluate_round}
+STAGE_FUNCTIONS = {
+    "candidates": draw_candidates,
+    "generate": generate_lists,
+    "acquire": acquire,
+    "label": label,
+    "train": train_round,
+    "evaluate": evaluate_round,
+}
 
 __all__ = ["LoopConfig", "LoopContext", "Round", "RoundRecord", "loop", "policy_after"]

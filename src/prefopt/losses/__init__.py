@@ -26,7 +26,11 @@ _STATE_ARGUMENT = "running"
 def loss_defaults(name: str) -> dict[str, Any]:
     """The keyword-only hyperparameters of a registered loss and their defaults."""
     parameters = inspect.signature(get_loss(name)).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name != _STATE_ARGUMENT}
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.kind is p.KEYWORD_ONLY and p.name != _STATE_ARGUMENT
+    }
 
 
 def get_loss(name: str) -> Callable[..., LossOutput]:
@@ -38,7 +42,11 @@ class Objective:
     names, unknown hyperparameters and invalid values (β ≤ 0, …) raise ValueError at once,
     not at the first training step. Holds the state of stateful losses (BCO's reward shift)."""
 
-    def __init__(self, weights: str | Mapping[str, float], params: Mapping[str, Mapping[str, Any]] | None = None):
+    def __init__(
+        self,
+        weights: str | Mapping[str, float],
+        params: Mapping[str, Mapping[str, Any]] | None = None,
+    ):
         self.weights = {weights: 1.0} if isinstance(weights, str) else dict(weights)
         self.params = {name: dict(values) for name, values in (params or {}).items()}
         if not self.weights:
@@ -49,18 +57,26 @@ class Objective:
                 raise ValueError(f"loss: weight of {name!r} must be a number >= 0, got {weight!r}")
         for name, values in self.params.items():
             if name not in self.weights:
-                raise ValueError(f"loss_params: {name!r} is not one of the losses in use ({', '.join(self.weights)})")
+                raise ValueError(
+                    f"loss_params: {name!r} is not one of the losses in use ({', '.join(self.weights)})"
+                )
             allowed = loss_defaults(name)
             for key in values:
                 if key not in allowed:
                     valid = ", ".join(allowed) or "none"
-                    raise ValueError(f"loss_params: {name} has no parameter {key!r}; valid: {valid}")
+                    raise ValueError(
+                        f"loss_params: {name} has no parameter {key!r}; valid: {valid}"
+                    )
         self.states = {name: RunningMean() for name in self.weights if LOSSES[name].info.stateful}
         self(_probe_batch(), train=False)  # value checks live in the losses; run them now
 
     @property
     def needs(self) -> set[str]:
-        return {need for name in self.weights for need in LOSSES[name].info.needs_for(self.params.get(name, {}))}
+        return {
+            need
+            for name in self.weights
+            for need in LOSSES[name].info.needs_for(self.params.get(name, {}))
+        }
 
     @property
     def needs_reference(self) -> bool:
@@ -85,7 +101,9 @@ class Objective:
                 if train:
                     kwargs.setdefault(_STATE_ARGUMENT, self.states[name])
                 else:
-                    kwargs.setdefault("delta", self.states[name].mean if self.states[name].count >= 1 else None)
+                    kwargs.setdefault(
+                        "delta", self.states[name].mean if self.states[name].count >= 1 else None
+                    )
             out = LOSSES[name](batch, **kwargs)
             total = weight * out.loss if total is None else total + weight * out.loss
             for key, value in out.metrics.items():
@@ -120,5 +138,14 @@ def _probe_batch() -> ListBatch:
     )
 
 
-__all__ = ["LOSSES", "ListBatch", "LossInfo", "LossOutput", "Objective", "Pairs", "RunningMean", "get_loss",
-           "loss_defaults"]
+__all__ = [
+    "LOSSES",
+    "ListBatch",
+    "LossInfo",
+    "LossOutput",
+    "Objective",
+    "Pairs",
+    "RunningMean",
+    "get_loss",
+    "loss_defaults",
+]

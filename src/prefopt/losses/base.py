@@ -38,10 +38,14 @@ class ListBatch:
     mask: torch.Tensor | None = None  # [B, K] False for padding items
     token_logps: torch.Tensor | None = None  # [B, K, T] per-token log-probs (policy)
     token_mask: torch.Tensor | None = None  # [B, K, T] True at completion tokens
-    ref_token_logps: torch.Tensor | None = None  # [B, K, T] per-token log-probs (reference), with token_logps
-    sampling_log_weights: torch.Tensor | None = None  # [B, K] log of WPO's weight of each item (no grad)
-    anchor_logps: torch.Tensor | None = None  # [B, K] same under a second, fixed reference (INPO's π_ref)
-    prompt_logps: torch.Tensor | None = None  # [B] summed log-probs of the prompt's tokens after its first
+    # [B, K, T] per-token log-probs (reference), with token_logps
+    ref_token_logps: torch.Tensor | None = None
+    # [B, K] log of WPO's weight of each item (no grad)
+    sampling_log_weights: torch.Tensor | None = None
+    # [B, K] same under a second, fixed reference (INPO's π_ref)
+    anchor_logps: torch.Tensor | None = None
+    # [B] summed log-probs of the prompt's tokens after its first
+    prompt_logps: torch.Tensor | None = None
     prompt_lengths: torch.Tensor | None = None  # [B] how many tokens that is
 
     def __post_init__(self) -> None:
@@ -49,29 +53,49 @@ class ListBatch:
         if logps.dim() != 2:
             raise ValueError(f"ListBatch: logps must be [B, K], got shape {tuple(logps.shape)}")
         shape = logps.shape
-        mask = torch.ones(shape, dtype=torch.bool, device=logps.device) if self.mask is None else self.mask.bool()
+        mask = (
+            torch.ones(shape, dtype=torch.bool, device=logps.device)
+            if self.mask is None
+            else self.mask.bool()
+        )
         scores = self.scores
         if scores is None:
             if shape[1] != 2:
-                raise ValueError("ListBatch: scores are required when K != 2 (a pair defaults to scores (1, 0))")
+                raise ValueError(
+                    "ListBatch: scores are required when K != 2 (a pair defaults to scores (1, 0))"
+                )
             scores = torch.tensor([1.0, 0.0], dtype=logps.dtype, device=logps.device).expand(shape)
         token_mask = self.token_mask
         token_logps = self.token_logps
         if token_logps is not None:
             token_logps = _as_float(token_logps)
             if token_logps.shape[:2] != shape:
-                raise ValueError(f"ListBatch: token_logps must be [B, K, T] with [B, K] = {tuple(shape)}")
-            token_mask = torch.ones_like(token_logps, dtype=torch.bool) if token_mask is None else token_mask.bool()
+                raise ValueError(
+                    f"ListBatch: token_logps must be [B, K, T] with [B, K] = {tuple(shape)}"
+                )
+            token_mask = (
+                torch.ones_like(token_logps, dtype=torch.bool)
+                if token_mask is None
+                else token_mask.bool()
+            )
             token_mask = token_mask & mask.unsqueeze(-1)
             token_logps = token_logps.masked_fill(~token_mask, 0.0)
         lengths = self.lengths
         if lengths is None and token_mask is not None:
             lengths = token_mask.sum(-1)
-        fields = {"ref_logps": self.ref_logps, "lengths": lengths, "scores": scores, "mask": mask,
-                  "sampling_log_weights": self.sampling_log_weights, "anchor_logps": self.anchor_logps}
+        fields = {
+            "ref_logps": self.ref_logps,
+            "lengths": lengths,
+            "scores": scores,
+            "mask": mask,
+            "sampling_log_weights": self.sampling_log_weights,
+            "anchor_logps": self.anchor_logps,
+        }
         for name, value in fields.items():
             if value is not None and value.shape != shape:
-                raise ValueError(f"ListBatch: {name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+                raise ValueError(
+                    f"ListBatch: {name} has shape {tuple(value.shape)}, expected {tuple(shape)}"
+                )
         set_field = functools.partial(object.__setattr__, self)
         set_field("mask", mask)
         set_field("logps", logps.masked_fill(~mask, 0.0))
@@ -85,16 +109,25 @@ class ListBatch:
             value = getattr(self, name)
             if value is not None:
                 if value.shape != shape[:1]:
-                    raise ValueError(f"ListBatch: {name} has shape {tuple(value.shape)}, expected ({shape[0]},)")
+                    raise ValueError(
+                        f"ListBatch: {name} has shape {tuple(value.shape)}, expected ({shape[0]},)"
+                    )
                 set_field(name, _as_float(value))
         if self.sampling_log_weights is not None:
-            set_field("sampling_log_weights", _as_float(self.sampling_log_weights).detach().masked_fill(~mask, 0.0))
+            set_field(
+                "sampling_log_weights",
+                _as_float(self.sampling_log_weights).detach().masked_fill(~mask, 0.0),
+            )
         set_field("token_logps", token_logps)
         set_field("token_mask", token_mask)
         if self.ref_token_logps is not None:
             if token_logps is None or self.ref_token_logps.shape != token_logps.shape:
-                raise ValueError("ListBatch: ref_token_logps needs token_logps of the same [B, K, T] shape")
-            set_field("ref_token_logps", _as_float(self.ref_token_logps).masked_fill(~token_mask, 0.0))
+                raise ValueError(
+                    "ListBatch: ref_token_logps needs token_logps of the same [B, K, T] shape"
+                )
+            set_field(
+                "ref_token_logps", _as_float(self.ref_token_logps).masked_fill(~token_mask, 0.0)
+            )
 
     @classmethod
     def from_pairs(
@@ -109,7 +142,9 @@ class ListBatch:
         """A batch of B pairs as K=2 lists, chosen first."""
 
         def stack(a, b):
-            return None if a is None else torch.stack([torch.as_tensor(a), torch.as_tensor(b)], dim=-1)
+            return (
+                None if a is None else torch.stack([torch.as_tensor(a), torch.as_tensor(b)], dim=-1)
+            )
 
         return cls(
             logps=stack(chosen_logps, rejected_logps),
@@ -127,7 +162,9 @@ class ListBatch:
 
     def anchor(self) -> torch.Tensor:
         if self.anchor_logps is None:
-            raise ValueError("needs anchor_logps (log-probs under a second, fixed reference: anchor_model)")
+            raise ValueError(
+                "needs anchor_logps (log-probs under a second, fixed reference: anchor_model)"
+            )
         return self.anchor_logps
 
     def safe_lengths(self) -> torch.Tensor:
@@ -146,7 +183,9 @@ class ListBatch:
 
     def sampling_weights(self) -> torch.Tensor:
         if self.sampling_log_weights is None:
-            raise ValueError("needs sampling_log_weights (each completion's mean of log π(y_t) − log Σ_v π(v)²)")
+            raise ValueError(
+                "needs sampling_log_weights (each completion's mean of log π(y_t) − log Σ_v π(v)²)"
+            )
         return torch.exp(self.sampling_log_weights)
 
     def ref_tokens(self) -> torch.Tensor:
@@ -243,7 +282,9 @@ def soft_label_logistic(z: torch.Tensor, flip: float) -> torch.Tensor:
     return -(1 - flip) * F.logsigmoid(z) - flip * F.logsigmoid(-z)
 
 
-def chosen_nll(batch: ListBatch, reduction: str = "sequence", with_prompt: bool = False) -> torch.Tensor:
+def chosen_nll(
+    batch: ListBatch, reduction: str = "sequence", with_prompt: bool = False
+) -> torch.Tensor:
     """[B, P]: the NLL of each pair's better completion. `sequence`: its token mean −A_θ(y_w);
     `tokens`: −S_θ(y_w) scaled so that the mean over the batch's pairs is one mean over all their
     tokens, −Σ S / Σ |y| (TRL's reduction; on a batch of pairs, exactly). `with_prompt`: the prompt's
@@ -253,7 +294,9 @@ def chosen_nll(batch: ListBatch, reduction: str = "sequence", with_prompt: bool 
     logps, lengths = pairs.take(batch.logps)[0], pairs.take(batch.safe_lengths())[0]
     if with_prompt:
         if batch.prompt_logps is None or batch.prompt_lengths is None:
-            raise ValueError("needs prompt_logps and prompt_lengths for an NLL over the prompt's tokens too")
+            raise ValueError(
+                "needs prompt_logps and prompt_lengths for an NLL over the prompt's tokens too"
+            )
         logps = logps + batch.prompt_logps.unsqueeze(1)
         lengths = lengths + batch.prompt_lengths.unsqueeze(1)
     if reduction == "sequence":
@@ -276,7 +319,9 @@ def rank_gains(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # ----- metrics every loss reports -----
 
 
-def outputs(loss: torch.Tensor, rewards: torch.Tensor, batch: ListBatch, **extra: torch.Tensor) -> LossOutput:
+def outputs(
+    loss: torch.Tensor, rewards: torch.Tensor, batch: ListBatch, **extra: torch.Tensor
+) -> LossOutput:
     """Bundle a per-example loss with the standard metrics of its implicit rewards [B, K]."""
     return LossOutput(loss=loss, metrics={**reward_metrics(rewards, batch), **extra})
 
@@ -317,7 +362,9 @@ def ndcg(predicted: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> t
     discounts = 1.0 / torch.log2(1.0 + positions)
 
     def dcg(order_by: torch.Tensor) -> torch.Tensor:
-        ranked = torch.sort(order_by.masked_fill(~mask, -math.inf), dim=1, descending=True, stable=True)
+        ranked = torch.sort(
+            order_by.masked_fill(~mask, -math.inf), dim=1, descending=True, stable=True
+        )
         ranked_gains = gains.gather(1, ranked.indices)
         tied = (ranked.values.unsqueeze(2) == ranked.values.unsqueeze(1)).to(gains.dtype)
         group_mean_gains = (tied @ ranked_gains.unsqueeze(-1)).squeeze(-1) / tied.sum(-1)
@@ -338,10 +385,13 @@ class LossInfo:
     needs: tuple[str, ...]  # subset of NEEDS
     experimental: bool = False
     stateful: bool = False
-    needs_if: dict[str, str] = dataclasses.field(default_factory=dict)  # need -> the parameter that asks it
+    # need -> the parameter that asks it
+    needs_if: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def needs_for(self, params: dict) -> set[str]:
-        return set(self.needs) | {need for need, parameter in self.needs_if.items() if params.get(parameter)}
+        return set(self.needs) | {
+            need for need, parameter in self.needs_if.items() if params.get(parameter)
+        }
 
     def describe_needs(self) -> str:
         """What the loss reads besides the policy's log-probs, in words (`prefopt losses`, docs)."""
@@ -350,16 +400,30 @@ class LossInfo:
         return ", ".join(words) or "policy only"
 
 
-NEEDS = {"ref": "reference", "lengths": "lengths", "tokens": "token log-probs",
-         "ref_tokens": "reference token log-probs", "sampling_weights": "WPO weights (the engine computes them)",
-         "prompt": "prompt log-probs", "anchor": "a second reference (anchor_model)"}
+NEEDS = {
+    "ref": "reference",
+    "lengths": "lengths",
+    "tokens": "token log-probs",
+    "ref_tokens": "reference token log-probs",
+    "sampling_weights": "WPO weights (the engine computes them)",
+    "prompt": "prompt log-probs",
+    "anchor": "a second reference (anchor_model)",
+}
 
 
 LOSSES: Registry[Callable[..., LossOutput]] = Registry("loss", "losses")
 
 
-def register_loss(name: str, *, formula: str, paper: str, family: str, needs: tuple[str, ...] = (),
-                  needs_if: dict[str, str] | None = None, **flags: bool) -> Callable:
+def register_loss(
+    name: str,
+    *,
+    formula: str,
+    paper: str,
+    family: str,
+    needs: tuple[str, ...] = (),
+    needs_if: dict[str, str] | None = None,
+    **flags: bool,
+) -> Callable:
     """Register a loss once, under `name`, with its formula and paper (read by `prefopt losses` and
     docs/losses.md). The registered function puts its name before every ValueError it raises, so
     the checks inside a loss need not repeat it."""
@@ -372,8 +436,14 @@ def register_loss(name: str, *, formula: str, paper: str, family: str, needs: tu
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from None
 
-        named.info = LossInfo(formula=formula, paper=paper, family=family, needs=needs, needs_if=needs_if or {},
-                              **flags)
+        named.info = LossInfo(
+            formula=formula,
+            paper=paper,
+            family=family,
+            needs=needs,
+            needs_if=needs_if or {},
+            **flags,
+        )
         return LOSSES.register(name)(named)
 
     return attach

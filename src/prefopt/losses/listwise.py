@@ -1,5 +1,5 @@
 """Listwise objectives for K ≥ 2 scored completions per prompt. At K=2 with scores (1, 0) each
-reduces to a pairwise counterpart (tested). """
+reduces to a pairwise counterpart (tested)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,13 @@ def _masked_log_softmax(values: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return torch.log_softmax(values.masked_fill(~mask, -math.inf), dim=-1).masked_fill(~mask, 0.0)
 
 
-@register_loss("plackett_luce", formula="−Σ_k [s_k − log Σ_{j ranked ≤ k} exp s_j],  s = βρ",
-               paper="Rafailov et al. 2023, arXiv 2305.18290, App. A.3 (DPO-PL / ListMLE)",
-               family="listwise", needs=("ref",))
+@register_loss(
+    "plackett_luce",
+    formula="−Σ_k [s_k − log Σ_{j ranked ≤ k} exp s_j],  s = βρ",
+    paper="Rafailov et al. 2023, arXiv 2305.18290, App. A.3 (DPO-PL / ListMLE)",
+    family="listwise",
+    needs=("ref",),
+)
 def plackett_luce(batch: ListBatch, *, beta: float = 0.1, top_k: int | None = None) -> LossOutput:
     """Plackett–Luce DPO: with s_i = β·ρ(y_i) and the order given by the scores,
     L = −Σ_k [s_τ(k) − log Σ_{j≥k} exp s_τ(j)]. K=2 is exactly DPO.
@@ -51,7 +55,9 @@ def plackett_luce(batch: ListBatch, *, beta: float = 0.1, top_k: int | None = No
     k = scores.shape[1]
     at_or_below = (scores.unsqueeze(1) <= scores.unsqueeze(2)) & mask.unsqueeze(1)  # [B, item, j]
     at_or_below = at_or_below | torch.eye(k, dtype=torch.bool, device=scores.device)
-    denominators = torch.logsumexp(rewards.unsqueeze(1).expand(-1, k, -1).masked_fill(~at_or_below, -math.inf), -1)
+    denominators = torch.logsumexp(
+        rewards.unsqueeze(1).expand(-1, k, -1).masked_fill(~at_or_below, -math.inf), -1
+    )
     terms = rewards - denominators
     used = mask
     if top_k is not None:
@@ -60,8 +66,13 @@ def plackett_luce(batch: ListBatch, *, beta: float = 0.1, top_k: int | None = No
     return outputs(-torch.where(used, terms, 0.0).sum(1), rewards, batch)
 
 
-@register_loss("pro", formula="Σ_k −log softmax([A_k/T_k^k, A_i/T_k^i]_{i>k})_k + w·(K−1)²·(−S_top)",
-               paper="Song et al. 2024 (PRO), arXiv 2306.17492, Eq. 5", family="listwise", needs=("lengths",))
+@register_loss(
+    "pro",
+    formula="Σ_k −log softmax([A_k/T_k^k, A_i/T_k^i]_{i>k})_k + w·(K−1)²·(−S_top)",
+    paper="Song et al. 2024 (PRO), arXiv 2306.17492, Eq. 5",
+    family="listwise",
+    needs=("lengths",),
+)
 def pro(batch: ListBatch, *, sft_weight: float = 0.05) -> LossOutput:
     """PRO, reference-free, on token-averaged log-probs A_θ. Items must be sorted best
     first (non-increasing scores; the trainer's batches are). Stage k treats item k as the
@@ -84,11 +95,15 @@ def pro(batch: ListBatch, *, sft_weight: float = 0.05) -> LossOutput:
     positions = torch.arange(k, device=rewards.device)
     later = positions.unsqueeze(0) > positions.unsqueeze(1)  # [stage, j]: j after stage
     both_valid = mask.unsqueeze(2) & mask.unsqueeze(1)
-    unsorted = (later & both_valid & (rewards.unsqueeze(1) > rewards.unsqueeze(2))).flatten(1).any(1)
+    unsorted = (
+        (later & both_valid & (rewards.unsqueeze(1) > rewards.unsqueeze(2))).flatten(1).any(1)
+    )
     if bool(unsorted.any()):
         row = int(unsorted.nonzero()[0])
-        raise ValueError(f"scores must be sorted best first (non-increasing); row {row} is not: "
-                         f"{rewards[row][mask[row]].tolist()}")
+        raise ValueError(
+            f"scores must be sorted best first (non-increasing); row {row} is not: "
+            f"{rewards[row][mask[row]].tolist()}"
+        )
     gaps = rewards.unsqueeze(2) - rewards.unsqueeze(1)  # [B, stage, j] = r_stage − r_j
     negatives = later & both_valid
     stage_gap = gaps.masked_fill(~negatives, -math.inf).amax(-1)
@@ -112,12 +127,16 @@ def _rank_gains(scores: torch.Tensor, mask: torch.Tensor, gain: str) -> torch.Te
     return rank_gains(scores, mask)
 
 
-def _lambda_weighted_logistic(batch: ListBatch, scores_model: torch.Tensor, *, gain: str, discount: str):
+def _lambda_weighted_logistic(
+    batch: ListBatch, scores_model: torch.Tensor, *, gain: str, discount: str
+):
     """Σ_{ψ_i > ψ_j} Δ_ij · log(1 + exp(−(s_i − s_j))), Δ_ij = |G_i − G_j|·|1/D(τ_i) − 1/D(τ_j)|,
     τ the 1-based rank of each item by the current model scores (stable by item index)."""
     with torch.no_grad():
         mask = batch.mask
-        order = torch.sort(scores_model.masked_fill(~mask, -math.inf), dim=1, descending=True, stable=True).indices
+        order = torch.sort(
+            scores_model.masked_fill(~mask, -math.inf), dim=1, descending=True, stable=True
+        ).indices
         places = torch.arange(1, mask.shape[1] + 1, device=mask.device, dtype=scores_model.dtype)
         ranks = torch.empty_like(scores_model).scatter_(1, order, places.expand_as(scores_model))
         inv_discount = 1.0 / (torch.log1p(ranks) if discount == "ln" else torch.log2(1.0 + ranks))
@@ -130,8 +149,13 @@ def _lambda_weighted_logistic(batch: ListBatch, scores_model: torch.Tensor, *, g
     return torch.where(batch.pairs.valid, per_pair, 0.0).sum(1)
 
 
-@register_loss("lipo_lambda", formula="Σ_{ψi>ψj} Δ_ij·log(1+e^{−(s_i−s_j)}),  Δ = |G_i−G_j|·|1/D(τ_i)−1/D(τ_j)|",
-               paper="Liu et al. 2024 (LiPO), arXiv 2402.01878, Eq. 9", family="listwise", needs=("ref",))
+@register_loss(
+    "lipo_lambda",
+    formula="Σ_{ψi>ψj} Δ_ij·log(1+e^{−(s_i−s_j)}),  Δ = |G_i−G_j|·|1/D(τ_i)−1/D(τ_j)|",
+    paper="Liu et al. 2024 (LiPO), arXiv 2402.01878, Eq. 9",
+    family="listwise",
+    needs=("ref",),
+)
 def lipo_lambda(batch: ListBatch, *, beta: float = 0.05, discount: str = "ln") -> LossOutput:
     """LiPO-λ: LambdaLoss with s_i = β·ρ(y_i), gain G = 2^ψ − 1, discount D(τ) = log(1+τ)
     where τ is the rank of the item by the current s (Δ carries no gradient). `discount="log2"`
@@ -149,13 +173,26 @@ def lipo_lambda(batch: ListBatch, *, beta: float = 0.05, discount: str = "ln") -
     check_beta(beta)
     check_choice("discount", discount, ("ln", "log2"))
     rewards = beta * batch.log_ratios()
-    return outputs(_lambda_weighted_logistic(batch, rewards, gain="exp2", discount=discount), rewards, batch)
+    return outputs(
+        _lambda_weighted_logistic(batch, rewards, gain="exp2", discount=discount), rewards, batch
+    )
 
 
-@register_loss("rank_dpo", formula="LiPO-λ weights on a chosen score s and gain",
-               paper="Karthik et al. 2024 (RankDPO), arXiv 2410.18013", family="listwise", needs=("ref",))
-def rank_dpo(batch: ListBatch, *, beta: float = 0.1, score: str = "log_ratio", gain: str = "rank",
-             discount: str = "ln") -> LossOutput:
+@register_loss(
+    "rank_dpo",
+    formula="LiPO-λ weights on a chosen score s and gain",
+    paper="Karthik et al. 2024 (RankDPO), arXiv 2410.18013",
+    family="listwise",
+    needs=("ref",),
+)
+def rank_dpo(
+    batch: ListBatch,
+    *,
+    beta: float = 0.1,
+    score: str = "log_ratio",
+    gain: str = "rank",
+    discount: str = "ln",
+) -> LossOutput:
     """RankDPO: DCG-weighted pairwise logistic loss, Σ_{ψ_i > ψ_j} Δ_ij·(−log σ(s_i − s_j)),
     with the LiPO-λ weights on any score:
     score: "log_ratio" s = βρ (default); "avg_log_ratio" s = β·ρ/|y|; "avg_logps" s = β·A_θ (no reference).
@@ -181,11 +218,18 @@ def rank_dpo(batch: ListBatch, *, beta: float = 0.1, score: str = "log_ratio", g
         rewards = beta * batch.log_ratios() / batch.safe_lengths()
     else:
         rewards = beta * batch.avg_logps()
-    return outputs(_lambda_weighted_logistic(batch, rewards, gain=gain, discount=discount), rewards, batch)
+    return outputs(
+        _lambda_weighted_logistic(batch, rewards, gain=gain, discount=discount), rewards, batch
+    )
 
 
-@register_loss("list_softmax", formula="−Σ_i (ψ_i/Σψ)·log softmax(s)_i,  s = βρ",
-               paper="Liu et al. 2024 (LiPO), arXiv 2402.01878 (ListNet softmax)", family="listwise", needs=("ref",))
+@register_loss(
+    "list_softmax",
+    formula="−Σ_i (ψ_i/Σψ)·log softmax(s)_i,  s = βρ",
+    paper="Liu et al. 2024 (LiPO), arXiv 2402.01878 (ListNet softmax)",
+    family="listwise",
+    needs=("ref",),
+)
 def list_softmax(batch: ListBatch, *, beta: float = 0.05) -> LossOutput:
     """Softmax list cross-entropy (ListNet-like): L = −Σ_i (ψ_i / Σ_j ψ_j)·log softmax(s)_i,
     s = β·ρ. Scores must be ≥ 0 with a positive sum in every list. At K=2 with scores (1, 0)
@@ -205,8 +249,10 @@ def list_softmax(batch: ListBatch, *, beta: float = 0.05) -> LossOutput:
     bad = ((scores < 0) & mask).any(1) | (totals <= 0)
     if bool(bad.any()):
         row = int(bad.nonzero()[0])
-        raise ValueError(f"scores must be >= 0 with a positive sum per list; row {row} has "
-                         f"{scores[row][mask[row]].tolist()}")
+        raise ValueError(
+            f"scores must be >= 0 with a positive sum per list; row {row} has "
+            f"{scores[row][mask[row]].tolist()}"
+        )
     rewards = beta * batch.log_ratios()
     targets = scores / totals.unsqueeze(1)
     return outputs(-(targets * _masked_log_softmax(rewards, mask)).sum(1), rewards, batch)
@@ -216,8 +262,13 @@ def _soft_targets(batch: ListBatch, temperature: float) -> torch.Tensor:
     return torch.softmax(batch.scores.masked_fill(~batch.mask, -math.inf) / temperature, dim=1)
 
 
-@register_loss("infonca", formula="−Σ_i q_i·log softmax(βρ)_i,  q = softmax(ψ/α)",
-               paper="Chen et al. 2024 (NCA), arXiv 2402.05369, Eq. 6", family="listwise", needs=("ref",))
+@register_loss(
+    "infonca",
+    formula="−Σ_i q_i·log softmax(βρ)_i,  q = softmax(ψ/α)",
+    paper="Chen et al. 2024 (NCA), arXiv 2402.05369, Eq. 6",
+    family="listwise",
+    needs=("ref",),
+)
 def infonca(batch: ListBatch, *, beta: float = 0.1, temperature: float = 1e-3) -> LossOutput:
     """InfoNCA, K-response form: soft targets q = softmax(ψ/temperature), r = β·ρ,
     L = −Σ_i q_i·log softmax(r)_i. With hard pair labels this is DPO. Default temperature 1e-3
@@ -239,8 +290,13 @@ def infonca(batch: ListBatch, *, beta: float = 0.1, temperature: float = 1e-3) -
     return outputs(-(targets * _masked_log_softmax(rewards, batch.mask)).sum(1), rewards, batch)
 
 
-@register_loss("nca", formula="−Σ_i q_i·log σ(r_i) − (1/K)·Σ_i log σ(−r_i),  r = βρ",
-               paper="Chen et al. 2024 (NCA), arXiv 2402.05369, Eq. 7", family="listwise", needs=("ref",))
+@register_loss(
+    "nca",
+    formula="−Σ_i q_i·log σ(r_i) − (1/K)·Σ_i log σ(−r_i),  r = βρ",
+    paper="Chen et al. 2024 (NCA), arXiv 2402.05369, Eq. 7",
+    family="listwise",
+    needs=("ref",),
+)
 def nca(batch: ListBatch, *, beta: float = 0.1, temperature: float = 1e-3) -> LossOutput:
     """NCA, K-response form: q = softmax(ψ/temperature), r = β·ρ,
     L = −Σ_i q_i·log σ(r_i) − (1/K)·Σ_i log σ(−r_i). For a pair with hard labels:

@@ -27,13 +27,22 @@ def _margins(batch: ListBatch, rewards: torch.Tensor) -> torch.Tensor:
     return better - worse
 
 
-def _pairwise(batch: ListBatch, per_pair: torch.Tensor, rewards: torch.Tensor, **extra) -> LossOutput:
+def _pairwise(
+    batch: ListBatch, per_pair: torch.Tensor, rewards: torch.Tensor, **extra
+) -> LossOutput:
     return outputs(batch.pairs.mean(per_pair), rewards, batch, **extra)
 
 
-@register_loss("dpo", formula="−log σ(β·h − m·(s_w − s_l)),  h = ρ_w − ρ_l",
-               paper="Rafailov et al. 2023, arXiv 2305.18290, Eq. 7", family="pairwise", needs=("ref",))
-def dpo(batch: ListBatch, *, beta: float = 0.1, margin: float = 0.0, length_normalize: bool = False) -> LossOutput:
+@register_loss(
+    "dpo",
+    formula="−log σ(β·h − m·(s_w − s_l)),  h = ρ_w − ρ_l",
+    paper="Rafailov et al. 2023, arXiv 2305.18290, Eq. 7",
+    family="pairwise",
+    needs=("ref",),
+)
+def dpo(
+    batch: ListBatch, *, beta: float = 0.1, margin: float = 0.0, length_normalize: bool = False
+) -> LossOutput:
     """DPO: L = −log σ(β·h), h = ρ(y_w) − ρ(y_l), ρ = S_θ − S_ref on summed log-probs.
 
     Implicit reward r̂(y) = β·ρ(y). Default β = 0.1 (TRL); the paper used 0.1 for dialogue and
@@ -64,15 +73,20 @@ def dpo(batch: ListBatch, *, beta: float = 0.1, margin: float = 0.0, length_norm
 def _prefix_sums(tokens: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """[B, K, T] per-token values, [B, P] items and token counts -> [B, P]: each item's sum over
     its first `lengths` tokens."""
-    cumulative = F.pad(tokens.cumsum(-1), (1, 0))  # [B, K, T + 1]: the sum of the first n tokens at n
+    # [B, K, T + 1]: the sum of the first n tokens at n
+    cumulative = F.pad(tokens.cumsum(-1), (1, 0))
     width = cumulative.shape[-1]
     index = items * width + lengths.long().clamp(0, width - 1)
     return cumulative.flatten(1).gather(1, index)
 
 
-@register_loss("ld_dpo", formula="DPO on S̃ = S_{≤ℓ} + α·S_{>ℓ},  ℓ = min(|y_w|, |y_l|), policy and reference alike",
-               paper="Liu et al. 2024 (LD-DPO), arXiv 2409.06411", family="pairwise",
-               needs=("ref", "lengths", "tokens", "ref_tokens"))
+@register_loss(
+    "ld_dpo",
+    formula="DPO on S̃ = S_{≤ℓ} + α·S_{>ℓ},  ℓ = min(|y_w|, |y_l|), policy and reference alike",
+    paper="Liu et al. 2024 (LD-DPO), arXiv 2409.06411",
+    family="pairwise",
+    needs=("ref", "lengths", "tokens", "ref_tokens"),
+)
 def ld_dpo(batch: ListBatch, *, beta: float = 0.1, alpha: float = 0.5) -> LossOutput:
     """Length-desensitized DPO: DPO's summed log-probs reward the longer answer's extra tokens;
     LD-DPO keeps the tokens both answers of a pair have in number, ℓ = min(|y_w|, |y_l|), and
@@ -100,18 +114,27 @@ def ld_dpo(batch: ListBatch, *, beta: float = 0.1, alpha: float = 0.5) -> LossOu
     ref_tokens = batch.ref_tokens()
     shared = torch.minimum(*pairs.take(batch.lengths))
 
-    def desensitized(values: torch.Tensor, summed: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def desensitized(
+        values: torch.Tensor, summed: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
         head = _prefix_sums(values, items, shared)
         return head + alpha * (summed.gather(1, items) - head)
 
-    rho = {side: desensitized(tokens, batch.logps, items) - desensitized(ref_tokens, batch.ref_logps, items)
-           for side, items in (("w", pairs.better), ("l", pairs.worse))}
+    rho = {
+        side: desensitized(tokens, batch.logps, items)
+        - desensitized(ref_tokens, batch.ref_logps, items)
+        for side, items in (("w", pairs.better), ("l", pairs.worse))
+    }
     return _pairwise(batch, -F.logsigmoid(beta * (rho["w"] - rho["l"])), beta * batch.log_ratios())
 
 
-@register_loss("wpo", formula="w(y_w)·w(y_l)·(−log σ(βh)),  log w(y) = mean_t [log π_θ(y_t) − log Σ_v π_θ(v)²]",
-               paper="Zhou et al. 2024 (WPO), arXiv 2406.11827, Eq. 2", family="pairwise",
-               needs=("ref", "sampling_weights"))
+@register_loss(
+    "wpo",
+    formula="w(y_w)·w(y_l)·(−log σ(βh)),  log w(y) = mean_t [log π_θ(y_t) − log Σ_v π_θ(v)²]",
+    paper="Zhou et al. 2024 (WPO), arXiv 2406.11827, Eq. 2",
+    family="pairwise",
+    needs=("ref", "sampling_weights"),
+)
 def wpo(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """Weighted preference optimization: off-policy pairs (answers the policy itself would rarely
     write) count less. Each answer's weight is the policy's probability of it, per token, relative
@@ -132,11 +155,18 @@ def wpo(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     rewards = beta * batch.log_ratios()
     weight_w, weight_l = batch.pairs.take(batch.sampling_weights())
     per_pair = weight_w * weight_l * -F.logsigmoid(_margins(batch, rewards))
-    return _pairwise(batch, per_pair, rewards, sampling_weight=batch.pairs.metric_mean(weight_w * weight_l))
+    return _pairwise(
+        batch, per_pair, rewards, sampling_weight=batch.pairs.metric_mean(weight_w * weight_l)
+    )
 
 
-@register_loss("inpo", formula="(h − η/2)²,  h = Δ_θ − ητ·Δ_ref − (1 − ητ)·Δ_t,  Δ = S(y_w) − S(y_l)",
-               paper="Zhang et al. 2024 (INPO), arXiv 2407.00617", family="pairwise", needs=("ref", "anchor"))
+@register_loss(
+    "inpo",
+    formula="(h − η/2)²,  h = Δ_θ − ητ·Δ_ref − (1 − ητ)·Δ_t,  Δ = S(y_w) − S(y_l)",
+    paper="Zhang et al. 2024 (INPO), arXiv 2407.00617",
+    family="pairwise",
+    needs=("ref", "anchor"),
+)
 def inpo(batch: ListBatch, *, eta: float | None = None, tau: float | None = None) -> LossOutput:
     """Iterative Nash policy optimization, one iteration of online mirror descent toward the Nash
     policy of a general preference: π_{t+1} ∝ π_t^(1−ητ)·π_ref^(ητ)·exp(η·P(y ≻ π_t)), fitted by a
@@ -154,18 +184,40 @@ def inpo(batch: ListBatch, *, eta: float | None = None, tau: float | None = None
         >>> round(LOSSES["inpo"](batch, eta=1.0, tau=0.1).loss.mean().item(), 4)
         0.36
     """
-    check(eta is not None and eta > 0, "eta", eta, "must be given and > 0 (no default: the paper's was not verified)")
-    check(tau is not None and tau >= 0, "tau", tau, "must be given and >= 0 (no default: the paper's was not verified)")
-    check(eta * tau <= 1, "eta·tau", eta * tau, "must be <= 1 (the previous iterate's weight is 1 − ητ)")
+    check(
+        eta is not None and eta > 0,
+        "eta",
+        eta,
+        "must be given and > 0 (no default: the paper's was not verified)",
+    )
+    check(
+        tau is not None and tau >= 0,
+        "tau",
+        tau,
+        "must be given and >= 0 (no default: the paper's was not verified)",
+    )
+    check(
+        eta * tau <= 1,
+        "eta·tau",
+        eta * tau,
+        "must be <= 1 (the previous iterate's weight is 1 − ητ)",
+    )
     mix, rho = eta * tau, batch.log_ratios()
-    h = (_margins(batch, batch.logps) - mix * _margins(batch, batch.anchor())
-         - (1 - mix) * _margins(batch, batch.ref_logps))
+    h = (
+        _margins(batch, batch.logps)
+        - mix * _margins(batch, batch.anchor())
+        - (1 - mix) * _margins(batch, batch.ref_logps)
+    )
     return _pairwise(batch, (h - eta / 2) ** 2, rho)
 
 
-@register_loss("cdpo",
-               formula="−(1−ε)·log σ(βh) − ε·log σ(−βh)", paper="Mitchell 2023, 'A note on DPO with noisy preferences'",
-               family="pairwise", needs=("ref",))
+@register_loss(
+    "cdpo",
+    formula="−(1−ε)·log σ(βh) − ε·log σ(−βh)",
+    paper="Mitchell 2023, 'A note on DPO with noisy preferences'",
+    family="pairwise",
+    needs=("ref",),
+)
 def cdpo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.1) -> LossOutput:
     """Conservative DPO: labels flipped with probability ε, soft-label cross-entropy
     L = −(1−ε) log σ(βh) − ε log σ(−βh). Minimum at βh = log((1−ε)/ε). ε = 0 is DPO.
@@ -185,8 +237,13 @@ def cdpo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.1) -
     return _pairwise(batch, soft_label_logistic(z, label_smoothing), rewards)
 
 
-@register_loss("robust", formula="[−(1−ε)·log σ(βh) + ε·log σ(−βh)] / (1−2ε)",
-               paper="Chowdhury et al. 2024, arXiv 2403.00409, Eq. 8", family="pairwise", needs=("ref",))
+@register_loss(
+    "robust",
+    formula="[−(1−ε)·log σ(βh) + ε·log σ(−βh)] / (1−2ε)",
+    paper="Chowdhury et al. 2024, arXiv 2403.00409, Eq. 8",
+    family="pairwise",
+    needs=("ref",),
+)
 def robust(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.1) -> LossOutput:
     """Robust DPO: unbiased loss under label-flip rate ε < 1/2,
     L = [−(1−ε) log σ(βh) + ε log σ(−βh)] / (1 − 2ε). Can be negative (unbounded below).
@@ -208,8 +265,13 @@ def robust(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.1)
     return _pairwise(batch, per_pair, rewards)
 
 
-@register_loss("ipo", formula="(h − 1/(2τ))²", paper="Azar et al. 2023, arXiv 2310.12036, Eq. 17",
-               family="pairwise", needs=("ref", "lengths"))
+@register_loss(
+    "ipo",
+    formula="(h − 1/(2τ))²",
+    paper="Azar et al. 2023, arXiv 2310.12036, Eq. 17",
+    family="pairwise",
+    needs=("ref", "lengths"),
+)
 def ipo(batch: ListBatch, *, beta: float = 0.1, length_normalize: bool = False) -> LossOutput:
     """IPO: L = (h − 1/(2τ))² with τ = beta (default 0.1, target margin 5).
 
@@ -230,9 +292,13 @@ def ipo(batch: ListBatch, *, beta: float = 0.1, length_normalize: bool = False) 
     return _pairwise(batch, per_pair, beta * rho)
 
 
-@register_loss("hinge",
-               formula="max(0, 1 − βh)", paper="Liu et al. 2023 (RSO), arXiv 2309.06657", family="pairwise",
-               needs=("ref",))
+@register_loss(
+    "hinge",
+    formula="max(0, 1 − βh)",
+    paper="Liu et al. 2023 (RSO), arXiv 2309.06657",
+    family="pairwise",
+    needs=("ref",),
+)
 def hinge(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """Normalised-likelihood hinge (RSO; TRL's `hinge`): L = max(0, 1 − βh), so 1/β acts
     as the margin. Zero gradient once βh ≥ 1.
@@ -249,8 +315,12 @@ def hinge(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     return _pairwise(batch, F.relu(1 - _margins(batch, rewards)), rewards)
 
 
-@register_loss("slic", formula="max(0, δ − S_w + S_l) − λ·S_w", paper="Zhao et al. 2023 (SLiC-HF), arXiv 2305.10425",
-               family="pairwise")
+@register_loss(
+    "slic",
+    formula="max(0, δ − S_w + S_l) − λ·S_w",
+    paper="Zhao et al. 2023 (SLiC-HF), arXiv 2305.10425",
+    family="pairwise",
+)
 def slic(batch: ListBatch, *, delta: float = 1.0, regularization: float = 0.0) -> LossOutput:
     """SLiC-HF calibration: L = max(0, δ − S_θ(y_w) + S_θ(y_l)) − λ·S_θ(y_w), reference-free.
     The regulariser target is the chosen response. The paper's δ and λ were not verified:
@@ -271,8 +341,13 @@ def slic(batch: ListBatch, *, delta: float = 1.0, regularization: float = 0.0) -
     return _pairwise(batch, per_pair, logps)
 
 
-@register_loss("rpo", formula="−log σ(βh) + η·β·NLL(y_w)", paper="Liu et al. 2024 (RPO), arXiv 2405.16436",
-               family="pairwise", needs=("ref", "lengths"))
+@register_loss(
+    "rpo",
+    formula="−log σ(βh) + η·β·NLL(y_w)",
+    paper="Liu et al. 2024 (RPO), arXiv 2405.16436",
+    family="pairwise",
+    needs=("ref", "lengths"),
+)
 def rpo(batch: ListBatch, *, beta: float = 0.1, eta: float = 0.005, nll: str = "sum") -> LossOutput:
     """RPO, DPO + SFT on the chosen response, Liu et al.:
     nll="sum" (main paper): L = L_DPO + η·β·(−S_θ(y_w)).
@@ -315,9 +390,16 @@ def _f_divergence_derivative(rho: torch.Tensor, divergence: str, alpha: float) -
     return (1 - torch.exp((-alpha * rho).clamp(max=_EXP_CAP))) / alpha
 
 
-@register_loss("fdpo", formula="−log σ(β·[f′(u_w) − f′(u_l)]),  u = π_θ/π_ref",
-               paper="Wang et al. 2023 (f-DPO), arXiv 2309.16240", family="pairwise", needs=("ref",))
-def fdpo(batch: ListBatch, *, beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 0.5) -> LossOutput:
+@register_loss(
+    "fdpo",
+    formula="−log σ(β·[f′(u_w) − f′(u_l)]),  u = π_θ/π_ref",
+    paper="Wang et al. 2023 (f-DPO), arXiv 2309.16240",
+    family="pairwise",
+    needs=("ref",),
+)
+def fdpo(
+    batch: ListBatch, *, beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 0.5
+) -> LossOutput:
     """DPO under an f-divergence constraint instead of the reverse KL ("Beyond Reverse KL"): the
     implicit reward is r̂ = β·f′(π_θ/π_ref), L = −log σ(r̂_w − r̂_l). divergence: "reverse_kl"
     (f′ = log u: DPO itself), "forward_kl" (f′ = −1/u), "js" (Jensen–Shannon, f′ = log(2u/(1+u))),
@@ -340,8 +422,13 @@ def fdpo(batch: ListBatch, *, beta: float = 0.1, divergence: str = "reverse_kl",
     return _pairwise(batch, -F.logsigmoid(_margins(batch, rewards)), rewards)
 
 
-@register_loss("discopop", formula="(1−σ(βh/τ))·(−log σ(βh)) + σ(βh/τ)·exp(−βh)",
-               paper="Lu et al. 2024 (DiscoPOP), arXiv 2406.08414, Eq. 5", family="pairwise", needs=("ref",))
+@register_loss(
+    "discopop",
+    formula="(1−σ(βh/τ))·(−log σ(βh)) + σ(βh/τ)·exp(−βh)",
+    paper="Lu et al. 2024 (DiscoPOP), arXiv 2406.08414, Eq. 5",
+    family="pairwise",
+    needs=("ref",),
+)
 def discopop(batch: ListBatch, *, beta: float = 0.05, tau: float = 0.05) -> LossOutput:
     """DiscoPOP / log-ratio modulated loss: z = βh, m = σ(z/τ),
     L = (1 − m)·(−log σ(z)) + m·exp(−z), gradients through m. Defaults β = 0.05, τ = 0.05
@@ -363,8 +450,13 @@ def discopop(batch: ListBatch, *, beta: float = 0.05, tau: float = 0.05) -> Loss
     return _pairwise(batch, per_pair, rewards)
 
 
-@register_loss("simpo", formula="−log σ(β·(A_w − A_l) − γ)", paper="Meng et al. 2024 (SimPO), arXiv 2405.14734, Eq. 6",
-               family="pairwise", needs=("lengths",))
+@register_loss(
+    "simpo",
+    formula="−log σ(β·(A_w − A_l) − γ)",
+    paper="Meng et al. 2024 (SimPO), arXiv 2405.14734, Eq. 6",
+    family="pairwise",
+    needs=("lengths",),
+)
 def simpo(
     batch: ListBatch,
     *,
@@ -402,7 +494,9 @@ def simpo(
         avg = (1 - torch.exp((-alpha * avg).clamp(max=_EXP_CAP))) / alpha
     rewards = beta * avg
     z = _margins(batch, rewards) - beta * gamma_beta_ratio
-    per_pair = soft_label_logistic(z, label_smoothing) + sft_weight * chosen_nll(batch, nll_reduction)
+    per_pair = soft_label_logistic(z, label_smoothing) + sft_weight * chosen_nll(
+        batch, nll_reduction
+    )
     return _pairwise(batch, per_pair, rewards)
 
 
@@ -416,11 +510,21 @@ def _log_odds(avg_logps: torch.Tensor) -> torch.Tensor:
     return avg_logps - log1mexp(avg_logps)
 
 
-@register_loss("orpo", formula="NLL(y_w) − λ·log σ(log odds(y_w) − log odds(y_l))",
-               paper="Hong et al. 2024 (ORPO), arXiv 2403.07691, Eq. 6", family="pairwise", needs=("lengths",),
-               needs_if={"prompt": "nll_prompt"})
-def orpo(batch: ListBatch, *, odds_weight: float = 0.1, nll_reduction: str = "sequence",
-         nll_prompt: bool = False) -> LossOutput:
+@register_loss(
+    "orpo",
+    formula="NLL(y_w) − λ·log σ(log odds(y_w) − log odds(y_l))",
+    paper="Hong et al. 2024 (ORPO), arXiv 2403.07691, Eq. 6",
+    family="pairwise",
+    needs=("lengths",),
+    needs_if={"prompt": "nll_prompt"},
+)
+def orpo(
+    batch: ListBatch,
+    *,
+    odds_weight: float = 0.1,
+    nll_reduction: str = "sequence",
+    nll_prompt: bool = False,
+) -> LossOutput:
     """ORPO, reference-free: with a = A_θ(y), log odds(y) = a − log(1 − e^a),
     L = NLL(y_w) − λ·log σ(log odds(y_w) − log odds(y_l)). The NLL is completion-only by default
     (prompt tokens are not trained); `nll_prompt=True` adds the prompt's tokens to it, as TRL's
@@ -440,12 +544,22 @@ def orpo(batch: ListBatch, *, odds_weight: float = 0.1, nll_reduction: str = "se
     odds_margin = _margins(batch, _log_odds(avg))
     nll = chosen_nll(batch, nll_reduction, with_prompt=nll_prompt)
     odds_loss = -F.logsigmoid(odds_margin)
-    return _pairwise(batch, nll + odds_weight * odds_loss, avg, log_odds_ratio=batch.pairs.metric_mean(odds_margin))
+    return _pairwise(
+        batch,
+        nll + odds_weight * odds_loss,
+        avg,
+        log_odds_ratio=batch.pairs.metric_mean(odds_margin),
+    )
 
 
-@register_loss("asft", formula="−a_w − log(1 − e^{a_l}) on top of NLL(y_w)",
-               paper="Wang et al. 2024 (ASFT), arXiv 2409.10571 — reconstruction", family="pairwise",
-               needs=("lengths",), experimental=True)
+@register_loss(
+    "asft",
+    formula="−a_w − log(1 − e^{a_l}) on top of NLL(y_w)",
+    paper="Wang et al. 2024 (ASFT), arXiv 2409.10571 — reconstruction",
+    family="pairwise",
+    needs=("lengths",),
+    experimental=True,
+)
 def asft(batch: ListBatch, *, odds_weight: float = 0.1) -> LossOutput:
     """ASFT, aligned SFT through absolute likelihood (EXPERIMENTAL: a reconstruction, no
     reference code exists). Pointwise, odds-based: with a = A_θ(y),
@@ -466,9 +580,13 @@ def asft(batch: ListBatch, *, odds_weight: float = 0.1) -> LossOutput:
     return _pairwise(batch, -better + odds_weight * alignment, avg)
 
 
-@register_loss("exo",
-               formula="KL(softmax([βρ_w, βρ_l]) ‖ [1−ε, ε])", paper="Ji et al. 2024 (EXO), arXiv 2402.00856, Eq. 16",
-               family="pairwise", needs=("ref",))
+@register_loss(
+    "exo",
+    formula="KL(softmax([βρ_w, βρ_l]) ‖ [1−ε, ε])",
+    paper="Ji et al. 2024 (EXO), arXiv 2402.00856, Eq. 16",
+    family="pairwise",
+    needs=("ref",),
+)
 def exo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 1e-3) -> LossOutput:
     """EXO, pairwise: with z = βh,
     L = σ(z)·(log σ(z) − log(1−ε)) + σ(−z)·(log σ(−z) − log ε). Minimum 0 at z = log((1−ε)/ε).
@@ -486,14 +604,19 @@ def exo(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 1e-3) -
     rewards = beta * batch.log_ratios()
     z = _margins(batch, rewards)
     eps = label_smoothing
-    per_pair = (torch.sigmoid(z) * (F.logsigmoid(z) - math.log(1 - eps))
-                + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps)))
+    per_pair = torch.sigmoid(z) * (F.logsigmoid(z) - math.log(1 - eps)) + torch.sigmoid(-z) * (
+        F.logsigmoid(-z) - math.log(eps)
+    )
     return _pairwise(batch, per_pair, rewards)
 
 
-@register_loss("apo_zero",
-               formula="(1 − σ(βρ_w)) + σ(βρ_l)", paper="D'Oosterlinck et al. 2024 (APO), arXiv 2408.06266, Eq. 7",
-               family="pairwise", needs=("ref",))
+@register_loss(
+    "apo_zero",
+    formula="(1 − σ(βρ_w)) + σ(βρ_l)",
+    paper="D'Oosterlinck et al. 2024 (APO), arXiv 2408.06266, Eq. 7",
+    family="pairwise",
+    needs=("ref",),
+)
 def apo_zero(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """APO-zero, for chosen outputs better than the model's own: raise the chosen
     likelihood, lower the rejected: L = (1 − σ(βρ_w)) + σ(βρ_l). Bounded in [0, 2].
@@ -511,9 +634,13 @@ def apo_zero(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     return _pairwise(batch, (1 - torch.sigmoid(better)) + torch.sigmoid(worse), rewards)
 
 
-@register_loss("apo_down",
-               formula="σ(βρ_w) + (1 − σ(βh))", paper="D'Oosterlinck et al. 2024 (APO), arXiv 2408.06266, Eq. 8",
-               family="pairwise", needs=("ref",))
+@register_loss(
+    "apo_down",
+    formula="σ(βρ_w) + (1 − σ(βh))",
+    paper="D'Oosterlinck et al. 2024 (APO), arXiv 2408.06266, Eq. 8",
+    family="pairwise",
+    needs=("ref",),
+)
 def apo_down(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """APO-down, for chosen outputs worse than the model's own: lower both, the rejected
     more: L = σ(βρ_w) + (1 − σ(β(ρ_w − ρ_l))). Bounded in [0, 2].
@@ -550,10 +677,21 @@ class RunningMean:
         self.mean, self.count = float(state["mean"]), float(state["count"])
 
 
-@register_loss("bco_pair", formula="−log σ(r_w − δ) − log σ(−(r_l − δ)),  r = βρ",
-               paper="Jung et al. 2024 (BCO), arXiv 2404.04656", family="pairwise", needs=("ref",), stateful=True)
-def bco_pair(batch: ListBatch, *, beta: float = 0.1, delta: float | None = None,
-             running: RunningMean | None = None) -> LossOutput:
+@register_loss(
+    "bco_pair",
+    formula="−log σ(r_w − δ) − log σ(−(r_l − δ)),  r = βρ",
+    paper="Jung et al. 2024 (BCO), arXiv 2404.04656",
+    family="pairwise",
+    needs=("ref",),
+    stateful=True,
+)
+def bco_pair(
+    batch: ListBatch,
+    *,
+    beta: float = 0.1,
+    delta: float | None = None,
+    running: RunningMean | None = None,
+) -> LossOutput:
     """BCO on pairs: chosen is class 1, rejected class 0, logit r − δ with r = βρ:
     L = −log σ(r_w − δ) − log σ(−(r_l − δ)).
     δ is a reward shift: a fixed `delta` if given (0.0 is TRL HEAD's behaviour); otherwise the
@@ -575,12 +713,18 @@ def bco_pair(batch: ListBatch, *, beta: float = 0.1, delta: float | None = None,
         delta = running.update(batch_mean) if running is not None else batch_mean
     better, worse = batch.pairs.take(rewards)
     per_pair = -F.logsigmoid(better - delta) - F.logsigmoid(-(worse - delta))
-    return _pairwise(batch, per_pair, rewards, reward_shift=torch.full_like(rewards[:, 0], float(delta)).detach())
+    return _pairwise(
+        batch, per_pair, rewards, reward_shift=torch.full_like(rewards[:, 0], float(delta)).detach()
+    )
 
 
-@register_loss("sppo_hard",
-               formula="(ρ_w − 1/(2β))² + (ρ_l + 1/(2β))²", paper="Wu et al. 2024 (SPPO), arXiv 2405.00675",
-               family="pairwise", needs=("ref",))
+@register_loss(
+    "sppo_hard",
+    formula="(ρ_w − 1/(2β))² + (ρ_l + 1/(2β))²",
+    paper="Wu et al. 2024 (SPPO), arXiv 2405.00675",
+    family="pairwise",
+    needs=("ref",),
+)
 def sppo_hard(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     """SPPO with hard labels: regress the winner's log-ratio to +1/(2β) and the
     loser's to −1/(2β): L = (ρ_w − 1/(2β))² + (ρ_l + 1/(2β))².
@@ -599,7 +743,9 @@ def sppo_hard(batch: ListBatch, *, beta: float = 0.1) -> LossOutput:
     return _pairwise(batch, (better - target) ** 2 + (worse + target) ** 2, beta * rho)
 
 
-def _quantile_margins(better: torch.Tensor, worse: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def _quantile_margins(
+    better: torch.Tensor, worse: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
     """[B, P] -> [B, P]: sort(better) − sort(worse) over the batch's valid pairs, each difference put
     at the pair that holds that quantile of `better` (0 at invalid pairs). Pairing the i-th smallest
     with the i-th smallest is the one-dimensional optimal transport plan between the two empirical
@@ -610,8 +756,13 @@ def _quantile_margins(better: torch.Tensor, worse: torch.Tensor, valid: torch.Te
     return torch.zeros_like(better).masked_scatter(valid, flat)
 
 
-@register_loss("aot", formula="soft-label logistic of β·(sort(S_w − S_l) − sort(S^ref_w − S^ref_l)) over the batch",
-               paper="Melnyk et al. 2024 (AOT), arXiv 2406.05882, paired", family="pairwise", needs=("ref",))
+@register_loss(
+    "aot",
+    formula="soft-label logistic of β·(sort(S_w − S_l) − sort(S^ref_w − S^ref_l)) over the batch",
+    paper="Melnyk et al. 2024 (AOT), arXiv 2406.05882, paired",
+    family="pairwise",
+    needs=("ref",),
+)
 def aot(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOutput:
     """Alignment via optimal transport, paired: the policy's chosen-minus-rejected log-likelihood
     margins should dominate the reference's in distribution (first-order stochastic dominance), not
@@ -639,10 +790,16 @@ def aot(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.0) ->
     return _pairwise(batch, soft_label_logistic(z, label_smoothing), beta * rho)
 
 
-@register_loss("aot_unpaired", formula="soft-label logistic of β·(sort(ρ_w) − sort(ρ_l)) over the batch",
-               paper="Melnyk et al. 2024 (AOT), arXiv 2406.05882, unpaired", family="pairwise",
-               needs=("ref",))
-def aot_unpaired(batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOutput:
+@register_loss(
+    "aot_unpaired",
+    formula="soft-label logistic of β·(sort(ρ_w) − sort(ρ_l)) over the batch",
+    paper="Melnyk et al. 2024 (AOT), arXiv 2406.05882, unpaired",
+    family="pairwise",
+    needs=("ref",),
+)
+def aot_unpaired(
+    batch: ListBatch, *, beta: float = 0.1, label_smoothing: float = 0.0
+) -> LossOutput:
     """Alignment via optimal transport on unpaired data: the distribution of chosen log-ratios
     ρ = S_θ − S_ref should dominate that of rejected ones, whichever prompt each came from. Over
     the batch, z_i = β·(i-th smallest ρ_w − i-th smallest ρ_l), logistic loss with label smoothing

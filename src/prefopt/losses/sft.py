@@ -1,11 +1,19 @@
 """Supervised objectives on the best completion of each list: NLL, DFT and the probability-based
-family. """
+family."""
 
 from __future__ import annotations
 
 import torch
 
-from prefopt.losses.base import ListBatch, LossOutput, check, check_choice, masked_mean, outputs, register_loss
+from prefopt.losses.base import (
+    ListBatch,
+    LossOutput,
+    check,
+    check_choice,
+    masked_mean,
+    outputs,
+    register_loss,
+)
 
 
 def _on_best(batch: ListBatch, per_item: torch.Tensor) -> torch.Tensor:
@@ -18,10 +26,16 @@ def _token_average_logps(batch: ListBatch) -> torch.Tensor:
     return masked_mean(token_logps.detach(), token_mask)
 
 
-@register_loss("sft",
-               formula="−S_θ(y_best)/|y_best|", paper="negative log-likelihood (Pang et al. 2024 use it in IRPO)",
-               family="sft", needs=("lengths",))
-def sft(batch: ListBatch, *, length_normalize: bool = True, nll_reduction: str = "sequence") -> LossOutput:
+@register_loss(
+    "sft",
+    formula="−S_θ(y_best)/|y_best|",
+    paper="negative log-likelihood (Pang et al. 2024 use it in IRPO)",
+    family="sft",
+    needs=("lengths",),
+)
+def sft(
+    batch: ListBatch, *, length_normalize: bool = True, nll_reduction: str = "sequence"
+) -> LossOutput:
     """Negative log-likelihood of the best completion of each list (the chosen one of a pair):
     L = −S_θ(y)/|y| (token mean, default) or −S_θ(y) (`length_normalize=False`, lengths then
     unneeded). `nll_reduction="sequence"` (default) averages tokens within a completion, then the
@@ -47,8 +61,13 @@ def sft(batch: ListBatch, *, length_normalize: bool = True, nll_reduction: str =
     return outputs(_on_best(batch, -logps), logps, batch)
 
 
-@register_loss("dft", formula="mean_t −sg(p_t)·log p_t", paper="Wu et al. 2025 (DFT), arXiv 2508.05629, Eq. 9",
-               family="sft", needs=("tokens",))
+@register_loss(
+    "dft",
+    formula="mean_t −sg(p_t)·log p_t",
+    paper="Wu et al. 2025 (DFT), arXiv 2508.05629, Eq. 9",
+    family="sft",
+    needs=("tokens",),
+)
 def dft(batch: ListBatch) -> LossOutput:
     """Dynamic Fine-Tuning: token NLL re-weighted by the detached token probability,
     L = mean_t −sg(p_t)·log p_t over the completion tokens of the best completion (per-sequence
@@ -65,13 +84,26 @@ def dft(batch: ListBatch) -> LossOutput:
     """
     token_logps, token_mask = batch.tokens()
     per_token = -token_logps.detach().exp() * token_logps
-    return outputs(_on_best(batch, masked_mean(per_token, token_mask)), _token_average_logps(batch), batch)
+    return outputs(
+        _on_best(batch, masked_mean(per_token, token_mask)), _token_average_logps(batch), batch
+    )
 
 
-@register_loss("prob_sft", formula="mean over kept tokens of −log p | 1−p | (1−p^q)/q",
-               paper="Li et al. 2025 (Beyond Log Likelihood), arXiv 2510.00526", family="sft", needs=("tokens",))
-def prob_sft(batch: ListBatch, *, objective: str = "one_minus_p", q: float = 10.0, keep: str = "all",
-             threshold: float = 0.5) -> LossOutput:
+@register_loss(
+    "prob_sft",
+    formula="mean over kept tokens of −log p | 1−p | (1−p^q)/q",
+    paper="Li et al. 2025 (Beyond Log Likelihood), arXiv 2510.00526",
+    family="sft",
+    needs=("tokens",),
+)
+def prob_sft(
+    batch: ListBatch,
+    *,
+    objective: str = "one_minus_p",
+    q: float = 10.0,
+    keep: str = "all",
+    threshold: float = 0.5,
+) -> LossOutput:
     """Probability-based SFT objectives, per completion token p = π_θ(y_t|·), on the best
     completion, averaged over the kept tokens of each sequence:
     objective "nll": −log p; "one_minus_p": 1 − p (the paper's −p, prior-leaning, default);
@@ -106,5 +138,9 @@ def prob_sft(batch: ListBatch, *, objective: str = "one_minus_p", q: float = 10.
     elif keep == "bottom":
         token_mask = token_mask & (probs <= threshold)
     per_item = masked_mean(per_token, token_mask)
-    return outputs(_on_best(batch, per_item), _token_average_logps(batch), batch,
-                   kept_token_fraction=masked_mean(token_mask.float(), batch.tokens()[1]).mean(1))
+    return outputs(
+        _on_best(batch, per_item),
+        _token_average_logps(batch),
+        batch,
+        kept_token_fraction=masked_mean(token_mask.float(), batch.tokens()[1]).mean(1),
+    )

@@ -11,25 +11,44 @@ from typing import Any
 @dataclasses.dataclass(frozen=True)
 class TrlEquivalent:
     trainer: str  # TRL's trainer: "DPO", "CPO" or "ORPO"
-    config: dict[str, Any]  # the fields of its config that select the objective (TRL's defaults for the rest)
+    # the fields of its config that select the objective (TRL's defaults for the rest)
+    config: dict[str, Any]
     loss: dict[str, float]  # prefopt's `loss` setting
-    loss_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # prefopt's `loss_params`
+    # prefopt's `loss_params`
+    loss_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     note: str = ""
 
 
-def _dpo(loss_type: str, loss: str, params: dict | None = None, note: str = "", **config) -> TrlEquivalent:
-    return TrlEquivalent("DPO", {"loss_type": [loss_type], **config}, {loss: 1.0}, {loss: params} if params else {},
-                         note)
+def _dpo(
+    loss_type: str, loss: str, params: dict | None = None, note: str = "", **config
+) -> TrlEquivalent:
+    return TrlEquivalent(
+        "DPO",
+        {"loss_type": [loss_type], **config},
+        {loss: 1.0},
+        {loss: params} if params else {},
+        note,
+    )
 
 
 TRL_EQUIVALENTS: tuple[TrlEquivalent, ...] = (
     _dpo("sigmoid", "dpo"),
     _dpo("sigmoid_norm", "dpo", {"length_normalize": True}),
     _dpo("hinge", "hinge"),
-    _dpo("ipo", "ipo", {"length_normalize": True}, "TRL divides each log-ratio by its completion's length; "
-         "prefopt's default is the paper's summed form"),
-    _dpo("exo_pair", "exo", {"label_smoothing": 1e-3}, "TRL's `label_smoothing` is ε and must be > 0 there too",
-         label_smoothing=1e-3),
+    _dpo(
+        "ipo",
+        "ipo",
+        {"length_normalize": True},
+        "TRL divides each log-ratio by its completion's length; "
+        "prefopt's default is the paper's summed form",
+    ),
+    _dpo(
+        "exo_pair",
+        "exo",
+        {"label_smoothing": 1e-3},
+        "TRL's `label_smoothing` is ε and must be > 0 there too",
+        label_smoothing=1e-3,
+    ),
     _dpo("nca_pair", "nca", note="at K = 2 prefopt's soft targets are one-hot"),
     _dpo("robust", "robust", {"label_smoothing": 0.1}, label_smoothing=0.1),
     _dpo("bco_pair", "bco_pair", {"delta": 0.0}, "TRL's DPOTrainer keeps no running reward shift"),
@@ -39,29 +58,60 @@ TRL_EQUIVALENTS: tuple[TrlEquivalent, ...] = (
     _dpo("aot_unpaired", "aot_unpaired"),
     _dpo("apo_zero", "apo_zero"),
     _dpo("apo_down", "apo_down"),
-    _dpo("discopop", "discopop", {"beta": 0.1}, "prefopt's default β is the paper's 0.05; `tau` is TRL's "
-         "`discopop_tau`"),
+    _dpo(
+        "discopop",
+        "discopop",
+        {"beta": 0.1},
+        "prefopt's default β is the paper's 0.05; `tau` is TRL's `discopop_tau`",
+    ),
     _dpo("sft", "sft", {"nll_reduction": "tokens"}, "one mean over the batch's chosen tokens"),
-    TrlEquivalent("DPO", {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}, {"dpo": 1.0, "sft": 0.5},
-                  {"sft": {"nll_reduction": "tokens"}},
-                  "several loss types are a weighted mix; this one is RPO as TRL writes it (Pang et al.), "
-                  "where `sft`'s default `nll_reduction: sequence` would average per sequence instead"),
+    TrlEquivalent(
+        "DPO",
+        {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]},
+        {"dpo": 1.0, "sft": 0.5},
+        {"sft": {"nll_reduction": "tokens"}},
+        "several loss types are a weighted mix; this one is RPO as TRL writes it (Pang et al.), "
+        "where `sft`'s default `nll_reduction: sequence` would average per sequence instead",
+    ),
     _dpo("sigmoid", "ld_dpo", {"alpha": 0.5}, ld_alpha=0.5),
     _dpo("sigmoid", "wpo", use_weighting=True),
     _dpo("sigmoid", "fdpo", {"divergence": "forward_kl"}, f_divergence_type="forward_kl"),
-    _dpo("sigmoid", "fdpo", {"divergence": "js"}, "`js_divergence` is `js` (the constant log 2 cancels)",
-         f_divergence_type="js_divergence"),
-    _dpo("sigmoid", "fdpo", {"divergence": "alpha", "alpha": 0.7}, "`alpha` = 1 − TRL's `f_alpha_divergence_coef`",
-         f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.3),
-    TrlEquivalent("CPO", {"loss_type": "simpo", "simpo_gamma": 0.5, "cpo_alpha": 0.0}, {"simpo": 1.0},
-                  {"simpo": {"beta": 0.1, "gamma_beta_ratio": 5.0}},
-                  "TRL's β defaults to 0.1 and γ to 0.5 (γ/β = 5); prefopt's defaults are the paper's β = 2, γ/β = ¼"),
-    TrlEquivalent("CPO", {"loss_type": "simpo", "simpo_gamma": 0.5, "cpo_alpha": 0.0, "alpha": 0.25}, {"simpo": 1.0},
-                  {"simpo": {"beta": 0.1, "gamma_beta_ratio": 5.0, "alpha": 0.25}},
-                  "AlphaPO (TRL's `loss_type: alphapo` sets exactly this)"),
-    TrlEquivalent("ORPO", {}, {"orpo": 1.0},
-                  {"orpo": {"odds_weight": 0.1, "nll_reduction": "tokens", "nll_prompt": True}},
-                  "TRL's NLL counts the prompt's tokens too; prefopt's default NLL is completion-only"),
+    _dpo(
+        "sigmoid",
+        "fdpo",
+        {"divergence": "js"},
+        "`js_divergence` is `js` (the constant log 2 cancels)",
+        f_divergence_type="js_divergence",
+    ),
+    _dpo(
+        "sigmoid",
+        "fdpo",
+        {"divergence": "alpha", "alpha": 0.7},
+        "`alpha` = 1 − TRL's `f_alpha_divergence_coef`",
+        f_divergence_type="alpha_divergence",
+        f_alpha_divergence_coef=0.3,
+    ),
+    TrlEquivalent(
+        "CPO",
+        {"loss_type": "simpo", "simpo_gamma": 0.5, "cpo_alpha": 0.0},
+        {"simpo": 1.0},
+        {"simpo": {"beta": 0.1, "gamma_beta_ratio": 5.0}},
+        "TRL's β defaults to 0.1 and γ to 0.5 (γ/β = 5); prefopt's defaults are the paper's β = 2, γ/β = ¼",
+    ),
+    TrlEquivalent(
+        "CPO",
+        {"loss_type": "simpo", "simpo_gamma": 0.5, "cpo_alpha": 0.0, "alpha": 0.25},
+        {"simpo": 1.0},
+        {"simpo": {"beta": 0.1, "gamma_beta_ratio": 5.0, "alpha": 0.25}},
+        "AlphaPO (TRL's `loss_type: alphapo` sets exactly this)",
+    ),
+    TrlEquivalent(
+        "ORPO",
+        {},
+        {"orpo": 1.0},
+        {"orpo": {"odds_weight": 0.1, "nll_reduction": "tokens", "nll_prompt": True}},
+        "TRL's NLL counts the prompt's tokens too; prefopt's default NLL is completion-only",
+    ),
 )
 
 NOT_IN_PREFOPT: dict[str, str] = {}  # TRL options prefopt does not offer yet, and why

@@ -7,7 +7,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from prefopt.losses.base import ListBatch, LossOutput, check, check_choice, masked_mean, outputs, register_loss
+from prefopt.losses.base import (
+    ListBatch,
+    LossOutput,
+    check,
+    check_choice,
+    masked_mean,
+    outputs,
+    register_loss,
+)
 
 
 def _forget_items(batch: ListBatch, target: str) -> torch.Tensor:
@@ -15,8 +23,13 @@ def _forget_items(batch: ListBatch, target: str) -> torch.Tensor:
     return batch.worse if target == "worse" else batch.mask
 
 
-@register_loss("npo", formula="−(2/β)·log σ(−βρ)", paper="Zhang et al. 2024 (NPO), arXiv 2404.05868, Eq. 3",
-               family="unlearning", needs=("ref",))
+@register_loss(
+    "npo",
+    formula="−(2/β)·log σ(−βρ)",
+    paper="Zhang et al. 2024 (NPO), arXiv 2404.05868, Eq. 3",
+    family="unlearning",
+    needs=("ref",),
+)
 def npo(batch: ListBatch, *, beta: float = 0.1, target: str = "worse") -> LossOutput:
     """Negative Preference Optimization: L = −(2/β)·log σ(−β·ρ(y)) on summed log-ratios,
     averaged over the forget items of each example. target "worse": items below the list's top
@@ -38,11 +51,21 @@ def npo(batch: ListBatch, *, beta: float = 0.1, target: str = "worse") -> LossOu
     return outputs(masked_mean(per_item, forget), beta * rho, batch)
 
 
-@register_loss("simnpo",
-               formula="−(2/β)·log σ(−(β/|y|)·S_θ − γ)", paper="Fan et al. 2024 (SimNPO), arXiv 2410.07163, Eq. 4",
-               family="unlearning", needs=("lengths",))
-def simnpo(batch: ListBatch, *, beta: float = 2.5, gamma: float = 0.0, gamma_scaled_by_beta: bool = False,
-           target: str = "worse") -> LossOutput:
+@register_loss(
+    "simnpo",
+    formula="−(2/β)·log σ(−(β/|y|)·S_θ − γ)",
+    paper="Fan et al. 2024 (SimNPO), arXiv 2410.07163, Eq. 4",
+    family="unlearning",
+    needs=("lengths",),
+)
+def simnpo(
+    batch: ListBatch,
+    *,
+    beta: float = 2.5,
+    gamma: float = 0.0,
+    gamma_scaled_by_beta: bool = False,
+    target: str = "worse",
+) -> LossOutput:
     """SimNPO, reference-free and length-normalised: L = −(2/β)·log σ(−(β/|y|)·S_θ(y) − γ).
     `gamma_scaled_by_beta=True` uses the official code's β·γ instead of γ (equal at γ = 0).
     Defaults β = 2.5, γ = 0 (official TOFU forget05 config). Items as in `npo`.

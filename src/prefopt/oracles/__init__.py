@@ -9,5 +9,16 @@ from prefopt.oracles.base import ORACLES, Judgement, ListToJudge, Oracle, Oracle
 from prefopt.oracles.cache import AnswerCache, judge
 from prefopt.oracles.score import ScoreConfig, ScoreResult, score
 
-__all__ = ["ORACLES", "AnswerCache", "Judgement", "ListToJudge", "Oracle", "OracleOptions", "ScoreConfig",
-           "ScoreResult", "judge", "make_oracle", "score"]
+__all__ = [
+    "ORACLES",
+    "AnswerCache",
+    "Judgement",
+    "ListToJudge",
+    "Oracle",
+    "OracleOptions",
+    "ScoreConfig",
+    "ScoreResult",
+    "judge",
+    "make_oracle",
+    "score",
+]

@@ -19,7 +19,8 @@ from prefopt.settings import build
 class ListToJudge:
     prompt: Any  # a string or chat messages
     completions: tuple[str, ...]
-    record: dict[str, Any] = dataclasses.field(default_factory=dict)  # the row's other fields (constraints, tests)
+    # the row's other fields (constraints, tests)
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,19 +41,29 @@ class Judgement:
     @property
     def order_values(self) -> tuple[float, ...]:
         """Higher is better, whichever the oracle gave."""
-        return self.scores if self.scores is not None else tuple(-float(rank) for rank in self.ranks)
+        return (
+            self.scores if self.scores is not None else tuple(-float(rank) for rank in self.ranks)
+        )
 
     @property
     def all_tied(self) -> bool:
         return self.abstained is None and len(set(self.order_values)) == 1
 
     def to_json(self) -> dict:
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items() if value is not None}
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+            if value is not None
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> Judgement:
-        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+        return cls(
+            **{
+                key: tuple(value) if isinstance(value, list) else value
+                for key, value in data.items()
+            }
+        )
 
 
 class OracleOptions(BaseModel):
@@ -65,8 +76,10 @@ class Oracle(abc.ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[OracleOptions]]
-    deterministic: ClassVar[bool] = True  # answers of an oracle that samples are not cached unless asked
-    absolute_scores: ClassVar[bool] = True  # a score means the same across lists (a judge's only within one)
+    # answers of an oracle that samples are not cached unless asked
+    deterministic: ClassVar[bool] = True
+    # a score means the same across lists (a judge's only within one)
+    absolute_scores: ClassVar[bool] = True
 
     def __init__(self, options: OracleOptions):
         self.options = options

@@ -20,28 +20,42 @@ class AnswerCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, oracle TEXT NOT NULL, "
-                        "answer TEXT NOT NULL, created REAL NOT NULL)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, oracle TEXT NOT NULL, "
+            "answer TEXT NOT NULL, created REAL NOT NULL)"
+        )
         self.db.commit()
 
     @staticmethod
     def key(oracle: Oracle, item: ListToJudge) -> str:
-        asked = {"identity": oracle.identity(), "prompt": item.prompt, "completions": list(item.completions),
-                 "record": {k: v for k, v in item.record.items() if k != "meta"}}  # meta: how it was generated
-        return hashlib.sha256(json.dumps(asked, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        # meta: how it was generated
+        asked = {
+            "identity": oracle.identity(),
+            "prompt": item.prompt,
+            "completions": list(item.completions),
+            "record": {k: v for k, v in item.record.items() if k != "meta"},
+        }
+        return hashlib.sha256(
+            json.dumps(asked, sort_keys=True, ensure_ascii=False).encode()
+        ).hexdigest()
 
     def get(self, keys: list[str]) -> dict[str, Judgement]:
         found = {}
         for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
-            chunk = keys[start: start + 500]
-            rows = self.db.execute(f"SELECT key, answer FROM answers WHERE key IN ({','.join('?' * len(chunk))})",
-                                   chunk).fetchall()
+            chunk = keys[start : start + 500]
+            rows = self.db.execute(
+                f"SELECT key, answer FROM answers WHERE key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
             found |= {key: Judgement.from_json(json.loads(answer)) for key, answer in rows}
         return found
 
     def put(self, oracle: Oracle, answers: dict[str, Judgement]) -> None:
-        rows = [(key, oracle.name, json.dumps(judgement.to_json()), time.time()) for key, judgement in answers.items()
-                if judgement.abstained is None]
+        rows = [
+            (key, oracle.name, json.dumps(judgement.to_json()), time.time())
+            for key, judgement in answers.items()
+            if judgement.abstained is None
+        ]
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", rows)
 
@@ -49,8 +63,13 @@ class AnswerCache:
         self.db.close()
 
 
-def judge(oracle: Oracle, lists: list[ListToJudge], cache: AnswerCache | None, *, cache_sampled: bool = False
-          ) -> tuple[list[Judgement], int]:
+def judge(
+    oracle: Oracle,
+    lists: list[ListToJudge],
+    cache: AnswerCache | None,
+    *,
+    cache_sampled: bool = False,
+) -> tuple[list[Judgement], int]:
     """The oracle's judgements of `lists`, from the cache where it has them; returns them and how
     many came from the cache. New answers are stored before this returns."""
     if cache is None or (not oracle.deterministic and not cache_sampled):

@@ -35,10 +35,13 @@ DEFAULT_TEMPLATE = (
 
 
 class JudgeOptions(OracleOptions):
-    model: str  # local: HF id or folder, .gguf or `default`; http: the model name the endpoint serves
+    model: (
+        str  # local: HF id or folder, .gguf or `default`; http: the model name the endpoint serves
+    )
     backend: Literal["local", "http"] = "local"
     base_url: str | None = None  # http: e.g. http://127.0.0.1:8000/v1
-    api_key_env: str = "OPENAI_API_KEY"  # http: the environment variable holding the key (unset: none sent)
+    # http: the environment variable holding the key (unset: none sent)
+    api_key_env: str = "OPENAI_API_KEY"
     template: str = DEFAULT_TEMPLATE  # with {prompt}, {a} and {b}
     aggregate: Literal["wins", "bradley_terry"] = "wins"
     temperature: float = 0.0  # http: above 0 the judge samples, and its answers are not cached
@@ -69,11 +72,18 @@ class JudgeOracle(Oracle):
         asks = []  # (list, i, j): is completion i better than completion j, with i shown as A
         for n, item in enumerate(lists):
             asks += [(n, i, j) for i, j in itertools.permutations(range(len(item.completions)), 2)]
-        prompts = [self.options.template.format(prompt=_text(lists[n].prompt), a=lists[n].completions[i],
-                                                b=lists[n].completions[j]) for n, i, j in asks]
-        first_is_better = dict(zip(asks, self.backend.verdicts(prompts), strict=True))  # True, False or None
-        return [_aggregate(len(item.completions), n, first_is_better, self.options.aggregate)
-                for n, item in enumerate(lists)]
+        prompts = [
+            self.options.template.format(
+                prompt=_text(lists[n].prompt), a=lists[n].completions[i], b=lists[n].completions[j]
+            )
+            for n, i, j in asks
+        ]
+        # True, False or None
+        first_is_better = dict(zip(asks, self.backend.verdicts(prompts), strict=True))
+        return [
+            _aggregate(len(item.completions), n, first_is_better, self.options.aggregate)
+            for n, item in enumerate(lists)
+        ]
 
     def close(self) -> None:
         self.backend.close()
@@ -114,7 +124,9 @@ def _bradley_terry(wins: list[list[float]], iterations: int = 200) -> list[float
         new = []
         for i in range(k):
             won = sum(wins[i]) + 0.5
-            games = sum((wins[i][j] + wins[j][i]) / (strength[i] + strength[j]) for j in range(k) if j != i)
+            games = sum(
+                (wins[i][j] + wins[j][i]) / (strength[i] + strength[j]) for j in range(k) if j != i
+            )
             new.append(won / (games + 1.0 / (strength[i] + 1.0)))
         scale = math.exp(sum(math.log(s) for s in new) / k)
         strength = [s / scale for s in new]
@@ -133,16 +145,23 @@ class _LocalJudge:
 
     def _letter_ids(self, letter: str) -> list[int]:
         """The tokens an answer could start with: the letter alone and after a space."""
-        ids = {self.tokenizer.encode(text, add_special_tokens=False)[0] for text in (letter, " " + letter)}
+        ids = {
+            self.tokenizer.encode(text, add_special_tokens=False)[0]
+            for text in (letter, " " + letter)
+        }
         return sorted(ids)
 
     def identity(self) -> dict:
-        return {"weights": self.fingerprint, "chat_template": getattr(self.tokenizer, "chat_template", None)}
+        return {
+            "weights": self.fingerprint,
+            "chat_template": getattr(self.tokenizer, "chat_template", None),
+        }
 
     def _ids(self, prompt: str) -> list[int]:
         if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                      add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(prompt + "\nAnswer:")["input_ids"]
 
@@ -150,12 +169,19 @@ class _LocalJudge:
         head, decoder = self.model.get_output_embeddings(), self.model.get_decoder()
         verdicts = []
         for start in range(0, len(prompts), self.options.batch_size):
-            rows = [self._ids(p) for p in prompts[start: start + self.options.batch_size]]
-            length = max(map(len, rows))  # right padding: causal attention keeps real positions exact
-            input_ids = torch.tensor([r + [self.tokenizer.pad_token_id] * (length - len(r)) for r in rows])
+            rows = [self._ids(p) for p in prompts[start : start + self.options.batch_size]]
+            # right padding: causal attention keeps real positions exact
+            length = max(map(len, rows))
+            input_ids = torch.tensor(
+                [r + [self.tokenizer.pad_token_id] * (length - len(r)) for r in rows]
+            )
             with torch.inference_mode():
-                hidden = decoder(input_ids=input_ids, attention_mask=(torch.arange(length) < torch.tensor(
-                    [len(r) for r in rows]).unsqueeze(1)).long()).last_hidden_state
+                hidden = decoder(
+                    input_ids=input_ids,
+                    attention_mask=(
+                        torch.arange(length) < torch.tensor([len(r) for r in rows]).unsqueeze(1)
+                    ).long(),
+                ).last_hidden_state
                 last = hidden[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
                 probs = head(last).float().softmax(-1)
             a = probs[:, self.letters[0]].sum(-1)
@@ -186,24 +212,36 @@ class _HttpJudge:
         try:
             import openai
         except ImportError:
-            raise ValueError("the http judge needs the openai package: pip install openai") from None
+            raise ValueError(
+                "the http judge needs the openai package: pip install openai"
+            ) from None
         if not options.base_url:
             raise ValueError("judge backend http: give base_url, e.g. http://127.0.0.1:8000/v1")
         self.options, self.openai = options, openai
-        self.client = openai.OpenAI(base_url=options.base_url, api_key=os.environ.get(options.api_key_env) or "none",
-                                    timeout=options.timeout, max_retries=options.retries)
+        self.client = openai.OpenAI(
+            base_url=options.base_url,
+            api_key=os.environ.get(options.api_key_env) or "none",
+            timeout=options.timeout,
+            max_retries=options.retries,
+        )
 
     def identity(self) -> dict:
         return {"endpoint": self.options.base_url}
 
     def _ask(self, prompt: str) -> bool | None:
         try:
+            # the first token is the verdict
             reply = self.client.chat.completions.create(
-                model=self.options.model, messages=[{"role": "user", "content": prompt}],
-                temperature=self.options.temperature, max_tokens=1)  # the first token is the verdict
+                model=self.options.model,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=self.options.temperature,
+                max_tokens=1,
+            )
         except self.openai.APIError as error:
-            raise OracleError(f"judge endpoint {self.options.base_url}: {type(error).__name__}: {error}; stopped "
-                              "after the retries (answers already given are kept in the cache)") from None
+            raise OracleError(
+                f"judge endpoint {self.options.base_url}: {type(error).__name__}: {error}; stopped "
+                "after the retries (answers already given are kept in the cache)"
+            ) from None
         return parse_verdict(reply.choices[0].message.content if reply.choices else None)
 
     def verdicts(self, prompts: list[str]) -> list[bool | None]:
@@ -212,4 +250,3 @@ class _HttpJudge:
 
     def close(self) -> None:
         self.client.close()
-

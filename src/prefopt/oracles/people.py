@@ -19,12 +19,14 @@ from prefopt.oracles.base import ORACLES, Judgement, ListToJudge, Oracle, Oracle
 class PeopleOptions(OracleOptions):
     db: str = "labels.db"  # the label store: a SQLite file or a SQLAlchemy URL
     labels_per_list: int = 1  # R: labels wanted from different people
-    deadline_minutes: float | None = None  # stop waiting after this long (None: wait until every list has R)
+    # stop waiting after this long (None: wait until every list has R)
+    deadline_minutes: float | None = None
     # when the deadline passes before every list has R labels: use the lists with 1 ≤ n < R labels,
     # count them as abstentions, or stop (the labels given so far stay in the store; --resume waits again)
     on_deadline: Literal["use_what_is_there", "abstain", "stop"] = "use_what_is_there"
     poll_seconds: float = 2.0
-    priority: float = 0.0  # of the new items without a `priority` field of their own (the loop gives its
+    # of the new items without a `priority` field of their own (the loop gives its
+    priority: float = 0.0
     # lists their acquisition scores)
 
 
@@ -33,7 +35,8 @@ class PeopleOracle(Oracle):
     name: ClassVar[str] = "people"
     Options: ClassVar[type[OracleOptions]] = PeopleOptions
     absolute_scores: ClassVar[bool] = False  # ranks within a list, not a scale across lists
-    deterministic: ClassVar[bool] = False  # the store is its own record; a later ask may find more labels
+    # the store is its own record; a later ask may find more labels
+    deterministic: ClassVar[bool] = False
 
     def __init__(self, options: PeopleOptions):
         super().__init__(options)
@@ -43,17 +46,30 @@ class PeopleOracle(Oracle):
 
     def add(self, lists: list[ListToJudge], priorities: list[float] | None = None) -> list[int]:
         """Put the lists in the store (those already there are kept) and return their item ids."""
-        self.store.add_items([PreferenceRecord(item.prompt, item.completions, (0.0,) * len(item.completions),
-                                               source="asked by an oracle") for item in lists])
+        self.store.add_items(
+            [
+                PreferenceRecord(
+                    item.prompt,
+                    item.completions,
+                    (0.0,) * len(item.completions),
+                    source="asked by an oracle",
+                )
+                for item in lists
+            ]
+        )
         keys = [content_key(item.prompt, item.completions) for item in lists]
         ids = self.store.item_ids(keys)
         item_ids = [ids[key] for key in keys]
         # a list's own `priority` field (the loop writes its acquisition score there), else the option's
-        values = priorities or [float(item.record.get("priority", self.options.priority)) for item in lists]
+        values = priorities or [
+            float(item.record.get("priority", self.options.priority)) for item in lists
+        ]
         self.store.set_priorities(dict(zip(item_ids, values, strict=True)))
         return item_ids
 
-    def judge(self, lists: list[ListToJudge], priorities: list[float] | None = None) -> list[Judgement]:
+    def judge(
+        self, lists: list[ListToJudge], priorities: list[float] | None = None
+    ) -> list[Judgement]:
         item_ids = self.add(lists, priorities)
         wanted = self.options.labels_per_list
         minutes = self.options.deadline_minutes
@@ -67,9 +83,11 @@ class PeopleOracle(Oracle):
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 if self.options.on_deadline == "stop":
-                    raise OracleError(f"people: the deadline ({minutes:g} min) passed with {have} of "
-                                      f"{wanted * len(item_ids)} labels; stopped (on_deadline: stop). Every label "
-                                      f"given is kept in {self.options.db}; run again with --resume to wait again")
+                    raise OracleError(
+                        f"people: the deadline ({minutes:g} min) passed with {have} of "
+                        f"{wanted * len(item_ids)} labels; stopped (on_deadline: stop). Every label "
+                        f"given is kept in {self.options.db}; run again with --resume to wait again"
+                    )
                 break
             time.sleep(self.options.poll_seconds)
         return [self._judgement(labels[i]) for i in item_ids]
@@ -86,8 +104,10 @@ class PeopleOracle(Oracle):
         if not used:
             return Judgement(abstained="both answers bad")
         mean_ranks = [sum(ranks[k] for ranks in used) / len(used) for k in range(len(used[0]))]
-        return Judgement(scores=tuple(-rank for rank in mean_ranks), details=tuple({"ranks": [r[k] for r in used]}
-                                                                                   for k in range(len(used[0]))))
+        return Judgement(
+            scores=tuple(-rank for rank in mean_ranks),
+            details=tuple({"ranks": [r[k] for r in used]} for k in range(len(used[0]))),
+        )
 
     def close(self) -> None:
         self.store.close()

@@ -38,23 +38,38 @@ class RewardModelOracle(Oracle):
         self.model = load_reward_model(options.model).eval()
         self.precision, _ = choose_precision(options.precision, self.model.device)
         self.fingerprint = weights_fingerprint(self.model)
-        self.settings = TokenizeSettings(options.max_prompt_tokens, options.max_completion_tokens,
-                                         chat_template=options.chat_template)
+        self.settings = TokenizeSettings(
+            options.max_prompt_tokens,
+            options.max_completion_tokens,
+            chat_template=options.chat_template,
+        )
 
     def identity(self) -> dict:
         return {**super().identity(), "weights": self.fingerprint}
 
     def judge(self, lists: list[ListToJudge]) -> list[Judgement]:
-        examples = [tokenize_record(PreferenceRecord(item.prompt, item.completions, (0.0,) * len(item.completions)),
-                                    self.tokenizer, self.settings) for item in lists]
+        examples = [
+            tokenize_record(
+                PreferenceRecord(item.prompt, item.completions, (0.0,) * len(item.completions)),
+                self.tokenizer,
+                self.settings,
+            )
+            for item in lists
+        ]
         judgements = []
         for start in range(0, len(examples), self.options.batch_size):
-            batch = examples[start: start + self.options.batch_size]
-            with torch.inference_mode(), torch.autocast(self.model.device.type, dtype=torch.bfloat16,
-                                                        enabled=self.precision == "bf16"):
+            batch = examples[start : start + self.options.batch_size]
+            with (
+                torch.inference_mode(),
+                torch.autocast(
+                    self.model.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+                ),
+            ):
                 rewards = completion_rewards(self.model, batch, self.tokenizer.pad_token_id)
-            judgements += [Judgement(scores=tuple(row[: len(e.completion_ids)].tolist()))
-                           for row, e in zip(rewards, batch, strict=True)]
+            judgements += [
+                Judgement(scores=tuple(row[: len(e.completion_ids)].tolist()))
+                for row, e in zip(rewards, batch, strict=True)
+            ]
         return judgements
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 LIMITS = {"seconds": 10.0, "memory_mb": 512, "output_bytes": 1 << 20, "processes": 64}
 
 # runs first in the child: the audit hook, then the solution and its tests
-_BOOTSTRAP = r'''
+_BOOTSTRAP = r"""
 import os, sys
 HOME = os.path.realpath(os.getcwd())
 BLOCKED = {"os.system", "os.exec", "os.fork", "os.forkpty", "os.spawn", "os.posix_spawn", "subprocess.Popen",
@@ -55,7 +55,7 @@ sys.argv = ["solution.py"]
 with open("solution.py") as handle:
     source = handle.read()
 exec(compile(source, "solution.py", "exec"), {"__name__": "__main__"})
-'''
+"""
 
 
 def extract_code(completion: str) -> str:
@@ -64,8 +64,15 @@ def extract_code(completion: str) -> str:
     return "\n\n".join(blocks) if blocks else completion
 
 
-def run_tests(code: str, tests: str, *, seconds: float = LIMITS["seconds"], memory_mb: int = LIMITS["memory_mb"],
-              output_bytes: int = LIMITS["output_bytes"], processes: int = LIMITS["processes"]) -> tuple[bool, str]:
+def run_tests(
+    code: str,
+    tests: str,
+    *,
+    seconds: float = LIMITS["seconds"],
+    memory_mb: int = LIMITS["memory_mb"],
+    output_bytes: int = LIMITS["output_bytes"],
+    processes: int = LIMITS["processes"],
+) -> tuple[bool, str]:
     """Run `code` then `tests` (plain asserts) in a sandboxed child; (passed, why not)."""
     with tempfile.TemporaryDirectory(prefix="prefopt-sandbox-") as folder:
         home = Path(folder)
@@ -76,11 +83,18 @@ def run_tests(code: str, tests: str, *, seconds: float = LIMITS["seconds"], memo
         with output.open("wb") as sink:
             os.chmod(output, 0o666)
             python, unprivileged = _interpreter()
-            child = subprocess.Popen([python, "-I", "-S", "bootstrap.py"], cwd=home, stdin=subprocess.DEVNULL,
-                                     stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=lambda: _confine(seconds, memory_mb, output_bytes, processes,
-                                                                 unprivileged),
-                                     env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "HOME": str(home)})
+            child = subprocess.Popen(
+                [python, "-I", "-S", "bootstrap.py"],
+                cwd=home,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=lambda: _confine(
+                    seconds, memory_mb, output_bytes, processes, unprivileged
+                ),
+                env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "HOME": str(home)},
+            )
             try:
                 code_returned = child.wait(timeout=seconds)
             except subprocess.TimeoutExpired:
@@ -94,7 +108,9 @@ def run_tests(code: str, tests: str, *, seconds: float = LIMITS["seconds"], memo
     if code_returned == 0:
         return True, ""
     if code_returned < 0:
-        return False, f"killed by {signal.Signals(-code_returned).name}" + (f": {tail[-300:]}" if tail else "")
+        return False, f"killed by {signal.Signals(-code_returned).name}" + (
+            f": {tail[-300:]}" if tail else ""
+        )
     return False, tail.splitlines()[-1] if tail else f"exit status {code_returned}"
 
 
@@ -105,12 +121,18 @@ def _interpreter() -> tuple[str, bool]:
         return sys.executable, False
     for candidate in (os.path.realpath(sys.executable), "/usr/bin/python3"):
         path = Path(os.path.realpath(candidate))
-        if path.is_file() and all(p.stat().st_mode & 0o001 for p in path.parents) and path.stat().st_mode & 0o005:
+        if (
+            path.is_file()
+            and all(p.stat().st_mode & 0o001 for p in path.parents)
+            and path.stat().st_mode & 0o005
+        ):
             return str(path), True
     return sys.executable, False  # no interpreter others may run: limits and the audit hook only
 
 
-def _confine(seconds: float, memory_mb: int, output_bytes: int, processes: int, unprivileged: bool) -> None:
+def _confine(
+    seconds: float, memory_mb: int, output_bytes: int, processes: int, unprivileged: bool
+) -> None:
     """In the child, before it runs anything: limits, then (as root) a network namespace and user nobody."""
     cpu = int(seconds) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
@@ -122,7 +144,8 @@ def _confine(seconds: float, memory_mb: int, output_bytes: int, processes: int, 
     if unprivileged:
         os.setgroups([])
         os.setgid(65534)
-        os.setuid(65534)  # nobody: the process limit applies, and files of other users are out of reach
+        # nobody: the process limit applies, and files of other users are out of reach
+        os.setuid(65534)
     resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
 
 

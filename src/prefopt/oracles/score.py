@@ -14,7 +14,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from prefopt.data import load_records
 from prefopt.engine.model import cache_dir
@@ -27,16 +34,26 @@ from prefopt.registry import registered
 class ScoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    generations: str = Field(..., description="Lists to judge: `prefopt generate` output, or any file with a "
-                                              "prompt and completions.")
-    oracle: Annotated[str, registered(ORACLES)] = Field(..., description="A registered oracle: verifier, "
-                                                                          "reward_model, judge or people.")
-    oracle_options: dict[str, Any] = Field(default_factory=dict, description="The oracle's options "
-                                                                             "(--oracle.NAME=VALUE).")
+    generations: str = Field(
+        ...,
+        description="Lists to judge: `prefopt generate` output, or any file with a "
+        "prompt and completions.",
+    )
+    oracle: Annotated[str, registered(ORACLES)] = Field(
+        ..., description="A registered oracle: verifier, reward_model, judge or people."
+    )
+    oracle_options: dict[str, Any] = Field(
+        default_factory=dict, description="The oracle's options (--oracle.NAME=VALUE)."
+    )
     out: str = Field("scored.jsonl", description="Training data: the lists with scores or ranks.")
-    cache: str | None = Field(None, description="The answer cache (SQLite); default: oracle-answers.sqlite in the "
-                                                "prefopt cache folder. `none` turns it off.")
-    cache_sampled: bool = Field(False, description="Also cache the answers of an oracle that samples.")
+    cache: str | None = Field(
+        None,
+        description="The answer cache (SQLite); default: oracle-answers.sqlite in the "
+        "prefopt cache folder. `none` turns it off.",
+    )
+    cache_sampled: bool = Field(
+        False, description="Also cache the answers of an oracle that samples."
+    )
     batch_size: int = Field(16, ge=1, description="Lists per oracle call.")
 
 
@@ -75,14 +92,25 @@ def score(config: ScoreConfig, *, console: Console | None = None) -> ScoreResult
     out.parent.mkdir(parents=True, exist_ok=True)
     left_out: collections.Counter = collections.Counter()
     written = from_cache = 0
-    columns = [TextColumn(f"[bold]score ({config.oracle})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn()]
+    columns = [
+        TextColumn(f"[bold]score ({config.oracle})"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     try:
-        with staging.open("w", encoding="utf-8") as handle, Progress(*columns, console=console) as progress:
+        with (
+            staging.open("w", encoding="utf-8") as handle,
+            Progress(*columns, console=console) as progress,
+        ):
             task = progress.add_task("score", total=len(records))
             for start in range(0, len(records), config.batch_size):
-                batch = records[start: start + config.batch_size]
-                lists = [ListToJudge(r.prompt, tuple(_text(c) for c in r.completions), r.extra) for r in batch]
+                batch = records[start : start + config.batch_size]
+                lists = [
+                    ListToJudge(r.prompt, tuple(_text(c) for c in r.completions), r.extra)
+                    for r in batch
+                ]
                 judgements, hits = judge(oracle, lists, cache, cache_sampled=config.cache_sampled)
                 from_cache += hits
                 for record, item, judgement in zip(batch, lists, judgements, strict=True):
@@ -96,18 +124,27 @@ def score(config: ScoreConfig, *, console: Console | None = None) -> ScoreResult
                         handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                         written += 1
                 progress.advance(task, len(batch))
-        os.replace(staging, out)  # atomic: an interrupted run never leaves half a file under the real name
+        # atomic: an interrupted run never leaves half a file under the real name
+        os.replace(staging, out)
     finally:
         staging.unlink(missing_ok=True)
         oracle.close()
         if cache is not None:
             cache.close()
-    return ScoreResult(out, len(records), written, from_cache, left_out,
-                       collections.Counter(getattr(oracle, "failures", {})))
+    return ScoreResult(
+        out,
+        len(records),
+        written,
+        from_cache,
+        left_out,
+        collections.Counter(getattr(oracle, "failures", {})),
+    )
 
 
 def _text(completion: Any) -> str:
-    return completion if isinstance(completion, str) else "\n".join(m["content"] for m in completion)
+    return (
+        completion if isinstance(completion, str) else "\n".join(m["content"] for m in completion)
+    )
 
 
 def _row(record, item: ListToJudge, judgement) -> dict | None:
@@ -121,7 +158,11 @@ def _row(record, item: ListToJudge, judgement) -> dict | None:
     values = judgement.scores if judgement.scores is not None else judgement.ranks
     if len({values[i] for i in keep}) < 2:
         return None
-    row = {**record.extra, "prompt": record.prompt, "completions": [item.completions[i] for i in keep]}
+    row = {
+        **record.extra,
+        "prompt": record.prompt,
+        "completions": [item.completions[i] for i in keep],
+    }
     row["scores" if judgement.scores is not None else "ranks"] = [values[i] for i in keep]
     if judgement.details is not None and any(d is not None for d in judgement.details):
         row["judgement"] = [judgement.details[i] for i in keep]

@@ -19,11 +19,15 @@ from prefopt.oracles.base import ORACLES, Judgement, ListToJudge, Oracle, Oracle
 from prefopt.oracles.constraints import check_constraints
 from prefopt.oracles.sandbox import check_python_tests
 
-BUILT_IN: dict[str, Callable] = {"constraints": check_constraints, "python_tests": check_python_tests}
+BUILT_IN: dict[str, Callable] = {
+    "constraints": check_constraints,
+    "python_tests": check_python_tests,
+}
 
 
 class VerifierOptions(OracleOptions):
-    function: str = "constraints"  # a built-in name, path/file.py:function or package.module:function
+    # a built-in name, path/file.py:function or package.module:function
+    function: str = "constraints"
 
 
 @ORACLES.register("verifier")
@@ -45,19 +49,27 @@ class VerifierOracle(Oracle):
         judgements = []
         for item in lists:
             scored = [self._score(item, completion) for completion in item.completions]
-            judgements.append(Judgement(scores=tuple(score for score, _ in scored),
-                                        details=tuple(checks for _, checks in scored)))
+            judgements.append(
+                Judgement(
+                    scores=tuple(score for score, _ in scored),
+                    details=tuple(checks for _, checks in scored),
+                )
+            )
         return judgements
 
     def _score(self, item: ListToJudge, completion: str) -> tuple[float, Any]:
         try:
             result = self.function(item.prompt, completion, item.record)
             return _as_score(result)
-        except Exception as error:  # a verifier's bug or a hostile completion: that completion failed
+        except (
+            Exception
+        ) as error:  # a verifier's bug or a hostile completion: that completion failed
             kind = f"{type(error).__name__}: {error}"
             if not self.failures[kind] and self.on_failure is not None:
-                self.on_failure(f"verifier {self.options.function} raised {kind} (the completion scores 0; "
-                                "further ones are counted)")
+                self.on_failure(
+                    f"verifier {self.options.function} raised {kind} (the completion scores 0; "
+                    "further ones are counted)"
+                )
             self.failures[kind] += 1
             return 0.0, {"error": kind}
 
@@ -71,8 +83,10 @@ def _as_score(result: Any) -> tuple[float, Any]:
         return float(result), None
     if isinstance(result, dict) and result and all(isinstance(v, bool) for v in result.values()):
         return sum(result.values()) / len(result), dict(result)
-    raise TypeError(f"returned {type(result).__name__} {result!r:.80}; expected a bool, a number or a non-empty "
-                    "dict of named bool checks")
+    raise TypeError(
+        f"returned {type(result).__name__} {result!r:.80}; expected a bool, a number or a non-empty "
+        "dict of named bool checks"
+    )
 
 
 def load_function(spec: str) -> Callable:
@@ -81,28 +95,35 @@ def load_function(spec: str) -> Callable:
     if spec in BUILT_IN:
         return BUILT_IN[spec]
     if ":" not in spec:
-        raise ValueError(f"verifier {spec!r}: give a built-in ({', '.join(BUILT_IN)}), path/file.py:function or "
-                         "package.module:function")
+        raise ValueError(
+            f"verifier {spec!r}: give a built-in ({', '.join(BUILT_IN)}), path/file.py:function or "
+            "package.module:function"
+        )
     where, name = spec.rsplit(":", 1)
     try:
         if where.endswith(".py"):
             path = Path(where)
             if not path.is_file():
                 raise FileNotFoundError(f"no such file {path}")
-            module_spec = importlib.util.spec_from_file_location(f"prefopt_verifier_{path.stem}", path)
+            module_spec = importlib.util.spec_from_file_location(
+                f"prefopt_verifier_{path.stem}", path
+            )
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(where)
     except Exception as error:
-        raise ValueError(f"verifier {spec!r} does not import: {type(error).__name__}: {error}") from None
+        raise ValueError(
+            f"verifier {spec!r} does not import: {type(error).__name__}: {error}"
+        ) from None
     function = getattr(module, name, None)
     if not callable(function):
         raise ValueError(f"verifier {spec!r}: {where} has no function {name!r}")
     try:
         inspect.signature(function).bind("prompt", "completion", {})
     except TypeError:
-        raise ValueError(f"verifier {spec!r} must take (prompt, completion, record); its signature is "
-                         f"{inspect.signature(function)}") from None
+        raise ValueError(
+            f"verifier {spec!r} must take (prompt, completion, record); its signature is "
+            f"{inspect.signature(function)}"
+        ) from None
     return function
-

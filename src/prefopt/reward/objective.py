@@ -28,21 +28,36 @@ class RewardObjective:
     needs: set[str] = set()
     needs_reference = False
 
-    def __init__(self, objective: str, *, margin: float = 0.0, center_rewards_coefficient: float | None = None):
+    def __init__(
+        self,
+        objective: str,
+        *,
+        margin: float = 0.0,
+        center_rewards_coefficient: float | None = None,
+    ):
         if objective not in REWARD_OBJECTIVES:
-            raise ValueError(f"objective: unknown {objective!r}; valid: {', '.join(REWARD_OBJECTIVES)}")
+            raise ValueError(
+                f"objective: unknown {objective!r}; valid: {', '.join(REWARD_OBJECTIVES)}"
+            )
         if margin and objective != "bradley_terry":
             raise ValueError("margin: applies to the bradley_terry objective only")
         coefficient = center_rewards_coefficient or 0.0
         if not (math.isfinite(coefficient) and coefficient >= 0):
-            raise ValueError(f"center_rewards_coefficient must be a finite number >= 0, got {coefficient!r}")
+            raise ValueError(
+                f"center_rewards_coefficient must be a finite number >= 0, got {coefficient!r}"
+            )
         self.loss = LOSSES[REWARD_OBJECTIVES[objective]]
         self.params = {"beta": 1.0} | ({"margin": margin} if margin else {})
         self.center = coefficient
 
     def __call__(self, batch: ListBatch, *, train: bool = True) -> LossOutput:
-        rewards = ListBatch(logps=batch.logps, ref_logps=torch.zeros_like(batch.logps), scores=batch.scores,
-                            mask=batch.mask, lengths=batch.lengths)
+        rewards = ListBatch(
+            logps=batch.logps,
+            ref_logps=torch.zeros_like(batch.logps),
+            scores=batch.scores,
+            mask=batch.mask,
+            lengths=batch.lengths,
+        )
         out = self.loss(rewards, **self.params)
         metrics = {key: value for key, value in out.metrics.items() if key not in _POLICY_METRICS}
         loss = out.loss

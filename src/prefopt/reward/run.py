@@ -28,17 +28,42 @@ class RewardTask(Task):
     def __init__(self, calibration_bins: int):
         self.calibration_bins = calibration_bins
 
-    def build(self, config: RewardConfig, *, lora: LoraSettings | None, engine: EngineSettings, objective, tokenizer,
-              cache: ModelCache | None) -> RewardEngine:
-        model = load_reward_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing,
-                                  engine=engine, pad_token_id=tokenizer.pad_token_id, new_head=True, cache=cache)
+    def build(
+        self,
+        config: RewardConfig,
+        *,
+        lora: LoraSettings | None,
+        engine: EngineSettings,
+        objective,
+        tokenizer,
+        cache: ModelCache | None,
+    ) -> RewardEngine:
+        model = load_reward_model(
+            config.model,
+            lora=lora,
+            gradient_checkpointing=config.gradient_checkpointing,
+            engine=engine,
+            pad_token_id=tokenizer.pad_token_id,
+            new_head=True,
+            cache=cache,
+        )
         return RewardEngine(model, engine)
 
-    def save(self, model, *, tokenizer, out: Path, config: RewardConfig, lora: bool, cache: ModelCache | None) -> str:
+    def save(
+        self,
+        model,
+        *,
+        tokenizer,
+        out: Path,
+        config: RewardConfig,
+        lora: bool,
+        cache: ModelCache | None,
+    ) -> str:
         """output_dir/model: the whole reward model (LoRA merged into it); with LoRA also
         output_dir/adapters (the adapters and the trained head, for peft)."""
         note = ""
-        tokenizer = copy.deepcopy(tokenizer)  # the run's own may be shared with later runs (a Reuse)
+        # the run's own may be shared with later runs (a Reuse)
+        tokenizer = copy.deepcopy(tokenizer)
         distinct_pad(tokenizer, model.get_base_model() if lora else model)
         if lora:
             model.save_pretrained(out / "adapters")
@@ -58,7 +83,10 @@ def distinct_pad(tokenizer, model) -> None:
     the pad token is the EOS that ends a completion (SmolLM2's is), it would read one token early:
     the saved model pads with the unknown token instead, where there is one."""
     if tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.unk_token_id not in (
-            None, tokenizer.eos_token_id, tokenizer.bos_token_id):
+        None,
+        tokenizer.eos_token_id,
+        tokenizer.bos_token_id,
+    ):
         tokenizer.pad_token = tokenizer.unk_token
     model.config.pad_token_id = tokenizer.pad_token_id
 
@@ -82,18 +110,34 @@ def summarize(batches: list[tuple], bins: int = 10) -> dict:
         return {}
     values = np.concatenate(rewards_all)
     table = calibration(np.concatenate(margins), bins) if sum(map(len, margins)) else None
-    return {"calibration_ece": table["ece"] if table else float("nan"), "reward_mean": float(values.mean()),
-            "reward_std": float(values.std()),
-            "reward_by_rank": {str(rank): float(np.mean(by_rank[rank])) for rank in sorted(by_rank)},
-            **({"calibration": table} if table else {})}
+    return {
+        "calibration_ece": table["ece"] if table else float("nan"),
+        "reward_mean": float(values.mean()),
+        "reward_std": float(values.std()),
+        "reward_by_rank": {str(rank): float(np.mean(by_rank[rank])) for rank in sorted(by_rank)},
+        **({"calibration": table} if table else {}),
+    }
 
 
 def reward_task(config: RewardConfig) -> RewardTask:
     return RewardTask(config.calibration_bins)
 
 
-def reward_train(config: RewardConfig, *, resume: bool = False, console: Console | None = None,
-                 on_step=None, on_eval=None) -> TrainResult:
+def reward_train(
+    config: RewardConfig,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    on_step=None,
+    on_eval=None,
+) -> TrainResult:
     """Train a reward model as `config` says (resumable from its last checkpoint, as `prefopt train`)."""
-    return train(config, resume=resume, console=console, on_step=on_step, objective=config.build_objective(),
-                 task=reward_task(config), on_eval=on_eval)
+    return train(
+        config,
+        resume=resume,
+        console=console,
+        on_step=on_step,
+        objective=config.build_objective(),
+        task=reward_task(config),
+        on_eval=on_eval,
+    )

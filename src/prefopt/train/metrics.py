@@ -21,7 +21,9 @@ class MetricMeans:
         self.counts: dict[str, int] = {}
 
     def add(self, out: LossOutput) -> None:
-        per_example = {key: v for key, v in out.metrics.items() if v.dim() == 1} | {"loss": out.loss.detach()}
+        per_example = {key: v for key, v in out.metrics.items() if v.dim() == 1} | {
+            "loss": out.loss.detach()
+        }
         for key, value in per_example.items():
             defined = value[~torch.isnan(value)].float()
             self.sums[key] = self.sums.get(key, 0.0) + float(defined.sum())
@@ -40,7 +42,11 @@ class MetricsLog:
         if not enabled:
             return
         if keep_until >= 0 and path.exists():
-            lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= keep_until]
+            lines = [
+                line
+                for line in path.read_text().splitlines()
+                if json.loads(line)["step"] <= keep_until
+            ]
             write_atomic(path, "".join(line + "\n" for line in lines))
         elif keep_until < 0:
             path.unlink(missing_ok=True)
@@ -56,7 +62,14 @@ def read_metrics(path: Path) -> list[dict]:
     return read_jsonl(path)
 
 
-HEADLINE_METRICS = ("loss", "reward_accuracy", "ranking_accuracy", "reward_margin", "kendall_tau", "logps/chosen")
+HEADLINE_METRICS = (
+    "loss",
+    "reward_accuracy",
+    "ranking_accuracy",
+    "reward_margin",
+    "kendall_tau",
+    "logps/chosen",
+)
 
 
 def headline(metrics: dict, key: str) -> float | None:

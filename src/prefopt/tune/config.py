@@ -63,30 +63,50 @@ class TuneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    base: dict[str, Any] | str = Field(..., description="The `prefopt train` settings every trial starts from: a "
-                                                        "mapping, or the path of a YAML config.")
-    space: dict[str, Param] = Field(..., description="Setting (dotted keys reach into mappings, e.g. "
-                                                     "loss_params.dpo.beta) -> {low, high, log} or {choices}, with "
-                                                     "`when` to apply it only under other settings' values.")
+    base: dict[str, Any] | str = Field(
+        ...,
+        description="The `prefopt train` settings every trial starts from: a "
+        "mapping, or the path of a YAML config.",
+    )
+    space: dict[str, Param] = Field(
+        ...,
+        description="Setting (dotted keys reach into mappings, e.g. "
+        "loss_params.dpo.beta) -> {low, high, log} or {choices}, with "
+        "`when` to apply it only under other settings' values.",
+    )
     objectives: dict[str, Literal["maximize", "minimize"]] = Field(
         default_factory=lambda: {"reward_accuracy": "maximize"},
         description="Eval metrics at the end of a trial (or `seconds`, its wall time) and their directions; "
-                    "several make a Pareto front.")
-    n_trials: int | None = Field(8, ge=1, description="Trials in the study, over every process sharing it.")
-    timeout_minutes: float | None = Field(None, gt=0, description="Stop starting trials after this long.")
-    sampler: Literal["tpe", "gp", "nsga2", "random"] = Field("tpe", description="Optuna's sampler: TPE, Gaussian "
-                                                                                "process (needs scipy), NSGA-II "
-                                                                                "or random.")
-    pruner: Literal["none", "median", "hyperband"] = Field("none", description="Stop poor trials early on their "
-                                                                               "intermediate evaluations (single "
-                                                                               "objective only; set eval_every "
-                                                                               "in base).")
+        "several make a Pareto front.",
+    )
+    n_trials: int | None = Field(
+        8, ge=1, description="Trials in the study, over every process sharing it."
+    )
+    timeout_minutes: float | None = Field(
+        None, gt=0, description="Stop starting trials after this long."
+    )
+    sampler: Literal["tpe", "gp", "nsga2", "random"] = Field(
+        "tpe",
+        description="Optuna's sampler: TPE, Gaussian process (needs scipy), NSGA-II or random.",
+    )
+    pruner: Literal["none", "median", "hyperband"] = Field(
+        "none",
+        description="Stop poor trials early on their "
+        "intermediate evaluations (single "
+        "objective only; set eval_every "
+        "in base).",
+    )
     seed: int = Field(0, description="Seeds the sampler.")
-    storage: str | None = Field(None, description="An Optuna RDB storage URL (e.g. postgresql+psycopg://…) for "
-                                                  "processes and machines to share; default a SQLite file in "
-                                                  "output_dir.")
+    storage: str | None = Field(
+        None,
+        description="An Optuna RDB storage URL (e.g. postgresql+psycopg://…) for "
+        "processes and machines to share; default a SQLite file in "
+        "output_dir.",
+    )
     study_name: str = Field("prefopt", description="The study's name in its storage.")
-    output_dir: str = Field("runs/tune", description="Where each trial's run folder, study.json and the report go.")
+    output_dir: str = Field(
+        "runs/tune", description="Where each trial's run folder, study.json and the report go."
+    )
 
     @field_validator("base", mode="after")
     @classmethod
@@ -107,18 +127,30 @@ class TuneConfig(BaseModel):
             raise ValueError("output_dir: each trial's is output_dir/trial-N of the study")
         for key, param in self.space.items():
             for other in param.when:
-                if other not in self.space and other not in self.base and other not in TrainConfig.model_fields:
+                if (
+                    other not in self.space
+                    and other not in self.base
+                    and other not in TrainConfig.model_fields
+                ):
                     raise ValueError(f"space.{key}.when: {other!r} is not a setting")
         always = {key: p.example() for key, p in self.space.items() if not p.when}
-        checks = [{**always, **p.when, key: value} for key, p in self.space.items() for value in p.extremes()]
-        for params in checks:  # an unknown setting or a value the base refuses fails here, naming the key
+        checks = [
+            {**always, **p.when, key: value}
+            for key, p in self.space.items()
+            for value in p.extremes()
+        ]
+        for (
+            params
+        ) in checks:  # an unknown setting or a value the base refuses fails here, naming the key
             try:
                 build(TrainConfig, trial_settings(self.base, params), "tune")
             except ConfigError as error:
                 raise ValueError(f"space: {error}") from None
         if self.pruner != "none" and len(self.objectives) > 1:
-            raise ValueError("pruner: Optuna prunes single-objective studies only; use pruner: none with several "
-                             "objectives")
+            raise ValueError(
+                "pruner: Optuna prunes single-objective studies only; use pruner: none with several "
+                "objectives"
+            )
         if not self.objectives:
             raise ValueError("objectives: name at least one eval metric")
         if self.n_trials is None and self.timeout_minutes is None:

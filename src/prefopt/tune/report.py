@@ -21,7 +21,12 @@ def study_report(folder: Path) -> tuple[str, str]:
     def history(figure):
         if len(names) == 1:
             axes = figure.add_subplot(1, 1, 1)
-            axes.plot([t["number"] for t in done], [t["values"][0] for t in done], "o", label="complete trials")
+            axes.plot(
+                [t["number"] for t in done],
+                [t["values"][0] for t in done],
+                "o",
+                label="complete trials",
+            )
             pick = max if study["objectives"][names[0]] == "maximize" else min
             running = [pick(t["values"][0] for t in done[: i + 1]) for i in range(len(done))]
             axes.step([t["number"] for t in done], running, where="post", label="best so far")
@@ -33,7 +38,12 @@ def study_report(folder: Path) -> tuple[str, str]:
             for chosen, style, label in ((False, "o", "trials"), (True, "*", "Pareto front")):
                 points = [t["values"][:2] for t in done if (t["number"] in best) == chosen]
                 if points:
-                    axes.plot(*zip(*points, strict=True), style, markersize=9 if chosen else 6, label=label)
+                    axes.plot(
+                        *zip(*points, strict=True),
+                        style,
+                        markersize=9 if chosen else 6,
+                        label=label,
+                    )
             axes.set_xlabel(f"{names[0]} ({study['objectives'][names[0]]})")
             axes.set_ylabel(f"{names[1]} ({study['objectives'][names[1]]})")
         axes.legend(fontsize=8)
@@ -46,18 +56,38 @@ def study_report(folder: Path) -> tuple[str, str]:
             axes.invert_yaxis()
 
     keys = sorted({key for t in trials for key in t["params"]})
-    rows = [[str(t["number"]) + (" *" if t["number"] in best else ""), t["state"].lower(),
-             *(f"{v:.4g}" for v in (t["values"] or [float("nan")] * len(names))),
-             *(f"{t['params'][k]:.4g}" if isinstance(t["params"].get(k), float) else str(t["params"].get(k, ""))
-               for k in keys),
-             f"{t['seconds']:.0f}" if t["seconds"] else "", f"{t['overhead_seconds']:.1f}" if t["seconds"] else "",
-             t["failure"] or ""] for t in trials]
-    body = (f"<p>{len(trials)} trials, {len(done)} complete; * marks the best"
-            f"{' (the Pareto front)' if len(names) > 1 else ''}. Storage: {html.escape(study['storage'])} "
-            "(optuna-dashboard opens it as well).</p>"
-            + table_html(rows, ["trial", "state", *names, *keys, "seconds", "overhead s", "failure"])
-            + (("<h2>History</h2>" if len(names) == 1 else "<h2>Pareto front</h2>") + figure_html(history)
-               if done else "")
-            + ("<h2>Importances (Optuna's default evaluator)</h2>" + figure_html(importances)
-               if study["importances"] else ""))
+    rows = [
+        [
+            str(t["number"]) + (" *" if t["number"] in best else ""),
+            t["state"].lower(),
+            *(f"{v:.4g}" for v in (t["values"] or [float("nan")] * len(names))),
+            *(
+                f"{t['params'][k]:.4g}"
+                if isinstance(t["params"].get(k), float)
+                else str(t["params"].get(k, ""))
+                for k in keys
+            ),
+            f"{t['seconds']:.0f}" if t["seconds"] else "",
+            f"{t['overhead_seconds']:.1f}" if t["seconds"] else "",
+            t["failure"] or "",
+        ]
+        for t in trials
+    ]
+    body = (
+        f"<p>{len(trials)} trials, {len(done)} complete; * marks the best"
+        f"{' (the Pareto front)' if len(names) > 1 else ''}. Storage: {html.escape(study['storage'])} "
+        "(optuna-dashboard opens it as well).</p>"
+        + table_html(rows, ["trial", "state", *names, *keys, "seconds", "overhead s", "failure"])
+        + (
+            ("<h2>History</h2>" if len(names) == 1 else "<h2>Pareto front</h2>")
+            + figure_html(history)
+            if done
+            else ""
+        )
+        + (
+            "<h2>Importances (Optuna's default evaluator)</h2>" + figure_html(importances)
+            if study["importances"]
+            else ""
+        )
+    )
     return f"prefopt tune: study {study['study_name']}", body

@@ -25,7 +25,8 @@ from prefopt.train import Reuse, TrainConfig, train
 from prefopt.tune.config import Param, TuneConfig, setting, trial_settings
 from prefopt.tune.summary import StudySummary, TrialRecord
 
-FAILURES = (ArithmeticError, RuntimeError, ValueError, MemoryError)  # TrainingError and DataError are ValueErrors
+# TrainingError and DataError are ValueErrors
+FAILURES = (ArithmeticError, RuntimeError, ValueError, MemoryError)
 
 
 @dataclasses.dataclass
@@ -40,19 +41,28 @@ def _sampler(config: TuneConfig):
         try:
             import scipy  # noqa: F401  (Optuna's Gaussian process needs it)
         except ImportError:
-            raise ValueError("sampler: gp needs scipy (pip install scipy); tpe needs nothing more") from None
+            raise ValueError(
+                "sampler: gp needs scipy (pip install scipy); tpe needs nothing more"
+            ) from None
         return optuna.samplers.GPSampler(seed=config.seed)
-    return {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
-            "random": optuna.samplers.RandomSampler}[config.sampler](seed=config.seed)
+    return {
+        "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "random": optuna.samplers.RandomSampler,
+    }[config.sampler](seed=config.seed)
 
 
 def _pruner(config: TuneConfig):
-    return {"none": optuna.pruners.NopPruner(), "median": optuna.pruners.MedianPruner(n_warmup_steps=1),
-            "hyperband": optuna.pruners.HyperbandPruner()}[config.pruner]
+    return {
+        "none": optuna.pruners.NopPruner(),
+        "median": optuna.pruners.MedianPruner(n_warmup_steps=1),
+        "hyperband": optuna.pruners.HyperbandPruner(),
+    }[config.pruner]
 
 
 def storage_url(config: TuneConfig) -> str:
-    return config.storage or f"sqlite:///{Path(config.output_dir) / 'study.db'}"  # relative to where it runs
+    # relative to where it runs
+    return config.storage or f"sqlite:///{Path(config.output_dir) / 'study.db'}"
 
 
 def open_study(config: TuneConfig, resume: bool):
@@ -64,12 +74,22 @@ def open_study(config: TuneConfig, resume: bool):
     directions = list(config.objectives.values())
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if config.study_name in names and not resume:
-        raise ValueError(f"study {config.study_name!r} already exists in {storage_url(config)}: add --resume to "
-                         "continue it, or choose another study_name")
-    study = optuna.create_study(study_name=config.study_name, storage=storage, directions=directions,
-                                sampler=_sampler(config), pruner=_pruner(config), load_if_exists=True)
+        raise ValueError(
+            f"study {config.study_name!r} already exists in {storage_url(config)}: add --resume to "
+            "continue it, or choose another study_name"
+        )
+    study = optuna.create_study(
+        study_name=config.study_name,
+        storage=storage,
+        directions=directions,
+        sampler=_sampler(config),
+        pruner=_pruner(config),
+        load_if_exists=True,
+    )
     if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
-        raise ValueError(f"study {config.study_name!r} has other objectives' directions than this study file")
+        raise ValueError(
+            f"study {config.study_name!r} has other objectives' directions than this study file"
+        )
     return study
 
 
@@ -82,14 +102,22 @@ def _storage(url: str, attempts: int = 5):
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
         for attempt in range(attempts):
             try:
-                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
-                                                  heartbeat_stale_trial_callback=retry)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=60,
+                    grace_period=180,
+                    heartbeat_stale_trial_callback=retry,
+                )
             except (IntegrityError, ProgrammingError, RuntimeError) as error:
                 if isinstance(error, RuntimeError) and "schema" not in str(error):
                     raise
-                if attempt == attempts - 1:  # not a race: another program's tables (the label store's?)
-                    raise ValueError(f"storage {url}: Optuna cannot use this database ({str(error).splitlines()[0]}); "
-                                     "give the study a database of its own") from None
+                if (
+                    attempt == attempts - 1
+                ):  # not a race: another program's tables (the label store's?)
+                    raise ValueError(
+                        f"storage {url}: Optuna cannot use this database ({str(error).splitlines()[0]}); "
+                        "give the study a database of its own"
+                    ) from None
                 time.sleep(0.5 * (attempt + 1))
 
 
@@ -105,7 +133,9 @@ def suggest(trial, space: dict[str, Param], base: dict[str, Any]) -> dict[str, A
         elif param.kind == "int":
             params[key] = trial.suggest_int(key, param.low, param.high, log=param.log)
         else:
-            params[key] = trial.suggest_float(key, float(param.low), float(param.high), log=param.log)
+            params[key] = trial.suggest_float(
+                key, float(param.low), float(param.high), log=param.log
+            )
     return params
 
 
@@ -128,8 +158,11 @@ def _objective(config: TuneConfig, console: Console):
                     raise optuna.TrialPruned(f"pruned at step {step}: {name} {metrics[name]:.4g}")
 
         try:
-            settings = build(TrainConfig, trial_settings(config.base, {**params, "output_dir": str(folder)}),
-                             f"trial {trial.number}")
+            settings = build(
+                TrainConfig,
+                trial_settings(config.base, {**params, "output_dir": str(folder)}),
+                f"trial {trial.number}",
+            )
             result = train(settings, console=console, on_eval=on_eval, reuse=reuse)
         except FAILURES as error:
             trial.set_user_attr("failure", f"{type(error).__name__}: {error}")
@@ -142,8 +175,10 @@ def _objective(config: TuneConfig, console: Console):
         metrics = {**result.eval_end, "seconds": seconds}
         missing = [key for key in config.objectives if not isinstance(metrics.get(key), float)]
         if missing:
-            reason = (f"no eval metric {', '.join(missing)} at the end (the run's eval has: "
-                      f"{', '.join(k for k, v in metrics.items() if isinstance(v, float))})")
+            reason = (
+                f"no eval metric {', '.join(missing)} at the end (the run's eval has: "
+                f"{', '.join(k for k, v in metrics.items() if isinstance(v, float))})"
+            )
             trial.set_user_attr("failure", reason)
             raise ValueError(reason)
         return [metrics[key] for key in config.objectives]
@@ -151,8 +186,13 @@ def _objective(config: TuneConfig, console: Console):
     return run_trial
 
 
-def tune(config: TuneConfig, *, resume: bool = False, n_trials: int | None = None,
-         console: Console | None = None) -> TuneResult:
+def tune(
+    config: TuneConfig,
+    *,
+    resume: bool = False,
+    n_trials: int | None = None,
+    console: Console | None = None,
+) -> TuneResult:
     """Run the study until its trial budget (over every process on its storage) or time is spent."""
     console = console or Console()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -160,7 +200,9 @@ def tune(config: TuneConfig, *, resume: bool = False, n_trials: int | None = Non
     save_config(config, Path(config.output_dir) / "config.yaml")
     budget = n_trials or config.n_trials
     stop = [optuna.study.MaxTrialsCallback(budget, states=None)] if budget else []
-    if not budget or len(study.trials) < budget:  # the callback counts every process's trials, running ones too
+    if (
+        not budget or len(study.trials) < budget
+    ):  # the callback counts every process's trials, running ones too
         timeout = config.timeout_minutes * 60 if config.timeout_minutes else None
         study.optimize(_objective(config, console), timeout=timeout, callbacks=stop, catch=FAILURES)
     result = summarize(study, config)
@@ -170,30 +212,50 @@ def tune(config: TuneConfig, *, resume: bool = False, n_trials: int | None = Non
 
 def summarize(study, config: TuneConfig) -> TuneResult:
     """study.json in the study's folder: every trial, the best ones and the settings' importances."""
-    trials: list[TrialRecord] = [{"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
-               "run": t.user_attrs.get("run"), "failure": t.user_attrs.get("failure"),
-               "seconds": t.user_attrs.get("seconds"), "overhead_seconds": t.user_attrs.get("overhead_seconds")}
-              for t in study.trials]
+    trials: list[TrialRecord] = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "values": t.values,
+            "params": t.params,
+            "run": t.user_attrs.get("run"),
+            "failure": t.user_attrs.get("failure"),
+            "seconds": t.user_attrs.get("seconds"),
+            "overhead_seconds": t.user_attrs.get("overhead_seconds"),
+        }
+        for t in study.trials
+    ]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         best = []
     else:  # one best trial (the first of equals), or the Pareto front
-        best = [study.best_trial.number] if len(config.objectives) == 1 else [t.number for t in study.best_trials]
+        best = (
+            [study.best_trial.number]
+            if len(config.objectives) == 1
+            else [t.number for t in study.best_trials]
+        )
     importances = {}
     if len(complete) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in complete}) >= 2:
         for n, (name, direction) in enumerate(config.objectives.items()):
-            sign = -1.0 if direction == "maximize" else 1.0  # the evaluator explains low values of its target
+            # the evaluator explains low values of its target
+            sign = -1.0 if direction == "maximize" else 1.0
             try:
                 with warnings.catch_warnings():  # it warns of the sign whatever the target
                     warnings.simplefilter("ignore", UserWarning)
                     importances[name] = optuna.importance.get_param_importances(
-                        study, target=lambda t, n=n, sign=sign: sign * t.values[n])
+                        study, target=lambda t, n=n, sign=sign: sign * t.values[n]
+                    )
             except (RuntimeError, ValueError):  # e.g. one distinct value per parameter
                 pass
     folder = Path(config.output_dir)
-    summary: StudySummary = {"study_name": config.study_name, "objectives": config.objectives,
-                             "storage": storage_url(config), "trials": trials, "best": best,
-                             "importances": importances}
+    summary: StudySummary = {
+        "study_name": config.study_name,
+        "objectives": config.objectives,
+        "storage": storage_url(config),
+        "trials": trials,
+        "best": best,
+        "importances": importances,
+    }
     write_json(folder / "study.json", summary)
     return TuneResult(folder, trials, best)
 
@@ -202,8 +264,11 @@ def _print_best(result: TuneResult, study, config: TuneConfig, console: Console)
     states: dict[str, int] = {}
     for trial in result.trials:
         states[trial["state"]] = states.get(trial["state"], 0) + 1
-    console.print(f"{len(result.trials)} trials ({', '.join(f'{n} {s.lower()}' for s, n in states.items())}); "
-                  f"study {config.study_name!r} in {storage_url(config)}", highlight=False)
+    console.print(
+        f"{len(result.trials)} trials ({', '.join(f'{n} {s.lower()}' for s, n in states.items())}); "
+        f"study {config.study_name!r} in {storage_url(config)}",
+        highlight=False,
+    )
     if not result.best:
         return
     table = Table(title="the best trial" if len(result.best) == 1 else "the Pareto front")
@@ -211,8 +276,11 @@ def _print_best(result: TuneResult, study, config: TuneConfig, console: Console)
     for column in ["trial", *config.objectives, *keys]:
         table.add_column(column, justify="right")
     for trial in (t for t in result.trials if t["number"] in result.best):
-        table.add_row(str(trial["number"]), *(f"{v:.4g}" for v in trial["values"]),
-                      *(_shown(trial["params"].get(k)) for k in keys))
+        table.add_row(
+            str(trial["number"]),
+            *(f"{v:.4g}" for v in trial["values"]),
+            *(_shown(trial["params"].get(k)) for k in keys),
+        )
     console.print(table)
 
 
