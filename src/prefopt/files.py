@@ -13,28 +13,34 @@ from pathlib import Path
 
 def staging_path(path: Path) -> Path:
     """Where `path` is written before it is renamed into place (`write_atomic`, or a writer that
-    streams into the staging file and renames it when done)."""
-    return path.with_name(path.name + ".partial")
+    streams into the staging file and renames it when done): named by the writing process, so
+    that processes writing the same file at once (the ranks of a run, the workers of a study)
+    never rename each other's half-written file."""
+    return path.with_name(f"{path.name}.{os.getpid()}.partial")
 
 
 def write_atomic(path: str | Path, content: str | bytes | Callable[[Path], None]) -> Path:
     """Write `content` (text as UTF-8, bytes, or a function that writes a file or a folder at the
-    path it is given) to `path`, all or nothing; the folder above is made if missing."""
+    path it is given) to `path`, all or nothing; the folder above is made if missing. A folder
+    another process put in place first is kept (it holds the same content)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_path(path)
-    if staging.is_dir():  # what an interrupted earlier write left
+    if staging.is_dir():  # what an interrupted earlier write of this process left
         shutil.rmtree(staging)
     if callable(content):
         content(staging)
     else:
-        with staging.open(
-            "wb"
-        ) as handle:  # synced: a crash of the machine leaves no empty file either
+        with staging.open("wb") as handle:  # synced: a crash of the machine leaves no empty file
             handle.write(content if isinstance(content, bytes) else content.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
-    os.replace(staging, path)
+    try:
+        os.replace(staging, path)
+    except OSError:  # a folder is not renamed over another one
+        if not (staging.is_dir() and path.is_dir()):
+            raise
+        shutil.rmtree(staging)
     return path
 
 

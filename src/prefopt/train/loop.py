@@ -341,59 +341,29 @@ class _Run:
         on_eval: Callable[[int, dict], None] | None,
     ) -> _Run:
         started = time.perf_counter()
-        on_gpu = torch.cuda.is_available()
-        precision, why = choose_precision(
-            config.precision, torch.device("cuda" if on_gpu else "cpu")
-        )
-        # accelerate keeps one mixed-precision setting per process and refuses another one: an earlier
-        # run's (of another precision) is dropped here, the distributed environment kept
-        AcceleratorState._reset_state()
-        # without cpu=True, accelerate ignores torchrun's multi-process environment on a CPU-only machine
-        accelerator = Accelerator(
-            mixed_precision="bf16" if precision == "bf16" else "no", cpu=not on_gpu
-        )
+        accelerator, precision, why = _accelerator(config)
         say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
         _seed_everything(config.seed)
-
         tokenizer = reuse.tokenizer(config.model) if reuse else load_tokenizer(config.model)
-        train_data, eval_data = (
-            _reused_data(config, tokenizer, say, reuse)
-            if reuse
-            else _load_data(config, tokenizer, say)
-        )
-        lora = (
-            LoraSettings(
-                config.lora_r,
-                config.lora_alpha,
-                config.lora_dropout,
-                tuple(config.lora_target_modules),
-            )
-            if config.lora
-            else None
-        )
-        engine = task.build(
-            config,
-            lora=lora,
-            engine=engine_settings,
-            objective=objective,
-            tokenizer=tokenizer,
-            cache=reuse.models if reuse else None,
-        )
-        model = engine.model
+        if reuse:
+            train_data, eval_data = _reused_data(config, tokenizer, say, reuse)
+        else:
+            train_data, eval_data = _load_data(config, tokenizer, say)
+        engine, lora = _engine(config, task, objective, engine_settings, tokenizer, reuse)
         frozen = 0
-        if (
-            precision == "bf16" and lora and engine_settings.frozen_in_bf16
-        ):  # the same numbers, less memory
-            frozen = keep_frozen_in(model, torch.bfloat16, resolve_model_path(config.model))
+        if precision == "bf16" and lora and engine_settings.frozen_in_bf16:
+            # the same numbers, less memory
+            frozen = keep_frozen_in(engine.model, torch.bfloat16, resolve_model_path(config.model))
         params = [p for p in engine.parameters() if p.requires_grad]
-        total = sum(p.numel() for p in engine.parameters())
+        total, trained = (sum(p.numel() for p in group) for group in (engine.parameters(), params))
         say(
-            f"model: {config.model} ({total / 1e6:.1f} M parameters, {sum(p.numel() for p in params) / 1e6:.2f} M "
-            f"trained{', LoRA' if lora else ''}), precision {precision} ({why}); {model.prefopt_engine.describe()}"
+            f"model: {config.model} ({total / 1e6:.1f} M parameters, {trained / 1e6:.2f} M trained"
+            f"{', LoRA' if lora else ''}), precision {precision} ({why}); "
+            f"{engine.model.prefopt_engine.describe()}"
             + (f"; {frozen} frozen weights held in bf16" if frozen else "")
         )
-        # PyTorch's fused AdamW updates every tensor in one kernel; on a CPU the default runs a Python
-        # loop over the tensors (docs/benchmarks.md: several times slower for full fine-tuning)
+        # PyTorch's fused AdamW updates every tensor in one kernel; on a CPU the default runs a
+        # Python loop over the tensors (docs/benchmarks.md: several times slower for full tuning)
         optimizer = torch.optim.AdamW(
             params,
             lr=config.learning_rate,
@@ -401,36 +371,14 @@ class _Run:
             fused=accelerator.device.type in ("cpu", "cuda"),
         )
         engine, optimizer = accelerator.prepare(engine, optimizer)
-        plan = config.batching().step_plan(
-            train_data,
-            _total_steps(config, train_data, accelerator.num_processes),
-            accelerator.num_processes,
-        )
-        scheduler = get_scheduler(
-            "constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
-            optimizer,
-            num_warmup_steps=round(config.warmup_ratio * len(plan)),
-            num_training_steps=len(plan),
-        )
-        trainee = Trainee(
-            engine=engine,
-            params=params,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            precision=precision,
-            lora=lora is not None,
-        )
+        processes = accelerator.num_processes
+        steps = _total_steps(config, train_data, processes)
+        plan = config.batching().step_plan(train_data, steps, processes)
+        scheduler = _scheduler(config, optimizer, len(plan))
+        trainee = Trainee(engine, params, optimizer, scheduler, precision, lora=lora is not None)
+        data = RunData(tokenizer, train_data, eval_data, plan)
         return cls(
-            config=config,
-            task=task,
-            console=console,
-            accelerator=accelerator,
-            objective=objective,
-            trainee=trainee,
-            data=RunData(tokenizer, train_data, eval_data, plan),
-            reuse=reuse,
-            on_eval=on_eval,
-            started=started,
+            config, task, console, accelerator, objective, trainee, data, reuse, on_eval, started
         )
 
     def restore(self, resume: bool) -> MetricsLog:
@@ -724,6 +672,44 @@ class _Run:
             transient=transient,
             disable=not self.accelerator.is_main_process,
         )
+
+
+def _accelerator(config: RunSettings) -> tuple[Accelerator, str, str]:
+    """The run's accelerator, its precision and why that precision."""
+    on_gpu = torch.cuda.is_available()
+    precision, why = choose_precision(config.precision, torch.device("cuda" if on_gpu else "cpu"))
+    # accelerate keeps one mixed-precision setting per process and refuses another one: an
+    # earlier run's (of another precision) is dropped here, the distributed environment kept
+    AcceleratorState._reset_state()
+    # without cpu=True, accelerate ignores torchrun's multi-process environment on a CPU-only machine
+    mixed = "bf16" if precision == "bf16" else "no"
+    return Accelerator(mixed_precision=mixed, cpu=not on_gpu), precision, why
+
+
+def _engine(
+    config: RunSettings,
+    task: Task,
+    objective: Objective,
+    settings: EngineSettings,
+    tokenizer,
+    reuse: Reuse | None,
+) -> tuple[torch.nn.Module, LoraSettings | None]:
+    """The task's engine module around the model, and the LoRA settings it was built with."""
+    lora = None
+    if config.lora:
+        targets = tuple(config.lora_target_modules)
+        lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout, targets)
+    cache = reuse.models if reuse else None
+    engine = task.build(
+        config, lora=lora, engine=settings, objective=objective, tokenizer=tokenizer, cache=cache
+    )
+    return engine, lora
+
+
+def _scheduler(config: RunSettings, optimizer, steps: int):
+    name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
+    warmup = round(config.warmup_ratio * steps)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
 
 def _total_steps(config: RunSettings, train_data, processes: int) -> int:
