@@ -41,6 +41,8 @@ def test_a_folder_another_process_put_in_place_first_is_kept(tmp_path):
     target = tmp_path / "converted"
     target.mkdir()
     (target / "weights").write_text("theirs")
-    write_atomic(target, lambda staging: (staging.mkdir(), (staging / "weights").write_text("ours")))
+    write_atomic(
+        target, lambda staging: (staging.mkdir(), (staging / "weights").write_text("ours"))
+    )
     assert (target / "weights").read_text() == "theirs"
     assert [p.name for p in tmp_path.iterdir()] == ["converted"]
