@@ -7,8 +7,7 @@ __version__ = "0.1.0"
 
 # PyTorch's CPU allocator puts tensors of 2 MiB and more on transparent huge pages with this set,
 # and reads it once, at its first allocation: so here, before torch is imported. With the heap
-# that training keeps between steps (prefopt.engine.hostmem) a bf16 LoRA reward run on the default
-# model peaked at 2.86–2.92 GB of resident memory instead of 3.10–3.33, at the same speed
-# (docs/performance.md). A value already in the environment is kept.
+# that training keeps between steps (prefopt.engine.hostmem) it lowers a run's peak resident
+# memory at the same speed (docs/performance.md). A value already in the environment is kept.
 if "torch" not in sys.modules:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")

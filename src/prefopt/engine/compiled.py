@@ -5,11 +5,10 @@ shared by all layers of a model), and the segment attention stays eager: its per
 Python loop over the batch's layout, which would otherwise be traced anew for every layout. What
 compiling buys is the fusion of everything between the GEMMs (RoPE, SwiGLU, the residual sums, the
 casts of autocast), and a backward that recomputes those cheap elementwise results instead of
-keeping them: on SmolLM2-135M with LoRA in bf16 (a 2-core Xeon), a step of 4 pairs 2.9 → 2.5 s and
-peak RSS 3.7 → 3.2 GB (docs/performance.md). The price is the compilation itself, about 30–50 s on
-2 cores at the first training step and again at the first evaluation (inference is another graph),
-less when inductor's on-disk cache holds the kernels; so it pays off for runs of minutes, not for
-a handful of steps."""
+keeping them: faster steps and a lower peak (docs/performance.md). The price is the compilation
+itself, at the first training step and again at the first evaluation (inference is another
+graph), less when inductor's on-disk cache holds the kernels; so it pays off for runs of minutes,
+not for a handful of steps."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Autocast casts a float32 weight to bf16 at every linear of every forward (it cac
 weights that require grad), and the bf16 copy is what the backward keeps for the input gradient.
 A frozen base weight goes into nothing but those matmuls, so holding it in bf16 gives the very
 operand autocast would make: the same numbers bit for bit, without the casts, without the kept
-copies (the default model: 0.21 GB a step) and at half the resident size (0.21 GB less again).
+copies and at half the resident size (docs/performance.md has what it saves).
 
 bf16 drops the float32 weight's lower mantissa bits, which the saved model must keep: before a
 LoRA run saves (merging the adapters into the base, for a reward model), `restore_frozen` reads
@@ -101,7 +101,7 @@ def _header(file: str) -> tuple[int, dict]:
 def _read_tensors(file: str, keys: list[str]):
     """(key, tensor) for each of `keys` of a safetensors file, read with plain file reads:
     safetensors' own reader maps the file, and every mapped page it touches counts in the
-    process's resident memory (0.4 GB for the default model's weights, above a LoRA run's training
+    process's resident memory (for the default model's weights, above a LoRA run's training
     peak)."""
     begin, header = _header(file)
     with open(file, "rb") as handle:

@@ -3,15 +3,14 @@
 glibc hands every freed block above its mmap threshold (128 KiB, rising to at most 32 MiB) back
 to the kernel and trims the top of its heap, so the activations of each training step, hundreds
 of megabytes allocated and freed every step, come back as fresh pages the kernel has to fault in
-and zero. On SmolLM2-135M with LoRA (long prompts, batch 4, 2 cores) that is ~600 000 page faults
-and 3.5 s of kernel time in a 12 s step. With mmap off and the trim threshold raised, freed blocks
-stay in the heap and the next step reuses them: no faults, and the step takes ~10 s. Peak RSS
-stays the same (freed memory is reused, not added to). Other C libraries: nothing changes.
+and zero, a large share of a step's time (docs/performance.md). With mmap off and the trim
+threshold raised, freed blocks stay in the heap and the next step reuses them: no faults. Peak
+RSS stays the same (freed memory is reused, not added to). Other C libraries: nothing changes.
 
 On exit the heap is trimmed and mmap comes back, but not glibc's start-up state: the first
 mallopt call turns off for good its dynamic threshold, which starts at 128 KiB and follows the
 largest mmapped block freed, up to 32 MiB. Left at 128 KiB fixed, every later tensor above it
-would be mmapped and faulted in afresh (a bf16 GEMM with a 7 MB output: 1,761 faults a call, a
+would be mmapped and faulted in afresh (a GEMM with a large output faults at every call, a
 third slower). So the state that threshold reaches by itself comes back: mmap from 32 MiB, trim
 above 64 MiB."""
 

@@ -32,8 +32,7 @@ def choose_precision(requested: str, device) -> tuple[str, str]:
 def decode_precision(requested: str, device) -> str:
     """The precision of sampling. `auto` on a CPU decodes in fp32 even where bf16 trains faster: a
     decode step is a few hundred small matmuls on one token a sequence, where autocast's casts cost
-    more than bf16 saves (the default model, 60 prompts × 4 answers on a CPU with bf16 matrix units:
-    33.4 s in bf16, 29.4 s in fp32; one answer each: 41.7 s against 27.8 s)."""
+    more than bf16 saves (docs/generate.md has the measurement)."""
     if requested == "auto" and getattr(device, "type", device) == "cpu":
         return "fp32"
     return choose_precision(requested, device)[0]
