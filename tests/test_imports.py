@@ -137,3 +137,15 @@ def test_importing_prefopt_first_turns_on_pytorchs_huge_pages(setting, imports, 
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert done.stdout.strip() == seen
+
+
+def test_no_two_modules_import_each_other():
+    modules = _modules()
+    imports = {
+        module: {name for name in _imports(path) if name in modules}
+        for module, path in modules.items()
+    }
+    pairs = sorted(
+        (a, b) for a, names in imports.items() for b in names if a < b and a in imports.get(b, ())
+    )
+    assert not pairs, f"modules that import each other: {pairs}"
