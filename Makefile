@@ -34,15 +34,18 @@ lint: install
 docs: install
 	$(BIN)/python docs/generate.py
 
-# The label app's browser and PostgreSQL tests use Debian's chromium and postgresql; install
-# them when missing and possible (root + apt-get). Without them those tests skip with the reason.
+# The label app's browser and PostgreSQL tests use Debian's chromium and postgresql, python_tests
+# runs code under bubblewrap (and util-linux's prlimit); install them when missing and possible
+# (root + apt-get). Without chromium or postgresql those tests skip with the reason; without
+# bubblewrap python_tests refuses to run, and its tests fail saying so.
 system-deps:
-	@if ! command -v chromium >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	@if ! command -v chromium >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    || ! command -v bwrap >/dev/null || ! command -v prlimit >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's chromium and postgresql for the label app tests"; \
+	    echo "installing Debian's chromium, postgresql and bubblewrap for the tests"; \
 	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      chromium postgresql >/dev/null || echo "apt-get failed: browser/PostgreSQL tests will skip"; \
-	  else echo "chromium or postgresql missing and cannot be installed here: those tests will skip"; fi; \
+	      chromium postgresql bubblewrap util-linux >/dev/null || echo "apt-get failed: some tests will skip or fail"; \
+	  else echo "chromium, postgresql or bubblewrap missing and cannot be installed here"; fi; \
 	fi
 
 # one pytest worker per core (pytest-xdist), each test file on one worker: its module fixtures

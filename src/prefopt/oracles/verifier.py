@@ -7,17 +7,19 @@ completion scores it as failed; the run shows each kind of exception once, with 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import importlib
 import importlib.util
 import inspect
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from prefopt.oracles.base import ORACLES, Judgement, ListToJudge, Oracle, OracleOptions
 from prefopt.oracles.constraints import check_constraints
-from prefopt.oracles.sandbox import check_python_tests
+from prefopt.oracles.sandbox import SandboxSettings, check_python_tests, require_isolation
 
 BUILT_IN: dict[str, Callable] = {
     "constraints": check_constraints,
@@ -28,6 +30,8 @@ BUILT_IN: dict[str, Callable] = {
 class VerifierOptions(OracleOptions):
     # a built-in name, path/file.py:function or package.module:function
     function: str = "constraints"
+    # python_tests: the limits of its sandboxes (prefopt.oracles.sandbox.SandboxSettings)
+    sandbox: SandboxSettings = SandboxSettings()
 
 
 @ORACLES.register("verifier")
@@ -38,6 +42,13 @@ class VerifierOracle(Oracle):
     def __init__(self, options: VerifierOptions):
         super().__init__(options)
         self.function = load_function(options.function)
+        self.keywords = {}
+        if self.function is check_python_tests:
+            require_isolation(options.sandbox)  # refused now, not at the first completion
+            self.keywords = {"settings": options.sandbox}
+        elif "sandbox" in options.model_fields_set:
+            raise ValueError("verifier option sandbox: only python_tests runs code in a sandbox")
+        self.workers = options.sandbox.workers or len(os.sched_getaffinity(0))
         self.failures: collections.Counter[str] = collections.Counter()
         self.on_failure: Callable[[str], None] | None = None  # told once per kind of failure
 
@@ -46,24 +57,28 @@ class VerifierOracle(Oracle):
         return {**super().identity(), "source": source}
 
     def judge(self, lists: list[ListToJudge]) -> list[Judgement]:
+        pairs = [(item, completion) for item in lists for completion in item.completions]
+        # python_tests waits on its sandboxes: completions are scored on every core at once
+        workers = self.workers if self.function is check_python_tests else 1
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            scored = iter(pool.map(lambda pair: self._score(*pair), pairs))
         judgements = []
         for item in lists:
-            scored = [self._score(item, completion) for completion in item.completions]
+            mine = [next(scored) for _ in item.completions]
             judgements.append(
                 Judgement(
-                    scores=tuple(score for score, _ in scored),
-                    details=tuple(checks for _, checks in scored),
+                    scores=tuple(score for score, _ in mine),
+                    details=tuple(checks for _, checks in mine),
                 )
             )
         return judgements
 
     def _score(self, item: ListToJudge, completion: str) -> tuple[float, Any]:
         try:
-            result = self.function(item.prompt, completion, item.record)
+            result = self.function(item.prompt, completion, item.record, **self.keywords)
             return _as_score(result)
-        except (
-            Exception
-        ) as error:  # a verifier's bug or a hostile completion: that completion failed
+        # a verifier's bug or a hostile completion: that completion failed
+        except Exception as error:
             kind = f"{type(error).__name__}: {error}"
             if not self.failures[kind] and self.on_failure is not None:
                 self.on_failure(
