@@ -15,6 +15,7 @@ from prefopt.data import load_records
 from prefopt.label import agreement
 from prefopt.label.app import create_app
 from prefopt.label.export import export_rows
+from prefopt.label.limits import FailedLogins
 from prefopt.label.store import LabelError, Store
 
 # ---------------------------------------------------------------- agreement: published values
@@ -729,9 +730,8 @@ def test_gold_items_are_mixed_in_measure_people_and_stay_out_of_the_data(tmp_pat
                 item["item_id"],
                 **({"ranking": answer} if isinstance(answer, list) else {"choice": answer}),
             )
-        if name == "ann":
-            # gold first, at rate 1
-            assert [item["prompt"] for item in handed[:2]] == ["Gold: 2 + 2?", "Gold ranking"]
+        # gold first, at rate 1 (in an order of each person's own: test_gold_order_is_each_persons)
+        assert {item["prompt"] for item in handed[:2]} == {"Gold: 2 + 2?", "Gold ranking"}
     quality = store.quality()
     assert quality["ann"]["gold_labels"] == 2 and quality["ann"]["gold_agreement"] == 1.0
     assert quality["cat"]["gold_agreement"] < 0.5 and quality["cat"]["majority_agreement"] == 0.0
@@ -861,4 +861,138 @@ def test_the_admin_exports_and_filters_by_person_and_time(client, store):
     assert rows == export_rows(store.labels("ann"), "lists")[0]
     assert (
         client.get("/api/admin/export", headers=admin, params={"format": "csv"}).status_code == 422
+    )
+
+
+# ---------------------------------------------------------------- what annotators could game
+def gold_store(tmp_path, golds: int = 0, **settings):
+    rows = [*item_rows(3, 0), {"prompt": "Gold: 2 + 2?", "completions": ["4", "5"], "gold": "a"}]
+    rows += [
+        {"prompt": f"Gold {n}: which?", "completions": ["yes", "no"], "gold": "a"}
+        for n in range(golds)
+    ]
+    store = Store(f"sqlite:///{tmp_path / 'labels.db'}", **settings)
+    store.add_items(
+        load_records(write_items(tmp_path / "items.jsonl", rows), require_scores=False).records
+    )
+    return store
+
+
+def test_a_gold_answer_never_reaches_the_annotator(tmp_path):
+    store = gold_store(tmp_path, gold_rate=1.0)
+    client = TestClient(create_app(store), base_url="http://localhost")
+    ann = bearer(store.add_user("ann"))
+    item = client.post("/api/next", headers=ann).json()
+    assert item["prompt"] == "Gold: 2 + 2?" and "gold" not in item
+    client.post("/api/labels", headers=ann, json={"item_id": item["item_id"], "choice": "b"})
+    seen = [client.get("/api/labels", headers=ann).text, client.get("/api/me", headers=ann).text]
+    assert all('"gold"' not in text for text in seen)
+
+
+def test_undoing_a_gold_label_does_not_change_the_agreement_it_measured(tmp_path):
+    store = gold_store(tmp_path, gold_rate=1.0)
+    ann = person(store, "ann")
+    item = store.next_assignment(ann)
+    label_id = store.submit(ann, item["item_id"], choice="b")  # wrong
+    assert store.undo(ann, label_id) == item["item_id"]
+    again = store.next_assignment(ann)
+    store.submit(ann, again["item_id"], choice="a")  # right, once it knows
+    assert store.quality()["ann"]["gold_agreement"] == 0.0
+
+
+def test_gold_order_is_each_persons(tmp_path):
+    store = gold_store(tmp_path, golds=7, gold_rate=1.0, redundancy=20)
+    orders = []
+    for name in ("ann", "bob", "cat", "dan"):
+        who = person(store, name)
+        order = []
+        for _ in range(8):
+            item = store.next_assignment(who)
+            order.append(item["prompt"])
+            store.submit(who, item["item_id"], choice="a")
+        orders.append(order)
+    assert all(sorted(order) == sorted(orders[0]) for order in orders)  # every gold item, once
+    assert len({tuple(order) for order in orders}) > 1  # not one order for everyone
+
+
+def test_an_item_passed_on_cannot_be_labelled(client, store):
+    ann = bearer(store.add_user("ann"))
+    item = client.post("/api/next", headers=ann).json()
+    skipped = client.post(
+        "/api/skip", headers=ann, json={"item_id": item["item_id"], "reason": "x"}
+    )
+    assert skipped.status_code == 200
+    late = client.post("/api/labels", headers=ann, json={"item_id": item["item_id"], "choice": "a"})
+    assert late.status_code == 409 and "passed on" in late.json()["detail"]
+    assert client.get("/api/labels", headers=ann).json() == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://localhost:9999"},  # another port of the same host: the same site
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+)
+def test_a_request_from_another_site_changes_nothing(client, store, headers):
+    token = store.add_user("ann")
+    browser = {
+        "Cookie": "prefopt_session="
+        + client.post("/api/login", json={"token": token}).cookies["prefopt_session"]
+    }
+    for method, path, body in (
+        ("post", "/api/next", None),
+        ("post", "/api/logout", None),
+        ("post", "/api/login", {"token": token}),
+    ):
+        response = getattr(client, method)(path, headers={**browser, **headers}, json=body)
+        assert response.status_code == 403, (path, response.text)
+    assert client.get("/api/me", headers=browser).status_code == 200  # still logged in
+    assert client.post("/api/next", headers=browser).status_code in (200, 204)
+    # the browser's word counts where it gives one (a proxy may have rewritten Host)
+    same = {"Origin": "https://labels.example", "Sec-Fetch-Site": "same-origin"}
+    assert client.post("/api/logout", headers={**browser, **same}).status_code == 200
+
+
+def test_failed_logins_are_rate_limited_per_address_and_overall(store):
+    limiter = FailedLogins(per_address=3, overall=5, window=60.0)
+    client = TestClient(create_app(store, failed_logins=limiter), base_url="http://localhost")
+    token = store.add_user("ann")
+    for _ in range(3):
+        assert client.post("/api/login", json={"token": "guess"}).status_code == 401
+    limited = client.post("/api/login", json={"token": token})  # even the right token, for now
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert "too many failed logins" in limited.json()["detail"]
+    other = TestClient(
+        create_app(store, failed_logins=limiter),
+        base_url="http://localhost",
+        client=("10.0.0.2", 1),
+    )
+    for _ in range(2):
+        assert other.post("/api/login", json={"token": "guess"}).status_code == 401
+    assert other.post("/api/login", json={"token": token}).status_code == 429  # 5 failures in all
+
+
+def test_look_alike_names_are_one_person(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'labels.db'}")
+    store.add_user("ann")
+    for alike in ("\u0430nn", "\u0430\u0578\u0578"):  # a Cyrillic а; and Armenian ո for n
+        with pytest.raises(LabelError, match="looks like 'ann'"):
+            store.add_user(alike)
+    store.add_user("anna")  # different, not alike
+
+
+def test_secure_cookies_whatever_the_request_says(store):
+    token = store.add_user("ann")
+    plain = TestClient(create_app(store), base_url="http://labels.example")
+    assert (
+        "secure"
+        not in plain.post("/api/login", json={"token": token}).headers["set-cookie"].lower()
+    )
+    forced = TestClient(create_app(store, secure_cookies=True), base_url="http://labels.example")
+    assert (
+        "secure" in forced.post("/api/login", json={"token": token}).headers["set-cookie"].lower()
     )

@@ -81,6 +81,14 @@ def label_serve(
             "--guidelines", help="A Markdown file of labelling guidelines, shown to annotators."
         ),
     ] = None,
+    secure_cookies: Annotated[
+        bool,
+        typer.Option(
+            "--secure-cookies",
+            help="Mark the session cookie Secure on every response: use it behind an HTTPS proxy "
+            "(without it, only on https requests and on loopback).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the labelling app: prefopt label serve --items ITEMS --db URL."""
 
@@ -109,7 +117,8 @@ def label_serve(
             f"labelling app at http://{host}:{port}/login (database {store.engine.url!r})",
             highlight=False,
         )
-        uvicorn.run(create_app(store, guidelines=text), host=host, port=port, log_level="warning")
+        app = create_app(store, guidelines=text, secure_cookies=secure_cookies)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
 
     run_library(serve)
 

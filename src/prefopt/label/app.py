@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from prefopt.label import agreement
 from prefopt.label.export import export_rows
 from prefopt.label.headers import SecurityHeaders
-from prefopt.label.limits import MAX_BODY_BYTES, BodyLimit
+from prefopt.label.limits import MAX_BODY_BYTES, BodyLimit, FailedLogins, SameOrigin
 from prefopt.label.store import (
     CHOICES,
     MAX_COMMENT,
@@ -105,6 +105,7 @@ def _errors(*codes: int) -> dict:
         409: "not handed to you, or labelled already",
         413: "the request body is over the limit (before anything else is read)",
         422: "a malformed request: the field is named",
+        429: "too many failed logins from this address (or all): wait Retry-After seconds",
         503: "the database cannot keep a write",
     }
     return {code: {"model": ErrorOut, "description": said[code]} for code in (401, 413, *codes)}
@@ -115,10 +116,23 @@ class Unauthorized(Exception):
         self.message, self.status = message, status
 
 
+class TooMany(Exception):
+    def __init__(self, message: str, retry_after: float):
+        self.message, self.retry_after = message, retry_after
+
+
 def create_app(
-    store: Store, *, max_body_bytes: int = MAX_BODY_BYTES, guidelines: str | None = None
+    store: Store,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    guidelines: str | None = None,
+    secure_cookies: bool = False,
+    failed_logins: FailedLogins | None = None,
 ) -> FastAPI:
-    """The app on `store`; `guidelines` (Markdown) are shown to annotators from the label page."""
+    """The app on `store`; `guidelines` (Markdown) are shown to annotators from the label page.
+    `secure_cookies` marks the session cookie Secure whatever the request looks like (behind an
+    HTTPS proxy that may not say so); without it, on https and loopback only."""
+    failed_logins = failed_logins or FailedLogins()
     app = FastAPI(
         title="prefopt label",
         docs_url=None,
@@ -163,6 +177,11 @@ def create_app(
             f"<p>{error.message}. <a href='/label'>Back to labelling</a></p>", status_code=403
         )
 
+    @app.exception_handler(TooMany)
+    async def _too_many(_request: Request, error: TooMany):
+        headers = {"Retry-After": str(max(1, round(error.retry_after)))}
+        return JSONResponse({"detail": error.message, "field": None}, 429, headers=headers)
+
     @app.exception_handler(LabelError)
     async def _label_error(_request: Request, error: LabelError):
         return JSONResponse(
@@ -191,13 +210,20 @@ def create_app(
         return pages["login"]
 
     @app.post(
-        "/api/login", summary="Exchange a token for a session cookie", responses=_errors(422, 503)
+        "/api/login",
+        summary="Exchange a token for a session cookie",
+        responses=_errors(422, 429, 503),
     )
     def login(body: Login, request: Request, response: Response) -> dict:
+        address = request.client.host if request.client else "unknown"
+        wait = failed_logins.retry_after(address)
+        if wait > 0:
+            raise TooMany(f"too many failed logins: try again in {wait:.0f} s", wait)
         found = store.user_for_token(body.token)
         if found is None:
+            failed_logins.failed(address)
             raise Unauthorized("unknown token")
-        secure = request.url.scheme == "https" or request.url.hostname in LOOPBACK
+        secure = secure_cookies or request.url.scheme == "https" or request.url.hostname in LOOPBACK
         # the cookie holds a session's id, never the token: logging out, expiry or `prefopt label
         # revoke` end the session without touching the token
         response.set_cookie(
@@ -284,9 +310,9 @@ def create_app(
 
     @app.get("/api/labels", summary="Your own labels", responses=_errors())
     def my_labels(who: Person) -> list[dict]:
-        # where an item came from (a file path and row) is for admins only
+        # where an item came from (a file path and row) and a gold item's answer are for admins
         return [
-            {key: value for key, value in label.items() if key != "source"}
+            {key: value for key, value in label.items() if key not in ("source", "gold")}
             for label in store.labels(who.name)
         ]
 
@@ -370,6 +396,7 @@ def create_app(
             headers={"cache-control": "no-cache"},
         )
 
+    app.add_middleware(SameOrigin)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(SecurityHeaders)  # outermost: a 413 carries the headers too
     return app

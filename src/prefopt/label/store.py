@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
+import random
 import secrets
 import unicodedata
 
 import sqlalchemy as sa
+from confusable_homoglyphs.confusables import confusables_data
 from sqlalchemy import orm
 from sqlalchemy.exc import IntegrityError
 
@@ -93,6 +96,8 @@ class Assignment(Base):
     done: orm.Mapped[bool] = orm.mapped_column(default=False)
     # the reason, when passed on
     skipped: orm.Mapped[str | None] = orm.mapped_column(sa.String(500))
+    # gold items: the person's first answer, JSON {"choice", "ranks"}, kept through an undo
+    first_answer: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
 
 
 class Label(Base):
@@ -130,6 +135,45 @@ def normalized_name(name: str) -> str:
             field="name",
         )
     return name
+
+
+def skeleton(name: str) -> str:
+    """What a name looks like, for telling look-alike names apart (the skeleton of Unicode
+    TS #39, section 4, over the confusables data of `confusable_homoglyphs`): each character of
+    its case-folded decomposition replaced by one representative of the characters it can be
+    mistaken for ("Аnn" with a Cyrillic А looks like "ann")."""
+    folded = unicodedata.normalize("NFD", name.casefold())
+    look = _looks_alike()
+    return unicodedata.normalize("NFD", "".join(look.get(ch, ch) for ch in folded))
+
+
+@functools.cache
+def _looks_alike() -> dict[str, str]:
+    """Every confusable character -> the smallest character of its class of look-alikes."""
+    parent: dict[str, str] = {}
+
+    def root(ch: str) -> str:
+        while parent.get(ch, ch) != ch:
+            ch = parent[ch]
+        return ch
+
+    for ch, homoglyphs in confusables_data.items():
+        for glyph in homoglyphs:
+            if len(glyph["c"]) == 1:
+                a, b = sorted((root(ch), root(glyph["c"])))
+                parent[b] = a
+    return {ch: root(ch) for ch in list(parent)}
+
+
+def _next_gold(s: orm.Session, user: User, mine) -> int | None:
+    """The next gold item this person has not had, in an order of their own (seeded by who they
+    are): gold items handed out in one order to everyone would be known by their place."""
+    left = set(s.scalars(sa.select(Item.id).where(Item.gold.is_not(None), ~Item.id.in_(mine))))
+    if not left:
+        return None
+    golds = sorted(s.scalars(sa.select(Item.id).where(Item.gold.is_not(None))))
+    random.Random(f"gold order of {user.id}").shuffle(golds)
+    return next(item_id for item_id in golds if item_id in left)
 
 
 def content_key(prompt, completions) -> str:
@@ -216,23 +260,27 @@ class Store:
     def add_user(self, name: str, role: str = "annotator") -> str:
         """Create a person and return their token (shown once; only its hash is kept). The name
         is normalized (Unicode NFKC, outer spaces dropped), may hold no control or invisible
-        character, and is unique whatever its case: "Ann" and "ann" are one person."""
+        character, and is unique whatever its case and look: "Ann" and "ann" are one person, and
+        "Аnn" (a Cyrillic А) is refused as a look-alike."""
         name = normalized_name(name)
         if role not in ROLES:
             raise LabelError(f"role must be one of {', '.join(ROLES)}", field="role")
         token = secrets.token_urlsafe(24)
         with self._writing() as s:
-            taken = next(
-                (
-                    other
-                    for other in s.scalars(sa.select(User.name))
-                    if other.casefold() == name.casefold()
-                ),
-                None,
-            )
+            names = list(s.scalars(sa.select(User.name)))
+            taken = next((other for other in names if other.casefold() == name.casefold()), None)
             if taken is not None:
                 raise LabelError(
                     f"a person named {taken!r} already exists", field="name", status=409
+                )
+            look = skeleton(name)
+            alike = next((other for other in names if skeleton(other) == look), None)
+            if alike is not None:
+                raise LabelError(
+                    f"{name!r} looks like {alike!r}, who already exists: choose a name that looks "
+                    "different",
+                    field="name",
+                    status=409,
                 )
             s.add(User(name=name, role=role, token_hash=hash_token(token)))
         return token
@@ -406,15 +454,8 @@ class Store:
                 )
                 mine = sa.select(Assignment.item_id).where(Assignment.user_id == user.id)
                 item_id = None
-                if (
-                    self.gold_rate and rng.random() < self.gold_rate
-                ):  # a gold item this person has not had
-                    item_id = s.scalar(
-                        sa.select(Item.id)
-                        .where(Item.gold.is_not(None), ~Item.id.in_(mine))
-                        .order_by(Item.id)
-                        .limit(1)
-                    )
+                if self.gold_rate and rng.random() < self.gold_rate:
+                    item_id = _next_gold(s, user, mine)
                 if item_id is None:
                     item_id = s.scalar(
                         sa.select(Item.id)
@@ -533,6 +574,12 @@ class Store:
                     field="item_id",
                     status=409,
                 )
+            if held.skipped is not None:
+                raise LabelError(
+                    f"you passed on item {item_id}; it cannot be labelled now",
+                    field="item_id",
+                    status=409,
+                )
             ranks = _ranks(item.k, choice, ranking)
             if s.scalar(
                 sa.select(Label.id).where(Label.item_id == item_id, Label.user_id == user.id)
@@ -553,6 +600,8 @@ class Store:
             )
             s.add(label)
             held.done = True
+            if item.gold is not None and held.first_answer is None:
+                held.first_answer = json.dumps({"choice": label.choice, "ranks": ranks})
             try:
                 s.flush()
             except IntegrityError:  # the same label submitted twice at once: the other one won
@@ -604,24 +653,34 @@ class Store:
     def judged(self) -> list[dict]:
         """Every label as the agreement statistics read it: item, person, choice, ranks and the
         item's gold ranks (None for a regular item), without the texts, so statistics stay fast
-        with many labels."""
+        with many labels. On a gold item a person's first answer counts: undoing it and
+        answering again changes nothing of their agreement with gold."""
         query = (
-            sa.select(Label.item_id, User.name, Label.choice, Label.ranks, Item.gold)
+            sa.select(
+                Label.item_id,
+                User.name,
+                Label.choice,
+                Label.ranks,
+                Item.gold,
+                Assignment.first_answer,
+            )
             .join(User, User.id == Label.user_id)
             .join(Item, Item.id == Label.item_id)
+            .outerjoin(
+                Assignment,
+                (Assignment.item_id == Label.item_id) & (Assignment.user_id == Label.user_id),
+            )
             .order_by(Label.id)
         )
+        judged = []
         with self.reading() as s:
-            return [
-                {
-                    "item_id": item_id,
-                    "annotator": name,
-                    "choice": choice,
-                    "ranks": json.loads(ranks),
-                    "gold": None if gold is None else json.loads(gold),
-                }
-                for item_id, name, choice, ranks, gold in s.execute(query)
-            ]
+            for item_id, name, choice, ranks, gold, first in s.execute(query):
+                answer = {"choice": choice, "ranks": json.loads(ranks)}
+                if gold is not None and first is not None:
+                    answer = json.loads(first)
+                gold = None if gold is None else json.loads(gold)
+                judged.append({"item_id": item_id, "annotator": name, **answer, "gold": gold})
+        return judged
 
     def item_texts(self, item_ids: list[int]) -> dict[int, dict]:
         """The prompt and completions of these items."""
