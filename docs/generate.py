@@ -161,7 +161,25 @@ def _trl_section() -> list[str]:
     ]
 
 
-_FAMILIES = ("pairwise", "listwise", "sft", "unlearning")
+def _grpo_section() -> list[str]:
+    from prefopt.losses.trl_equivalents import GRPO_SETTINGS
+
+    return [
+        "## From TRL's GRPOTrainer",
+        "",
+        "Every `GRPOConfig` setting (TRL 1.16) that changes the objective, and prefopt's. For each",
+        "`loss_type`, with token and sequence importance sampling, β = 0 and β > 0 (the KL weighted by",
+        "ρ or not), `tests/losses/test_trl_grpo.py` checks `grpo` against `GRPOTrainer._compute_loss` on",
+        "the same per-token log-probs, old and reference log-probs and advantages (relative difference",
+        "at most 1e-5), and the advantages against TRL's own `nanstd`.",
+        "",
+        "| GRPOConfig | prefopt |",
+        "|---|---|",
+        *(f"| `{trl}` | {_cell(ours)} |" for trl, ours in GRPO_SETTINGS.items()),
+    ]
+
+
+_FAMILIES = ("pairwise", "listwise", "rl", "sft", "unlearning")
 
 
 def losses_page() -> str:
@@ -198,7 +216,7 @@ def losses_page() -> str:
             f"| `{name}` | {family} | {_cell(info.formula)} | {needs} | {_cell(defaults(name))} | "
             f"{_cell(info.paper)} |"
         )
-    lines += ["", _NOTES, "", *_trl_section(), ""]
+    lines += ["", _NOTES, "", *_trl_section(), "", *_grpo_section(), ""]
     lines += ["## Each loss in full", ""]
     for name in names:
         lines += [f"### `{name}`", "", _with_fenced_example(inspect.getdoc(LOSSES[name])), ""]

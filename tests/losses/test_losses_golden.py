@@ -88,6 +88,25 @@ INPO = ListBatch(
     anchor_logps=torch.tensor([[-11.0, -11.0]], dtype=f64),
 )
 
+# Group RL: one prompt, its answers' tokens; the sampling policy's log-probs `shift` below the
+# policy's (ratio e^shift per token), the reference's 0.2 above (k3 = e^0.2 − 0.2 − 1 per token)
+_RL_TOKENS = torch.tensor([[[-1.0, -2.0], [-0.5, -1.5]]], dtype=f64)
+
+
+def group(scores, shift=(0.3, 0.3), tokens=_RL_TOKENS):
+    old = tokens - torch.tensor(shift, dtype=f64)
+    return ListBatch(logps=tokens.sum(-1), scores=torch.tensor([scores], dtype=f64),
+                     token_logps=tokens, old_token_logps=old, ref_token_logps=tokens + 0.2)  # fmt: skip
+
+
+RATIO, K3 = math.exp(0.3), math.exp(0.2) - 0.2 - 1
+ADV = 0.5 / (math.sqrt(0.5) + 1e-4)  # GRPO's A for rewards (1, 0): ±0.5 over the group's std + 1e-4
+# rewards (1, 0): the right answer's tokens clipped at 1.2, the wrong one's ratio kept (min)
+CLIPPED = ADV * (RATIO - 1.2) / 2
+_THREE = torch.tensor([[[-1.0, -2.0], [-0.5, -1.5], [-3.0, -1.0]]], dtype=f64)
+DISCO_J = -1.5 - 10 * math.log(math.exp(-0.1) + math.exp(-0.2))  # s⁺ − τ·log Σ exp(s⁻/τ), τ = 10
+DISCO_KL = math.exp(-0.3) + 0.3 - 1  # k3 of KL(π_old ‖ π) at old − new = −0.3, every token
+
 GOLDEN = [
     # (loss, params, batch, expected)
     ("dpo", {}, A, 0.5981388694),
@@ -198,6 +217,32 @@ GOLDEN = [
     ("fdpo", {"beta": 0.1, "divergence": "alpha", "alpha": 0.5}, A, 0.5943491230),  # (e^½ − e^−½)/½
     # α = 1: forward KL
     ("fdpo", {"beta": 0.1, "divergence": "alpha", "alpha": 1.0}, A, 0.5825167135),
+    ("grpo", {}, group([1, 0]), CLIPPED),
+    ("grpo", {"aggregation": "token"}, group([1, 0]), CLIPPED),
+    ("grpo", {"aggregation": "constant", "max_completion_length": 4}, group([1, 0]), CLIPPED / 2),
+    ("grpo", {"beta": 0.1}, group([1, 0]), CLIPPED + 0.1 * K3 * RATIO),  # weighted by ρ
+    ("grpo", {"beta": 0.1, "kl_importance_weight": False}, group([1, 0]), CLIPPED + 0.1 * K3),
+    ("grpo", {"scale_rewards": "none"}, group([1, 0]), 0.5 * (RATIO - 1.2) / 2),
+    # token ratios e^0.3 and e^0.1: only the first token is clipped, and only for the right answer
+    ("grpo", {}, group([1, 0], (0.3, 0.1)), ADV * (RATIO - 1.2) / 4),
+    # GSPO: one ratio e^0.2 per answer, past the clip
+    (
+        "grpo",
+        {"importance_sampling": "sequence"},
+        group([1, 0], (0.3, 0.1)),
+        ADV * (math.exp(0.2) - 1.2) / 2,
+    ),
+    # the right answer is the likelier one (mean old log-prob −1.3 against −1.8): reward 1 − 0.25·1/2
+    (
+        "grpo",
+        {"unlikeliness": 0.25, "scale_rewards": "none"},
+        group([0, 1]),
+        0.4375 * (RATIO - 1.2) / 2,
+    ),
+    ("rloo", {}, group([1, 0]), (RATIO - 1.2) / 2),  # A = ±1: the other answer is the baseline
+    ("reinforce_pp", {}, group([1, 0]), CLIPPED),  # one group: the batch's std is the group's
+    ("disco", {"kl_coef": 0.0}, group([1, 0, 0], tokens=_THREE), -DISCO_J),
+    ("disco", {}, group([1, 0, 0], tokens=_THREE), -DISCO_J + 1e3 * (DISCO_KL - 1e-4) * DISCO_KL),
     ("dft", {}, TOKENS, 0.2238855212),
     ("prob_sft", {"objective": "nll"}, TOKENS, 1.0336975964),
     ("prob_sft", {"objective": "one_minus_p"}, TOKENS, 0.5),

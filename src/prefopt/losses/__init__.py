@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from prefopt.losses import listwise, pairwise, sft, unlearning  # noqa: F401  (each registers its losses)
+from prefopt.losses import listwise, pairwise, rl, sft, unlearning  # noqa: F401  (each registers its losses)
 from prefopt.losses.base import LOSSES, ListBatch, LossInfo, LossOutput, Pairs
 from prefopt.losses.pairwise import RunningMean
 

@@ -47,6 +47,9 @@ class ListBatch:
     # [B] summed log-probs of the prompt's tokens after its first
     prompt_logps: torch.Tensor | None = None
     prompt_lengths: torch.Tensor | None = None  # [B] how many tokens that is
+    # [B, K, T] per-token log-probs under the policy that sampled the completions (π_old; no grad)
+    old_token_logps: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None  # [B, K] each completion's advantage (no grad)
 
     def __post_init__(self) -> None:
         logps = _as_float(self.logps)
@@ -90,6 +93,7 @@ class ListBatch:
             "mask": mask,
             "sampling_log_weights": self.sampling_log_weights,
             "anchor_logps": self.anchor_logps,
+            "advantages": self.advantages,
         }
         for name, value in fields.items():
             if value is not None and value.shape != shape:
@@ -120,14 +124,16 @@ class ListBatch:
             )
         set_field("token_logps", token_logps)
         set_field("token_mask", token_mask)
-        if self.ref_token_logps is not None:
-            if token_logps is None or self.ref_token_logps.shape != token_logps.shape:
-                raise ValueError(
-                    "ListBatch: ref_token_logps needs token_logps of the same [B, K, T] shape"
-                )
-            set_field(
-                "ref_token_logps", _as_float(self.ref_token_logps).masked_fill(~token_mask, 0.0)
-            )
+        for name in ("ref_token_logps", "old_token_logps"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if token_logps is None or value.shape != token_logps.shape:
+                raise ValueError(f"ListBatch: {name} needs token_logps of the same [B, K, T] shape")
+            value = _as_float(value).masked_fill(~token_mask, 0.0)
+            set_field(name, value.detach() if name == "old_token_logps" else value)
+        if self.advantages is not None:
+            set_field("advantages", _as_float(self.advantages).detach().masked_fill(~mask, 0.0))
 
     @classmethod
     def from_pairs(
@@ -187,6 +193,12 @@ class ListBatch:
                 "needs sampling_log_weights (each completion's mean of log π(y_t) − log Σ_v π(v)²)"
             )
         return torch.exp(self.sampling_log_weights)
+
+    def old_tokens(self) -> torch.Tensor:
+        """Per-token log-probs under the policy that sampled: given, or (one pass over fresh
+        samples) the policy's own, detached, so that the ratio is 1 in value."""
+        tokens, _ = self.tokens()
+        return tokens.detach() if self.old_token_logps is None else self.old_token_logps
 
     def ref_tokens(self) -> torch.Tensor:
         if self.ref_token_logps is None:

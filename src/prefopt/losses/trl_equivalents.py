@@ -115,3 +115,27 @@ TRL_EQUIVALENTS: tuple[TrlEquivalent, ...] = (
 )
 
 NOT_IN_PREFOPT: dict[str, str] = {}  # TRL options prefopt does not offer yet, and why
+
+
+# TRL's GRPOTrainer: each `loss_type` as `grpo`'s parameters (tests/losses/test_trl_grpo.py checks
+# each against GRPOTrainer._compute_loss, for both importance-sampling levels, β = 0 and β > 0)
+GRPO_LOSS_TYPES: dict[str, dict[str, Any]] = {
+    "grpo": {"aggregation": "sequence"},
+    "bnpo": {"aggregation": "token"},
+    "dapo": {"aggregation": "token"},
+    "dr_grpo": {"aggregation": "constant"},
+}
+# every GRPOConfig setting that changes the objective, and prefopt's
+GRPO_SETTINGS: dict[str, str] = {
+    "loss_type": "`grpo`'s `aggregation`: grpo → sequence, bnpo and dapo → token (dapo's "
+    "normalizer is the whole generation batch: prefopt's step gives the objective that batch), "
+    "dr_grpo → constant with `max_completion_length`",
+    "scale_rewards (group, batch, none)": "`scale_rewards` (the same values; `rloo` and "
+    "`reinforce_pp` fix their own)",
+    "epsilon, epsilon_high": "`epsilon_low`, `epsilon_high` (DAPO's clip-higher: 0.28)",
+    "importance_sampling_level (token, sequence)": "`importance_sampling` (sequence is GSPO)",
+    "beta": "`beta` (0: no reference pass)",
+    "use_bias_correction_kl": "`kl_importance_weight` (default true, as TRL)",
+    "mask_truncated_completions": "a setting of `prefopt rl` (answers cut at the length limit "
+    "leave the batch), not of the objective",
+}
