@@ -33,6 +33,7 @@ def settings_page() -> str:
     from prefopt.loop import LoopConfig
     from prefopt.oracles import ScoreConfig
     from prefopt.reward import RewardConfig
+    from prefopt.rl import RLConfig
     from prefopt.settings import settings_table
     from prefopt.train import TrainConfig
     from prefopt.tune import TuneConfig
@@ -44,6 +45,7 @@ def settings_page() -> str:
         ("prefopt score", ScoreConfig),
         ("prefopt eval", EvalConfig),
         ("prefopt loop", LoopConfig),
+        ("prefopt rl", RLConfig),
         ("prefopt tune", TuneConfig),
     ]
     lines = [

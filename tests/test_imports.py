@@ -33,6 +33,7 @@ LAYERS = {
     "reward": 6,
     "loop": 7,
     "tune": 7,
+    "rl": 7,
     "demo": 8,
     "report": 9,
     "cli": 10,

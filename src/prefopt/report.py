@@ -8,11 +8,12 @@ from pathlib import Path
 from prefopt.data import DataError
 from prefopt.evaluate.report import eval_report, train_report, write_page
 from prefopt.loop.report import loop_report
+from prefopt.rl.report import is_rl_run, rl_report
 from prefopt.tune.report import study_report
 
 
 def report(path: str | Path, out: str | Path | None = None, compare: list[str | Path] = ()) -> Path:
-    """Write the report of a train or reward run folder (metrics.jsonl), a loop folder (rounds.jsonl,
+    """Write the report of a train, reward or rl run folder (metrics.jsonl), a loop folder (rounds.jsonl,
     with other loops to overlay in `compare`), a tuning study (study.json) or an eval result."""
     path = Path(path)
     if path.is_dir() and (path / "study.json").exists():
@@ -22,7 +23,7 @@ def report(path: str | Path, out: str | Path | None = None, compare: list[str | 
         title, body = loop_report([path, *map(Path, compare)])
         target = Path(out) if out else path / "report.html"
     elif path.is_dir() and (path / "metrics.jsonl").exists():
-        title, body = train_report(path)
+        title, body = rl_report(path) if is_rl_run(path) else train_report(path)
         target = Path(out) if out else path / "report.html"
     elif path.is_file() and path.suffix == ".json":
         title, body = eval_report(path)

@@ -14,6 +14,7 @@ from prefopt.cli import (
     losses,
     report,
     reward,
+    rl,
     score,
     train,
     tune,
@@ -41,6 +42,7 @@ app.command("score", context_settings=_EXTRA_ARGS)(score.score_command)
 app.command("eval", context_settings=_EXTRA_ARGS)(evaluate.eval_command)
 app.command("report")(report.report_command)
 app.command("loop", context_settings=_EXTRA_ARGS)(loop.loop_command)
+app.command("rl", context_settings=_EXTRA_ARGS)(rl.rl_command)
 app.command("demo")(demo.demo_command)
 app.command("tune", context_settings=_EXTRA_ARGS)(tune.tune_command)
 app.add_typer(label.label_app, name="label")

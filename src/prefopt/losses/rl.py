@@ -78,17 +78,43 @@ def unlikeliness(
     return rewards * (1 - penalty * ranks / size)
 
 
-def _advantages(batch: ListBatch, scale: str, baseline: str, shaping: float) -> torch.Tensor:
+# each objective's advantage estimator: (baseline, scale); None: its `scale_rewards` parameter
+ESTIMATORS = {
+    "grpo": ("mean", None),
+    "rloo": ("leave_one_out", "none"),
+    "reinforce_pp": ("mean", "batch"),
+}
+
+
+def advantages_for(
+    name: str,
+    params: dict,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    mean_old_logps: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """The advantages objective `name` (with `params`) computes from `rewards` [B, K]: a trainer
+    computes them once over a whole step and hands them to every minibatch. None for an objective
+    that reads rewards itself (disco). `mean_old_logps` [B, K]: for the unlikeliness reward."""
+    if name not in ESTIMATORS:
+        return None
+    baseline, scale = ESTIMATORS[name]
+    shaping = params.get("unlikeliness", 0.0)
+    if shaping:
+        rewards = unlikeliness(rewards, mean_old_logps, mask, shaping)
+    scale = scale or params.get("scale_rewards", "group")
+    return group_advantages(rewards, mask, baseline=baseline, scale=scale)
+
+
+def _advantages(batch: ListBatch, name: str, params: dict) -> torch.Tensor:
     """The batch's advantages: given, or from its rewards (`scores`)."""
     if batch.advantages is not None:
         return batch.advantages
-    rewards = batch.scores
-    if shaping:
+    mean_old = None
+    if params.get("unlikeliness"):
         tokens, token_mask = batch.tokens()
-        lengths = token_mask.sum(-1).clamp(min=1)
-        rewards = unlikeliness(rewards, (batch.old_tokens() * token_mask).sum(-1) / lengths,
-                               batch.mask, shaping)  # fmt: skip
-    return group_advantages(rewards, batch.mask, baseline=baseline, scale=scale)
+        mean_old = (batch.old_tokens() * token_mask).sum(-1) / token_mask.sum(-1).clamp(min=1)
+    return advantages_for(name, params, batch.scores, batch.mask, mean_old)
 
 
 def _aggregate(per_token: torch.Tensor, token_mask: torch.Tensor, mask: torch.Tensor,
@@ -225,7 +251,9 @@ def grpo(
         >>> round(LOSSES["grpo"](batch).loss.item(), 4)
         0.053
     """
-    advantages = _advantages(batch, scale_rewards, "mean", unlikeliness)
+    advantages = _advantages(
+        batch, "grpo", {"scale_rewards": scale_rewards, "unlikeliness": unlikeliness}
+    )
     return _clipped_surrogate(
         batch,
         advantages,
@@ -267,7 +295,7 @@ def rloo(
         >>> round(LOSSES["rloo"](batch).loss.item(), 4)
         0.0
     """
-    advantages = _advantages(batch, "none", "leave_one_out", 0.0)
+    advantages = _advantages(batch, "rloo", {})
     return _clipped_surrogate(
         batch,
         advantages,
@@ -308,7 +336,7 @@ def reinforce_pp(
         >>> round(LOSSES["reinforce_pp"](batch).loss.item(), 4)
         0.0
     """
-    advantages = _advantages(batch, "batch", "mean", 0.0)
+    advantages = _advantages(batch, "reinforce_pp", {})
     return _clipped_surrogate(
         batch,
         advantages,

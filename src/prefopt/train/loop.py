@@ -341,7 +341,7 @@ class _Run:
         on_eval: Callable[[int, dict], None] | None,
     ) -> _Run:
         started = time.perf_counter()
-        accelerator, precision, why = _accelerator(config)
+        accelerator, precision, why = accelerator_for(config)
         say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
         _seed_everything(config.seed)
         tokenizer = reuse.tokenizer(config.model) if reuse else load_tokenizer(config.model)
@@ -674,8 +674,8 @@ class _Run:
         )
 
 
-def _accelerator(config: RunSettings) -> tuple[Accelerator, str, str]:
-    """The run's accelerator, its precision and why that precision."""
+def accelerator_for(config) -> tuple[Accelerator, str, str]:
+    """The accelerator of a run with `config.precision`, that precision and why it."""
     on_gpu = torch.cuda.is_available()
     precision, why = choose_precision(config.precision, torch.device("cuda" if on_gpu else "cpu"))
     # accelerate keeps one mixed-precision setting per process and refuses another one: an

@@ -1,0 +1,102 @@
+"""The settings of `prefopt rl`, typed, defaulted and documented once (docs/settings.md). Settings
+that mean what `prefopt train`'s mean carry its names."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from prefopt.losses import LOSSES, Objective
+from prefopt.oracles import ORACLES
+from prefopt.oracles.base import make_options
+from prefopt.registry import registered
+
+RL_OBJECTIVES = tuple(name for name in LOSSES if LOSSES[name].info.family == "rl")
+
+
+class RLConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(
+        "default", description="The initial policy: HF id or folder, .gguf or `default`."
+    )
+    prompts: str = Field(..., description="The prompts: any file `prefopt train` reads; each step draws "
+                         "from them (epochs over the pool, shuffled by the seed).")  # fmt: skip
+    output_dir: str = Field(
+        "runs/rl", description="Where metrics.jsonl, checkpoints and the model go."
+    )
+    oracle: Annotated[str, registered(ORACLES)] = Field(
+        "verifier", description="Scores every sampled answer: verifier, reward_model or judge."
+    )
+    oracle_options: dict[str, Any] = Field(
+        default_factory=dict, description="The oracle's options."
+    )
+    objective: Annotated[str, registered(LOSSES)] = Field(
+        "grpo", description=f"The group RL objective: {', '.join(RL_OBJECTIVES)} (docs/losses.md)."
+    )
+    loss_params: dict[str, Any] = Field(
+        default_factory=dict, description="The objective's parameters, e.g. {epsilon_high: 0.28}."
+    )
+    k: int = Field(4, ge=2, description="Answers sampled per prompt (a group).")
+    prompts_per_step: int = Field(16, ge=1, description="Groups in a step.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest answer, in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    dynamic_sampling: bool = Field(
+        True, description="DAPO (Yu et al. 2025): groups whose answers all score the same carry no "
+        "gradient; drop them and draw more prompts until the step has prompts_per_step groups "
+        "(at most max_draws draws, counted in the metrics).",
+    )  # fmt: skip
+    max_draws: int = Field(3, ge=1, description="Draws of prompts a step may make.")
+    mask_truncated: bool = Field(
+        False, description="Answers cut at max_new_tokens leave the loss (DAPO's overlong filter)."
+    )
+    num_iterations: int = Field(
+        1, ge=1, description="Passes (optimizer steps) over each step's samples (μ)."
+    )
+    max_steps: int = Field(50, ge=1, description="Steps: sample, score, train.")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the gradient norm (None: off)."
+    )
+    lora: bool = Field(
+        True, description="Train LoRA adapters (the policy samples with them, live)."
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                 "down_proj"],
+        description="Module names that get adapters.",
+    )  # fmt: skip
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="As in `prefopt train`.")
+    max_prompt_tokens: int | None = Field(512, ge=1, description="Longer prompts keep their end.")
+    chat_template: Literal["auto", "always", "never"] = Field(
+        "auto", description="As in `prefopt train`: how prompts are rendered."
+    )
+    seed: int = Field(0, description="Seeds the prompt order, the samples and LoRA's init.")
+    log_every: int = Field(1, ge=1, description="Write metrics every N steps.")
+    save_every: int | None = Field(
+        10, ge=1, description="Checkpoint every N steps (resume reads it)."
+    )
+
+    @model_validator(mode="after")
+    def _names_and_options_check(self):
+        if self.oracle == "people":
+            raise ValueError(
+                "oracle: people cannot answer within a step; label with people in rounds with "
+                "`prefopt loop`"
+            )
+        if self.objective not in RL_OBJECTIVES:
+            raise ValueError(
+                f"objective: {self.objective} is not a group RL objective; valid: "
+                f"{', '.join(RL_OBJECTIVES)}"
+            )
+        make_options(self.oracle, self.oracle_options)
+        self.build_objective()  # unknown or bad parameters fail here
+        return self
+
+    def build_objective(self) -> Objective:
+        return Objective(self.objective, {self.objective: self.loss_params})

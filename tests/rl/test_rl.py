@@ -1,0 +1,206 @@
+"""`prefopt rl` on a tiny model with a verifier as the oracle: steps run end to end and learn,
+the metrics carry TRL's names, a run stopped anywhere and resumed reaches the weights and metrics
+of one never stopped, and bad settings fail at load naming what is valid."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prefopt.errors import TrainingError
+from prefopt.oracles import Judgement
+from prefopt.rl import RLConfig, rl
+from prefopt.train.checkpoint import latest_checkpoint
+from tiny import write_jsonl
+
+# rewards the letter a: many answers of a group differ, so the groups carry signal
+VERIFIER = "def count_a(prompt, completion, record):\n    return completion.count('a') / 10\n"
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rl")
+    (folder / "verify.py").write_text(VERIFIER)
+    prompts = write_jsonl(
+        folder / "prompts.jsonl", [{"prompt": f"say {i}: apple"} for i in range(6)]
+    )
+    return folder, prompts
+
+
+def settings(tiny_model, setup, out, **overrides):
+    folder, prompts = setup
+    return RLConfig(**{
+        "model": str(tiny_model), "prompts": str(prompts), "output_dir": str(out),
+        "oracle_options": {"function": f"{folder / 'verify.py'}:count_a"}, "k": 4,
+        "prompts_per_step": 3, "max_new_tokens": 8, "max_steps": 3, "learning_rate": 5e-3,
+        "precision": "fp32", "save_every": 1, **overrides,
+    })  # fmt: skip
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timings(rows):
+    return [{k: v for k, v in row.items() if not k.startswith("seconds/")} for row in rows]
+
+
+def weights(out):
+    return load_file(latest_checkpoint(out) / "trained.safetensors")
+
+
+@pytest.fixture(scope="module")
+def whole(tiny_model, setup):
+    out = setup[0] / "whole"
+    return out, rl(settings(tiny_model, setup, out))
+
+
+def test_steps_run_and_log_trls_metrics(whole):
+    out, result = whole
+    rows = metrics(out)
+    assert result.steps == 3 and [row["step"] for row in rows] == [1, 2, 3]
+    for key in ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length",
+                "completions/clipped_ratio", "clip_ratio", "loss", "seconds/sample",
+                "seconds/score", "seconds/train", "logp_gap"):  # fmt: skip
+        assert key in rows[0], key
+    assert (
+        rows[0]["groups_trained"] == 3
+    )  # dynamic sampling filled the step with informative groups
+    assert (out / "model" / "adapter_config.json").exists() and (
+        out / "merged" / "config.json"
+    ).exists()
+
+
+def test_the_sampler_and_the_trainer_agree_on_log_probs(whole):
+    """The answers' summed log-probs from the sampler (decode kernels) and from the training
+    engine (packed rows) are one model's numbers: equal to float rounding at step 1, where π_old
+    is the trained policy itself (ratio 1)."""
+    out, _ = whole
+    assert metrics(out)[0]["logp_gap"] < 1e-3
+    assert metrics(out)[0]["clip_ratio"] == 0.0
+
+
+def test_it_learns_the_reward(tiny_model, setup, tmp_path):
+    """One prompt, one-token answers rewarded when they start with a letter: the policy's
+    probability of such a first token rises (the tiny model's, computed, not sampled)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, _ = setup
+    (folder / "alpha.py").write_text(
+        "def alpha(p, completion, r):\n    return float(completion[:1].isalpha())\n"
+    )
+    prompt = write_jsonl(folder / "one.jsonl", [{"prompt": "say 1: apple"}])
+    out = tmp_path / "learn"
+    config = settings(tiny_model, setup, out, prompts=str(prompt), k=16, prompts_per_step=1,
+                      max_new_tokens=1, max_steps=8, learning_rate=1e-2, save_every=None,
+                      oracle_options={"function": f"{folder / 'alpha.py'}:alpha"})  # fmt: skip
+    rl(config)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    alpha = torch.tensor([tokenizer.decode([i])[:1].isalpha() for i in range(len(tokenizer))])
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "say 1: apple"}],
+                                        add_generation_prompt=True)  # fmt: skip
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+
+    def p_alpha(folder):
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        with torch.no_grad():
+            return model(torch.tensor([ids])).logits[0, -1].softmax(-1)[alpha].sum().item()
+
+    assert p_alpha(out / "merged") > p_alpha(tiny_model) + 0.005
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_after", [1, 2])
+def test_a_run_stopped_and_resumed_reaches_the_uninterrupted_run(
+    tiny_model, setup, whole, tmp_path, stop_after
+):
+    out = tmp_path / "stopped"
+
+    def stop(step, record):
+        if step == stop_after:
+            raise Killed
+
+    with pytest.raises(Killed):
+        rl(settings(tiny_model, setup, out), on_step=stop)
+    rl(settings(tiny_model, setup, out), resume=True)
+    assert without_timings(metrics(out)) == without_timings(metrics(whole[0]))
+    for name, tensor in weights(out).items():
+        assert torch.equal(tensor, weights(whole[0])[name]), name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"oracle": "people"}, "prefopt loop"),
+        ({"objective": "dpo"}, "not a group RL objective; valid: grpo"),
+        ({"objective": "grpp"}, "unknown loss 'grpp'"),
+        ({"loss_params": {"epsilon": 0.2}}, "grpo has no parameter 'epsilon'"),
+        ({"oracle": "verifer"}, "unknown oracle 'verifer'"),
+    ],
+)
+def test_bad_settings_fail_at_load_naming_what_is_valid(
+    tiny_model, setup, tmp_path, overrides, message
+):
+    with pytest.raises(ValueError, match=message):
+        settings(tiny_model, setup, tmp_path / "bad", **overrides)
+
+
+def test_a_verifier_that_fails_scores_0_and_is_counted(tiny_model, setup, tmp_path):
+    folder, _ = setup
+    (folder / "nan.py").write_text(
+        "def nan(prompt, completion, record):\n    return float('nan')\n"
+    )
+    out = tmp_path / "nan"
+    config = settings(tiny_model, setup, out, max_steps=1,
+                      oracle_options={"function": f"{folder / 'nan.py'}:nan"})  # fmt: skip
+    rl(config)
+    row = metrics(out)[0]
+    # three draws of three prompts (no group carried signal), four answers each
+    assert row["draws"] == 3 and row["oracle_failures"] == 36 and row["reward"] == 0.0
+    assert row["no_informative_group"] == 1.0
+
+
+class NotANumber:
+    """An oracle (a reward model gone wrong) whose scores are NaN."""
+
+    def judge(self, lists):
+        return [Judgement(scores=tuple(float("nan") for _ in item.completions)) for item in lists]
+
+
+def test_a_reward_that_is_not_a_number_is_refused_naming_the_prompt(tiny_model, setup):
+    from prefopt.generate import load_prompts
+    from prefopt.generate.sampling import Sample
+    from prefopt.rl.run import _score
+
+    records = load_prompts(setup[1])
+    samples = [[Sample("x", (1,), -1.0, "length")] * 2]
+    with pytest.raises(TrainingError, match=r"prompt 3 \(.*prompts.jsonl, row 3\)"):
+        _score(NotANumber(), records, [2], samples)
+
+
+def test_the_command_line(prefopt_cli, tiny_model, setup, tmp_path):
+    folder, prompts = setup
+    out = tmp_path / "cli"
+    result = prefopt_cli(
+        "rl", f"--model={tiny_model}", f"--prompts={prompts}", f"--output_dir={out}",
+        f"--oracle_options={{function: '{folder / 'verify.py'}:count_a'}}", "--max_steps=2",
+        "--prompts_per_step=2", "--max_new_tokens=6", "--precision=fp32",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "2 steps" in result.stdout and len(metrics(out)) == 2
+    bad = prefopt_cli("rl", f"--prompts={prompts}", "--objective=dpo")
+    assert bad.returncode == 2 and "not a group RL objective" in bad.stderr
+
+
+def test_the_example_loads():
+    from pathlib import Path
+
+    from prefopt.settings import load_config
+
+    config = load_config(RLConfig, Path(__file__).parents[2] / "examples" / "rl.yaml", [])
+    assert config.objective == "grpo" and config.oracle_options == {"function": "constraints"}
