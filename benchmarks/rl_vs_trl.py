@@ -2,7 +2,8 @@
 the demo's instruction-following prompts, the `constraints` verifier as the one reward function
 both call, K answers of at most 64 new tokens at temperature 1, LoRA r16 on every projection,
 one optimizer step per step over `--prompts-per-step` groups, β = 0, token-level aggregation (TRL's
-default loss_type "dapo"; prefopt's `grpo` with `aggregation: token`), ε = 0.2, no dynamic sampling.
+default loss_type "dapo"; prefopt's `grpo` with `aggregation: token`), ε = 0.2, no dynamic sampling,
+gradient checkpointing on both sides (TRL's default; `--no-gradient-checkpointing` turns it off).
 Each tool runs in a process of its own, alternating. Prints seconds per step (prefopt's split into
 sampling, scoring and training; TRL's into generate-and-score and the rest), generated tokens/s,
 peak RSS and the mean reward over the steps, side by side.
@@ -45,7 +46,7 @@ def run_prefopt(args, prompts: Path, out: Path) -> dict:
         objective="grpo", loss_params={"aggregation": "token"}, k=args.k,
         prompts_per_step=args.prompts_per_step, max_new_tokens=args.max_new_tokens,
         dynamic_sampling=False, max_steps=args.steps, learning_rate=args.lr, precision=args.precision,
-        save_every=None, seed=args.seed,
+        save_every=None, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
     )  # fmt: skip
     started = time.perf_counter()
     rl(config, console=Console(quiet=True))
@@ -88,7 +89,8 @@ def run_trl(args, prompts: Path, out: Path) -> dict:
         learning_rate=args.lr, beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group",
         max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
         bf16=args.precision == "bf16", seed=args.seed, lr_scheduler_type="constant",
-        warmup_ratio=0.0, max_grad_norm=1.0, num_iterations=1,
+        warmup_steps=0, max_grad_norm=1.0, num_iterations=1,
+        gradient_checkpointing=args.gradient_checkpointing,
     )  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -140,7 +142,8 @@ def measure(args, tool: str, k: int, prompts: Path, folder: Path) -> dict:
                "--out", str(folder / f"{tool}-{k}"), "--steps", str(args.steps),
                "--prompts-per-step", str(args.prompts_per_step), "--max-new-tokens",
                str(args.max_new_tokens), "--lr", str(args.lr), "--precision", args.precision,
-               "--model", args.model, "--seed", str(args.seed)]  # fmt: skip
+               "--model", args.model, "--seed", str(args.seed),
+               *([] if args.gradient_checkpointing else ["--no-gradient-checkpointing"])]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
@@ -166,6 +169,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing",
+                        action="store_false", help="both sides (on by default: TRL's default)")  # fmt: skip
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -183,8 +188,9 @@ def main() -> None:
             results[k] = {
                 tool: measure(args, tool, k, prompts, folder) for tool in ("prefopt", "trl")
             }
+    checkpointing = "gradient checkpointing" if args.gradient_checkpointing else "no checkpointing"
     print(f"{args.prompts_per_step} prompts a step, {args.max_new_tokens} new tokens, LoRA r16, {args.precision}, "
-          f"{args.steps} steps (the first of each run left out of the step times)")  # fmt: skip
+          f"{checkpointing}, {args.steps} steps (the first of each run left out of the step times)")  # fmt: skip
     print(f"{'K':>3} {'tool':8} {'s/step':>8} {'sample':>8} {'score':>7} {'train':>7} {'gen tok/s':>10} "
           f"{'peak GB':>8} {'reward':>7}")  # fmt: skip
     for k, pair in results.items():

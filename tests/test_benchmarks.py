@@ -194,3 +194,23 @@ def test_step_profile_splits_only_its_step_into_gemms_attention_and_the_rest():
     vs_trl.prefopt_step_profile(late)(SimpleNamespace(step=4), {})
     late.close()
     assert late.result() is None and late.profiler is None
+
+
+def test_rl_against_trl_runs_both_and_compares_them(tiny_model, tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "rl_vs_trl.py"), "--quick", "--model",
+               str(tiny_model), "--max-new-tokens", "6", "--json", str(tmp_path / "rl.json")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "prefopt" in done.stdout and "faster a step" in done.stdout
+    result = json.loads((tmp_path / "rl.json").read_text())["results"]["4"]
+    for tool in ("prefopt", "trl"):
+        assert len(result[tool]["seconds_per_step"]) == 2 and len(result[tool]["reward"]) == 2
+
+
+def test_sandbox_benchmark_scores_both_designs_alike(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "sandbox.py"), "--completions", "4",
+               "--json", str(tmp_path / "sandbox.json")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "sandbox.json").read_text())["results"]
+    assert {r["tests_passed"] for r in results.values()} == {10}  # 2 right completions × 5 tests

@@ -204,3 +204,13 @@ def test_the_example_loads():
 
     config = load_config(RLConfig, Path(__file__).parents[2] / "examples" / "rl.yaml", [])
     assert config.objective == "grpo" and config.oracle_options == {"function": "constraints"}
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(tiny_model, setup, whole, tmp_path):
+    out = tmp_path / "checkpointed"
+    rl(settings(tiny_model, setup, out, gradient_checkpointing=True))
+    ours, plain = metrics(out), metrics(whole[0])
+    for a, b in zip(ours, plain, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["reward"] == b["reward"]
+    for name, tensor in weights(out).items():
+        torch.testing.assert_close(tensor, weights(whole[0])[name], rtol=1e-5, atol=1e-6)

@@ -19,6 +19,7 @@ from rich.console import Console
 from prefopt.data import read_jsonl
 from prefopt.demo.report import demo_report
 from prefopt.demo.task import TRAINED, UNSEEN, satisfaction, write_task
+from prefopt.files import write_atomic
 from prefopt.generate import GenerateConfig, generate
 from prefopt.label.app import create_app
 from prefopt.label.store import Store
@@ -178,8 +179,12 @@ def _serve_people(out: Path, port: int, say):
     token_file = out / "people-token.txt"
     if not token_file.exists():
         token = store.add_user("you")
-        token_file.touch(mode=0o600)
-        token_file.write_text(token + "\n")
+
+        def owner_only(staging: Path) -> None:
+            staging.touch(mode=0o600)
+            staging.write_text(token + "\n")
+
+        write_atomic(token_file, owner_only)
     server = uvicorn.Server(
         uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -220,7 +225,7 @@ def _answers(model: str, prompts: Path, path: Path, settings: dict, console: Con
             ),
             console=console,
         )
-        done.write_text("")
+        write_atomic(done, "")
     return read_jsonl(path)
 
 

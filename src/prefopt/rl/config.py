@@ -72,6 +72,9 @@ class RLConfig(BaseModel):
         description="Module names that get adapters.",
     )  # fmt: skip
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="As in `prefopt train`.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, more compute)."
+    )
     max_prompt_tokens: int | None = Field(512, ge=1, description="Longer prompts keep their end.")
     chat_template: Literal["auto", "always", "never"] = Field(
         "auto", description="As in `prefopt train`: how prompts are rendered."

@@ -131,7 +131,8 @@ def _policy(config: RLConfig, console: Console) -> Policy:
             config.lora_r, config.lora_alpha, 0.0, tuple(config.lora_target_modules)
         )
     settings = EngineSettings()
-    model = load_model(config.model, lora=lora, engine=settings)
+    model = load_model(config.model, lora=lora, engine=settings,
+                       gradient_checkpointing=config.gradient_checkpointing)  # fmt: skip
     engine = CompletionLogpsModel(model, settings, with_tokens=True)
     params = [p for p in engine.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
