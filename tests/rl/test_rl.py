@@ -76,6 +76,22 @@ def test_steps_run_and_log_trls_metrics(whole):
     ).exists()
 
 
+def test_held_out_prompts_are_scored_every_eval_every_steps(tiny_model, setup, tmp_path):
+    from prefopt.report import report
+
+    folder, prompts = setup
+    out = tmp_path / "eval"
+    result = rl(
+        settings(tiny_model, setup, out, heldout=str(prompts), eval_every=2, save_every=None)
+    )
+    evals = [row for row in metrics(out) if row["split"] == "eval"]
+    assert [row["step"] for row in evals] == [2, 3] and result.steps == 3
+    assert all(
+        row["prompts"] == 6 and row["score"]["low"] <= row["score"]["value"] for row in evals
+    )
+    assert "Held out" in report(out).read_text()
+
+
 def test_the_sampler_and_the_trainer_agree_on_log_probs(whole):
     """The answers' summed log-probs from the sampler (decode kernels) and from the training
     engine (packed rows) are one model's numbers: equal to float rounding at step 1, where π_old

@@ -26,6 +26,14 @@ class RLConfig(BaseModel):
     output_dir: str = Field(
         "runs/rl", description="Where metrics.jsonl, checkpoints and the model go."
     )
+    heldout: str | None = Field(
+        None,
+        description="Held-out prompts: answered greedily and scored by "
+        "the oracle every eval_every steps and at the end (never trained on).",
+    )
+    eval_every: int | None = Field(
+        None, ge=1, description="Evaluate on heldout every N steps (and at the end; with heldout)."
+    )
     oracle: Annotated[str, registered(ORACLES)] = Field(
         "verifier", description="Scores every sampled answer: verifier, reward_model or judge."
     )

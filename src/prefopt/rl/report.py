@@ -66,7 +66,20 @@ def rl_report(folder: Path) -> tuple[str, str]:
     keys = ("reward", "frac_reward_zero_std", "completions/mean_length", "draws")
     table = table_html([[key, f"{first.get(key, float('nan')):.3f}", f"{last.get(key, float('nan')):.3f}"]
                         for key in keys], ["metric", "first step", "last step"])  # fmt: skip
-    body = (table + "<h2>Learning</h2>" + figure_html(learning, width=13)
+    evals = [line for line in read_metrics(folder / "metrics.jsonl")
+             if line["split"] == "eval" and line.get("score")]  # fmt: skip
+
+    def heldout(figure):
+        axes = figure.add_subplot(1, 1, 1)
+        scores = [line["score"] for line in evals]
+        axes.errorbar([line["step"] for line in evals], [s["value"] for s in scores],
+                      yerr=[[s["value"] - s["low"] for s in scores], [s["high"] - s["value"] for s in scores]],
+                      marker="o", capsize=4)  # fmt: skip
+        axes.set_xlabel("step")
+        axes.set_ylabel("held-out mean score (greedy), 95% interval")
+
+    curve = "<h2>Held out</h2>" + figure_html(heldout, width=8, height=3.2) if evals else ""
+    body = (table + curve + "<h2>Learning</h2>" + figure_html(learning, width=13)
             + "<h2>Clipping, KL and gradients</h2>" + figure_html(optimisation, height=3.0)
             + "<h2>Where a step's time goes</h2>" + figure_html(phases, width=8, height=3.2))  # fmt: skip
     return f"prefopt rl: {folder.name} ({len(rows)} steps)", body

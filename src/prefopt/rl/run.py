@@ -34,6 +34,7 @@ from prefopt.engine.model import LoraSettings, load_model, load_tokenizer
 from prefopt.engine.precision import decode_precision
 from prefopt.engine.settings import EngineSettings
 from prefopt.errors import TrainingError
+from prefopt.evaluate.stats import bootstrap_mean
 from prefopt.generate import SamplingSettings, load_prompts, sample
 from prefopt.losses import ListBatch
 from prefopt.losses.rl import advantages_for
@@ -92,6 +93,8 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
                                 chat_template=config.chat_template)  # fmt: skip
     ids = [prompt_ids(record, policy.tokenizer, settings) for record in records]
     state = _restore(config, policy, out, resume, console)
+    heldout = load_prompts(config.heldout) if config.heldout else []
+    heldout_ids = [prompt_ids(record, policy.tokenizer, settings) for record in heldout]
     log = MetricsLog(out / "metrics.jsonl", keep_until=state["step"] if state["step"] else -1)
     record: dict = {}
     columns = [TextColumn("[bold]rl"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -107,6 +110,11 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
                 state["step"] += 1
                 if state["step"] % config.log_every == 0 or state["step"] == config.max_steps:
                     log.write(record)
+                every = config.eval_every and state["step"] % config.eval_every == 0
+                if heldout and (every or state["step"] == config.max_steps):
+                    log.write(
+                        _evaluate(config, policy, oracle, heldout, heldout_ids, state["step"])
+                    )
                 progress.update(task, completed=state["step"], status=brief(record))
                 if config.save_every and state["step"] % config.save_every == 0:
                     _checkpoint(policy, out, state, objective)
@@ -309,6 +317,24 @@ def _sample_metrics(sampled: list[Group], groups: list[Group], draws: int) -> di
         "groups_sampled": len(sampled),
         "no_informative_group": float(not groups),
     }
+
+
+def _evaluate(config, policy: Policy, oracle, heldout, ids, step: int) -> dict:
+    """The held-out prompts answered greedily by the policy and scored by the oracle: the mean
+    score with its 95% bootstrap interval over prompts (as `prefopt eval` reports it)."""
+    settings = SamplingSettings(k=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
+    try:
+        answers = sample(policy.model, policy.tokenizer, ids, settings)
+    finally:
+        policy.engine.train()
+    lists = [
+        ListToJudge(r.prompt, (a[0].text,), r.extra) for r, a in zip(heldout, answers, strict=True)
+    ]
+    scores = [[j.scores[0]] for j in oracle.judge(lists) if j.abstained is None and j.scores]
+    estimate = bootstrap_mean(scores, seed=config.seed).to_json() if scores else None
+    lengths = [len(a[0].token_ids) for a in answers]
+    return {"step": step, "split": "eval", "score": estimate, "prompts": len(scores),
+            "completions/mean_length": sum(lengths) / len(lengths)}  # fmt: skip
 
 
 def _checkpoint(policy: Policy, out: Path, state: dict, objective) -> None:
