@@ -7,3 +7,11 @@ class TrainingError(RuntimeError):
 
 class OracleError(RuntimeError):
     """An oracle that cannot answer (an endpoint down after its retries); what it answered is kept."""
+
+
+class LabelError(ValueError):
+    """A request the label store refuses: `field` names what is wrong, `status` is the HTTP answer."""
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 422):
+        super().__init__(message)
+        self.field, self.status = field, status

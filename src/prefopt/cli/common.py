@@ -27,8 +27,7 @@ def run_library(job) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from prefopt.data import DataError
-    from prefopt.errors import OracleError, TrainingError
-    from prefopt.label.store import LabelError
+    from prefopt.errors import LabelError, OracleError, TrainingError
 
     try:
         job()

@@ -17,6 +17,7 @@ from prefopt.label import agreement
 from prefopt.label.export import export_rows
 from prefopt.label.headers import SecurityHeaders
 from prefopt.label.limits import MAX_BODY_BYTES, BodyLimit, FailedLogins, SameOrigin
+from prefopt.label.names import MAX_NAME
 from prefopt.label.store import (
     CHOICES,
     MAX_COMMENT,
@@ -42,7 +43,6 @@ ASSETS = {
 }
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 MAX_PRIORITIES = 50_000  # items one priorities request may set (a 1 MiB body holds about that many)
-MAX_NAME = 200
 
 
 class Login(BaseModel):

@@ -51,21 +51,9 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _refuse(self, send) -> None:
-        detail = json.dumps(
-            {"detail": f"the request body is over {self.max_bytes} bytes", "field": "body"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(detail)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": detail})
+        message = f"the request body is over {self.max_bytes} bytes"
+        # the rest of the body is never read: the connection cannot carry another request
+        await _refuse(send, 413, message, field="body", close=True)
 
 
 SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
@@ -130,16 +118,20 @@ class FailedLogins:
             self.failures[address].append(time.monotonic())
 
 
-async def _refuse(send, status: int, message: str, field: str | None = None) -> None:
+async def _refuse(
+    send, status: int, message: str, field: str | None = None, close: bool = False
+) -> None:
+    """The API's error shape, {"detail", "field"}, from below the app."""
     detail = json.dumps({"detail": message, "field": field}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(detail)).encode()),
+    ]
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(detail)).encode()),
-            ],
+            "headers": headers + ([(b"connection", b"close")] if close else []),
         }
     )
     await send({"type": "http.response.body", "body": detail})

@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import hashlib
 import json
 import random
 import secrets
-import unicodedata
 
 import sqlalchemy as sa
-from confusable_homoglyphs.confusables import confusables_data
 from sqlalchemy import orm
 from sqlalchemy.exc import IntegrityError
 
+from prefopt.errors import LabelError
 from prefopt.label import agreement
 from prefopt.label.database import file_identity, make_engine, serialize, sqlite_file, upgrade
+from prefopt.label.names import normalized_name, skeleton
 
 ROLES = ("annotator", "admin")
 # a/b = completions[0]/[1] of the item, whatever side they were shown on
@@ -32,14 +31,6 @@ UNDO_SECONDS = 120  # how long a label can be taken back
 MAX_REASON = 500
 MAX_COMPLETIONS = 256  # completions of one item a ranking may rank
 _CHUNK = 500  # ids per statement: well under SQLite's and PostgreSQL's limits on bound parameters
-
-
-class LabelError(ValueError):
-    """A request the store refuses: `field` names what is wrong, `status` is the HTTP answer."""
-
-    def __init__(self, message: str, *, field: str | None = None, status: int = 422):
-        super().__init__(message)
-        self.field, self.status = field, status
 
 
 class Base(orm.DeclarativeBase):
@@ -113,56 +104,6 @@ class Label(Base):
     comment: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
     seconds: orm.Mapped[float | None]  # from handing out to submission
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
-
-
-MAX_NAME = 200
-
-
-def normalized_name(name: str) -> str:
-    """A person's name as stored: NFKC, stripped; empty, too long, or holding a control or
-    invisible character (zero-width spaces, direction overrides, …) is an error naming it."""
-    name = unicodedata.normalize("NFKC", name).strip()
-    if not name:
-        raise LabelError("the name is empty", field="name")
-    if len(name) > MAX_NAME:
-        raise LabelError(f"the name is {len(name)} characters; at most {MAX_NAME}", field="name")
-    hidden = [
-        ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
-    ]
-    if hidden:
-        raise LabelError(
-            f"the name holds a control or invisible character (U+{ord(hidden[0]):04X})",
-            field="name",
-        )
-    return name
-
-
-def skeleton(name: str) -> str:
-    """What a name looks like, for telling look-alike names apart (the skeleton of Unicode
-    TS #39, section 4, over the confusables data of `confusable_homoglyphs`): each character of
-    its case-folded decomposition replaced by one representative of the characters it can be
-    mistaken for ("Аnn" with a Cyrillic А looks like "ann")."""
-    folded = unicodedata.normalize("NFD", name.casefold())
-    look = _looks_alike()
-    return unicodedata.normalize("NFD", "".join(look.get(ch, ch) for ch in folded))
-
-
-@functools.cache
-def _looks_alike() -> dict[str, str]:
-    """Every confusable character -> the smallest character of its class of look-alikes."""
-    parent: dict[str, str] = {}
-
-    def root(ch: str) -> str:
-        while parent.get(ch, ch) != ch:
-            ch = parent[ch]
-        return ch
-
-    for ch, homoglyphs in confusables_data.items():
-        for glyph in homoglyphs:
-            if len(glyph["c"]) == 1:
-                a, b = sorted((root(ch), root(glyph["c"])))
-                parent[b] = a
-    return {ch: root(ch) for ch in list(parent)}
 
 
 def _next_gold(s: orm.Session, user: User, mine) -> int | None:

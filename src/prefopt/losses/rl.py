@@ -202,6 +202,20 @@ def _group_metrics(batch: ListBatch) -> dict[str, torch.Tensor]:
     return {"reward": mean.detach(), "reward_std": std.detach(), "zero_std": (std == 0).float()}
 
 
+def _reinforce(batch, name, epsilon_low, epsilon_high, aggregation, beta) -> LossOutput:
+    """The clipped surrogate with token ratios and the advantages of objective `name`."""
+    return _clipped_surrogate(
+        batch,
+        _advantages(batch, name, {}),
+        epsilon_low=epsilon_low,
+        epsilon_high=epsilon_high,
+        importance_sampling="token",
+        aggregation=aggregation,
+        max_completion_length=None,
+        beta=beta,
+    )
+
+
 _SURROGATE = "−min(ρA, clip(ρ, 1−ε_low, 1+ε_high)·A) + β·KL₃"
 
 
@@ -295,17 +309,7 @@ def rloo(
         >>> round(LOSSES["rloo"](batch).loss.item(), 4)
         0.0
     """
-    advantages = _advantages(batch, "rloo", {})
-    return _clipped_surrogate(
-        batch,
-        advantages,
-        epsilon_low=epsilon_low,
-        epsilon_high=epsilon_high,
-        importance_sampling="token",
-        aggregation=aggregation,
-        max_completion_length=None,
-        beta=beta,
-    )
+    return _reinforce(batch, "rloo", epsilon_low, epsilon_high, aggregation, beta)
 
 
 @register_loss(
@@ -336,17 +340,7 @@ def reinforce_pp(
         >>> round(LOSSES["reinforce_pp"](batch).loss.item(), 4)
         0.0
     """
-    advantages = _advantages(batch, "reinforce_pp", {})
-    return _clipped_surrogate(
-        batch,
-        advantages,
-        epsilon_low=epsilon_low,
-        epsilon_high=epsilon_high,
-        importance_sampling="token",
-        aggregation=aggregation,
-        max_completion_length=None,
-        beta=beta,
-    )
+    return _reinforce(batch, "reinforce_pp", epsilon_low, epsilon_high, aggregation, beta)
 
 
 @register_loss(

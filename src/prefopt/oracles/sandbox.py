@@ -39,6 +39,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefopt.oracles.sandboxed import wire
+
 PROGRAMS = Path(__file__).parent / "sandboxed"
 _UID_BASE = 1_800_000_000  # as root, each sandbox runs as a host user of its own from here
 _slots = itertools.count()
@@ -141,8 +143,7 @@ def run_test_suite(
             for fd in (*requests, *replies, verdict[1]):
                 os.close(fd)
             deadline = time.monotonic() + (settings.seconds + 2) * len(tests) + 5
-            for line in _lines_until(verdict[0], deadline, settings.output_bytes, len(tests)):
-                result = json.loads(line)
+            for result in _lines_until(verdict[0], deadline, settings.output_bytes, len(tests)):
                 verdicts[int(result["test"])] = (bool(result["passed"]), str(result["why"]))
             os.close(verdict[0])
     missing = f"no verdict: its sandbox ran past {settings.seconds:g} s a test, or ended"
@@ -213,16 +214,19 @@ class _Folders:
         self.root.chmod(0o755)  # a sandbox's own user reads it, and never writes
         (self.root / "scratch").mkdir(mode=0o777)  # unsafe_local: where the code may write
         (self.root / "scratch").chmod(0o777)
-        code_folder = self._folder("code", {"solution.py": self.code + "\n"})
+        code_folder = self._folder("code", ("serve.py", "wire.py", "audit.py"),
+                                   {"solution.py": self.code + "\n"})  # fmt: skip
         tests_folder = None
         if self.tests is not None:
-            tests_folder = self._folder("tests", {"tests.json": self.tests})
+            tests_folder = self._folder(
+                "tests", ("harness.py", "wire.py"), {"tests.json": self.tests}
+            )
         return code_folder, tests_folder
 
-    def _folder(self, name: str, files: dict[str, str]) -> Path:
+    def _folder(self, name: str, programs: tuple[str, ...], files: dict[str, str]) -> Path:
         folder = self.root / name
         folder.mkdir(mode=0o755)
-        for program in ("serve.py", "harness.py", "wire.py", "audit.py"):
+        for program in programs:
             shutil.copyfile(PROGRAMS / program, folder / program)
         for file, text in files.items():
             (folder / file).write_text(text, encoding="utf-8")
@@ -401,34 +405,16 @@ def _bubblewrap_problem() -> str:
 
 
 def _lines_until(fd: int, deadline: float, limit: int, count: int):
-    """Up to `count` lines from `fd`, each within `limit` bytes, until `deadline`."""
-    reader = _LineReader(fd)
+    """Up to `count` messages from `fd`, each within `limit` bytes, until `deadline`."""
+    reader = wire.Reader(fd, limit)
     for _ in range(count):
-        line = reader.line(deadline, limit)
-        if line is None:
+        try:
+            message = reader.receive(max(deadline - time.monotonic(), 0.0))
+        except (TimeoutError, ValueError):
             return
-        yield line
-
-
-class _LineReader:
-    def __init__(self, fd: int):
-        self.fd, self.buffer = fd, b""
-
-    def line(self, deadline: float, limit: int) -> bytes | None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.fd, selectors.EVENT_READ)
-            while b"\n" not in self.buffer and len(self.buffer) <= limit:
-                left = deadline - time.monotonic()
-                if left <= 0 or not selector.select(left):
-                    return None
-                chunk = os.read(self.fd, 65536)
-                if not chunk:
-                    return None
-                self.buffer += chunk
-        if b"\n" not in self.buffer:
-            return None
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return line
+        if message is None:
+            return
+        yield message
 
 
 def _read_all(fd: int, seconds: float, limit: int) -> bytes | None:

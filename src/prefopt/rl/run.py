@@ -42,7 +42,7 @@ from prefopt.oracles import ListToJudge, make_oracle
 from prefopt.rl.config import RLConfig
 from prefopt.settings import save_config
 from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from prefopt.train.loop import accelerator_for
+from prefopt.train.loop import accelerator_for, seed_everything
 from prefopt.train.metrics import MetricsLog, brief
 
 
@@ -129,9 +129,7 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
 
 def _policy(config: RLConfig, console: Console) -> Policy:
     accelerator, precision, why = accelerator_for(config)
-    random.seed(config.seed)
-    np.random.seed(config.seed % 2**32)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model)
     lora = None
     if config.lora:

@@ -28,21 +28,13 @@ from rich.progress import (
 )
 from transformers import get_scheduler
 
-from prefopt.data import (
-    Batching,
-    PlannedStep,
-    TokenizeSettings,
-    load_records,
-    split_by_prompt,
-    tokenize_records,
-)
+from prefopt.data import Batching, PlannedStep
 from prefopt.engine.attention import attention_kernel
 from prefopt.engine.frozen import keep_frozen_in, restore_frozen
 from prefopt.engine.hostmem import keep_freed_memory
 from prefopt.engine.logps import CompletionLogpsModel, collate
 from prefopt.engine.model import (
     LoraSettings,
-    ModelCache,
     cache_dir,
     load_model,
     load_tokenizer,
@@ -57,8 +49,10 @@ from prefopt.losses import ListBatch, Objective
 from prefopt.settings import save_config
 from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.train.config import RunSettings
+from prefopt.train.inputs import Reuse, load_data, reused_data
 from prefopt.train.metrics import MetricMeans, MetricsLog, brief
 from prefopt.train.reference import reference_logps
+from prefopt.train.task import POLICY, Task
 
 
 @dataclasses.dataclass
@@ -78,109 +72,6 @@ class TrainResult:
     reference_seconds: float = 0.0  # the reference pass (0 when cached or reference-free)
     loop_seconds: float = 0.0  # optimizer steps, without evaluation and checkpoints
     eval_seconds: float = 0.0  # the evaluations (at the start, every eval_every steps, at the end)
-
-
-@dataclasses.dataclass
-class Reuse:
-    """What one process keeps between runs that share a model and data (the trials of a tuning
-    study, the loop's rounds): tokenizers by model, tokenized data by every setting that changes it,
-    and the models as read from disk (a ModelCache). A run with it trains exactly as one without.
-    `hits` counts what was reused."""
-
-    tokenizers: dict = dataclasses.field(default_factory=dict)
-    data: dict = dataclasses.field(default_factory=dict)
-    models: ModelCache = dataclasses.field(default_factory=ModelCache)
-    # also keep each run's saved model, as read from its folder (the loop reads it next)
-    keep_trained: bool = False
-    hits: dict[str, int] = dataclasses.field(default_factory=lambda: {"tokenizer": 0, "data": 0})
-
-    def tokenizer(self, spec: str):
-        if spec in self.tokenizers:
-            self.hits["tokenizer"] += 1
-        else:
-            self.tokenizers[spec] = load_tokenizer(spec)
-        return self.tokenizers[spec]
-
-
-_DATA_SETTINGS = (
-    "model",
-    "data",
-    "eval_data",
-    "eval_fraction",
-    "seed",
-    "skip_invalid",
-    "columns",
-    "max_prompt_tokens",
-    "max_completion_tokens",
-    "prompt_truncation",
-    "chat_template",
-)
-
-
-class Task:
-    """What a run trains, the rest of the run being the same: a policy by default (`POLICY`);
-    `prefopt reward train` trains a reward model."""
-
-    def build(
-        self,
-        config: RunSettings,
-        *,
-        lora: LoraSettings | None,
-        engine: EngineSettings,
-        objective: Objective,
-        tokenizer,
-        cache: ModelCache | None,
-    ) -> torch.nn.Module:
-        """The model (through `cache`, when given) in the engine module whose forward gives
-        per-completion values [B, K]: log-probs of a policy, or rewards of a reward model."""
-        model = load_model(
-            config.model,
-            lora=lora,
-            gradient_checkpointing=config.gradient_checkpointing,
-            engine=engine,
-            cache=cache,
-        )
-        needs = objective.needs
-        return CompletionLogpsModel(
-            model,
-            engine,
-            with_tokens="tokens" in needs,
-            with_sampling_weights="sampling_weights" in needs,
-            with_prompt="prompt" in needs,
-        )
-
-    def save(
-        self,
-        model,
-        *,
-        tokenizer,
-        out: Path,
-        config: RunSettings,
-        lora: bool,
-        cache: ModelCache | None,
-    ) -> str:
-        """Write the final model; say where. With a `cache`, the saved model is kept in it too."""
-        model.save_pretrained(out / "model")
-        tokenizer.save_pretrained(out / "model")
-        if cache is not None and not lora:
-            cache.keep_saved(out / "model", model, config.model)
-        if not (config.merge and lora):
-            return f"saved the model to {out / 'model'}"
-        merged = model.merge_and_unload()
-        merged.save_pretrained(out / "merged")
-        tokenizer.save_pretrained(out / "merged")
-        if cache is not None:
-            cache.keep_saved(out / "merged", merged, config.model)
-        return f"saved the model to {out / 'model'} and {out / 'merged'}"
-
-    summarizes = False  # whether `summarize` reads the evaluation's batches (they are kept for it)
-
-    def summarize(self, batches: list[tuple]) -> dict[str, float]:
-        """Metrics over the whole evaluation set, from each batch's (loss output, collated batch)."""
-        return {}
-
-
-POLICY = Task()
 
 
 def train(
@@ -343,12 +234,12 @@ class _Run:
         started = time.perf_counter()
         accelerator, precision, why = accelerator_for(config)
         say = console.print if accelerator.is_main_process else (lambda *a, **k: None)
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
         tokenizer = reuse.tokenizer(config.model) if reuse else load_tokenizer(config.model)
         if reuse:
-            train_data, eval_data = _reused_data(config, tokenizer, say, reuse)
+            train_data, eval_data = reused_data(config, tokenizer, say, reuse)
         else:
-            train_data, eval_data = _load_data(config, tokenizer, say)
+            train_data, eval_data = load_data(config, tokenizer, say)
         engine, lora = _engine(config, task, objective, engine_settings, tokenizer, reuse)
         frozen = 0
         if precision == "bf16" and lora and engine_settings.frozen_in_bf16:
@@ -719,49 +610,8 @@ def _total_steps(config: RunSettings, train_data, processes: int) -> int:
     )
 
 
-def _load_data(config: RunSettings, tokenizer, say):
-    loaded = load_records(config.data, skip_invalid=config.skip_invalid, columns=config.columns)
-    say(loaded.summary())
-    if config.eval_data:
-        eval_loaded = load_records(
-            config.eval_data, skip_invalid=config.skip_invalid, columns=config.columns
-        )
-        say(eval_loaded.summary())
-        train_records, eval_records = loaded.records, eval_loaded.records
-    else:
-        train_records, eval_records = split_by_prompt(
-            loaded.records, config.eval_fraction, config.seed
-        )
-    settings = TokenizeSettings(
-        config.max_prompt_tokens,
-        config.max_completion_tokens,
-        config.prompt_truncation,
-        config.chat_template,
-    )
-    train_data, counts = tokenize_records(train_records, tokenizer, settings)
-    eval_data, _ = tokenize_records(eval_records, tokenizer, settings)
-    sizes = sorted({len(e.completion_ids) for e in train_data})
-    say(
-        f"data: {len(train_data)} train lists, {len(eval_data)} eval lists (split by prompt), "
-        f"K = {'/'.join(map(str, sizes))}; {counts.summary()}"
-    )
-    return train_data, eval_data
-
-
-def _reused_data(config: RunSettings, tokenizer, say, reuse: Reuse):
-    key = repr([getattr(config, name) for name in _DATA_SETTINGS])
-    if key in reuse.data:
-        reuse.hits["data"] += 1
-        train_data, eval_data = reuse.data[key]
-        say(
-            f"data: {len(train_data)} train lists, {len(eval_data)} eval lists, as tokenized for an earlier run"
-        )
-    else:
-        reuse.data[key] = _load_data(config, tokenizer, say)
-    return reuse.data[key]
-
-
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's generators, from one seed."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
