@@ -77,6 +77,8 @@ def test_steps_run_and_log_trls_metrics(whole):
 
 
 def test_held_out_prompts_are_scored_every_eval_every_steps(tiny_model, setup, tmp_path):
+    """The initial policy at step 0, then every eval_every steps and at the end: the mean score
+    and the win rate against the initial answers (at step 0 every pair is a tie, 0.5)."""
     from prefopt.report import report
 
     folder, prompts = setup
@@ -85,10 +87,13 @@ def test_held_out_prompts_are_scored_every_eval_every_steps(tiny_model, setup, t
         settings(tiny_model, setup, out, heldout=str(prompts), eval_every=2, save_every=None)
     )
     evals = [row for row in metrics(out) if row["split"] == "eval"]
-    assert [row["step"] for row in evals] == [2, 3] and result.steps == 3
+    assert [row["step"] for row in evals] == [0, 2, 3] and result.steps == 3
     assert all(
         row["prompts"] == 6 and row["score"]["low"] <= row["score"]["value"] for row in evals
     )
+    assert evals[0]["win_rate"]["value"] == 0.5 and evals[0]["win_rate"]["low"] == 0.5
+    initial = [json.loads(line) for line in (out / "eval-initial.jsonl").read_text().splitlines()]
+    assert len(initial) == 6 and all(row["length"] >= 1 for row in initial)
     assert "Held out" in report(out).read_text()
 
 
@@ -191,12 +196,67 @@ class NotANumber:
 def test_a_reward_that_is_not_a_number_is_refused_naming_the_prompt(tiny_model, setup):
     from prefopt.generate import load_prompts
     from prefopt.generate.sampling import Sample
+    from prefopt.rl.rewards import Rewards
     from prefopt.rl.run import _score
 
     records = load_prompts(setup[1])
-    samples = [[Sample("x", (1,), -1.0, "length")] * 2]
-    with pytest.raises(TrainingError, match=r"prompt 3 \(.*prompts.jsonl, row 3\)"):
-        _score(NotANumber(), records, [2], samples)
+    samples = [Sample("x", (1,), -1.0, "length")] * 2
+    rewards = Rewards(["reward_model"], [NotANumber()], [1.0])
+    with pytest.raises(TrainingError, match=r"reward_model .* prompt 3 \(.*prompts.jsonl, row 3\)"):
+        _score(rewards, records, [(2, samples)])
+
+
+class Constant:
+    """An oracle that scores every answer `value`, or abstains on prompts holding `skip`."""
+
+    def __init__(self, value, skip=None):
+        self.value, self.skip = value, skip
+
+    def judge(self, lists):
+        return [Judgement(abstained="not applicable") if self.skip and self.skip in item.prompt
+                else Judgement(scores=(self.value,) * len(item.completions))
+                for item in lists]  # fmt: skip
+
+
+def test_several_oracles_add_up_with_their_weights_and_may_abstain():
+    """An answer's reward is the weighted sum over the oracles that scored its prompt; an oracle
+    that abstains leaves the sum (TRL's None), and a prompt none scored gets 0."""
+    from prefopt.oracles import ListToJudge
+    from prefopt.rl.rewards import Rewards
+
+    rewards = Rewards(["a", "b"], [Constant(1.0), Constant(3.0, skip="code")], [0.5, 2.0])
+    lists = [ListToJudge("math", ("x", "y")), ListToJudge("code", ("x", "y"))]
+    scored = rewards.score(lists, ["one", "two"])
+    assert [s.rewards for s in scored] == [[6.5, 6.5], [0.5, 0.5]]
+    metrics = rewards.metrics(scored)
+    assert metrics["rewards/a/mean"] == 1.0 and metrics["rewards/b/mean"] == 3.0
+    assert metrics["rewards/b/abstained"] == 1 and metrics["rewards/a/abstained"] == 0
+    nobody = Rewards(["b"], [Constant(3.0, skip="code")], [1.0]).score(lists[1:], ["two"])
+    assert nobody[0].rewards == [0.0, 0.0]
+
+
+def test_a_run_with_two_weighted_verifiers_logs_each(tiny_model, setup, tmp_path):
+    folder, _ = setup
+    (folder / "length.py").write_text(
+        "def short(prompt, completion, record):\n    return float(len(completion) < 12)\n"
+    )
+    out = tmp_path / "two"
+    rl(settings(tiny_model, setup, out, max_steps=1, save_every=None,
+                oracle=["verifier", "verifier"], oracle_weights=[1.0, 0.5],
+                oracle_options=[{"function": f"{folder / 'verify.py'}:count_a"},
+                                {"function": f"{folder / 'length.py'}:short"}]))  # fmt: skip
+    row = metrics(out)[0]
+    mean = row["rewards/verifier_1/mean"] + 0.5 * row["rewards/verifier_2/mean"]
+    assert row["reward"] == pytest.approx(mean)
+    assert 0 <= row["rewards/verifier_2/mean"] <= 1
+
+
+def test_mismatched_oracle_lists_fail_at_load(tiny_model, setup, tmp_path):
+    with pytest.raises(ValueError, match="oracle_weights: 1 given for 2 oracles"):
+        settings(tiny_model, setup, tmp_path, oracle=["verifier", "judge"], oracle_weights=[1.0],
+                 oracle_options=[{"function": "a.py:f"}, {}])  # fmt: skip
+    with pytest.raises(ValueError, match="a list of options"):
+        settings(tiny_model, setup, tmp_path, oracle=["verifier", "verifier"])
 
 
 def test_the_command_line(prefopt_cli, tiny_model, setup, tmp_path):
@@ -230,3 +290,55 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tiny_model, setup, wh
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["reward"] == b["reward"]
     for name, tensor in weights(out).items():
         torch.testing.assert_close(tensor, weights(whole[0])[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [{"loss_params": {"aggregation": "token", "epsilon_high": 0.28}, "minibatches": 2},
+     {"objective": "disco", "num_iterations": 2}],
+    ids=["dapo-minibatches", "disco-iterations"],
+)  # fmt: skip
+def test_two_processes_reach_the_weights_of_one(tiny_model, setup, tmp_path, overrides):
+    """DDP over 2 CPU processes (gloo, started by torchrun): each samples and scores every other
+    prompt of a step, both see the whole step, each trains on its groups (three groups: two and
+    one) with the batch-wide denominators, and the run ends where one process's does."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    config = settings(tiny_model, setup, tmp_path / "one", save_every=None, **overrides)
+    rl(config)
+    (tmp_path / "ddp.yaml").write_text(
+        yaml.safe_dump(config.model_dump() | {"output_dir": str(tmp_path / "ddp")})
+    )
+    launcher = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run(
+        [str(launcher), "--nproc_per_node", "2", "-m", "prefopt.cli", "rl",
+         str(tmp_path / "ddp.yaml")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, ddp = metrics(tmp_path / "one"), metrics(tmp_path / "ddp")
+    for a, b in zip(without_timings(one), without_timings(ddp), strict=True):
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            expected = pytest.approx(value, rel=1e-4, abs=1e-6) if key != "split" else value
+            assert b[key] == expected, key
+    for name, tensor in weights(tmp_path / "one").items():
+        # Adam divides by the root of the squared gradients: float-rounding differences in near-zero
+        # gradients move a weight by a small fraction of a step (the learning rate, 5e-3)
+        torch.testing.assert_close(weights(tmp_path / "ddp")[name], tensor, atol=1e-5, rtol=1e-5)
+
+
+def test_minibatches_take_one_optimizer_step_each(tiny_model, setup, tmp_path):
+    """Three groups a step in two minibatches, two passes: four optimizer steps a step, the later
+    ones against π_old from before the step's first update (so some ratios leave 1)."""
+    out = tmp_path / "mini"
+    rl(settings(tiny_model, setup, out, max_steps=2, minibatches=2, num_iterations=2,
+                learning_rate=5e-2))  # fmt: skip
+    state = torch.load(latest_checkpoint(out) / "optimizer.pt", weights_only=False)["optimizer"]
+    assert {int(s["step"]) for s in state["state"].values()} == {8}
+    assert any(row.get("clip_ratio", 0) > 0 for row in metrics(out))

@@ -50,6 +50,10 @@ class ListBatch:
     # [B, K, T] per-token log-probs under the policy that sampled the completions (π_old; no grad)
     old_token_logps: torch.Tensor | None = None
     advantages: torch.Tensor | None = None  # [B, K] each completion's advantage (no grad)
+    # sums a tensor over the processes that each hold a share of the batch (data parallel); the
+    # batch-wide denominators of the RL objectives use it, so a sharded batch has the loss of the
+    # whole one. None: this process holds the whole batch
+    across: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         logps = _as_float(self.logps)
@@ -199,6 +203,11 @@ class ListBatch:
         samples) the policy's own, detached, so that the ratio is 1 in value."""
         tokens, _ = self.tokens()
         return tokens.detach() if self.old_token_logps is None else self.old_token_logps
+
+    def total(self, value: torch.Tensor) -> torch.Tensor:
+        """`value` (detached) summed over the processes sharing the batch."""
+        value = value.detach()
+        return value if self.across is None else self.across(value)
 
     def ref_tokens(self) -> torch.Tensor:
         if self.ref_token_logps is None:

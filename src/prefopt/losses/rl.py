@@ -117,22 +117,23 @@ def _advantages(batch: ListBatch, name: str, params: dict) -> torch.Tensor:
     return advantages_for(name, params, batch.scores, batch.mask, mean_old)
 
 
-def _aggregate(per_token: torch.Tensor, token_mask: torch.Tensor, mask: torch.Tensor,
-               aggregation: str, max_length: int | None) -> torch.Tensor:  # fmt: skip
+def _aggregate(per_token: torch.Tensor, batch: ListBatch, aggregation: str,
+               max_length: int | None) -> torch.Tensor:  # fmt: skip
     """[B] per-prompt losses whose mean over the B prompts is the batch loss of `aggregation`:
     "sequence" (GRPO: a mean over each answer's tokens, then over answers), "token" (DAPO, Yu et
     al. 2025, Eq. 8: one mean over every token of the batch), "constant" (Dr. GRPO, Liu et al.
-    2025: the sum over tokens divided by answers × `max_length`)."""
+    2025: the sum over tokens divided by answers × `max_length`). The denominators count the
+    whole batch, across processes when it is sharded (`ListBatch.across`)."""
     check(aggregation in AGGREGATIONS, "aggregation", aggregation, "is sequence, token or constant")
     prompts = per_token.shape[0]
-    weights = token_mask.float()
+    weights = batch.token_mask.float()
     sums = (per_token * weights).sum(-1)  # [B, K] per answer
-    answers = mask.float().sum().clamp(min=1)
+    answers = batch.total(batch.mask.float().sum()).clamp(min=1)
     if aggregation == "sequence":
         per_answer = sums / weights.sum(-1).clamp(min=1)
         return prompts * per_answer.sum(-1) / answers
     if aggregation == "token":
-        return prompts * sums.sum(-1) / weights.sum().clamp(min=1)
+        return prompts * sums.sum(-1) / batch.total(weights.sum()).clamp(min=1)
     length = max_length or per_token.shape[-1]
     check(length >= 1, "max_completion_length", length, "must be >= 1")
     return prompts * sums.sum(-1) / (answers * length)
@@ -178,7 +179,7 @@ def _clipped_surrogate(
             kl = kl * ratio
         per_token = per_token + beta * kl
         metrics["kl"] = _token_mean(kl, weights)
-    loss = _aggregate(per_token, token_mask, batch.mask, aggregation, max_completion_length)
+    loss = _aggregate(per_token, batch, aggregation, max_completion_length)
     # clipped where it changes the loss: below the region for A < 0, above it for A > 0
     region = ((ratio < 1 - epsilon_low) & (gain < 0)) | ((ratio > 1 + epsilon_high) & (gain > 0))
     region = region.float().expand_as(tokens)
@@ -386,13 +387,16 @@ def disco(
     positive = (scores * right).sum(-1) / right.sum(-1).clamp(min=1)
     negative = tau * torch.logsumexp((scores / tau).masked_fill(~wrong, float("-inf")), dim=-1)
     objective = torch.where(informative, positive - negative.nan_to_num(0.0, neginf=0.0), 0.0)
-    prompts, groups = scores.shape[0], informative.float().sum().clamp(min=1)
-    loss = (
-        -prompts * objective / groups
-    )  # the mean over the prompts is the mean over informative groups
+    prompts = scores.shape[0]
+    groups = batch.total(informative.float().sum()).clamp(min=1)
+    # the mean over the prompts is the mean over the (whole batch's) informative groups
+    loss = -prompts * objective / groups
     old_minus = batch.old_tokens() - tokens
-    kl = ((old_minus.exp() - old_minus - 1) * weights).sum() / weights.sum().clamp(min=1)
-    loss = loss + (kl_coef * (kl - delta).clamp(min=0)).detach() * kl
+    kl_sum = ((old_minus.exp() - old_minus - 1) * weights).sum()
+    tokens_total = batch.total(weights.sum()).clamp(min=1)
+    kl = kl_sum / tokens_total  # this process's share of the batch's mean KL
+    hinge = kl_coef * (batch.total(kl_sum) / tokens_total - delta).clamp(min=0)
+    loss = loss + hinge * kl
     metrics = _group_metrics(batch) | {
         "kl_old": kl.detach().expand(prompts),
         "informative": informative.float(),

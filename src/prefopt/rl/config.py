@@ -12,6 +12,7 @@ from prefopt.oracles import ORACLES
 from prefopt.oracles.base import make_options
 from prefopt.registry import registered
 
+OracleName = Annotated[str, registered(ORACLES)]
 RL_OBJECTIVES = tuple(name for name in LOSSES if LOSSES[name].info.family == "rl")
 
 
@@ -34,11 +35,16 @@ class RLConfig(BaseModel):
     eval_every: int | None = Field(
         None, ge=1, description="Evaluate on heldout every N steps (and at the end; with heldout)."
     )
-    oracle: Annotated[str, registered(ORACLES)] = Field(
-        "verifier", description="Scores every sampled answer: verifier, reward_model or judge."
-    )
-    oracle_options: dict[str, Any] = Field(
-        default_factory=dict, description="The oracle's options."
+    oracle: OracleName | list[OracleName] = Field(
+        "verifier", description="Scores every sampled answer: verifier, reward_model or judge; "
+        "or a list of them, whose weighted scores add up (docs/rl.md).",
+    )  # fmt: skip
+    oracle_options: dict[str, Any] | list[dict[str, Any]] = Field(
+        default_factory=dict, description="The oracle's options (a list of them with a list of "
+        "oracles, in the same order).",
+    )  # fmt: skip
+    oracle_weights: list[float] | None = Field(
+        None, description="With several oracles, each one's weight in the reward (default 1 each)."
     )
     objective: Annotated[str, registered(LOSSES)] = Field(
         "grpo", description=f"The group RL objective: {', '.join(RL_OBJECTIVES)} (docs/losses.md)."
@@ -60,9 +66,11 @@ class RLConfig(BaseModel):
     mask_truncated: bool = Field(
         False, description="Answers cut at max_new_tokens leave the loss (DAPO's overlong filter)."
     )
-    num_iterations: int = Field(
-        1, ge=1, description="Passes (optimizer steps) over each step's samples (μ)."
-    )
+    num_iterations: int = Field(1, ge=1, description="Passes over each step's samples (μ).")
+    minibatches: int = Field(
+        1, ge=1, description="Each pass splits the step's groups into this many minibatches, one "
+        "optimizer step each (their losses normalized within the minibatch).",
+    )  # fmt: skip
     max_steps: int = Field(50, ge=1, description="Steps: sample, score, train.")
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -95,19 +103,43 @@ class RLConfig(BaseModel):
 
     @model_validator(mode="after")
     def _names_and_options_check(self):
-        if self.oracle == "people":
+        if "people" in self.oracle_names:
             raise ValueError(
                 "oracle: people cannot answer within a step; label with people in rounds with "
                 "`prefopt loop`"
             )
+        if self.minibatches > self.prompts_per_step:
+            raise ValueError(f"minibatches: {self.minibatches} is more than prompts_per_step "
+                             f"({self.prompts_per_step}); each minibatch needs a group")  # fmt: skip
         if self.objective not in RL_OBJECTIVES:
             raise ValueError(
                 f"objective: {self.objective} is not a group RL objective; valid: "
                 f"{', '.join(RL_OBJECTIVES)}"
             )
-        make_options(self.oracle, self.oracle_options)
+        self.oracle_specs()  # options checked, lengths matched
         self.build_objective()  # unknown or bad parameters fail here
         return self
 
     def build_objective(self) -> Objective:
         return Objective(self.objective, {self.objective: self.loss_params})
+
+    @property
+    def oracle_names(self) -> list[str]:
+        return [self.oracle] if isinstance(self.oracle, str) else list(self.oracle)
+
+    def oracle_specs(self) -> list[tuple[str, dict, float]]:
+        """(name, options, weight) of each oracle, the options checked."""
+        names = self.oracle_names
+        options = self.oracle_options
+        if isinstance(options, dict):
+            if len(names) > 1 and options:
+                raise ValueError("oracle_options: with several oracles, give a list of options, "
+                                 "one per oracle in the same order")  # fmt: skip
+            options = [options] * len(names)
+        weights = self.oracle_weights or [1.0] * len(names)
+        for field, values in (("oracle_options", options), ("oracle_weights", weights)):
+            if len(values) != len(names):
+                raise ValueError(f"{field}: {len(values)} given for {len(names)} oracles")
+        for name, given in zip(names, options, strict=True):
+            make_options(name, given)
+        return list(zip(names, options, weights, strict=True))

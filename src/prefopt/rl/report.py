@@ -10,8 +10,7 @@ from prefopt.train.metrics import read_metrics
 
 
 def is_rl_run(folder: Path) -> bool:
-    lines = read_metrics(folder / "metrics.jsonl")
-    return bool(lines) and "frac_reward_zero_std" in lines[0]
+    return any("frac_reward_zero_std" in line for line in read_metrics(folder / "metrics.jsonl"))
 
 
 def rl_report(folder: Path) -> tuple[str, str]:
@@ -70,15 +69,20 @@ def rl_report(folder: Path) -> tuple[str, str]:
              if line["split"] == "eval" and line.get("score")]  # fmt: skip
 
     def heldout(figure):
-        axes = figure.add_subplot(1, 1, 1)
-        scores = [line["score"] for line in evals]
-        axes.errorbar([line["step"] for line in evals], [s["value"] for s in scores],
-                      yerr=[[s["value"] - s["low"] for s in scores], [s["high"] - s["value"] for s in scores]],
-                      marker="o", capsize=4)  # fmt: skip
-        axes.set_xlabel("step")
-        axes.set_ylabel("held-out mean score (greedy), 95% interval")
+        panels = (("score", "held-out mean score (greedy), 95% interval"),
+                  ("win_rate", "win rate against the initial answers, 95% interval"))  # fmt: skip
+        for n, (key, label) in enumerate(panels, 1):
+            axes = figure.add_subplot(1, 2, n)
+            shown = [line for line in evals if line.get(key)]
+            estimates = [line[key] for line in shown]
+            axes.errorbar([line["step"] for line in shown], [e["value"] for e in estimates],
+                          yerr=[[e["value"] - e["low"] for e in estimates],
+                                [e["high"] - e["value"] for e in estimates]],
+                          marker="o", capsize=4)  # fmt: skip
+            axes.set_xlabel("step")
+            axes.set_ylabel(label)
 
-    curve = "<h2>Held out</h2>" + figure_html(heldout, width=8, height=3.2) if evals else ""
+    curve = "<h2>Held out</h2>" + figure_html(heldout, width=12, height=3.2) if evals else ""
     body = (table + curve + "<h2>Learning</h2>" + figure_html(learning, width=13)
             + "<h2>Clipping, KL and gradients</h2>" + figure_html(optimisation, height=3.0)
             + "<h2>Where a step's time goes</h2>" + figure_html(phases, width=8, height=3.2))  # fmt: skip

@@ -4,18 +4,20 @@ through the shared-prefill sampler, scores every answer with the oracle, compute
 objective's advantages over the whole step, and trains on the packed engine, where each group's
 prompt is encoded once for its K answers. Resumable: samples are seeded per (seed, step, prompt,
 k) and the prompt order per epoch, so a run resumed from its checkpoint reaches the weights and
-metrics of a run never stopped.
+metrics of a run never stopped. Under several data-parallel processes each samples and scores
+every n-th prompt of a step, all see the whole step (the same decisions), each trains on its share
+with the batch-wide denominators of the objective, and the run reaches one process's weights.
 
 Old log-probs: with one pass over a step's samples (num_iterations 1) the sampling policy is the
-policy being trained, and π_old is its own log-probs, detached (ρ = 1 in value). With more passes
-π_old is one no-grad pass of the training engine before the first update. The sampler's own sums
+policy being trained, and π_old is its own log-probs, detached (ρ = 1 in value). With more passes or
+minibatches π_old is one no-grad pass of the training engine before the first update. The sampler's own sums
 of log-probs (the same model, another kernel) are only compared with the engine's, as the
 `logp_gap` metric."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
 import random
 import shutil
 import time
@@ -34,12 +36,15 @@ from prefopt.engine.model import LoraSettings, load_model, load_tokenizer
 from prefopt.engine.precision import decode_precision
 from prefopt.engine.settings import EngineSettings
 from prefopt.errors import TrainingError
-from prefopt.evaluate.stats import bootstrap_mean
+from prefopt.evaluate.stats import bootstrap_mean, win_rate
+from prefopt.files import write_jsonl
 from prefopt.generate import SamplingSettings, load_prompts, sample
 from prefopt.losses import ListBatch
 from prefopt.losses.rl import advantages_for
-from prefopt.oracles import ListToJudge, make_oracle
+from prefopt.oracles import ListToJudge
 from prefopt.rl.config import RLConfig
+from prefopt.rl.processes import Processes
+from prefopt.rl.rewards import Rewards, Scored
 from prefopt.settings import save_config
 from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.train.loop import accelerator_for, seed_everything
@@ -56,11 +61,15 @@ class RLResult:
 
 @dataclasses.dataclass
 class Group:
-    """A prompt's K sampled answers and their rewards."""
+    """A prompt's K sampled answers, their rewards and what each oracle gave them."""
 
     prompt: int  # index into the prompts
     samples: list
-    rewards: list[float]
+    scored: Scored
+
+    @property
+    def rewards(self) -> list[float]:
+        return self.scored.rewards
 
 
 @dataclasses.dataclass
@@ -80,50 +89,72 @@ class Policy:
     def model(self):
         return self.accelerator.unwrap_model(self.engine).model
 
+    @property
+    def processes(self) -> Processes:
+        return Processes.of(self.accelerator)
+
+
+@dataclasses.dataclass
+class Prompts:
+    """Prompt records and their token ids."""
+
+    records: list
+    ids: list[list[int]]
+
+    @classmethod
+    def load(cls, source: str | None, tokenizer, settings: TokenizeSettings) -> Prompts:
+        records = load_prompts(source) if source else []
+        return cls(records, [prompt_ids(record, tokenizer, settings) for record in records])
+
 
 def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None,
        on_step=None) -> RLResult:  # fmt: skip
     """Run `config.max_steps` steps (from the last checkpoint with `resume`). `on_step(step,
     record)` is called after each."""
-    console, started, out = console or Console(), time.perf_counter(), Path(config.output_dir)
-    policy = _policy(config, console)
-    objective, oracle = config.build_objective(), make_oracle(config.oracle, config.oracle_options)
-    records = load_prompts(config.prompts)
+    started, out = time.perf_counter(), Path(config.output_dir)
+    policy = _policy(config, console or Console())
+    main = policy.processes.main
+    console = (console or Console()) if main else Console(quiet=True)
+    objective, rewards = config.build_objective(), Rewards.of(config.oracle_specs())
     settings = TokenizeSettings(max_prompt_tokens=config.max_prompt_tokens,
                                 chat_template=config.chat_template)  # fmt: skip
-    ids = [prompt_ids(record, policy.tokenizer, settings) for record in records]
+    prompts = Prompts.load(config.prompts, policy.tokenizer, settings)
+    heldout = Prompts.load(config.heldout, policy.tokenizer, settings)
     state = _restore(config, policy, out, resume, console)
-    heldout = load_prompts(config.heldout) if config.heldout else []
-    heldout_ids = [prompt_ids(record, policy.tokenizer, settings) for record in heldout]
-    log = MetricsLog(out / "metrics.jsonl", keep_until=state["step"] if state["step"] else -1)
+    log = MetricsLog(out / "metrics.jsonl", state["step"] if state["step"] else -1, enabled=main)
     record: dict = {}
     columns = [TextColumn("[bold]rl"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]  # fmt: skip
     try:
-        with Progress(*columns, console=console) as progress:
+        initial = _initial_answers(config, policy, heldout, out) if heldout.records else None
+        if initial is not None and state["step"] == 0:
+            log.write(_evaluate(config, policy, rewards, heldout, initial, 0))
+        with Progress(*columns, console=console, disable=not main) as progress:
             task = progress.add_task(
                 "rl", total=config.max_steps, completed=state["step"], status=""
             )
             while state["step"] < config.max_steps:
-                record, state["cursor"] = _step(config, policy, objective, oracle, records, ids,
-                                                state["step"], state["cursor"])  # fmt: skip
+                record, state["cursor"] = _step(
+                    config, policy, objective, rewards, prompts, state["step"], state["cursor"]
+                )
                 state["step"] += 1
-                if state["step"] % config.log_every == 0 or state["step"] == config.max_steps:
+                last = state["step"] == config.max_steps
+                if state["step"] % config.log_every == 0 or last:
                     log.write(record)
                 every = config.eval_every and state["step"] % config.eval_every == 0
-                if heldout and (every or state["step"] == config.max_steps):
-                    log.write(
-                        _evaluate(config, policy, oracle, heldout, heldout_ids, state["step"])
-                    )
+                if initial is not None and (every or last):
+                    log.write(_evaluate(config, policy, rewards, heldout, initial, state["step"]))
                 progress.update(task, completed=state["step"], status=brief(record))
                 if config.save_every and state["step"] % config.save_every == 0:
                     _checkpoint(policy, out, state, objective)
                 if on_step is not None:
                     on_step(state["step"], record)
     finally:
-        oracle.close()
+        rewards.close()
     _checkpoint(policy, out, state, objective)
-    console.print(_save(policy, out, config), highlight=False)
+    if main:
+        console.print(_save(policy, out), highlight=False)
+    policy.accelerator.wait_for_everyone()
     return RLResult(out, state["step"], time.perf_counter() - started, record)
 
 
@@ -146,10 +177,11 @@ def _policy(config: RLConfig, console: Console) -> Policy:
     engine, optimizer = accelerator.prepare(engine, optimizer)
     scheduler = get_scheduler("constant", optimizer)
     total = sum(p.numel() for p in engine.parameters())
-    console.print(f"model: {config.model} ({total / 1e6:.1f} M parameters, "
-                  f"{sum(p.numel() for p in params) / 1e6:.2f} M trained), precision {precision} "
-                  f"({why}); objective {config.objective}, oracle {config.oracle}",
-                  highlight=False)  # fmt: skip
+    if accelerator.is_main_process:
+        console.print(f"model: {config.model} ({total / 1e6:.1f} M parameters, "
+                      f"{sum(p.numel() for p in params) / 1e6:.2f} M trained), precision "
+                      f"{precision} ({why}); objective {config.objective}, oracle "
+                      f"{' + '.join(config.oracle_names)}", highlight=False)  # fmt: skip
     return Policy(
         accelerator, engine, optimizer, scheduler, params, tokenizer, precision, lora is not None
     )
@@ -165,12 +197,15 @@ def _restore(config: RLConfig, policy: Policy, out: Path, resume: bool, console)
         saved = load_checkpoint(checkpoint, model, policy.optimizer, policy.scheduler)
         state = {"step": saved["state"]["step"], "cursor": saved["state"]["cursor"]}
         console.print(f"resumed from {checkpoint} at step {state['step']}", highlight=False)
-    else:
+    elif policy.processes.main:
         if resume:
             console.print(f"[yellow]no checkpoint in {out}; starting from the beginning[/]")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
+        (out / INITIAL).unlink(missing_ok=True)
+    if policy.processes.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    policy.accelerator.wait_for_everyone()
     return state
 
 
@@ -180,19 +215,23 @@ def _prompt_at(position: int, count: int, seed: int) -> int:
     return random.Random(seed * 1_000_003 + epoch).sample(range(count), count)[offset]
 
 
-def _step(config, policy: Policy, objective, oracle, records, ids, step: int, cursor: int):
+def _step(config, policy: Policy, objective, rewards: Rewards, prompts: Prompts, step: int,
+          cursor: int):  # fmt: skip
     """One step: sample, score, train. Returns its metrics record and the prompt cursor after it."""
     times, groups, sampled, draws = {"sample": 0.0, "score": 0.0}, [], [], 0
-    failed_before = _failures(oracle)
+    failed_before, processes = rewards.failures, policy.processes
     while len(groups) < config.prompts_per_step and draws < config.max_draws:
         need = config.prompts_per_step - len(groups)
-        chosen = [_prompt_at(cursor + i, len(records), config.seed) for i in range(need)]
+        chosen = [_prompt_at(cursor + i, len(prompts.ids), config.seed) for i in range(need)]
         cursor, draws = cursor + need, draws + 1
         started = time.perf_counter()
-        samples = _sample(config, policy, [ids[i] for i in chosen], step)
+        samples = processes.map(
+            lambda mine: _sample(config, policy, [prompts.ids[i] for i in mine], step), chosen
+        )
         times["sample"] += time.perf_counter() - started
         started = time.perf_counter()
-        new = _score(oracle, records, chosen, samples)
+        pairs = list(zip(chosen, samples, strict=True))
+        new = processes.map(lambda mine: _score(rewards, prompts.records, mine), pairs)
         times["score"] += time.perf_counter() - started
         sampled += new
         # a group whose answers all score the same has zero advantage: no gradient (DAPO)
@@ -200,23 +239,23 @@ def _step(config, policy: Policy, objective, oracle, records, ids, step: int, cu
         if not config.dynamic_sampling:
             break
     started = time.perf_counter()
-    trained = _train(config, policy, objective, ids, groups) if groups else {}
+    trained = _train(config, policy, objective, prompts.ids, groups) if groups else {}
     times["train"] = time.perf_counter() - started
-    failed = _failures(oracle) - failed_before
+    failed = sum(processes.gather([rewards.failures - failed_before]))
     return {"step": step + 1, "split": "train", **_sample_metrics(sampled, groups, draws),
-            "oracle_failures": failed,
+            **rewards.metrics([g.scored for g in sampled]), "oracle_failures": failed,
             **trained, **{f"seconds/{name}": value for name, value in times.items()}}, cursor  # fmt: skip
-
-
-def _failures(oracle) -> int:
-    """Answers a verifier failed so far (it raised on them, and scored them 0)."""
-    return sum(getattr(oracle, "failures", {}).values())
 
 
 def _sample(config, policy: Policy, prompts: list[list[int]], step: int):
     settings = SamplingSettings(k=config.k, temperature=config.temperature, top_p=config.top_p,
                                 max_new_tokens=config.max_new_tokens,
                                 seed=config.seed * 1_000_003 + step)  # fmt: skip
+    return _answers(config, policy, prompts, settings)
+
+
+def _answers(config, policy: Policy, prompts: list[list[int]], settings: SamplingSettings):
+    """The live policy's answers (its engine back in training mode after)."""
     device = policy.accelerator.device
     precision = decode_precision(config.precision, device)
     autocast = lambda: torch.autocast(
@@ -228,74 +267,122 @@ def _sample(config, policy: Policy, prompts: list[list[int]], step: int):
         policy.engine.train()
 
 
-def _score(oracle, records, chosen: list[int], samples) -> list[Group]:
+def _score(rewards: Rewards, records, pairs: list[tuple[int, list]]) -> list[Group]:
+    """Each prompt's answers scored (a verifier that raises on an answer scores it 0 and counts
+    it: oracle_failures)."""
     lists = [ListToJudge(records[i].prompt, tuple(s.text for s in group), records[i].extra)
-             for i, group in zip(chosen, samples, strict=True)]  # fmt: skip
-    groups = []
-    for i, group, judgement in zip(chosen, samples, oracle.judge(lists), strict=True):
-        if judgement.abstained is not None or judgement.scores is None:
-            rewards = [0.0] * len(group)  # no usable score: no signal from this group
-        else:
-            rewards = [float(score) for score in judgement.scores]
-        if not all(math.isfinite(r) for r in rewards):
-            raise TrainingError(f"the oracle gave a reward that is not a finite number to an answer "
-                                f"of prompt {i + 1} ({records[i].source}): {rewards}")  # fmt: skip
-        # a verifier that raised on an answer scored it 0 and counted it (oracle_failures)
-        groups.append(Group(i, list(group), rewards))
-    return groups
+             for i, group in pairs]  # fmt: skip
+    sources = [f"prompt {i + 1} ({records[i].source})" for i, _ in pairs]
+    scored = rewards.score(lists, sources)
+    return [Group(i, list(group), s) for (i, group), s in zip(pairs, scored, strict=True)]
 
 
-def _train(config, policy: Policy, objective, ids, groups: list[Group]) -> dict:
-    """num_iterations optimizer steps over the step's groups, all in one batch (so that token
-    aggregation normalizes over the whole step, as DAPO's)."""
+def _advantages(config, groups: list[Group]) -> torch.Tensor:
+    """[G, K] over the whole step, before any update. The unlikeliness shaping ranks answers by
+    their mean token log-prob under the policy that sampled them (the sampler's)."""
+    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
+    mask = torch.ones_like(rewards, dtype=torch.bool)
+    mean_old = torch.tensor(
+        [[s.logp / max(len(s.token_ids), 1) for s in g.samples] for g in groups]
+    )
+    return advantages_for(config.objective, config.loss_params, rewards, mask, mean_old)
+
+
+@dataclasses.dataclass
+class Minibatch:
+    """This process's share of a minibatch, collated, with its rewards and advantages."""
+
+    collated: object
+    rewards: torch.Tensor
+    mask: torch.Tensor
+    advantages: torch.Tensor | None
+    sampler_logps: torch.Tensor
+    tokens: int  # real tokens trained on: the answers' and each prompt's once
+    old: torch.Tensor | None = None  # per-token log-probs before the step's first update
+
+
+def _minibatch(config, policy: Policy, ids, groups: list[Group], advantages, indices) -> Minibatch:
+    """The groups at `indices` that fall to this process; a process left without one trains on
+    a masked copy of the first (no loss, no gradient: every process takes part in each step)."""
+    mine = policy.processes.share(indices)
+    masked = not mine
+    mine = mine or indices[:1]
+    chosen = [groups[i] for i in mine]
     examples = [TokenizedList(prompt_ids=tuple(ids[g.prompt]),
                               completion_ids=tuple(tuple(s.token_ids) for s in g.samples),
-                              scores=tuple(g.rewards)) for g in groups]  # fmt: skip
+                              scores=tuple(g.rewards)) for g in chosen]  # fmt: skip
     device = policy.accelerator.device
     collated = collate(examples, list(range(len(examples))), policy.tokenizer.pad_token_id,
                        share_prompt=True, pad_multiple=16).to(device)  # fmt: skip
-    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32, device=device)
-    mask = torch.ones_like(rewards, dtype=torch.bool)
-    if config.mask_truncated:
-        mask = torch.tensor(
-            [[s.finished != "length" for s in g.samples] for g in groups], device=device
-        )
-    old = None
-    if config.num_iterations > 1:
+    rewards = torch.tensor([g.rewards for g in chosen], dtype=torch.float32, device=device)
+    keep = [[not masked and (not config.mask_truncated or s.finished != "length")
+             for s in g.samples] for g in chosen]  # fmt: skip
+    mask = torch.tensor(keep, device=device)
+    chosen_advantages = None if advantages is None else advantages[mine].to(device)
+    sampler_logps = torch.tensor([[s.logp for s in g.samples] for g in chosen], device=device)
+    tokens = 0 if masked else int(collated.lengths.sum()) + sum(len(ids[g.prompt]) for g in chosen)
+    return Minibatch(collated, rewards, mask, chosen_advantages, sampler_logps, tokens)
+
+
+def _train(config, policy: Policy, objective, ids, groups: list[Group]) -> dict:
+    """num_iterations passes over the step's groups, each in `minibatches` optimizer steps."""
+    advantages = _advantages(config, groups)
+    parts = [list(part) for part in np.array_split(range(len(groups)), config.minibatches) if
+             len(part)]  # fmt: skip
+    batches = [_minibatch(config, policy, ids, groups, advantages, part) for part in parts]
+    if config.num_iterations > 1 or len(batches) > 1:
         with torch.no_grad(), policy.accelerator.autocast():
-            old = policy.engine(collated).token_logps
-    sampler_logps = torch.tensor([[s.logp for s in g.samples] for g in groups], device=device)
-    metrics: dict = {}
-    for _ in range(config.num_iterations):
-        with policy.accelerator.autocast():
-            result = policy.engine(collated)
-        mean_old = None
-        if config.loss_params.get("unlikeliness"):
-            reference = result.token_logps.detach() if old is None else old
-            mean_old = (reference * result.token_mask).sum(-1) / result.token_mask.sum(-1).clamp(
-                min=1
-            )
-        advantages = advantages_for(config.objective, config.loss_params, rewards, mask, mean_old)
-        batch = ListBatch(logps=result.logps, lengths=result.lengths, scores=rewards, mask=mask,
-                          token_logps=result.token_logps, token_mask=result.token_mask,
-                          old_token_logps=old, advantages=advantages)  # fmt: skip
-        out = objective(batch)
-        loss = out.loss.mean()
-        if not torch.isfinite(loss):
-            raise TrainingError(f"the loss is {loss.item()} (non-finite); lower the learning rate")
-        policy.accelerator.backward(loss)
-        norm = policy.accelerator.clip_grad_norm_(
-            policy.params, config.max_grad_norm or float("inf")
-        )
-        policy.optimizer.step()
-        policy.scheduler.step()
-        policy.optimizer.zero_grad(set_to_none=True)
-        metrics = {key: float(value.float().nanmean()) for key, value in out.metrics.items()}
-        metrics |= {"loss": loss.item(), "grad_norm": float(norm)}
-    gap = (sampler_logps - result.logps.detach()).abs().mean().item()
-    tokens = int(collated.lengths.sum()) + sum(len(ids[g.prompt]) for g in groups)
-    return {**{k: v for k, v in metrics.items() if k not in ("reward", "reward_std", "zero_std")},
-            "logp_gap": gap, "train_tokens": tokens, "groups_trained": len(groups)}  # fmt: skip
+            for batch in batches:
+                batch.old = policy.engine(batch.collated).token_logps
+    updates = [
+        _update(config, policy, objective, batch)
+        for _ in range(config.num_iterations)
+        for batch in batches
+    ]
+    last = updates[-len(batches) :]  # the last pass
+    metrics = {key: float(np.nanmean([u[key] for u in last])) for key in last[0]}
+    gathered = policy.processes.sum(torch.tensor(float(sum(b.tokens for b in batches))))
+    return {**metrics, "train_tokens": int(gathered), "groups_trained": len(groups)}
+
+
+def _update(config, policy: Policy, objective, batch: Minibatch) -> dict:
+    """One optimizer step on a minibatch. Each process's loss is its share of the minibatch's
+    (the objective's denominators count every process's answers); DDP averages the gradients
+    over processes, hence the factor."""
+    processes = policy.processes
+    with policy.accelerator.autocast():
+        result = policy.engine(batch.collated)
+    across = processes.sum if processes.count > 1 else None
+    listed = ListBatch(logps=result.logps, lengths=result.lengths, scores=batch.rewards,
+                       mask=batch.mask, token_logps=result.token_logps,
+                       token_mask=result.token_mask, old_token_logps=batch.old,
+                       advantages=batch.advantages, across=across)  # fmt: skip
+    out = objective(listed)
+    share = out.loss.mean()
+    loss = processes.sum(share)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"the loss is {loss.item()} (non-finite); lower the learning rate")
+    policy.accelerator.backward(share * processes.count)
+    norm = policy.accelerator.clip_grad_norm_(policy.params, config.max_grad_norm or float("inf"))
+    policy.optimizer.step()
+    policy.scheduler.step()
+    policy.optimizer.zero_grad(set_to_none=True)
+    kept = batch.mask.any(-1)
+    metrics = {
+        key: _mean_over(processes, value.detach().float()[kept])
+        for key, value in out.metrics.items()
+        if key not in ("reward", "reward_std", "zero_std")
+    }
+    gap = (batch.sampler_logps - result.logps.detach()).abs()[batch.mask]
+    return metrics | {"loss": loss.item(), "grad_norm": float(norm),
+                      "logp_gap": _mean_over(processes, gap)}  # fmt: skip
+
+
+def _mean_over(processes: Processes, values: torch.Tensor) -> float:
+    """The mean of `values` over every process's."""
+    values = values[~values.isnan()]
+    total = processes.sum(torch.stack([values.sum(), torch.tensor(float(values.numel()))]))
+    return float(total[0] / total[1]) if total[1] else float("nan")
 
 
 def _sample_metrics(sampled: list[Group], groups: list[Group], draws: int) -> dict:
@@ -317,32 +404,64 @@ def _sample_metrics(sampled: list[Group], groups: list[Group], draws: int) -> di
     }
 
 
-def _evaluate(config, policy: Policy, oracle, heldout, ids, step: int) -> dict:
-    """The held-out prompts answered greedily by the policy and scored by the oracle: the mean
-    score with its 95% bootstrap interval over prompts (as `prefopt eval` reports it)."""
+INITIAL = "eval-initial.jsonl"  # the initial policy's held-out answers, for the win rate
+
+
+def _greedy(config, policy: Policy, heldout: Prompts) -> list[tuple[str, int]]:
     settings = SamplingSettings(k=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
-    try:
-        answers = sample(policy.model, policy.tokenizer, ids, settings)
-    finally:
-        policy.engine.train()
-    lists = [
-        ListToJudge(r.prompt, (a[0].text,), r.extra) for r, a in zip(heldout, answers, strict=True)
-    ]
-    scores = [[j.scores[0]] for j in oracle.judge(lists) if j.abstained is None and j.scores]
-    estimate = bootstrap_mean(scores, seed=config.seed).to_json() if scores else None
-    lengths = [len(a[0].token_ids) for a in answers]
-    return {"step": step, "split": "eval", "score": estimate, "prompts": len(scores),
-            "completions/mean_length": sum(lengths) / len(lengths)}  # fmt: skip
+    answers = policy.processes.map(
+        lambda mine: _answers(config, policy, mine, settings), heldout.ids
+    )
+    return [(a[0].text, len(a[0].token_ids)) for a in answers]
+
+
+def _initial_answers(config, policy: Policy, heldout: Prompts, out: Path) -> list:
+    """The initial policy's greedy held-out answers: answered at the start, kept in a file that
+    a resumed run reads back."""
+    path = out / INITIAL
+    if not path.exists():
+        answers = _greedy(config, policy, heldout)
+        if policy.processes.main:
+            write_jsonl(path, [{"text": text, "length": n} for text, n in answers])
+        policy.accelerator.wait_for_everyone()
+    return [(row["text"], row["length"]) for row in map(json.loads, path.read_text().splitlines())]
+
+
+def _evaluate(config, policy: Policy, rewards: Rewards, heldout: Prompts, initial, step) -> dict:
+    """The held-out prompts answered greedily by the policy and scored by the reward: the mean
+    with its 95% bootstrap interval over prompts (as `prefopt eval` reports it), and the win
+    rate against the initial policy's answers, each pair judged together (ties count half)."""
+    answers = _greedy(config, policy, heldout)
+    records = heldout.records
+
+    def judge(mine: list[int]) -> list:
+        lists = [ListToJudge(records[i].prompt, (answers[i][0], initial[i][0]), records[i].extra)
+                 for i in mine]  # fmt: skip
+        scored = rewards.score(lists, [f"held-out prompt {i + 1}" for i in mine])
+        return [(s.rewards, any(v is not None for v in s.by_oracle.values())) for s in scored]
+
+    judged = [(now, then) for (now, then), applied in policy.processes.map(judge,
+              range(len(records))) if applied]  # fmt: skip
+    boot = {"seed": config.seed}
+    record = {"step": step, "split": "eval", "prompts": len(judged),
+              "completions/mean_length": float(np.mean([n for _, n in answers]))}  # fmt: skip
+    if judged:
+        record["score"] = bootstrap_mean([[now] for now, _ in judged], **boot).to_json()
+        preferences = [float(np.sign(now - then) / 2 + 0.5) for now, then in judged]
+        record["win_rate"] = win_rate(preferences, **boot).rate.to_json()
+    return record
 
 
 def _checkpoint(policy: Policy, out: Path, state: dict, objective) -> None:
-    model = policy.accelerator.unwrap_model(policy.engine)
-    save_checkpoint(
-        out, model, policy.optimizer, policy.scheduler, dict(state), objective.state_dict()
-    )
+    if policy.processes.main:
+        model = policy.accelerator.unwrap_model(policy.engine)
+        save_checkpoint(
+            out, model, policy.optimizer, policy.scheduler, dict(state), objective.state_dict()
+        )
+    policy.accelerator.wait_for_everyone()
 
 
-def _save(policy: Policy, out: Path, config: RLConfig) -> str:
+def _save(policy: Policy, out: Path) -> str:
     """The final policy: output_dir/model (adapters with LoRA) and, with LoRA, output_dir/merged."""
     model = policy.model
     model.save_pretrained(out / "model")
