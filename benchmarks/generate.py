@@ -60,7 +60,6 @@ def worker(args) -> dict:
         seed=0,
         batch_size=args.batch,
     )
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     # warm-up: first-call allocations and kernel choices
     sample(
         model,
@@ -68,7 +67,7 @@ def worker(args) -> dict:
         [prompts[0][:16]],
         SamplingSettings(k=2, max_new_tokens=2),
         backend=args.backend,
-        autocast=autocast,
+        precision=precision,
     )
     process = psutil.Process()
     base = process.memory_info().rss
@@ -82,7 +81,7 @@ def worker(args) -> dict:
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     started = time.perf_counter()
-    results = sample(model, tokenizer, prompts, settings, backend=args.backend, autocast=autocast)
+    results = sample(model, tokenizer, prompts, settings, backend=args.backend, precision=precision)
     seconds = time.perf_counter() - started
     done.set()
     watcher.join()

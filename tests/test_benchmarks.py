@@ -214,3 +214,17 @@ def test_sandbox_benchmark_scores_both_designs_alike(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "sandbox.json").read_text())["results"]
     assert {r["tests_passed"] for r in results.values()} == {10}  # 2 right completions × 5 tests
+
+
+@pytest.mark.slow
+def test_rl_quality_trains_each_arm_and_measures_its_final_policy(tiny_model, tmp_path):
+    """Each arm at a budget of one step (the tiny model), measured as the demo measures."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "rl_quality.py"), "--arms", "grpo,trl",
+               "--steps", "1", "--model", str(tiny_model), "--json", str(tmp_path / "q.json")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "q.json").read_text())
+    assert result["initial"]["heldout"]["n"] == 60 and result["initial"]["unseen"]["n"] == 40
+    for arm in ("grpo", "trl"):
+        assert 0 <= result["results"][arm]["heldout"]["value"] <= 1
+    assert "held out" in done.stdout and "initial" in done.stdout

@@ -54,7 +54,7 @@ def test_the_whole_path_runs_and_reports(result):
     page = result.report.read_text()
     assert (
         page.count("data:image/png;base64,") == 2
-        and "held-out prompts (random acquisition)" in page
+        and "held-out prompts (loop, random acquisition)" in page
     )
     assert "Held-out answers, before and after" in page and page.count("<pre") == 2 * 4
     assert (result.folder / "report.png").read_bytes()[:4] == b"\x89PNG"
@@ -74,3 +74,32 @@ def test_resuming_a_finished_demo_redoes_nothing(result, tiny_model):
     resumed = run(tiny_model, result.folder, compare_random=True)
     assert resumed.seconds["total"] < result.seconds["total"]
     assert resumed.unseen == result.unseen
+
+
+SMALL_RL = {"k": 3, "prompts_per_step": 4, "max_steps": 4, "eval_every": 2, "max_new_tokens": 8,
+            "precision": "fp32", "learning_rate": 1e-3}  # fmt: skip
+
+
+def test_the_rl_method_spends_its_budget_and_reports(tiny_model, tmp_path):
+    """`--method rl`: GRPO steps on the same task and verifier; the held-out curve against the
+    answers sampled, the unseen types measured with rl's final policy."""
+    out = tmp_path / "rl"
+    result = demo(out, model=str(tiny_model), task_sizes=SMALL_TASK, method="rl",
+                  rl_settings=SMALL_RL)  # fmt: skip
+    (arm,) = result.arms
+    assert [answers for answers, _ in arm.curve] == [0, 24, 48]  # steps 0, 2, 4 x 4 prompts x 3
+    assert (out / "rl" / "merged" / "config.json").exists() and result.unseen["after"][
+        "prompts"
+    ] == 4
+    page = result.report.read_text()
+    assert "held-out prompts (rl, grpo)" in page and page.count("<pre") == 2 * 4
+    again = demo(out, model=str(tiny_model), task_sizes=SMALL_TASK, method="rl",
+                 rl_settings=SMALL_RL)  # fmt: skip
+    assert again.unseen == result.unseen and again.seconds["rl"] < result.seconds["rl"]
+
+
+def test_the_rl_method_refuses_the_loops_options(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="people and --compare-random belong to the loop"):
+        demo(tmp_path, model=str(tiny_model), method="rl", people=True)
+    with pytest.raises(ValueError, match="method: 'ppo' is not one of loop, rl"):
+        demo(tmp_path, model=str(tiny_model), method="ppo")

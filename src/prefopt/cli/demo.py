@@ -33,6 +33,14 @@ def demo_command(
     port: Annotated[
         int, typer.Option("--port", help="With --people: the label app's port.")
     ] = 8000,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="loop: rounds of sampling, choosing, labelling and training; rl: GRPO steps on "
+            "the same budget of sampled answers (docs/rl.md).",
+        ),
+    ] = "loop",
 ) -> None:
     """Show what prefopt is for, in about 9 minutes on two CPU cores: the model's own samples, a verifier,
     a choice of what to label, training, and the improvement on prompts it never saw. Run it again to resume."""
@@ -46,5 +54,6 @@ def demo_command(
             people=people,
             port=port,
             console=console(),
+            method=method,
         )
     )

@@ -8,10 +8,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from prefopt.data import read_jsonl
 from prefopt.demo.task import satisfaction
 from prefopt.evaluate.report import figure_html, table_html, write_page
-from prefopt.loop import Round
 from prefopt.oracles.constraints import check_constraints
 
 EXAMPLES = 8  # held-out prompts shown before and after: the first ones of the file, not chosen
@@ -22,15 +20,17 @@ def _interval(estimate: dict) -> str:
 
 
 def demo_report(out: Path, arms: list, unseen: dict, seconds: dict) -> Path:
-    active = arms[0]
-    before_rows = read_jsonl(active.folder / "initial-answers.jsonl")
-    after_rows = read_jsonl(Round(active.folder, len(active.rounds) - 1).heldout_answers)
+    """`arms`: the loops (or the rl run) of the demo, each with its label, curve, labels,
+    held-out rows and stage rows (demo/run.py)."""
+    before_rows, after_rows = arms[0].heldout_rows()
     heldout = {"before": satisfaction(before_rows), "after": satisfaction(after_rows)}
     body = _summary_table(arms, unseen)
     body += "<h2>Before and after</h2>" + figure_html(
         lambda f: _before_after(f, heldout, unseen), height=4.0, png=out / "report.png"
     )
-    body += "<h2>Against the labels used</h2>" + figure_html(lambda f: _curves(f, arms), height=3.6)
+    body += "<h2>Against the answers sampled</h2>" + figure_html(
+        lambda f: _curves(f, arms), height=3.6
+    )
     body += "<h2>Stages</h2>" + _stage_table(arms, seconds)
     body += f"<h2>Held-out answers, before and after (the first {EXAMPLES} prompts)</h2>"
     body += _examples(before_rows[:EXAMPLES], after_rows[:EXAMPLES])
@@ -42,17 +42,10 @@ def demo_report(out: Path, arms: list, unseen: dict, seconds: dict) -> Path:
 def _summary_table(arms: list, unseen: dict) -> str:
     rows = []
     for arm in arms:
-        final = arm.rounds[-1]["eval"]
-        gain = 100 * (final["score"]["value"] - final["baseline_score"]["value"])
-        rows.append(
-            [
-                f"held-out prompts ({arm.name} acquisition)",
-                _interval(final["baseline_score"]),
-                _interval(final["score"]),
-                f"{gain:+.1f}",
-                str(arm.rounds[-1]["labels_total"]),
-            ]
-        )
+        (_, before), (answers, after) = arm.curve[0], arm.curve[-1]
+        gain = 100 * (after["value"] - before["value"])
+        rows.append([f"held-out prompts ({arm.label})", _interval(before), _interval(after),
+                     f"{gain:+.1f}", str(answers), str(arm.labels)])  # fmt: skip
     rows.append(
         [
             "unseen constraint types",
@@ -60,12 +53,15 @@ def _summary_table(arms: list, unseen: dict) -> str:
             _interval(unseen["after"]["score"]),
             f"{100 * (unseen['after']['score']['value'] - unseen['before']['score']['value']):+.1f}",
             "",
+            "",
         ]
     )
     return (
         "<p>Constraint satisfaction: the fraction of a prompt's constraints met, averaged over prompts, with "
         "95% bootstrap intervals over prompts; greedy answers.</p>"
-        + table_html(rows, ["prompts", "before", "after", "points", "labelled lists"])
+        + table_html(
+            rows, ["prompts", "before", "after", "points", "sampled answers", "labelled lists"]
+        )
     )
 
 
@@ -103,12 +99,9 @@ def _before_after(figure, heldout: dict, unseen: dict) -> None:
 def _curves(figure, arms: list) -> None:
     axes = figure.add_subplot(1, 1, 1)
     for arm in arms:
-        labels = [0] + [r["labels_total"] for r in arm.rounds]
-        scores = [arm.rounds[0]["eval"]["baseline_score"]] + [
-            r["eval"]["score"] for r in arm.rounds
-        ]
+        answers, scores = zip(*arm.curve, strict=True)
         axes.errorbar(
-            labels,
+            answers,
             [s["value"] for s in scores],
             yerr=[
                 [s["value"] - s["low"] for s in scores],
@@ -116,20 +109,17 @@ def _curves(figure, arms: list) -> None:
             ],
             marker="o",
             capsize=3,
-            label=f"{arm.name} acquisition",
+            label=arm.label,
         )
-    axes.set_xlabel("labelled lists used for training")
+    axes.set_xlabel("answers sampled from the policy")
     axes.set_ylabel("held-out constraint satisfaction")
     axes.legend(fontsize=8)
 
 
 def _stage_table(arms: list, seconds: dict) -> str:
     stages = ["generate", "acquire", "label", "train", "evaluate"]
-    rows = []
-    for arm in arms:
-        for record in arm.rounds:
-            times = [f"{record['seconds'].get(stage, 0):.0f}" for stage in stages]
-            rows.append([f"{arm.name}, round {record['round'] + 1}", *times])
+    rows = [[name, *(f"{times.get(stage, 0):.0f}" for stage in stages)] for arm in arms for
+            name, times in arm.stage_rows()]  # fmt: skip
     timing = "; ".join(f"{name} {value:.0f} s" for name, value in seconds.items())
     note = f"wall clock of this run (a resumed run counts only what it ran): {timing}"
     return (

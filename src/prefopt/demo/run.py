@@ -3,7 +3,8 @@ with constraints a program checks) is written from its seed; the baseline is the
 answers to the held-out prompts; rounds of the loop sample K answers to training prompts, choose
 the lists to label (entropy), have the `constraints` verifier score them, train LoRA on them (a
 listwise loss with an SFT term) and evaluate; the final model and the initial one then answer
-prompts of constraint types never trained on; and a report shows all of it."""
+prompts of constraint types never trained on; and a report shows all of it. With `method="rl"`,
+`prefopt rl` (GRPO) spends the same number of sampled answers in steps instead of rounds."""
 
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ from prefopt.files import write_atomic
 from prefopt.generate import GenerateConfig, generate
 from prefopt.label.app import create_app
 from prefopt.label.store import Store
-from prefopt.loop import LoopConfig, loop, policy_after
+from prefopt.loop import LoopConfig, Round, loop, policy_after
+from prefopt.rl import RLConfig, rl
+from prefopt.rl.run import eval_answers
+from prefopt.train.checkpoint import latest_checkpoint
+from prefopt.train.metrics import read_metrics
 
 # the demo's loop: 3 rounds of 48 labelled lists, each chosen from 96 candidates (measured on
 # 2 CPU cores: docs/demo.md); the final policy of a round is the next round's start and reference
@@ -57,6 +62,24 @@ PEOPLE_SETTINGS: dict[str, Any] = {
 }
 
 
+# `--method rl`: GRPO with DAPO's clip-higher on the same task and verifier, spending the loop's
+# budget of sampled answers (18 steps x 16 prompts x 4 answers = 3 rounds x 96 prompts x 4)
+RL_SETTINGS: dict[str, Any] = {
+    "oracle": "verifier",
+    "oracle_options": {"function": "constraints"},
+    "objective": "grpo",
+    "loss_params": {"epsilon_high": 0.28},
+    "k": 4,
+    "prompts_per_step": 16,
+    "max_steps": 18,
+    "eval_every": 6,
+    "dynamic_sampling": False,  # a fixed budget of sampled answers, as the loop's
+    "max_new_tokens": 64,
+    "learning_rate": 5e-4,
+}
+METHODS = ("loop", "rl")
+
+
 @dataclasses.dataclass
 class Arm:
     """One acquisition function's loop and what it reached."""
@@ -68,6 +91,77 @@ class Arm:
     @property
     def folder(self) -> Path:
         return Path(self.config.output_dir)
+
+    @property
+    def label(self) -> str:
+        return f"loop, {self.name} acquisition"
+
+    @property
+    def curve(self) -> list[tuple[int, dict]]:
+        """(answers sampled so far, held-out satisfaction), from the initial policy on."""
+        per_round = self.config.labels_per_round * self.config.candidates_per_label * self.config.k
+        first = self.rounds[0]["eval"]["baseline_score"]
+        return [(0, first)] + [(per_round * (r["round"] + 1), r["eval"]["score"]) for r in
+                               self.rounds]  # fmt: skip
+
+    @property
+    def labels(self) -> int:
+        return self.rounds[-1]["labels_total"]
+
+    @property
+    def final_model(self) -> str:
+        return policy_after(self.config, len(self.rounds) - 1)
+
+    def heldout_rows(self) -> tuple[list[dict], list[dict]]:
+        """The held-out answers of the initial and the final policy."""
+        after = Round(self.folder, len(self.rounds) - 1).heldout_answers
+        return read_jsonl(self.folder / "initial-answers.jsonl"), read_jsonl(after)
+
+    def stage_rows(self) -> list[tuple[str, dict[str, float]]]:
+        return [(f"{self.name}, round {r['round'] + 1}", r["seconds"]) for r in self.rounds]
+
+
+@dataclasses.dataclass
+class RLArm:
+    """`prefopt rl` on the demo's task and what it reached."""
+
+    config: RLConfig
+    lines: list[dict]  # its metrics.jsonl
+
+    name = "rl"
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.output_dir)
+
+    @property
+    def label(self) -> str:
+        return f"rl, {self.config.objective}"
+
+    @property
+    def curve(self) -> list[tuple[int, dict]]:
+        per_step = self.config.prompts_per_step * self.config.k
+        return [(line["step"] * per_step, line["score"]) for line in self.lines if
+                line["split"] == "eval" and line.get("score")]  # fmt: skip
+
+    @property
+    def labels(self) -> int:
+        return 0
+
+    @property
+    def final_model(self) -> str:
+        return str(self.folder / "merged")
+
+    def heldout_rows(self) -> tuple[list[dict], list[dict]]:
+        last = max(line["step"] for line in self.lines if line["split"] == "eval")
+        return tuple(read_jsonl(eval_answers(self.folder, step)) for step in (0, last))
+
+    def stage_rows(self) -> list[tuple[str, dict[str, float]]]:
+        steps = [line for line in self.lines if line["split"] == "train"]
+        total = {phase: sum(line[f"seconds/{phase}"] for line in steps) for phase in
+                 ("sample", "score", "train")}  # fmt: skip
+        return [(f"rl, {len(steps)} steps", {"generate": total["sample"], "label": total["score"],
+                                             "train": total["train"]})]  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -89,10 +183,17 @@ def demo(
     console: Console | None = None,
     task_sizes: dict[str, int] | None = None,
     loop_settings: dict[str, Any] | None = None,
+    method: str = "loop",
+    rl_settings: dict[str, Any] | None = None,
 ) -> DemoResult:
     """Run the demo into `out` (resumable: run it again to continue). With `people`, the label app
-    serves the loop's store on `port` and a person is the oracle. `task_sizes` and `loop_settings`
-    change the task and the loop (the tests make both small)."""
+    serves the loop's store on `port` and a person is the oracle. `method="rl"` trains with
+    `prefopt rl` instead of the loop. `task_sizes`, `loop_settings` and `rl_settings` change the
+    task, the loop and rl (the tests make them small)."""
+    if method not in METHODS:
+        raise ValueError(f"method: {method!r} is not one of {', '.join(METHODS)}")
+    if method == "rl" and (people or compare_random):
+        raise ValueError("method rl: people and --compare-random belong to the loop")
     console = console or Console()
     out = Path(out)
     seconds: dict[str, float] = {}
@@ -123,7 +224,10 @@ def demo(
         }
         server, thread = _serve_people(out, port, say)
     try:
-        arms = _run_arms(settings, out, compare_random, seconds, say, console)
+        if method == "rl":
+            arms = [_run_rl(model, task, rl_settings or {}, out, seconds, say, console)]
+        else:
+            arms = _run_arms(settings, out, compare_random, seconds, say, console)
     finally:
         if server is not None:
             server.should_exit = True
@@ -133,7 +237,7 @@ def demo(
         "trained on (does the model learn to follow instructions, or just these?)"
     )
     unseen_started = time.perf_counter()
-    final = policy_after(arms[0].config, len(arms[0].rounds) - 1)
+    final = arms[0].final_model
     unseen = {
         which: satisfaction(
             _answers(spec, task["unseen"], out / f"unseen-{which}.jsonl", settings, console)
@@ -168,6 +272,26 @@ def _run_arms(
         seconds[f"loop ({name})"] = time.perf_counter() - arm_started
         arms.append(Arm(name, config, rounds))
     return arms
+
+
+def _run_rl(model: str, task: dict, overrides: dict, out: Path, seconds: dict, say,
+            console) -> RLArm:  # fmt: skip
+    config = RLConfig(**{**RL_SETTINGS, **overrides, "model": model, "prompts": str(task["train"]),
+                         "heldout": str(task["heldout"]), "output_dir": str(out / "rl")})  # fmt: skip
+    say(
+        f"[bold]rl ({config.objective})[/]: each step samples {config.k} answers to "
+        f"{config.prompts_per_step} training prompts with the live policy, has the verifier score "
+        f"them and takes a {config.objective} step; {config.max_steps} steps spend "
+        f"{config.max_steps * config.prompts_per_step * config.k} sampled answers, and the "
+        f"held-out prompts are measured every {config.eval_every} steps"
+    )
+    started = time.perf_counter()
+    folder = Path(config.output_dir)
+    if not (folder / "merged").exists():
+        rl(config, resume=latest_checkpoint(folder) is not None, console=console)
+    seconds["rl"] = time.perf_counter() - started
+    lines = read_metrics(folder / "metrics.jsonl")
+    return RLArm(config, lines)
 
 
 def _serve_people(out: Path, port: int, say):
@@ -231,13 +355,11 @@ def _answers(model: str, prompts: Path, path: Path, settings: dict, console: Con
 
 def _summary(result: DemoResult, say) -> None:
     for arm in result.arms:
-        last = arm.rounds[-1]["eval"]
-        before, after = last["baseline_score"], last["score"]
+        (_, before), (answers, after) = arm.curve[0], arm.curve[-1]
         say(
-            f"held-out constraint satisfaction ({arm.name}): {before['value']:.3f} [{before['low']:.3f}, "
+            f"held-out constraint satisfaction ({arm.label}): {before['value']:.3f} [{before['low']:.3f}, "
             f"{before['high']:.3f}] -> {after['value']:.3f} [{after['low']:.3f}, {after['high']:.3f}] "
-            f"({100 * (after['value'] - before['value']):+.1f} points, "
-            f"{arm.rounds[-1]['labels_total']} labelled lists)"
+            f"({100 * (after['value'] - before['value']):+.1f} points, {answers} sampled answers)"
         )
     before, after = result.unseen["before"]["score"], result.unseen["after"]["score"]
     say(

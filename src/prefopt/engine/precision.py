@@ -3,6 +3,7 @@ with bf16 matrix units), fp32 otherwise, from a measurement at start-up."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -30,12 +31,33 @@ def choose_precision(requested: str, device) -> tuple[str, str]:
 
 
 def decode_precision(requested: str, device) -> str:
-    """The precision of sampling. `auto` on a CPU decodes in fp32 even where bf16 trains faster: a
-    decode step is a few hundred small matmuls on one token a sequence, where autocast's casts cost
-    more than bf16 saves (docs/generate.md has the measurement)."""
+    """The precision of sampling. `auto` on a CPU measures a decode step's kind of matmul (a few
+    dozen rows against a weight held in the precision, as engine/decode_model.py holds it) and
+    picks bf16 where it is clearly faster (CPUs with matrix units), fp32 otherwise; the reading is
+    taken once a process."""
     if requested == "auto" and getattr(device, "type", device) == "cpu":
-        return "fp32"
+        return _cpu_decode_precision()
     return choose_precision(requested, device)[0]
+
+
+@functools.cache
+def _cpu_decode_precision() -> str:
+    # the best of three readings, as choose_precision's; bf16 without matrix units is read once
+    fp32 = max(decode_gflops(torch.float32) for _ in range(3))
+    bf16 = decode_gflops(torch.bfloat16)
+    if bf16 > fp32 / 4:
+        bf16 = max(bf16, *(decode_gflops(torch.bfloat16) for _ in range(2)))
+    return "bf16" if bf16 > 1.5 * fp32 else "fp32"
+
+
+def decode_gflops(dtype, rows: int = 64, size: int = 1024, repeats: int = 8) -> float:
+    """GFLOP/s of `rows` token vectors times a size x size weight, both in `dtype`."""
+    x, weight = torch.randn(rows, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.nn.functional.linear(x, weight)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.nn.functional.linear(x, weight)
+    return repeats * 2 * rows * size**2 / (time.perf_counter() - started) / 1e9
 
 
 def matmul_gflops(dtype, size: int = 768, repeats: int = 4, device: str = "cpu") -> float:

@@ -130,16 +130,13 @@ def generate(
                 sample_with_vllm(config.model, prompts, config.sampling(), precision),
             )
         else:
-            autocast = lambda: torch.autocast(
-                model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
-            )
             sample(
                 model,
                 tokenizer,
                 prompts,
                 config.sampling(),
                 backend=config.backend,
-                autocast=autocast,
+                precision=precision,
                 on_batch=write,
             )
     _in_prompt_order(out)

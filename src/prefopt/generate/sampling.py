@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from prefopt.engine.decode import DecodeState
+from prefopt.engine.decode_model import DecodeModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,18 +69,21 @@ def sample(
     settings: SamplingSettings,
     *,
     backend: str = "prefopt",
-    autocast: Callable = lambda: torch.autocast("cpu", enabled=False),
+    precision: str = "fp32",
     on_batch: Callable[[list[int], list[list[Sample]]], None] | None = None,
 ) -> list[list[Sample]]:
     """K samples for each prompt (token ids), in the prompts' order. Prompts are batched by length;
-    `on_batch(indices, samples)` is called as each batch finishes (for writing as it goes)."""
+    `on_batch(indices, samples)` is called as each batch finishes (for writing as it goes). In
+    bf16, a model held in float32 samples through a bf16 copy of itself (engine/decode_model.py);
+    a caller that samples again after updates keeps a `DecodeModel` and passes its `model`."""
     decode = {"prefopt": _decode_shared, "transformers": _decode_transformers}[backend]
+    model = DecodeModel(model, precision).model
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[Sample] | None] = [None] * len(prompts)
     model.eval()
     for start in range(0, len(order), settings.batch_size):
         indices = order[start : start + settings.batch_size]
-        with torch.inference_mode(), autocast():
+        with torch.inference_mode():
             batch = decode(model, tokenizer, [prompts[i] for i in indices], settings)
         for i, samples in zip(indices, batch, strict=True):
             results[i] = samples

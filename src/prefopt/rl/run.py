@@ -31,8 +31,10 @@ from transformers import get_scheduler
 
 from prefopt.data import TokenizedList, TokenizeSettings
 from prefopt.data.tokenize import prompt_ids
+from prefopt.engine.decode_model import DecodeModel
+from prefopt.engine.frozen import keep_frozen_in, restore_frozen
 from prefopt.engine.logps import CompletionLogpsModel, collate
-from prefopt.engine.model import LoraSettings, load_model, load_tokenizer
+from prefopt.engine.model import LoraSettings, load_model, load_tokenizer, resolve_model_path
 from prefopt.engine.precision import decode_precision
 from prefopt.engine.settings import EngineSettings
 from prefopt.errors import TrainingError
@@ -84,6 +86,8 @@ class Policy:
     tokenizer: object
     precision: str
     lora: bool
+    decode: DecodeModel  # what samples: the policy, or its copy in the decode precision
+    stale: bool = False  # the policy was updated since `decode` was refreshed
 
     @property
     def model(self):
@@ -128,7 +132,7 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
     try:
         initial = _initial_answers(config, policy, heldout, out) if heldout.records else None
         if initial is not None and state["step"] == 0:
-            log.write(_evaluate(config, policy, rewards, heldout, initial, 0))
+            log.write(_evaluate(config, policy, rewards, heldout, initial, 0, out))
         with Progress(*columns, console=console, disable=not main) as progress:
             task = progress.add_task(
                 "rl", total=config.max_steps, completed=state["step"], status=""
@@ -143,7 +147,9 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
                     log.write(record)
                 every = config.eval_every and state["step"] % config.eval_every == 0
                 if initial is not None and (every or last):
-                    log.write(_evaluate(config, policy, rewards, heldout, initial, state["step"]))
+                    log.write(
+                        _evaluate(config, policy, rewards, heldout, initial, state["step"], out)
+                    )
                 progress.update(task, completed=state["step"], status=brief(record))
                 if config.save_every and state["step"] % config.save_every == 0:
                     _checkpoint(policy, out, state, objective)
@@ -171,6 +177,8 @@ def _policy(config: RLConfig, console: Console) -> Policy:
     model = load_model(config.model, lora=lora, engine=settings,
                        gradient_checkpointing=config.gradient_checkpointing)  # fmt: skip
     engine = CompletionLogpsModel(model, settings, with_tokens=True)
+    if precision == "bf16" and lora is not None:  # the same numbers, less memory (train's too)
+        keep_frozen_in(model, torch.bfloat16, resolve_model_path(config.model))
     params = [p for p in engine.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=accelerator.device.type in ("cpu", "cuda"))  # fmt: skip
@@ -182,9 +190,14 @@ def _policy(config: RLConfig, console: Console) -> Policy:
                       f"{sum(p.numel() for p in params) / 1e6:.2f} M trained), precision "
                       f"{precision} ({why}); objective {config.objective}, oracle "
                       f"{' + '.join(config.oracle_names)}", highlight=False)  # fmt: skip
-    return Policy(
-        accelerator, engine, optimizer, scheduler, params, tokenizer, precision, lora is not None
+    decode = DecodeModel(
+        accelerator.unwrap_model(engine).model,
+        decode_precision(config.precision, accelerator.device),
     )
+    return Policy(
+        accelerator, engine, optimizer, scheduler, params, tokenizer, precision, lora is not None,
+        decode,
+    )  # fmt: skip
 
 
 def _restore(config: RLConfig, policy: Policy, out: Path, resume: bool, console) -> dict:
@@ -201,7 +214,7 @@ def _restore(config: RLConfig, policy: Policy, out: Path, resume: bool, console)
         if resume:
             console.print(f"[yellow]no checkpoint in {out}; starting from the beginning[/]")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        (out / INITIAL).unlink(missing_ok=True)
+        shutil.rmtree(out / "eval", ignore_errors=True)
     if policy.processes.main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
@@ -256,13 +269,12 @@ def _sample(config, policy: Policy, prompts: list[list[int]], step: int):
 
 def _answers(config, policy: Policy, prompts: list[list[int]], settings: SamplingSettings):
     """The live policy's answers (its engine back in training mode after)."""
-    device = policy.accelerator.device
-    precision = decode_precision(config.precision, device)
-    autocast = lambda: torch.autocast(
-        device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
-    )
+    if policy.stale:
+        policy.decode.refresh()
+        policy.stale = False
+    precision = decode_precision(config.precision, policy.accelerator.device)
     try:
-        return sample(policy.model, policy.tokenizer, prompts, settings, autocast=autocast)
+        return sample(policy.decode.model, policy.tokenizer, prompts, settings, precision=precision)
     finally:
         policy.engine.train()
 
@@ -367,6 +379,7 @@ def _update(config, policy: Policy, objective, batch: Minibatch) -> dict:
     policy.optimizer.step()
     policy.scheduler.step()
     policy.optimizer.zero_grad(set_to_none=True)
+    policy.stale = True
     kept = batch.mask.any(-1)
     metrics = {
         key: _mean_over(processes, value.detach().float()[kept])
@@ -404,7 +417,9 @@ def _sample_metrics(sampled: list[Group], groups: list[Group], draws: int) -> di
     }
 
 
-INITIAL = "eval-initial.jsonl"  # the initial policy's held-out answers, for the win rate
+def eval_answers(out: Path, step: int) -> Path:
+    """The held-out answers of the evaluation at `step` (step 0: the initial policy's)."""
+    return Path(out) / "eval" / f"step-{step}.jsonl"
 
 
 def _greedy(config, policy: Policy, heldout: Prompts) -> list[tuple[str, int]]:
@@ -415,23 +430,35 @@ def _greedy(config, policy: Policy, heldout: Prompts) -> list[tuple[str, int]]:
     return [(a[0].text, len(a[0].token_ids)) for a in answers]
 
 
+def _write_answers(path: Path, heldout: Prompts, answers: list[tuple[str, int]]) -> None:
+    """Rows as `prefopt generate` writes them: the record, its answer, the answer's length."""
+    write_jsonl(path, [{**record.extra, "prompt": record.prompt, "completions": [text],
+                        "meta": {"lengths": [length]}}
+                       for record, (text, length) in zip(heldout.records, answers, strict=True)])  # fmt: skip
+
+
 def _initial_answers(config, policy: Policy, heldout: Prompts, out: Path) -> list:
-    """The initial policy's greedy held-out answers: answered at the start, kept in a file that
+    """The initial policy's greedy held-out answers: answered at the start, kept in the file that
     a resumed run reads back."""
-    path = out / INITIAL
+    path = eval_answers(out, 0)
     if not path.exists():
         answers = _greedy(config, policy, heldout)
         if policy.processes.main:
-            write_jsonl(path, [{"text": text, "length": n} for text, n in answers])
+            _write_answers(path, heldout, answers)
         policy.accelerator.wait_for_everyone()
-    return [(row["text"], row["length"]) for row in map(json.loads, path.read_text().splitlines())]
+    rows = map(json.loads, path.read_text(encoding="utf-8").splitlines())
+    return [(row["completions"][0], row["meta"]["lengths"][0]) for row in rows]
 
 
-def _evaluate(config, policy: Policy, rewards: Rewards, heldout: Prompts, initial, step) -> dict:
-    """The held-out prompts answered greedily by the policy and scored by the reward: the mean
-    with its 95% bootstrap interval over prompts (as `prefopt eval` reports it), and the win
-    rate against the initial policy's answers, each pair judged together (ties count half)."""
-    answers = _greedy(config, policy, heldout)
+def _evaluate(config, policy: Policy, rewards: Rewards, heldout: Prompts, initial, step: int,
+              out: Path) -> dict:  # fmt: skip
+    """The held-out prompts answered greedily by the policy (kept in eval/step-N.jsonl) and scored
+    by the reward: the mean with its 95% bootstrap interval over prompts (as `prefopt eval`
+    reports it), and the win rate against the initial policy's answers, each pair judged together
+    (ties count half)."""
+    answers = initial if step == 0 else _greedy(config, policy, heldout)
+    if step and policy.processes.main:
+        _write_answers(eval_answers(out, step), heldout, answers)
     records = heldout.records
 
     def judge(mine: list[int]) -> list:
@@ -464,6 +491,7 @@ def _checkpoint(policy: Policy, out: Path, state: dict, objective) -> None:
 def _save(policy: Policy, out: Path) -> str:
     """The final policy: output_dir/model (adapters with LoRA) and, with LoRA, output_dir/merged."""
     model = policy.model
+    restore_frozen(model)  # the saved model keeps its base weights' float32 values
     model.save_pretrained(out / "model")
     policy.tokenizer.save_pretrained(out / "model")
     if not policy.lora:
