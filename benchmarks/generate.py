@@ -1,10 +1,21 @@
-"""prefopt's sampler against transformers' generate(num_return_sequences=K) on the same model,
-prompts, sampling settings and batch: one process per measurement, alternating, for K = 4 and 8
-and short (≈50-token) and long (≈400-token) prompts. Prints generated tokens/s and peak memory
-above the loaded model, side by side with the ratios; --json saves them.
+"""prefopt's sampler against transformers' generate on the workloads the product runs, same model,
+prompts, settings and precision (bf16 where the machine decodes faster in it, weights held in
+bf16 on both sides; `--precision` to force one), one process per measurement, alternating:
 
-    python benchmarks/generate.py                       # the default model, every workload
-    python benchmarks/generate.py --quick               # two prompts a workload, 16 new tokens
+    demo_round  the demo loop's sampling round: 96 of its prompts x K = 4, 64 new tokens, T = 1
+    eval        its evaluation: the 60 held-out prompts, greedy, 64 new tokens
+    rl_step     a `prefopt rl` step: 16 prompts x K = 8, 64 new tokens, T = 1
+    long        16 long prompts (≈ 400 tokens) x K = 8, 64 new tokens, T = 1
+
+Every answer runs to 64 tokens on both sides (no early end), so both generate the same tokens.
+transformers runs with its dynamic cache and with its static cache, and the faster of the two is
+the comparison. For each workload the roofline is the physical limit of its decode steps (for each
+step, the larger of its FLOPs ÷ a large GEMM's rate and its bytes of weights and cache ÷ a large
+copy's bandwidth, measured in this process in the workload's precision); "reached" is roofline ÷
+prefopt's time. Prints seconds, tokens/s, peak memory above the model and the ratios; --json.
+
+    python benchmarks/generate.py --json benchmarks/results-generate.json
+    python benchmarks/generate.py --quick                # 4 prompts a workload, 8 new tokens
 """
 
 from __future__ import annotations
@@ -15,114 +26,125 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+WORKLOADS = {  # prompts, K, temperature
+    "demo_round": (96, 4, 1.0),
+    "eval": (60, 1, 0.0),
+    "rl_step": (16, 8, 1.0),
+    "long": (16, 8, 1.0),
+}
+BACKENDS = ("prefopt", "transformers", "transformers_static")
 WORDS = (
     "the river runs past the old mill where seven green boats wait for the morning light while "
     "quiet music drifts over the water and a paper window glows above the garden table"
 ).split()
 
 
-def prompt_text(index: int, words: int) -> str:
-    body = " ".join(WORDS[(index * 7 + i) % len(WORDS)] for i in range(words))
-    return f"Story {index}: {body}. Continue the story in your own words."
+def workload_prompts(name: str, count: int, tokenizer) -> list[list[int]]:
+    """The demo's own prompts (training or held-out), or long made-up ones, as token ids."""
+    import tempfile
+
+    from prefopt.data import TokenizeSettings
+    from prefopt.data.tokenize import prompt_ids
+    from prefopt.demo import write_task
+    from prefopt.generate import load_prompts
+
+    with tempfile.TemporaryDirectory() as folder:
+        task = write_task(folder)
+        source = task["heldout"] if name == "eval" else task["train"]
+        records = load_prompts(str(source))[:count]
+    if name == "long":
+        for i, record in enumerate(records):
+            body = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(330))
+            record.prompt[-1]["content"] = f"Story {i}: {body}. Continue the story."
+    settings = TokenizeSettings(max_prompt_tokens=None)
+    return [prompt_ids(record, tokenizer, settings) for record in records]
 
 
 def worker(args) -> dict:
     import psutil
     import torch
 
+    from prefopt.engine.decode_model import DecodeModel
     from prefopt.engine.model import load_model, load_tokenizer
-    from prefopt.engine.precision import choose_precision
+    from prefopt.engine.precision import decode_precision
     from prefopt.generate.sampling import SamplingSettings, sample
 
-    torch.manual_seed(0)
+    count, k, temperature = WORKLOADS[args.workload]
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model)
-    precision, _ = choose_precision(args.precision, torch.device("cpu"))
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt_text(i, args.words)}],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-        )
-        for i in range(args.prompts)
-    ]
-    prompts = [list(p["input_ids"]) if isinstance(p, dict) else list(p) for p in prompts]
-    # every completion runs to max_new_tokens on both sides (no early end-of-sequence), so both
-    # generate exactly the same number of tokens and tokens/s compares like with like
-    settings = SamplingSettings(
-        k=args.k,
-        temperature=1.0,
-        top_p=0.95,
-        max_new_tokens=args.max_new_tokens,
-        min_new_tokens=args.max_new_tokens,
-        seed=0,
-        batch_size=args.batch,
-    )
-    # warm-up: first-call allocations and kernel choices
-    sample(
-        model,
-        tokenizer,
-        [prompts[0][:16]],
-        SamplingSettings(k=2, max_new_tokens=2),
-        backend=args.backend,
-        precision=precision,
-    )
+    precision = decode_precision(args.precision, torch.device("cpu"))
+    model = DecodeModel(load_model(args.model).eval(), precision).model  # weights in `precision`
+    if args.backend == "transformers_static":
+        model.generation_config.cache_implementation = "static"
+    prompts = workload_prompts(args.workload, args.prompts or count, tokenizer)
+    settings = SamplingSettings(k=k, temperature=temperature, max_new_tokens=args.max_new_tokens,
+                                min_new_tokens=args.max_new_tokens, seed=0,
+                                batch_size=args.batch)  # fmt: skip
+    backend = "prefopt" if args.backend == "prefopt" else "transformers"
+    warm = SamplingSettings(k=2, max_new_tokens=2, batch_size=args.batch)
+    sample(model, tokenizer, prompts[:2], warm, backend=backend, precision=precision)
     process = psutil.Process()
-    base = process.memory_info().rss
-    peak = [base]
+    base = peak = process.memory_info().rss
     done = threading.Event()
 
     def watch():
+        nonlocal peak
         while not done.wait(0.02):  # 20 ms: fine enough for runs of seconds, light on the GIL
-            peak[0] = max(peak[0], process.memory_info().rss)
+            peak = max(peak, process.memory_info().rss)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     started = time.perf_counter()
-    results = sample(model, tokenizer, prompts, settings, backend=args.backend, precision=precision)
+    results = sample(model, tokenizer, prompts, settings, backend=backend, precision=precision)
     seconds = time.perf_counter() - started
     done.set()
     watcher.join()
     tokens = sum(len(s.token_ids) for samples in results for s in samples)
-    return {
-        "backend": args.backend,
-        "seconds": seconds,
-        "tokens": tokens,
-        "tokens_per_s": tokens / seconds,
-        "peak_above_model_mb": (peak[0] - base) / 2**20,
-        "peak_rss_mb": peak[0] / 2**20,
-        "prompt_tokens": sum(map(len, prompts)) / len(prompts),
-        "precision": precision,
-    }
+    return {"backend": args.backend, "seconds": seconds, "tokens": tokens,
+            "tokens_per_s": tokens / seconds, "peak_above_model_mb": (peak - base) / 2**20,
+            "prompt_tokens": sum(map(len, prompts)) / len(prompts), "precision": precision,
+            "roofline_seconds": roofline(model, [len(p) for p in prompts], k, args, precision)}  # fmt: skip
 
 
-def measure(args, backend: str, k: int, words: int) -> dict:
-    command = [
-        sys.executable,
-        __file__,
-        "--worker",
-        "--backend",
-        backend,
-        "--k",
-        str(k),
-        "--words",
-        str(words),
-        "--model",
-        args.model,
-        "--prompts",
-        str(args.prompts),
-        "--batch",
-        str(args.batch),
-        "--max-new-tokens",
-        str(args.max_new_tokens),
-        "--precision",
-        args.precision,
-    ]
+def roofline(model, prompt_lengths: list[int], k: int, args, precision: str) -> float:
+    """The decode steps' physical limit, summed: per step, max(FLOPs / GEMM rate, bytes / copy
+    bandwidth), the batches as the sampler forms them (prompts sorted by length)."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from decode_profile import machine_rates
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    rates, config = machine_rates(dtype), model.config
+    element = 2 if precision == "bf16" else 4
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    weights = sum(m.weight.numel() for m in linears)
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    layers = config.num_hidden_layers
+    lengths, total = sorted(prompt_lengths), 0.0
+    for start in range(0, len(lengths), args.batch):
+        batch = lengths[start : start + args.batch]
+        rows = len(batch) * k
+        for t in range(args.max_new_tokens):
+            context = sum(batch) / len(batch) + t
+            flops = 2 * rows * weights + 4 * rows * context * heads * dim * layers
+            cache = 2 * layers * kv_heads * dim * (sum(batch) + rows * t) * element
+            total += max(
+                flops / rates["gemm_flops"], (weights * element + cache) / rates["copy_bytes"]
+            )
+    return total
+
+
+def measure(args, backend: str, workload: str) -> dict:
+    command = [sys.executable, __file__, "--worker", "--backend", backend, "--workload", workload,
+               "--model", args.model, "--batch", str(args.batch), "--max-new-tokens",
+               str(args.max_new_tokens), "--precision", args.precision,
+               "--prompts", str(args.prompts)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"{backend} worker failed:\n{result.stderr[-3000:]}")
+        sys.exit(f"{backend} worker failed on {workload}:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -131,56 +153,43 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="default")
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per workload")
-    parser.add_argument("--batch", type=int, default=4, help="prompts decoded together")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16, help="prompts decoded together (both)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    parser.add_argument("--ks", default="4,8")
-    parser.add_argument("--workloads", default="short,long")
-    parser.add_argument(
-        "--quick", action="store_true", help="2 prompts, 16 new tokens: a smoke check"
-    )
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--prompts", type=int, default=0, help="prompts a workload (0: its own)")
+    parser.add_argument("--quick", action="store_true", help="4 prompts, 8 new tokens")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--backend", default="prefopt", help=argparse.SUPPRESS)
-    parser.add_argument("--k", type=int, default=4, help=argparse.SUPPRESS)
-    parser.add_argument("--words", type=int, default=30, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="prefopt", choices=BACKENDS, help=argparse.SUPPRESS)
+    parser.add_argument("--workload", choices=list(WORKLOADS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
         return
     if args.quick:
-        args.prompts, args.max_new_tokens = 2, 16
-    words = {"short": 6, "long": 330}  # ≈50 and ≈400 tokens once the chat template wraps them
+        args.prompts, args.max_new_tokens = 4, 8
     rows = []
-    print(
-        f"{'workload':>10} {'K':>2} {'prompt tok':>10} {'prefopt tok/s':>14} {'transformers tok/s':>19} "
-        f"{'speedup':>8} {'peak MB prefopt / transformers':>31} {'ratio':>6}"
-    )
+    print(f"{'workload':>10} {'prec':>5} {'prefopt s':>9} {'tok/s':>7} {'hf dyn s':>8} "
+          f"{'hf static s':>11} {'speedup':>8} {'roofline s':>10} {'reached':>8} "
+          f"{'MB above model ours / theirs':>29}")  # fmt: skip
     for workload in args.workloads.split(","):
-        for k in map(int, args.ks.split(",")):
-            ours = measure(args, "prefopt", k, words[workload])  # alternating: one of each in turn
-            theirs = measure(args, "transformers", k, words[workload])
-            row = {
-                "workload": workload,
-                "k": k,
-                "prefopt": ours,
-                "transformers": theirs,
-                "speedup": ours["tokens_per_s"] / theirs["tokens_per_s"],
-                "memory_ratio": ours["peak_above_model_mb"]
-                / max(theirs["peak_above_model_mb"], 1e-9),
-            }
-            rows.append(row)
-            print(
-                f"{workload:>10} {k:>2} {ours['prompt_tokens']:>10.0f} {ours['tokens_per_s']:>14.1f} "
-                f"{theirs['tokens_per_s']:>19.1f} {row['speedup']:>7.2f}× "
-                f"{ours['peak_above_model_mb']:>14.0f} / {theirs['peak_above_model_mb']:<14.0f} "
-                f"{row['memory_ratio']:>6.2f}",
-                flush=True,
-            )
+        results = {backend: measure(args, backend, workload) for backend in BACKENDS}
+        ours = results["prefopt"]
+        theirs = min((results[b] for b in BACKENDS[1:]), key=lambda r: r["seconds"])
+        row = {"workload": workload, **results, "fastest_transformers": theirs["backend"],
+               "speedup": theirs["seconds"] / ours["seconds"],
+               "reached": ours["roofline_seconds"] / ours["seconds"],
+               "memory_ratio": ours["peak_above_model_mb"] / max(theirs["peak_above_model_mb"], 1)}  # fmt: skip
+        rows.append(row)
+        print(f"{workload:>10} {ours['precision']:>5} {ours['seconds']:9.1f} "
+              f"{ours['tokens_per_s']:7.0f} {results['transformers']['seconds']:8.1f} "
+              f"{results['transformers_static']['seconds']:11.1f} {row['speedup']:7.2f}x "
+              f"{ours['roofline_seconds']:10.2f} {row['reached']:7.1%} "
+              f"{ours['peak_above_model_mb']:13.0f} / {theirs['peak_above_model_mb']:<13.0f}",
+              flush=True)  # fmt: skip
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"settings": vars(args), "results": rows}, handle, indent=1)
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "results": rows}, indent=1))
 
 
 if __name__ == "__main__":

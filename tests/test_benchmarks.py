@@ -228,3 +228,30 @@ def test_rl_quality_trains_each_arm_and_measures_its_final_policy(tiny_model, tm
     for arm in ("grpo", "trl"):
         assert 0 <= result["results"][arm]["heldout"]["value"] <= 1
     assert "held out" in done.stdout and "initial" in done.stdout
+
+
+def test_generate_benchmark_runs_each_workload_on_every_backend(tiny_model, tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "generate.py"), "--quick", "--model",
+               str(tiny_model), "--workloads", "rl_step,eval", "--json", str(tmp_path / "g.json")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "g.json").read_text())["results"]
+    assert [row["workload"] for row in rows] == ["rl_step", "eval"]
+    for row in rows:
+        k = 8 if row["workload"] == "rl_step" else 1
+        assert row["prefopt"]["tokens"] == 4 * k * 8  # every answer runs to its 8 tokens
+        for backend in ("transformers", "transformers_static"):  # (less the tiny model's pads)
+            assert 0.8 * 4 * k * 8 <= row[backend]["tokens"] <= 4 * k * 8
+        assert row["prefopt"]["roofline_seconds"] > 0 and 0 < row["reached"]
+
+
+def test_decode_profile_splits_a_step_and_prints_the_roofline(tiny_model, tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "decode_profile.py"), "--model",
+               str(tiny_model), "--batches", "8", "--steps", "2", "--json", str(tmp_path / "p.json")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "p.json").read_text())["results"]
+    assert [(row["sequences"], row["precision"]) for row in rows] == [(8, "fp32"), (8, "bf16")]
+    for row in rows:
+        seconds = row["seconds"]
+        assert seconds["step"] >= seconds["forward"] > 0 and row["flops"] > 0 < row["bytes"]

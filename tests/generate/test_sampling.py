@@ -149,13 +149,58 @@ def test_bad_settings_name_the_setting(bad, message):
     "spread", [0.5, 20.0], ids=["flat: the full sort", "peaked: the top candidates"]
 )
 def test_the_nucleus_is_the_smallest_set_of_most_likely_tokens_holding_p(spread):
-    from prefopt.generate.sampling import warp
+    from prefopt.generate.sampling import support
 
     torch.manual_seed(0)
     logits = torch.randn(5, 3000) * spread
-    warped = warp(logits, SamplingSettings(top_p=0.9, temperature=1.0))
-    for row, kept in zip(logits.softmax(-1), warped > -torch.inf, strict=True):
-        ordered = row.sort(descending=True)
+    values, order = support(logits, SamplingSettings(top_p=0.9, temperature=1.0))
+    for row, kept_values, ids in zip(logits, values, order, strict=True):
+        ordered = row.softmax(-1).sort(descending=True)
         size = int((ordered.values.cumsum(0) < 0.9).sum()) + 1  # the first prefix with mass >= 0.9
-        assert set(ordered.indices[:size].tolist()) == set(kept.nonzero().squeeze(1).tolist())
-    assert torch.equal(warped[warped > -torch.inf], logits[warped > -torch.inf])
+        kept = kept_values > -torch.inf
+        assert set(ordered.indices[:size].tolist()) == set(ids[kept].tolist())
+        assert torch.equal(kept_values[kept], row[ids[kept]])
+
+
+def test_top_k_and_top_p_together_keep_the_nucleus_of_the_top_k():
+    from prefopt.generate.sampling import support
+
+    torch.manual_seed(1)
+    logits = torch.randn(4, 500) * 3
+    values, order = support(logits, SamplingSettings(top_k=20, top_p=0.8, temperature=0.5))
+    for row, kept_values, ids in zip(logits / 0.5, values, order, strict=True):
+        top = row.topk(20)
+        probs = top.values.softmax(-1)  # the top 20, renormalized, then their nucleus
+        size = int((probs.cumsum(0) < 0.8).sum()) + 1
+        assert set(ids[kept_values > -torch.inf].tolist()) == set(top.indices[:size].tolist())
+
+
+def test_draws_follow_the_warped_distribution():
+    """Many draws from one row: each token's frequency is its probability in the nucleus,
+    renormalized (a chi-square bound), and the log-prob returned is the model's own."""
+    from prefopt.generate.sampling import _draw
+
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.0, -1.0, -3.0]])
+    settings = SamplingSettings(top_p=0.9, temperature=1.0)
+    draws = 4000
+    tokens, logps = [], []
+    for seed in range(draws):
+        token, logp = _draw(logits, settings, [torch.Generator().manual_seed(seed)])
+        tokens += token
+        logps += logp
+    probs = logits[0].softmax(-1)
+    nucleus = int((probs.sort(descending=True).values.cumsum(0) < 0.9).sum()) + 1
+    expected = torch.zeros(6)
+    expected[probs.argsort(descending=True)[:nucleus]] = probs[
+        probs.argsort(descending=True)[:nucleus]
+    ]
+    expected = expected / expected.sum() * draws
+    counts = torch.bincount(torch.tensor(tokens), minlength=6).float()
+    assert counts[expected == 0].sum() == 0
+    seen = expected > 0
+    chi_square = float((((counts - expected) ** 2)[seen] / expected[seen]).sum())
+    assert chi_square < 20  # 5 degrees of freedom at most: p < 0.002
+    log_probs = logits[0].log_softmax(-1)
+    assert all(
+        abs(logp - float(log_probs[t])) < 1e-5 for t, logp in zip(tokens, logps, strict=True)
+    )

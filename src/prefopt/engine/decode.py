@@ -70,8 +70,14 @@ class DecodeState:
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only these rows (ascending), e.g. the sequences that have not finished."""
         self.row_prompt, self.row_slot = self.row_prompt[rows], self.row_slot[rows]
-        self.own_keys = [keys.index_select(0, rows) for keys in self.own_keys]
-        self.own_values = [values.index_select(0, rows) for values in self.own_values]
+        self.own_keys = [self._kept(keys, rows) for keys in self.own_keys]
+        self.own_values = [self._kept(values, rows) for values in self.own_values]
+
+    def _kept(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The rows' cache with its capacity; only the tokens written so far are copied."""
+        kept = cache.new_empty((rows.shape[0], *cache.shape[1:]))
+        torch.index_select(cache[:, :, : self.length], 0, rows, out=kept[:, :, : self.length])
+        return kept
 
 
 def _stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:

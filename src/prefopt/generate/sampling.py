@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Callable
 
 import torch
@@ -130,8 +131,8 @@ def _decode_shared(
             len(tracker.tokens[alive[0]]) < settings.min_new_tokens
         ):  # every alive row has as many tokens
             logits[:, list(tracker.eos)] = -torch.inf
-        tokens = _draw(logits, settings, [generators[i] for i in alive])
-        still = tracker.add(alive, tokens, torch.log_softmax(logits.float(), -1))
+        tokens, logps = _draw(logits, settings, [generators[i] for i in alive])
+        still = tracker.add(alive, tokens, logps)
         if not still:
             break
         if len(still) < len(alive):  # finished sequences leave the batch
@@ -152,48 +153,55 @@ def _decode_shared(
 
 def _draw(
     logits: torch.Tensor, settings: SamplingSettings, generators: list[torch.Generator]
-) -> list[int]:
-    """One token per row: greedy at temperature 0, else from the warped distribution, each row
-    with its own generator."""
+) -> tuple[list[int], list[float]]:
+    """One token a row, and its log-prob under the model (temperature 1, nothing cut): greedy at
+    temperature 0, else by inverse CDF over the warped distribution's support, each row's uniform
+    number from its own generator. Only the support is sorted and summed, never the vocabulary
+    twice."""
+    logits = logits.float()
     if settings.temperature == 0:
-        return logits.argmax(-1).tolist()
-    # inverse-CDF sampling, all rows at once, each row's uniform number from its own generator
-    cumulative = warp(logits, settings).softmax(-1).cumsum(-1)
-    uniform = (
-        torch.cat([torch.rand(1, generator=g) for g in generators]).unsqueeze(1)
-        * cumulative[:, -1:]
-    )
-    return (
-        torch.searchsorted(cumulative, uniform, right=True)
-        .clamp_(max=logits.shape[-1] - 1)
-        .squeeze(1)
-        .tolist()
-    )
+        tokens = logits.argmax(-1)
+    else:
+        values, order = support(logits, settings)
+        cumulative = values.softmax(-1).cumsum(-1)
+        uniform = torch.cat([torch.rand(1, generator=g) for g in generators]).unsqueeze(1)
+        index = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True)
+        index = index.clamp_(max=values.shape[-1] - 1)
+        tokens = (index if order is None else order.gather(1, index)).squeeze(1)
+    logps = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1)
+    return tokens.tolist(), logps.tolist()
 
 
-def warp(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
-    """logits / T, restricted to the top k tokens and to the nucleus: the most likely tokens whose
-    mass, counted before each, has not reached p (Holtzman et al. 2020)."""
+def support(
+    logits: torch.Tensor, settings: SamplingSettings
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The tokens the warped distribution can draw: logits / T restricted to the top k tokens and
+    to the nucleus, the most likely tokens whose mass, counted before each, has not reached p
+    (Holtzman et al. 2020). Returns the candidates' warped logits [R, C] in descending order, −inf
+    past each row's support, with their token ids [R, C]; or (logits / T, None) when neither
+    setting restricts."""
     logits = logits.float() / settings.temperature
+    if not settings.top_k and settings.top_p >= 1:
+        return logits, None
+    values = order = None
     if settings.top_k:
-        kth = logits.topk(min(settings.top_k, logits.shape[-1]), -1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, -torch.inf)
+        values, order = logits.topk(min(settings.top_k, logits.shape[-1]), -1)
     if settings.top_p < 1:
-        probs = logits.softmax(-1)
-        # tokens less likely than ε = (1 − p) / (2V) hold less than 1 − p of the mass together, so the
-        # nucleus lies among the others: sorting only those (topk) is exact, and far cheaper than
-        # sorting the whole vocabulary when the distribution is peaked
-        vocabulary = probs.shape[-1]
-        candidates = int((probs >= (1 - settings.top_p) / (2 * vocabulary)).sum(-1).max())
-        if candidates < vocabulary // 2:
-            ordered, order = probs.topk(candidates, -1)
+        pool = logits if values is None else values
+        log_total = pool.logsumexp(-1, keepdim=True)
+        # tokens less likely than ε = (1 − p) / (2V) hold less than 1 − p of the mass together, so
+        # the nucleus lies among the others: ranking only those (topk) is exact, and far cheaper
+        # than sorting the whole vocabulary when the distribution is peaked
+        floor = math.log((1 - settings.top_p) / (2 * pool.shape[-1]))
+        candidates = int((pool - log_total >= floor).sum(-1).max())
+        if values is None:
+            values, order = logits.topk(candidates, -1)
         else:
-            ordered, order = probs.sort(-1, descending=True)
-        # the mass before a token has not reached p yet
-        inside = ordered.cumsum(-1) - ordered < settings.top_p
-        kept = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, inside)
-        logits = logits.masked_fill(~kept, -torch.inf)
-    return logits
+            values, order = values[:, :candidates], order[:, :candidates]
+        probs = (values - log_total).exp()
+        inside = probs.cumsum(-1) - probs < settings.top_p  # the mass before it is under p
+        values = values.masked_fill(~inside, -torch.inf)
+    return values, order
 
 
 class _Tracker:
@@ -206,12 +214,10 @@ class _Tracker:
         self.ends: list[str | None] = [None] * rows
         self.texts: list[str | None] = [None] * rows
 
-    def add(self, alive: list[int], tokens: list[int], logprobs: torch.Tensor) -> list[int]:
-        """Record a token for each alive row; returns the positions (in `alive`) still going."""
+    def add(self, alive: list[int], tokens: list[int], chosen: list[float]) -> list[int]:
+        """Record a token and its log-prob for each alive row; returns the positions (in `alive`)
+        still going."""
         still = []
-        chosen = logprobs[
-            torch.arange(len(tokens)), torch.tensor(tokens)
-        ].tolist()  # one read, not one a row
         for j, (i, token) in enumerate(zip(alive, tokens, strict=True)):
             self.tokens[i].append(token)
             self.logps[i] += chosen[j]
