@@ -8,8 +8,12 @@ Each tool runs in a process of its own, alternating. Prints seconds per step (pr
 sampling, scoring and training; TRL's into generate-and-score and the rest), generated tokens/s,
 peak RSS and the mean reward over the steps, side by side.
 
-    python benchmarks/rl_vs_trl.py --steps 3 --json out.json     # K = 4 and K = 8
-    python benchmarks/rl_vs_trl.py --quick                        # 2 steps of 4 prompts, K = 4
+Workloads: the demo's prompts at K = 4 and K = 8 (`demo:4`, `demo:8`), and the same prompts each
+after a ≈ 350-token passage, ≈ 400 tokens in all, at K = 8 (`long:8`), where encoding a prompt
+once for its K answers matters most.
+
+    python benchmarks/rl_vs_trl.py --steps 3 --json out.json     # every workload
+    python benchmarks/rl_vs_trl.py --quick --workloads demo:4   # 2 steps of 4 prompts
 """
 
 from __future__ import annotations
@@ -131,6 +135,27 @@ def run_trl(args, prompts: Path, out: Path) -> dict:
     }  # fmt: skip
 
 
+PASSAGE = (
+    "The old mill stood by the river for two hundred years. Boats came in the morning with grain "
+    "and left in the evening with flour, and the miller kept a book of every load. "
+)
+
+
+def workload_prompts(name: str, folder: Path) -> Path:
+    """The demo's training prompts; for `long`, each after a passage of ≈ 350 tokens."""
+    from prefopt.demo import write_task
+
+    path = write_task(folder / "task")["train"]
+    if name == "demo":
+        return path
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for row in rows:
+        row["prompt"][-1]["content"] = PASSAGE * 9 + "\n\n" + row["prompt"][-1]["content"]
+    long = folder / "long.jsonl"
+    long.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return long
+
+
 def worker(args) -> None:
     prompts, out = Path(args.prompts_file), Path(args.out)
     result = (run_prefopt if args.tool == "prefopt" else run_trl)(args, prompts, out)
@@ -162,7 +187,7 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--model", default="default")
     parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--ks", default="4,8")
+    parser.add_argument("--workloads", default="demo:4,demo:8,long:8", help="NAME:K,...")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--prompts-per-step", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -177,23 +202,21 @@ def main() -> None:
     if args.tool:
         return worker(args)
     if args.quick:
-        args.steps, args.prompts_per_step, args.ks = 2, 4, "4"
-    from prefopt.demo import write_task
-
+        args.steps, args.prompts_per_step = 2, 4
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        prompts = write_task(folder / "task")["train"]
         results = {}
-        for k in (int(k) for k in args.ks.split(",")):
-            results[k] = {
-                tool: measure(args, tool, k, prompts, folder) for tool in ("prefopt", "trl")
-            }
+        for workload in args.workloads.split(","):
+            name, k = workload.split(":")
+            prompts = workload_prompts(name, folder)
+            results[workload] = {tool: measure(args, tool, int(k), prompts, folder / workload)
+                                 for tool in ("prefopt", "trl")}  # fmt: skip
     checkpointing = "gradient checkpointing" if args.gradient_checkpointing else "no checkpointing"
     print(f"{args.prompts_per_step} prompts a step, {args.max_new_tokens} new tokens, LoRA r16, {args.precision}, "
           f"{checkpointing}, {args.steps} steps (the first of each run left out of the step times)")  # fmt: skip
-    print(f"{'K':>3} {'tool':8} {'s/step':>8} {'sample':>8} {'score':>7} {'train':>7} {'gen tok/s':>10} "
+    print(f"{'workload':>8} {'tool':8} {'s/step':>8} {'sample':>8} {'score':>7} {'train':>7} {'gen tok/s':>10} "
           f"{'peak GB':>8} {'reward':>7}")  # fmt: skip
-    for k, pair in results.items():
+    for workload, pair in results.items():
         for tool, r in pair.items():
             later = lambda key, r=r: mean(r[key][1:] or r[key])
             steps = r["seconds_per_step"][1:] or r["seconds_per_step"]
@@ -201,13 +224,13 @@ def main() -> None:
                 split = f"{later('sample'):8.1f} {later('score'):7.1f} {later('train'):7.1f}"
             else:
                 split = f"{later('generate_and_score'):8.1f} {'':7} {'':7}"
-            print(f"{k:>3} {tool:8} {mean(steps):8.1f} {split} {r['generated_tokens_per_s']:10.0f} "
+            print(f"{workload:>8} {tool:8} {mean(steps):8.1f} {split} {r['generated_tokens_per_s']:10.0f} "
                   f"{r['peak_rss_gb']:8.2f} {mean(r['reward']):7.3f}")  # fmt: skip
         ours, theirs = pair["prefopt"], pair["trl"]
         speed = mean(theirs["seconds_per_step"][1:] or theirs["seconds_per_step"]) / mean(
             ours["seconds_per_step"][1:] or ours["seconds_per_step"]
         )
-        print(f"    K = {k}: prefopt {speed:.2f}× faster a step, {ours['peak_rss_gb'] / theirs['peak_rss_gb']:.2f}× "
+        print(f"    {workload}: prefopt {speed:.2f}× faster a step, {ours['peak_rss_gb'] / theirs['peak_rss_gb']:.2f}× "
               "the peak memory")  # fmt: skip
     if args.json:
         Path(args.json).write_text(
