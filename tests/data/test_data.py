@@ -122,6 +122,26 @@ def test_invalid_json_and_non_utf8(tmp_path):
         load_records(csv_path)
 
 
+@pytest.mark.parametrize("name", ["sheet.jsonl", "sheet.csv"])
+def test_a_byte_order_mark_as_spreadsheet_tools_write_is_read(tmp_path, name):
+    """Excel and others start a UTF-8 file with a byte-order mark: it is not data (issue 47)."""
+    path = tmp_path / name
+    row = ",".join(PAIR[k] for k in ("prompt", "chosen", "rejected"))
+    body = (
+        json.dumps(PAIR) + "\n" if name.endswith(".jsonl") else f"prompt,chosen,rejected\n{row}\n"
+    )
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    (record,) = load_records(path).records
+    assert record.prompt == PAIR["prompt"] and record.completions == (
+        PAIR["chosen"],
+        PAIR["rejected"],
+    )
+    path.write_bytes(body.encode() + b"\xef\xbb\xbf" + body.encode().split(b"\n", 1)[-1])
+    if name.endswith(".jsonl"):  # a mark anywhere but the start is still refused, naming the row
+        with pytest.raises(DataError, match=r"row 2: invalid JSON"):
+            load_records(path)
+
+
 def test_skip_invalid_counts_by_reason(tmp_path):
     rows = [
         PAIR,

@@ -179,6 +179,8 @@ def _rows(name: str, split: str) -> Iterator[tuple[int, Any]]:
 def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if number == 1:  # a byte-order mark, as spreadsheet tools write one, is not data
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
