@@ -103,3 +103,11 @@ def test_the_rl_method_refuses_the_loops_options(tiny_model, tmp_path):
         demo(tmp_path, model=str(tiny_model), method="rl", people=True)
     with pytest.raises(ValueError, match="method: 'ppo' is not one of loop, rl"):
         demo(tmp_path, model=str(tiny_model), method="ppo")
+
+
+def test_the_command_line_names_a_bad_method(prefopt_cli, tmp_path):
+    done = prefopt_cli("demo", "--out", tmp_path / "demo", "--method", "ppo")
+    assert done.returncode == 1 and "method: 'ppo' is not one of loop, rl" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = prefopt_cli("demo", "--out", tmp_path / "demo", "--method", "rl", "--people")
+    assert done.returncode == 1 and "--compare-random belong to the loop" in done.stderr

@@ -34,16 +34,17 @@ def demo_command(
         int, typer.Option("--port", help="With --people: the label app's port.")
     ] = 8000,
     method: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--method",
-            help="loop: rounds of sampling, choosing, labelling and training; rl: GRPO steps on "
-            "the same budget of sampled answers (docs/rl.md).",
+            help="rl (the default): GRPO steps with the live policy; loop: rounds of sampling, "
+            "choosing what to label, labelling and training (the default with --people or "
+            "--compare-random). Both spend 1,152 sampled answers (docs/demo.md).",
         ),
-    ] = "loop",
+    ] = None,
 ) -> None:
-    """Show what prefopt is for, in about 9 minutes on two CPU cores: the model's own samples, a verifier,
-    a choice of what to label, training, and the improvement on prompts it never saw. Run it again to resume."""
+    """Show what prefopt is for, in a few minutes on two CPU cores: the model's own samples, a verifier,
+    training, and the improvement on prompts it never saw. Run it again to resume."""
     from prefopt.demo import demo
 
     run_library(
