@@ -78,7 +78,8 @@ def profile(model, tokenizer, sequences: int, precision: str, args) -> dict:
     state, step, positions = decoding_state(
         model, tokenizer, sequences, k, args.prompt_tokens, args.generated
     )
-    settings = SamplingSettings(k=k, temperature=1.0, top_p=0.95, max_new_tokens=10**6)
+    # the product's sampling (the loop's, rl's and generate's defaults): T = 1, no top-p or top-k
+    settings = SamplingSettings(k=k, temperature=1.0, max_new_tokens=10**6)
     generators = [torch.Generator().manual_seed(i) for i in range(sequences)]
     tracker = _Tracker(tokenizer, set(), settings, sequences)
     alive = list(range(sequences))

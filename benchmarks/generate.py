@@ -153,7 +153,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="default")
-    parser.add_argument("--batch", type=int, default=16, help="prompts decoded together (both)")
+    parser.add_argument("--batch", type=int, default=64, help="prompts decoded together (both)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--workloads", default=",".join(WORKLOADS))

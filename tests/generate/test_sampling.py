@@ -204,3 +204,41 @@ def test_draws_follow_the_warped_distribution():
     assert all(
         abs(logp - float(log_probs[t])) < 1e-5 for t, logp in zip(tokens, logps, strict=True)
     )
+
+
+@pytest.mark.parametrize("count", [1000, 1024, 5], ids=["ragged blocks", "whole blocks", "tiny"])
+def test_inverse_cdf_in_blocks_finds_the_first_index_past_u(count):
+    """Against the plain softmax, cumulative sum and search: the same index for every u (but where
+    u falls within float rounding of a boundary), never a token of probability 0, and the log of
+    the total mass."""
+    from prefopt.generate.sampling import inverse_cdf
+
+    torch.manual_seed(count)
+    values = torch.randn(64, count) * 4
+    values[:, ::7] = -torch.inf  # outside the support
+    uniform = torch.rand(64, 1)
+    index, log_total = inverse_cdf(values, uniform, block=256)
+    cumulative = values.softmax(-1).cumsum(-1)
+    expected = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True)
+    near = (cumulative.gather(1, expected.clamp(max=count - 1)) - uniform).abs() < 1e-5
+    assert ((index == expected) | near).all() and (index == expected).float().mean() > 0.9
+    assert torch.isfinite(values.gather(1, index)).all()
+    torch.testing.assert_close(log_total.squeeze(1), values.logsumexp(-1))
+
+
+def test_unrestricted_draws_follow_the_model_and_return_its_log_probs():
+    from prefopt.generate.sampling import _draw
+
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.0, -1.0, -3.0]])
+    draws, tokens, logps = 4000, [], []
+    for seed in range(draws):
+        token, logp = _draw(logits, SamplingSettings(), [torch.Generator().manual_seed(seed)])
+        tokens += token
+        logps += logp
+    expected = logits[0].softmax(-1) * draws
+    counts = torch.bincount(torch.tensor(tokens), minlength=6).float()
+    assert float(((counts - expected) ** 2 / expected).sum()) < 20
+    log_probs = logits[0].log_softmax(-1)
+    assert all(
+        abs(logp - float(log_probs[t])) < 1e-5 for t, logp in zip(tokens, logps, strict=True)
+    )

@@ -108,7 +108,7 @@ class EvalConfig(BaseModel):
     temperature: float = Field(1.0, ge=0, description="When generating.")
     max_new_tokens: int = Field(128, ge=1, description="When generating.")
     batch_size: int = Field(
-        16,
+        64,
         ge=1,
         description="Prompts decoded together when generating (with one answer "
         "each, a small batch leaves the machine idle).",

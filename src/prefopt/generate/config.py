@@ -47,9 +47,10 @@ class GenerateConfig(BaseModel):
         "any batch.",
     )
     batch_size: int = Field(
-        16,
+        64,
         ge=1,
-        description="Prompts decoded together (K sequences each); prompts are batched by length.",
+        description="Prompts decoded together (K sequences each); prompts are batched by length. "
+        "A decode step costs less a sequence the more it holds (docs/performance.md).",
     )
     backend: Literal["prefopt", "transformers", "vllm"] = Field(
         "prefopt",

@@ -28,7 +28,7 @@ class SamplingSettings:
     min_new_tokens: int = 0  # no end-of-sequence before this many tokens
     stop: tuple[str, ...] = ()  # a completion ends before the first of these strings
     seed: int = 0
-    batch_size: int = 16  # prompts decoded together (K sequences each)
+    batch_size: int = 64  # prompts decoded together (K sequences each)
 
     def __post_init__(self) -> None:
         checks = [
@@ -156,20 +156,48 @@ def _draw(
 ) -> tuple[list[int], list[float]]:
     """One token a row, and its log-prob under the model (temperature 1, nothing cut): greedy at
     temperature 0, else by inverse CDF over the warped distribution's support, each row's uniform
-    number from its own generator. Only the support is sorted and summed, never the vocabulary
-    twice."""
+    number from its own generator. Only the support is ranked, and the vocabulary is summed in
+    blocks rather than cumulated token by token."""
     logits = logits.float()
     if settings.temperature == 0:
         tokens = logits.argmax(-1)
+        log_total = logits.logsumexp(-1)
     else:
         values, order = support(logits, settings)
-        cumulative = values.softmax(-1).cumsum(-1)
         uniform = torch.cat([torch.rand(1, generator=g) for g in generators]).unsqueeze(1)
-        index = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True)
-        index = index.clamp_(max=values.shape[-1] - 1)
+        index, log_mass = inverse_cdf(values, uniform)
         tokens = (index if order is None else order.gather(1, index)).squeeze(1)
-    logps = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1)
+        # unwarped and unrestricted, the mass summed to draw is the model's own normalizer
+        same = order is None and settings.temperature == 1
+        log_total = log_mass.squeeze(1) if same else logits.logsumexp(-1)
+    logps = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - log_total
     return tokens.tolist(), logps.tolist()
+
+
+def inverse_cdf(
+    values: torch.Tensor, uniform: torch.Tensor, block: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of logits [R, C] (−inf allowed) and its uniform number u in [0, 1): the first
+    index whose cumulative probability exceeds u, and the log of the row's total exp mass. The
+    exponentials are summed per block of `block`, the block holding u's share found among the
+    block sums, then the index inside it: two passes over the row instead of a softmax and a
+    cumulative sum over all of it."""
+    rows, count = values.shape
+    top = values.max(-1, keepdim=True).values
+    weights = (values - top).exp_()
+    if count % block:
+        weights = torch.nn.functional.pad(weights, (0, block - count % block))
+    weights = weights.view(rows, -1, block)
+    cumulative = weights.sum(-1).cumsum(-1)  # [R, blocks]
+    target = uniform * cumulative[:, -1:]
+    chosen = torch.searchsorted(cumulative, target, right=True).clamp_(max=cumulative.shape[1] - 1)
+    before = torch.where(chosen > 0, cumulative.gather(1, (chosen - 1).clamp_(min=0)), 0.0)
+    inside = weights.gather(1, chosen.unsqueeze(-1).expand(rows, 1, block)).squeeze(1).cumsum(-1)
+    # the block's own sum and its running sum round differently: stay inside the block's mass,
+    # so that a token of weight 0 (outside the support) is never the first to exceed it
+    remaining = torch.minimum(target - before, inside[:, -1:] * (1 - 2**-20))
+    index = torch.searchsorted(inside, remaining, right=True).clamp_(max=block - 1)
+    return chosen * block + index, top + cumulative[:, -1:].log()
 
 
 def support(
@@ -180,7 +208,8 @@ def support(
     (Holtzman et al. 2020). Returns the candidates' warped logits [R, C] in descending order, −inf
     past each row's support, with their token ids [R, C]; or (logits / T, None) when neither
     setting restricts."""
-    logits = logits.float() / settings.temperature
+    if settings.temperature != 1:
+        logits = logits.float() / settings.temperature
     if not settings.top_k and settings.top_p >= 1:
         return logits, None
     values = order = None
