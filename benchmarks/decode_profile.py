@@ -58,7 +58,7 @@ def decoding_state(model, tokenizer, sequences: int, k: int, prompt_tokens: int,
         for p in range(prompts):
             state.prefilling = p
             model(input_ids=torch.tensor([ids]), prefopt_decode=state, use_cache=False,
-                  logits_to_keep=1)  # fmt: skip
+                  logits_to_keep=torch.tensor([len(ids) - 1]))  # fmt: skip
         state.start_decoding(k, generated + 8)
         step = torch.full((sequences, 1), ids[-1])
         for t in range(generated):

@@ -189,8 +189,9 @@ def demo(
     """Run the demo into `out` (resumable: run it again to continue). With `people`, the label app
     serves the loop's store on `port` and a person is the oracle. `method`: "rl" (`prefopt rl`,
     GRPO: the default, which reached more than the loop on the same budget, docs/benchmarks.md)
-    or "loop" (rounds of `prefopt loop`: the default with `people` or `compare_random`). `task_sizes`, `loop_settings` and `rl_settings` change the
-    task, the loop and rl (the tests make them small)."""
+    or "loop" (rounds of `prefopt loop`: the default with `people` or `compare_random`).
+    `task_sizes`, `loop_settings` and `rl_settings` change the task, the loop and rl (the tests
+    make them small)."""
     if method is None:
         method = "loop" if people or compare_random else "rl"
     if method not in METHODS:

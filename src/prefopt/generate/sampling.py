@@ -113,8 +113,15 @@ def _decode_shared(
         prompts
     ):  # one prefill per prompt, alone: its numbers never depend on the batch
         state.prefilling = p
+        # the last position as an index, not `logits_to_keep=1`: its slice of the hidden states
+        # sends the LM head through a batched matmul that copies the whole head weight each call
+        # (most of a short prompt's prefill); an index gives a contiguous row and a plain GEMM
+        last = torch.tensor([len(ids) - 1])
         out = model(
-            input_ids=torch.tensor([ids]), prefopt_decode=state, use_cache=False, logits_to_keep=1
+            input_ids=torch.tensor([ids]),
+            prefopt_decode=state,
+            use_cache=False,
+            logits_to_keep=last,
         )
         first_logits.append(out.logits[0, -1].float())
     k = settings.k
