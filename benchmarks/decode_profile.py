@@ -125,14 +125,25 @@ def profile(model, tokenizer, sequences: int, precision: str, args) -> dict:
     seconds["rest"] = max(
         seconds["forward"] - seconds["gemms"] - seconds["lm_head"] - seconds["attention"], 0.0
     )
-    weights = sum(m.weight.numel() for m in linears) + head.weight.numel()
-    context = args.prompt_tokens + args.generated
-    flops = 2 * sequences * weights + 4 * sequences * context * heads * dim * len(layers)
-    element = 2 if precision == "bf16" else 4
-    prefix = (sequences // k) * args.prompt_tokens + sequences * args.generated
-    cache = 2 * len(layers) * kv_heads * dim * prefix * element
+    flops, bytes_read = step_cost(
+        model, sequences, args.prompt_tokens + args.generated,
+        (sequences // k) * args.prompt_tokens + sequences * args.generated, precision,
+    )  # fmt: skip
     return {"sequences": sequences, "precision": precision, "seconds": seconds, "flops": flops,
-            "bytes": weights * element + cache}  # fmt: skip
+            "bytes": bytes_read}  # fmt: skip
+
+
+def step_cost(model, rows: int, context: float, cached: int, precision: str) -> tuple[float, int]:
+    """A decode step's FLOPs and the bytes it must read: `rows` sequences, each attending to
+    `context` positions, `cached` positions of keys and values held in all (a prompt's once);
+    every linear weight (the LM head included) read once, multiplied by every row."""
+    config = model.config
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    layers, element = config.num_hidden_layers, 2 if precision == "bf16" else 4
+    flops = 2 * rows * weights + 4 * rows * context * heads * dim * layers
+    return flops, (weights + 2 * layers * kv_heads * dim * cached) * element
 
 
 def main() -> None:

@@ -113,27 +113,18 @@ def roofline(model, prompt_lengths: list[int], k: int, args, precision: str) -> 
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from decode_profile import machine_rates
+    from decode_profile import machine_rates, step_cost
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    rates, config = machine_rates(dtype), model.config
-    element = 2 if precision == "bf16" else 4
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    weights = sum(m.weight.numel() for m in linears)
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    layers = config.num_hidden_layers
+    rates = machine_rates(torch.bfloat16 if precision == "bf16" else torch.float32)
     lengths, total = sorted(prompt_lengths), 0.0
     for start in range(0, len(lengths), args.batch):
         batch = lengths[start : start + args.batch]
         rows = len(batch) * k
         for t in range(args.max_new_tokens):
-            context = sum(batch) / len(batch) + t
-            flops = 2 * rows * weights + 4 * rows * context * heads * dim * layers
-            cache = 2 * layers * kv_heads * dim * (sum(batch) + rows * t) * element
-            total += max(
-                flops / rates["gemm_flops"], (weights * element + cache) / rates["copy_bytes"]
+            flops, bytes_read = step_cost(
+                model, rows, sum(batch) / len(batch) + t, sum(batch) + rows * t, precision
             )
+            total += max(flops / rates["gemm_flops"], bytes_read / rates["copy_bytes"])
     return total
 
 

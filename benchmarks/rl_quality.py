@@ -57,19 +57,17 @@ def run_trl(args, out: Path) -> Path:
     from prefopt.demo import write_task
     from prefopt.demo.run import RL_SETTINGS
     from prefopt.engine.model import resolve_model_path
-    from prefopt.oracles.constraints import check_constraints
 
     task = write_task(out / "task")
     # conversational prompts (the task's own): TRL renders them with the chat template, as prefopt
     rows = [json.loads(line) for line in task["train"].read_text().splitlines() if line.strip()]
 
+    sys.path.insert(0, str(Path(__file__).parent))
+    from rl_vs_trl import reward  # the fraction of constraints met, as the verifier scores
+
     def constraints_reward(prompts, completions, constraints, **kwargs):
-        texts = [c[-1]["content"] for c in completions]
-        scores = []
-        for prompt, text, given in zip(prompts, texts, constraints, strict=True):
-            checks = check_constraints(prompt[-1]["content"], text, {"constraints": given})
-            scores.append(sum(checks.values()) / len(checks))
-        return scores
+        return [reward(p[-1]["content"], c[-1]["content"], {"constraints": given})
+                for p, c, given in zip(prompts, completions, constraints, strict=True)]  # fmt: skip
 
     k, prompts = RL_SETTINGS["k"], RL_SETTINGS["prompts_per_step"]
     config = GRPOConfig(

@@ -24,10 +24,9 @@ class DecodeModel:
     """`model`: what samples. In the source's own precision it is the source itself."""
 
     def __init__(self, source: torch.nn.Module, precision: str):
-        self.source = source
+        self.source, self.precision = source, precision
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.separate = any(p.dtype != dtype for p in source.parameters() if p.is_floating_point())
-        self.separate |= isinstance(source, PeftModel) and dtype != torch.float32
         if not self.separate:
             self.model = source
             return

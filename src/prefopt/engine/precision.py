@@ -20,14 +20,20 @@ def choose_precision(requested: str, device) -> tuple[str, str]:
         return ("bf16" if supported else "fp32"), f"GPU {'supports' if supported else 'lacks'} bf16"
     if device.type != "cpu":
         return "fp32", f"{device.type} device"
-    # the best of three readings each: one reading on a busy machine can come out at a third of
-    # the real rate. bf16 on a CPU without matrix units (~1 GFLOP/s, seconds a reading) gets one.
-    fp32 = max(matmul_gflops(torch.float32) for _ in range(3))
-    bf16 = matmul_gflops(torch.bfloat16)
-    if bf16 > fp32 / 4:
-        bf16 = max(bf16, *(matmul_gflops(torch.bfloat16) for _ in range(2)))
+    bf16, fp32 = _best_readings(matmul_gflops)
     choice = "bf16" if bf16 > 1.5 * fp32 else "fp32"
     return choice, f"matmul on this CPU: bf16 {bf16:.0f} vs fp32 {fp32:.0f} GFLOP/s"
+
+
+def _best_readings(measure) -> tuple[float, float]:
+    """(bf16, fp32) GFLOP/s of `measure`, the best of three readings each: one reading on a busy
+    machine can come out at a third of the real rate. bf16 on a CPU without matrix units (~1
+    GFLOP/s, seconds a reading) gets one."""
+    fp32 = max(measure(torch.float32) for _ in range(3))
+    bf16 = measure(torch.bfloat16)
+    if bf16 > fp32 / 4:
+        bf16 = max(bf16, *(measure(torch.bfloat16) for _ in range(2)))
+    return bf16, fp32
 
 
 def decode_precision(requested: str, device) -> str:
@@ -42,11 +48,7 @@ def decode_precision(requested: str, device) -> str:
 
 @functools.cache
 def _cpu_decode_precision() -> str:
-    # the best of three readings, as choose_precision's; bf16 without matrix units is read once
-    fp32 = max(decode_gflops(torch.float32) for _ in range(3))
-    bf16 = decode_gflops(torch.bfloat16)
-    if bf16 > fp32 / 4:
-        bf16 = max(bf16, *(decode_gflops(torch.bfloat16) for _ in range(2)))
+    bf16, fp32 = _best_readings(decode_gflops)
     return "bf16" if bf16 > 1.5 * fp32 else "fp32"
 
 

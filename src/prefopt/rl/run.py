@@ -264,17 +264,17 @@ def _sample(config, policy: Policy, prompts: list[list[int]], step: int):
     settings = SamplingSettings(k=config.k, temperature=config.temperature, top_p=config.top_p,
                                 max_new_tokens=config.max_new_tokens,
                                 seed=config.seed * 1_000_003 + step)  # fmt: skip
-    return _answers(config, policy, prompts, settings)
+    return _answers(policy, prompts, settings)
 
 
-def _answers(config, policy: Policy, prompts: list[list[int]], settings: SamplingSettings):
+def _answers(policy: Policy, prompts: list[list[int]], settings: SamplingSettings):
     """The live policy's answers (its engine back in training mode after)."""
     if policy.stale:
         policy.decode.refresh()
         policy.stale = False
-    precision = decode_precision(config.precision, policy.accelerator.device)
+    decode = policy.decode
     try:
-        return sample(policy.decode.model, policy.tokenizer, prompts, settings, precision=precision)
+        return sample(decode.model, policy.tokenizer, prompts, settings, precision=decode.precision)
     finally:
         policy.engine.train()
 
@@ -424,9 +424,7 @@ def eval_answers(out: Path, step: int) -> Path:
 
 def _greedy(config, policy: Policy, heldout: Prompts) -> list[tuple[str, int]]:
     settings = SamplingSettings(k=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
-    answers = policy.processes.map(
-        lambda mine: _answers(config, policy, mine, settings), heldout.ids
-    )
+    answers = policy.processes.map(lambda mine: _answers(policy, mine, settings), heldout.ids)
     return [(a[0].text, len(a[0].token_ids)) for a in answers]
 
 
