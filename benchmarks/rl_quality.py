@@ -103,8 +103,12 @@ def measure(model: str, folder: Path) -> dict:
     from prefopt.demo.run import LOOP_SETTINGS, _answers
     from prefopt.demo.task import satisfaction
 
+    import torch
+
+    from prefopt.engine.precision import decode_precision
+
     task = write_task(folder / "task")
-    return {
+    return {"decode_precision": decode_precision("auto", torch.device("cpu"))} | {
         which: satisfaction(_answers(model, task[which], folder / f"{which}.jsonl", LOOP_SETTINGS,
                                      Console(quiet=True)))["score"]
         for which in ("heldout", "unseen")
@@ -146,6 +150,7 @@ def main() -> None:
             results[arm] = json.loads(lines[-1][7:])
             print(f"{arm}: {results[arm]}", flush=True)
     show = lambda e: f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+    print(f"greedy answers decoded in {initial['decode_precision']} (every arm measured alike)")
     print(f"{'arm':8} {'held out':>22} {'unseen types':>22} {'train s':>8}")
     print(f"{'initial':8} {show(initial['heldout']):>22} {show(initial['unseen']):>22}")
     for arm, r in results.items():

@@ -181,7 +181,7 @@ def _grpo_section() -> list[str]:
     ]
 
 
-_FAMILIES = ("pairwise", "listwise", "rl", "sft", "unlearning")
+_FAMILIES = ("pairwise", "listwise", "unpaired", "rl", "sft", "unlearning")
 
 
 def losses_page() -> str:

@@ -40,6 +40,36 @@ PL_ON_AVG = ListBatch(  # plain PL on A_θ = [−1, −1.5, −0.8]
     ref_logps=torch.zeros(1, 3, dtype=f64),
     scores=torch.tensor([[2.0, 1.0, -1.0]], dtype=f64),
 )
+
+
+# three single answers with verdicts (desirable, undesirable, undesirable): ρ = [1, −1, 1]; each
+# prompt with another's answer: mismatched log-ratios [1, 0, 2] (z₀ = 1), or all below 0 (z₀ = 0)
+def singles(mismatched_gaps):
+    return ListBatch(
+        logps=torch.tensor([[-10.0], [-12.0], [-9.0]], dtype=f64),
+        ref_logps=torch.tensor([[-11.0], [-11.0], [-10.0]], dtype=f64),
+        scores=torch.tensor([[1.0], [0.0], [0.0]], dtype=f64),
+        mismatched_logps=torch.tensor([-20.0, -30.0, -25.0], dtype=f64),
+        mismatched_ref_logps=torch.tensor([-20.0, -30.0, -25.0], dtype=f64)
+        - torch.tensor(mismatched_gaps, dtype=f64),
+    )
+
+
+SINGLES, SINGLES_NO_KL = singles([1.0, 0.0, 2.0]), singles([-1.0, -2.0, 0.0])
+_sig = lambda x: 1 / (1 + math.exp(-x))
+# KTO (Ethayarajh et al. 2024, Eq. 7) at β = 0.1: desirable 1 − σ(β(ρ − z₀)), undesirable 1 − σ(β(z₀ − ρ))
+KTO_Z1 = ((1 - _sig(0.0)) + (1 - _sig(0.2)) + (1 - _sig(0.0))) / 3
+KTO_Z0 = ((1 - _sig(0.1)) + (1 - _sig(0.1)) + (1 - _sig(-0.1))) / 3
+KTO_WEIGHTED = (2.0 * (1 - _sig(0.0)) + 0.5 * (1 - _sig(0.2)) + 0.5 * (1 - _sig(0.0))) / 3
+# BCO: logit βρ − δ, δ the batch's mean reward (0.1 − 0.1 + 0.1) / 3
+_delta = 0.1 / 3
+BCO_SINGLES = (
+    -math.log(_sig(0.1 - _delta))
+    - math.log(_sig(-(-0.1 - _delta)))
+    - math.log(_sig(-(0.1 - _delta)))
+) / 3
+APO_UNPAIRED = ((1 - _sig(0.1)) + _sig(-0.1) + _sig(0.1)) / 3
+
 # one forget completion: NPO (Zhang et al. 2024, Eq. 3) and SimNPO (Fan et al. 2024, Eq. 4)
 FORGET = ListBatch(
     logps=torch.tensor([[-20.0]], dtype=f64),
@@ -184,6 +214,12 @@ GOLDEN = [
     ("apo_zero", {}, B, 1.0499583750),
     ("apo_down", {}, A, 0.9751451902),
     ("apo_down", {}, B, 1.0248548098),
+    ("kto", {}, SINGLES, KTO_Z1),
+    ("kto", {}, SINGLES_NO_KL, KTO_Z0),
+    ("kto", {"desirable_weight": 2.0, "undesirable_weight": 0.5}, SINGLES, KTO_WEIGHTED),
+    ("apo_zero_unpaired", {}, SINGLES, APO_UNPAIRED),
+    ("bco", {}, SINGLES, BCO_SINGLES),
+    ("bco", {"delta": 0.0}, SINGLES, (2 * -math.log(_sig(0.1)) - math.log(_sig(-0.1))) / 3),
     ("bco_pair", {}, A, 1.2887933201),
     ("bco_pair", {}, B, 1.4887933201),
     ("bco_pair", {}, C, 1.3369192960),

@@ -1,6 +1,7 @@
 """Properties every objective must keep: pairs from lists, K=2 reductions, masking equals slicing,
 finite values and gradients at extremes, float32 compute, precise errors, checkpointable state."""
 
+import dataclasses
 import math
 
 import pytest
@@ -15,7 +16,21 @@ REQUIRED = {"inpo": {"eta": 0.5, "tau": 0.2}}  # losses whose parameters have no
 
 
 def run_loss(name, batch, **params):
+    if LOSSES[name].info.family == "unpaired":
+        batch = as_verdicts(batch)
     return LOSSES[name](batch, **{**REQUIRED.get(name, {}), **params})
+
+
+def as_verdicts(batch: ListBatch) -> ListBatch:
+    """The batch as single answers with verdicts: each list's best answers desirable, the rest
+    not; each prompt's mismatched answer the previous list's first."""
+    roll = lambda values: None if values is None else values[:, 0].roll(1).detach()
+    return dataclasses.replace(
+        batch,
+        scores=batch.best.to(batch.logps.dtype),
+        mismatched_logps=roll(batch.logps),
+        mismatched_ref_logps=roll(batch.ref_logps),
+    )
 
 
 def random_batch(batch=3, k=3, tokens=5, seed=0, dtype=torch.float64, sorted_scores=True):

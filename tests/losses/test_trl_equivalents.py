@@ -142,7 +142,56 @@ def _trl_orpo_odds_term(config, batch: ListBatch) -> float:
     return -losses.mean().item()  # TRL's loss is its NLL minus this mean
 
 
+def _kto_losses(row, config, tokens, mask, ref_tokens) -> tuple[float, float]:
+    """prefopt's and TRL's KTOTrainer._compute_loss on the same eight single answers: the pairs'
+    chosen answers desirable, their rejected ones not, each prompt's mismatched answer the one
+    before it (TRL's cycling), the reference's log-probs precomputed."""
+    logps, ref = tokens.sum(1), ref_tokens.sum(1)
+    labels = torch.arange(len(logps)) < len(CHOSEN)
+    kl_logps, kl_ref = logps.roll(1), ref.roll(1) - 3.0  # a KL estimate above 0: z₀ ≈ 0.92
+    batch = ListBatch(
+        logps=logps.unsqueeze(1),
+        ref_logps=ref.unsqueeze(1),
+        scores=labels.double().unsqueeze(1),
+        mismatched_logps=kl_logps,
+        mismatched_ref_logps=kl_ref,
+    )
+    ours = Objective(row.loss, row.loss_params)(batch, train=False).loss.mean().item()
+    trainer = types.SimpleNamespace(
+        model=torch.nn.Module(),
+        accelerator=types.SimpleNamespace(
+            device=torch.device("cpu"), gather_for_metrics=lambda x: x
+        ),
+        aux_loss_enabled=False,
+        precompute_ref_logps=True,
+        calculate_KL=config.loss_type != "apo_zero_unpaired",
+        loss_type=config.loss_type,
+        beta=config.beta,
+        desirable_weight=config.desirable_weight,
+        undesirable_weight=config.undesirable_weight,
+        _compute_kl_logps=lambda model, batch: kl_logps,
+        _metrics={"train": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    rows, width = tokens.shape
+    completion_mask = torch.zeros(rows, PROMPT + width, dtype=torch.long)
+    completion_mask[:, PROMPT:] = mask.long()
+    inputs = {
+        "input_ids": torch.zeros(rows, PROMPT + width, dtype=torch.long),
+        "attention_mask": torch.ones(rows, PROMPT + width),
+        "completion_mask": completion_mask,
+        "label": labels,
+        "ref_logps": ref,
+        "ref_KL_logps": kl_ref,
+    }
+    theirs = trl.KTOTrainer._compute_loss(trainer, lambda **kwargs: _outputs(tokens), inputs, False)
+    return ours, theirs.item()
+
+
 def _config(row, tmp_path):
+    if row.trainer == "KTO":
+        return trl.KTOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **row.config)
     if row.trainer == "DPO":
         return trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **row.config)
     module = {"CPO": "trl.experimental.cpo", "ORPO": "trl.experimental.orpo"}[row.trainer]
@@ -166,13 +215,17 @@ def test_prefopt_computes_what_trl_computes(row, tmp_path):
     ref_tokens[:, 0] += torch.tensor([6.0, -5.0, 0.5, 24.0, -3.0, 2.0, -6.0, 1.0])
     batch = _prefopt_batch(tokens, mask, ref_tokens)
     config = _config(row, tmp_path)
-    objective = Objective(row.loss, row.loss_params)
-    ours = objective(batch, train=False).loss.mean().item()
+    if row.trainer == "KTO":
+        ours, theirs = _kto_losses(row, config, tokens, mask, ref_tokens)
+    else:
+        ours = Objective(row.loss, row.loss_params)(batch, train=False).loss.mean().item()
     if row.trainer == "DPO":
         theirs = _trl_dpo_loss(config, tokens, mask, ref_tokens)
     elif row.trainer == "CPO":
         theirs = _trl_cpo_loss(config, batch)
-    else:  # the odds-ratio term here; the NLL over prompt and completion in the end-to-end test below
+    elif (
+        row.trainer == "ORPO"
+    ):  # the odds-ratio term here; the NLL over prompt and completion in the end-to-end test below
         nll = chosen_nll(batch, "tokens", with_prompt=True).mean()
         ours, theirs = (
             ours - nll.item(),

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from prefopt.losses import listwise, pairwise, rl, sft, unlearning  # noqa: F401  (each registers its losses)
+from prefopt.losses import listwise, pairwise, rl, sft, unlearning, unpaired  # noqa: F401  (each registers its losses)
 from prefopt.losses.base import LOSSES, ListBatch, LossInfo, LossOutput, Pairs
 from prefopt.losses.pairwise import RunningMean
 
@@ -67,6 +67,12 @@ class Objective:
                     raise ValueError(
                         f"loss_params: {name} has no parameter {key!r}; valid: {valid}"
                     )
+        families = {LOSSES[name].info.family == "unpaired" for name in self.weights}
+        if len(families) > 1:
+            raise ValueError(
+                "loss: objectives for single answers (kto, bco, apo_zero_unpaired) train on their "
+                "own layout of the data and cannot be mixed with the others"
+            )
         self.states = {name: RunningMean() for name in self.weights if LOSSES[name].info.stateful}
         self(_probe_batch(), train=False)  # value checks live in the losses; run them now
 
@@ -77,6 +83,11 @@ class Objective:
             for name in self.weights
             for need in LOSSES[name].info.needs_for(self.params.get(name, {}))
         }
+
+    @property
+    def unpaired(self) -> bool:
+        """Whether it trains on single answers with a verdict (KTO and its kin)."""
+        return any(LOSSES[name].info.family == "unpaired" for name in self.weights)
 
     @property
     def needs_reference(self) -> bool:
@@ -135,6 +146,8 @@ def _probe_batch() -> ListBatch:
         anchor_logps=torch.tensor([[-2.5, -3.0]]),
         prompt_logps=torch.tensor([-4.0]),
         prompt_lengths=torch.tensor([3.0]),
+        mismatched_logps=torch.tensor([-6.0]),
+        mismatched_ref_logps=torch.tensor([-6.5]),
     )
 
 

@@ -50,6 +50,10 @@ class ListBatch:
     # [B, K, T] per-token log-probs under the policy that sampled the completions (π_old; no grad)
     old_token_logps: torch.Tensor | None = None
     advantages: torch.Tensor | None = None  # [B, K] each completion's advantage (no grad)
+    # [B] summed log-probs of a mismatched answer to each prompt (another prompt's answer), under
+    # the policy and the reference: KTO's estimate of KL(π‖π_ref) (no grad)
+    mismatched_logps: torch.Tensor | None = None
+    mismatched_ref_logps: torch.Tensor | None = None
     # sums a tensor over the processes that each hold a share of the batch (data parallel); the
     # batch-wide denominators of the RL objectives use it, so a sharded batch has the loss of the
     # whole one. None: this process holds the whole batch
@@ -113,14 +117,16 @@ class ListBatch:
                 set_field(name, _as_float(getattr(self, name)).masked_fill(~mask, 0.0))
         if lengths is not None:
             set_field("lengths", _as_float(lengths).masked_fill(~mask, 1.0))
-        for name in ("prompt_logps", "prompt_lengths"):
+        for name in ("prompt_logps", "prompt_lengths", "mismatched_logps", "mismatched_ref_logps"):
             value = getattr(self, name)
             if value is not None:
                 if value.shape != shape[:1]:
                     raise ValueError(
                         f"ListBatch: {name} has shape {tuple(value.shape)}, expected ({shape[0]},)"
                     )
-                set_field(name, _as_float(value))
+                set_field(
+                    name, _as_float(value).detach() if "mismatched" in name else _as_float(value)
+                )
         if self.sampling_log_weights is not None:
             set_field(
                 "sampling_log_weights",
@@ -208,6 +214,28 @@ class ListBatch:
         """`value` (detached) summed over the processes sharing the batch."""
         value = value.detach()
         return value if self.across is None else self.across(value)
+
+    def mismatched_kl(self) -> torch.Tensor:
+        """The batch mean of log π(y'|x) − log π_ref(y'|x) over mismatched pairs (x, y'), summed
+        over the processes sharing the batch: a biased estimate of KL(π‖π_ref), no gradient."""
+        if self.mismatched_logps is None or self.mismatched_ref_logps is None:
+            raise ValueError(
+                "needs mismatched_logps and mismatched_ref_logps (each prompt with another "
+                "prompt's answer, under the policy and the reference)"
+            )
+        gaps = self.mismatched_logps - self.mismatched_ref_logps
+        count = torch.tensor(float(gaps.numel()), device=gaps.device)
+        return self.total(gaps.sum()) / self.total(count).clamp(min=1)
+
+    def verdicts(self) -> torch.Tensor:
+        """[B, K] bool: the answers judged desirable (score 1; score 0 is undesirable)."""
+        valid = self.scores[self.mask]
+        if not bool(((valid == 0) | (valid == 1)).all()):
+            raise ValueError(
+                "scores must be 1 (desirable) or 0 (undesirable) for each single answer, got "
+                f"{sorted(set(valid.tolist()))[:5]}"
+            )
+        return self.mask & (self.scores == 1)
 
     def ref_tokens(self) -> torch.Tensor:
         if self.ref_token_logps is None:
@@ -402,7 +430,7 @@ def ndcg(predicted: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> t
 class LossInfo:
     formula: str
     paper: str
-    family: str  # pairwise | listwise | sft | unlearning
+    family: str  # pairwise | listwise | unpaired | rl | sft | unlearning
     needs: tuple[str, ...]  # subset of NEEDS
     experimental: bool = False
     stateful: bool = False
@@ -429,6 +457,7 @@ NEEDS = {
     "sampling_weights": "WPO weights (the engine computes them)",
     "prompt": "prompt log-probs",
     "anchor": "a second reference (anchor_model)",
+    "mismatched": "mismatched prompt/answer log-probs (KL estimate)",
 }
 
 

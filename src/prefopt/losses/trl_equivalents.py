@@ -10,7 +10,7 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class TrlEquivalent:
-    trainer: str  # TRL's trainer: "DPO", "CPO" or "ORPO"
+    trainer: str  # TRL's trainer: "DPO", "CPO", "ORPO" or "KTO"
     # the fields of its config that select the objective (TRL's defaults for the rest)
     config: dict[str, Any]
     loss: dict[str, float]  # prefopt's `loss` setting
@@ -114,7 +114,26 @@ TRL_EQUIVALENTS: tuple[TrlEquivalent, ...] = (
     ),
 )
 
-NOT_IN_PREFOPT: dict[str, str] = {}  # TRL options prefopt does not offer yet, and why
+KTO_NOTE = (
+    "single answers with `label`; the mismatched answer of each prompt is fixed when the data is "
+    "read (TRL cycles answers within each batch); z₀ is the batch's mean over every process"
+)
+TRL_EQUIVALENTS += (
+    TrlEquivalent("KTO", {}, {"kto": 1.0}, {}, KTO_NOTE),
+    TrlEquivalent(
+        "KTO",
+        {"desirable_weight": 1.33, "undesirable_weight": 0.7},
+        {"kto": 1.0},
+        {"kto": {"desirable_weight": 1.33, "undesirable_weight": 0.7}},
+    ),
+    TrlEquivalent("KTO", {"loss_type": "apo_zero_unpaired"}, {"apo_zero_unpaired": 1.0}),
+)
+
+NOT_IN_PREFOPT: dict[str, str] = {
+    "BCOConfig (removed from TRL in 1.x)": "`loss: bco` is its objective on single answers with "
+    "the running reward shift; the paper's underlying-distribution matching (a density-ratio "
+    "classifier on prompt embeddings) is not offered"
+}  # TRL options prefopt does not offer yet, and why
 
 
 # TRL's GRPOTrainer: each `loss_type` as `grpo`'s parameters (tests/losses/test_trl_grpo.py checks
