@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.data.layouts import apply_columns, check_columns, grouped_layout, recognise
-from prefopt.data.records import DataError, PreferenceRecord, parse_row
+from prefopt.data.records import DataError, PreferenceRecord, label_value, parse_row
 
 _LIST_FIELDS = ("completions", "scores", "ranks", "chosen", "rejected", "prompt")
+_NUMBER_FIELDS = ("score", "rating")  # a CSV cell is text; these hold one number
 
 
 @dataclasses.dataclass
@@ -65,10 +66,14 @@ def load_records(
     split: str = "train",
     columns: dict[str, str] | None = None,
     min_completions: int = 2,
+    single_answers: bool = False,
 ) -> LoadedData:
     """Load and validate every row, in prefopt's layout or a well-known one (prefopt.data.layouts),
     with the table's fields renamed by `columns`. By default the first bad row raises a DataError
-    naming the file, row and field; with `skip_invalid`, bad rows are dropped and counted by reason."""
+    naming the file, row and field; with `skip_invalid`, bad rows are dropped and counted by reason.
+    Single answers with a `label` or `rating` are grouped by prompt into lists (a prompt's answers
+    compared by their labels or ratings); with `single_answers`, each is kept as a record of its
+    own (for the objectives that train on single answers: data/feedback.py)."""
     name = str(source)
     check_columns(columns)
     records: list[tuple[int, PreferenceRecord]] = []
@@ -92,10 +97,13 @@ def load_records(
             if isinstance(row, DataError):
                 raise row
             row = apply_columns(row, columns)
-            if grouped_layout(row) is not None:
-                groups.setdefault(json.dumps(row["prompt"], sort_keys=True), []).append(
-                    (row_number, row)
-                )
+            feedback = None if single_answers else _feedback_field(row)
+            if feedback is not None:
+                parse_row(row)  # its label or rating checked here, where the row is named
+            grouped = grouped_layout(row) or feedback
+            if grouped is not None:
+                key = json.dumps([grouped, row["prompt"]], sort_keys=True)
+                groups.setdefault(key, []).append((row_number, row))
                 continue
             layout, row = recognise(row)
             record = parse_row(
@@ -113,7 +121,7 @@ def load_records(
         )
     for members in groups.values():
         numbers = [number for number, _ in members]
-        where = "rows " + ", ".join(map(str, numbers))
+        where = f"row {numbers[0]}" if len(numbers) == 1 else "rows " + ", ".join(map(str, numbers))
         try:
             record = parse_row(
                 _grouped_row([row for _, row in members]),
@@ -122,7 +130,8 @@ def load_records(
                 min_completions=min_completions,
             )
         except DataError as error:
-            fail(error, where)
+            fail(_feedback_error(members[0][1], len(members), error),
+                 numbers[0] if len(numbers) == 1 else where)  # fmt: skip
             continue
         layouts["one response per row, grouped by prompt"] += 1
         records.append((numbers[0], dataclasses.replace(record, source=f"{name}, {where}")))
@@ -139,16 +148,43 @@ def load_records(
     )
 
 
+def _feedback_field(row: Any) -> tuple[str, str] | None:
+    """("completion", "label" or "rating") for a single answer with a verdict or a rating."""
+    if not isinstance(row, dict) or "prompt" not in row or "completion" not in row:
+        return None
+    given = [field for field in ("label", "rating", "edited") if field in row]
+    return ("completion", given[0]) if given in (["label"], ["rating"]) else None
+
+
+def _feedback_error(row: dict, count: int, error: DataError) -> DataError:
+    """What a prompt's single answers lack to be compared (a second answer, or a difference), said
+    in the words of feedback; any other error as it was."""
+    field = (_feedback_field(row) or (None, None))[1]
+    if field is None or error.reason not in ("too few completions", "all scores tied"):
+        return error
+    single = "train single answers with loss kto, bco or apo_zero_unpaired"
+    if count == 1:
+        return DataError(
+            f'one answer with a "{field}" and no other answer to its prompt to compare it with '
+            f"({single})",
+            reason="single answer",
+        )
+    return DataError(
+        f'all {count} answers to this prompt have the same "{field}": nothing to prefer ({single})',
+        reason="all scores tied",
+    )
+
+
 def _grouped_row(rows: list[dict]) -> dict:
-    """Rows of one prompt, one response each (HelpSteer2: `response` and `helpfulness`), as a list."""
-    text, score = grouped_layout(rows[0])
+    """Rows of one prompt, one response each (HelpSteer2: `response` and `helpfulness`; a single
+    answer's `label` or `rating`), as a list."""
+    text, score = grouped_layout(rows[0]) or _feedback_field(rows[0])
     extra = {k: v for k, v in rows[0].items() if k not in ("prompt", text, score)}
-    return {
-        **extra,
-        "prompt": rows[0]["prompt"],
-        "completions": [row[text] for row in rows],
-        "scores": [row[score] for row in rows],
-    }
+    scores = [row[score] for row in rows]
+    if score == "label":
+        scores = [1.0 if label_value(value) else 0.0 for value in scores]
+    return {**extra, "prompt": rows[0]["prompt"], "completions": [row[text] for row in rows],
+            "scores": scores}  # fmt: skip
 
 
 def _rows(name: str, split: str) -> Iterator[tuple[int, Any]]:
@@ -261,9 +297,18 @@ def _csv(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
                         ),
                     )
                     break
+            if key in _NUMBER_FIELDS:
+                value = _number_or_text(value)
             parsed[key] = value
         else:
             yield number, parsed
+
+
+def _number_or_text(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value  # the record names the field and its text
 
 
 def _parquet(path: Path) -> Iterator[tuple[int, Any]]:

@@ -1,6 +1,8 @@
 """One record type for every preference format: a prompt and K completions with scores (a pair is
-K = 2 with scores (1, 0)). `parse_row` turns one row of any supported format into a record or
-raises a DataError that names the field."""
+K = 2 with scores (1, 0); an edit is the pair edited ≻ original; a single answer with a verdict,
+thumbs up or down, is K = 1 with score 1 or 0, and one with a rating is K = 1 with the rating).
+`parse_row` turns one row of any supported format into a record or raises a DataError that names
+the field."""
 
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ class PreferenceRecord:
     completions: tuple[Text, ...]  # each a string or the assistant turn(s) that follow the prompt
     scores: tuple[float, ...]  # higher is better
     source: str = ""  # "file, row N", for messages later on
+    # "list" (K >= 2 compared answers), or one answer with a "label" (score 1 good, 0 bad) or a
+    # "rating" (the score); data/feedback.py turns each into what an objective trains on
+    kind: str = "list"
     # the row's other fields (a verifier's constraints or tests, generation metadata), kept as they were
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
@@ -63,7 +68,9 @@ def parse_row(
         raise DataError(
             f"expected an object with fields, got {type(row).__name__}", reason="not an object"
         )
-    if "chosen" in row or "rejected" in row:
+    if "completion" in row and ("label" in row or "rating" in row or "edited" in row):
+        record = _single(row)
+    elif "chosen" in row or "rejected" in row:
         record = _pair(row)
     elif "completions" in row:
         record = _ranked(row, require_scores, min_completions)
@@ -80,7 +87,51 @@ def parse_row(
     return dataclasses.replace(record, extra=extra) if extra else record
 
 
-_READ_FIELDS = frozenset({"prompt", "chosen", "rejected", "completions", "scores", "ranks"})
+_READ_FIELDS = frozenset(
+    {"prompt", "chosen", "rejected", "completions", "scores", "ranks", "completion"}
+    | {"label", "rating", "edited"}
+)
+_LABELS = {"true": True, "false": False, "1": True, "0": False, "up": True, "down": False}
+
+
+def _single(row: dict) -> PreferenceRecord:
+    """One answer with feedback: `label` (true: good), `rating` (a number, higher is better) or
+    `edited` (the answer as someone corrected it: the pair edited ≻ original)."""
+    given = [field for field in ("label", "rating", "edited") if field in row]
+    if len(given) > 1:
+        raise DataError(
+            'give one of "label", "rating" or "edited", not '
+            + " and ".join(f'"{field}"' for field in given),
+            reason="several kinds of feedback",
+        )
+    prompt = _prompt(row)
+    completion = _text(row["completion"], "completion", empty_ok=isinstance(prompt, list))
+    if given == ["edited"]:
+        edited = _text(row["edited"], "edited", empty_ok=isinstance(prompt, list))
+        if edited == completion:
+            raise DataError('"edited" is the same as "completion"', reason="identical completions")
+        return PreferenceRecord(prompt=prompt, completions=(edited, completion), scores=(1.0, 0.0))
+    if given == ["label"]:
+        return PreferenceRecord(
+            prompt, (completion,), (1.0 if label_value(row["label"]) else 0.0,), kind="label"
+        )
+    return PreferenceRecord(
+        prompt, (completion,), (_number(row["rating"], '"rating"'),), kind="rating"
+    )
+
+
+def label_value(value: Any) -> bool:
+    """A verdict as tools write it: true/false, 1/0, or the words up/down (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _LABELS:
+        return _LABELS[value.strip().lower()]
+    raise DataError(
+        f'"label" must be true (a good answer) or false (a bad one), got {value!r}',
+        reason="wrong type",
+    )
 
 
 def _pair(row: dict) -> PreferenceRecord:

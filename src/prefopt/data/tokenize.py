@@ -185,6 +185,9 @@ def _plain_ids(record: PreferenceRecord, tokenizer) -> tuple[list[int], list[lis
             shared = n
             break
     alone = _encode(tokenizer, prompt, special=True)
+    if len(joint) == 1:  # one answer (a verdict or a rating): the prompt is what it shares with it
+        shared = next((n for n in range(shared) if n >= len(alone) or joint[0][n] != alone[n]),
+                      shared)  # fmt: skip
     return joint[0][:shared], [ids[shared:] for ids in joint], joint[0][:shared] != alone
 
 

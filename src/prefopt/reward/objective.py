@@ -27,6 +27,7 @@ class RewardObjective:
 
     needs: set[str] = set()
     needs_reference = False
+    unpaired = False  # ratings and verdicts train as lists of a prompt's answers
 
     def __init__(
         self,

@@ -48,6 +48,13 @@ class RunSettings(BaseModel):
         "chosen: good, rejected: bad}; completion and score "
         "for one response per row, grouped by prompt).",
     )
+    desirable_rating: float | None = Field(
+        None,
+        description="For objectives that train on single answers (kto, bco, apo_zero_unpaired): "
+        "an answer with a `rating` at or above this is desirable, below it undesirable (e.g. 4 "
+        "on a 1-5 scale). Ratings of several answers to one prompt train other objectives as "
+        "scored lists, without it.",
+    )
     skip_invalid: bool = Field(
         False,
         description="Drop bad rows and print a count by reason, instead of stopping "

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 from prefopt.data import TokenizeSettings, load_records, split_by_prompt, tokenize_records
+from prefopt.data.feedback import balance_warning, single_answers, verdict_counts, with_mismatched
 from prefopt.engine.model import ModelCache, load_tokenizer
+from prefopt.losses import Objective
 from prefopt.train.config import RunSettings
 
 
@@ -44,22 +46,30 @@ DATA_SETTINGS = (
     "max_completion_tokens",
     "prompt_truncation",
     "chat_template",
+    "desirable_rating",
 )
 
 
-def load_data(config: RunSettings, tokenizer, say):
-    loaded = load_records(config.data, skip_invalid=config.skip_invalid, columns=config.columns)
+def load_data(config: RunSettings, tokenizer, say, objective: Objective | None = None):
+    """The train and eval lists, tokenized; for an objective over single answers, each answer a
+    list of its own (with a mismatched answer after it where the objective reads one)."""
+    unpaired = objective is not None and objective.unpaired
+    read = lambda source: load_records(source, skip_invalid=config.skip_invalid,
+                                       columns=config.columns, single_answers=unpaired)  # fmt: skip
+    loaded = read(config.data)
     say(loaded.summary())
     if config.eval_data:
-        eval_loaded = load_records(
-            config.eval_data, skip_invalid=config.skip_invalid, columns=config.columns
-        )
+        eval_loaded = read(config.eval_data)
         say(eval_loaded.summary())
         train_records, eval_records = loaded.records, eval_loaded.records
     else:
         train_records, eval_records = split_by_prompt(
             loaded.records, config.eval_fraction, config.seed
         )
+    if unpaired:
+        train_records = single_answers(train_records, config.desirable_rating)
+        eval_records = single_answers(eval_records, config.desirable_rating)
+        _say_balance(objective, verdict_counts(train_records), say)
     settings = TokenizeSettings(
         config.max_prompt_tokens,
         config.max_completion_tokens,
@@ -68,6 +78,8 @@ def load_data(config: RunSettings, tokenizer, say):
     )
     train_data, counts = tokenize_records(train_records, tokenizer, settings)
     eval_data, _ = tokenize_records(eval_records, tokenizer, settings)
+    if unpaired and "mismatched" in objective.needs:
+        train_data, eval_data = with_mismatched(train_data), with_mismatched(eval_data, train_data)
     sizes = sorted({len(e.completion_ids) for e in train_data})
     say(
         f"data: {len(train_data)} train lists, {len(eval_data)} eval lists (split by prompt), "
@@ -76,8 +88,22 @@ def load_data(config: RunSettings, tokenizer, say):
     return train_data, eval_data
 
 
-def reused_data(config: RunSettings, tokenizer, say, reuse: Reuse):
-    key = repr([getattr(config, name) for name in DATA_SETTINGS])
+def _say_balance(objective: Objective, counts: tuple[int, int], say) -> None:
+    desirable, undesirable = counts
+    say(f"data: {desirable} desirable and {undesirable} undesirable single answers")
+    if "kto" in objective.weights:
+        params = objective.params.get("kto", {})
+        weights = (params.get("desirable_weight", 1.0), params.get("undesirable_weight", 1.0))
+        warning = balance_warning(desirable, undesirable, weights)
+        if warning:
+            say(f"[yellow]warning:[/] {warning}")
+
+
+def reused_data(
+    config: RunSettings, tokenizer, say, reuse: Reuse, objective: Objective | None = None
+):
+    layout = objective is not None and (objective.unpaired, "mismatched" in objective.needs)
+    key = repr([getattr(config, name) for name in DATA_SETTINGS] + [layout])
     if key in reuse.data:
         reuse.hits["data"] += 1
         train_data, eval_data = reuse.data[key]
@@ -85,5 +111,5 @@ def reused_data(config: RunSettings, tokenizer, say, reuse: Reuse):
             f"data: {len(train_data)} train lists, {len(eval_data)} eval lists, as tokenized for an earlier run"
         )
     else:
-        reuse.data[key] = load_data(config, tokenizer, say)
+        reuse.data[key] = load_data(config, tokenizer, say, objective)
     return reuse.data[key]

@@ -237,9 +237,9 @@ class _Run:
         seed_everything(config.seed)
         tokenizer = reuse.tokenizer(config.model) if reuse else load_tokenizer(config.model)
         if reuse:
-            train_data, eval_data = reused_data(config, tokenizer, say, reuse)
+            train_data, eval_data = reused_data(config, tokenizer, say, reuse, objective)
         else:
-            train_data, eval_data = load_data(config, tokenizer, say)
+            train_data, eval_data = load_data(config, tokenizer, say, objective)
         engine, lora = _engine(config, task, objective, engine_settings, tokenizer, reuse)
         frozen = 0
         if precision == "bf16" and lora and engine_settings.frozen_in_bf16:
@@ -405,8 +405,9 @@ class _Run:
             key["compiled"] = True
         return ReferenceCache(cache_dir() / "reference", key)
 
-    def losses(self, indices: list[int], split: str):
-        """The objective on the lists `indices` of `split` ("train" or "eval")."""
+    def losses(self, indices: list[int], split: str, across=None):
+        """The objective on the lists `indices` of `split` ("train" or "eval"); `across` sums a
+        batch-wide quantity over the processes that share the step (ListBatch.across)."""
         batching, train = self.batching, split == "train"
         examples = self.data.train if train else self.data.eval
         collated = collate(
@@ -439,7 +440,10 @@ class _Run:
             sampling_log_weights=result.sampling_log_weights,
             prompt_logps=result.prompt_logps,
             prompt_lengths=None if result.prompt_logps is None else collated.prompt_lengths,
+            across=across,
         )
+        if "mismatched" in self.objective.needs:
+            batch = _mismatched_apart(batch)
         return self.objective(batch, train=train), collated
 
     def step(self, planned: PlannedStep) -> tuple[dict, int, float]:
@@ -452,10 +456,14 @@ class _Run:
         ]
         metrics = MetricMeans()
         real_tokens = padded_tokens = 0
+        # every process holds `accumulation` micro-batches of a full step, and so can sum a
+        # quantity across the processes at each (a bucket's short last step holds fewer)
+        lockstep = processes > 1 and len(lists) >= self.batching.accumulation * processes
+        across = _sum_across_processes if lockstep else None
         for i, indices in enumerate(micro):
             sync = i == len(micro) - 1
             with contextlib.nullcontext() if sync else self.accelerator.no_sync(trainee.engine):
-                out, collated = self.losses(indices, "train")
+                out, collated = self.losses(indices, "train", across)
                 loss = out.loss.mean()
                 if not torch.isfinite(loss):
                     path = self.checkpoint()
@@ -575,6 +583,24 @@ def accelerator_for(config) -> tuple[Accelerator, str, str]:
     # without cpu=True, accelerate ignores torchrun's multi-process environment on a CPU-only machine
     mixed = "bf16" if precision == "bf16" else "no"
     return Accelerator(mixed_precision=mixed, cpu=not on_gpu), precision, why
+
+
+def _sum_across_processes(value: torch.Tensor) -> torch.Tensor:
+    value = value.clone()
+    torch.distributed.all_reduce(value)
+    return value
+
+
+def _mismatched_apart(batch: ListBatch) -> ListBatch:
+    """Lists of [answer, mismatched answer] (data/feedback.py) as single answers with the
+    mismatched answers' log-probs beside them."""
+    answer = lambda values: None if values is None else values[:, :1]
+    return ListBatch(
+        logps=answer(batch.logps), ref_logps=answer(batch.ref_logps),
+        lengths=answer(batch.lengths), scores=answer(batch.scores), mask=answer(batch.mask),
+        mismatched_logps=batch.logps[:, 1], mismatched_ref_logps=batch.ref_logps[:, 1],
+        across=batch.across,
+    )  # fmt: skip
 
 
 def _engine(
