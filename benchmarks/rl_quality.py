@@ -97,14 +97,12 @@ def run_trl(args, out: Path) -> Path:
 def measure(model: str, folder: Path) -> dict:
     """The demo's measurement of a policy: greedy answers to the held-out prompts and to the
     unseen constraint types, scored by the verifier."""
+    import torch
     from rich.console import Console
 
     from prefopt.demo import write_task
     from prefopt.demo.run import LOOP_SETTINGS, _answers
     from prefopt.demo.task import satisfaction
-
-    import torch
-
     from prefopt.engine.precision import decode_precision
 
     task = write_task(folder / "task")

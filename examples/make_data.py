@@ -1,5 +1,6 @@
-"""Write the example preference data: examples/data/lists.jsonl (ranked lists of 4) and
-examples/data/pairs.jsonl (pairs), from hand-written facts and formatting constraints.
+"""Write the example preference data: examples/data/lists.jsonl (ranked lists of 4),
+examples/data/pairs.jsonl (pairs) and examples/data/thumbs.jsonl (one answer a prompt with a thumbs
+up or down), from hand-written facts and formatting constraints.
 
 Each prompt asks a factual question with one formatting constraint. The four completions, best
 first: the right answer following the constraint; the right answer ignoring it; an evasive
@@ -341,11 +342,28 @@ def pairs(lists: list[dict]) -> list[dict]:
     ]
 
 
+def thumbs(lists: list[dict]) -> list[dict]:
+    """One answer to each prompt with a verdict, as a deployed model collects them: every other
+    prompt its best answer (up), the rest one of the three others (down)."""
+    return [
+        {
+            "prompt": row["prompt"],
+            "completion": row["completions"][0 if i % 2 == 0 else 1 + (i // 2) % 3],
+            "label": i % 2 == 0,
+        }
+        for i, row in enumerate(lists)
+    ]
+
+
 def main() -> None:
     out = Path(__file__).parent / "data"
     out.mkdir(exist_ok=True)
     lists = ranked_lists()
-    for name, rows in (("lists.jsonl", lists), ("pairs.jsonl", pairs(lists))):
+    for name, rows in (
+        ("lists.jsonl", lists),
+        ("pairs.jsonl", pairs(lists)),
+        ("thumbs.jsonl", thumbs(lists)),
+    ):
         (out / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
         print(f"wrote {len(rows)} rows to {out / name}")
 

@@ -52,3 +52,20 @@ def test_every_relative_link_resolves():
                 assert (page.parent / target).exists(), (
                     f"{page.name} links to {target}, which does not exist"
                 )
+
+
+def test_every_example_config_loads_and_its_data_reads():
+    from prefopt.data import load_records
+    from prefopt.loop.config import LoopConfig
+    from prefopt.rl.config import RLConfig
+    from prefopt.settings import load_config
+    from prefopt.train import TrainConfig
+    from prefopt.tune.config import TuneConfig
+
+    kinds = {"loop": LoopConfig, "rl": RLConfig, "tune": TuneConfig}
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        config = load_config(kinds.get(path.stem, TrainConfig), str(path), [])
+        data = getattr(config, "data", None)
+        if data and (ROOT / data).exists():
+            objective = config.build_objective()
+            assert load_records(ROOT / data, single_answers=objective.unpaired).records, path
