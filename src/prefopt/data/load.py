@@ -15,6 +15,7 @@ from typing import Any
 
 from prefopt.data.layouts import apply_columns, check_columns, grouped_layout, recognise
 from prefopt.data.records import DataError, PreferenceRecord, label_value, parse_row
+from prefopt.data.tools import argilla_rows, is_argilla_folder, is_label_studio, label_studio_rows
 
 _LIST_FIELDS = ("completions", "scores", "ranks", "chosen", "rejected", "prompt")
 _NUMBER_FIELDS = ("score", "rating")  # a CSV cell is text; these hold one number
@@ -189,7 +190,9 @@ def _grouped_row(rows: list[dict]) -> dict:
 
 def _rows(name: str, split: str) -> Iterator[tuple[int, Any]]:
     path = Path(name)
-    if path.is_dir():
+    if path.is_dir() and is_argilla_folder(path):
+        yield from argilla_rows(path)
+    elif path.is_dir():
         yield from _dataset_folder(path)
     elif path.exists():
         suffix = path.suffix.lower()
@@ -261,6 +264,9 @@ def _json(path: Path) -> Iterator[tuple[int, Any]]:
         ) from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"train": [...]} or {"data": [...]}
+    if is_label_studio(data):
+        yield from label_studio_rows(data)
+        return
     if not isinstance(data, list):
         raise DataError(
             "a .json file must hold a list of rows (use .jsonl for one row per line)",
