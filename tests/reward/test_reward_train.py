@@ -165,3 +165,29 @@ def test_resume_equals_uninterrupted(tiny_model, lists_file, tmp_path, lora):
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
     assert resumed.eval_end["loss"] == pytest.approx(whole.eval_end["loss"])
+
+
+def single_answer_rows(n: int, seed: int, feedback: str) -> list[dict]:
+    """Each toy pair's answers apart: thumbs (the lowercase answer up) or ratings (4 and 1)."""
+    rows = []
+    for row in toy_rows(n, seed=seed):
+        for answer, good in ((row["chosen"], True), (row["rejected"], False)):
+            value = good if feedback == "label" else (4.0 if good else 1.0)
+            rows.append({"prompt": row["prompt"], "completion": answer, feedback: value})
+    return rows[::2] + rows[1::2]  # a prompt's two answers far apart in the file
+
+
+@pytest.mark.parametrize(
+    ("objective", "feedback"), [("logistic", "label"), ("regression", "rating")]
+)
+def test_learns_single_answers_with_a_pointwise_objective(
+    tiny_model, tmp_path, objective, feedback
+):
+    data = write_jsonl(tmp_path / "singles.jsonl", single_answer_rows(48, 7, feedback))
+    result = reward_train(config(tiny_model, data, tmp_path / "rm", lora=False, objective=objective,
+                                 desirable_rating=3, learning_rate=1e-3, epochs=6))  # fmt: skip
+    assert result.eval_end["loss"] < result.eval_start["loss"] * 0.7
+    if objective == "logistic":  # σ(r) > 0.5 exactly for the answers given a thumbs up
+        assert result.eval_end["accuracy"] > 0.9
+    else:  # below the ratings' variance (2.25): the reward tells the answers apart
+        assert result.eval_end["mse"] < 1.0

@@ -42,6 +42,16 @@ def single_answers(
     return singles
 
 
+def scored_answers(records: list[PreferenceRecord]) -> list[PreferenceRecord]:
+    """Every answer as a record of its own with its score: a label's 1 or 0, a rating, a list's
+    score (for objectives that regress a score)."""
+    return [
+        dataclasses.replace(record, completions=(completion,), scores=(score,), kind="rating")
+        for record in records
+        for completion, score in zip(record.completions, record.scores, strict=True)
+    ]
+
+
 def verdict_counts(singles: list[PreferenceRecord]) -> tuple[int, int]:
     """(desirable, undesirable) answers."""
     desirable = sum(record.scores[0] == 1.0 for record in singles)

@@ -90,6 +90,12 @@ class Objective:
         return any(LOSSES[name].info.family == "unpaired" for name in self.weights)
 
     @property
+    def single_answers(self) -> str | None:
+        """What the data's single answers train as: "verdicts" (KTO and its kin) or None (they
+        are grouped by prompt into lists)."""
+        return "verdicts" if self.unpaired else None
+
+    @property
     def needs_reference(self) -> bool:
         return "ref" in self.needs
 

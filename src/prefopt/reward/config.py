@@ -22,11 +22,13 @@ class RewardConfig(RunSettings):
     learning_rate: float = Field(
         1e-5, gt=0, description="AdamW peak learning rate (LoRA usually wants ~1e-4)."
     )
-    objective: Literal["plackett_luce", "bradley_terry"] = Field(
+    objective: Literal["plackett_luce", "bradley_terry", "logistic", "regression"] = Field(
         "plackett_luce",
         description="plackett_luce: the likelihood of each list's ranking (ties share a place; "
         "on a pair it is Bradley–Terry); bradley_terry: every pair of a list with "
-        "a higher score, averaged per list.",
+        "a higher score, averaged per list; logistic: each answer alone, σ(r) the "
+        "probability it is desirable (thumbs; ratings at desirable_rating; a list's "
+        "best answers); regression: each answer alone, r regresses its rating or score.",
     )
     margin: float = Field(
         0.0,

@@ -15,7 +15,12 @@ from prefopt.losses import LOSSES, ListBatch, LossOutput
 REWARD_OBJECTIVES = {
     "bradley_terry": "dpo",  # −log σ(r_w − r_l − m·(s_w − s_l)); on a list, every pair with a higher score
     "plackett_luce": "plackett_luce",  # −Σ_k [r_k − log Σ_{j ranked ≤ k} exp r_j]; K = 2 is Bradley–Terry
+    # single answers: −log σ(r) if desirable, −log σ(−r) if not (BCO's classifier with no shift)
+    "logistic": "bco",
+    "regression": None,  # single answers: (r − score)², a rating's or a list's score
 }
+# what each objective trains on when the data has single answers: their verdicts, or their scores
+SINGLE_ANSWERS = {"logistic": "verdicts", "regression": "scores"}
 # the policy's metrics that mean nothing for a reward model (its "log-probs" are its rewards)
 _POLICY_METRICS = ("logps/chosen", "logps/rejected", "ranking_accuracy")
 
@@ -27,7 +32,6 @@ class RewardObjective:
 
     needs: set[str] = set()
     needs_reference = False
-    unpaired = False  # ratings and verdicts train as lists of a prompt's answers
 
     def __init__(
         self,
@@ -47,9 +51,13 @@ class RewardObjective:
             raise ValueError(
                 f"center_rewards_coefficient must be a finite number >= 0, got {coefficient!r}"
             )
-        self.loss = LOSSES[REWARD_OBJECTIVES[objective]]
+        name = REWARD_OBJECTIVES[objective]
+        self.loss = LOSSES[name] if name else _regression
         self.params = {"beta": 1.0} | ({"margin": margin} if margin else {})
+        self.params |= {"delta": 0.0} if objective == "logistic" else {}
         self.center = coefficient
+        self.single_answers = SINGLE_ANSWERS.get(objective)
+        self.unpaired = self.single_answers is not None
 
     def __call__(self, batch: ListBatch, *, train: bool = True) -> LossOutput:
         rewards = ListBatch(
@@ -61,6 +69,9 @@ class RewardObjective:
         )
         out = self.loss(rewards, **self.params)
         metrics = {key: value for key, value in out.metrics.items() if key not in _POLICY_METRICS}
+        if self.single_answers == "verdicts":  # the verdict the reward predicts: good when r > 0
+            right = (rewards.logps > 0) == (rewards.scores == 1)
+            metrics["accuracy"] = _answer_mean(right.float(), rewards.mask)
         loss = out.loss
         if self.center:
             mask = rewards.mask
@@ -75,3 +86,15 @@ class RewardObjective:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def _answer_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask, values, 0.0).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def _regression(batch: ListBatch, beta: float = 1.0) -> LossOutput:
+    """(r − s)² per answer, averaged per list: the reward regresses the score (a rating)."""
+    rewards = batch.logps
+    squared = (rewards - batch.scores) ** 2
+    loss = _answer_mean(squared, batch.mask)
+    return LossOutput(loss, {"rewards": rewards.detach(), "mse": loss.detach()})

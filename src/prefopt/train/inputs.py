@@ -6,7 +6,13 @@ from __future__ import annotations
 import dataclasses
 
 from prefopt.data import TokenizeSettings, load_records, split_by_prompt, tokenize_records
-from prefopt.data.feedback import balance_warning, single_answers, verdict_counts, with_mismatched
+from prefopt.data.feedback import (
+    balance_warning,
+    scored_answers,
+    single_answers,
+    verdict_counts,
+    with_mismatched,
+)
 from prefopt.engine.model import ModelCache, load_tokenizer
 from prefopt.losses import Objective
 from prefopt.train.config import RunSettings
@@ -53,7 +59,8 @@ DATA_SETTINGS = (
 def load_data(config: RunSettings, tokenizer, say, objective: Objective | None = None):
     """The train and eval lists, tokenized; for an objective over single answers, each answer a
     list of its own (with a mismatched answer after it where the objective reads one)."""
-    unpaired = objective is not None and objective.unpaired
+    singles = None if objective is None else objective.single_answers
+    unpaired = singles is not None
     read = lambda source: load_records(source, skip_invalid=config.skip_invalid,
                                        columns=config.columns, single_answers=unpaired)  # fmt: skip
     loaded = read(config.data)
@@ -66,7 +73,9 @@ def load_data(config: RunSettings, tokenizer, say, objective: Objective | None =
         train_records, eval_records = split_by_prompt(
             loaded.records, config.eval_fraction, config.seed
         )
-    if unpaired:
+    if singles == "scores":
+        train_records, eval_records = scored_answers(train_records), scored_answers(eval_records)
+    elif singles == "verdicts":
         train_records = single_answers(train_records, config.desirable_rating)
         eval_records = single_answers(eval_records, config.desirable_rating)
         _say_balance(objective, verdict_counts(train_records), say)
@@ -91,7 +100,7 @@ def load_data(config: RunSettings, tokenizer, say, objective: Objective | None =
 def _say_balance(objective: Objective, counts: tuple[int, int], say) -> None:
     desirable, undesirable = counts
     say(f"data: {desirable} desirable and {undesirable} undesirable single answers")
-    if "kto" in objective.weights:
+    if isinstance(objective, Objective) and "kto" in objective.weights:
         params = objective.params.get("kto", {})
         weights = (params.get("desirable_weight", 1.0), params.get("undesirable_weight", 1.0))
         warning = balance_warning(desirable, undesirable, weights)
@@ -102,7 +111,7 @@ def _say_balance(objective: Objective, counts: tuple[int, int], say) -> None:
 def reused_data(
     config: RunSettings, tokenizer, say, reuse: Reuse, objective: Objective | None = None
 ):
-    layout = objective is not None and (objective.unpaired, "mismatched" in objective.needs)
+    layout = objective is not None and (objective.single_answers, "mismatched" in objective.needs)
     key = repr([getattr(config, name) for name in DATA_SETTINGS] + [layout])
     if key in reuse.data:
         reuse.hits["data"] += 1
