@@ -356,3 +356,71 @@ def test_gold_items_come_mixed_in_and_the_admin_sees_agreement_with_them(browser
         assert cells["gold labels"] == "1" and cells["agreement with gold"] == "1"
     finally:
         server.stop()
+
+
+def test_thumbs_ratings_and_edits_in_a_browser(browser, tmp_path):
+    """A person judges one answer three ways, by mouse and by keyboard; what they clicked is what
+    the store keeps. The seconds from handing out to submission of each label are printed (and
+    written to $PREFOPT_LABEL_TIMINGS): the app's own share of a label's time, for clicks made as
+    fast as a script makes them."""
+    shots = Path(os.environ.get("PREFOPT_SCREENSHOTS", tmp_path / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"prompt": "Give a one-line summary of photosynthesis.", "task": "thumbs",
+         "completion": "Plants turn light, water and carbon dioxide into sugar and oxygen."},
+        {"prompt": "Say hello in French.", "task": "thumbs", "completion": "Hola!"},
+        {"prompt": "Explain why the sky is blue.", "task": "rating",
+         "scale": {"1": "wrong", "3": "partly right", "5": "right and clear"},
+         "completion": "Air scatters short (blue) wavelengths of sunlight more than long ones."},
+        {"prompt": "Explain what a prime number is.", "task": "rating",
+         "completion": "A number with exactly two divisors: 1 and itself."},
+        {"prompt": "Correct the spelling: 'Teh cat sat on teh mat.'", "task": "edit",
+         "completion": "Teh cat sat on the mat."},
+    ]  # fmt: skip
+    items = write_items(tmp_path / "items.jsonl", rows)
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    token = Store(db).add_user("ann")
+    server = Server(items, db)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        log_in(page, server, token)
+        # thumbs by mouse, with a reason; then by keyboard
+        page.wait_for_selector("#thumbs:not([hidden])")
+        page.click("button[data-verdict=good]")
+        page.fill("#comment", "accurate and short")
+        page.screenshot(path=shots / "label-thumbs.png")
+        page.click("#submit")
+        page.wait_for_selector("#prompt:has-text('French')")
+        page.keyboard.press("2")  # bad
+        page.keyboard.press("Enter")
+        # ratings: the anchors shown; a point by mouse, then by keyboard (3rd point = 3)
+        page.wait_for_selector("#rating:not([hidden]) button")
+        assert "right and clear" in page.inner_text("#rating")
+        page.click("#rating button[data-point='4']")
+        page.screenshot(path=shots / "label-rating.png")
+        page.click("#submit")
+        page.wait_for_selector("#prompt:has-text('prime')")
+        page.keyboard.press("3")
+        page.keyboard.press("Enter")
+        # the edit: the answer in a text box, corrected, Ctrl+Enter
+        page.wait_for_selector("#edited:not([hidden])")
+        assert page.input_value("#edited") == "Teh cat sat on the mat."
+        page.fill("#edited", "The cat sat on the mat.")
+        page.screenshot(path=shots / "label-edit.png")
+        page.focus("#edited")
+        page.keyboard.press("Control+Enter")
+        page.wait_for_selector("#done:not([hidden])")
+    finally:
+        server.stop()
+    labels = Store(db).labels()
+    assert [(label["task"], label["value"]) for label in labels] == [
+        ("thumbs", {"label": True}), ("thumbs", {"label": False}), ("rating", {"rating": 4}),
+        ("rating", {"rating": 3}),
+        ("edit", {"edited": "The cat sat on the mat.", "changed": True}),
+    ]  # fmt: skip
+    assert labels[0]["comment"] == "accurate and short"
+    seconds = {task: [label["seconds"] for label in labels if label["task"] == task]
+               for task in ("thumbs", "rating", "edit")}  # fmt: skip
+    print("seconds per label (handed out to submitted):", seconds)
+    if os.environ.get("PREFOPT_LABEL_TIMINGS"):
+        Path(os.environ["PREFOPT_LABEL_TIMINGS"]).write_text(json.dumps(seconds))

@@ -48,8 +48,8 @@ def label_serve(
         Path | None,
         typer.Option(
             "--items",
-            help="Prompts with K ≥ 2 completions, in any format "
-            "`prefopt train` reads (scores not needed).",
+            help="Prompts with K ≥ 2 completions to rank, or one `completion` to judge, in "
+            "any format `prefopt train` reads (scores not needed).",
         ),
     ] = None,
     db: DbOption = "labels.db",
@@ -79,6 +79,22 @@ def label_serve(
         Path | None,
         typer.Option(
             "--guidelines", help="A Markdown file of labelling guidelines, shown to annotators."
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="What to ask of the items that do not say (their `task` field): rank, thumbs, "
+            "rating or edit (default: rank for several answers, thumbs for one).",
+        ),
+    ] = None,
+    scale: Annotated[
+        str | None,
+        typer.Option(
+            "--scale",
+            help='Rating items\' scale as JSON, each point with its anchor: \'{"1": "useless", '
+            '"3": "fine", "5": "perfect"}\' (default 1 to 5; an item\'s `scale` wins).',
         ),
     ] = None,
     secure_cookies: Annotated[
@@ -111,7 +127,7 @@ def label_serve(
         out = console()
         if items is not None:
             loaded = load_records(items, require_scores=False)
-            added = store.add_items(loaded.records)
+            added = store.add_items(loaded.records, task=task, scale=_scale(scale))
             out.print(f"{loaded.summary()}; {added} new items added", highlight=False)
         out.print(
             f"labelling app at http://{host}:{port}/login (database {store.engine.url!r})",
@@ -121,6 +137,22 @@ def label_serve(
         uvicorn.run(app, host=host, port=port, log_level="warning")
 
     run_library(serve)
+
+
+def _scale(text: str | None) -> dict | None:
+    import json
+
+    from prefopt.errors import LabelError
+
+    if text is None:
+        return None
+    try:
+        scale = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise LabelError(f"--scale is not JSON: {error.msg}", field="scale") from None
+    if not isinstance(scale, dict):
+        raise LabelError('--scale must be a JSON object {"1": "anchor", …}', field="scale")
+    return scale
 
 
 def _add_person(name: str, db: str, role: str, create: bool) -> None:

@@ -36,7 +36,8 @@ class PreferenceRecord:
     scores: tuple[float, ...]  # higher is better
     source: str = ""  # "file, row N", for messages later on
     # "list" (K >= 2 compared answers), or one answer with a "label" (score 1 good, 0 bad) or a
-    # "rating" (the score); data/feedback.py turns each into what an objective trains on
+    # "rating" (the score), or one "answer" to be judged; data/feedback.py turns each into what
+    # an objective trains on
     kind: str = "list"
     # the row's other fields (a verifier's constraints or tests, generation metadata), kept as they were
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
@@ -74,6 +75,10 @@ def parse_row(
         record = _pair(row)
     elif "completions" in row:
         record = _ranked(row, require_scores, min_completions)
+    elif "completion" in row and not require_scores:  # one answer to be judged (the label app)
+        prompt = _prompt(row)
+        completion = _text(row["completion"], "completion", empty_ok=isinstance(prompt, list))
+        record = PreferenceRecord(prompt, (completion,), (0.0,), kind="answer")
     elif require_completions:
         fields = ", ".join(sorted(map(str, row))) or "none"
         raise DataError(

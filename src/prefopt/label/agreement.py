@@ -87,10 +87,12 @@ def _distance(metric: str, marginals: collections.Counter):
 
 
 def summary(labels: list[dict]) -> dict:
-    """Agreement over labels ({item_id, annotator, choice, ranks}, as `Store.judged()` gives
-    them): Fleiss' κ and mean pairwise Cohen's κ on pair choices, Krippendorff's α (ordinal) on
-    ranks of lists, and the 100 items whose labels differ most (ids and votes; the caller adds
-    their texts)."""
+    """Agreement over labels ({item_id, annotator, task, choice, ranks, value}, as
+    `Store.judged()` gives them): Fleiss' κ and mean pairwise Cohen's κ on pair choices and on
+    thumbs, Krippendorff's α (ordinal) on ranks of lists and (interval and ordinal) on ratings,
+    and the 100 items whose labels differ most (ids and votes; the caller adds their texts)."""
+    single = [label for label in labels if label.get("task", "rank") != "rank"]
+    labels = [label for label in labels if label.get("task", "rank") == "rank"]
     by_item: dict[int, list[dict]] = collections.defaultdict(list)
     for label in labels:
         by_item[label["item_id"]].append(label)
@@ -136,7 +138,8 @@ def summary(labels: list[dict]) -> dict:
                     "votes": {lab["annotator"]: lab["choice"] or lab["ranks"] for lab in group},
                 }
             )
-    disputed.sort(key=lambda d: (-d["disagreement"], d["item_id"]))
+    thumbs, ratings, disputed_single = _single_summary(single)
+    disputed = sorted(disputed + disputed_single, key=lambda d: (-d["disagreement"], d["item_id"]))
     return {
         "pairs": {
             "items_with_2_plus_labels": sum(len(u) >= 2 for u in pair_units),
@@ -150,8 +153,57 @@ def summary(labels: list[dict]) -> dict:
             ),
             "krippendorff_alpha_ordinal": _round(krippendorff_alpha(rank_units, "ordinal")),
         },
+        "thumbs": thumbs,
+        "ratings": ratings,
         "disputed_items": disputed[:100],
     }
+
+
+def _single_summary(labels: list[dict]) -> tuple[dict, dict, list[dict]]:
+    """Agreement on verdicts (Fleiss' κ; Cohen's κ for each two people with two or more items in
+    common) and on ratings (Krippendorff's α, interval and ordinal), and the disputed items: the
+    share of their rater pairs that differ."""
+    units: dict[str, dict[int, list]] = {"thumbs": collections.defaultdict(list),
+                                         "rating": collections.defaultdict(list)}  # fmt: skip
+    by_person: dict[str, dict[int, bool]] = collections.defaultdict(dict)
+    votes: dict[int, dict[str, object]] = collections.defaultdict(dict)
+    for label in labels:
+        value = _value(label)
+        if label["task"] in units:
+            units[label["task"]][label["item_id"]].append(value)
+            votes[label["item_id"]][label["annotator"]] = value
+        if label["task"] == "thumbs":
+            by_person[label["annotator"]][label["item_id"]] = value
+    cohen = [cohen_kappa([by_person[a][i] for i in shared], [by_person[b][i] for i in shared])
+             for a, b in itertools.combinations(sorted(by_person), 2)
+             if len(shared := sorted(set(by_person[a]) & set(by_person[b]))) >= 2]  # fmt: skip
+    cohen = [kappa for kappa in cohen if not math.isnan(kappa)]
+    rated = list(units["rating"].values())
+    thumbs = {
+        "items_with_2_plus_labels": sum(len(u) >= 2 for u in units["thumbs"].values()),
+        "fleiss_kappa": _round(fleiss_kappa(list(units["thumbs"].values()))),
+        "mean_cohen_kappa": _round(sum(cohen) / len(cohen)) if cohen else None,
+    }
+    ratings = {
+        "items_with_2_plus_labels": sum(len(u) >= 2 for u in rated),
+        "krippendorff_alpha_interval": _round(krippendorff_alpha(rated, "interval")),
+        "krippendorff_alpha_ordinal": _round(krippendorff_alpha(rated, "ordinal")),
+    }
+    disputed = []
+    for item_id, given in votes.items():
+        pairs = list(itertools.combinations(given.values(), 2))
+        differ = sum(a != b for a, b in pairs) / len(pairs) if pairs else 0.0
+        if differ > 0:
+            disputed.append({"item_id": item_id, "labels": len(given),
+                             "disagreement": round(differ, 3), "votes": dict(given)})  # fmt: skip
+    return thumbs, ratings, disputed
+
+
+def _value(label: dict):
+    """A one-answer judgement as the statistics compare it: the verdict, the rating, or for an
+    edit whether it changed the answer."""
+    value = label["value"]
+    return value["label"] if "label" in value else value.get("rating", value.get("changed"))
 
 
 def _disagreement(rankings: list[list[int]]) -> float:
@@ -187,6 +239,19 @@ def order_agreement(ranks: list[int], others: list[list[int]]) -> float | None:
     return agree / total if total else None
 
 
+def _agreement(label: dict, others: list, gold: bool = False) -> float | None:
+    """A label against gold or the others: the share of completion pairs ordered alike for a
+    ranking; for one answer, 1 when its verdict or rating is the majority's (None on a split)."""
+    if label.get("task", "rank") == "rank":
+        return order_agreement(label["ranks"], others if gold else [o["ranks"] for o in others])
+    mine = _value(label)
+    theirs = [_value({"value": other}) if gold else _value(other) for other in others]
+    votes = collections.Counter(theirs).most_common()
+    if len(votes) > 1 and votes[0][1] == votes[1][1]:
+        return None
+    return float(mine == votes[0][0])
+
+
 def quality(labels: list[dict]) -> dict[str, dict]:
     """Per person, over labels as `Store.judged()` gives them: how often their labels agree with
     gold answers, and with the majority of the others on the same regular items — a careless
@@ -196,15 +261,15 @@ def quality(labels: list[dict]) -> dict[str, dict]:
     by_item: dict[int, list[dict]] = collections.defaultdict(list)
     for label in labels:
         if label["gold"] is not None:
-            gold[label["annotator"]].append(order_agreement(label["ranks"], [label["gold"]]))
-        else:
+            gold[label["annotator"]].append(_agreement(label, [label["gold"]], gold=True))
+        elif label.get("task", "rank") != "edit":
             by_item[label["item_id"]].append(label)
     majority: dict[str, list[float | None]] = collections.defaultdict(list)
     for group in by_item.values():
         for i, label in enumerate(group):
-            others = [other["ranks"] for j, other in enumerate(group) if j != i]
+            others = [other for j, other in enumerate(group) if j != i]
             if others:
-                majority[label["annotator"]].append(order_agreement(label["ranks"], others))
+                majority[label["annotator"]].append(_agreement(label, others))
 
     def mean(values):
         values = [v for v in values if v is not None]

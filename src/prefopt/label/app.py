@@ -30,6 +30,7 @@ from prefopt.label.store import (
     Store,
     User,
 )
+from prefopt.label.tasks import MAX_EDIT, VERDICTS
 
 COOKIE = "prefopt_session"
 PAGES = Path(__file__).parent / "pages"
@@ -71,7 +72,16 @@ class LabelIn(BaseModel):
         description="For K > 2: the rank of each completion in item order, 1 = best; "
         "tied completions share the best rank of their group (1, 2, 2, 4)",
     )
-    comment: StrictStr = Field("", max_length=MAX_COMMENT)
+    verdict: Literal[VERDICTS] | None = Field(None, description="For a thumbs item: good or bad")
+    rating: Annotated[StrictInt, Field(ge=-1000, le=1000)] | None = Field(
+        None, description="For a rating item: a point of its scale"
+    )
+    edited: StrictStr | None = Field(
+        None, max_length=MAX_EDIT, description="For an edit item: the answer as corrected"
+    )
+    comment: StrictStr = Field(
+        "", max_length=MAX_COMMENT, description="Optional; a thumbs item's reason"
+    )
 
 
 class SkipIn(BaseModel):
@@ -277,9 +287,9 @@ def create_app(
         responses=_errors(404, 409, 422, 503),
     )
     def submit(body: LabelIn, who: Person) -> dict:
-        label_id = store.submit(
-            who, body.item_id, choice=body.choice, ranking=body.ranking, comment=body.comment
-        )
+        label_id = store.submit(who, body.item_id, choice=body.choice, ranking=body.ranking,
+                                comment=body.comment, verdict=body.verdict, rating=body.rating,
+                                edited=body.edited)  # fmt: skip
         return {"id": label_id, **store.progress(who)}
 
     @app.post(

@@ -8,7 +8,10 @@ pairs: per item and per pair of completions, the majority of the labels: each la
   outcomes, and left out (counted) otherwise.
 Labels and items that prefer nothing (all tied) are left out of both and counted, those calling
 both answers bad apart from ties: a list whose completions are all equal teaches nothing and
-`prefopt train` refuses it."""
+`prefopt train` refuses it.
+Labels of one answer are written in their own layouts in either format, one row each:
+{"prompt", "completion", "label"} (thumbs, with the reason as `comment`), {…, "rating"} and
+{…, "edited"} (an edit that changed nothing says the answer was right: {…, "label": true})."""
 
 from __future__ import annotations
 
@@ -27,7 +30,9 @@ def export_rows(labels: list[dict], fmt: str) -> tuple[list[dict], collections.C
     if gold:  # answers known beforehand measure the people; they are not new data
         left_out["labels of gold items"] += len(gold)
         labels = [label for label in labels if label.get("gold") is None]
-    rows = []
+    single = [label for label in labels if label.get("value") is not None]
+    labels = [label for label in labels if label.get("value") is None]
+    rows = [_single_row(label) for label in single]
     if fmt == "lists":
         for label in labels:
             if label.get("choice") == "both_bad":
@@ -75,3 +80,12 @@ def export_rows(labels: list[dict], fmt: str) -> tuple[list[dict], collections.C
             else:
                 left_out["pairs without a majority preference"] += 1
     return rows, left_out
+
+
+def _single_row(label: dict) -> dict:
+    value = {key: val for key, val in label["value"].items() if key != "changed"}
+    if label["value"].get("changed") is False:
+        value = {"label": True}
+    return {"prompt": label["prompt"], "completion": label["completions"][0], **value,
+            "item_id": label["item_id"], "annotator": label["annotator"],
+            **({"comment": label["comment"]} if label["comment"] else {})}  # fmt: skip

@@ -20,6 +20,7 @@ from prefopt.errors import LabelError
 from prefopt.label import agreement
 from prefopt.label.database import file_identity, make_engine, serialize, sqlite_file, upgrade
 from prefopt.label.names import normalized_name, skeleton
+from prefopt.label.tasks import SINGLE, gold_value, scale_of, single_value, task_of
 
 ROLES = ("annotator", "admin")
 # a/b = completions[0]/[1] of the item, whatever side they were shown on
@@ -53,6 +54,8 @@ class Item(Base):
     prompt: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON: a string or chat messages
     completions: orm.Mapped[str] = orm.mapped_column(sa.Text)  # JSON list
     k: orm.Mapped[int]
+    task: orm.Mapped[str] = orm.mapped_column(sa.String(10), default="rank")  # label/tasks.py
+    scale: orm.Mapped[str | None] = orm.mapped_column(sa.Text)  # JSON {point: anchor}, ratings
     priority: orm.Mapped[float] = orm.mapped_column(default=0.0, index=True)
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
 
@@ -102,6 +105,8 @@ class Label(Base):
     ranks: orm.Mapped[str] = orm.mapped_column(sa.Text)
     display_order: orm.Mapped[str] = orm.mapped_column(sa.Text)
     comment: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
+    # one-answer tasks: JSON {"label"} | {"rating"} | {"edited", "changed"}
+    value: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     seconds: orm.Mapped[float | None]  # from handing out to submission
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=_now)
 
@@ -279,17 +284,25 @@ class Store:
         return token
 
     # items --------------------------------------------------------------------------------
-    def add_items(self, records) -> int:
+    def add_items(self, records, task: str | None = None, scale: dict | None = None) -> int:
         """Add PreferenceRecords (or anything with prompt, completions, source) and return how
         many were new. An item is its content: a record with the prompt and completions of a
         stored item adds nothing (the same file served by another path, or asked about again),
-        and a changed row is a new item, the old one and its labels kept."""
+        and a changed row is a new item, the old one and its labels kept. `task` and `scale` are
+        the file's, for rows that do not name their own (label/tasks.py)."""
         keys = [content_key(r.prompt, r.completions) for r in records]
-        golds = [_gold(record) for record in records]  # checked before anything is stored
+        # checked before anything is stored
+        tasks = [task_of(record, task) for record in records]
+        scales = [
+            scale_of(r, scale) if t == "rating" else None
+            for r, t in zip(records, tasks, strict=True)
+        ]
+        golds = [_gold(r, t, sc) for r, t, sc in zip(records, tasks, scales, strict=True)]
         with self._writing() as s:
             known = self._known(s, keys)
             rows = []
-            for record, key, gold in zip(records, keys, golds, strict=True):
+            for record, key, gold, task_, scale_ in zip(records, keys, golds, tasks, scales,
+                                                        strict=True):  # fmt: skip
                 if key not in known:
                     known.add(key)
                     rows.append(
@@ -300,6 +313,8 @@ class Store:
                             k=len(record.completions),
                             completions=json.dumps(list(record.completions)),
                             gold=None if gold is None else json.dumps(gold),
+                            task=task_,
+                            scale=None if scale_ is None else json.dumps(scale_),
                         )
                     )
             s.add_all(rows)
@@ -428,10 +443,12 @@ class Store:
             item = s.get(Item, held.item_id)
             order = json.loads(held.display_order)
             completions = json.loads(item.completions)
+            kind = item.task if item.task in SINGLE else "pair" if item.k == 2 else "ranking"
             return {
                 "assignment_id": held.id,
                 "item_id": item.id,
-                "kind": "pair" if item.k == 2 else "ranking",
+                "kind": kind,
+                **({"scale": json.loads(item.scale)} if item.scale else {}),
                 "prompt": json.loads(item.prompt),
                 "completions": [completions[i] for i in order],
                 "display_order": order,
@@ -492,10 +509,14 @@ class Store:
         choice: str | None = None,
         ranking: list[int] | None = None,
         comment: str = "",
+        verdict: str | None = None,
+        rating: int | None = None,
+        edited: str | None = None,
     ) -> int:
         """Store one judgement. Pairs give `choice` (a, b, tie, both_bad about completions 0
         and 1 of the item); lists give `ranking`, the rank of each completion in item order
-        (1 = best, equal ranks = tie). Returns the label id; nothing is written on an error."""
+        (1 = best, equal ranks = tie); one answer its task's `verdict` (good, bad), `rating` or
+        `edited` answer. Returns the label id; nothing is written on an error."""
         if len(comment) > MAX_COMMENT:
             raise LabelError(
                 f"comment is {len(comment)} characters; at most {MAX_COMMENT}", field="comment"
@@ -521,7 +542,20 @@ class Store:
                     field="item_id",
                     status=409,
                 )
-            ranks = _ranks(item.k, choice, ranking)
+            value = None
+            if item.task in SINGLE:
+                if choice is not None or ranking is not None:
+                    raise LabelError(f"a {item.task} item takes no choice or ranking",
+                                     field="choice" if choice is not None else "ranking")  # fmt: skip
+                answer = json.loads(item.completions)[0]
+                scale = json.loads(item.scale) if item.scale else None
+                value = single_value(item.task, scale, answer, verdict=verdict, rating=rating,
+                                     edited=edited)  # fmt: skip
+                ranks = [1]
+            elif (verdict, rating, edited) != (None, None, None):
+                raise LabelError("a ranking item takes a choice or a ranking", field="choice")
+            else:
+                ranks = _ranks(item.k, choice, ranking)
             if s.scalar(
                 sa.select(Label.id).where(Label.item_id == item_id, Label.user_id == user.id)
             ):
@@ -534,6 +568,7 @@ class Store:
                 user_id=user.id,
                 choice=choice if item.k == 2 else None,
                 ranks=json.dumps(ranks),
+                value=None if value is None else json.dumps(value),
                 display_order=held.display_order,
                 comment=comment,
                 seconds=(now - held.created_at).total_seconds(),
@@ -542,7 +577,8 @@ class Store:
             s.add(label)
             held.done = True
             if item.gold is not None and held.first_answer is None:
-                held.first_answer = json.dumps({"choice": label.choice, "ranks": ranks})
+                held.first_answer = json.dumps({"choice": label.choice, "ranks": ranks,
+                                                "value": value})  # fmt: skip
             try:
                 s.flush()
             except IntegrityError:  # the same label submitted twice at once: the other one won
@@ -581,6 +617,8 @@ class Store:
                     "ranks": json.loads(label.ranks),
                     "display_order": json.loads(label.display_order),
                     "comment": label.comment,
+                    "task": item.task,
+                    "value": None if label.value is None else json.loads(label.value),
                     "seconds": label.seconds,
                     "created_at": label.created_at.isoformat() + "Z",
                     "prompt": json.loads(item.prompt),
@@ -604,6 +642,8 @@ class Store:
                 Label.ranks,
                 Item.gold,
                 Assignment.first_answer,
+                Item.task,
+                Label.value,
             )
             .join(User, User.id == Label.user_id)
             .join(Item, Item.id == Label.item_id)
@@ -615,12 +655,14 @@ class Store:
         )
         judged = []
         with self.reading() as s:
-            for item_id, name, choice, ranks, gold, first in s.execute(query):
-                answer = {"choice": choice, "ranks": json.loads(ranks)}
+            for item_id, name, choice, ranks, gold, first, task, value in s.execute(query):
+                answer = {"choice": choice, "ranks": json.loads(ranks),
+                          "value": None if value is None else json.loads(value)}  # fmt: skip
                 if gold is not None and first is not None:
-                    answer = json.loads(first)
+                    answer = {"value": None, **json.loads(first)}
                 gold = None if gold is None else json.loads(gold)
-                judged.append({"item_id": item_id, "annotator": name, **answer, "gold": gold})
+                judged.append({"item_id": item_id, "annotator": name, "task": task, **answer,
+                               "gold": gold})  # fmt: skip
         return judged
 
     def item_texts(self, item_ids: list[int]) -> dict[int, dict]:
@@ -717,11 +759,14 @@ class Store:
         }
 
 
-def _gold(record) -> list[int] | None:
-    """A record's known answer as ranks: `"gold": "a" | "b" | "tie"` for a pair, a ranking for a list."""
+def _gold(record, task: str = "rank", scale: dict | None = None) -> list[int] | dict | None:
+    """A record's known answer: as ranks for a pair (`"gold": "a" | "b" | "tie"`) or a list (a
+    ranking); as a value for one answer (label/tasks.py)."""
     gold = getattr(record, "extra", {}).get("gold")
     if gold is None:
         return None
+    if task in SINGLE:
+        return gold_value(task, scale, gold, record.source)
     try:
         return _ranks(
             len(record.completions),

@@ -37,7 +37,12 @@ async function refresh() {
     stat("mean Cohen's κ (pairs)", a.pairs.mean_cohen_kappa),
     stat("Krippendorff's α (rankings, ordinal)", a.rankings.krippendorff_alpha_ordinal),
     stat("pairs with 2+ labels", a.pairs.items_with_2_plus_labels),
-    stat("rankings with 2+ labels", a.rankings.items_with_2_plus_labels));
+    stat("rankings with 2+ labels", a.rankings.items_with_2_plus_labels),
+    stat("Fleiss' κ (thumbs)", a.thumbs.fleiss_kappa),
+    stat("mean Cohen's κ (thumbs)", a.thumbs.mean_cohen_kappa),
+    stat("Krippendorff's α (ratings, interval)", a.ratings.krippendorff_alpha_interval),
+    stat("thumbs with 2+ labels", a.thumbs.items_with_2_plus_labels),
+    stat("ratings with 2+ labels", a.ratings.items_with_2_plus_labels));
   table($("cohen"), ["annotators", "shared items", "Cohen's κ"],
         Object.entries(a.pairs.cohen_kappa_by_pair).map(([pair, v]) => [pair, v.items, v.kappa]));
   showDisputed(a.disputed_items);

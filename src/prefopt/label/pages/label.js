@@ -1,6 +1,9 @@
 let current = null;   // the assignment from /api/next
 let choice = null;    // pair: "left" | "right" | "tie" | "both_bad"
 let ranks = [];       // ranking: rank of each shown completion (0 = not yet ranked)
+let verdict = null;   // thumbs: "good" | "bad"
+let rating = null;    // rating: the point picked
+const SINGLE = ["thumbs", "rating", "edit"];   // the tasks on one answer
 const $ = (id) => document.getElementById(id);
 
 function showProgress(me) {
@@ -15,17 +18,24 @@ const UNDO_MS = 120 * 1000;
 
 async function load() {
   current = await api("/api/next", {method: "POST"});
-  choice = null;
+  choice = null; verdict = null; rating = null;
   $("comment").value = "";
   $("skip-reason").value = ""; $("skip-reason").hidden = true;
   $("submit").disabled = true;
   if (!current) { $("task").hidden = true; $("done").hidden = false; return; }
   $("task").hidden = false; $("done").hidden = true;
   $("prompt").replaceChildren(); renderMessage($("prompt"), current.prompt);
-  const isPair = current.kind === "pair";
+  const kind = current.kind, isPair = kind === "pair", single = SINGLE.includes(kind);
   for (const id of ["pair", "choices"]) $(id).hidden = !isPair;
-  for (const id of ["ranking", "ranking-help", "reset"]) $(id).hidden = isPair;
-  if (isPair) showPair(); else { ranks = current.completions.map(() => 0); showRanking(); }
+  for (const id of ["ranking", "ranking-help", "reset"]) $(id).hidden = kind !== "ranking";
+  $("single").hidden = !single || kind === "edit";
+  $("thumbs").hidden = kind !== "thumbs";
+  $("rating").hidden = kind !== "rating";
+  for (const id of ["edited", "edit-help"]) $(id).hidden = kind !== "edit";
+  $("comment").placeholder = kind === "thumbs" ? "Reason (optional)" : "Comment (optional)";
+  if (isPair) showPair();
+  else if (kind === "ranking") { ranks = current.completions.map(() => 0); showRanking(); }
+  else showSingle();
   window.scrollTo(0, 0);
 }
 
@@ -42,6 +52,41 @@ function completionCard(index, order) {
 function showPair() {
   $("pair").replaceChildren(completionCard(0, 0), completionCard(1, 1));
   for (const button of $("choices").querySelectorAll("button")) button.classList.remove("selected");
+}
+
+function showSingle() {
+  const answer = current.completions[0];
+  $("single").replaceChildren(completionCard(0, 0));
+  for (const button of $("thumbs").querySelectorAll("button")) button.classList.remove("selected");
+  if (current.kind === "rating") {
+    const buttons = Object.entries(current.scale).map(([point, anchor], i) => {
+      const button = element("button", "", point);
+      button.type = "button"; button.dataset.point = point;
+      if (anchor) button.append(element("span", "anchor", anchor));
+      if (i < 9) button.append(element("kbd", "", String(i + 1)));
+      button.addEventListener("click", () => pickRating(Number(point)));
+      return button;
+    });
+    $("rating").replaceChildren(...buttons);
+  }
+  if (current.kind === "edit") {
+    $("edited").value = typeof answer === "string" ? answer : answer.map((m) => m.content).join("\n");
+    $("submit").disabled = false;
+  }
+}
+
+function pickVerdict(value) {
+  verdict = value;
+  for (const button of $("thumbs").querySelectorAll("button"))
+    button.classList.toggle("selected", button.dataset.verdict === value);
+  $("submit").disabled = false;
+}
+
+function pickRating(point) {
+  rating = point;
+  for (const button of $("rating").querySelectorAll("button"))
+    button.classList.toggle("selected", Number(button.dataset.point) === point);
+  $("submit").disabled = false;
 }
 
 function pick(value) {
@@ -106,7 +151,10 @@ async function submit() {
   if ($("submit").disabled || !current) return;
   const body = {item_id: current.item_id, comment: $("comment").value};
   const order = current.display_order;   // shown position → completion index of the item
-  if (current.kind === "pair") {
+  if (current.kind === "thumbs") { if (!verdict) return; body.verdict = verdict; }
+  else if (current.kind === "rating") { if (rating === null) return; body.rating = rating; }
+  else if (current.kind === "edit") body.edited = $("edited").value;
+  else if (current.kind === "pair") {
     if (!choice) return;
     body.choice = choice === "left" ? ["a", "b"][order[0]] : choice === "right" ? ["a", "b"][order[1]] : choice;
   } else {
@@ -159,6 +207,8 @@ async function showGuidelines() {
 
 for (const button of $("choices").querySelectorAll("button"))
   button.addEventListener("click", () => pick(button.dataset.choice));
+for (const button of $("thumbs").querySelectorAll("button"))
+  button.addEventListener("click", () => pickVerdict(button.dataset.verdict));
 $("submit").addEventListener("click", submit);
 $("skip").addEventListener("click", skip);
 $("undo").addEventListener("click", undo);
@@ -170,6 +220,12 @@ document.addEventListener("keydown", (event) => {
   if (event.target.tagName === "TEXTAREA" && !(event.key === "Enter" && (event.ctrlKey || event.metaKey))) return;
   if (current && current.kind === "pair" && "1234".includes(event.key) && event.key.length === 1)
     pick(["left", "right", "tie", "both_bad"][Number(event.key) - 1]);
+  if (current && current.kind === "thumbs" && "12".includes(event.key) && event.key.length === 1)
+    pickVerdict(event.key === "1" ? "good" : "bad");
+  if (current && current.kind === "rating" && /^[1-9]$/.test(event.key)) {
+    const points = Object.keys(current.scale);
+    if (Number(event.key) <= points.length) pickRating(Number(points[Number(event.key) - 1]));
+  }
   if (event.key === "Enter") { event.preventDefault(); submit(); }
 });
 
