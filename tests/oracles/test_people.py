@@ -3,6 +3,7 @@
 with no labels abstains."""
 
 import threading
+import time
 
 import httpx
 import pytest
@@ -66,3 +67,38 @@ def test_a_deadline_with_no_label_abstains(tmp_path):
     )
     judgement = oracle.judge([ListToJudge("p", ("a", "b"))])[0]
     assert judgement.abstained == "no label by the deadline"
+
+
+def test_people_judge_each_answer_alone_with_thumbs_or_ratings(tmp_path):
+    """With task thumbs (or rating) every answer of a list is an item of its own, judged alone;
+    an answer scores its labels' mean verdict (or rating). Labelled through the store's own
+    calls, as the app makes them, while the oracle waits."""
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    store = Store(db, redundancy=2)
+    people = [store.user_for_token(store.add_user(name)) for name in ("ann", "bob")]
+    lists = [ListToJudge("p1", ("right", "wrong")), ListToJudge("p2", ("meh", "fine", "great"))]
+    for task, answer in (("thumbs", lambda text, who: {"verdict": "bad" if text == "wrong" or (
+            text == "meh" and who.name == "bob") else "good"}),
+                         ("rating", lambda text, who: {"rating": {"right": 5, "wrong": 1, "meh": 2,
+                          "fine": 3, "great": 4 + (who.name == "bob")}[text]})):  # fmt: skip
+        oracle = make_oracle("people", {"db": db, "labels_per_list": 2, "poll_seconds": 0.05,
+                                        "deadline_minutes": 1, "task": task})  # fmt: skip
+        result = {}
+        waiting = threading.Thread(
+            target=lambda o=oracle, r=result: r.setdefault("j", o.judge(lists))
+        )
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while waiting.is_alive() and time.monotonic() < deadline:  # people label as items come
+            for who in people:
+                if (item := store.next_assignment(who)) is not None:
+                    assert item["kind"] == task and len(item["completions"]) == 1
+                    store.submit(who, item["item_id"], **answer(item["completions"][0], who))
+            time.sleep(0.01)
+        waiting.join(timeout=30)
+        right_wrong, three = result["j"]
+        if task == "thumbs":
+            assert right_wrong.scores == (1.0, 0.0) and three.scores == (0.5, 1.0, 1.0)
+        else:
+            assert right_wrong.scores == (5.0, 1.0) and three.scores == (2.0, 3.0, 4.5)
+            assert three.details[2] == {"rating": [4.0, 5.0]}

@@ -122,9 +122,11 @@ def _next_gold(s: orm.Session, user: User, mine) -> int | None:
     return next(item_id for item_id in golds if item_id in left)
 
 
-def content_key(prompt, completions) -> str:
-    """An item's identity: a hash of its prompt and completions."""
-    text = json.dumps([prompt, list(completions)], ensure_ascii=False, sort_keys=True)
+def content_key(prompt, completions, task: str = "rank") -> str:
+    """An item's identity: a hash of its prompt and completions (and of its task, for the tasks on
+    one answer: a verdict and a rating of one answer are two questions)."""
+    identity = [prompt, list(completions)] + ([task] if task in SINGLE else [])
+    text = json.dumps(identity, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -290,9 +292,11 @@ class Store:
         stored item adds nothing (the same file served by another path, or asked about again),
         and a changed row is a new item, the old one and its labels kept. `task` and `scale` are
         the file's, for rows that do not name their own (label/tasks.py)."""
-        keys = [content_key(r.prompt, r.completions) for r in records]
         # checked before anything is stored
         tasks = [task_of(record, task) for record in records]
+        keys = [
+            content_key(r.prompt, r.completions, t) for r, t in zip(records, tasks, strict=True)
+        ]
         scales = [
             scale_of(r, scale) if t == "rating" else None
             for r, t in zip(records, tasks, strict=True)
@@ -345,19 +349,21 @@ class Store:
         return found
 
     def judgements(self, item_ids: list[int]) -> dict[int, list[dict]]:
-        """Every label of each of these items, oldest first: its ranks (1 = best, ties equal) and,
-        for pairs, the choice ("both_bad" is its own judgement, though its ranks are a tie's)."""
+        """Every label of each of these items, oldest first: its ranks (1 = best, ties equal), for
+        pairs the choice ("both_bad" is its own judgement, though its ranks are a tie's), for one
+        answer its value (label/tasks.py)."""
         found: dict[int, list[dict]] = {item_id: [] for item_id in item_ids}
         with self.reading() as s:
             for start in range(0, len(item_ids), _CHUNK):
                 chunk = item_ids[start : start + _CHUNK]
                 query = (
-                    sa.select(Label.item_id, Label.ranks, Label.choice)
+                    sa.select(Label.item_id, Label.ranks, Label.choice, Label.value)
                     .where(Label.item_id.in_(chunk))
                     .order_by(Label.id)
                 )
-                for item_id, ranks, choice in s.execute(query):
-                    found[item_id].append({"ranks": json.loads(ranks), "choice": choice})
+                for item_id, ranks, choice, value in s.execute(query):
+                    found[item_id].append({"ranks": json.loads(ranks), "choice": choice,
+                                           "value": None if value is None else json.loads(value)})  # fmt: skip
         return found
 
     def set_priorities(self, priorities: dict[int, float]) -> None:

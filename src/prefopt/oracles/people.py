@@ -2,7 +2,9 @@
 so asking twice adds nothing), handed to annotators by priority in `prefopt label serve` on the
 same store; the oracle waits, showing progress, until each list has R labels or the deadline
 passes, and reads the rankings back from the labels: no export step. A list's completions are
-scored by their mean rank over its labels (ties as the labels gave them)."""
+scored by their mean rank over its labels (ties as the labels gave them). With `task: thumbs` or
+`rating`, each answer is an item of its own, judged alone (cheaper per answer than a ranking), and
+scored by its labels' mean verdict (1 good, 0 bad) or rating."""
 
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ class PeopleOptions(OracleOptions):
     # of the new items without a `priority` field of their own (the loop gives its
     priority: float = 0.0
     # lists their acquisition scores)
+    # what people are asked: rank a list's answers, or judge each answer alone (thumbs, rating)
+    task: Literal["rank", "thumbs", "rating"] = "rank"
+    scale: dict[str, str] | None = None  # rating: {point: anchor text}; default 1 to 5
 
 
 @ORACLES.register("people")
@@ -44,27 +49,32 @@ class PeopleOracle(Oracle):
         self.store = Store(url, redundancy=options.labels_per_list)
         self.on_progress: Callable[[int, int], None] | None = None  # (labels in, labels wanted)
 
+    def _asked(self, item: ListToJudge) -> list[tuple]:
+        """The (prompt, completions) of the store's items for one list: the list itself, or each
+        of its answers alone."""
+        if self.options.task == "rank":
+            return [(item.prompt, tuple(item.completions))]
+        return [(item.prompt, (completion,)) for completion in item.completions]
+
     def add(self, lists: list[ListToJudge], priorities: list[float] | None = None) -> list[int]:
-        """Put the lists in the store (those already there are kept) and return their item ids."""
+        """Put the lists in the store (those already there are kept) and return their item ids
+        (with thumbs or ratings, one per answer, list after list)."""
+        asked = [self._asked(item) for item in lists]
         self.store.add_items(
-            [
-                PreferenceRecord(
-                    item.prompt,
-                    item.completions,
-                    (0.0,) * len(item.completions),
-                    source="asked by an oracle",
-                )
-                for item in lists
-            ]
-        )
-        keys = [content_key(item.prompt, item.completions) for item in lists]
+            [PreferenceRecord(prompt, completions, (0.0,) * len(completions),
+                              source="asked by an oracle")
+             for items in asked for prompt, completions in items],
+            task=self.options.task, scale=self.options.scale,
+        )  # fmt: skip
+        keys = [content_key(*pair, self.options.task) for items in asked for pair in items]
         ids = self.store.item_ids(keys)
         item_ids = [ids[key] for key in keys]
         # a list's own `priority` field (the loop writes its acquisition score there), else the option's
         values = priorities or [
             float(item.record.get("priority", self.options.priority)) for item in lists
         ]
-        self.store.set_priorities(dict(zip(item_ids, values, strict=True)))
+        per_item = [value for value, items in zip(values, asked, strict=True) for _ in items]
+        self.store.set_priorities(dict(zip(item_ids, per_item, strict=True)))
         return item_ids
 
     def judge(
@@ -90,7 +100,26 @@ class PeopleOracle(Oracle):
                     )
                 break
             time.sleep(self.options.poll_seconds)
-        return [self._judgement(labels[i]) for i in item_ids]
+        if self.options.task == "rank":
+            return [self._judgement(labels[i]) for i in item_ids]
+        answers = iter(item_ids)
+        return [self._answers_judgement([labels[next(answers)] for _ in item.completions])
+                for item in lists]  # fmt: skip
+
+    def _answers_judgement(self, per_answer: list[list[dict]]) -> Judgement:
+        """Each answer's mean verdict (1 good, 0 bad) or rating over its first R labels; a list
+        with an answer nobody judged abstains."""
+        wanted = self.options.labels_per_list
+        missing = [k for k, labels in enumerate(per_answer) if not labels]
+        if missing:
+            return Judgement(abstained=f"no label by the deadline for answer {missing[0] + 1}")
+        if self.options.on_deadline == "abstain" and any(
+            len(given) < wanted for given in per_answer
+        ):
+            return Judgement(abstained=f"fewer than {wanted} labels by the deadline")
+        values = [[_answer_value(label) for label in labels[:wanted]] for labels in per_answer]
+        return Judgement(scores=tuple(sum(v) / len(v) for v in values),
+                         details=tuple({self.options.task: v} for v in values))  # fmt: skip
 
     def _judgement(self, labels: list[dict]) -> Judgement:
         """The mean rank of each completion over the first R labels; labels that call both answers
@@ -111,3 +140,8 @@ class PeopleOracle(Oracle):
 
     def close(self) -> None:
         self.store.close()
+
+
+def _answer_value(label: dict) -> float:
+    value = label["value"]
+    return float(value["label"]) if "label" in value else float(value["rating"])
