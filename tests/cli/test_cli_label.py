@@ -94,6 +94,13 @@ def test_export_writes_training_data(prefopt_cli, tmp_path):
         assert f"wrote {count} {fmt} rows" in done.stdout
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert len(load_records(out).records) == len(rows) == count
+    # the items as Label Studio tasks: a pair for its Pairwise template, the list for its Ranker
+    done = prefopt_cli("label", "export", "--db", db, "--format", "label-studio", "--out",
+                       tmp_path / "tasks.json")  # fmt: skip
+    assert done.returncode == 0 and "wrote 4 Label Studio tasks" in done.stdout, done.stderr
+    tasks = json.loads((tmp_path / "tasks.json").read_text())
+    assert tasks[0]["data"].keys() == {"prompt", "answer1", "answer2"}
+    assert len(tasks[-1]["data"]["items"]) == 4
 
 
 def test_revoke_and_rotate_end_sessions_and_replace_the_token(prefopt_cli, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Annotated
 
@@ -230,19 +232,28 @@ def label_export(
         typer.Option(
             "--format",
             help="lists: every label's full order with ties; pairs: the "
-            "majority preference per pair of completions.",
+            "majority preference per pair of completions; label-studio: the items (not the "
+            "labels) as Label Studio tasks (JSON), to label them there.",
         ),
     ] = "lists",
 ) -> None:
     """Write the labels as training data that `prefopt train` reads as is."""
     from prefopt.label.export import FORMATS
 
-    if fmt not in FORMATS:
-        fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt not in (*FORMATS, "label-studio"):
+        fail(f"--format must be one of {', '.join(FORMATS)}, label-studio; got {fmt!r}")
 
     def export() -> None:
-        from prefopt.files import write_jsonl
+        from prefopt.files import write_atomic, write_jsonl
         from prefopt.label.export import export_rows
+
+        if fmt == "label-studio":
+            from prefopt.data.tools import label_studio_tasks
+
+            tasks = label_studio_tasks(_store(db).items())
+            write_atomic(out, json.dumps(tasks, ensure_ascii=False, indent=1))
+            console().print(f"wrote {len(tasks)} Label Studio tasks to {out}", highlight=False)
+            return
 
         rows, left_out = export_rows(_store(db).labels(), fmt)
         write_jsonl(out, rows)

@@ -193,8 +193,9 @@ def _ranker(data: dict, targets: list[str], ranker: Any) -> dict:
 
 
 def label_studio_tasks(rows: list[dict]) -> list[dict]:
-    """prefopt items ({"prompt", "completions"}) as Label Studio tasks: two answers for its
-    Pairwise template (`answer1`, `answer2`), more for its Ranker over a List (`items`)."""
+    """prefopt items ({"prompt", "completions"}) as Label Studio tasks: one answer (`answer`) for
+    its rating, choices or textarea templates, two for its Pairwise template (`answer1`,
+    `answer2`), more for its Ranker over a List (`items`)."""
     tasks = []
     for row in rows:
         prompt, answers = row["prompt"], row["completions"]
@@ -202,7 +203,9 @@ def label_studio_tasks(rows: list[dict]) -> list[dict]:
             value if isinstance(value, str) else "\n".join(m["content"] for m in value)
         )
         data = {"prompt": text(prompt)}
-        if len(answers) == 2:
+        if len(answers) == 1:
+            data["answer"] = text(answers[0])
+        elif len(answers) == 2:
             data |= {"answer1": text(answers[0]), "answer2": text(answers[1])}
         else:
             data["items"] = [{"id": str(i), "body": text(a)} for i, a in enumerate(answers)]

@@ -671,6 +671,14 @@ class Store:
                                "gold": gold})  # fmt: skip
         return judged
 
+    def items(self) -> list[dict]:
+        """Every item: its id, task, prompt and completions, in the order they were added."""
+        query = sa.select(Item.id, Item.task, Item.prompt, Item.completions).order_by(Item.id)
+        with self.reading() as s:
+            return [{"item_id": item_id, "task": task, "prompt": json.loads(prompt),
+                     "completions": json.loads(completions)}
+                    for item_id, task, prompt, completions in s.execute(query)]  # fmt: skip
+
     def item_texts(self, item_ids: list[int]) -> dict[int, dict]:
         """The prompt and completions of these items."""
         found = {}
