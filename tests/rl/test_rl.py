@@ -74,6 +74,10 @@ def test_steps_run_and_log_trls_metrics(whole):
     assert (out / "model" / "adapter_config.json").exists() and (
         out / "merged" / "config.json"
     ).exists()
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "merged" / "README.md")  # the model card
+    assert "prefopt rl" in card.text and "`grpo`" in card.text and "| `k` | `4` |" in card.text
 
 
 def test_held_out_prompts_are_scored_every_eval_every_steps(tiny_model, setup, tmp_path):

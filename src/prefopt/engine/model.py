@@ -36,6 +36,7 @@ from prefopt.files import write_atomic
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_HUB_ID, DEFAULT_LICENSE = "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"  # its source
 
 
 @dataclasses.dataclass(frozen=True)

@@ -129,6 +129,11 @@ class Objective:
                 metrics[f"{name}/loss"] = out.loss.detach()
         return LossOutput(loss=total, metrics=metrics)
 
+    def terms(self) -> list[tuple[str, float, dict, str, str]]:
+        """(name, weight, parameters, formula, paper) of each loss of the mix (model cards)."""
+        return [(name, weight, self.params.get(name, {}), LOSSES[name].info.formula,
+                 LOSSES[name].info.paper) for name, weight in self.weights.items()]  # fmt: skip
+
     def state_dict(self) -> dict[str, dict[str, float]]:
         return {name: state.state_dict() for name, state in self.states.items()}
 

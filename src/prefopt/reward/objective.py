@@ -52,6 +52,7 @@ class RewardObjective:
                 f"center_rewards_coefficient must be a finite number >= 0, got {coefficient!r}"
             )
         name = REWARD_OBJECTIVES[objective]
+        self.name = objective
         self.loss = LOSSES[name] if name else _regression
         self.params = {"beta": 1.0} | ({"margin": margin} if margin else {})
         self.params |= {"delta": 0.0} if objective == "logistic" else {}
@@ -80,6 +81,16 @@ class RewardObjective:
             loss = loss + self.center * centering
             metrics["centering"] = centering.detach()
         return LossOutput(loss=loss, metrics=metrics)
+
+    def terms(self) -> list[tuple[str, float, dict, str, str]]:
+        """(name, weight, parameters, formula, paper) of the objective, for the model card."""
+        params = {"center_rewards_coefficient": self.center} if self.center else {}
+        if self.name == "regression":
+            return [("regression", 1.0, params, "(r − s)² on each answer's rating or score",
+                     "least squares")]  # fmt: skip
+        info = self.loss.info
+        return [(self.name, 1.0, params | {k: v for k, v in self.params.items() if k != "beta"},
+                 f"{info.formula} on rewards r (β = 1, no reference)", info.paper)]  # fmt: skip
 
     def state_dict(self) -> dict:
         return {}

@@ -23,6 +23,8 @@ from prefopt.train import Task, TrainResult, train
 class RewardTask(Task):
     """A reward model: a scalar head in place of the LM head, rewards read at completions' last tokens."""
 
+    command = "prefopt reward train"
+
     summarizes = True
 
     def __init__(self, calibration_bins: int):

@@ -48,6 +48,7 @@ from prefopt.rl.config import RLConfig
 from prefopt.rl.processes import Processes
 from prefopt.rl.rewards import Rewards, Scored
 from prefopt.settings import save_config
+from prefopt.train.cards import CardFacts, write_card
 from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.train.loop import accelerator_for, seed_everything
 from prefopt.train.metrics import MetricsLog, brief
@@ -131,8 +132,10 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
                TextColumn("{task.fields[status]}")]  # fmt: skip
     try:
         initial = _initial_answers(config, policy, heldout, out) if heldout.records else None
+        evaluation: dict = {}
         if initial is not None and state["step"] == 0:
-            log.write(_evaluate(config, policy, rewards, heldout, initial, 0, out))
+            evaluation = _evaluate(config, policy, rewards, heldout, initial, 0, out)
+            log.write(evaluation)
         with Progress(*columns, console=console, disable=not main) as progress:
             task = progress.add_task(
                 "rl", total=config.max_steps, completed=state["step"], status=""
@@ -147,9 +150,9 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
                     log.write(record)
                 every = config.eval_every and state["step"] % config.eval_every == 0
                 if initial is not None and (every or last):
-                    log.write(
-                        _evaluate(config, policy, rewards, heldout, initial, state["step"], out)
-                    )
+                    evaluation = _evaluate(config, policy, rewards, heldout, initial,
+                                           state["step"], out)  # fmt: skip
+                    log.write(evaluation)
                 progress.update(task, completed=state["step"], status=brief(record))
                 if config.save_every and state["step"] % config.save_every == 0:
                     _checkpoint(policy, out, state, objective)
@@ -159,7 +162,14 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
         rewards.close()
     _checkpoint(policy, out, state, objective)
     if main:
-        console.print(_save(policy, out), highlight=False)
+        facts = CardFacts(
+            base_model=config.model, command="prefopt rl", objective=objective.terms(),
+            data=config.prompts, counts={"prompts": len(prompts.records), "steps": state["step"]},
+            settings={key: getattr(config, key) for key in CARD_SETTINGS}
+            | {"oracle": " + ".join(config.oracle_names)},
+            evaluation={key: value for key, value in evaluation.items() if key not in ("step", "split")},
+        )  # fmt: skip
+        console.print(_save(policy, out, facts), highlight=False)
     policy.accelerator.wait_for_everyone()
     return RLResult(out, state["step"], time.perf_counter() - started, record)
 
@@ -477,6 +487,11 @@ def _evaluate(config, policy: Policy, rewards: Rewards, heldout: Prompts, initia
     return record
 
 
+# the settings a model card lists
+CARD_SETTINGS = ("objective", "k", "prompts_per_step", "max_new_tokens", "temperature",
+                 "num_iterations", "learning_rate", "lora", "lora_r", "precision", "seed")  # fmt: skip
+
+
 def _checkpoint(policy: Policy, out: Path, state: dict, objective) -> None:
     if policy.processes.main:
         model = policy.accelerator.unwrap_model(policy.engine)
@@ -486,15 +501,18 @@ def _checkpoint(policy: Policy, out: Path, state: dict, objective) -> None:
     policy.accelerator.wait_for_everyone()
 
 
-def _save(policy: Policy, out: Path) -> str:
-    """The final policy: output_dir/model (adapters with LoRA) and, with LoRA, output_dir/merged."""
+def _save(policy: Policy, out: Path, facts: CardFacts) -> str:
+    """The final policy: output_dir/model (adapters with LoRA) and, with LoRA, output_dir/merged,
+    each with its model card."""
     model = policy.model
     restore_frozen(model)  # the saved model keeps its base weights' float32 values
     model.save_pretrained(out / "model")
     policy.tokenizer.save_pretrained(out / "model")
+    write_card(out / "model", facts)
     if not policy.lora:
         return f"saved the policy to {out / 'model'}"
     merged = model.merge_and_unload()
     merged.save_pretrained(out / "merged")
     policy.tokenizer.save_pretrained(out / "merged")
+    write_card(out / "merged", facts)
     return f"saved the policy to {out / 'model'} and {out / 'merged'}"

@@ -47,6 +47,7 @@ from prefopt.errors import TrainingError
 from prefopt.files import write_atomic
 from prefopt.losses import ListBatch, Objective
 from prefopt.settings import save_config
+from prefopt.train.cards import CardFacts, write_card
 from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.train.config import RunSettings
 from prefopt.train.inputs import Reuse, load_data, reused_data
@@ -207,7 +208,7 @@ class _Run:
             metrics_log.write({"step": self.state.step, "split": "eval", **eval_end})
             self.say("eval at end:   " + brief(eval_end))
         self.checkpoint()
-        self.save_final()
+        self.save_final(eval_end)
         return TrainResult(
             output_dir=self.out_dir,
             steps=self.state.step,
@@ -537,7 +538,7 @@ class _Run:
         self.accelerator.wait_for_everyone()
         return path
 
-    def save_final(self) -> None:
+    def save_final(self, evaluation: dict) -> None:
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.trainee.engine).model
             restore_frozen(model)  # the saved model keeps its base weights' float32 values
@@ -554,6 +555,20 @@ class _Run:
                     cache=cache,
                 )
             )
+            for name in ("model", "merged", "adapters"):
+                if (self.out_dir / name).is_dir():
+                    write_card(self.out_dir / name, self.card_facts(evaluation))
+
+    def card_facts(self, evaluation: dict) -> CardFacts:
+        config = self.config
+        return CardFacts(
+            base_model=config.model, command=self.task.command, objective=self.objective.terms(),
+            data=config.data, reward_model=self.task.command == "prefopt reward train",
+            counts={"train lists": len(self.data.train), "eval lists": len(self.data.eval),
+                    "steps": self.state.step},
+            settings={key: getattr(config, key) for key in CARD_SETTINGS if hasattr(config, key)},
+            evaluation=evaluation,
+        )  # fmt: skip
 
     def progress(self, label: str, transient: bool = False) -> Progress:
         columns = [
@@ -583,6 +598,12 @@ def accelerator_for(config) -> tuple[Accelerator, str, str]:
     # without cpu=True, accelerate ignores torchrun's multi-process environment on a CPU-only machine
     mixed = "bf16" if precision == "bf16" else "no"
     return Accelerator(mixed_precision=mixed, cpu=not on_gpu), precision, why
+
+
+# the settings a model card lists
+CARD_SETTINGS = ("learning_rate", "lora", "lora_r", "lora_alpha", "epochs", "max_steps",
+                 "batch_size", "gradient_accumulation_steps", "scheduler", "precision", "seed",
+                 "desirable_rating")  # fmt: skip
 
 
 def _sum_across_processes(value: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ class Task:
     """What a run trains, the rest of the run being the same: a policy by default (`POLICY`);
     `prefopt reward train` trains a reward model."""
 
+    command = "prefopt train"  # the command that trains it, as a model card says
+
     def build(
         self,
         config: RunSettings,
