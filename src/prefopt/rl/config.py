@@ -24,6 +24,9 @@ class RLConfig(BaseModel):
     )
     prompts: str = Field(..., description="The prompts: any file `prefopt train` reads; each step draws "
                          "from them (epochs over the pool, shuffled by the seed).")  # fmt: skip
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=list, description="As in `prefopt train`: experiment trackers."
+    )
     output_dir: str = Field(
         "runs/rl", description="Where metrics.jsonl, checkpoints and the model go."
     )

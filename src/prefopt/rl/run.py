@@ -17,6 +17,7 @@ of log-probs (the same model, another kernel) are only compared with the engine'
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 import shutil
@@ -52,6 +53,7 @@ from prefopt.train.cards import CardFacts, write_card
 from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.train.loop import accelerator_for, seed_everything
 from prefopt.train.metrics import MetricsLog, brief
+from prefopt.train.trackers import log_record, start_trackers
 
 
 @dataclasses.dataclass
@@ -126,7 +128,9 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
     prompts = Prompts.load(config.prompts, policy.tokenizer, settings)
     heldout = Prompts.load(config.heldout, policy.tokenizer, settings)
     state = _restore(config, policy, out, resume, console)
-    log = MetricsLog(out / "metrics.jsonl", state["step"] if state["step"] else -1, enabled=main)
+    start_trackers(policy.accelerator, config.model_dump(), out)
+    log = MetricsLog(out / "metrics.jsonl", state["step"] if state["step"] else -1, enabled=main,
+                     sink=functools.partial(log_record, policy.accelerator))  # fmt: skip
     record: dict = {}
     columns = [TextColumn("[bold]rl"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]  # fmt: skip
@@ -160,6 +164,7 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
                     on_step(state["step"], record)
     finally:
         rewards.close()
+        policy.accelerator.end_training()
     _checkpoint(policy, out, state, objective)
     if main:
         facts = CardFacts(

@@ -60,6 +60,11 @@ class RunSettings(BaseModel):
         description="Drop bad rows and print a count by reason, instead of stopping "
         "at the first one.",
     )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that also receive the settings and every metrics line, "
+        "through accelerate (`pip install -e '.[trackers]'`); none by default.",
+    )
     output_dir: str = Field(
         "runs/train",
         description="Where checkpoints, metrics.jsonl, config.yaml and the final model go.",

@@ -54,6 +54,7 @@ from prefopt.train.inputs import Reuse, load_data, reused_data
 from prefopt.train.metrics import MetricMeans, MetricsLog, brief
 from prefopt.train.reference import reference_logps
 from prefopt.train.task import POLICY, Task
+from prefopt.train.trackers import log_record, start_trackers, tracker_kwargs
 
 
 @dataclasses.dataclass
@@ -103,7 +104,10 @@ def train(
             reuse,
             on_eval,
         )
-        return run.fit(resume, on_step)
+        try:
+            return run.fit(resume, on_step)
+        finally:  # the trackers' runs end (and their files are flushed) whatever happened
+            run.accelerator.end_training()
 
 
 @dataclasses.dataclass
@@ -297,10 +301,12 @@ class _Run:
             (self.out_dir / "anchor_logps.pt").unlink(missing_ok=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.out_dir / "config.yaml")
+        start_trackers(self.accelerator, self.config.model_dump(), self.out_dir)
         return MetricsLog(
             self.out_dir / "metrics.jsonl",
             keep_until=self.state.step if checkpoint else -1,
             enabled=self.accelerator.is_main_process,
+            sink=functools.partial(log_record, self.accelerator),
         )
 
     def reference_logps(self) -> FixedLogps:
@@ -597,7 +603,8 @@ def accelerator_for(config) -> tuple[Accelerator, str, str]:
     AcceleratorState._reset_state()
     # without cpu=True, accelerate ignores torchrun's multi-process environment on a CPU-only machine
     mixed = "bf16" if precision == "bf16" else "no"
-    return Accelerator(mixed_precision=mixed, cpu=not on_gpu), precision, why
+    trackers = tracker_kwargs(config.report_to, Path(config.output_dir))
+    return Accelerator(mixed_precision=mixed, cpu=not on_gpu, **trackers), precision, why
 
 
 # the settings a model card lists

@@ -37,8 +37,9 @@ class MetricsLog:
     """metrics.jsonl; on resume, lines after the checkpoint's step are dropped so the file reads as
     if the run had never stopped."""
 
-    def __init__(self, path: Path, keep_until: int, enabled: bool = True):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, keep_until: int, enabled: bool = True, sink=None):
+        # `sink(record)` also receives every line (the experiment trackers)
+        self.path, self.enabled, self.sink = path, enabled, sink
         if not enabled:
             return
         if keep_until >= 0 and path.exists():
@@ -56,6 +57,8 @@ class MetricsLog:
             return
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.sink is not None:
+            self.sink(record)
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -1,0 +1,114 @@
+"""report_to: each tracker that works offline, run for real and read back with its own reader —
+TensorBoard's event files with its EventAccumulator, MLflow's local store with its client, W&B's
+offline run files with its own parser, trackio's local database with its API. Nothing touches the
+network."""
+
+import json
+
+import pytest
+
+from prefopt.rl import RLConfig, rl
+from prefopt.train import train
+from tiny import tiny_train_config, toy_rows, write_jsonl
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    return write_jsonl(tmp_path / "pairs.jsonl", toy_rows(24, seed=1))
+
+
+def metric_lines(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tensorboard_gets_every_metrics_line_and_the_settings(tiny_model, pairs, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(
+        tiny_train_config(
+            tiny_model, pairs, out, lora=False, max_steps=3, report_to=["tensorboard"]
+        )
+    )
+    folders = [path.parent for path in (out / "prefopt").rglob("events.out.tfevents.*")]
+    scalars = {}
+    for folder in folders:
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            scalars[tag] = [(e.step, e.value) for e in events.Scalars(tag)]
+    lines = metric_lines(out)
+    train_loss = [(l["step"], l["loss"]) for l in lines if l["split"] == "train"]  # noqa: E741
+    assert [(s, pytest.approx(v, rel=1e-6)) for s, v in scalars["train/loss"]] == train_loss
+    assert [s for s, _ in scalars["eval/loss"]] == [0, 3]
+
+
+def test_mlflow_stores_parameters_and_metrics_in_the_run_folder(
+    tiny_model, pairs, tmp_path, monkeypatch
+):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    train(tiny_train_config(tiny_model, pairs, out, lora=False, max_steps=2, report_to=["mlflow"]))
+    client = MlflowClient(tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "prefopt"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.params["loss"] == "dpo" and run.data.params["max_steps"] == "2"
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == [1, 2]
+    assert run.info.run_name == "run"
+    mlflow.set_tracking_uri(None)
+
+
+def test_wandb_offline_run_holds_the_history(tiny_model, pairs, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    train(tiny_train_config(tiny_model, pairs, out, lora=False, max_steps=2, report_to=["wandb"]))
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal.datastore import DataStore
+
+    store = DataStore()
+    store.open_for_scan(str(run_file))
+    key = lambda item: "/".join(item.nested_key) or item.key
+    history, config = [], {}
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            history.append({key(item): json.loads(item.value_json) for item in record.history.item})
+        if record.WhichOneof("record_type") == "config":
+            config |= {key(item): json.loads(item.value_json) for item in record.config.update}
+    steps = [row for row in history if "train/loss" in row]
+    assert [row["_step"] for row in steps] == [1, 2]
+    assert config["loss"] == "dpo"
+
+
+def test_trackio_logs_an_rl_run_locally(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    import trackio
+
+    folder = tmp_path / "rl"
+    folder.mkdir()
+    (folder / "verify.py").write_text(
+        "def count_a(prompt, completion, record):\n    return completion.count('a') / 8\n"
+    )
+    prompts = write_jsonl(
+        folder / "prompts.jsonl", [{"prompt": f"say {i}: apple"} for i in range(4)]
+    )
+    out = tmp_path / "rl-run"
+    rl(RLConfig(model=str(tiny_model), prompts=str(prompts), output_dir=str(out),
+                oracle_options={"function": f"{folder / 'verify.py'}:count_a"}, k=2,
+                prompts_per_step=2, max_new_tokens=4, max_steps=2, precision="fp32",
+                report_to=["trackio"]))  # fmt: skip
+    logs = (
+        trackio.get_logs(project="prefopt", run="rl-run") if hasattr(trackio, "get_logs") else None
+    )
+    if logs is None:
+        from trackio.sqlite_storage import SQLiteStorage
+
+        logs = SQLiteStorage.get_logs(project="prefopt", run="rl-run")
+    assert [row["step"] for row in logs if "train/reward" in row] == [1, 2]
