@@ -155,8 +155,20 @@ class RunSettings(BaseModel):
     gradient_accumulation_steps: int = Field(
         1, ge=1, description="Micro-batches per optimizer step."
     )
-    scheduler: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="Learning-rate schedule after warmup."
+    optimizer: Literal["adamw", "ademamix", "muon", "schedule_free_adamw"] = Field(
+        "adamw",
+        description="adamw (PyTorch's, fused); ademamix (Pagliardini et al. 2024); muon for the "
+        "hidden weight matrices with AdamW for the rest (Moonlight's shape-adjusted rate, so "
+        "learning_rate serves both); schedule_free_adamw (Defazio et al. 2024: no schedule, "
+        "warmup_ratio its warmup). The last three: pip install -e '.[optimizers]'.",
+    )
+    scheduler: Literal["cosine", "linear", "constant", "wsd"] = Field(
+        "cosine",
+        description="Learning-rate schedule after warmup; wsd: warmup-stable-decay, the peak "
+        "held until the last decay_ratio of the steps, then a cosine decay to 0.",
+    )
+    decay_ratio: float = Field(
+        0.1, gt=0, le=1, description="wsd: the share of the steps that decay."
     )
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps of linear warmup.")
     max_grad_norm: float | None = Field(

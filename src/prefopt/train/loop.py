@@ -26,7 +26,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from transformers import get_scheduler
 
 from prefopt.data import Batching, PlannedStep
 from prefopt.engine.attention import attention_kernel
@@ -52,6 +51,7 @@ from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_ch
 from prefopt.train.config import RunSettings
 from prefopt.train.inputs import Reuse, load_data, reused_data
 from prefopt.train.metrics import MetricMeans, MetricsLog, brief
+from prefopt.train.optimizers import build_optimizer, build_scheduler, schedule_free
 from prefopt.train.reference import reference_logps
 from prefopt.train.task import POLICY, Task
 from prefopt.train.trackers import log_record, start_trackers, tracker_kwargs
@@ -192,6 +192,8 @@ class _Run:
             metrics_log.write({"step": 0, "split": "eval", **eval_start})
             self.say("eval at start: " + brief(eval_start))
         tokens_seen, train_seconds = 0, 0.0
+        if schedule_free(self.trainee.optimizer):
+            self.trainee.optimizer.train()
         with self.progress("train") as progress:
             task = progress.add_task("train", total=total, completed=self.state.step, status="")
             for planned in self.data.plan[self.state.step :]:
@@ -250,7 +252,8 @@ class _Run:
         if precision == "bf16" and lora and engine_settings.frozen_in_bf16:
             # the same numbers, less memory
             frozen = keep_frozen_in(engine.model, torch.bfloat16, resolve_model_path(config.model))
-        params = [p for p in engine.parameters() if p.requires_grad]
+        named = [(name, p) for name, p in engine.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
         total, trained = (sum(p.numel() for p in group) for group in (engine.parameters(), params))
         say(
             f"model: {config.model} ({total / 1e6:.1f} M parameters, {trained / 1e6:.2f} M trained"
@@ -258,19 +261,16 @@ class _Run:
             f"{engine.model.prefopt_engine.describe()}"
             + (f"; {frozen} frozen weights held in bf16" if frozen else "")
         )
-        # PyTorch's fused AdamW updates every tensor in one kernel; on a CPU the default runs a
-        # Python loop over the tensors (docs/benchmarks.md: several times slower for full tuning)
-        optimizer = torch.optim.AdamW(
-            params,
-            lr=config.learning_rate,
-            weight_decay=config.weight_decay,
-            fused=accelerator.device.type in ("cpu", "cuda"),
-        )
-        engine, optimizer = accelerator.prepare(engine, optimizer)
         processes = accelerator.num_processes
         steps = _total_steps(config, train_data, processes)
         plan = config.batching().step_plan(train_data, steps, processes)
-        scheduler = _scheduler(config, optimizer, len(plan))
+        optimizer = build_optimizer(config.optimizer, named, lr=config.learning_rate,
+                                    weight_decay=config.weight_decay, device=accelerator.device,
+                                    warmup_steps=round(config.warmup_ratio * len(plan)))  # fmt: skip
+        engine, optimizer = accelerator.prepare(engine, optimizer)
+        scheduler = build_scheduler(config.scheduler, optimizer, steps=len(plan),
+                                    warmup_ratio=config.warmup_ratio,
+                                    decay_ratio=config.decay_ratio)  # fmt: skip
         trainee = Trainee(engine, params, optimizer, scheduler, precision, lora=lora is not None)
         data = RunData(tokenizer, train_data, eval_data, plan)
         return cls(
@@ -506,11 +506,26 @@ class _Run:
         }
         return record, real_tokens, elapsed
 
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """A schedule-free optimizer's averaged weights, to evaluate and save, then its training
+        point again (any other optimizer: the weights as they are)."""
+        optimizer = self.trainee.optimizer
+        if not schedule_free(optimizer):
+            yield
+            return
+        optimizer.eval()
+        try:
+            yield
+        finally:
+            optimizer.train()
+
     def evaluate(self) -> dict[str, float]:
         if not self.data.eval:
             return {}
         started = time.perf_counter()
-        metrics = self.evaluate_lists()
+        with self.averaged_weights():
+            metrics = self.evaluate_lists()
         self.eval_seconds += time.perf_counter() - started
         if self.on_eval is not None:
             self.on_eval(self.state.step, metrics)
@@ -548,6 +563,8 @@ class _Run:
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.trainee.engine).model
             restore_frozen(model)  # the saved model keeps its base weights' float32 values
+            if schedule_free(self.trainee.optimizer):
+                self.trainee.optimizer.eval()  # the averaged weights are the model
             cache = (
                 self.reuse.models if self.reuse is not None and self.reuse.keep_trained else None
             )
@@ -649,12 +666,6 @@ def _engine(
         config, lora=lora, engine=settings, objective=objective, tokenizer=tokenizer, cache=cache
     )
     return engine, lora
-
-
-def _scheduler(config: RunSettings, optimizer, steps: int):
-    name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
-    warmup = round(config.warmup_ratio * steps)
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
 
 def _total_steps(config: RunSettings, train_data, processes: int) -> int:
