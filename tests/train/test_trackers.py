@@ -112,3 +112,36 @@ def test_trackio_logs_an_rl_run_locally(tiny_model, tmp_path, monkeypatch):
 
         logs = SQLiteStorage.get_logs(project="prefopt", run="rl-run")
     assert [row["step"] for row in logs if "train/reward" in row] == [1, 2]
+
+
+def wandb_runs(folder):
+    """(run record, config) of every W&B offline run file under `folder`."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal.datastore import DataStore
+
+    found = []
+    for path in sorted(folder.rglob("run-*.wandb")):
+        store = DataStore()
+        store.open_for_scan(str(path))
+        run = None
+        while (data := store.scan_data()) is not None:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            if record.WhichOneof("record_type") == "run":
+                run = record.run
+        found.append(run)
+    return found
+
+
+def test_a_study_s_trials_are_runs_grouped_by_the_study(tiny_model, pairs, tmp_path, monkeypatch):
+    from prefopt.tune import TuneConfig, tune
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    base = dict(model=str(tiny_model), data=str(pairs), precision="fp32", lora=False, max_steps=2,
+                eval_fraction=0.25, report_to=["wandb"])  # fmt: skip
+    tune(TuneConfig(base=base, space={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
+                    n_trials=2, output_dir=str(tmp_path / "study"), study_name="lr-sweep"))  # fmt: skip
+    runs = wandb_runs(tmp_path / "study")
+    assert sorted(run.display_name for run in runs) == ["trial-0", "trial-1"]
+    assert {run.run_group for run in runs} == {"lr-sweep"}

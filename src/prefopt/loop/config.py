@@ -140,6 +140,7 @@ class LoopConfig(BaseModel):
             "seed",
             "precision",
             "anchor_model",
+            "report_group",
         } & set(self.train)
         if owned:
             raise ValueError(f"train: {', '.join(sorted(owned))} are set by the loop itself")

@@ -438,6 +438,7 @@ def train_round(round: Round, ctx: LoopContext) -> float:
             "model": base,
             "data": str(round.data),
             "output_dir": str(round.train_dir),
+            "report_group": Path(config.output_dir).resolve().name,
             "seed": config.seed + round.n,
             "precision": config.precision,
             "merge": True,

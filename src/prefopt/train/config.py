@@ -65,6 +65,11 @@ class RunSettings(BaseModel):
         description="Experiment trackers that also receive the settings and every metrics line, "
         "through accelerate (`pip install -e '.[trackers]'`); none by default.",
     )
+    report_group: str | None = Field(
+        None,
+        description="The group the trackers put this run in (a tuning study's trials: the "
+        "study's name; a loop's rounds: the loop's folder); none by default.",
+    )
     output_dir: str = Field(
         "runs/train",
         description="Where checkpoints, metrics.jsonl, config.yaml and the final model go.",

@@ -301,7 +301,8 @@ class _Run:
             (self.out_dir / "anchor_logps.pt").unlink(missing_ok=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.out_dir / "config.yaml")
-        start_trackers(self.accelerator, self.config.model_dump(), self.out_dir)
+        start_trackers(self.accelerator, self.config.model_dump(), self.out_dir,
+                       group=self.config.report_group)  # fmt: skip
         return MetricsLog(
             self.out_dir / "metrics.jsonl",
             keep_until=self.state.step if checkpoint else -1,

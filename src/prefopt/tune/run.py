@@ -160,7 +160,10 @@ def _objective(config: TuneConfig, console: Console):
         try:
             settings = build(
                 TrainConfig,
-                trial_settings(config.base, {**params, "output_dir": str(folder)}),
+                trial_settings(
+                    config.base,
+                    {**params, "output_dir": str(folder), "report_group": config.study_name},
+                ),  # fmt: skip
                 f"trial {trial.number}",
             )
             result = train(settings, console=console, on_eval=on_eval, reuse=reuse)
