@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from prefopt.cli import app
 
@@ -69,3 +71,40 @@ def test_every_example_config_loads_and_its_data_reads():
         if data and (ROOT / data).exists():
             objective = config.build_objective()
             assert load_records(ROOT / data, single_answers=objective.unpaired).records, path
+
+
+SETTINGS_COMMANDS = [
+    (["train"], "prefopt.train.config:TrainConfig"),
+    (["reward", "train"], "prefopt.reward.config:RewardConfig"),
+    (["generate"], "prefopt.generate.config:GenerateConfig"),
+    (["score"], "prefopt.oracles:ScoreConfig"),
+    (["eval"], "prefopt.evaluate.run:EvalConfig"),
+    (["loop"], "prefopt.loop.config:LoopConfig"),
+    (["rl"], "prefopt.rl.config:RLConfig"),
+    (["tune"], "prefopt.tune.config:TuneConfig"),
+]
+
+
+@pytest.mark.parametrize(("command", "model"), SETTINGS_COMMANDS, ids=lambda v: str(v))
+def test_help_lists_every_setting_as_the_settings_page_does(command, model):
+    """--help and docs/settings.md read one source (settings_table): every setting, its type,
+    default and meaning, in both."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from prefopt.settings import settings_table, type_name
+
+    module, name = model.split(":")
+    settings = getattr(importlib.import_module(module), name)
+    result = CliRunner().invoke(
+        app, [*command, "--help"], env={"COLUMNS": "2000"}, terminal_width=2000
+    )
+    assert result.exit_code == 0, result.output
+    lines = {line.strip() for line in result.output.splitlines()}
+    page = (ROOT / "docs" / "settings.md").read_text()
+    for key, default, meaning in settings_table(settings):
+        assert (
+            f"{key} ({type_name(settings, key)}, default {default}): {meaning}".strip() in lines
+        ), key
+        assert f"| `{key}` |" in page, key

@@ -5,6 +5,7 @@ are errors that name the field; the resolved settings are saved with every run."
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ class ConfigError(ValueError):
 
 
 def settings_table(model: type[BaseModel]) -> list[tuple[str, str, str]]:
-    """(name, default, help) for every field: the source of docs/settings.md."""
+    """(name, default, help) for every field: the source of docs/settings.md and of each
+    command's --help."""
     rows = []
     for name, field in model.model_fields.items():
         default = (
@@ -27,6 +29,17 @@ def settings_table(model: type[BaseModel]) -> list[tuple[str, str, str]]:
         )
         rows.append((name, str(default), field.description or ""))
     return rows
+
+
+def type_name(model: type[BaseModel], name: str) -> str:
+    """A field's type as a person reads it: `int`, `float | None`, `adamw|muon|…`."""
+    annotation = model.model_fields[name].annotation
+    text = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    text = re.sub(r"Annotated\[([^,\]]+)[^\]]*\]", r"\1", text)
+    text = re.sub(r"Literal\[([^\]]*)\]",
+                  lambda m: "|".join(p.strip().strip("'\"") for p in m.group(1).split(",")), text)  # fmt: skip
+    text = re.sub(r"Optional\[([^\]]*)\]", r"\1 | None", text)
+    return re.sub(r"Union\[([^\]]*)\]", lambda m: " | ".join(m.group(1).split(", ")), text)
 
 
 def load_config(model: type[BaseModel], path: str | Path | None, overrides: list[str]) -> BaseModel:

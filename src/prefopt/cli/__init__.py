@@ -33,17 +33,35 @@ def main() -> None:
     """prefopt: align language models from comparisons and rankings."""
 
 
+from prefopt.cli.common import settings_command  # noqa: E402
+
 _EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}  # --key=value settings
 
 app.command("losses")(losses.losses_command)
-app.command("train", context_settings=_EXTRA_ARGS)(train.train_command)
-app.command("generate", context_settings=_EXTRA_ARGS)(generate.generate_command)
-app.command("score", context_settings=_EXTRA_ARGS)(score.score_command)
-app.command("eval", context_settings=_EXTRA_ARGS)(evaluate.eval_command)
+app.command(
+    "train", context_settings=_EXTRA_ARGS, cls=settings_command("prefopt.train.config:TrainConfig")
+)(train.train_command)
+app.command(
+    "generate",
+    context_settings=_EXTRA_ARGS,
+    cls=settings_command("prefopt.generate.config:GenerateConfig"),
+)(generate.generate_command)
+app.command(
+    "score", context_settings=_EXTRA_ARGS, cls=settings_command("prefopt.oracles:ScoreConfig")
+)(score.score_command)
+app.command(
+    "eval", context_settings=_EXTRA_ARGS, cls=settings_command("prefopt.evaluate.run:EvalConfig")
+)(evaluate.eval_command)
 app.command("report")(report.report_command)
-app.command("loop", context_settings=_EXTRA_ARGS)(loop.loop_command)
-app.command("rl", context_settings=_EXTRA_ARGS)(rl.rl_command)
+app.command(
+    "loop", context_settings=_EXTRA_ARGS, cls=settings_command("prefopt.loop.config:LoopConfig")
+)(loop.loop_command)
+app.command("rl", context_settings=_EXTRA_ARGS, cls=settings_command("prefopt.rl.config:RLConfig"))(
+    rl.rl_command
+)
 app.command("demo")(demo.demo_command)
-app.command("tune", context_settings=_EXTRA_ARGS)(tune.tune_command)
+app.command(
+    "tune", context_settings=_EXTRA_ARGS, cls=settings_command("prefopt.tune.config:TuneConfig")
+)(tune.tune_command)
 app.add_typer(label.label_app, name="label")
 app.add_typer(reward.reward_app, name="reward")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand
 
 
 def console() -> Console:
@@ -100,3 +102,26 @@ def _joined_options(args: list[str]) -> list[str]:
             joined.append(args[i])
             i += 1
     return joined
+
+
+class SettingsCommand(TyperCommand):
+    """A command whose settings (YAML and --key=value) are listed under its --help, with type,
+    default and meaning, from the settings model that docs/settings.md is generated from. The model
+    is imported only when help is asked for (it pulls in torch)."""
+
+    settings_model = ""  # "module:Class"
+
+    def format_help(self, ctx, formatter) -> None:
+        from prefopt.settings import settings_table, type_name
+
+        module, name = self.settings_model.split(":")
+        model = getattr(importlib.import_module(module), name)
+        rows = [escape(f"{key} ({type_name(model, key)}, default {default}): {meaning}")
+                for key, default, meaning in settings_table(model)]  # fmt: skip
+        self.epilog = "\n\n".join(["Settings (in the YAML file, or --key=value):", *rows])
+        super().format_help(ctx, formatter)
+
+
+def settings_command(model: str) -> type[SettingsCommand]:
+    """The command class of a command whose settings are the model `module:Class`."""
+    return type("Settings", (SettingsCommand,), {"settings_model": model})

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prefopt.cli.common import console, load_settings, run_library, write_report
+from prefopt.cli.common import console, load_settings, run_library, settings_command, write_report
 
 reward_app = typer.Typer(
     help="Reward models: prefopt reward train CONFIG.yaml.", no_args_is_help=True
@@ -15,7 +15,9 @@ reward_app = typer.Typer(
 
 
 @reward_app.command(
-    "train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+    "train",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    cls=settings_command("prefopt.reward.config:RewardConfig"),
 )
 def reward_train_command(
     ctx: typer.Context,
