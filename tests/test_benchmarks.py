@@ -258,3 +258,20 @@ def test_decode_profile_splits_a_step_and_prints_the_roofline(tiny_model, tmp_pa
     for row in rows:
         seconds = row["seconds"]
         assert seconds["step"] >= seconds["forward"] > 0 and row["flops"] > 0 < row["bytes"]
+
+
+def test_optimizers_benchmark_tunes_each_optimizer_and_times_it_against_adamw(tiny_model, tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny import toy_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "lists.jsonl", toy_rows(40, seed=2, k=4))
+    command = [sys.executable, str(ROOT / "benchmarks" / "optimizers.py"), "--model", str(tiny_model),
+               "--data", str(data), "--optimizers", "adamw,muon", "--trials", "2", "--steps", "3",
+               "--json", str(tmp_path / "o.json")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "o.json").read_text())["results"]
+    for name in ("adamw", "muon"):
+        assert len(results[name]["trials"]) == 2 and results[name]["seconds_per_step"] > 0
+        assert 0 <= results[name]["ranking_accuracy"] <= 1
+    assert "1.00x" in done.stdout  # AdamW against itself
