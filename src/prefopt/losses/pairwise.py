@@ -677,6 +677,18 @@ class RunningMean:
         self.mean, self.count = float(state["mean"]), float(state["count"])
 
 
+def reward_shift(batch: ListBatch, rewards: torch.Tensor, delta: float | None,
+                 running: RunningMean | None) -> float:  # fmt: skip
+    """BCO's δ: `delta` if given; else the batch's mean reward over every answer (every process's
+    share), folded into the `running` mean when there is one (Jung et al. 2024)."""
+    if delta is not None:
+        return delta
+    valid = rewards.detach()[batch.mask]
+    count = torch.tensor(float(valid.numel()), device=valid.device)
+    batch_mean = (batch.total(valid.sum()) / batch.total(count).clamp(min=1)).item()
+    return running.update(batch_mean) if running is not None else batch_mean
+
+
 @register_loss(
     "bco_pair",
     formula="−log σ(r_w − δ) − log σ(−(r_l − δ)),  r = βρ",
@@ -708,9 +720,7 @@ def bco_pair(
     """
     check_beta(beta)
     rewards = beta * batch.log_ratios()
-    if delta is None:
-        batch_mean = rewards.detach()[batch.mask].mean().item()
-        delta = running.update(batch_mean) if running is not None else batch_mean
+    delta = reward_shift(batch, rewards, delta, running)
     better, worse = batch.pairs.take(rewards)
     per_pair = -F.logsigmoid(better - delta) - F.logsigmoid(-(worse - delta))
     return _pairwise(

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from prefopt.losses.base import ListBatch, LossOutput, check, check_beta, masked_mean, register_loss
-from prefopt.losses.pairwise import RunningMean
+from prefopt.losses.pairwise import RunningMean, reward_shift
 
 
 def _weighted_mean(
@@ -168,11 +168,7 @@ def bco(
     """
     check_beta(beta)
     rewards = beta * batch.log_ratios()
-    if delta is None:
-        valid = rewards.detach()[batch.mask]
-        count = torch.tensor(float(valid.numel()), device=valid.device)
-        batch_mean = (batch.total(valid.sum()) / batch.total(count).clamp(min=1)).item()
-        delta = running.update(batch_mean) if running is not None else batch_mean
+    delta = reward_shift(batch, rewards, delta, running)
     loss = _weighted_mean(batch, -F.logsigmoid(rewards - delta), -F.logsigmoid(-(rewards - delta)))
     shift = torch.full_like(rewards[:, 0], float(delta))
     return LossOutput(loss, _metrics(batch, rewards, reward_shift=shift))
