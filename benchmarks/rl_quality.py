@@ -34,7 +34,7 @@ def run_arm(args, arm: str, folder: Path) -> dict:
     started = time.perf_counter()
     quiet = Console(quiet=True)
     if arm == "loop":
-        result = demo(folder / "loop", model=args.model, console=quiet)
+        result = demo(folder / "loop", model=args.model, console=quiet, method="loop")
         final = result.arms[0].final_model
     elif arm in ("grpo", "disco"):
         params = RL_SETTINGS["loss_params"] if arm == "grpo" else {}
