@@ -115,3 +115,21 @@ def test_items_as_label_studio_tasks_read_back_once_labelled(tmp_path):
                                            "value": {"ranker": {"items": ["2", "0", "1"]}}})]  # fmt: skip
     records = load_records(label_studio_export(tmp_path, tasks)).records
     assert [r.completions for r in records] == [("a", "b"), ("e", "c", "d")]
+
+
+def test_columns_name_a_tool_s_fields_when_they_are_not_the_usual_ones(tmp_path):
+    records = [
+        record({"q": "p1", "reply": "a"}, quality=[5]),
+        record({"q": "p1", "reply": "b"}, quality=[2]),
+    ]
+    folder = argilla_folder(tmp_path, {"quality": "rating"}, records)
+    with pytest.raises(DataError, match="no answer field"):
+        load_records(folder)
+    loaded = load_records(folder, columns={"prompt": "q", "completion": "reply"}).records
+    assert [(r.prompt, r.completions, r.scores) for r in loaded] == [("p1", ("a", "b"), (5.0, 2.0))]
+    tasks = [{"data": {"q": "p2", "reply": "c"}, "annotations": [annotation(
+        {"type": "rating", "to_name": "reply", "value": {"rating": 4}})]},
+             {"data": {"q": "p2", "reply": "d"}, "annotations": [annotation(
+        {"type": "rating", "to_name": "reply", "value": {"rating": 1}})]}]  # fmt: skip
+    rows = load_records(label_studio_export(tmp_path, tasks), columns={"prompt": "q"}).records
+    assert [(r.prompt, r.completions, r.scores) for r in rows] == [("p2", ("c", "d"), (4.0, 1.0))]

@@ -93,7 +93,7 @@ def load_records(
             ) from None
         skipped[error.reason] += 1
 
-    for row_number, row in _rows(name, split):
+    for row_number, row in _rows(name, split, columns):
         try:
             if isinstance(row, DataError):
                 raise row
@@ -188,10 +188,10 @@ def _grouped_row(rows: list[dict]) -> dict:
             "scores": scores}  # fmt: skip
 
 
-def _rows(name: str, split: str) -> Iterator[tuple[int, Any]]:
+def _rows(name: str, split: str, columns: dict | None = None) -> Iterator[tuple[int, Any]]:
     path = Path(name)
     if path.is_dir() and is_argilla_folder(path):
-        yield from argilla_rows(path)
+        yield from argilla_rows(path, columns)
     elif path.is_dir():
         yield from _dataset_folder(path)
     elif path.exists():
@@ -199,7 +199,7 @@ def _rows(name: str, split: str) -> Iterator[tuple[int, Any]]:
         if suffix in (".jsonl", ".ndjson"):
             yield from _json_lines(path)
         elif suffix == ".json":
-            yield from _json(path)
+            yield from _json(path, columns)
         elif suffix == ".parquet":
             yield from _parquet(path)
         elif suffix in (".csv", ".tsv"):
@@ -254,7 +254,7 @@ def _decode(path: Path) -> str:
         ) from None
 
 
-def _json(path: Path) -> Iterator[tuple[int, Any]]:
+def _json(path: Path, columns: dict | None = None) -> Iterator[tuple[int, Any]]:
     try:
         data = json.loads(_decode(path))
     except json.JSONDecodeError as error:
@@ -265,7 +265,7 @@ def _json(path: Path) -> Iterator[tuple[int, Any]]:
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"train": [...]} or {"data": [...]}
     if is_label_studio(data):
-        yield from label_studio_rows(data)
+        yield from label_studio_rows(data, columns)
         return
     if not isinstance(data, list):
         raise DataError(

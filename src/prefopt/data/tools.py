@@ -38,8 +38,9 @@ def is_argilla_folder(path: Path) -> bool:
     return (path / ".argilla" / "settings.json").is_file()
 
 
-def argilla_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(record number, row) for every submitted response of an Argilla dataset folder."""
+def argilla_rows(path: Path, columns: dict | None = None) -> Iterator[tuple[int, Any]]:
+    """(record number, row) for every submitted response of an Argilla dataset folder; `columns`
+    may name the field that holds the judged answer (`completion`)."""
     settings = json.loads((path / ".argilla" / "settings.json").read_text(encoding="utf-8"))
     kinds = {q["name"]: q.get("settings", {}).get("type") for q in settings.get("questions", [])}
     records_path = path / "records.json"
@@ -53,23 +54,29 @@ def argilla_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 if response.get("status", "submitted") != "submitted":
                     continue
                 try:
-                    row = _feedback_row(fields, kinds.get(question), response.get("value"))
+                    row = _feedback_row(fields, kinds.get(question), response.get("value"),
+                                        _named(columns))  # fmt: skip
                     yield number, _usual_prompt(row)
                 except DataError as error:
                     yield number, DataError(f'question "{question}": {error.detail}',
                                             reason=error.reason)  # fmt: skip
 
 
-def _feedback_row(fields: dict, kind: str | None, value: Any) -> dict:
+def _named(columns: dict | None) -> list[str]:
+    """The answer's field as `columns` names it, tried before the usual names."""
+    return [columns["completion"]] if columns and "completion" in columns else []
+
+
+def _feedback_row(fields: dict, kind: str | None, value: Any, named: list[str]) -> dict:
     """The row one answer to one question makes, the record's fields kept beside it."""
     if kind == "ranking":
         return {**fields, **_ranked(fields, value)}
     if kind == "rating":
-        return {**fields, "completion": _answer(fields, []), "rating": value}
+        return {**fields, "completion": _answer(fields, named), "rating": value}
     if kind == "label_selection":
-        return {**fields, "completion": _answer(fields, []), "label": verdict(value)}
+        return {**fields, "completion": _answer(fields, named), "label": verdict(value)}
     if kind == "text":
-        return {**fields, "completion": _answer(fields, []), "edited": value}
+        return {**fields, "completion": _answer(fields, named), "edited": value}
     raise DataError(f"a {kind} question does not make training data (ranking, rating, "
                     "label_selection or text questions do)", reason="unsupported question")  # fmt: skip
 
@@ -110,8 +117,9 @@ def is_label_studio(rows: Any) -> bool:
     )
 
 
-def label_studio_rows(tasks: list[dict]) -> Iterator[tuple[int, Any]]:
-    """(task number, row) for every result of every annotation that was not cancelled."""
+def label_studio_rows(tasks: list[dict], columns: dict | None = None) -> Iterator[tuple[int, Any]]:
+    """(task number, row) for every result of every annotation that was not cancelled; `columns`
+    may name the field that holds the judged answer (`completion`)."""
     for number, task in enumerate(tasks, 1):
         data = task.get("data") or {}
         for annotation in task.get("annotations") or []:
@@ -119,12 +127,12 @@ def label_studio_rows(tasks: list[dict]) -> Iterator[tuple[int, Any]]:
                 continue
             for result in annotation.get("result") or []:
                 try:
-                    yield number, _usual_prompt(_result_row(data, result))
+                    yield number, _usual_prompt(_result_row(data, result, _named(columns)))
                 except DataError as error:
                     yield number, error
 
 
-def _result_row(data: dict, result: dict) -> dict:
+def _result_row(data: dict, result: dict, named: list[str]) -> dict:
     kind, value = result.get("type"), result.get("value") or {}
     targets = [name.strip() for name in str(result.get("to_name", "")).split(",") if name.strip()]
     if kind == "pairwise":
@@ -133,7 +141,7 @@ def _result_row(data: dict, result: dict) -> dict:
         return {**data, "chosen": chosen, "rejected": rejected}
     if kind == "ranker":
         return {**data, **_ranker(data, targets, value.get("ranker"))}
-    answer = _answer(data, targets)
+    answer = _answer(data, named + targets)
     if kind == "rating":
         return {**data, "completion": answer, "rating": value.get("rating")}
     if kind == "choices":
