@@ -37,9 +37,9 @@ def demo_command(
         str | None,
         typer.Option(
             "--method",
-            help="rl (the default): GRPO steps with the live policy; loop: rounds of sampling, "
-            "choosing what to label, labelling and training (the default with --people or "
-            "--compare-random). Both spend 1,152 sampled answers (docs/demo.md).",
+            help="loop (the default): rounds of sampling, choosing what to label, labelling and "
+            "training; rl: GRPO steps with the live policy. Both spend 1,152 sampled answers "
+            "(docs/demo.md).",
         ),
     ] = None,
 ) -> None:

@@ -187,13 +187,12 @@ def demo(
     rl_settings: dict[str, Any] | None = None,
 ) -> DemoResult:
     """Run the demo into `out` (resumable: run it again to continue). With `people`, the label app
-    serves the loop's store on `port` and a person is the oracle. `method`: "rl" (`prefopt rl`,
-    GRPO: the default, which reached more than the loop on the same budget, docs/benchmarks.md)
-    or "loop" (rounds of `prefopt loop`: the default with `people` or `compare_random`).
+    serves the loop's store on `port` and a person is the oracle. `method`: "loop" (rounds of
+    `prefopt loop`, the default) or "rl" (`prefopt rl`, GRPO), which reach the same place on the
+    same budget of sampled answers (docs/benchmarks.md).
     `task_sizes`, `loop_settings` and `rl_settings` change the task, the loop and rl (the tests
     make them small)."""
-    if method is None:
-        method = "loop" if people or compare_random else "rl"
+    method = method or "loop"
     if method not in METHODS:
         raise ValueError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     if method == "rl" and (people or compare_random):
