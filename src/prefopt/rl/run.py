@@ -53,7 +53,7 @@ from prefopt.train.cards import CardFacts, write_card
 from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.train.loop import accelerator_for, seed_everything
 from prefopt.train.metrics import MetricsLog, brief
-from prefopt.train.trackers import log_record, start_trackers
+from prefopt.train.trackers import end_trackers, log_record, start_trackers
 
 
 @dataclasses.dataclass
@@ -164,7 +164,7 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
                     on_step(state["step"], record)
     finally:
         rewards.close()
-        policy.accelerator.end_training()
+        end_trackers(policy.accelerator)
     _checkpoint(policy, out, state, objective)
     if main:
         facts = CardFacts(

@@ -54,7 +54,7 @@ from prefopt.train.metrics import MetricMeans, MetricsLog, brief
 from prefopt.train.optimizers import build_optimizer, build_scheduler, schedule_free
 from prefopt.train.reference import reference_logps
 from prefopt.train.task import POLICY, Task
-from prefopt.train.trackers import log_record, start_trackers, tracker_kwargs
+from prefopt.train.trackers import end_trackers, log_record, start_trackers, tracker_kwargs
 
 
 @dataclasses.dataclass
@@ -107,7 +107,7 @@ def train(
         try:
             return run.fit(resume, on_step)
         finally:  # the trackers' runs end (and their files are flushed) whatever happened
-            run.accelerator.end_training()
+            end_trackers(run.accelerator)
 
 
 @dataclasses.dataclass

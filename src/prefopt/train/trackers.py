@@ -52,6 +52,14 @@ def _wants(accelerator, tracker: str) -> bool:
     return any(str(getattr(kind, "value", kind)) == tracker for kind in accelerator.log_with)
 
 
+def end_trackers(accelerator) -> None:
+    """Close every tracker's run (its files flushed). Not accelerate's `end_training`, which also
+    ends the process group that later work (a checkpoint, the next run of a study) still uses."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.trackers = []
+
+
 def log_record(accelerator, record: dict) -> None:
     """One metrics.jsonl line to every tracker, its numbers under `train/` or `eval/`."""
     if not accelerator.log_with:
