@@ -4,9 +4,13 @@ trains LoRA on the example ranked lists (examples/data/lists.jsonl, Plackett–L
 number of steps and scores each trial by the held-out ranking accuracy of the policy's
 likelihood; the table gives each optimizer's best trial, its learning rate, and its seconds per
 step against AdamW's (the median over the best trial's steps). One process runs the studies one
-after another (same data, same model, same held-out lists).
+after another (same data, same model, same held-out lists). With `--demo`, each optimizer then
+runs the demo's loop (`prefopt demo`, 3 rounds, 1,152 sampled answers) at the learning rate its
+study found, and the held-out constraint satisfaction of its final policy is reported (tuning on
+the demo itself would take a demo per trial).
 
-    python benchmarks/optimizers.py --json benchmarks/results-optimizers.json
+    python benchmarks/optimizers.py --demo --json benchmarks/results-optimizers.json
+    python benchmarks/optimizers.py --demo --tuned benchmarks/results-optimizers.json --json out.json
     python benchmarks/optimizers.py --trials 2 --steps 4      # a quick look
 """
 
@@ -54,6 +58,18 @@ def study(args, optimizer: str, folder: Path) -> dict:
             "trials": [(t["params"]["learning_rate"], t["values"][0]) for t in done]}  # fmt: skip
 
 
+def on_demo(args, optimizer: str, learning_rate: float, folder: Path) -> dict:
+    """The demo's loop with this optimizer at this learning rate: held-out satisfaction."""
+    from prefopt.demo.run import LOOP_SETTINGS, demo
+
+    train = {**LOOP_SETTINGS["train"], "optimizer": optimizer, "learning_rate": learning_rate}
+    result = demo(folder / f"demo-{optimizer}", model=args.model, method="loop",
+                  console=Console(quiet=True), loop_settings={"train": train})  # fmt: skip
+    arm = result.arms[0]
+    (_, before), (_, after) = arm.curve[0], arm.curve[-1]
+    return {"before": before, "after": after}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="default")
@@ -61,21 +77,34 @@ def main() -> None:
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--trials", type=int, default=5, help="trials per optimizer's study")
     parser.add_argument("--steps", type=int, default=24, help="optimizer steps per trial")
+    parser.add_argument("--demo", action="store_true", help="also the demo's loop per optimizer")
+    parser.add_argument("--tuned", help="a results JSON of this script: its studies, not new ones")
     parser.add_argument("--json")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as folder:
+        tuned = json.loads(Path(args.tuned).read_text())["results"] if args.tuned else {}
         for optimizer in args.optimizers.split(","):
-            results[optimizer] = study(args, optimizer, Path(folder))
+            results[optimizer] = tuned.get(optimizer) or study(args, optimizer, Path(folder))
             print(f"{optimizer}: {results[optimizer]}", flush=True)
+        for optimizer in results if args.demo else ():
+            best = results[optimizer]["learning_rate"]
+            results[optimizer]["demo"] = on_demo(args, optimizer, best, Path(folder))
+            print(f"{optimizer} on the demo: {results[optimizer]['demo']}", flush=True)
     adamw = results.get("adamw", {}).get("seconds_per_step")
     print(
         f"{'optimizer':22} {'held-out acc.':>13} {'from':>6} {'best lr':>9} {'s/step':>7} {'vs AdamW':>8}"
     )
     for name, r in results.items():
         ratio = f"{r['seconds_per_step'] / adamw:.2f}x" if adamw else "-"
+        demo = r.get("demo", {}).get("after")
+        shown = (
+            f"  demo held out {demo['value']:.3f} [{demo['low']:.3f}, {demo['high']:.3f}]"
+            if demo
+            else ""
+        )
         print(f"{name:22} {r['ranking_accuracy']:13.3f} {r['initial_ranking_accuracy']:6.3f} "
-              f"{r['learning_rate']:9.2e} {r['seconds_per_step']:7.2f} {ratio:>8}")  # fmt: skip
+              f"{r['learning_rate']:9.2e} {r['seconds_per_step']:7.2f} {ratio:>8}{shown}")  # fmt: skip
     if args.json:
         Path(args.json).write_text(
             json.dumps({"settings": vars(args), "results": results}, indent=1)
