@@ -275,3 +275,12 @@ def test_optimizers_benchmark_tunes_each_optimizer_and_times_it_against_adamw(ti
         assert len(results[name]["trials"]) == 2 and results[name]["seconds_per_step"] > 0
         assert 0 <= results[name]["ranking_accuracy"] <= 1
     assert "1.00x" in done.stdout  # AdamW against itself
+    # the demo's loop at the tuned rate, the studies read back from the results file
+    command = [sys.executable, str(ROOT / "benchmarks" / "optimizers.py"), "--model", str(tiny_model),
+               "--optimizers", "muon", "--tuned", str(tmp_path / "o.json"), "--demo",
+               "--json", str(tmp_path / "d.json")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    muon = json.loads((tmp_path / "d.json").read_text())["results"]["muon"]
+    assert muon["trials"] == results["muon"]["trials"]  # no new study
+    assert muon["demo"]["before"]["n"] == muon["demo"]["after"]["n"] == 60
