@@ -168,7 +168,7 @@ def _single_summary(labels: list[dict]) -> tuple[dict, dict, list[dict]]:
     by_person: dict[str, dict[int, bool]] = collections.defaultdict(dict)
     votes: dict[int, dict[str, object]] = collections.defaultdict(dict)
     for label in labels:
-        value = _value(label)
+        value = judged_value(label)
         if label["task"] in units:
             units[label["task"]][label["item_id"]].append(value)
             votes[label["item_id"]][label["annotator"]] = value
@@ -199,7 +199,7 @@ def _single_summary(labels: list[dict]) -> tuple[dict, dict, list[dict]]:
     return thumbs, ratings, disputed
 
 
-def _value(label: dict):
+def judged_value(label: dict):
     """A one-answer judgement as the statistics compare it: the verdict, the rating, or for an
     edit whether it changed the answer."""
     value = label["value"]
@@ -244,8 +244,8 @@ def _agreement(label: dict, others: list, gold: bool = False) -> float | None:
     ranking; for one answer, 1 when its verdict or rating is the majority's (None on a split)."""
     if label.get("task", "rank") == "rank":
         return order_agreement(label["ranks"], others if gold else [o["ranks"] for o in others])
-    mine = _value(label)
-    theirs = [_value({"value": other}) if gold else _value(other) for other in others]
+    mine = judged_value(label)
+    theirs = [judged_value({"value": other}) if gold else judged_value(other) for other in others]
     votes = collections.Counter(theirs).most_common()
     if len(votes) > 1 and votes[0][1] == votes[1][1]:
         return None

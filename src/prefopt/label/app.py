@@ -19,7 +19,6 @@ from prefopt.label.headers import SecurityHeaders
 from prefopt.label.limits import MAX_BODY_BYTES, BodyLimit, FailedLogins, SameOrigin
 from prefopt.label.names import MAX_NAME
 from prefopt.label.store import (
-    CHOICES,
     MAX_COMMENT,
     MAX_COMPLETIONS,
     MAX_ID,
@@ -30,7 +29,7 @@ from prefopt.label.store import (
     Store,
     User,
 )
-from prefopt.label.tasks import MAX_EDIT, VERDICTS
+from prefopt.label.tasks import CHOICES, MAX_EDIT, VERDICTS
 
 COOKIE = "prefopt_session"
 PAGES = Path(__file__).parent / "pages"

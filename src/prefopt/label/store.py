@@ -20,11 +20,9 @@ from prefopt.errors import LabelError
 from prefopt.label import agreement
 from prefopt.label.database import file_identity, make_engine, serialize, sqlite_file, upgrade
 from prefopt.label.names import normalized_name, skeleton
-from prefopt.label.tasks import SINGLE, gold_value, scale_of, single_value, task_of
+from prefopt.label.tasks import SINGLE, gold_of, ranks_of, scale_of, single_value, task_of
 
 ROLES = ("annotator", "admin")
-# a/b = completions[0]/[1] of the item, whatever side they were shown on
-CHOICES = ("a", "b", "tie", "both_bad")
 MAX_COMMENT = 2000
 MAX_ID = 2**31 - 1  # the largest id PostgreSQL's integer column holds
 SESSION_HOURS = 12.0  # a login lasts a working day
@@ -301,7 +299,7 @@ class Store:
             scale_of(r, scale) if t == "rating" else None
             for r, t in zip(records, tasks, strict=True)
         ]
-        golds = [_gold(r, t, sc) for r, t, sc in zip(records, tasks, scales, strict=True)]
+        golds = [gold_of(r, t, sc) for r, t, sc in zip(records, tasks, scales, strict=True)]
         with self._writing() as s:
             known = self._known(s, keys)
             rows = []
@@ -561,7 +559,7 @@ class Store:
             elif (verdict, rating, edited) != (None, None, None):
                 raise LabelError("a ranking item takes a choice or a ranking", field="choice")
             else:
-                ranks = _ranks(item.k, choice, ranking)
+                ranks = ranks_of(item.k, choice, ranking)
             if s.scalar(
                 sa.select(Label.id).where(Label.item_id == item_id, Label.user_id == user.id)
             ):
@@ -771,48 +769,3 @@ class Store:
             "skipped": sum(skips.values()),
             "annotators": people,
         }
-
-
-def _gold(record, task: str = "rank", scale: dict | None = None) -> list[int] | dict | None:
-    """A record's known answer: as ranks for a pair (`"gold": "a" | "b" | "tie"`) or a list (a
-    ranking); as a value for one answer (label/tasks.py)."""
-    gold = getattr(record, "extra", {}).get("gold")
-    if gold is None:
-        return None
-    if task in SINGLE:
-        return gold_value(task, scale, gold, record.source)
-    try:
-        return _ranks(
-            len(record.completions),
-            gold if isinstance(gold, str) else None,
-            gold if isinstance(gold, list) else None,
-        )
-    except LabelError as error:
-        raise LabelError(f"{record.source}: gold: {error}", field="gold") from None
-
-
-def _ranks(k: int, choice: str | None, ranking: list[int] | None) -> list[int]:
-    if k == 2:
-        if choice not in CHOICES:
-            raise LabelError(
-                f"choice must be one of {', '.join(CHOICES)} for a pair", field="choice"
-            )
-        return {"a": [1, 2], "b": [2, 1], "tie": [1, 1], "both_bad": [1, 1]}[choice]
-    if choice is not None:
-        raise LabelError(
-            f"this item has {k} completions: give a ranking, not a choice", field="choice"
-        )
-    if not isinstance(ranking, list) or len(ranking) != k:
-        raise LabelError(
-            f"ranking must give a rank for each of the {k} completions", field="ranking"
-        )
-    if any(isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= k for r in ranking):
-        raise LabelError(f"ranks are whole numbers from 1 (best) to {k}", field="ranking")
-    # Ties share the best rank of their group ("1224" style): rank = 1 + number of strictly better.
-    if any(r != 1 + sum(other < r for other in ranking) for r in ranking):
-        raise LabelError(
-            "ranking is not a ranking: rank r needs exactly r−1 completions ranked better "
-            f"(got {ranking})",
-            field="ranking",
-        )
-    return list(ranking)

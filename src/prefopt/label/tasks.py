@@ -11,6 +11,8 @@ from typing import Any
 from prefopt.errors import LabelError
 
 TASKS = ("rank", "thumbs", "rating", "edit")
+# a pair's choices: a/b = completions[0]/[1] of the item, whatever side they were shown on
+CHOICES = ("a", "b", "tie", "both_bad")
 SINGLE = ("thumbs", "rating", "edit")  # the tasks on one answer
 VERDICTS = ("good", "bad")
 MAX_EDIT = 20_000  # characters of an edited answer
@@ -88,3 +90,50 @@ def gold_value(task: str, scale: dict | None, gold: Any, source: str) -> dict:
                      f"{'true or false' if task == 'thumbs' else 'a point of its scale'}, got "
                      f"{gold!r}" if task != "edit" else f"{source}: edit items have no gold",
                      field="gold")  # fmt: skip
+
+
+def gold_of(record, task: str = "rank", scale: dict | None = None) -> list[int] | dict | None:
+    """A record's known answer: as ranks for a pair (`"gold": "a" | "b" | "tie"`) or a list (a
+    ranking); as a value for one answer."""
+    gold = getattr(record, "extra", {}).get("gold")
+    if gold is None:
+        return None
+    if task in SINGLE:
+        return gold_value(task, scale, gold, record.source)
+    try:
+        return ranks_of(
+            len(record.completions),
+            gold if isinstance(gold, str) else None,
+            gold if isinstance(gold, list) else None,
+        )
+    except LabelError as error:
+        raise LabelError(f"{record.source}: gold: {error}", field="gold") from None
+
+
+def ranks_of(k: int, choice: str | None, ranking: list[int] | None) -> list[int]:
+    """A rank task's judgement as the rank of each completion in item order (1 = best, ties
+    equal): a pair's choice, or a list's ranking, checked."""
+    if k == 2:
+        if choice not in CHOICES:
+            raise LabelError(
+                f"choice must be one of {', '.join(CHOICES)} for a pair", field="choice"
+            )
+        return {"a": [1, 2], "b": [2, 1], "tie": [1, 1], "both_bad": [1, 1]}[choice]
+    if choice is not None:
+        raise LabelError(
+            f"this item has {k} completions: give a ranking, not a choice", field="choice"
+        )
+    if not isinstance(ranking, list) or len(ranking) != k:
+        raise LabelError(
+            f"ranking must give a rank for each of the {k} completions", field="ranking"
+        )
+    if any(isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= k for r in ranking):
+        raise LabelError(f"ranks are whole numbers from 1 (best) to {k}", field="ranking")
+    # Ties share the best rank of their group ("1224" style): rank = 1 + number of strictly better.
+    if any(r != 1 + sum(other < r for other in ranking) for r in ranking):
+        raise LabelError(
+            "ranking is not a ranking: rank r needs exactly r−1 completions ranked better "
+            f"(got {ranking})",
+            field="ranking",
+        )
+    return list(ranking)

@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 
 from prefopt.data import PreferenceRecord
 from prefopt.errors import OracleError
+from prefopt.label.agreement import judged_value
 from prefopt.label.store import Store, content_key
 from prefopt.oracles.base import ORACLES, Judgement, ListToJudge, Oracle, OracleOptions
 
@@ -117,7 +118,9 @@ class PeopleOracle(Oracle):
             len(given) < wanted for given in per_answer
         ):
             return Judgement(abstained=f"fewer than {wanted} labels by the deadline")
-        values = [[_answer_value(label) for label in labels[:wanted]] for labels in per_answer]
+        values = [
+            [float(judged_value(label)) for label in labels[:wanted]] for labels in per_answer
+        ]
         return Judgement(scores=tuple(sum(v) / len(v) for v in values),
                          details=tuple({self.options.task: v} for v in values))  # fmt: skip
 
@@ -140,8 +143,3 @@ class PeopleOracle(Oracle):
 
     def close(self) -> None:
         self.store.close()
-
-
-def _answer_value(label: dict) -> float:
-    value = label["value"]
-    return float(value["label"]) if "label" in value else float(value["rating"])

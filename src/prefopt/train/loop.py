@@ -564,24 +564,26 @@ class _Run:
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.trainee.engine).model
             restore_frozen(model)  # the saved model keeps its base weights' float32 values
-            if schedule_free(self.trainee.optimizer):
-                self.trainee.optimizer.eval()  # the averaged weights are the model
             cache = (
                 self.reuse.models if self.reuse is not None and self.reuse.keep_trained else None
             )
-            self.say(
-                self.task.save(
-                    model,
-                    tokenizer=self.data.tokenizer,
-                    out=self.out_dir,
-                    config=self.config,
-                    lora=self.trainee.lora,
-                    cache=cache,
+            with (
+                self.averaged_weights()
+            ):  # a schedule-free optimizer's averaged weights are the model
+                self.say(
+                    self.task.save(
+                        model,
+                        tokenizer=self.data.tokenizer,
+                        out=self.out_dir,
+                        config=self.config,
+                        lora=self.trainee.lora,
+                        cache=cache,
+                    )
                 )
-            )
+            facts = self.card_facts(evaluation)
             for name in ("model", "merged", "adapters"):
                 if (self.out_dir / name).is_dir():
-                    write_card(self.out_dir / name, self.card_facts(evaluation))
+                    write_card(self.out_dir / name, facts)
 
     def card_facts(self, evaluation: dict) -> CardFacts:
         config = self.config
