@@ -144,6 +144,8 @@ def test_an_existing_loop_is_not_overwritten_and_an_exhausted_pool_is_named(
 def test_settings_the_loop_owns_are_refused():
     with pytest.raises(ValueError, match="output_dir are set by the loop"):
         LoopConfig(prompts="p.jsonl", train={"output_dir": "x"})
+    with pytest.raises(ValueError, match="report_to are set by the loop"):
+        LoopConfig(prompts="p.jsonl", train={"report_to": ["wandb"]})
     with pytest.raises(ValueError, match="learning_rat: unknown setting"):
         LoopConfig(prompts="p.jsonl", train={"learning_rat": 1})
 

@@ -5,6 +5,8 @@ units, train and eval on the same axes. `prefopt.report` picks the report for a 
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import html
 import io
 import json
@@ -31,6 +33,26 @@ def write_page(target: Path, title: str, body: str) -> Path:
     return write_atomic(target, page)
 
 
+_DRAWN: contextvars.ContextVar[list | None] = contextvars.ContextVar("drawn", default=None)
+
+
+@contextlib.contextmanager
+def drawn_figures():
+    """Every figure the reports draw meanwhile, as (name of its drawing function, matplotlib
+    figure, PNG bytes): what a run sends its experiment trackers."""
+    drawn: list = []
+    token = _DRAWN.set(drawn)
+    try:
+        yield drawn
+    finally:
+        _DRAWN.reset(token)
+        if drawn:  # pyplot keeps every figure until it is closed
+            from matplotlib import pyplot
+
+            for _, figure, _ in drawn:
+                pyplot.close(figure)
+
+
 def figure_html(draw, *, width: float = 10, height: float = 3.6, png: Path | None = None) -> str:
     """An <img> of what `draw(figure)` plots, as an embedded PNG (also written to `png`, if given)."""
     import matplotlib  # here: pyplot may be imported only after the display-less backend is chosen
@@ -43,7 +65,10 @@ def figure_html(draw, *, width: float = 10, height: float = 3.6, png: Path | Non
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    pyplot.close(figure)
+    if (drawn := _DRAWN.get()) is not None:  # kept open for the trackers until they are done
+        drawn.append((getattr(draw, "__name__", "figure").strip("<>"), figure, buffer.getvalue()))
+    else:
+        pyplot.close(figure)
     if png is not None:
         png.write_bytes(buffer.getvalue())
     return (

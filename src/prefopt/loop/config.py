@@ -117,6 +117,12 @@ class LoopConfig(BaseModel):
     output_dir: str = Field(
         "runs/loop", description="Where every round's stages, rounds.jsonl and the models go."
     )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=list,
+        description="Experiment trackers (as in `prefopt train`): the loop's rounds.jsonl lines "
+        "as one run named after output_dir, every round's training as a run `round-N`, grouped "
+        "by output_dir's name.",
+    )
     seed: int = Field(0, description="Seeds the prompt draws, sampling, acquisition and training.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="As in `prefopt train`.")
 
@@ -140,7 +146,9 @@ class LoopConfig(BaseModel):
             "seed",
             "precision",
             "anchor_model",
+            "report_to",
             "report_group",
+            "run_name",
         } & set(self.train)
         if owned:
             raise ValueError(f"train: {', '.join(sorted(owned))} are set by the loop itself")

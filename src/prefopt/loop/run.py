@@ -38,6 +38,7 @@ from prefopt.loop.round import STAGES, Round, RoundRecord
 from prefopt.oracles import ScoreConfig, score
 from prefopt.settings import save_config
 from prefopt.train import Reuse, TrainConfig, train
+from prefopt.train.trackers import Trackers
 
 
 @dataclasses.dataclass
@@ -88,13 +89,19 @@ def loop(
     )
     if config.heldout:
         ctx.initial_answers = initial_answers(ctx)
-    for n in range(len(records), config.rounds):
-        ctx.console.print(f"[bold]round {n + 1} of {config.rounds}[/]", highlight=False)
-        round = ctx.round(n)
-        # what this round reads: the initial model, its policy and (training: continue) the one before
-        ctx.reuse.models.keep_only({config.model, ctx.policy(round), ctx.trained_after(n - 2)})
-        records.append(run_round(round, ctx))
-        write_jsonl(out / "rounds.jsonl", records)
+    trackers = Trackers.open(config.report_to, out, config.model_dump(), group=out.resolve().name)
+    try:
+        for n in range(len(records), config.rounds):
+            ctx.console.print(f"[bold]round {n + 1} of {config.rounds}[/]", highlight=False)
+            round = ctx.round(n)
+            # what this round reads: the initial model, its policy and (training: continue) the one before
+            ctx.reuse.models.keep_only({config.model, ctx.policy(round), ctx.trained_after(n - 2)})
+            records.append(run_round(round, ctx))
+            write_jsonl(out / "rounds.jsonl", records)
+            trackers.log({"step": n + 1, "split": "round", **records[-1]})
+        trackers.log_report(out, len(records))
+    finally:
+        trackers.close()
     return records
 
 
@@ -438,7 +445,9 @@ def train_round(round: Round, ctx: LoopContext) -> float:
             "model": base,
             "data": str(round.data),
             "output_dir": str(round.train_dir),
+            "report_to": config.report_to,
             "report_group": Path(config.output_dir).resolve().name,
+            "run_name": f"round-{round.n}",
             "seed": config.seed + round.n,
             "precision": config.precision,
             "merge": True,

@@ -27,6 +27,9 @@ class RLConfig(BaseModel):
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
         default_factory=list, description="As in `prefopt train`: experiment trackers."
     )
+    run_name: str | None = Field(
+        None, description="The run's name in the trackers (default: the output folder's name)."
+    )
     output_dir: str = Field(
         "runs/rl", description="Where metrics.jsonl, checkpoints and the model go."
     )

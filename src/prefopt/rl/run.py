@@ -17,7 +17,6 @@ of log-probs (the same model, another kernel) are only compared with the engine'
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import random
 import shutil
@@ -53,7 +52,7 @@ from prefopt.train.cards import CardFacts, write_card
 from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.train.loop import accelerator_for, seed_everything
 from prefopt.train.metrics import MetricsLog, brief
-from prefopt.train.trackers import end_trackers, log_record, start_trackers
+from prefopt.train.trackers import Trackers
 
 
 @dataclasses.dataclass
@@ -128,9 +127,9 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
     prompts = Prompts.load(config.prompts, policy.tokenizer, settings)
     heldout = Prompts.load(config.heldout, policy.tokenizer, settings)
     state = _restore(config, policy, out, resume, console)
-    start_trackers(policy.accelerator, config.model_dump(), out)
+    trackers = Trackers.open(config.report_to, out, config.model_dump(), name=config.run_name)
     log = MetricsLog(out / "metrics.jsonl", state["step"] if state["step"] else -1, enabled=main,
-                     sink=functools.partial(log_record, policy.accelerator))  # fmt: skip
+                     sink=trackers.log)  # fmt: skip
     record: dict = {}
     columns = [TextColumn("[bold]rl"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]  # fmt: skip
@@ -162,9 +161,10 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
                     _checkpoint(policy, out, state, objective)
                 if on_step is not None:
                     on_step(state["step"], record)
+        trackers.log_report(out, state["step"])
     finally:
         rewards.close()
-        end_trackers(policy.accelerator)
+        trackers.close()
     _checkpoint(policy, out, state, objective)
     if main:
         facts = CardFacts(

@@ -70,6 +70,9 @@ class RunSettings(BaseModel):
         description="The group the trackers put this run in (a tuning study's trials: the "
         "study's name; a loop's rounds: the loop's folder); none by default.",
     )
+    run_name: str | None = Field(
+        None, description="The run's name in the trackers (default: the output folder's name)."
+    )
     output_dir: str = Field(
         "runs/train",
         description="Where checkpoints, metrics.jsonl, config.yaml and the final model go.",

@@ -54,7 +54,7 @@ from prefopt.train.metrics import MetricMeans, MetricsLog, brief
 from prefopt.train.optimizers import build_optimizer, build_scheduler, schedule_free
 from prefopt.train.reference import reference_logps
 from prefopt.train.task import POLICY, Task
-from prefopt.train.trackers import end_trackers, log_record, start_trackers, tracker_kwargs
+from prefopt.train.trackers import Trackers
 
 
 @dataclasses.dataclass
@@ -107,7 +107,7 @@ def train(
         try:
             return run.fit(resume, on_step)
         finally:  # the trackers' runs end (and their files are flushed) whatever happened
-            end_trackers(run.accelerator)
+            run.trackers.close()
 
 
 @dataclasses.dataclass
@@ -165,6 +165,7 @@ class _Run:
     reference: FixedLogps | None = None
     anchor: FixedLogps | None = None  # log-probs under anchor_model, when the objective reads them
     eval_seconds: float = 0.0
+    trackers: Trackers = dataclasses.field(default_factory=Trackers)
 
     def say(self, *args, **kwargs) -> None:
         if self.accelerator.is_main_process:
@@ -215,6 +216,7 @@ class _Run:
             self.say("eval at end:   " + brief(eval_end))
         self.checkpoint()
         self.save_final(eval_end)
+        self.trackers.log_report(self.out_dir, self.state.step)
         return TrainResult(
             output_dir=self.out_dir,
             steps=self.state.step,
@@ -301,13 +303,14 @@ class _Run:
             (self.out_dir / "anchor_logps.pt").unlink(missing_ok=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.out_dir / "config.yaml")
-        start_trackers(self.accelerator, self.config.model_dump(), self.out_dir,
-                       group=self.config.report_group)  # fmt: skip
+        config = self.config
+        self.trackers = Trackers.open(config.report_to, self.out_dir, config.model_dump(),
+                                      config.report_group, config.run_name)  # fmt: skip
         return MetricsLog(
             self.out_dir / "metrics.jsonl",
             keep_until=self.state.step if checkpoint else -1,
             enabled=self.accelerator.is_main_process,
-            sink=functools.partial(log_record, self.accelerator),
+            sink=self.trackers.log,
         )
 
     def reference_logps(self) -> FixedLogps:
@@ -623,8 +626,7 @@ def accelerator_for(config) -> tuple[Accelerator, str, str]:
     AcceleratorState._reset_state()
     # without cpu=True, accelerate ignores torchrun's multi-process environment on a CPU-only machine
     mixed = "bf16" if precision == "bf16" else "no"
-    trackers = tracker_kwargs(config.report_to, Path(config.output_dir))
-    return Accelerator(mixed_precision=mixed, cpu=not on_gpu, **trackers), precision, why
+    return Accelerator(mixed_precision=mixed, cpu=not on_gpu), precision, why
 
 
 # the settings a model card lists
