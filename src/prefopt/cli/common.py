@@ -58,6 +58,12 @@ def run_library(job) -> None:
         )
 
 
+def main_process() -> bool:
+    """Whether this is the process that speaks for a run of several (torchrun's and accelerate
+    launch's RANK; a run of one is its own main process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def write_report(path) -> None:
     """The report of a finished run or eval; a plotting failure is told, never fatal (the results
     are saved already)."""

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from prefopt.cli.common import console, load_settings, run_library, settings_command, write_report
+from prefopt.cli.common import (
+    console,
+    load_settings,
+    main_process,
+    run_library,
+    settings_command,
+    write_report,
+)
 
 reward_app = typer.Typer(
     help="Reward models: prefopt reward train CONFIG.yaml.", no_args_is_help=True
@@ -40,6 +47,8 @@ def _reward_train(settings, resume: bool) -> None:
 
     out = console()
     result = reward_train(settings, resume=resume, console=out)
+    if not main_process():  # the other processes of a run of several say nothing
+        return
     start, end = result.eval_start, result.eval_end
     for key in ("reward_accuracy", "kendall_tau", "ndcg", "calibration_ece"):
         if isinstance(start.get(key), float) and isinstance(end.get(key), float):

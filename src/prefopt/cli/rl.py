@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prefopt.cli.common import console, load_settings, run_library, write_report
+from prefopt.cli.common import console, load_settings, main_process, run_library, write_report
 
 
 def rl_command(
@@ -28,6 +28,8 @@ def _rl(settings, resume: bool) -> None:
     from prefopt.rl import rl
 
     result = rl(settings, resume=resume, console=console())
+    if not main_process():  # the other processes of a run of several say nothing
+        return
     last = result.last
     console().print(
         f"{result.steps} steps in {result.seconds:.0f} s; last step: mean reward "

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prefopt.cli.common import console, load_settings, run_library, write_report
+from prefopt.cli.common import console, load_settings, main_process, run_library, write_report
 
 
 def train_command(
@@ -35,6 +35,8 @@ def _train(settings, resume: bool) -> None:
 
     out = console()
     result = train(settings, resume=resume, console=out)
+    if not main_process():  # the other processes of a run of several say nothing
+        return
     start, end = result.eval_start, result.eval_end
     for key in HEADLINE_METRICS:
         before, after = headline(start, key), headline(end, key)

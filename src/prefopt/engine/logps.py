@@ -462,6 +462,11 @@ class CompletionLogpsModel(torch.nn.Module):
         self.with_sampling_weights = with_sampling_weights
         self.with_prompt = with_prompt
 
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The model's layer classes: what FSDP shards as units (accelerate reads this name)."""
+        return getattr(self.model, "_no_split_modules", None)
+
     def forward(self, batch: Collated) -> CompletionLogps:
         return completion_logps(
             self.model,

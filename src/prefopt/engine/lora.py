@@ -12,8 +12,11 @@ takes peft's own forward."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from peft.tuners.lora.layer import Linear
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 
 class FusedLoraLinear(Linear):
@@ -63,3 +66,19 @@ def fuse_lora_sums(model) -> int:
             module.__class__ = FusedLoraLinear
             switched += 1
     return switched
+
+
+@contextlib.contextmanager
+def adapters_off(model):
+    """The base model's outputs: every LoRA layer skips its adapters. Unlike peft's
+    `disable_adapter`, which the trainable flags of the adapters follow, this leaves them as they
+    are: FSDP gathers a sharded weight with the flag it had when first gathered."""
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    before = [layer._disable_adapters for layer in layers]
+    for layer in layers:
+        layer._disable_adapters = True
+    try:
+        yield
+    finally:
+        for layer, state in zip(layers, before, strict=True):
+            layer._disable_adapters = state

@@ -30,6 +30,8 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     for name, parameter in sorted(model.named_parameters()):
         if "lora_" in name:
             continue
+        if hasattr(parameter, "full_tensor"):  # sharded (FSDP): every process gathers it
+            parameter = parameter.full_tensor()
         flat = parameter.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 256)].float().cpu()
         digest.update(name.encode())

@@ -119,7 +119,8 @@ def train_report(run: Path) -> tuple[str, str]:
         axes.set_title(key)
         axes.set_xlabel("optimizer step")
         axes.set_ylabel(unit)
-        axes.legend()
+        if axes.lines:
+            axes.legend()
 
     def quality(figure):
         shown = [

@@ -5,6 +5,7 @@ temporary folder and renamed, so an interrupted save never looks like a checkpoi
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -20,20 +21,32 @@ _NAME = re.compile(r"^step-(\d+)$")
 
 
 def save_checkpoint(
-    out_dir: Path, module: torch.nn.Module, optimizer, scheduler, state: dict, objective_state: dict
+    out_dir: Path,
+    module: torch.nn.Module,
+    optimizer,
+    scheduler,
+    state: dict,
+    objective_state: dict,
+    shards: Path | None = None,
 ) -> Path:
+    """A checkpoint of the run; `shards` is the distributed checkpoint of the trained weights and
+    the optimizer that the processes of a sharded run wrote (moved in, as `sharded/`)."""
     target = Path(out_dir) / "checkpoints" / f"step-{state['step']}"
 
     def save(staging: Path) -> None:
         staging.mkdir(parents=True)
-        trained = {
-            name: p.detach().contiguous().cpu()
-            for name, p in module.named_parameters()
-            if p.requires_grad
-        }
-        save_file(trained, staging / "trained.safetensors")
+        if shards is None:
+            trained = {
+                name: p.detach().contiguous().cpu()
+                for name, p in module.named_parameters()
+                if p.requires_grad
+            }
+            save_file(trained, staging / "trained.safetensors")
+        else:
+            os.replace(shards, staging / "sharded")
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+            {"scheduler": scheduler.state_dict()}
+            | ({"optimizer": optimizer.state_dict()} if shards is None else {}),
             staging / "optimizer.pt",
         )
         torch.save(
@@ -64,6 +77,24 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, module: torch.nn.Module, optimizer, scheduler) -> dict:
+    if (path / "sharded").is_dir():  # a sharded run's: every process reads its shards
+        from prefopt.train.sharding import load_sharded
+
+        load_sharded(path / "sharded", module, optimizer)
+    else:
+        _load_whole(path, module, optimizer)
+    saved = torch.load(path / "optimizer.pt", weights_only=False)
+    scheduler.load_state_dict(saved["scheduler"])
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / "state.json").read_text())
+
+
+def _load_whole(path: Path, module: torch.nn.Module, optimizer) -> None:
     trained = load_file(path / "trained.safetensors")
     expected = {name for name, p in module.named_parameters() if p.requires_grad}
     if set(trained) != expected:
@@ -75,13 +106,4 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizer, scheduler) -
         parameters = dict(module.named_parameters())
         for name, value in trained.items():
             parameters[name].copy_(value)
-    saved = torch.load(path / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "state.json").read_text())
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False)["optimizer"])

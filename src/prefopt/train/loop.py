@@ -32,6 +32,7 @@ from prefopt.engine.attention import attention_kernel
 from prefopt.engine.frozen import keep_frozen_in, restore_frozen
 from prefopt.engine.hostmem import keep_freed_memory
 from prefopt.engine.logps import CompletionLogpsModel, collate
+from prefopt.engine.lora import adapters_off
 from prefopt.engine.model import (
     LoraSettings,
     cache_dir,
@@ -53,6 +54,7 @@ from prefopt.train.inputs import Reuse, load_data, reused_data
 from prefopt.train.metrics import MetricMeans, MetricsLog, brief
 from prefopt.train.optimizers import build_optimizer, build_scheduler, schedule_free
 from prefopt.train.reference import reference_logps
+from prefopt.train.sharding import is_sharded, reshard, save_sharded, shard_on_cpu, unsharded
 from prefopt.train.task import POLICY, Task
 from prefopt.train.trackers import Trackers
 
@@ -188,6 +190,7 @@ class _Run:
         if "anchor" in self.objective.needs:
             self.anchor = self.anchor_logps()
         reference_seconds = time.perf_counter() - reference_started
+        self.reshard()
         eval_start = self.evaluate() if self.state.step == 0 else {}
         if eval_start:
             metrics_log.write({"step": 0, "split": "eval", **eval_start})
@@ -270,6 +273,7 @@ class _Run:
                                     weight_decay=config.weight_decay, device=accelerator.device,
                                     warmup_steps=round(config.warmup_ratio * len(plan)))  # fmt: skip
         engine, optimizer = accelerator.prepare(engine, optimizer)
+        params = [p for p in engine.parameters() if p.requires_grad]  # FSDP's are new (sharded)
         scheduler = build_scheduler(config.scheduler, optimizer, steps=len(plan),
                                     warmup_ratio=config.warmup_ratio,
                                     decay_ratio=config.decay_ratio)  # fmt: skip
@@ -322,7 +326,7 @@ class _Run:
             "reference",
             engine,
             base,
-            adapters_off=base.disable_adapter if self.trainee.lora else None,
+            adapters_off=functools.partial(adapters_off, base) if self.trainee.lora else None,
             with_tokens="ref_tokens" in self.objective.needs,
         )
 
@@ -545,48 +549,54 @@ class _Run:
                 metrics.add(out)
                 if self.task.summarizes:
                     batches.append((out, collated))
+        self.reshard()
         engine.train()
         return metrics.means() | self.task.summarize(batches)
 
     def checkpoint(self) -> Path:
         path = self.out_dir / "checkpoints" / f"step-{self.state.step}"
-        trainee = self.trainee
-        if self.accelerator.is_main_process:
-            path = save_checkpoint(
-                self.out_dir,
-                self.accelerator.unwrap_model(trainee.engine),
-                trainee.optimizer,
-                trainee.scheduler,
-                dataclasses.asdict(self.state),
-                self.objective.state_dict(),
-            )
-        self.accelerator.wait_for_everyone()
+        trainee, accelerator = self.trainee, self.accelerator
+        module, shards = accelerator.unwrap_model(trainee.engine), None
+        if is_sharded(accelerator):  # every process writes its shards, then the main one the rest
+            shards = path.with_name(f".{path.name}.shards")
+            if accelerator.is_main_process:
+                shutil.rmtree(shards, ignore_errors=True)
+            accelerator.wait_for_everyone()
+            save_sharded(shards, module, trainee.optimizer)
+            accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            path = save_checkpoint(self.out_dir, module, trainee.optimizer, trainee.scheduler,
+                                   dataclasses.asdict(self.state), self.objective.state_dict(),
+                                   shards=shards)  # fmt: skip
+        accelerator.wait_for_everyone()
         return path
 
     def save_final(self, evaluation: dict) -> None:
-        if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.trainee.engine).model
-            restore_frozen(model)  # the saved model keeps its base weights' float32 values
-            cache = (
-                self.reuse.models if self.reuse is not None and self.reuse.keep_trained else None
-            )
-            with (
-                self.averaged_weights()
-            ):  # a schedule-free optimizer's averaged weights are the model
-                self.say(
-                    self.task.save(
-                        model,
-                        tokenizer=self.data.tokenizer,
-                        out=self.out_dir,
-                        config=self.config,
-                        lora=self.trainee.lora,
-                        cache=cache,
-                    )
-                )
-            facts = self.card_facts(evaluation)
-            for name in ("model", "merged", "adapters"):
-                if (self.out_dir / name).is_dir():
-                    write_card(self.out_dir / name, facts)
+        engine = self.accelerator.unwrap_model(self.trainee.engine)
+        with self.averaged_weights():  # a schedule-free optimizer's averaged weights are the model
+            if is_sharded(self.accelerator):  # a plain copy with the gathered weights
+                engine = unsharded(engine, lambda: self.build_engine(engine.settings))
+            if self.accelerator.is_main_process:
+                self.save_model(engine.model, evaluation)
+        self.accelerator.wait_for_everyone()
+
+    def reshard(self) -> None:
+        if is_sharded(self.accelerator):
+            reshard(self.trainee.engine)
+
+    def build_engine(self, settings: EngineSettings) -> torch.nn.Module:
+        config, reuse = self.config, None
+        return _engine(config, self.task, self.objective, settings, self.data.tokenizer, reuse)[0]
+
+    def save_model(self, model, evaluation: dict) -> None:
+        restore_frozen(model)  # the saved model keeps its base weights' float32 values
+        cache = self.reuse.models if self.reuse is not None and self.reuse.keep_trained else None
+        self.say(self.task.save(model, tokenizer=self.data.tokenizer, out=self.out_dir,
+                                config=self.config, lora=self.trainee.lora, cache=cache))  # fmt: skip
+        facts = self.card_facts(evaluation)
+        for name in ("model", "merged", "adapters"):
+            if (self.out_dir / name).is_dir():
+                write_card(self.out_dir / name, facts)
 
     def card_facts(self, evaluation: dict) -> CardFacts:
         config = self.config
@@ -626,7 +636,9 @@ def accelerator_for(config) -> tuple[Accelerator, str, str]:
     AcceleratorState._reset_state()
     # without cpu=True, accelerate ignores torchrun's multi-process environment on a CPU-only machine
     mixed = "bf16" if precision == "bf16" else "no"
-    return Accelerator(mixed_precision=mixed, cpu=not on_gpu), precision, why
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu)
+    shard_on_cpu(accelerator)
+    return accelerator, precision, why
 
 
 # the settings a model card lists

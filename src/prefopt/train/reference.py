@@ -31,13 +31,15 @@ def reference_logps(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
     """One [lists, K_max] table per data set, with `with_tokens` also one [lists, K_max, T_max] of
     per-token log-probs (the engine must give them), and how many lists came from the cache (new
-    entries are put in it; the caller saves it). `adapters_off` is the LoRA model's
-    `disable_adapter` (None for full fine-tuning)."""
+    entries are put in it; the caller saves it). `adapters_off()` turns the LoRA model's adapters
+    off (None for full fine-tuning)."""
     tables, token_tables, hits = [], [], 0
     task = progress.add_task("reference", total=sum(map(len, datasets))) if progress else None
     advance = (lambda n: progress.advance(task, n)) if progress else (lambda n: None)
     engine.eval()
-    with torch.inference_mode(), adapters_off() if adapters_off else contextlib.nullcontext():
+    # no_grad, not inference_mode: a sharded (FSDP) model keeps the weights it gathers here for
+    # the training steps that follow, and an inference tensor cannot be saved for backward
+    with torch.no_grad(), adapters_off() if adapters_off else contextlib.nullcontext():
         for examples in datasets:
             k_max = max((len(e.completion_ids) for e in examples), default=2)
             t_max = max((len(c) for e in examples for c in e.completion_ids), default=1)
