@@ -300,15 +300,19 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tiny_model, setup, wh
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "overrides",
-    [{"loss_params": {"aggregation": "token", "epsilon_high": 0.28}, "minibatches": 2},
-     {"objective": "disco", "num_iterations": 2}],
-    ids=["dapo-minibatches", "disco-iterations"],
+    "overrides, sharded",
+    [({"loss_params": {"aggregation": "token", "epsilon_high": 0.28}, "minibatches": 2}, False),
+     ({"objective": "disco", "num_iterations": 2}, False),
+     ({"minibatches": 2}, True)],
+    ids=["dapo-minibatches", "disco-iterations", "fsdp"],
 )  # fmt: skip
-def test_two_processes_reach_the_weights_of_one(tiny_model, setup, tmp_path, overrides):
-    """DDP over 2 CPU processes (gloo, started by torchrun): each samples and scores every other
-    prompt of a step, both see the whole step, each trains on its groups (three groups: two and
-    one) with the batch-wide denominators, and the run ends where one process's does."""
+def test_two_processes_reach_the_weights_of_one(tiny_model, setup, tmp_path, overrides, sharded):
+    """DDP, or FSDP2 through accelerate, over 2 CPU processes (gloo, started by torchrun): each
+    samples and scores every other prompt of a step (a sharded policy from its plain copy,
+    rewritten from the gathered weights after each update), both see the whole step, each trains
+    on its groups (three groups: two and one) with the batch-wide denominators, and the run ends
+    where one process's does."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -325,18 +329,22 @@ def test_two_processes_reach_the_weights_of_one(tiny_model, setup, tmp_path, ove
         [str(launcher), "--nproc_per_node", "2", "-m", "prefopt.cli", "rl",
          str(tmp_path / "ddp.yaml")],
         capture_output=True, text=True, timeout=300,
+        env=os.environ | ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"} if sharded else {}),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert (latest_checkpoint(tmp_path / "ddp") / "sharded").is_dir() == sharded
     one, ddp = metrics(tmp_path / "one"), metrics(tmp_path / "ddp")
     for a, b in zip(without_timings(one), without_timings(ddp), strict=True):
         assert a.keys() == b.keys()
         for key, value in a.items():
             expected = pytest.approx(value, rel=1e-4, abs=1e-6) if key != "split" else value
             assert b[key] == expected, key
-    for name, tensor in weights(tmp_path / "one").items():
+    saved = lambda out: load_file(out / "model" / "adapter_model.safetensors")
+    assert saved(tmp_path / "one").keys() == saved(tmp_path / "ddp").keys()
+    for name, tensor in saved(tmp_path / "one").items():
         # Adam divides by the root of the squared gradients: float-rounding differences in near-zero
         # gradients move a weight by a small fraction of a step (the learning rate, 5e-3)
-        torch.testing.assert_close(weights(tmp_path / "ddp")[name], tensor, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(saved(tmp_path / "ddp")[name], tensor, atol=1e-5, rtol=1e-5)
 
 
 def test_minibatches_take_one_optimizer_step_each(tiny_model, setup, tmp_path):

@@ -47,13 +47,21 @@ def saved_weights(out: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+def lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def grad_norms(out: Path) -> list[float]:
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [line["grad_norm"] for line in lines if line["split"] == "train"]
+    return [line["grad_norm"] for line in lines(out) if line["split"] == "train"]
+
+
+def eval_losses(out: Path) -> list[float]:
+    return [line["loss"] for line in lines(out) if line["split"] == "eval"]
 
 
 def assert_same(a: Path, b: Path) -> None:
     assert grad_norms(a) == pytest.approx(grad_norms(b), rel=1e-4)
+    assert eval_losses(a) == pytest.approx(eval_losses(b), rel=1e-5)
     first, second = saved_weights(a), saved_weights(b)
     assert first.keys() == second.keys() and first
     for key in first:
@@ -64,8 +72,8 @@ def assert_same(a: Path, b: Path) -> None:
 def test_sharded_training_equals_one_process_and_resumes_exactly(tiny_model, pairs, tmp_path, lora):
     settings = dict(model=str(tiny_model), data=str(pairs), loss="dpo", lora=lora,
                     precision="fp32", learning_rate=1e-3, batch_size=2, max_steps=3,
-                    eval_fraction=0.0, scheduler="constant", warmup_ratio=0.0, save_every=2,
-                    reference_cache=False)  # fmt: skip
+                    eval_fraction=0.25, eval_every=1, scheduler="constant", warmup_ratio=0.0,
+                    save_every=2, reference_cache=False)  # fmt: skip
     torchrun(tmp_path, "train", {**settings, "output_dir": str(tmp_path / "fsdp")})
     step_2 = tmp_path / "fsdp" / "checkpoints" / "step-2"
     assert sorted(p.name for p in step_2.iterdir()) == [

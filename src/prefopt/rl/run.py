@@ -49,9 +49,10 @@ from prefopt.rl.processes import Processes
 from prefopt.rl.rewards import Rewards, Scored
 from prefopt.settings import save_config
 from prefopt.train.cards import CardFacts, write_card
-from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from prefopt.train.checkpoint import checkpoint_run, latest_checkpoint, load_checkpoint
 from prefopt.train.loop import accelerator_for, seed_everything
 from prefopt.train.metrics import MetricsLog, brief
+from prefopt.train.sharding import full_weights, is_sharded
 from prefopt.train.trackers import Trackers
 
 
@@ -89,11 +90,17 @@ class Policy:
     precision: str
     lora: bool
     decode: DecodeModel  # what samples: the policy, or its copy in the decode precision
+    # a sharded (FSDP) policy's plain copy on every process, which `decode` reads
+    copy: torch.nn.Module | None = None
     stale: bool = False  # the policy was updated since `decode` was refreshed
 
-    @property
-    def model(self):
-        return self.accelerator.unwrap_model(self.engine).model
+    def plain_model(self):
+        """The policy's model with plain (unsharded) weights: a sharded policy's copy, rewritten
+        from the gathered weights (every process takes part)."""
+        if self.copy is None:
+            return self.accelerator.unwrap_model(self.engine).model
+        self.copy.load_state_dict(full_weights(self.engine))
+        return self.copy.model
 
     @property
     def processes(self) -> Processes:
@@ -166,6 +173,7 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
         rewards.close()
         trackers.close()
     _checkpoint(policy, out, state, objective)
+    model = policy.plain_model()
     if main:
         facts = CardFacts(
             base_model=config.model, command="prefopt rl", objective=objective.terms(),
@@ -174,7 +182,7 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
             | {"oracle": " + ".join(config.oracle_names)},
             evaluation={key: value for key, value in evaluation.items() if key not in ("step", "split")},
         )  # fmt: skip
-        console.print(_save(policy, out, facts), highlight=False)
+        console.print(_save(policy, model, out, facts), highlight=False)
     policy.accelerator.wait_for_everyone()
     return RLResult(out, state["step"], time.perf_counter() - started, record)
 
@@ -183,6 +191,29 @@ def _policy(config: RLConfig, console: Console) -> Policy:
     accelerator, precision, why = accelerator_for(config)
     seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model)
+    engine, sharded = _engine(config), is_sharded(accelerator)
+    if precision == "bf16" and config.lora and not sharded:  # the same numbers, less memory
+        keep_frozen_in(engine.model, torch.bfloat16, resolve_model_path(config.model))
+    params = [p for p in engine.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  fused=accelerator.device.type in ("cpu", "cuda"))  # fmt: skip
+    engine, optimizer = accelerator.prepare(engine, optimizer)
+    params = [p for p in engine.parameters() if p.requires_grad]  # FSDP's are new (sharded)
+    scheduler = get_scheduler("constant", optimizer)
+    total = sum(p.numel() for p in engine.parameters())
+    if accelerator.is_main_process:
+        console.print(f"model: {config.model} ({total / 1e6:.1f} M parameters, "
+                      f"{sum(p.numel() for p in params) / 1e6:.2f} M trained), precision "
+                      f"{precision} ({why}); objective {config.objective}, oracle "
+                      f"{' + '.join(config.oracle_names)}", highlight=False)  # fmt: skip
+    # a sharded policy samples from a plain copy on every process
+    source = _engine(config) if sharded else accelerator.unwrap_model(engine)
+    decode = DecodeModel(source.model, decode_precision(config.precision, accelerator.device))
+    return Policy(accelerator, engine, optimizer, scheduler, params, tokenizer, precision,
+                  config.lora, decode, copy=source if sharded else None)  # fmt: skip
+
+
+def _engine(config: RLConfig) -> CompletionLogpsModel:
     lora = None
     if config.lora:
         lora = LoraSettings(
@@ -191,28 +222,7 @@ def _policy(config: RLConfig, console: Console) -> Policy:
     settings = EngineSettings()
     model = load_model(config.model, lora=lora, engine=settings,
                        gradient_checkpointing=config.gradient_checkpointing)  # fmt: skip
-    engine = CompletionLogpsModel(model, settings, with_tokens=True)
-    if precision == "bf16" and lora is not None:  # the same numbers, less memory (train's too)
-        keep_frozen_in(model, torch.bfloat16, resolve_model_path(config.model))
-    params = [p for p in engine.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  fused=accelerator.device.type in ("cpu", "cuda"))  # fmt: skip
-    engine, optimizer = accelerator.prepare(engine, optimizer)
-    scheduler = get_scheduler("constant", optimizer)
-    total = sum(p.numel() for p in engine.parameters())
-    if accelerator.is_main_process:
-        console.print(f"model: {config.model} ({total / 1e6:.1f} M parameters, "
-                      f"{sum(p.numel() for p in params) / 1e6:.2f} M trained), precision "
-                      f"{precision} ({why}); objective {config.objective}, oracle "
-                      f"{' + '.join(config.oracle_names)}", highlight=False)  # fmt: skip
-    decode = DecodeModel(
-        accelerator.unwrap_model(engine).model,
-        decode_precision(config.precision, accelerator.device),
-    )
-    return Policy(
-        accelerator, engine, optimizer, scheduler, params, tokenizer, precision, lora is not None,
-        decode,
-    )  # fmt: skip
+    return CompletionLogpsModel(model, settings, with_tokens=True)
 
 
 def _restore(config: RLConfig, policy: Policy, out: Path, resume: bool, console) -> dict:
@@ -285,6 +295,7 @@ def _sample(config, policy: Policy, prompts: list[list[int]], step: int):
 def _answers(policy: Policy, prompts: list[list[int]], settings: SamplingSettings):
     """The live policy's answers (its engine back in training mode after)."""
     if policy.stale:
+        policy.plain_model()
         policy.decode.refresh()
         policy.stale = False
     decode = policy.decode
@@ -498,18 +509,13 @@ CARD_SETTINGS = ("objective", "k", "prompts_per_step", "max_new_tokens", "temper
 
 
 def _checkpoint(policy: Policy, out: Path, state: dict, objective) -> None:
-    if policy.processes.main:
-        model = policy.accelerator.unwrap_model(policy.engine)
-        save_checkpoint(
-            out, model, policy.optimizer, policy.scheduler, dict(state), objective.state_dict()
-        )
-    policy.accelerator.wait_for_everyone()
+    checkpoint_run(policy.accelerator, out, policy.accelerator.unwrap_model(policy.engine),
+                   policy.optimizer, policy.scheduler, dict(state), objective.state_dict())  # fmt: skip
 
 
-def _save(policy: Policy, out: Path, facts: CardFacts) -> str:
-    """The final policy: output_dir/model (adapters with LoRA) and, with LoRA, output_dir/merged,
-    each with its model card."""
-    model = policy.model
+def _save(policy: Policy, model, out: Path, facts: CardFacts) -> str:
+    """The final policy `model`: output_dir/model (adapters with LoRA) and, with LoRA,
+    output_dir/merged, each with its model card."""
     restore_frozen(model)  # the saved model keeps its base weights' float32 values
     model.save_pretrained(out / "model")
     policy.tokenizer.save_pretrained(out / "model")

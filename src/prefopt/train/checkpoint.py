@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prefopt.files import write_atomic
+from prefopt.train.sharding import is_sharded, load_sharded, save_sharded
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -66,6 +67,27 @@ def save_checkpoint(
     return write_atomic(target, save)
 
 
+def checkpoint_run(
+    accelerator, out_dir: Path, module: torch.nn.Module, optimizer, scheduler, state: dict,
+    objective_state: dict,
+) -> Path:  # fmt: skip
+    """Every process's part of a checkpoint of a run (all of them call it): a sharded run's
+    processes each write their shards, then the main process the rest."""
+    path, shards = Path(out_dir) / "checkpoints" / f"step-{state['step']}", None
+    if is_sharded(accelerator):
+        shards = path.with_name(f".{path.name}.shards")
+        if accelerator.is_main_process:
+            shutil.rmtree(shards, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        save_sharded(shards, module, optimizer)
+        accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        path = save_checkpoint(out_dir, module, optimizer, scheduler, state, objective_state,
+                               shards=shards)  # fmt: skip
+    accelerator.wait_for_everyone()
+    return path
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
     folder = Path(out_dir) / "checkpoints"
     if not folder.is_dir():
@@ -78,8 +100,6 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, module: torch.nn.Module, optimizer, scheduler) -> dict:
     if (path / "sharded").is_dir():  # a sharded run's: every process reads its shards
-        from prefopt.train.sharding import load_sharded
-
         load_sharded(path / "sharded", module, optimizer)
     else:
         _load_whole(path, module, optimizer)

@@ -48,13 +48,13 @@ from prefopt.files import write_atomic
 from prefopt.losses import ListBatch, Objective
 from prefopt.settings import save_config
 from prefopt.train.cards import CardFacts, write_card
-from prefopt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from prefopt.train.checkpoint import checkpoint_run, latest_checkpoint, load_checkpoint
 from prefopt.train.config import RunSettings
 from prefopt.train.inputs import Reuse, load_data, reused_data
 from prefopt.train.metrics import MetricMeans, MetricsLog, brief
 from prefopt.train.optimizers import build_optimizer, build_scheduler, schedule_free
 from prefopt.train.reference import reference_logps
-from prefopt.train.sharding import is_sharded, reshard, save_sharded, shard_on_cpu, unsharded
+from prefopt.train.sharding import is_sharded, shard_on_cpu, unsharded
 from prefopt.train.task import POLICY, Task
 from prefopt.train.trackers import Trackers
 
@@ -190,7 +190,6 @@ class _Run:
         if "anchor" in self.objective.needs:
             self.anchor = self.anchor_logps()
         reference_seconds = time.perf_counter() - reference_started
-        self.reshard()
         eval_start = self.evaluate() if self.state.step == 0 else {}
         if eval_start:
             metrics_log.write({"step": 0, "split": "eval", **eval_start})
@@ -254,7 +253,8 @@ class _Run:
             train_data, eval_data = load_data(config, tokenizer, say, objective)
         engine, lora = _engine(config, task, objective, engine_settings, tokenizer, reuse)
         frozen = 0
-        if precision == "bf16" and lora and engine_settings.frozen_in_bf16:
+        sharded = is_sharded(accelerator)  # FSDP gathers weights of one dtype together
+        if precision == "bf16" and lora and engine_settings.frozen_in_bf16 and not sharded:
             # the same numbers, less memory
             frozen = keep_frozen_in(engine.model, torch.bfloat16, resolve_model_path(config.model))
         named = [(name, p) for name, p in engine.named_parameters() if p.requires_grad]
@@ -549,27 +549,15 @@ class _Run:
                 metrics.add(out)
                 if self.task.summarizes:
                     batches.append((out, collated))
-        self.reshard()
         engine.train()
         return metrics.means() | self.task.summarize(batches)
 
     def checkpoint(self) -> Path:
-        path = self.out_dir / "checkpoints" / f"step-{self.state.step}"
-        trainee, accelerator = self.trainee, self.accelerator
-        module, shards = accelerator.unwrap_model(trainee.engine), None
-        if is_sharded(accelerator):  # every process writes its shards, then the main one the rest
-            shards = path.with_name(f".{path.name}.shards")
-            if accelerator.is_main_process:
-                shutil.rmtree(shards, ignore_errors=True)
-            accelerator.wait_for_everyone()
-            save_sharded(shards, module, trainee.optimizer)
-            accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            path = save_checkpoint(self.out_dir, module, trainee.optimizer, trainee.scheduler,
-                                   dataclasses.asdict(self.state), self.objective.state_dict(),
-                                   shards=shards)  # fmt: skip
-        accelerator.wait_for_everyone()
-        return path
+        trainee = self.trainee
+        return checkpoint_run(self.accelerator, self.out_dir,
+                              self.accelerator.unwrap_model(trainee.engine), trainee.optimizer,
+                              trainee.scheduler, dataclasses.asdict(self.state),
+                              self.objective.state_dict())  # fmt: skip
 
     def save_final(self, evaluation: dict) -> None:
         engine = self.accelerator.unwrap_model(self.trainee.engine)
@@ -579,10 +567,6 @@ class _Run:
             if self.accelerator.is_main_process:
                 self.save_model(engine.model, evaluation)
         self.accelerator.wait_for_everyone()
-
-    def reshard(self) -> None:
-        if is_sharded(self.accelerator):
-            reshard(self.trainee.engine)
 
     def build_engine(self, settings: EngineSettings) -> torch.nn.Module:
         config, reuse = self.config, None

@@ -31,7 +31,9 @@ def shard_on_cpu(accelerator) -> None:
         return
     plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables, as accelerate reads them
     if plugin.fsdp_version != 2:
-        raise ValueError("FSDP on CPU processes is FSDP2 only: set fsdp_version: 2 (FSDP_VERSION=2)")
+        raise ValueError(
+            "FSDP on CPU processes is FSDP2 only: set fsdp_version: 2 (FSDP_VERSION=2)"
+        )
     PartialState().distributed_type = DistributedType.FSDP
     accelerator.state.distributed_type = DistributedType.FSDP
     accelerator.state.fsdp_plugin = plugin
@@ -43,14 +45,21 @@ def is_sharded(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
+def full_weights(module: torch.nn.Module, *, main_only: bool = False) -> dict[str, torch.Tensor]:
+    """A sharded `module`'s state dict with every weight whole, on every process (`main_only`: on
+    the main process, in CPU memory, and empty elsewhere). Every process takes part."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=main_only)
+    return get_model_state_dict(module, options=options)
+
+
 def unsharded(module: torch.nn.Module, build) -> torch.nn.Module:
     """On the main process, a plain copy of a sharded `module` (`build()` makes one like it) with
     its gathered weights; elsewhere `module` itself. Every process takes part."""
     from accelerate import PartialState
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(module, options=options)  # empty off the main process
+    weights = full_weights(module, main_only=True)
     if not PartialState().is_main_process:
         return module
     copy = build()
@@ -86,14 +95,3 @@ def load_sharded(folder: Path, module: torch.nn.Module, optimizer) -> None:
     set_state_dict(module, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optimizer"],
                    options=StateDictOptions(ignore_frozen_params=True, strict=False))  # fmt: skip
-
-
-def reshard(module: torch.nn.Module) -> None:
-    """Drop the gathered weights a pass without gradients left (FSDP keeps the outermost module's
-    gathered after its forward, for a backward that here never comes): the next training step
-    gathers them again, tracked."""
-    from torch.distributed.fsdp import FSDPModule
-
-    for part in module.modules():
-        if isinstance(part, FSDPModule):
-            part.reshard()
