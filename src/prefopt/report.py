@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefopt.data import DataError
-from prefopt.evaluate.report import eval_report, train_report, write_page
+from prefopt.evaluate.report import eval_report
+from prefopt.figures import write_page
 from prefopt.loop.report import loop_report
 from prefopt.rl.report import is_rl_run, rl_report
+from prefopt.train.report import train_report
 from prefopt.tune.report import study_report
 
 

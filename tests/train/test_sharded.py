@@ -1,10 +1,9 @@
-"""FSDP2 through accelerate on two CPU processes (gloo, started by torchrun with accelerate's FSDP
-variables): each process takes one micro-batch of a step, so the run reaches the gradients and
+"""FSDP2 through accelerate on two CPU processes (gloo, `accelerate launch` with the FSDP recipe of
+examples/accelerate): each process takes one micro-batch of a step, so the run reaches the gradients and
 final weights of one process accumulating both; its checkpoints are sharded and a run resumed
 from one reaches the uninterrupted run's weights."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from tiny import toy_rows, write_jsonl
 
 pytestmark = pytest.mark.slow
 
-FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+RECIPES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +28,15 @@ def pairs(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("data") / "pairs.jsonl", toy_rows(24, seed=1))
 
 
-def torchrun(tmp_path, command: str, settings: dict, *extra: str) -> None:
+def launch(tmp_path, command: str, settings: dict, *extra: str) -> None:
+    """`command` on two CPU processes, launched as docs/scaling.md says, with the FSDP recipe."""
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(settings))
-    launcher = Path(sys.executable).parent / "torchrun"
+    launcher = Path(sys.executable).parent / "accelerate"
     result = subprocess.run(
-        [str(launcher), "--nproc_per_node", "2", "-m", "prefopt.cli", *command.split(),
+        [str(launcher), "launch", "--config_file", str(RECIPES / "fsdp.yaml"),
+         "--num_processes", "2", "-m", "prefopt.cli", *command.split(),
          str(tmp_path / "run.yaml"), *extra],
-        capture_output=True, text=True, timeout=300, env=os.environ | FSDP,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -74,7 +75,7 @@ def test_sharded_training_equals_one_process_and_resumes_exactly(tiny_model, pai
                     precision="fp32", learning_rate=1e-3, batch_size=2, max_steps=3,
                     eval_fraction=0.25, eval_every=1, scheduler="constant", warmup_ratio=0.0,
                     save_every=2, reference_cache=False)  # fmt: skip
-    torchrun(tmp_path, "train", {**settings, "output_dir": str(tmp_path / "fsdp")})
+    launch(tmp_path, "train", {**settings, "output_dir": str(tmp_path / "fsdp")})
     step_2 = tmp_path / "fsdp" / "checkpoints" / "step-2"
     assert sorted(p.name for p in step_2.iterdir()) == [
         "optimizer.pt", "rng.pt", "sharded", "state.json"
@@ -87,7 +88,7 @@ def test_sharded_training_equals_one_process_and_resumes_exactly(tiny_model, pai
     # stopped after the checkpoint at step 2: resumed, it reaches the same weights
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "fsdp", resumed, ignore=shutil.ignore_patterns("model", "step-3"))
-    torchrun(tmp_path, "train", {**settings, "output_dir": str(resumed)}, "--resume")
+    launch(tmp_path, "train", {**settings, "output_dir": str(resumed)}, "--resume")
     assert_same(resumed, tmp_path / "one")
 
 
@@ -95,7 +96,20 @@ def test_a_sharded_reward_model_equals_one_process(tiny_model, pairs, tmp_path):
     settings = dict(model=str(tiny_model), data=str(pairs), precision="fp32", batch_size=2,
                     max_steps=3, learning_rate=1e-3, eval_fraction=0.0, scheduler="constant",
                     warmup_ratio=0.0)  # fmt: skip
-    torchrun(tmp_path, "reward train", {**settings, "output_dir": str(tmp_path / "fsdp")})
+    launch(tmp_path, "reward train", {**settings, "output_dir": str(tmp_path / "fsdp")})
     reward_train(RewardConfig(**settings, output_dir=str(tmp_path / "one"),
                               gradient_accumulation_steps=2))  # fmt: skip
     assert_same(tmp_path / "fsdp", tmp_path / "one")
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))
+def test_every_recipe_is_a_config_accelerate_reads(recipe):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(RECIPES / recipe))
+    launch_line = f"accelerate launch --config_file examples/accelerate/{recipe}"
+    assert launch_line in (RECIPES / recipe).read_text()  # the file says how to launch it
+    scaling = (RECIPES.parents[1] / "docs" / "scaling.md").read_text()
+    assert launch_line in scaling
+    if str(config.distributed_type) == "FSDP":
+        assert config.fsdp_config["fsdp_version"] == 2

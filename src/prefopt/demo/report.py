@@ -9,7 +9,7 @@ import html
 from pathlib import Path
 
 from prefopt.demo.task import satisfaction
-from prefopt.evaluate.report import figure_html, table_html, write_page
+from prefopt.figures import figure_html, table_html, write_page
 from prefopt.oracles.constraints import check_constraints
 
 EXAMPLES = 8  # held-out prompts shown before and after: the first ones of the file, not chosen

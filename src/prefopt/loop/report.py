@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefopt.data import DataError, read_jsonl
-from prefopt.evaluate.report import figure_html, table_html
+from prefopt.figures import figure_html, table_html
 from prefopt.loop.round import RoundRecord
 
 

@@ -34,6 +34,7 @@ from prefopt.evaluate.run import EvalConfig, evaluate, logps_table
 from prefopt.files import read_json, write_atomic, write_json, write_jsonl
 from prefopt.generate import GenerateConfig, generate, load_prompts
 from prefopt.loop.config import LoopConfig
+from prefopt.loop.report import loop_report
 from prefopt.loop.round import STAGES, Round, RoundRecord
 from prefopt.oracles import ScoreConfig, score
 from prefopt.settings import save_config
@@ -99,7 +100,7 @@ def loop(
             records.append(run_round(round, ctx))
             write_jsonl(out / "rounds.jsonl", records)
             trackers.log({"step": n + 1, "split": "round", **records[-1]})
-        trackers.log_report(out, len(records))
+        trackers.log_report(lambda: loop_report([out]), len(records))
     finally:
         trackers.close()
     return records

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefopt.evaluate.report import figure_html, table_html
+from prefopt.figures import figure_html, table_html
 from prefopt.train.metrics import read_metrics
 
 

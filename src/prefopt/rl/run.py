@@ -44,8 +44,9 @@ from prefopt.generate import SamplingSettings, load_prompts, sample
 from prefopt.losses import ListBatch
 from prefopt.losses.rl import advantages_for
 from prefopt.oracles import ListToJudge
+from prefopt.processes import Processes
 from prefopt.rl.config import RLConfig
-from prefopt.rl.processes import Processes
+from prefopt.rl.report import rl_report
 from prefopt.rl.rewards import Rewards, Scored
 from prefopt.settings import save_config
 from prefopt.train.cards import CardFacts, write_card
@@ -168,7 +169,7 @@ def rl(config: RLConfig, *, resume: bool = False, console: Console | None = None
                     _checkpoint(policy, out, state, objective)
                 if on_step is not None:
                     on_step(state["step"], record)
-        trackers.log_report(out, state["step"])
+        trackers.log_report(lambda: rl_report(out), state["step"])
     finally:
         rewards.close()
         trackers.close()

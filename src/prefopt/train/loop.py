@@ -46,6 +46,7 @@ from prefopt.engine.settings import ENGINE_VERSION, EngineSettings
 from prefopt.errors import TrainingError
 from prefopt.files import write_atomic
 from prefopt.losses import ListBatch, Objective
+from prefopt.processes import Processes
 from prefopt.settings import save_config
 from prefopt.train.cards import CardFacts, write_card
 from prefopt.train.checkpoint import checkpoint_run, latest_checkpoint, load_checkpoint
@@ -54,6 +55,7 @@ from prefopt.train.inputs import Reuse, load_data, reused_data
 from prefopt.train.metrics import MetricMeans, MetricsLog, brief
 from prefopt.train.optimizers import build_optimizer, build_scheduler, schedule_free
 from prefopt.train.reference import reference_logps
+from prefopt.train.report import train_report
 from prefopt.train.sharding import is_sharded, shard_on_cpu, unsharded
 from prefopt.train.task import POLICY, Task
 from prefopt.train.trackers import Trackers
@@ -218,7 +220,7 @@ class _Run:
             self.say("eval at end:   " + brief(eval_end))
         self.checkpoint()
         self.save_final(eval_end)
-        self.trackers.log_report(self.out_dir, self.state.step)
+        self.trackers.log_report(lambda: train_report(self.out_dir), self.state.step)
         return TrainResult(
             output_dir=self.out_dir,
             steps=self.state.step,
@@ -380,6 +382,8 @@ class _Run:
                 autocast=self.accelerator.autocast,
                 progress=progress,
                 with_tokens=with_tokens,
+                processes=Processes.of(self.accelerator),
+                lockstep=is_sharded(self.accelerator),
             )
         fixed = FixedLogps(
             train,

@@ -1,7 +1,8 @@
-"""The reference pass: log-probs of every completion under the reference, computed once in
-inference mode (LoRA: the same model with adapters off; full fine-tuning: the policy before its
-first step), batched by the same padded lengths as training so that step-0 rewards are exactly
-zero, and reused from the on-disk cache where an earlier run computed them."""
+"""The reference pass: log-probs of every completion under the reference, computed once without
+gradients and shared among a run's processes (LoRA: the same model with adapters off; full
+fine-tuning: the policy before its first step), batched by the same padded lengths as training so
+that step-0 rewards are exactly zero, and reused from the on-disk cache where an earlier run
+computed them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.progress import Progress
 from prefopt.data import Batching, TokenizedList
 from prefopt.engine.logps import collate
 from prefopt.engine.refcache import ReferenceCache, list_key
+from prefopt.processes import ONE_PROCESS, Processes
 
 
 def reference_logps(
@@ -28,11 +30,15 @@ def reference_logps(
     autocast: Callable = contextlib.nullcontext,
     progress: Progress | None = None,
     with_tokens: bool = False,
+    processes: Processes = ONE_PROCESS,
+    lockstep: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
     """One [lists, K_max] table per data set, with `with_tokens` also one [lists, K_max, T_max] of
     per-token log-probs (the engine must give them), and how many lists came from the cache (new
     entries are put in it; the caller saves it). `adapters_off()` turns the LoRA model's adapters
-    off (None for full fine-tuning)."""
+    off (None for full fine-tuning). Several `processes` each compute every n-th batch and add
+    their tables (each list computed by one of them, as one process computes it); `lockstep`: every
+    process runs as many forwards as the busiest (a sharded model's forward is collective)."""
     tables, token_tables, hits = [], [], 0
     task = progress.add_task("reference", total=sum(map(len, datasets))) if progress else None
     advance = (lambda n: progress.advance(task, n)) if progress else (lambda n: None)
@@ -48,46 +54,39 @@ def reference_logps(
                 torch.zeros(len(examples), k_max, t_max, device=device) if with_tokens else None
             )
             keys = [list_key(example) for example in examples] if cache is not None else []
-            missing = []
-            for i in range(len(examples)):
-                cached = cache.get(keys[i]) if cache is not None else None
-                cached_tokens = (
-                    cache.get(keys[i] + _TOKENS) if cache is not None and with_tokens else None
-                )
-                if cached is None or (with_tokens and cached_tokens is None):
-                    missing.append(i)
-                    continue
-                table[i, : len(cached)] = torch.tensor(cached, device=device)
-                for k, values in enumerate(cached_tokens or []):
-                    token_table[i, k, : len(values)] = torch.tensor(values, device=device)
-                hits += 1
+            cached = [_cached(cache, key, with_tokens) for key in keys] or [None] * len(examples)
+            missing = [i for i, found in enumerate(cached) if found is None]
             advance(len(examples) - len(missing))
-            for indices in batching.inference_batches(examples, subset=missing):
-                batch = collate(
-                    [examples[i] for i in indices],
-                    indices,
-                    pad_id,
-                    share_prompt=batching.share_prompt,
-                    pad_multiple=batching.pad_multiple,
-                ).to(device)
+            batches = list(batching.inference_batches(examples, subset=missing))
+            mine = processes.share(batches)
+            rounds = processes.largest(len(mine)) if lockstep else len(mine)
+            for n in range(rounds):
+                indices = mine[n] if n < len(mine) else batches[0]  # past its share: in step only
+                batch = collate([examples[i] for i in indices], indices, pad_id,
+                                share_prompt=batching.share_prompt,
+                                pad_multiple=batching.pad_multiple).to(device)  # fmt: skip
                 with autocast():
                     result = engine(batch)
-                logps = result.logps.float()
+                if n >= len(mine):
+                    continue
                 for row, i in enumerate(indices):
-                    lengths = [len(c) for c in examples[i].completion_ids]
-                    table[i, : len(lengths)] = logps[row, : len(lengths)]
+                    k = len(examples[i].completion_ids)
+                    table[i, :k] = result.logps[row, :k].float()
                     if with_tokens:
-                        token_table[i, : len(lengths), : result.token_logps.shape[-1]] = (
-                            result.token_logps[row, : len(lengths)].float()
-                        )
-                    if cache is not None:
-                        cache.put(keys[i], logps[row, : len(lengths)].tolist())
-                        if with_tokens:
-                            cache.put(
-                                keys[i] + _TOKENS,
-                                [token_table[i, k, :n].tolist() for k, n in enumerate(lengths)],
-                            )
+                        t = result.token_logps.shape[-1]
+                        token_table[i, :k, :t] = result.token_logps[row, :k].float()
                 advance(len(indices))
+            if processes.count > 1:  # each list's row is one process's; the others' are zeros
+                table = processes.sum(table)
+                token_table = processes.sum(token_table) if with_tokens else None
+            for i, found in enumerate(cached):
+                if found is not None:
+                    hits += 1
+                    table[i, : len(found[0])] = torch.tensor(found[0], device=device)
+                    for k, values in enumerate(found[1] or []):
+                        token_table[i, k, : len(values)] = torch.tensor(values, device=device)
+                elif cache is not None:
+                    _remember(cache, keys[i], examples[i], table, token_table, i)
             tables.append(table)
             token_tables.append(token_table)
     engine.train()
@@ -96,6 +95,22 @@ def reference_logps(
         [t.clone() for t in token_tables] if with_tokens else None,
         hits,
     )
+
+
+def _cached(cache: ReferenceCache, key: str, with_tokens: bool) -> tuple | None:
+    """(log-probs, per-token log-probs or None) of a list in the cache, or None."""
+    sums = cache.get(key)
+    tokens = cache.get(key + _TOKENS) if with_tokens else None
+    if sums is None or (with_tokens and tokens is None):
+        return None
+    return sums, tokens
+
+
+def _remember(cache: ReferenceCache, key: str, example, table, token_table, i: int) -> None:
+    lengths = [len(c) for c in example.completion_ids]
+    cache.put(key, table[i, : len(lengths)].tolist())
+    if token_table is not None:
+        cache.put(key + _TOKENS, [token_table[i, k, :n].tolist() for k, n in enumerate(lengths)])
 
 
 _TOKENS = "/tokens"  # the cache key of a list's per-token log-probs, beside its sums

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +84,15 @@ class Trackers:
         for tracker in self.opened if values else ():
             tracker.log(values, step=int(record["step"]))
 
-    def log_report(self, folder: Path, step: int) -> None:
-        """The figures of `folder`'s report, as images under `report/` where the tracker takes
-        them (TensorBoard, W&B, trackio as images; MLflow as figure artifacts)."""
+    def log_report(self, draw: Callable[[], object], step: int) -> None:
+        """The figures `draw()` draws (the run's report), as images under `report/` where the
+        tracker takes them (TensorBoard, W&B, trackio as images; MLflow as figure artifacts)."""
         if not self.opened:
             return
-        from prefopt.evaluate.report import drawn_figures
-        from prefopt.report import report
+        from prefopt.figures import drawn_figures
 
         with drawn_figures() as figures:
-            report(folder)
+            draw()
             for tracker in self.opened:
                 _log_figures(tracker, figures, step)
 

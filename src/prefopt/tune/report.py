@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from prefopt.evaluate.report import figure_html, table_html
+from prefopt.figures import figure_html, table_html
 from prefopt.files import read_json
 from prefopt.tune.summary import StudySummary
 

@@ -1,6 +1,7 @@
 """Work shared among data-parallel processes (`torchrun`, `accelerate launch`): each takes every
-n-th prompt of a step (a group stays on one process), and what each found is put back in the
-order of one process, so that every process sees the same step and decides alike."""
+n-th item (an rl step's prompts, a group staying on one process; the reference pass's batches),
+and what each found is put back in the order of one process, so that every process sees the same
+results and decides alike."""
 
 from __future__ import annotations
 
@@ -41,6 +42,14 @@ class Processes:
         """`work` on this process's share, the results of all put back in order."""
         return self.gather(work(self.share(items)) if self.share(items) else [])
 
+    def largest(self, value: int) -> int:
+        """The largest of every process's `value`."""
+        if self.count == 1:
+            return value
+        found = torch.tensor(value)
+        dist.all_reduce(found, op=dist.ReduceOp.MAX)
+        return int(found)
+
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """`value` summed over the processes."""
         if self.count == 1:
@@ -48,3 +57,6 @@ class Processes:
         value = value.detach().clone()
         dist.all_reduce(value)
         return value
+
+
+ONE_PROCESS = Processes(index=0, count=1)
