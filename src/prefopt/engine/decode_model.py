@@ -50,8 +50,32 @@ class DecodeModel:
                 mine.copy_(theirs)
             return
         for name, layer in self.adapted:
-            weight = layer.get_base_layer().weight.float()
-            for adapter in layer.active_adapters:
-                if adapter in layer.lora_A:
-                    weight = weight + layer.get_delta_weight(adapter).float()
-            self.model.get_submodule(name).weight.copy_(weight)
+            self.model.get_submodule(name).weight.copy_(merged_weight(layer))
+
+
+def merged_weight(layer: LoraLayer) -> torch.Tensor:
+    """A LoRA layer's weight as one matrix, W + ΔW of each active adapter (float32)."""
+    weight = layer.get_base_layer().weight.float()
+    for adapter in layer.active_adapters:
+        if adapter in layer.lora_A:
+            weight = weight + layer.get_delta_weight(adapter).float()
+    return weight
+
+
+@torch.no_grad()
+def checkpoint_weights(model: torch.nn.Module):
+    """(name, tensor) of every weight under its name in the transformers checkpoint, LoRA adapters
+    merged into their layers: what a sampler holding its own copy of the model (vLLM) loads."""
+    adapted = {name.removeprefix(_PEFT_PREFIX): module for name, module in model.named_modules()
+               if isinstance(module, LoraLayer)}  # fmt: skip
+    for name, parameter in model.named_parameters():
+        name = name.removeprefix(_PEFT_PREFIX)
+        if ".lora_" in name:
+            continue
+        layer, _, rest = name.partition(".base_layer.")
+        if rest:
+            name = f"{layer}.{rest}"
+            if rest == "weight":
+                yield name, merged_weight(adapted[layer])
+                continue
+        yield name, parameter.detach()

@@ -107,6 +107,9 @@ class EvalConfig(BaseModel):
     k: int = Field(1, ge=1, description="Answers per prompt when generating.")
     temperature: float = Field(1.0, ge=0, description="When generating.")
     max_new_tokens: int = Field(128, ge=1, description="When generating.")
+    backend: Literal["prefopt", "transformers", "vllm"] = Field(
+        "prefopt", description="What generates, as in `prefopt generate`."
+    )
     batch_size: int = Field(
         64,
         ge=1,
@@ -173,6 +176,7 @@ def _answers(
             seed=config.seed,
             batch_size=config.batch_size,
             precision=config.precision,
+            backend=config.backend,
         )
         policy = (
             load_model(model, cache=cache)

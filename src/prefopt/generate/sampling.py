@@ -56,6 +56,8 @@ class Sample:
     # summed log-prob of the sampled tokens under the model (temperature 1, no top-k/p)
     logp: float | None
     finished: str  # "eos", "stop" or "length"
+    # each sampled token's log-prob, where the sampler gives it (vLLM)
+    token_logps: tuple[float, ...] | None = None
 
 
 def sequence_seed(seed: int, prompt_ids: list[int], k: int) -> int:

@@ -117,6 +117,10 @@ class LoopConfig(BaseModel):
     output_dir: str = Field(
         "runs/loop", description="Where every round's stages, rounds.jsonl and the models go."
     )
+    backend: Literal["prefopt", "transformers", "vllm"] = Field(
+        "prefopt", description="What samples each round's lists and the held-out answers, as in "
+        "`prefopt generate` (vllm: GPU machines; each round's policy is read from its folder).",
+    )  # fmt: skip
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
         default_factory=list,
         description="Experiment trackers (as in `prefopt train`): the loop's rounds.jsonl lines "

@@ -224,6 +224,7 @@ def generate_lists(round: Round, ctx: LoopContext) -> float:
         max_new_tokens=config.max_new_tokens,
         seed=config.seed + round.n,
         precision=config.precision,
+        backend=config.backend,
     )
     seconds = generate_with(settings, ctx)
     if anew is not None:  # the kept lists' rows from the round before, the new ones in their places
@@ -512,6 +513,7 @@ def initial_answers(ctx: LoopContext) -> Path:
                 max_new_tokens=config.max_new_tokens,
                 seed=config.seed,
                 precision=config.precision,
+                backend=config.backend,
             ),
             ctx,
         )
@@ -539,6 +541,7 @@ def evaluate_round(round: Round, ctx: LoopContext) -> float:
             max_new_tokens=config.max_new_tokens,
             seed=config.seed,
             precision=config.precision,
+            backend=config.backend,
             out=str(round.eval_result),
         ),
         console=ctx.console,

@@ -50,6 +50,9 @@ class ListBatch:
     # [B, K, T] per-token log-probs under the policy that sampled the completions (π_old; no grad)
     old_token_logps: torch.Tensor | None = None
     advantages: torch.Tensor | None = None  # [B, K] each completion's advantage (no grad)
+    # [B, K, T] importance weights π_old / π_sampler of each answer token, where another engine
+    # sampled the answers (vLLM; `sampler_correction`); no grad
+    sampler_weights: torch.Tensor | None = None
     # [B] summed log-probs of a mismatched answer to each prompt (another prompt's answer), under
     # the policy and the reference: KTO's estimate of KL(π‖π_ref) (no grad)
     mismatched_logps: torch.Tensor | None = None

@@ -14,6 +14,36 @@ import torch
 from prefopt.losses.base import ListBatch, LossOutput, check, register_loss
 
 AGGREGATIONS = ("sequence", "token", "constant")
+SAMPLER_CORRECTIONS = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+def sampler_correction(
+    old_token_logps: torch.Tensor,
+    sampler_token_logps: torch.Tensor,
+    token_mask: torch.Tensor,
+    mode: str = "sequence_mask",
+    clip_max: float | None = 3.0,
+    clip_min: float | None = None,
+) -> torch.Tensor:
+    """[B, K, T] importance weights for answers another engine sampled (vLLM): its log-probs are
+    not the trainer's, so the policy gradient is off-policy by the ratio π_old / π_sampler
+    (truncated importance sampling, Yao et al. 2025, "Your Efficient RL Framework Secretly Brings
+    You Off-Policy RL Training"). `token_*`: the ratio of each token; `sequence_*`: the product
+    over the answer's tokens, for all of them. `*_truncate` clamps it to [clip_min, clip_max];
+    `*_mask` sets it to 0 outside (TRL's `vllm_importance_sampling_mode`). Without gradient."""
+    check(mode in SAMPLER_CORRECTIONS, "vllm_importance_sampling", mode,
+          "is token_truncate, token_mask, sequence_truncate or sequence_mask")  # fmt: skip
+    log_ratio = (old_token_logps.float() - sampler_token_logps.float()) * token_mask
+    if mode.startswith("sequence"):
+        log_ratio = log_ratio.sum(-1, keepdim=True)
+    ratio = log_ratio.detach().exp()
+    if mode.endswith("truncate"):
+        ratio = ratio.clamp(min=clip_min, max=clip_max)
+    else:
+        low = -float("inf") if clip_min is None else clip_min
+        high = float("inf") if clip_max is None else clip_max
+        ratio = ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+    return ratio.expand_as(old_token_logps)
 
 
 def group_advantages(
@@ -171,6 +201,8 @@ def _clipped_surrogate(
     gain = advantages.unsqueeze(-1)
     clipped = ratio.clamp(1 - epsilon_low, 1 + epsilon_high)
     per_token = -torch.min(ratio * gain, clipped * gain).expand_as(tokens)
+    if batch.sampler_weights is not None:  # sampled by another engine: off-policy by this much
+        per_token = per_token * batch.sampler_weights
     metrics = {}
     if beta:
         ref_minus = batch.ref_tokens() - tokens  # k3 estimator of KL(π_θ ‖ π_ref) (Schulman 2020)

@@ -97,6 +97,28 @@ class RLConfig(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (less memory, more compute)."
     )
+    backend: Literal["prefopt", "vllm"] = Field(
+        "prefopt", description="What samples: prefopt's shared-prefill sampler, or vLLM on GPU "
+        "machines (`pip install vllm`; one engine beside training, the policy's weights pushed "
+        "into it after each update).",
+    )  # fmt: skip
+    vllm_importance_sampling: Literal[
+        "token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "none"
+    ] = Field(
+        "sequence_mask", description="With backend vllm: how the policy gradient is corrected "
+        "for vLLM's log-probs not being the trainer's (TRL's vllm_importance_sampling_mode; "
+        "none: no correction).",
+    )  # fmt: skip
+    vllm_importance_sampling_clip_max: float | None = Field(
+        3.0, gt=0, description="The importance weight's upper bound (truncated) or cut (masked)."
+    )
+    vllm_importance_sampling_clip_min: float | None = Field(
+        None, ge=0, description="The importance weight's lower bound or cut (None: none)."
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="The share of the GPU's memory vLLM may take (training "
+        "keeps the rest).",
+    )  # fmt: skip
     max_prompt_tokens: int | None = Field(512, ge=1, description="Longer prompts keep their end.")
     chat_template: Literal["auto", "always", "never"] = Field(
         "auto", description="As in `prefopt train`: how prompts are rendered."
@@ -122,6 +144,14 @@ class RLConfig(BaseModel):
                 f"objective: {self.objective} is not a group RL objective; valid: "
                 f"{', '.join(RL_OBJECTIVES)}"
             )
+        if (
+            self.backend == "vllm"
+            and self.objective == "disco"
+            and (self.vllm_importance_sampling != "none")
+        ):
+            raise ValueError("objective: disco has no per-token ratio to correct vLLM's samples "
+                             "by; set vllm_importance_sampling: none to train it on them as they "
+                             "are, or use backend prefopt")  # fmt: skip
         self.oracle_specs()  # options checked, lengths matched
         self.build_objective()  # unknown or bad parameters fail here
         return self

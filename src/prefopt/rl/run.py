@@ -31,7 +31,7 @@ from transformers import get_scheduler
 
 from prefopt.data import TokenizedList, TokenizeSettings
 from prefopt.data.tokenize import prompt_ids
-from prefopt.engine.decode_model import DecodeModel
+from prefopt.engine.decode_model import DecodeModel, checkpoint_weights
 from prefopt.engine.frozen import keep_frozen_in, restore_frozen
 from prefopt.engine.logps import CompletionLogpsModel, collate
 from prefopt.engine.model import LoraSettings, load_model, load_tokenizer, resolve_model_path
@@ -41,8 +41,9 @@ from prefopt.errors import TrainingError
 from prefopt.evaluate.stats import bootstrap_mean, win_rate
 from prefopt.files import write_jsonl
 from prefopt.generate import SamplingSettings, load_prompts, sample
+from prefopt.generate.vllm_backend import VllmSampler
 from prefopt.losses import ListBatch
-from prefopt.losses.rl import advantages_for
+from prefopt.losses.rl import advantages_for, sampler_correction
 from prefopt.oracles import ListToJudge
 from prefopt.processes import Processes
 from prefopt.rl.config import RLConfig
@@ -93,6 +94,7 @@ class Policy:
     decode: DecodeModel  # what samples: the policy, or its copy in the decode precision
     # a sharded (FSDP) policy's plain copy on every process, which `decode` reads
     copy: torch.nn.Module | None = None
+    vllm: VllmSampler | None = None  # backend vllm: what samples instead of `decode`
     stale: bool = False  # the policy was updated since `decode` was refreshed
 
     def plain_model(self):
@@ -210,8 +212,12 @@ def _policy(config: RLConfig, console: Console) -> Policy:
     # a sharded policy samples from a plain copy on every process
     source = _engine(config) if sharded else accelerator.unwrap_model(engine)
     decode = DecodeModel(source.model, decode_precision(config.precision, accelerator.device))
+    vllm = None
+    if config.backend == "vllm":  # loads the initial policy from its folder, as the trainer did
+        vllm = VllmSampler(config.model, decode.precision, config.seed,
+                           config.vllm_gpu_memory_utilization)  # fmt: skip
     return Policy(accelerator, engine, optimizer, scheduler, params, tokenizer, precision,
-                  config.lora, decode, copy=source if sharded else None)  # fmt: skip
+                  config.lora, decode, copy=source if sharded else None, vllm=vllm)  # fmt: skip
 
 
 def _engine(config: RLConfig) -> CompletionLogpsModel:
@@ -295,6 +301,11 @@ def _sample(config, policy: Policy, prompts: list[list[int]], step: int):
 
 def _answers(policy: Policy, prompts: list[list[int]], settings: SamplingSettings):
     """The live policy's answers (its engine back in training mode after)."""
+    if policy.vllm is not None:
+        if policy.stale:
+            policy.vllm.load_weights(checkpoint_weights(policy.plain_model()))
+            policy.stale = False
+        return policy.vllm.sample(prompts, settings)
     if policy.stale:
         policy.plain_model()
         policy.decode.refresh()
@@ -338,6 +349,7 @@ class Minibatch:
     sampler_logps: torch.Tensor
     tokens: int  # real tokens trained on: the answers' and each prompt's once
     old: torch.Tensor | None = None  # per-token log-probs before the step's first update
+    sampler_token_logps: torch.Tensor | None = None  # [B, K, T] the sampler's, where it gives them
 
 
 def _minibatch(config, policy: Policy, ids, groups: list[Group], advantages, indices) -> Minibatch:
@@ -360,7 +372,21 @@ def _minibatch(config, policy: Policy, ids, groups: list[Group], advantages, ind
     chosen_advantages = None if advantages is None else advantages[mine].to(device)
     sampler_logps = torch.tensor([[s.logp for s in g.samples] for g in chosen], device=device)
     tokens = 0 if masked else int(collated.lengths.sum()) + sum(len(ids[g.prompt]) for g in chosen)
-    return Minibatch(collated, rewards, mask, chosen_advantages, sampler_logps, tokens)
+    return Minibatch(collated, rewards, mask, chosen_advantages, sampler_logps, tokens,
+                     sampler_token_logps=_sampler_token_logps(chosen, device))  # fmt: skip
+
+
+def _sampler_token_logps(groups: list[Group], device) -> torch.Tensor | None:
+    """[B, K, T] each sampled token's log-prob under the sampler, where it gives them (vLLM)."""
+    samples = [s for g in groups for s in g.samples]
+    if any(s.token_logps is None for s in samples):
+        return None
+    width = max(1, *(len(s.token_logps) for s in samples))
+    table = torch.zeros(len(groups), len(groups[0].samples), width, device=device)
+    for b, group in enumerate(groups):
+        for k, answer in enumerate(group.samples):
+            table[b, k, : len(answer.token_logps)] = torch.tensor(answer.token_logps)
+    return table
 
 
 def _train(config, policy: Policy, objective, ids, groups: list[Group]) -> dict:
@@ -392,10 +418,12 @@ def _update(config, policy: Policy, objective, batch: Minibatch) -> dict:
     with policy.accelerator.autocast():
         result = policy.engine(batch.collated)
     across = processes.sum if processes.count > 1 else None
+    weights = _sampler_weights(config, batch, result)
     listed = ListBatch(logps=result.logps, lengths=result.lengths, scores=batch.rewards,
                        mask=batch.mask, token_logps=result.token_logps,
                        token_mask=result.token_mask, old_token_logps=batch.old,
-                       advantages=batch.advantages, across=across)  # fmt: skip
+                       advantages=batch.advantages, sampler_weights=weights,
+                       across=across)  # fmt: skip
     out = objective(listed)
     share = out.loss.mean()
     loss = processes.sum(share)
@@ -414,8 +442,27 @@ def _update(config, policy: Policy, objective, batch: Minibatch) -> dict:
         if key not in ("reward", "reward_std", "zero_std")
     }
     gap = (batch.sampler_logps - result.logps.detach()).abs()[batch.mask]
+    if weights is not None:  # TRL's names
+        kept_tokens = weights[result.token_mask & batch.mask.unsqueeze(-1)]
+        metrics |= {f"sampling/importance_sampling_ratio/{name}": float(reduce(kept_tokens))
+                    for name, reduce in (("min", torch.min), ("mean", torch.mean),
+                                         ("max", torch.max)) if kept_tokens.numel()}  # fmt: skip
     return metrics | {"loss": loss.item(), "grad_norm": float(norm),
                       "logp_gap": _mean_over(processes, gap)}  # fmt: skip
+
+
+def _sampler_weights(config, batch: Minibatch, result) -> torch.Tensor | None:
+    """The importance weights of answers vLLM sampled (None for prefopt's own sampler, whose
+    log-probs are the policy's up to rounding)."""
+    if batch.sampler_token_logps is None or config.vllm_importance_sampling == "none":
+        return None
+    old = batch.old if batch.old is not None else result.token_logps.detach()
+    sampled = torch.zeros_like(old)
+    width = min(old.shape[-1], batch.sampler_token_logps.shape[-1])
+    sampled[..., :width] = batch.sampler_token_logps[..., :width]
+    return sampler_correction(old, sampled, result.token_mask, config.vllm_importance_sampling,
+                              config.vllm_importance_sampling_clip_max,
+                              config.vllm_importance_sampling_clip_min)  # fmt: skip
 
 
 def _mean_over(processes: Processes, values: torch.Tensor) -> float:
