@@ -73,14 +73,18 @@ def worker(args) -> dict:
 
     count, k, temperature = WORKLOADS[args.workload]
     tokenizer = load_tokenizer(args.model)
-    precision = decode_precision(args.precision, torch.device("cpu"))
-    model = DecodeModel(load_model(args.model).eval(), precision).model  # weights in `precision`
-    if args.backend == "transformers_static":
-        model.generation_config.cache_implementation = "static"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = decode_precision(args.precision, device)
     prompts = workload_prompts(args.workload, args.prompts or count, tokenizer)
     settings = SamplingSettings(k=k, temperature=temperature, max_new_tokens=args.max_new_tokens,
                                 min_new_tokens=args.max_new_tokens, seed=0,
                                 batch_size=args.batch)  # fmt: skip
+    if args.backend == "vllm":
+        return vllm_worker(args, prompts, settings, precision)
+    model = DecodeModel(load_model(args.model).eval(), precision).model  # weights in `precision`
+    model.to(device)
+    if args.backend == "transformers_static":
+        model.generation_config.cache_implementation = "static"
     backend = "prefopt" if args.backend == "prefopt" else "transformers"
     warm = SamplingSettings(k=2, max_new_tokens=2, batch_size=args.batch)
     sample(model, tokenizer, prompts[:2], warm, backend=backend, precision=precision)
@@ -101,10 +105,32 @@ def worker(args) -> dict:
     done.set()
     watcher.join()
     tokens = sum(len(s.token_ids) for samples in results for s in samples)
+    on_gpu = device.type == "cuda"  # memory: the GPU's peak above the model; no CPU roofline
+    above = (torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()) if on_gpu else (
+        peak - base)  # fmt: skip
     return {"backend": args.backend, "seconds": seconds, "tokens": tokens,
-            "tokens_per_s": tokens / seconds, "peak_above_model_mb": (peak - base) / 2**20,
+            "tokens_per_s": tokens / seconds, "peak_above_model_mb": above / 2**20,
             "prompt_tokens": sum(map(len, prompts)) / len(prompts), "precision": precision,
-            "roofline_seconds": roofline(model, [len(p) for p in prompts], k, args, precision)}  # fmt: skip
+            "roofline_seconds": float("nan") if on_gpu else
+            roofline(model, [len(p) for p in prompts], k, args, precision)}  # fmt: skip
+
+
+def vllm_worker(args, prompts, settings, precision: str) -> dict:
+    """The same workload on vLLM (GPU machines): an engine made once, warmed, then timed."""
+    import dataclasses
+
+    from prefopt.generate.vllm_backend import VllmSampler
+
+    sampler = VllmSampler(args.model, precision, seed=0)
+    sampler.sample(prompts[:2], dataclasses.replace(settings, k=2, max_new_tokens=2,
+                                                    min_new_tokens=0))  # fmt: skip
+    started = time.perf_counter()
+    results = sampler.sample(prompts, settings)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(s.token_ids) for samples in results for s in samples)
+    return {"backend": "vllm", "seconds": seconds, "tokens": tokens,
+            "tokens_per_s": tokens / seconds, "peak_above_model_mb": float("nan"),
+            "precision": precision, "roofline_seconds": float("nan")}  # fmt: skip
 
 
 def roofline(model, prompt_lengths: list[int], k: int, args, precision: str) -> float:
@@ -151,8 +177,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=0, help="prompts a workload (0: its own)")
     parser.add_argument("--quick", action="store_true", help="4 prompts, 8 new tokens")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--vllm", action="store_true", help="vLLM too (GPU machines)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--backend", default="prefopt", choices=BACKENDS, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="prefopt", choices=(*BACKENDS, "vllm"),
+                        help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--workload", choices=list(WORKLOADS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -165,7 +193,8 @@ def main() -> None:
           f"{'hf static s':>11} {'speedup':>8} {'roofline s':>10} {'reached':>8} "
           f"{'MB above model ours / theirs':>29}")  # fmt: skip
     for workload in args.workloads.split(","):
-        results = {backend: measure(args, backend, workload) for backend in BACKENDS}
+        results = {backend: measure(args, backend, workload)
+                   for backend in (*BACKENDS, "vllm")[: len(BACKENDS) + args.vllm]}  # fmt: skip
         ours = results["prefopt"]
         theirs = min((results[b] for b in BACKENDS[1:]), key=lambda r: r["seconds"])
         row = {"workload": workload, **results, "fastest_transformers": theirs["backend"],
@@ -177,7 +206,8 @@ def main() -> None:
               f"{ours['tokens_per_s']:7.0f} {results['transformers']['seconds']:8.1f} "
               f"{results['transformers_static']['seconds']:11.1f} {row['speedup']:7.2f}x "
               f"{ours['roofline_seconds']:10.2f} {row['reached']:7.1%} "
-              f"{ours['peak_above_model_mb']:13.0f} / {theirs['peak_above_model_mb']:<13.0f}",
+              f"{ours['peak_above_model_mb']:13.0f} / {theirs['peak_above_model_mb']:<13.0f}"
+              + (f"  vLLM {results['vllm']['seconds']:.1f} s" if args.vllm else ""),
               flush=True)  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": vars(args), "results": rows}, indent=1))

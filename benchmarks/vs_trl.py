@@ -310,7 +310,9 @@ def run_trl(args, rows, model_path: str) -> dict:
     ]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    options = trl_gpu_options(args)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                 **options["model"])  # fmt: skip
     peft_config = None
     if args.lora:
         from peft import LoraConfig
@@ -351,6 +353,7 @@ def run_trl(args, rows, model_path: str) -> dict:
             dataloader_num_workers=0,
             seed=0,
             torch_compile=args.compile,
+            **options["config"],
         )
         step_seconds = []
         # prefopt keeps freed memory in the process while it trains on a CPU; this gives TRL the same
@@ -411,6 +414,24 @@ def required_flops(model_path: str, lengths: list[tuple[int, list[int]]], lora: 
     passes = 3 if lora else 4  # forward + backward (2 or 1) + reference forward
     linear = passes * (body * (prompt_tokens + completion_tokens) + head * completion_tokens)
     return {"total": linear + 4 * attention, "without_attention": linear}
+
+
+def trl_gpu_options(args) -> dict:
+    """TRL at its GPU fastest where asked and installed: FlashAttention 2 with padding-free
+    batches, Liger's fused DPO loss."""
+    import importlib.util
+
+    if not args.trl_gpu_fastest:
+        return {"model": {}, "config": {}}
+    flash = importlib.util.find_spec("flash_attn") is not None
+    liger = importlib.util.find_spec("liger_kernel") is not None
+    print(
+        f"TRL: FlashAttention 2 {'on' if flash else 'not installed'}, padding_free {flash}, "
+        f"Liger {'on' if liger else 'not installed'}",
+        file=sys.stderr,
+    )
+    return {"model": {"attn_implementation": "flash_attention_2"} if flash else {},
+            "config": {"padding_free": flash, "use_liger_kernel": liger}}  # fmt: skip
 
 
 def worker(args) -> None:
@@ -497,7 +518,7 @@ def measure(args, framework: str, workload: str) -> dict:
     command += ["--checkpointing"] * args.checkpointing + [
         "--trl-keep-freed-memory"
     ] * args.trl_keep_freed_memory
-    command += ["--compile"] * args.compile
+    command += ["--compile"] * args.compile + ["--trl-gpu-fastest"] * args.trl_gpu_fastest
     return run_worker(
         command,
         args.cache,
@@ -591,6 +612,11 @@ def main() -> None:
         action="store_true",
         help="TRL with PyTorch's huge-page allocation "
         "too (THP_MEM_ALLOC_ENABLE=1, which importing prefopt sets); by default TRL runs without it",
+    )
+    parser.add_argument(
+        "--trl-gpu-fastest",
+        action="store_true",
+        help="TRL with FlashAttention 2 + padding_free and Liger's loss, where installed (GPU)",
     )
     parser.add_argument("--worker", choices=["prefopt", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)

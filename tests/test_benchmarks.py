@@ -1,6 +1,7 @@
 """The benchmark scripts refuse bad input with a message, not a traceback."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 pytestmark = pytest.mark.slow  # real processes: make test-fast skips them
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
 
 
 @pytest.mark.parametrize("model", ["missing.gguf", "missing-folder"])
@@ -284,3 +286,30 @@ def test_optimizers_benchmark_tunes_each_optimizer_and_times_it_against_adamw(ti
     muon = json.loads((tmp_path / "d.json").read_text())["results"]["muon"]
     assert muon["trials"] == results["muon"]["trials"]  # no new study
     assert muon["demo"]["before"]["n"] == muon["demo"]["after"]["n"] == 60
+
+
+def test_the_gpu_check_asks_only_for_what_the_benchmarks_take_and_stops_without_a_gpu(tmp_path):
+    """benchmarks/gpu_check.sh cannot run here (no GPU): every option it passes is one the script
+    it calls accepts, it stops with a message where no GPU is visible, and its summary reads the
+    JSON each benchmark writes (the committed results stand in for a GPU run's)."""
+    import re
+    import shutil
+
+    script = (BENCHMARKS / "gpu_check.sh").read_text()
+    for name, options in re.findall(r'"\$here/(\w+\.py)"((?:\\\n|[^\n])*)', script):
+        accepted = subprocess.run([sys.executable, str(BENCHMARKS / name), "--help"],
+                                  capture_output=True, text=True, check=True).stdout  # fmt: skip
+        for option in re.findall(r"(--[a-z][a-z-]+)", options):
+            assert option in accepted, f"{name} takes no {option}"
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path / "out")],
+                            capture_output=True, text=True, env=os.environ | {
+                                "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})  # fmt: skip
+    assert result.returncode == 1 and "no CUDA GPU visible" in result.stdout
+    for committed, name in (("results-h100-bf16-full.json", "vs_trl.json"),
+                            ("results-rl-vs-trl-bf16.json", "rl_vs_trl.json"),
+                            ("results-generate.json", "generate.json")):  # fmt: skip
+        shutil.copy(BENCHMARKS / committed, tmp_path / name)
+    lines = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_summary.py"), str(tmp_path)],
+                           capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
+    assert [line.split()[0] for line in lines] == ["train"] * 3 + ["rl"] * 3 + ["generate"] * 4
+    assert "MFU prefopt" in lines[0] and "TRL's speed a step" in lines[3]

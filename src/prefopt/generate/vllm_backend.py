@@ -55,6 +55,7 @@ class VllmSampler:
             top_p=settings.top_p,
             top_k=settings.top_k or -1,
             max_tokens=settings.max_new_tokens,
+            min_tokens=settings.min_new_tokens,
             stop=list(settings.stop),
             seed=settings.seed,
             logprobs=0,  # the sampled token's own

@@ -83,7 +83,7 @@ class LLM:
                 token = int(torch.multinomial(probs, 1, generator=generator))
             tokens.append(token)
             logprobs.append({token: types.SimpleNamespace(logprob=float(raw[token]))})
-            if token in eos:
+            if token in eos and len(tokens) >= params.min_tokens:
                 finish = "stop"
                 break
         return types.SimpleNamespace(
