@@ -42,6 +42,20 @@ class Processes:
         """`work` on this process's share, the results of all put back in order."""
         return self.gather(work(self.share(items)) if self.share(items) else [])
 
+    def main_says(self, value):
+        """The main process's `value`, on every process: what it sees decides for all (a file
+        another process may be writing meanwhile)."""
+        if self.count == 1:
+            return value
+        shared = [value]
+        dist.broadcast_object_list(shared, src=0)
+        return shared[0]
+
+    def wait(self) -> None:
+        """Until every process gets here."""
+        if self.count > 1:
+            dist.barrier()
+
     def largest(self, value: int) -> int:
         """The largest of every process's `value`."""
         if self.count == 1:

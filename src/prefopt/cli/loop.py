@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from prefopt.cli.common import console, load_settings, run_library, write_report
+from prefopt.cli.common import console, load_settings, main_process, run_library, write_report
 
 
 def loop_command(
@@ -28,6 +28,8 @@ def _loop(settings, resume: bool) -> None:
     from prefopt.loop import loop
 
     records = loop(settings, resume=resume, console=console())
+    if not main_process():  # the other processes of a run of several say nothing
+        return
     for record in records:
         score = record.get("eval", {}).get("score")
         held_out = (

@@ -4,6 +4,7 @@ for `prefopt label serve` and input for `prefopt score`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -28,6 +29,7 @@ from prefopt.files import write_atomic
 from prefopt.generate.config import GenerateConfig
 from prefopt.generate.sampling import Sample, SamplingSettings, sample
 from prefopt.generate.vllm_backend import sample_with_vllm
+from prefopt.processes import ONE_PROCESS, Processes
 
 
 @dataclasses.dataclass
@@ -62,9 +64,12 @@ def generate(
     console: Console | None = None,
     model=None,
     tokenizer=None,
+    processes: Processes = ONE_PROCESS,
 ) -> GenerateResult:
     """Generate as `config` says; `model` and `tokenizer` may be given already loaded (the loop's
-    policy stays in memory between rounds)."""
+    policy stays in memory between rounds). Several `processes` each answer every n-th prompt and
+    the main one writes them all (prefopt's sampler seeds each answer by its prompt and k, so the
+    answers do not depend on the number of processes); every process calls it."""
     console = console or Console()
     records = load_prompts(config.prompts)
     out = Path(config.out)
@@ -97,7 +102,9 @@ def generate(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    with out.open("a", encoding="utf-8") as handle, Progress(*columns, console=console) as progress:
+    main = processes.main
+    with (out.open("a", encoding="utf-8") if main else contextlib.nullcontext()) as handle, \
+            Progress(*columns, console=console, disable=not main) as progress:  # fmt: skip
         task = progress.add_task("generate", total=len(todo), speed="")
 
         def write(indices: list[int], batch: list[list[Sample]]) -> None:
@@ -123,23 +130,28 @@ def generate(
             speed = tokens / (time.perf_counter() - started)
             progress.update(task, advance=len(indices), speed=f"{speed:.0f} tokens/s")
 
+        def answer(prompts: list[list[int]], on_batch) -> None:
+            if config.backend == "vllm":
+                on_batch(list(range(len(prompts))),
+                         sample_with_vllm(config.model, prompts, config.sampling(), precision))  # fmt: skip
+            else:
+                sample(model, tokenizer, prompts, config.sampling(), backend=config.backend,
+                       precision=precision, on_batch=on_batch)  # fmt: skip
+
         prompts = [ids[i] for i in todo]
-        if config.backend == "vllm":
-            write(
-                list(range(len(todo))),
-                sample_with_vllm(config.model, prompts, config.sampling(), precision),
-            )
-        else:
-            sample(
-                model,
-                tokenizer,
-                prompts,
-                config.sampling(),
-                backend=config.backend,
-                precision=precision,
-                on_batch=write,
-            )
-    _in_prompt_order(out)
+        if processes.count == 1:
+            answer(prompts, write)
+        else:  # each process its share; the main one writes them all, in order
+            mine, found = processes.share(range(len(todo))), {}
+            if mine:
+                answer([prompts[i] for i in mine], lambda at, batch: found.update(
+                    zip([mine[i] for i in at], batch, strict=True)))  # fmt: skip
+            everyone = processes.gather([found[i] for i in mine])
+            if main:
+                write(list(range(len(todo))), everyone)
+    if main:
+        _in_prompt_order(out)
+    processes.wait()
     return GenerateResult(
         out, len(records), len(todo), len(done), tokens, time.perf_counter() - started
     )

@@ -18,8 +18,10 @@ rounds.jsonl  one line per round: per-stage seconds, labels used, scores, acquis
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -37,6 +39,7 @@ from prefopt.loop.config import LoopConfig
 from prefopt.loop.report import loop_report
 from prefopt.loop.round import STAGES, Round, RoundRecord
 from prefopt.oracles import ScoreConfig, score
+from prefopt.processes import ONE_PROCESS, Processes
 from prefopt.settings import save_config
 from prefopt.train import Reuse, TrainConfig, train
 from prefopt.train.trackers import Trackers
@@ -53,6 +56,7 @@ class LoopContext:
     reuse: Reuse
     console: Console
     initial_answers: Path | None = None  # the initial model's held-out answers
+    processes: Processes = ONE_PROCESS  # a loop launched on several (torchrun, accelerate launch)
 
     def round(self, n: int) -> Round:
         return Round(self.out, n)
@@ -74,17 +78,21 @@ def loop(
     config: LoopConfig, *, resume: bool = False, console: Console | None = None
 ) -> list[RoundRecord]:
     """Run every round; returns the rounds' records (rounds.jsonl)."""
-    out = Path(config.output_dir)
+    out, processes = Path(config.output_dir), _processes()
     if out.exists() and any(out.iterdir()) and not resume:
         raise DataError(
             f"{out} already holds a loop: add --resume to continue it, or choose another output_dir"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
+    processes.wait()  # every process looked before the main one writes
+    if processes.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    processes.wait()
     pool = {
         json.dumps(record.prompt, sort_keys=True): record for record in load_prompts(config.prompts)
     }
-    ctx = LoopContext(config, out, pool, Reuse(keep_trained=True), console or Console())
+    console = (console or Console()) if processes.main else Console(quiet=True)
+    ctx = LoopContext(config, out, pool, Reuse(keep_trained=True), console, processes=processes)
     records: list[RoundRecord] = (
         read_jsonl(out / "rounds.jsonl") if (out / "rounds.jsonl").exists() else []
     )
@@ -98,7 +106,8 @@ def loop(
             # what this round reads: the initial model, its policy and (training: continue) the one before
             ctx.reuse.models.keep_only({config.model, ctx.policy(round), ctx.trained_after(n - 2)})
             records.append(run_round(round, ctx))
-            write_jsonl(out / "rounds.jsonl", records)
+            if processes.main:
+                write_jsonl(out / "rounds.jsonl", records)
             trackers.log({"step": n + 1, "split": "round", **records[-1]})
         trackers.log_report(lambda: loop_report([out]), len(records))
     finally:
@@ -115,13 +124,37 @@ def run_round(round: Round, ctx: LoopContext) -> RoundRecord:
         if name == "evaluate" and not ctx.config.heldout:
             continue
         started, work = time.perf_counter(), 0.0
-        if not round.done(name):
+        if not ctx.processes.main_says(round.done(name)):
             ctx.console.print(f"  {name}", highlight=False)
             # the seconds of its own work (sampling, judging, …)
-            work = STAGE_FUNCTIONS[name](round, ctx) or 0.0
+            work = run_stage(name, round, ctx)
         seconds[name] = time.perf_counter() - started
         overhead[name] = max(seconds[name] - work, 0.0)
     return round_record(round, ctx, seconds, overhead)
+
+
+def _processes() -> Processes:
+    """The processes of the launch: one, or those of torchrun / accelerate launch (their group
+    started here; it waits as long as a stage of the main process's takes, people labelling)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return ONE_PROCESS
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(days=7))
+    return Processes(state.process_index, state.num_processes)
+
+
+SHARED_STAGES = ("generate", "train")  # the stages every process takes part in
+
+
+def run_stage(name: str, round: Round, ctx: LoopContext) -> float:
+    """A stage on this process: sampling and training on every process (each its share), the
+    others on the main process while the rest wait; its files are there for all when it returns."""
+    work = 0.0
+    if name in SHARED_STAGES or ctx.processes.main:
+        work = STAGE_FUNCTIONS[name](round, ctx) or 0.0
+    ctx.processes.wait()
+    return work
 
 
 def round_record(
@@ -257,6 +290,7 @@ def generate_with(settings: GenerateConfig, ctx: LoopContext) -> float:
         console=ctx.console,
         model=model,
         tokenizer=ctx.reuse.tokenizer(settings.model),
+        processes=ctx.processes,
     ).seconds
 
 
@@ -502,7 +536,7 @@ def initial_answers(ctx: LoopContext) -> Path:
     """The initial model's answers to the held-out prompts, generated once and kept."""
     config, path = ctx.config, ctx.out / "initial-answers.jsonl"
     done = ctx.out / "initial-answers.done"
-    if not done.exists():
+    if not ctx.processes.main_says(done.exists()):
         generate_with(
             GenerateConfig(
                 model=config.model,
