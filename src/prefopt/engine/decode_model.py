@@ -49,8 +49,18 @@ class DecodeModel:
             for mine, theirs in zip(self.model.parameters(), self.source.parameters(), strict=True):
                 mine.copy_(theirs)
             return
-        for name, layer in self.adapted:
-            self.model.get_submodule(name).weight.copy_(merged_weight(layer))
+        for name, layer in self.adapted:  # written anew: `release` may have freed them
+            weight = self.model.get_submodule(name).weight
+            weight.data = merged_weight(layer).to(weight.dtype)
+
+    def release(self) -> None:
+        """Free the copy's adapted weights (nearly all of it) until `refresh` writes them again:
+        training, which changes them, needs the memory meanwhile."""
+        if not self.separate:
+            return
+        for name, _ in self.adapted:
+            weight = self.model.get_submodule(name).weight
+            weight.data = weight.data.new_empty(0)
 
 
 def merged_weight(layer: LoraLayer) -> torch.Tensor:

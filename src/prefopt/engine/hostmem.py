@@ -44,6 +44,15 @@ def keep_freed_memory(enabled: bool = True):
         libc.malloc_trim(0)
 
 
+def release_freed_memory() -> None:
+    """Hand the heap's freed blocks back to the kernel (glibc's malloc_trim): what one phase
+    freed (sampling's caches) stops counting in the process's memory while the next (training)
+    allocates blocks of other sizes. Other C libraries: nothing."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def _glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None

@@ -33,6 +33,7 @@ from prefopt.data import TokenizedList, TokenizeSettings
 from prefopt.data.tokenize import prompt_ids
 from prefopt.engine.decode_model import DecodeModel, checkpoint_weights
 from prefopt.engine.frozen import keep_frozen_in, restore_frozen
+from prefopt.engine.hostmem import release_freed_memory
 from prefopt.engine.logps import CompletionLogpsModel, collate
 from prefopt.engine.model import LoraSettings, load_model, load_tokenizer, resolve_model_path
 from prefopt.engine.precision import decode_precision
@@ -284,6 +285,11 @@ def _step(config, policy: Policy, objective, rewards: Rewards, prompts: Prompts,
         if not config.dynamic_sampling:
             break
     started = time.perf_counter()
+    # sampling's freed caches and the sampling copy's weights, before training allocates its own
+    # (the copy is written again from the trained policy before the next sampling)
+    policy.decode.release()
+    policy.stale = True
+    release_freed_memory()
     trained = _train(config, policy, objective, prompts.ids, groups) if groups else {}
     times["train"] = time.perf_counter() - started
     failed = sum(processes.gather([rewards.failures - failed_before]))
