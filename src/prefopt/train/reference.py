@@ -54,7 +54,8 @@ def reference_logps(
                 torch.zeros(len(examples), k_max, t_max, device=device) if with_tokens else None
             )
             keys = [list_key(example) for example in examples] if cache is not None else []
-            cached = [_cached(cache, key, with_tokens) for key in keys] or [None] * len(examples)
+            cached = ([_cached(cache, key, with_tokens) for key in keys] if cache is not None
+                      else [None] * len(examples))  # fmt: skip
             missing = [i for i, found in enumerate(cached) if found is None]
             advance(len(examples) - len(missing))
             batches = list(batching.inference_batches(examples, subset=missing))
