@@ -1,7 +1,8 @@
 """Where a decode step of prefopt's sampler goes, and how far it is from the machine's limit. For
 batches of 16, 64 and 256 sequences (K = 4 a prompt, ≈60-token prompts, 32 tokens generated
 already) in fp32 and in bf16 (weights held in bf16, as the sampler holds them), it times:
-the whole step (the model's forward, then drawing a token a sequence and bookkeeping); the
+the whole step (the sampler's forward, prefopt.engine.decoder, then drawing a token a sequence and
+bookkeeping); the
 forward alone; the weights' GEMMs alone (every linear layer of the decoder at the step's shape);
 the LM head alone; the attention alone (every layer's shared-prefix attention). What is left of
 the forward (norms, rotary embedding, activations, Python and dispatch) is the difference.
@@ -59,7 +60,7 @@ def decoding_state(model, tokenizer, sequences: int, k: int, prompt_tokens: int,
             state.prefilling = p
             model(input_ids=torch.tensor([ids]), prefopt_decode=state, use_cache=False,
                   logits_to_keep=torch.tensor([len(ids) - 1]))  # fmt: skip
-        state.start_decoding(k, generated + 8)
+        state.start_decoding(k, 64)
         step = torch.full((sequences, 1), ids[-1])
         for t in range(generated):
             positions = torch.full((sequences, 1), prompt_tokens + t)
@@ -71,7 +72,8 @@ def decoding_state(model, tokenizer, sequences: int, k: int, prompt_tokens: int,
 
 def profile(model, tokenizer, sequences: int, precision: str, args) -> dict:
     from prefopt.engine.decode import decode_attention
-    from prefopt.generate.sampling import SamplingSettings, _draw, _Tracker
+    from prefopt.engine.decoder import Decoder
+    from prefopt.generate.sampling import SamplingSettings, _draw, _forward, _Tracker
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     k, config = 4, model.config
@@ -84,25 +86,27 @@ def profile(model, tokenizer, sequences: int, precision: str, args) -> dict:
     tracker = _Tracker(tokenizer, set(), settings, sequences)
     alive = list(range(sequences))
 
+    step_forward = _forward(model)  # what the sampler runs: prefopt.engine.decoder's layers
+
     def forward():
         # the cache's write position stays put: every call is the same step
-        return model(input_ids=step, position_ids=positions, prefopt_decode=state,
-                     use_cache=False).logits[:, -1].float()  # fmt: skip
+        return step_forward(step, positions, state)
 
     def whole_step():
         logits = forward()
         tracker.add(alive, *_draw(logits, settings, generators))
 
     hidden = torch.randn(sequences, config.hidden_size, dtype=dtype)
-    linears = [m for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and "lm_head" not in name]  # fmt: skip
-    inputs = {m.in_features: torch.randn(sequences, m.in_features, dtype=dtype) for m in linears}
+    decoder = Decoder.of(model)
+    inputs = {size: torch.randn(sequences, size, dtype=dtype)
+              for size in (config.hidden_size, config.intermediate_size)}  # fmt: skip
 
-    def gemms():
-        for m in linears:
-            torch.nn.functional.linear(inputs[m.in_features], m.weight)
+    def gemms():  # every layer's projections as the decoder holds them (the LM head apart)
+        for layer in decoder.layers:
+            for weights in (layer.qkv, layer.o, layer.gate_up):
+                decoder._project(inputs[config.hidden_size], weights)
+            decoder._project(inputs[config.intermediate_size], layer.down)
 
-    head = model.get_output_embeddings()
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     query = torch.randn(sequences, heads, 1, dim, dtype=dtype)
@@ -118,7 +122,7 @@ def profile(model, tokenizer, sequences: int, precision: str, args) -> dict:
             "step": timed(whole_step, args.steps),
             "forward": timed(forward, args.steps),
             "gemms": timed(gemms, args.steps),
-            "lm_head": timed(lambda: head(hidden), args.steps),
+            "lm_head": timed(lambda: decoder._project(hidden, decoder.head), args.steps),
             "attention": timed(attention, args.steps),
         }
     seconds["sampling"] = max(seconds["step"] - seconds["forward"], 0.0)

@@ -58,8 +58,11 @@ def test_finished_sequences_leave_the_batch_and_the_others_are_unchanged(
     )
 
 
-def test_log_probs_are_those_of_a_plain_forward(model, tokenizer, prompts):
-    results = sample(model, tokenizer, prompts, SamplingSettings(k=3, max_new_tokens=8, seed=1))
+@pytest.mark.parametrize("new_tokens", [8, 40])  # 40: the own cache grows twice (16, 32, 64)
+def test_log_probs_are_those_of_a_plain_forward(model, tokenizer, prompts, new_tokens):
+    settings = SamplingSettings(k=3, max_new_tokens=new_tokens, seed=1)
+    results = sample(model, tokenizer, prompts, settings)
+    assert max(len(s.token_ids) for samples in results for s in samples) == new_tokens
     with torch.no_grad():
         for ids, samples in zip(prompts, results, strict=True):
             for s in samples:

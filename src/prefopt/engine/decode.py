@@ -28,7 +28,12 @@ class DecodeState:
     `prefix_keys[layer]` ([H_kv, P, D] each); `start_decoding` stacks them into [B, H_kv, P_max,
     D] (padding masked). Row r of the batch is a sequence of prompt `row_prompt[r]`, in slot
     `row_slot[r]` of that prompt's K; `own_keys[layer]` [rows, H_kv, T, D] holds what each
-    sequence generated, `length` tokens of it so far."""
+    sequence generated, `length` tokens of it so far, zeros after them.
+
+    Each step attends to all T places of the own cache, the unwritten ones masked, and T doubles
+    when it fills: a GEMM on the whole contiguous cache costs less than one on its written
+    part, a strided view that CPU bf16 GEMMs first copy (sequences × heads × written × head
+    size, twice a layer and step)."""
 
     prefix_keys: list
     prefix_values: list
@@ -48,7 +53,8 @@ class DecodeState:
         )
 
     def start_decoding(self, k: int, capacity: int) -> None:
-        """Lay out k rows per prompt (prompt-major) with room for `capacity` generated tokens each."""
+        """Lay out k rows per prompt (prompt-major) with room for up to `capacity` generated tokens
+        each (at first at most 16; `make_room` doubles it as needed)."""
         prompts = len(self.prefix_keys[0])
         lengths = torch.tensor([keys.shape[1] for keys in self.prefix_keys[0]])
         self.prefix_mask = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
@@ -58,9 +64,18 @@ class DecodeState:
         self.row_slot = torch.arange(k).repeat(prompts)
         self.slots, self.prefilling, self.length = k, None, 0
         _, heads, _, dim = self.prefix_keys[0].shape
-        shape = (prompts * k, heads, capacity, dim)
-        self.own_keys = [keys.new_empty(shape) for keys in self.prefix_keys]
-        self.own_values = [values.new_empty(shape) for values in self.prefix_values]
+        shape = (prompts * k, heads, min(capacity, 16), dim)
+        self.own_keys = [keys.new_zeros(shape) for keys in self.prefix_keys]
+        self.own_values = [values.new_zeros(shape) for values in self.prefix_values]
+
+    def make_room(self) -> None:
+        """Room for the token at `length` in the own cache: doubled when full."""
+        capacity = self.own_keys[0].shape[2]
+        if self.length < capacity:
+            return
+        rows = torch.arange(self.own_keys[0].shape[0])
+        self.own_keys = [self._kept(keys, rows, 2 * capacity) for keys in self.own_keys]
+        self.own_values = [self._kept(values, rows, 2 * capacity) for values in self.own_values]
 
     @property
     def full(self) -> bool:
@@ -73,9 +88,10 @@ class DecodeState:
         self.own_keys = [self._kept(keys, rows) for keys in self.own_keys]
         self.own_values = [self._kept(values, rows) for values in self.own_values]
 
-    def _kept(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The rows' cache with its capacity; only the tokens written so far are copied."""
-        kept = cache.new_empty((rows.shape[0], *cache.shape[1:]))
+    def _kept(self, cache: torch.Tensor, rows: torch.Tensor, capacity: int = 0) -> torch.Tensor:
+        """The rows' cache with its capacity (or `capacity`); only the written tokens are copied."""
+        rest = cache.shape[1], capacity or cache.shape[2], cache.shape[3]
+        kept = cache.new_zeros((rows.shape[0], *rest))
         torch.index_select(cache[:, :, : self.length], 0, rows, out=kept[:, :, : self.length])
         return kept
 
@@ -111,12 +127,11 @@ def decode_attention(module, query, key, value, state: DecodeState, scaling: flo
     group, slots = heads // kv_heads, state.slots
     place = (state.row_prompt, state.row_slot)
     t = state.length
-    state.own_keys[layer][:, :, t] = key[:, :, 0]
-    state.own_values[layer][:, :, t] = value[:, :, 0]
-    own_keys, own_values = (
-        state.own_keys[layer][:, :, : t + 1],
-        state.own_values[layer][:, :, : t + 1],
-    )
+    if layer == 0:
+        state.make_room()
+    own_keys, own_values = state.own_keys[layer], state.own_values[layer]
+    own_keys[:, :, t] = key[:, :, 0]
+    own_values[:, :, t] = value[:, :, 0]
 
     full = state.full
 
@@ -142,6 +157,7 @@ def decode_attention(module, query, key, value, state: DecodeState, scaling: flo
         ~state.prefix_mask[:, None, None, :], -torch.inf
     )
     scores = torch.cat([by_row(prefix_scores), q @ own_keys.transpose(2, 3)], -1).float()
+    scores[..., prompt_length + t + 1 :] = -torch.inf  # the own cache's unwritten places
     scale = dim**-0.5 if scaling is None else scaling
     probs = torch.softmax(scores.mul_(scale), -1).to(value.dtype)
     from_prefix = by_row(by_prompt(probs[..., :prompt_length]) @ prefix_values)

@@ -16,6 +16,7 @@ import torch
 
 from prefopt.engine.decode import DecodeState
 from prefopt.engine.decode_model import DecodeModel
+from prefopt.engine.decoder import Decoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,13 +82,14 @@ def sample(
     a caller that samples again after updates keeps a `DecodeModel` and passes its `model`."""
     decode = {"prefopt": _decode_shared, "transformers": _decode_transformers}[backend]
     model = DecodeModel(model, precision).model
+    forward = _forward(model) if backend == "prefopt" else None
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[Sample] | None] = [None] * len(prompts)
     model.eval()
     for start in range(0, len(order), settings.batch_size):
         indices = order[start : start + settings.batch_size]
         with torch.inference_mode():
-            batch = decode(model, tokenizer, [prompts[i] for i in indices], settings)
+            batch = decode(model, tokenizer, [prompts[i] for i in indices], settings, forward)
         for i, samples in zip(indices, batch, strict=True):
             results[i] = samples
         if on_batch is not None:
@@ -106,8 +108,28 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def _forward(model) -> Callable:
+    """forward(input_ids, positions, state) -> float32 logits at each row's last position: the
+    model's layers run by prefopt.engine.decoder where it knows the architecture, else the model's
+    own forward on prefopt's decode attention."""
+    decoder = Decoder.of(model)
+    if decoder is not None:
+        return decoder
+
+    def forward(input_ids, positions, state):
+        # the last position as an index, not `logits_to_keep=1`: its slice of the hidden states
+        # sends the LM head through a batched matmul that copies the whole head weight each call
+        # (most of a short prompt's prefill); an index gives a contiguous row and a plain GEMM
+        last = torch.tensor([input_ids.shape[1] - 1])
+        out = model(input_ids=input_ids, position_ids=positions, prefopt_decode=state,
+                    use_cache=False, logits_to_keep=last)  # fmt: skip
+        return out.logits[:, -1].float()
+
+    return forward
+
+
 def _decode_shared(
-    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings
+    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings, forward: Callable
 ) -> list[list[Sample]]:
     state = DecodeState.empty(model.config.num_hidden_layers)
     first_logits = []
@@ -115,17 +137,8 @@ def _decode_shared(
         prompts
     ):  # one prefill per prompt, alone: its numbers never depend on the batch
         state.prefilling = p
-        # the last position as an index, not `logits_to_keep=1`: its slice of the hidden states
-        # sends the LM head through a batched matmul that copies the whole head weight each call
-        # (most of a short prompt's prefill); an index gives a contiguous row and a plain GEMM
-        last = torch.tensor([len(ids) - 1])
-        out = model(
-            input_ids=torch.tensor([ids]),
-            prefopt_decode=state,
-            use_cache=False,
-            logits_to_keep=last,
-        )
-        first_logits.append(out.logits[0, -1].float())
+        positions = torch.arange(len(ids)).unsqueeze(0)
+        first_logits.append(forward(torch.tensor([ids]), positions, state)[0])
     k = settings.k
     state.start_decoding(k, settings.max_new_tokens)
     rows = [(p, j) for p in range(len(prompts)) for j in range(k)]
@@ -151,11 +164,8 @@ def _decode_shared(
         positions = torch.tensor(
             [[len(prompts[rows[i][0]]) + len(tracker.tokens[i]) - 1] for i in alive]
         )
-        out = model(
-            input_ids=input_ids, position_ids=positions, prefopt_decode=state, use_cache=False
-        )
+        logits = forward(input_ids, positions, state)
         state.length += 1
-        logits = out.logits[:, -1].float()
     samples = tracker.samples()
     return [samples[p * k : (p + 1) * k] for p in range(len(prompts))]
 
@@ -292,7 +302,7 @@ class _Tracker:
 
 
 def _decode_transformers(
-    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings
+    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings, forward: None = None
 ) -> list[list[Sample]]:
     """transformers' generate with num_return_sequences=K on left-padded prompts (no per-sequence
     seeds, no log-probs: its logits would take tokens × vocabulary memory)."""
