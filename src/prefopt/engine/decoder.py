@@ -52,7 +52,7 @@ class Decoder:
 
     def __init__(self, model, packed: bool):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.body, self.config = base.model, base.config
+        self.body = base.model
         self.packed = packed
         self.head = self._weights(base.get_output_embeddings())
         self.layers = [self._layer(layer) for layer in self.body.layers]
