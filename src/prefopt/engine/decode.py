@@ -53,8 +53,8 @@ class DecodeState:
         )
 
     def start_decoding(self, k: int, capacity: int) -> None:
-        """Lay out k rows per prompt (prompt-major) with room for up to `capacity` generated tokens
-        each (at first at most 16; `make_room` doubles it as needed)."""
+        """Lay out k rows per prompt (prompt-major), each with room for min(`capacity`, 16)
+        generated tokens at first (`make_room` doubles it as needed)."""
         prompts = len(self.prefix_keys[0])
         lengths = torch.tensor([keys.shape[1] for keys in self.prefix_keys[0]])
         self.prefix_mask = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
