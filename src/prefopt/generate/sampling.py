@@ -8,6 +8,7 @@ serve and as the benchmark's baseline."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from collections.abc import Callable
@@ -80,16 +81,18 @@ def sample(
     `on_batch(indices, samples)` is called as each batch finishes (for writing as it goes). In
     bf16, a model held in float32 samples through a bf16 copy of itself (engine/decode_model.py);
     a caller that samples again after updates keeps a `DecodeModel` and passes its `model`."""
-    decode = {"prefopt": _decode_shared, "transformers": _decode_transformers}[backend]
     model = DecodeModel(model, precision).model
-    forward = _forward(model) if backend == "prefopt" else None
+    if backend == "prefopt":
+        decode = functools.partial(_decode_shared, forward=_forward(model))
+    else:
+        decode = {"transformers": _decode_transformers}[backend]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[Sample] | None] = [None] * len(prompts)
     model.eval()
     for start in range(0, len(order), settings.batch_size):
         indices = order[start : start + settings.batch_size]
         with torch.inference_mode():
-            batch = decode(model, tokenizer, [prompts[i] for i in indices], settings, forward)
+            batch = decode(model, tokenizer, [prompts[i] for i in indices], settings)
         for i, samples in zip(indices, batch, strict=True):
             results[i] = samples
         if on_batch is not None:
@@ -129,7 +132,7 @@ def _forward(model) -> Callable:
 
 
 def _decode_shared(
-    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings, forward: Callable
+    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings, *, forward: Callable
 ) -> list[list[Sample]]:
     state = DecodeState.empty(model.config.num_hidden_layers)
     first_logits = []
@@ -302,7 +305,7 @@ class _Tracker:
 
 
 def _decode_transformers(
-    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings, forward: None = None
+    model, tokenizer, prompts: list[list[int]], settings: SamplingSettings
 ) -> list[list[Sample]]:
     """transformers' generate with num_return_sequences=K on left-padded prompts (no per-sequence
     seeds, no log-probs: its logits would take tokens × vocabulary memory)."""
