@@ -51,10 +51,10 @@ class Decoder:
     prefill of one prompt ([1, L]) or one decoding step of every row ([rows, 1])."""
 
     def __init__(self, model, packed: bool):
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.body = base.model
+        """`model`: a causal LM (under peft, its base model); `of` checks that it is one known."""
+        self.body = model.model
         self.packed = packed
-        self.head = self._weights(base.get_output_embeddings())
+        self.head = self._weights(model.get_output_embeddings())
         self.layers = [self._layer(layer) for layer in self.body.layers]
 
     @classmethod
@@ -76,7 +76,7 @@ class Decoder:
             and torch.backends.mkldnn.is_available()
             and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         )
-        return cls(model, packed)
+        return cls(base, packed)
 
     def _weights(self, *linears) -> list[tuple]:
         """(weight, bias) of each linear, its weight merged where LoRA adapts it. Packed, they are
