@@ -2,8 +2,11 @@
 the demo's instruction-following prompts, the `constraints` verifier as the one reward function
 both call, K answers of at most 64 new tokens at temperature 1, LoRA r16 on every projection,
 one optimizer step per step over `--prompts-per-step` groups, β = 0, token-level aggregation (TRL's
-default loss_type "dapo"; prefopt's `grpo` with `aggregation: token`), ε = 0.2, no dynamic sampling,
-gradient checkpointing on both sides (TRL's default; `--no-gradient-checkpointing` turns it off).
+default loss_type "dapo"; prefopt's `grpo` with `aggregation: token`), ε = 0.2, no dynamic sampling.
+Each tool at its defaults for memory: TRL with gradient checkpointing and a step's completions in
+one forward pass (`--no-gradient-checkpointing`, `--trl-completions-per-forward N` with gradient
+accumulation filling the step), prefopt in passes of `max_tokens_per_forward` tokens without
+checkpointing (`--max-tokens-per-forward N`, 0 for one pass; `--prefopt-gradient-checkpointing`).
 Each tool runs in a process of its own, alternating. Prints seconds per step (prefopt's split into
 sampling, scoring and training; TRL's into generate-and-score and the rest), generated tokens/s,
 peak RSS and the mean reward over the steps, side by side.
@@ -50,7 +53,9 @@ def run_prefopt(args, prompts: Path, out: Path) -> dict:
         objective="grpo", loss_params={"aggregation": "token"}, k=args.k,
         prompts_per_step=args.prompts_per_step, max_new_tokens=args.max_new_tokens,
         dynamic_sampling=False, max_steps=args.steps, learning_rate=args.lr, precision=args.precision,
-        save_every=None, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
+        save_every=None, seed=args.seed, gradient_checkpointing=args.prefopt_gradient_checkpointing,
+        **({} if args.max_tokens_per_forward is None else
+           {"max_tokens_per_forward": args.max_tokens_per_forward or None}),
     )  # fmt: skip
     started = time.perf_counter()
     rl(config, console=Console(quiet=True))
@@ -87,9 +92,14 @@ def run_trl(args, prompts: Path, out: Path) -> dict:
         ]
 
     completions = args.k * args.prompts_per_step
+    per_forward = args.trl_completions_per_forward or completions
+    if completions % per_forward:
+        raise SystemExit(f"--trl-completions-per-forward {per_forward} does not divide a step's "
+                         f"{completions} completions")  # fmt: skip
     config = GRPOConfig(
-        output_dir=str(out), num_generations=args.k, per_device_train_batch_size=completions,
-        gradient_accumulation_steps=1, max_completion_length=args.max_new_tokens, temperature=1.0,
+        output_dir=str(out), num_generations=args.k, per_device_train_batch_size=per_forward,
+        gradient_accumulation_steps=completions // per_forward,
+        max_completion_length=args.max_new_tokens, temperature=1.0,
         learning_rate=args.lr, beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group",
         max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
         bf16=args.precision == "bf16", seed=args.seed, lr_scheduler_type="constant",
@@ -168,7 +178,12 @@ def measure(args, tool: str, k: int, prompts: Path, folder: Path) -> dict:
                "--prompts-per-step", str(args.prompts_per_step), "--max-new-tokens",
                str(args.max_new_tokens), "--lr", str(args.lr), "--precision", args.precision,
                "--model", args.model, "--seed", str(args.seed),
-               *([] if args.gradient_checkpointing else ["--no-gradient-checkpointing"])]  # fmt: skip
+               *([] if args.gradient_checkpointing else ["--no-gradient-checkpointing"]),
+               *(["--prefopt-gradient-checkpointing"] if args.prefopt_gradient_checkpointing else []),
+               *([] if args.max_tokens_per_forward is None else
+                 ["--max-tokens-per-forward", str(args.max_tokens_per_forward)]),
+               *([] if args.trl_completions_per_forward is None else
+                 ["--trl-completions-per-forward", str(args.trl_completions_per_forward)])]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
@@ -195,7 +210,12 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing",
-                        action="store_false", help="both sides (on by default: TRL's default)")  # fmt: skip
+                        action="store_false", help="TRL's (on by default: its default)")  # fmt: skip
+    parser.add_argument("--trl-completions-per-forward", type=int,
+                        help="TRL's per_device_train_batch_size (default: a step's completions)")  # fmt: skip
+    parser.add_argument("--max-tokens-per-forward", type=int,
+                        help="prefopt's (default: its default; 0: one pass)")  # fmt: skip
+    parser.add_argument("--prefopt-gradient-checkpointing", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -211,9 +231,22 @@ def main() -> None:
             prompts = workload_prompts(name, folder)
             results[workload] = {tool: measure(args, tool, int(k), prompts, folder / workload)
                                  for tool in ("prefopt", "trl")}  # fmt: skip
-    checkpointing = "gradient checkpointing" if args.gradient_checkpointing else "no checkpointing"
+    trl = ("checkpointing" if args.gradient_checkpointing else "no checkpointing") + (
+        f", {args.trl_completions_per_forward} completions a forward"
+        if args.trl_completions_per_forward
+        else ", a step's completions in one forward"
+    )
+    ours = ("checkpointing, " if args.prefopt_gradient_checkpointing else "") + (
+        "max_tokens_per_forward "
+        + (
+            "default"
+            if args.max_tokens_per_forward is None
+            else str(args.max_tokens_per_forward or "none")
+        )
+    )
     print(f"{args.prompts_per_step} prompts a step, {args.max_new_tokens} new tokens, LoRA r16, {args.precision}, "
-          f"{checkpointing}, {args.steps} steps (the first of each run left out of the step times)")  # fmt: skip
+          f"TRL: {trl}; prefopt: {ours}; {args.steps} steps (the first of each run left out of the "
+          "step times)")  # fmt: skip
     print(f"{'workload':>8} {'tool':8} {'s/step':>8} {'sample':>8} {'score':>7} {'train':>7} {'gen tok/s':>10} "
           f"{'peak GB':>8} {'reward':>7}")  # fmt: skip
     for workload, pair in results.items():

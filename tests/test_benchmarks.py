@@ -201,7 +201,8 @@ def test_step_profile_splits_only_its_step_into_gemms_attention_and_the_rest():
 def test_rl_against_trl_runs_both_and_compares_them(tiny_model, tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "rl_vs_trl.py"), "--quick", "--model",
                str(tiny_model), "--max-new-tokens", "6", "--workloads", "demo:4,long:2", "--json",
-               str(tmp_path / "rl.json")]  # fmt: skip
+               str(tmp_path / "rl.json"), "--trl-completions-per-forward", "4",
+               "--max-tokens-per-forward", "64"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "prefopt" in done.stdout and "faster a step" in done.stdout

@@ -47,7 +47,9 @@ def metrics(out):
 
 
 def without_timings(rows):
-    return [{k: v for k, v in row.items() if not k.startswith("seconds/")} for row in rows]
+    """The metrics that do not depend on how the work was split: no timings, no pass counts."""
+    return [{k: v for k, v in row.items() if not k.startswith("seconds/") and k != "forward_passes"}
+            for row in rows]  # fmt: skip
 
 
 def weights(out):
@@ -301,17 +303,19 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tiny_model, setup, wh
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, sharded",
-    [({"loss_params": {"aggregation": "token", "epsilon_high": 0.28}, "minibatches": 2}, False),
+    [({"loss_params": {"aggregation": "token", "epsilon_high": 0.28}, "minibatches": 2,
+       "max_tokens_per_forward": 30}, False),
      ({"objective": "disco", "num_iterations": 2}, False),
-     ({"minibatches": 2}, True)],
+     ({"minibatches": 2, "max_tokens_per_forward": 30}, True)],
     ids=["dapo-minibatches", "disco-iterations", "fsdp"],
 )  # fmt: skip
 def test_two_processes_reach_the_weights_of_one(tiny_model, setup, tmp_path, overrides, sharded):
     """DDP, or FSDP2 through accelerate, over 2 CPU processes (gloo, started by torchrun): each
     samples and scores every other prompt of a step (a sharded policy from its plain copy,
     rewritten from the gathered weights after each update), both see the whole step, each trains
-    on its groups (three groups: two and one) with the batch-wide denominators, and the run ends
-    where one process's does."""
+    on its groups (three groups: two and one) with the batch-wide denominators, in as many
+    forward passes as the other (a group a pass where max_tokens_per_forward says so, the process
+    short of groups passing a masked one), and the run ends where one process's does."""
     import os
     import subprocess
     import sys
@@ -371,3 +375,71 @@ def test_bf16_samples_through_a_copy_refreshed_after_each_update(tiny_model, set
     assert len(gaps) == 3 and max(gaps) < 0.05
     config = json_module.loads((out / "merged" / "config.json").read_text())
     assert config.get("dtype", config.get("torch_dtype")) == "float32"
+
+
+def same_run(a, b):
+    """Two runs' metrics (timings and pass counts aside; the loss and the gradient's norm among
+    them) and trained weights agree to float rounding."""
+    for x, y in zip(without_timings(metrics(a)), without_timings(metrics(b)), strict=True):
+        assert x.keys() == y.keys()
+        for key, value in x.items():
+            assert y[key] == (
+                pytest.approx(value, rel=1e-4, abs=1e-6) if key != "split" else value
+            ), key
+    for name, tensor in weights(a).items():
+        # Adam divides by the root of the squared gradients: rounding in near-zero gradients
+        # moves a weight by a small fraction of a step (the learning rate, 5e-3)
+        torch.testing.assert_close(weights(b)[name], tensor, rtol=1e-5, atol=5e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"loss_params": {"aggregation": "token", "epsilon_high": 0.28}},
+     {"loss_params": {"aggregation": "constant", "scale_rewards": "none"}},
+     {"objective": "rloo"}, {"objective": "reinforce_pp"},
+     {"objective": "disco", "loss_params": {"threshold": 0.05}},
+     {"minibatches": 2, "num_iterations": 2}, {"loss_params": {"beta": 0.5}}],
+    ids=["grpo", "dapo", "dr-grpo", "rloo", "reinforce-pp", "disco", "minibatches-iterations",
+         "kl-to-reference"],
+)  # fmt: skip
+def test_forward_passes_of_part_of_a_minibatch_change_memory_not_the_update(
+    tiny_model, setup, tmp_path, overrides
+):
+    """A step's groups trained in several forward passes (each group alone: its prompt and four
+    answers are over 30 tokens) reach the metrics and weights of one pass: every batch-wide
+    denominator counts the whole minibatch."""
+    config = lambda out, **more: settings(tiny_model, setup, tmp_path / out, save_every=None,
+                                          **overrides, **more)  # fmt: skip
+    rl(config("one", max_tokens_per_forward=None))
+    rl(config("parts", max_tokens_per_forward=30))
+    passes = [
+        row["forward_passes"] for row in metrics(tmp_path / "parts") if "forward_passes" in row
+    ]
+    assert max(passes) >= 3
+    same_run(tmp_path / "one", tmp_path / "parts")
+
+
+def test_disco_after_an_update_trains_a_minibatch_in_one_pass(tiny_model, setup, tmp_path):
+    """Its trust region is a mean over the whole minibatch of what the pass computes."""
+    out = tmp_path / "disco"
+    rl(settings(tiny_model, setup, out, objective="disco", num_iterations=2, max_steps=1,
+                max_tokens_per_forward=30, save_every=None))  # fmt: skip
+    assert metrics(out)[0]["forward_passes"] == 1
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_the_kl_to_the_reference(tiny_model, setup, tmp_path, lora):
+    """β > 0: the reference is the policy with its adapters off (LoRA) or the initial model's
+    frozen copy (full fine-tuning). Before the first update the policy is the reference (KL 0
+    exactly); after it, the KL is positive and the update differs from β = 0's."""
+    runs = {}
+    for beta in (0.0, 0.5):
+        out = tmp_path / f"beta-{beta}"
+        rl(settings(tiny_model, setup, out, lora=lora, learning_rate=5e-2, save_every=None,
+                    loss_params={"beta": beta}))  # fmt: skip
+        runs[beta] = out
+    rows = metrics(runs[0.5])
+    assert rows[0]["kl"] == 0.0 and all(row["kl"] > 0 for row in rows[1:])
+    assert "kl" not in metrics(runs[0.0])[0]
+    assert any(not torch.equal(tensor, weights(runs[0.0])[name])
+               for name, tensor in weights(runs[0.5]).items())  # fmt: skip

@@ -235,7 +235,8 @@ def _group_metrics(batch: ListBatch) -> dict[str, torch.Tensor]:
     return {"reward": mean.detach(), "reward_std": std.detach(), "zero_std": (std == 0).float()}
 
 
-def _reinforce(batch, name, epsilon_low, epsilon_high, aggregation, beta) -> LossOutput:
+def _reinforce(batch, name, epsilon_low, epsilon_high, aggregation, max_completion_length,
+               beta) -> LossOutput:  # fmt: skip
     """The clipped surrogate with token ratios and the advantages of objective `name`."""
     return _clipped_surrogate(
         batch,
@@ -244,7 +245,7 @@ def _reinforce(batch, name, epsilon_low, epsilon_high, aggregation, beta) -> Los
         epsilon_high=epsilon_high,
         importance_sampling="token",
         aggregation=aggregation,
-        max_completion_length=None,
+        max_completion_length=max_completion_length,
         beta=beta,
     )
 
@@ -328,11 +329,13 @@ def rloo(
     epsilon_low: float = 0.2,
     epsilon_high: float = 0.2,
     aggregation: str = "sequence",
+    max_completion_length: int | None = None,
     beta: float = 0.0,
 ) -> LossOutput:
     """REINFORCE Leave-One-Out: each answer's baseline is the mean reward of its group's other
     answers, A_i = r_i − (Σ_{j≠i} r_j)/(K − 1), unscaled; the same clipped surrogate as GRPO (with
-    one pass over fresh samples ρ = 1 and it is REINFORCE with that baseline).
+    one pass over fresh samples ρ = 1 and it is REINFORCE with that baseline). Aggregations as
+    GRPO's.
 
     Example:
         >>> import torch
@@ -342,7 +345,9 @@ def rloo(
         >>> round(LOSSES["rloo"](batch).loss.item(), 4)
         0.0
     """
-    return _reinforce(batch, "rloo", epsilon_low, epsilon_high, aggregation, beta)
+    return _reinforce(
+        batch, "rloo", epsilon_low, epsilon_high, aggregation, max_completion_length, beta
+    )
 
 
 @register_loss(
@@ -359,11 +364,13 @@ def reinforce_pp(
     epsilon_low: float = 0.2,
     epsilon_high: float = 0.2,
     aggregation: str = "token",
+    max_completion_length: int | None = None,
     beta: float = 0.0,
 ) -> LossOutput:
     """REINFORCE++-baseline: the group's mean reward removed, then every advantage divided by the
     standard deviation over the whole batch (not the group's, which over-weights groups whose
-    answers barely differ); the clipped surrogate, aggregated over the batch's tokens.
+    answers barely differ); the clipped surrogate, aggregated over the batch's tokens (or as
+    GRPO's other aggregations).
 
     Example:
         >>> import torch
@@ -373,7 +380,9 @@ def reinforce_pp(
         >>> round(LOSSES["reinforce_pp"](batch).loss.item(), 4)
         0.0
     """
-    return _reinforce(batch, "reinforce_pp", epsilon_low, epsilon_high, aggregation, beta)
+    return _reinforce(
+        batch, "reinforce_pp", epsilon_low, epsilon_high, aggregation, max_completion_length, beta
+    )
 
 
 @register_loss(

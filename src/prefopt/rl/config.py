@@ -77,6 +77,14 @@ class RLConfig(BaseModel):
         1, ge=1, description="Each pass splits the step's groups into this many minibatches, one "
         "optimizer step each (their losses normalized within the minibatch).",
     )  # fmt: skip
+    max_tokens_per_forward: int | None = Field(
+        1024, ge=1, description="Train a minibatch in forward passes of about this many tokens "
+        "(a group's prompt once and its answers; a group larger than this alone), their "
+        "gradients added into the minibatch's one optimizer step: the same update in less "
+        "memory, and on a CPU no slower than one pass (None: one pass). DisCO after an update "
+        "(num_iterations or minibatches above 1) trains each minibatch in one pass: its trust "
+        "region is a mean over the whole minibatch of what the pass computes.",
+    )  # fmt: skip
     max_steps: int = Field(50, ge=1, description="Steps: sample, score, train.")
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -157,7 +165,18 @@ class RLConfig(BaseModel):
         return self
 
     def build_objective(self) -> Objective:
-        return Objective(self.objective, {self.objective: self.loss_params})
+        params = dict(self.loss_params)
+        if params.get("aggregation") == "constant":  # Dr. GRPO's constant: the generation budget
+            params.setdefault("max_completion_length", self.max_new_tokens)  # (as TRL's dr_grpo)
+        return Objective(self.objective, {self.objective: params})
+
+    @property
+    def forward_tokens(self) -> int | None:
+        """max_tokens_per_forward where the objective allows a minibatch to be split; None: one
+        pass (DisCO's trust region after an update is a mean over the whole minibatch of the
+        policy's log-probs, known only after every pass)."""
+        moved = self.num_iterations > 1 or self.minibatches > 1
+        return None if self.objective == "disco" and moved else self.max_tokens_per_forward
 
     @property
     def oracle_names(self) -> list[str]:

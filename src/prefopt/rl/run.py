@@ -8,11 +8,7 @@ metrics of a run never stopped. Under several data-parallel processes each sampl
 every n-th prompt of a step, all see the whole step (the same decisions), each trains on its share
 with the batch-wide denominators of the objective, and the run reaches one process's weights.
 
-Old log-probs: with one pass over a step's samples (num_iterations 1) the sampling policy is the
-policy being trained, and π_old is its own log-probs, detached (ρ = 1 in value). With more passes or
-minibatches π_old is one no-grad pass of the training engine before the first update. The sampler's own sums
-of log-probs (the same model, another kernel) are only compared with the engine's, as the
-`logp_gap` metric."""
+How a step trains: prefopt.rl.update."""
 
 from __future__ import annotations
 
@@ -29,33 +25,31 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import get_scheduler
 
-from prefopt.data import TokenizedList, TokenizeSettings
+from prefopt.data import TokenizeSettings
 from prefopt.data.tokenize import prompt_ids
 from prefopt.engine.decode_model import DecodeModel, checkpoint_weights
 from prefopt.engine.frozen import keep_frozen_in, restore_frozen
 from prefopt.engine.hostmem import release_freed_memory
-from prefopt.engine.logps import CompletionLogpsModel, collate
+from prefopt.engine.logps import CompletionLogpsModel
 from prefopt.engine.model import LoraSettings, load_model, load_tokenizer, resolve_model_path
 from prefopt.engine.precision import decode_precision
 from prefopt.engine.settings import EngineSettings
-from prefopt.errors import TrainingError
 from prefopt.evaluate.stats import bootstrap_mean, win_rate
 from prefopt.files import write_jsonl
 from prefopt.generate import SamplingSettings, load_prompts, sample
 from prefopt.generate.vllm_backend import VllmSampler
-from prefopt.losses import ListBatch
-from prefopt.losses.rl import advantages_for, sampler_correction
 from prefopt.oracles import ListToJudge
-from prefopt.processes import Processes
 from prefopt.rl.config import RLConfig
+from prefopt.rl.policy import Group, Policy
 from prefopt.rl.report import rl_report
-from prefopt.rl.rewards import Rewards, Scored
+from prefopt.rl.rewards import Rewards
+from prefopt.rl.update import train_step
 from prefopt.settings import save_config
 from prefopt.train.cards import CardFacts, write_card
 from prefopt.train.checkpoint import checkpoint_run, latest_checkpoint, load_checkpoint
 from prefopt.train.loop import accelerator_for, seed_everything
 from prefopt.train.metrics import MetricsLog, brief
-from prefopt.train.sharding import full_weights, is_sharded
+from prefopt.train.sharding import is_sharded
 from prefopt.train.trackers import Trackers
 
 
@@ -65,50 +59,6 @@ class RLResult:
     steps: int
     seconds: float
     last: dict  # the last step's metrics
-
-
-@dataclasses.dataclass
-class Group:
-    """A prompt's K sampled answers, their rewards and what each oracle gave them."""
-
-    prompt: int  # index into the prompts
-    samples: list
-    scored: Scored
-
-    @property
-    def rewards(self) -> list[float]:
-        return self.scored.rewards
-
-
-@dataclasses.dataclass
-class Policy:
-    """The policy being trained and what steps it."""
-
-    accelerator: object
-    engine: torch.nn.Module  # the engine module (prepared by accelerate) around the model
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    params: list
-    tokenizer: object
-    precision: str
-    lora: bool
-    decode: DecodeModel  # what samples: the policy, or its copy in the decode precision
-    # a sharded (FSDP) policy's plain copy on every process, which `decode` reads
-    copy: torch.nn.Module | None = None
-    vllm: VllmSampler | None = None  # backend vllm: what samples instead of `decode`
-    stale: bool = False  # the policy was updated since `decode` was refreshed
-
-    def plain_model(self):
-        """The policy's model with plain (unsharded) weights: a sharded policy's copy, rewritten
-        from the gathered weights (every process takes part)."""
-        if self.copy is None:
-            return self.accelerator.unwrap_model(self.engine).model
-        self.copy.load_state_dict(full_weights(self.engine))
-        return self.copy.model
-
-    @property
-    def processes(self) -> Processes:
-        return Processes.of(self.accelerator)
 
 
 @dataclasses.dataclass
@@ -218,19 +168,33 @@ def _policy(config: RLConfig, console: Console) -> Policy:
         vllm = VllmSampler(config.model, decode.precision, config.seed,
                            config.vllm_gpu_memory_utilization)  # fmt: skip
     return Policy(accelerator, engine, optimizer, scheduler, params, tokenizer, precision,
-                  config.lora, decode, copy=source if sharded else None, vllm=vllm)  # fmt: skip
+                  config.lora, decode, copy=source if sharded else None, vllm=vllm,
+                  reference=_reference(config, accelerator, precision))  # fmt: skip
 
 
-def _engine(config: RLConfig) -> CompletionLogpsModel:
+def _engine(config: RLConfig, *, trained: bool = True) -> CompletionLogpsModel:
+    """The training engine around the model; `trained=False`: the plain model, frozen."""
     lora = None
-    if config.lora:
+    if config.lora and trained:
         lora = LoraSettings(
             config.lora_r, config.lora_alpha, 0.0, tuple(config.lora_target_modules)
         )
     settings = EngineSettings()
     model = load_model(config.model, lora=lora, engine=settings,
-                       gradient_checkpointing=config.gradient_checkpointing)  # fmt: skip
+                       gradient_checkpointing=config.gradient_checkpointing and trained)  # fmt: skip
     return CompletionLogpsModel(model, settings, with_tokens=True)
+
+
+def _reference(config: RLConfig, accelerator, precision: str) -> torch.nn.Module | None:
+    """A full fine-tuning's reference for the KL term (β > 0): the initial model, frozen, on
+    every process (bf16 weights where training computes in bf16: the same numbers, half the
+    memory). LoRA's reference is the policy with its adapters off, and β = 0 needs none."""
+    if config.lora or "ref_tokens" not in config.build_objective().needs:
+        return None
+    reference = _engine(config, trained=False).requires_grad_(False).eval()
+    if precision == "bf16":
+        keep_frozen_in(reference.model, torch.bfloat16, resolve_model_path(config.model))
+    return reference.to(accelerator.device)
 
 
 def _restore(config: RLConfig, policy: Policy, out: Path, resume: bool, console) -> dict:
@@ -290,7 +254,7 @@ def _step(config, policy: Policy, objective, rewards: Rewards, prompts: Prompts,
     policy.decode.release()
     policy.stale = True
     release_freed_memory()
-    trained = _train(config, policy, objective, prompts.ids, groups) if groups else {}
+    trained = train_step(config, policy, objective, prompts.ids, groups) if groups else {}
     times["train"] = time.perf_counter() - started
     failed = sum(processes.gather([rewards.failures - failed_before]))
     return {"step": step + 1, "split": "train", **_sample_metrics(sampled, groups, draws),
@@ -331,151 +295,6 @@ def _score(rewards: Rewards, records, pairs: list[tuple[int, list]]) -> list[Gro
     sources = [f"prompt {i + 1} ({records[i].source})" for i, _ in pairs]
     scored = rewards.score(lists, sources)
     return [Group(i, list(group), s) for (i, group), s in zip(pairs, scored, strict=True)]
-
-
-def _advantages(config, groups: list[Group]) -> torch.Tensor:
-    """[G, K] over the whole step, before any update. The unlikeliness shaping ranks answers by
-    their mean token log-prob under the policy that sampled them (the sampler's)."""
-    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
-    mask = torch.ones_like(rewards, dtype=torch.bool)
-    mean_old = torch.tensor(
-        [[s.logp / max(len(s.token_ids), 1) for s in g.samples] for g in groups]
-    )
-    return advantages_for(config.objective, config.loss_params, rewards, mask, mean_old)
-
-
-@dataclasses.dataclass
-class Minibatch:
-    """This process's share of a minibatch, collated, with its rewards and advantages."""
-
-    collated: object
-    rewards: torch.Tensor
-    mask: torch.Tensor
-    advantages: torch.Tensor | None
-    sampler_logps: torch.Tensor
-    tokens: int  # real tokens trained on: the answers' and each prompt's once
-    old: torch.Tensor | None = None  # per-token log-probs before the step's first update
-    sampler_token_logps: torch.Tensor | None = None  # [B, K, T] the sampler's, where it gives them
-
-
-def _minibatch(config, policy: Policy, ids, groups: list[Group], advantages, indices) -> Minibatch:
-    """The groups at `indices` that fall to this process; a process left without one trains on
-    a masked copy of the first (no loss, no gradient: every process takes part in each step)."""
-    mine = policy.processes.share(indices)
-    masked = not mine
-    mine = mine or indices[:1]
-    chosen = [groups[i] for i in mine]
-    examples = [TokenizedList(prompt_ids=tuple(ids[g.prompt]),
-                              completion_ids=tuple(tuple(s.token_ids) for s in g.samples),
-                              scores=tuple(g.rewards)) for g in chosen]  # fmt: skip
-    device = policy.accelerator.device
-    collated = collate(examples, list(range(len(examples))), policy.tokenizer.pad_token_id,
-                       share_prompt=True, pad_multiple=16).to(device)  # fmt: skip
-    rewards = torch.tensor([g.rewards for g in chosen], dtype=torch.float32, device=device)
-    keep = [[not masked and (not config.mask_truncated or s.finished != "length")
-             for s in g.samples] for g in chosen]  # fmt: skip
-    mask = torch.tensor(keep, device=device)
-    chosen_advantages = None if advantages is None else advantages[mine].to(device)
-    sampler_logps = torch.tensor([[s.logp for s in g.samples] for g in chosen], device=device)
-    tokens = 0 if masked else int(collated.lengths.sum()) + sum(len(ids[g.prompt]) for g in chosen)
-    return Minibatch(collated, rewards, mask, chosen_advantages, sampler_logps, tokens,
-                     sampler_token_logps=_sampler_token_logps(chosen, device))  # fmt: skip
-
-
-def _sampler_token_logps(groups: list[Group], device) -> torch.Tensor | None:
-    """[B, K, T] each sampled token's log-prob under the sampler, where it gives them (vLLM)."""
-    samples = [s for g in groups for s in g.samples]
-    if any(s.token_logps is None for s in samples):
-        return None
-    width = max(1, *(len(s.token_logps) for s in samples))
-    table = torch.zeros(len(groups), len(groups[0].samples), width, device=device)
-    for b, group in enumerate(groups):
-        for k, answer in enumerate(group.samples):
-            table[b, k, : len(answer.token_logps)] = torch.tensor(answer.token_logps)
-    return table
-
-
-def _train(config, policy: Policy, objective, ids, groups: list[Group]) -> dict:
-    """num_iterations passes over the step's groups, each in `minibatches` optimizer steps."""
-    advantages = _advantages(config, groups)
-    parts = [list(part) for part in np.array_split(range(len(groups)), config.minibatches) if
-             len(part)]  # fmt: skip
-    batches = [_minibatch(config, policy, ids, groups, advantages, part) for part in parts]
-    if config.num_iterations > 1 or len(batches) > 1:
-        with torch.no_grad(), policy.accelerator.autocast():
-            for batch in batches:
-                batch.old = policy.engine(batch.collated).token_logps
-    updates = [
-        _update(config, policy, objective, batch)
-        for _ in range(config.num_iterations)
-        for batch in batches
-    ]
-    last = updates[-len(batches) :]  # the last pass
-    metrics = {key: float(np.nanmean([u[key] for u in last])) for key in last[0]}
-    gathered = policy.processes.sum(torch.tensor(float(sum(b.tokens for b in batches))))
-    return {**metrics, "train_tokens": int(gathered), "groups_trained": len(groups)}
-
-
-def _update(config, policy: Policy, objective, batch: Minibatch) -> dict:
-    """One optimizer step on a minibatch. Each process's loss is its share of the minibatch's
-    (the objective's denominators count every process's answers); DDP averages the gradients
-    over processes, hence the factor."""
-    processes = policy.processes
-    with policy.accelerator.autocast():
-        result = policy.engine(batch.collated)
-    across = processes.sum if processes.count > 1 else None
-    weights = _sampler_weights(config, batch, result)
-    listed = ListBatch(logps=result.logps, lengths=result.lengths, scores=batch.rewards,
-                       mask=batch.mask, token_logps=result.token_logps,
-                       token_mask=result.token_mask, old_token_logps=batch.old,
-                       advantages=batch.advantages, sampler_weights=weights,
-                       across=across)  # fmt: skip
-    out = objective(listed)
-    share = out.loss.mean()
-    loss = processes.sum(share)
-    if not torch.isfinite(loss):
-        raise TrainingError(f"the loss is {loss.item()} (non-finite); lower the learning rate")
-    policy.accelerator.backward(share * processes.count)
-    norm = policy.accelerator.clip_grad_norm_(policy.params, config.max_grad_norm or float("inf"))
-    policy.optimizer.step()
-    policy.scheduler.step()
-    policy.optimizer.zero_grad(set_to_none=True)
-    policy.stale = True
-    kept = batch.mask.any(-1)
-    metrics = {
-        key: _mean_over(processes, value.detach().float()[kept])
-        for key, value in out.metrics.items()
-        if key not in ("reward", "reward_std", "zero_std")
-    }
-    gap = (batch.sampler_logps - result.logps.detach()).abs()[batch.mask]
-    if weights is not None:  # TRL's names
-        kept_tokens = weights[result.token_mask & batch.mask.unsqueeze(-1)]
-        metrics |= {f"sampling/importance_sampling_ratio/{name}": float(reduce(kept_tokens))
-                    for name, reduce in (("min", torch.min), ("mean", torch.mean),
-                                         ("max", torch.max)) if kept_tokens.numel()}  # fmt: skip
-    return metrics | {"loss": loss.item(), "grad_norm": float(norm),
-                      "logp_gap": _mean_over(processes, gap)}  # fmt: skip
-
-
-def _sampler_weights(config, batch: Minibatch, result) -> torch.Tensor | None:
-    """The importance weights of answers vLLM sampled (None for prefopt's own sampler, whose
-    log-probs are the policy's up to rounding)."""
-    if batch.sampler_token_logps is None or config.vllm_importance_sampling == "none":
-        return None
-    old = batch.old if batch.old is not None else result.token_logps.detach()
-    sampled = torch.zeros_like(old)
-    width = min(old.shape[-1], batch.sampler_token_logps.shape[-1])
-    sampled[..., :width] = batch.sampler_token_logps[..., :width]
-    return sampler_correction(old, sampled, result.token_mask, config.vllm_importance_sampling,
-                              config.vllm_importance_sampling_clip_max,
-                              config.vllm_importance_sampling_clip_min)  # fmt: skip
-
-
-def _mean_over(processes: Processes, values: torch.Tensor) -> float:
-    """The mean of `values` over every process's."""
-    values = values[~values.isnan()]
-    total = processes.sum(torch.stack([values.sum(), torch.tensor(float(values.numel()))]))
-    return float(total[0] / total[1]) if total[1] else float("nan")
 
 
 def _sample_metrics(sampled: list[Group], groups: list[Group], draws: int) -> dict:
