@@ -59,10 +59,13 @@ def train_step(config, policy: Policy, objective, ids, groups: list[Group]) -> d
                 micro.old = policy.engine(micro.collated).token_logps
     if "ref_tokens" in objective.needs:
         _reference_pass(policy, every)
+    # a minibatch's denominators: the same for every pass over it
+    sums = [_whole_batch_sums(objective, batch, policy.processes) if len(batch) > 1 else None
+            for batch in minibatches]  # fmt: skip
     updates = [
-        _update(config, policy, objective, batch)
+        _update(config, policy, objective, batch, batch_sums)
         for _ in range(config.num_iterations)
-        for batch in minibatches
+        for batch, batch_sums in zip(minibatches, sums, strict=True)
     ]
     last = updates[-len(minibatches) :]  # the last pass
     metrics = {key: float(np.nanmean([u[key] for u in last])) for key in last[0]}
@@ -146,13 +149,15 @@ def _reference_pass(policy: Policy, every: list[MicroBatch]) -> None:
             micro.ref = engine(micro.collated).token_logps
 
 
-def _update(config, policy: Policy, objective, batch: list[MicroBatch]) -> dict:
+def _update(config, policy: Policy, objective, batch: list[MicroBatch],
+            sums: torch.Tensor | None) -> dict:  # fmt: skip
     """One optimizer step on a minibatch, its micro-batches' gradients added up. Each process's
-    loss is its share of the minibatch's (the objective's denominators count every process's
-    answers); DDP averages the gradients over processes, hence the factor."""
+    loss is its share of the minibatch's: the objective's denominators count every process's
+    answers, summed as it asks (one pass) or given as the whole minibatch's `sums` (several);
+    DDP averages the gradients over processes, hence the factor."""
     processes, accelerator = policy.processes, policy.accelerator
     live = processes.sum if processes.count > 1 else None
-    counters = _whole_batch_sums(objective, batch, processes) if len(batch) > 1 else [live]
+    counters = [live] * len(batch) if sums is None else [_Sums(sums) for _ in batch]
     loss, seen = 0.0, []
     for i, (micro, across) in enumerate(zip(batch, counters, strict=True)):
         last = i == len(batch) - 1
@@ -216,23 +221,25 @@ class _Sums:
         return self.sums[self.asked - 1].to(value.device)
 
 
-def _whole_batch_sums(objective, batch: list[MicroBatch], processes: Processes) -> list:
-    """Each micro-batch's `across`, so that its objective's batch-wide sums are the whole
-    minibatch's on every process. Those sums are counts (answers, tokens, informative groups),
-    read from the objective run on each micro-batch's lengths, rewards and masks with stand-in
-    log-probs before any forward pass; a sum that moves with the log-probs (DisCO's trust region
-    after an update) is known only after every pass, and is refused."""
+def _whole_batch_sums(
+    objective, batch: list[MicroBatch], processes: Processes
+) -> torch.Tensor | None:
+    """The batch-wide sums (`ListBatch.total`) the objective asks of a minibatch split into
+    passes, each the whole minibatch's on every process (None: it asks none). They are counts
+    (answers, tokens, informative groups), read from the objective run on each pass's lengths,
+    rewards and masks with stand-in log-probs before any forward pass; a sum that moves with the
+    log-probs (DisCO's trust region after an update) is known only after every pass, and is
+    refused."""
     asked = [[_asked(objective, micro, fill) for micro in batch] for fill in (0.0, -1.0)]
     if not asked[0][0]:
-        return [None] * len(batch)
+        return None
     stacked = [torch.stack([torch.stack(sums) for sums in each]) for each in asked]
     if not torch.equal(*stacked):
         raise TrainingError(
             f"objective: {', '.join(objective.weights)} needs batch-wide sums of the log-probs, "
             "which passes of part of a minibatch cannot give; set max_tokens_per_forward: null"
         )
-    sums = processes.sum(stacked[0].sum(0))
-    return [_Sums(sums) for _ in batch]
+    return processes.sum(stacked[0].sum(0))
 
 
 def _asked(objective, micro: MicroBatch, fill: float) -> list[torch.Tensor]:
