@@ -28,25 +28,15 @@ from rich.progress import (
 )
 
 from prefopt.data import Batching, PlannedStep
-from prefopt.engine.attention import attention_kernel
 from prefopt.engine.frozen import keep_frozen_in, restore_frozen
 from prefopt.engine.hostmem import keep_freed_memory
 from prefopt.engine.logps import CompletionLogpsModel, collate
 from prefopt.engine.lora import adapters_off
-from prefopt.engine.model import (
-    LoraSettings,
-    cache_dir,
-    load_model,
-    load_tokenizer,
-    resolve_model_path,
-)
+from prefopt.engine.model import LoraSettings, load_model, load_tokenizer, resolve_model_path
 from prefopt.engine.precision import choose_precision
-from prefopt.engine.refcache import ReferenceCache, weights_fingerprint
-from prefopt.engine.settings import ENGINE_VERSION, EngineSettings
+from prefopt.engine.settings import EngineSettings
 from prefopt.errors import TrainingError
-from prefopt.files import write_atomic
 from prefopt.losses import ListBatch, Objective
-from prefopt.processes import Processes
 from prefopt.settings import save_config
 from prefopt.train.cards import CardFacts, write_card
 from prefopt.train.checkpoint import checkpoint_run, latest_checkpoint, load_checkpoint
@@ -54,7 +44,7 @@ from prefopt.train.config import RunSettings
 from prefopt.train.inputs import Reuse, load_data, reused_data
 from prefopt.train.metrics import MetricMeans, MetricsLog, brief
 from prefopt.train.optimizers import build_optimizer, build_scheduler, schedule_free
-from prefopt.train.reference import reference_logps
+from prefopt.train.reference import FixedLogps, fixed_logps
 from prefopt.train.report import train_report
 from prefopt.train.sharding import is_sharded, shard_on_cpu, unsharded
 from prefopt.train.task import POLICY, Task
@@ -135,19 +125,6 @@ class RunData:
     train: list
     eval: list
     plan: list[PlannedStep]
-
-
-@dataclasses.dataclass
-class FixedLogps:
-    """Log-probs of the run's lists under a model that does not change while it trains (the
-    reference, or an anchor): [lists, K] sums per split, and per token ([lists, K, T]) when asked."""
-
-    train: torch.Tensor
-    eval: torch.Tensor
-    tokens: dict[str, torch.Tensor] | None = None
-
-    def of(self, split: str) -> torch.Tensor:
-        return self.train if split == "train" else self.eval
 
 
 @dataclasses.dataclass
@@ -324,7 +301,8 @@ class _Run:
         per-token values too, when the objective reads them)."""
         engine = self.trainee.engine
         base = self.accelerator.unwrap_model(engine).model
-        return self.fixed_logps(
+        return fixed_logps(
+            self,
             "reference",
             engine,
             base,
@@ -340,7 +318,8 @@ class _Run:
             engine=settings,
             cache=self.reuse.models if self.reuse is not None else None,
         ).to(self.accelerator.device)
-        return self.fixed_logps(
+        return fixed_logps(
+            self,
             "anchor",
             CompletionLogpsModel(model, settings),
             model,
@@ -348,81 +327,6 @@ class _Run:
             with_tokens=False,
             detail=f" ({self.config.anchor_model})",
         )
-
-    def fixed_logps(
-        self, name: str, engine, model, *, adapters_off, with_tokens: bool, detail: str = ""
-    ) -> FixedLogps:
-        """The train and eval lists' log-probs under `engine` (whose weights are `model`'s): from the
-        run folder's copy on resume (by then a fully fine-tuned policy is no longer its reference),
-        else one pass in inference mode through the shared cache (for every later run with the same
-        settings). The folder's copy is what a resume reads: written atomically."""
-        device, run_copy = self.accelerator.device, self.out_dir / f"{name}_logps.pt"
-        lists = [self.data.train, self.data.eval]
-        if run_copy.exists():
-            saved = torch.load(run_copy)
-            if [saved["train"].shape[0], saved["eval"].shape[0]] == [
-                len(split) for split in lists
-            ] and (not with_tokens or "tokens" in saved):
-                tokens = (
-                    {split: table.to(device) for split, table in saved["tokens"].items()}
-                    if with_tokens
-                    else None
-                )
-                return FixedLogps(saved["train"].to(device), saved["eval"].to(device), tokens)
-        cache = self.reference_cache(model)
-        with self.progress(f"{name} log-probs", transient=True) as progress:
-            (train, eval_), tokens, hits = reference_logps(
-                engine,
-                lists,
-                batching=self.batching,
-                pad_id=self.data.tokenizer.pad_token_id,
-                device=device,
-                cache=cache,
-                adapters_off=adapters_off,
-                autocast=self.accelerator.autocast,
-                progress=progress,
-                with_tokens=with_tokens,
-                processes=Processes.of(self.accelerator),
-                lockstep=is_sharded(self.accelerator),
-            )
-        fixed = FixedLogps(
-            train,
-            eval_,
-            None if tokens is None else dict(zip(("train", "eval"), tokens, strict=True)),
-        )
-        saved = {"train": train.cpu(), "eval": eval_.cpu()}
-        if fixed.tokens is not None:
-            saved["tokens"] = {split: table.cpu() for split, table in fixed.tokens.items()}
-        if self.accelerator.is_main_process:
-            write_atomic(run_copy, lambda staging: torch.save(saved, staging))
-            if cache is not None:
-                cache.save()
-        total = len(self.data.train) + len(self.data.eval)
-        self.say(
-            f"{name} log-probs{detail}: {hits} of {total} lists from the cache, {total - hits} computed"
-        )
-        return fixed
-
-    def reference_cache(self, model) -> ReferenceCache | None:
-        """The shared on-disk cache of log-probs under `model`'s weights and this run's settings
-        (None when the run keeps none)."""
-        if not self.config.reference_cache:
-            return None
-        settings = self.accelerator.unwrap_model(self.trainee.engine).settings
-        precision = self.trainee.precision
-        key = {
-            "weights": weights_fingerprint(model),
-            "precision": precision,
-            "share_prompt": self.config.share_prompt,
-            "pad_multiple": self.config.pad_multiple,
-            "engine": ENGINE_VERSION,
-            "attention": attention_kernel(settings, precision, self.accelerator.device),
-        }
-        if (
-            settings.compile
-        ):  # compiled kernels round differently (the key of eager runs is as it was)
-            key["compiled"] = True
-        return ReferenceCache(cache_dir() / "reference", key)
 
     def losses(self, indices: list[int], split: str, across=None):
         """The objective on the lists `indices` of `split` ("train" or "eval"); `across` sums a

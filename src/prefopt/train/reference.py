@@ -2,20 +2,114 @@
 gradients and shared among a run's processes (LoRA: the same model with adapters off; full
 fine-tuning: the policy before its first step), batched by the same padded lengths as training so
 that step-0 rewards are exactly zero, and reused from the on-disk cache where an earlier run
-computed them."""
+computed them; a run's fixed log-probs (the reference's, an anchor's) kept in its folder for a
+resume to read."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from rich.progress import Progress
 
 from prefopt.data import Batching, TokenizedList
+from prefopt.engine.attention import attention_kernel
 from prefopt.engine.logps import collate
-from prefopt.engine.refcache import ReferenceCache, list_key
+from prefopt.engine.model import cache_dir
+from prefopt.engine.refcache import ReferenceCache, list_key, weights_fingerprint
+from prefopt.engine.settings import ENGINE_VERSION
+from prefopt.files import write_atomic
 from prefopt.processes import ONE_PROCESS, Processes
+from prefopt.train.sharding import is_sharded
+
+
+@dataclasses.dataclass
+class FixedLogps:
+    """Log-probs of the run's lists under a model that does not change while it trains (the
+    reference, or an anchor): [lists, K] sums per split, and per token ([lists, K, T]) when asked."""
+
+    train: torch.Tensor
+    eval: torch.Tensor
+    tokens: dict[str, torch.Tensor] | None = None
+
+    def of(self, split: str) -> torch.Tensor:
+        return self.train if split == "train" else self.eval
+
+
+def fixed_logps(
+    run, name: str, engine, model, *, adapters_off, with_tokens: bool, detail: str = ""
+) -> FixedLogps:
+    """The train and eval lists' log-probs of `run` (prefopt train's run: its settings, data,
+    accelerator and folder) under `engine` (whose weights are `model`'s): from the
+    run folder's copy on resume (by then a fully fine-tuned policy is no longer its reference),
+    else one pass in inference mode through the shared cache (for every later run with the same
+    settings). The folder's copy is what a resume reads: written atomically."""
+    device, run_copy = run.accelerator.device, run.out_dir / f"{name}_logps.pt"
+    lists = [run.data.train, run.data.eval]
+    if run_copy.exists():
+        saved = torch.load(run_copy)
+        if [saved["train"].shape[0], saved["eval"].shape[0]] == [
+            len(split) for split in lists
+        ] and (not with_tokens or "tokens" in saved):
+            tokens = (
+                {split: table.to(device) for split, table in saved["tokens"].items()}
+                if with_tokens
+                else None
+            )
+            return FixedLogps(saved["train"].to(device), saved["eval"].to(device), tokens)
+    cache = reference_cache(run, model)
+    with run.progress(f"{name} log-probs", transient=True) as progress:
+        (train, eval_), tokens, hits = reference_logps(
+            engine,
+            lists,
+            batching=run.batching,
+            pad_id=run.data.tokenizer.pad_token_id,
+            device=device,
+            cache=cache,
+            adapters_off=adapters_off,
+            autocast=run.accelerator.autocast,
+            progress=progress,
+            with_tokens=with_tokens,
+            processes=Processes.of(run.accelerator),
+            lockstep=is_sharded(run.accelerator),
+        )
+    fixed = FixedLogps(
+        train, eval_, None if tokens is None else dict(zip(("train", "eval"), tokens, strict=True))
+    )
+    saved = {"train": train.cpu(), "eval": eval_.cpu()}
+    if fixed.tokens is not None:
+        saved["tokens"] = {split: table.cpu() for split, table in fixed.tokens.items()}
+    if run.accelerator.is_main_process:
+        write_atomic(run_copy, lambda staging: torch.save(saved, staging))
+        if cache is not None:
+            cache.save()
+    total = len(run.data.train) + len(run.data.eval)
+    run.say(
+        f"{name} log-probs{detail}: {hits} of {total} lists from the cache, {total - hits} computed"
+    )
+    return fixed
+
+
+def reference_cache(run, model) -> ReferenceCache | None:
+    """The shared on-disk cache of log-probs under `model`'s weights and this run's settings
+    (None when the run keeps none)."""
+    if not run.config.reference_cache:
+        return None
+    settings = run.accelerator.unwrap_model(run.trainee.engine).settings
+    precision = run.trainee.precision
+    key = {
+        "weights": weights_fingerprint(model),
+        "precision": precision,
+        "share_prompt": run.config.share_prompt,
+        "pad_multiple": run.config.pad_multiple,
+        "engine": ENGINE_VERSION,
+        "attention": attention_kernel(settings, precision, run.accelerator.device),
+    }
+    if settings.compile:  # compiled kernels round differently (the key of eager runs is as it was)
+        key["compiled"] = True
+    return ReferenceCache(cache_dir() / "reference", key)
 
 
 def reference_logps(
