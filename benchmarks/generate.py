@@ -8,11 +8,14 @@ bf16 on both sides; `--precision` to force one), one process per measurement, al
     long        16 long prompts (≈ 400 tokens) x K = 8, 64 new tokens, T = 1
 
 Every answer runs to 64 tokens on both sides (no early end), so both generate the same tokens.
-transformers runs with its dynamic cache and with its static cache, and the faster of the two is
-the comparison. For each workload the roofline is the physical limit of its decode steps (for each
-step, the larger of its FLOPs ÷ a large GEMM's rate and its bytes of weights and cache ÷ a large
-copy's bandwidth, measured in this process in the workload's precision); "reached" is roofline ÷
-prefopt's time. Prints seconds, tokens/s, peak memory above the model and the ratios; --json.
+transformers runs with its dynamic cache, with its static cache, and with its static cache and its
+forward compiled (`torch.compile` through generate's `compile_config`, which transformers applies
+on accelerators only unless told otherwise; timed on a second run of the workload, after the first
+has compiled every shape); the fastest of the three is the comparison. For each workload the
+roofline is the physical limit of its decode steps (for each step, the larger of its FLOPs ÷ a
+large GEMM's rate and its bytes of weights and cache ÷ a large copy's bandwidth, measured in this
+process in the workload's precision); "reached" is roofline ÷ prefopt's time. Prints seconds,
+tokens/s, peak memory above the model and the ratios; --json.
 
     python benchmarks/generate.py --json benchmarks/results-generate.json
     python benchmarks/generate.py --quick                # 4 prompts a workload, 8 new tokens
@@ -34,7 +37,7 @@ WORKLOADS = {  # prompts, K, temperature
     "rl_step": (16, 8, 1.0),
     "long": (16, 8, 1.0),
 }
-BACKENDS = ("prefopt", "transformers", "transformers_static")
+BACKENDS = ("prefopt", "transformers", "transformers_static", "transformers_compiled")
 WORDS = (
     "the river runs past the old mill where seven green boats wait for the morning light while "
     "quiet music drifts over the water and a paper window glows above the garden table"
@@ -83,11 +86,20 @@ def worker(args) -> dict:
         return vllm_worker(args, prompts, settings, precision)
     model = DecodeModel(load_model(args.model).eval(), precision).model  # weights in `precision`
     model.to(device)
-    if args.backend == "transformers_static":
+    if args.backend in ("transformers_static", "transformers_compiled"):
         model.generation_config.cache_implementation = "static"
+    if args.backend == "transformers_compiled":
+        from transformers import CompileConfig
+
+        compiled = CompileConfig(fullgraph=False)
+        compiled._compile_all_devices = True  # transformers' switch to compile on a CPU too
+        model.generation_config.compile_config = compiled
     backend = "prefopt" if args.backend == "prefopt" else "transformers"
-    warm = SamplingSettings(k=2, max_new_tokens=2, batch_size=args.batch)
-    sample(model, tokenizer, prompts[:2], warm, backend=backend, precision=precision)
+    if args.backend == "transformers_compiled":  # compile every shape the timed run takes
+        sample(model, tokenizer, prompts, settings, backend=backend, precision=precision)
+    else:
+        warm = SamplingSettings(k=2, max_new_tokens=2, batch_size=args.batch)
+        sample(model, tokenizer, prompts[:2], warm, backend=backend, precision=precision)
     process = psutil.Process()
     base = peak = process.memory_info().rss
     done = threading.Event()
@@ -108,7 +120,10 @@ def worker(args) -> dict:
     on_gpu = device.type == "cuda"  # memory: the GPU's peak above the model; no CPU roofline
     above = (torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()) if on_gpu else (
         peak - base)  # fmt: skip
+    from torch._dynamo.utils import counters
+
     return {"backend": args.backend, "seconds": seconds, "tokens": tokens,
+            "compiled_graphs": counters["stats"]["unique_graphs"],
             "tokens_per_s": tokens / seconds, "peak_above_model_mb": above / 2**20,
             "prompt_tokens": sum(map(len, prompts)) / len(prompts), "precision": precision,
             "roofline_seconds": float("nan") if on_gpu else
@@ -190,8 +205,8 @@ def main() -> None:
         args.prompts, args.max_new_tokens = 4, 8
     rows = []
     print(f"{'workload':>10} {'prec':>5} {'prefopt s':>9} {'tok/s':>7} {'hf dyn s':>8} "
-          f"{'hf static s':>11} {'speedup':>8} {'roofline s':>10} {'reached':>8} "
-          f"{'MB above model ours / theirs':>29}")  # fmt: skip
+          f"{'hf static s':>11} {'hf compiled s':>13} {'speedup':>8} {'roofline s':>10} "
+          f"{'reached':>8} {'MB above model ours / theirs':>29}")  # fmt: skip
     for workload in args.workloads.split(","):
         results = {backend: measure(args, backend, workload)
                    for backend in (*BACKENDS, "vllm")[: len(BACKENDS) + args.vllm]}  # fmt: skip
@@ -204,7 +219,8 @@ def main() -> None:
         rows.append(row)
         print(f"{workload:>10} {ours['precision']:>5} {ours['seconds']:9.1f} "
               f"{ours['tokens_per_s']:7.0f} {results['transformers']['seconds']:8.1f} "
-              f"{results['transformers_static']['seconds']:11.1f} {row['speedup']:7.2f}x "
+              f"{results['transformers_static']['seconds']:11.1f} "
+              f"{results['transformers_compiled']['seconds']:13.1f} {row['speedup']:7.2f}x "
               f"{ours['roofline_seconds']:10.2f} {row['reached']:7.1%} "
               f"{ours['peak_above_model_mb']:13.0f} / {theirs['peak_above_model_mb']:<13.0f}"
               + (f"  vLLM {results['vllm']['seconds']:.1f} s" if args.vllm else ""),

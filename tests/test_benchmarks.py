@@ -246,9 +246,12 @@ def test_generate_benchmark_runs_each_workload_on_every_backend(tiny_model, tmp_
     for row in rows:
         k = 8 if row["workload"] == "rl_step" else 1
         assert row["prefopt"]["tokens"] == 4 * k * 8  # every answer runs to its 8 tokens
-        for backend in ("transformers", "transformers_static"):  # (less the tiny model's pads)
+        for backend in ("transformers", "transformers_static", "transformers_compiled"):
+            # (less the tiny model's pads)
             assert 0.8 * 4 * k * 8 <= row[backend]["tokens"] <= 4 * k * 8
         assert row["prefopt"]["roofline_seconds"] > 0 and 0 < row["reached"]
+        assert row["transformers_compiled"]["compiled_graphs"] > 0
+        assert row["transformers_static"]["compiled_graphs"] == 0
 
 
 def test_decode_profile_splits_a_step_and_prints_the_roofline(tiny_model, tmp_path):
