@@ -88,18 +88,16 @@ def worker(args) -> dict:
     model.to(device)
     if args.backend in ("transformers_static", "transformers_compiled"):
         model.generation_config.cache_implementation = "static"
+    backend = "prefopt" if args.backend == "prefopt" else "transformers"
+    warm_prompts, warm = prompts[:2], SamplingSettings(k=2, max_new_tokens=2, batch_size=args.batch)
     if args.backend == "transformers_compiled":
         from transformers import CompileConfig
 
         compiled = CompileConfig(fullgraph=False)
         compiled._compile_all_devices = True  # transformers' switch to compile on a CPU too
         model.generation_config.compile_config = compiled
-    backend = "prefopt" if args.backend == "prefopt" else "transformers"
-    if args.backend == "transformers_compiled":  # compile every shape the timed run takes
-        sample(model, tokenizer, prompts, settings, backend=backend, precision=precision)
-    else:
-        warm = SamplingSettings(k=2, max_new_tokens=2, batch_size=args.batch)
-        sample(model, tokenizer, prompts[:2], warm, backend=backend, precision=precision)
+        warm_prompts, warm = prompts, settings  # compile every shape the timed run takes
+    sample(model, tokenizer, warm_prompts, warm, backend=backend, precision=precision)
     process = psutil.Process()
     base = peak = process.memory_info().rss
     done = threading.Event()

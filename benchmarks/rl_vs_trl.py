@@ -236,14 +236,10 @@ def main() -> None:
         if args.trl_completions_per_forward
         else ", a step's completions in one forward"
     )
+    passes = {None: "default", 0: "none"}.get(args.max_tokens_per_forward,
+                                              str(args.max_tokens_per_forward))  # fmt: skip
     ours = ("checkpointing, " if args.prefopt_gradient_checkpointing else "") + (
-        "max_tokens_per_forward "
-        + (
-            "default"
-            if args.max_tokens_per_forward is None
-            else str(args.max_tokens_per_forward or "none")
-        )
-    )
+        f"max_tokens_per_forward {passes}")  # fmt: skip
     print(f"{args.prompts_per_step} prompts a step, {args.max_new_tokens} new tokens, LoRA r16, {args.precision}, "
           f"TRL: {trl}; prefopt: {ours}; {args.steps} steps (the first of each run left out of the "
           "step times)")  # fmt: skip
