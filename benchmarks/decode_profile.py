@@ -56,8 +56,8 @@ def decoding_state(model, tokenizer, sequences: int, k: int, prompt_tokens: int,
     ids = tokenizer("the river runs past the old mill " * 40)["input_ids"][:prompt_tokens]
     state = DecodeState.empty(model.config.num_hidden_layers)
     with torch.inference_mode():
-        for p in range(prompts):
-            state.prefilling = p
+        for _ in range(prompts):
+            state.prefilling = (len(ids),)
             model(input_ids=torch.tensor([ids]), prefopt_decode=state, use_cache=False,
                   logits_to_keep=torch.tensor([len(ids) - 1]))  # fmt: skip
         state.start_decoding(k, 64)

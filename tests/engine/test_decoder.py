@@ -29,14 +29,19 @@ def model_forward(model):
         Decoder.of = original
 
 
-def decode_logits(forward, layers: int, k: int = 2, steps: int = 5) -> list[torch.Tensor]:
-    """Logits of the prefills and of `steps` decoding steps (a fixed token each); after the second
-    step the middle prompt's rows leave the batch."""
+def decode_logits(
+    forward, layers: int, k: int = 2, steps: int = 5, packed: bool = False
+) -> list[torch.Tensor]:
+    """Logits of the prefills (each prompt alone, or all `packed` into one call) and of `steps`
+    decoding steps (a fixed token each); after the second step the middle prompt's rows leave the
+    batch."""
     state, out = DecodeState.empty(layers), []
     with torch.inference_mode():
-        for p, ids in enumerate(PROMPTS):
-            state.prefilling = p
-            out.append(forward(torch.tensor([ids]), torch.arange(len(ids))[None], state))
+        for pack in [PROMPTS] if packed else [[ids] for ids in PROMPTS]:
+            state.prefilling = tuple(map(len, pack))
+            input_ids = torch.tensor([[token for ids in pack for token in ids]])
+            positions = torch.cat([torch.arange(len(ids)) for ids in pack])[None]
+            out.extend(forward(input_ids, positions, state))
         state.start_decoding(k, steps)
         rows = [(p, j) for p in range(len(PROMPTS)) for j in range(k)]
         for t in range(steps):
@@ -86,10 +91,28 @@ def test_float32_logits_are_the_models_bit_for_bit(name):
     decoder = Decoder.of(model)
     assert decoder is not None and not decoder.packed
     layers = model.config.num_hidden_layers
-    for ours, theirs in zip(decode_logits(decoder, layers),
-                            decode_logits(model_forward(model), layers), strict=True):  # fmt: skip
-        assert ours.dtype == torch.float32
-        assert torch.equal(ours, theirs)
+    for packed in (False, True):
+        ours = decode_logits(decoder, layers, packed=packed)
+        theirs = decode_logits(model_forward(model), layers, packed=packed)
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.dtype == torch.float32
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prompts_prefilled_packed_give_what_each_gives_alone(dtype):
+    """Packed into one call, each prompt attends to itself alone: its logits, and every step
+    decoded from its keys and values, are those of its own prefill, up to the GEMMs' rounding,
+    which depends on the row count (float32 in its last bits)."""
+    model = configs()["qwen3"]().to(dtype)
+    decoder, layers = Decoder.of(model), model.config.num_hidden_layers
+    packed = decode_logits(decoder, layers, packed=True)
+    alone = decode_logits(decoder, layers)
+    assert len(packed) == len(alone) == len(PROMPTS) + 5
+    tolerance = 1e-5 if dtype == torch.float32 else 0.02
+    for a, b in zip(packed, alone, strict=True):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 
 def test_bf16_weights_within_bf16_rounding(model):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from prefopt.generate import sampling
 from prefopt.generate.sampling import SamplingSettings, sample
 
 PROMPTS = [
@@ -96,6 +97,26 @@ def test_a_completion_depends_on_seed_prompt_and_k_only(model, tokenizer, prompt
         sample(model, tokenizer, prompts, SamplingSettings(k=2, max_new_tokens=8, seed=5))
     )
     assert fewer == [samples[:2] for samples in together]  # completion k is the same whatever K is
+
+
+def test_prompts_are_prefilled_in_packs_of_at_most_prefill_tokens(
+    model, tokenizer, prompts, monkeypatch
+):
+    assert sampling._packs([[1] * 3, [2] * 2, [3] * 6, [4]], 5) == [
+        [[1] * 3, [2] * 2], [[3] * 6], [[4]]
+    ]  # fmt: skip
+    settings = SamplingSettings(k=2, max_new_tokens=6, seed=2)
+    one_pack = sample(model, tokenizer, prompts, settings)
+    calls = []
+    monkeypatch.setattr(sampling, "PREFILL_TOKENS", 4)
+    monkeypatch.setattr(sampling, "_packs", lambda *a, packs=sampling._packs: calls.append(
+        packs(*a)) or calls[-1])  # fmt: skip
+    packs = sample(model, tokenizer, prompts, settings)
+    assert tokens(packs) == tokens(one_pack)
+    for ours, theirs in zip(sum(packs, []), sum(one_pack, []), strict=True):
+        assert ours.logp == pytest.approx(theirs.logp, abs=1e-5)  # GEMMs round by the row count
+    assert len(calls[0]) > 1
+    assert all(sum(map(len, pack)) <= 4 or len(pack) == 1 for pack in calls[0])
 
 
 def test_top_k_1_and_a_tiny_top_p_are_greedy(model, tokenizer, prompts):

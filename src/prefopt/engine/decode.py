@@ -3,8 +3,10 @@ and values held once.
 
 transformers' `generate(num_return_sequences=K)` copies each prompt K times before the prefill:
 the prompt is encoded K times, its key/value cache is held K times, and every decoding step reads
-all K copies. Here a prompt is prefilled alone (one causal call, its keys and values kept as the
-shared prefix), and each decoding step attends, for every sequence, to its prompt's prefix and to
+all K copies. Here a prompt is prefilled once, its keys and values kept as the shared prefix:
+several prompts are packed into one row for the GEMMs (a few hundred rows run at several times
+the rate of one prompt's few dozen), each attending causally to itself alone, the same call as
+its own prefill. Each decoding step attends, for every sequence, to its prompt's prefix and to
 its own generated tokens: scores = [q·K_prefixᵀ, q·K_ownᵀ], one softmax over both, output =
 P_prefix·V_prefix + P_own·V_own. The sequences of one prompt are stacked into one GEMM against
 its prefix (per key-value head; every prompt of the batch in one batched GEMM, prefixes padded
@@ -24,7 +26,8 @@ import torch.nn.functional as F
 
 @dataclasses.dataclass
 class DecodeState:
-    """The keys and values of a decoding batch. While prefilling, each prompt's are appended to
+    """The keys and values of a decoding batch. While prefilling, `prefilling` holds the lengths
+    of the prompts packed into the call's one row, and each prompt's keys and values are appended to
     `prefix_keys[layer]` ([H_kv, P, D] each); `start_decoding` stacks them into [B, H_kv, P_max,
     D] (padding masked). Row r of the batch is a sequence of prompt `row_prompt[r]`, in slot
     `row_slot[r]` of that prompt's K; `own_keys[layer]` [rows, H_kv, T, D] holds what each
@@ -44,13 +47,20 @@ class DecodeState:
     own_keys: list[torch.Tensor] = dataclasses.field(default_factory=list)
     own_values: list[torch.Tensor] = dataclasses.field(default_factory=list)
     length: int = 0
-    prefilling: int | None = None  # the prompt being prefilled, or None while decoding
+    prefilling: tuple[int, ...] | None = None  # the packed prompts' lengths; None: decoding
 
     @classmethod
     def empty(cls, layers: int) -> DecodeState:
         return cls(
             prefix_keys=[[] for _ in range(layers)], prefix_values=[[] for _ in range(layers)]
         )
+
+    def last_positions(self, length: int) -> torch.Tensor:
+        """Where a call of `length` positions a row gives its next-token logits: each packed
+        prompt's last position while prefilling, else the row's last."""
+        if self.prefilling is None:
+            return torch.tensor([length - 1])
+        return torch.tensor(self.prefilling).cumsum(0) - 1
 
     def start_decoding(self, k: int, capacity: int) -> None:
         """Lay out k rows per prompt (prompt-major), each with room for min(`capacity`, 16)
@@ -103,22 +113,28 @@ def _stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
     )
 
 
+def _prefill_attention(query, key, value, state: DecodeState, layer: int, scaling) -> torch.Tensor:
+    """Each packed prompt attends causally to itself alone (its own call: the numbers of its
+    prefill are those it gets unpacked); its keys and values become its prefix."""
+    outs, start = [], 0
+    for length in state.prefilling:
+        q, k, v = (t[:, :, start : start + length] for t in (query, key, value))
+        state.prefix_keys[layer].append(k[0])
+        state.prefix_values[layer].append(v[0])
+        outs.append(F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scaling, enable_gqa=q.shape[1] != k.shape[1]
+        ))  # fmt: skip
+        start += length
+    return torch.cat(outs, 2).transpose(1, 2)
+
+
 def decode_attention(module, query, key, value, state: DecodeState, scaling: float | None):
     """query [N, H, L, D], key and value [N, H_kv, L, D] -> ([N, L, H, D], None): the prefill of
-    one prompt (N = 1, L = its length), or one decoding step of every row (L = 1)."""
+    the prompts packed into one row (N = 1, L = their lengths' sum), or one decoding step of every
+    row (L = 1)."""
     layer = module.layer_idx
     if state.prefilling is not None:
-        state.prefix_keys[layer].append(key[0])
-        state.prefix_values[layer].append(value[0])
-        out = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            is_causal=True,
-            scale=scaling,
-            enable_gqa=query.shape[1] != key.shape[1],
-        )
-        return out.transpose(1, 2), None
+        return _prefill_attention(query, key, value, state, layer, scaling), None
     if query.shape[2] != 1:
         raise ValueError("decoding takes one token per sequence a step")
     rows, heads, _, dim = query.shape

@@ -47,8 +47,8 @@ class _Layer:
 
 
 class Decoder:
-    """`decoder(input_ids, positions, state)` -> float32 logits at each row's last position: the
-    prefill of one prompt ([1, L]) or one decoding step of every row ([rows, 1])."""
+    """`decoder(input_ids, positions, state)` -> float32 logits: at each packed prompt's last
+    position for a prefill (one row [1, L]), at each row's for a decoding step ([rows, 1])."""
 
     def __init__(self, model, packed: bool):
         """`model`: a causal LM (under peft, its base model); `of` checks that it is one known."""
@@ -117,8 +117,11 @@ class Decoder:
         rotary = self.body.rotary_emb(hidden, position_ids=positions)
         for layer in self.layers:
             hidden = self._layer_forward(layer, hidden, rotary, state)
-        last = self.body.norm(hidden[:, -1])
-        return self._project(last, self.head)[0].float()
+        if state.prefilling is None:
+            last = hidden[:, -1]
+        else:
+            last = hidden[0, state.last_positions(hidden.shape[1])]
+        return self._project(self.body.norm(last), self.head)[0].float()
 
     def _layer_forward(self, layer: _Layer, hidden, rotary, state) -> torch.Tensor:
         module = layer.module
