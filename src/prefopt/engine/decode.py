@@ -4,7 +4,7 @@ and values held once.
 transformers' `generate(num_return_sequences=K)` copies each prompt K times before the prefill:
 the prompt is encoded K times, its key/value cache is held K times, and every decoding step reads
 all K copies. Here a prompt is prefilled once, its keys and values kept as the shared prefix:
-several prompts are packed into one row for the GEMMs (a few hundred rows run at several times
+several prompts are packed into one row for the GEMMs (thousands of rows run at several times
 the rate of one prompt's few dozen), each attending causally to itself alone, the same call as
 its own prefill. Each decoding step attends, for every sequence, to its prompt's prefix and to
 its own generated tokens: scores = [q·K_prefixᵀ, q·K_ownᵀ], one softmax over both, output =
@@ -114,8 +114,9 @@ def _stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _prefill_attention(query, key, value, state: DecodeState, layer: int, scaling) -> torch.Tensor:
-    """Each packed prompt attends causally to itself alone (its own call: the numbers of its
-    prefill are those it gets unpacked); its keys and values become its prefix."""
+    """Each packed prompt attends causally to itself alone, in the call its own prefill makes
+    (packing changes only the GEMMs' rounding, by row count); its keys and values become its
+    prefix."""
     outs, start = [], 0
     for length in state.prefilling:
         q, k, v = (t[:, :, start : start + length] for t in (query, key, value))

@@ -19,8 +19,8 @@ from prefopt.engine.decode import DecodeState
 from prefopt.engine.decode_model import DecodeModel
 from prefopt.engine.decoder import Decoder
 
-# tokens prefilled in one call: thousands of rows run the GEMMs at several times the rate of one
-# prompt's few dozen (the demo's prompts: 2.7x at 1,024 tokens, 3.2x at 2,048, no more at 4,096)
+# tokens prefilled in one call: GEMMs over thousands of rows run at several times the rate of
+# one prompt's few dozen, and gain nothing more past a few thousand (docs/performance.md)
 PREFILL_TOKENS = 2048
 
 
