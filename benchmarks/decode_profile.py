@@ -57,9 +57,9 @@ def decoding_state(model, tokenizer, sequences: int, k: int, prompt_tokens: int,
     state = DecodeState.empty(model.config.num_hidden_layers)
     with torch.inference_mode():
         for _ in range(prompts):
-            state.prefilling = (len(ids),)
-            model(input_ids=torch.tensor([ids]), prefopt_decode=state, use_cache=False,
-                  logits_to_keep=torch.tensor([len(ids) - 1]))  # fmt: skip
+            input_ids, positions = state.prefill([ids])
+            model(input_ids=input_ids, position_ids=positions, prefopt_decode=state,
+                  use_cache=False, logits_to_keep=torch.tensor([len(ids) - 1]))  # fmt: skip
         state.start_decoding(k, 64)
         step = torch.full((sequences, 1), ids[-1])
         for t in range(generated):

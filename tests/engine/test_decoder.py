@@ -38,10 +38,7 @@ def decode_logits(
     state, out = DecodeState.empty(layers), []
     with torch.inference_mode():
         for pack in [PROMPTS] if packed else [[ids] for ids in PROMPTS]:
-            state.prefilling = tuple(map(len, pack))
-            input_ids = torch.tensor([[token for ids in pack for token in ids]])
-            positions = torch.cat([torch.arange(len(ids)) for ids in pack])[None]
-            out.extend(forward(input_ids, positions, state))
+            out.extend(forward(*state.prefill(pack), state))
         state.start_decoding(k, steps)
         rows = [(p, j) for p in range(len(PROMPTS)) for j in range(k)]
         for t in range(steps):

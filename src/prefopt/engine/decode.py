@@ -26,10 +26,10 @@ import torch.nn.functional as F
 
 @dataclasses.dataclass
 class DecodeState:
-    """The keys and values of a decoding batch. While prefilling, `prefilling` holds the lengths
-    of the prompts packed into the call's one row, and each prompt's keys and values are appended to
-    `prefix_keys[layer]` ([H_kv, P, D] each); `start_decoding` stacks them into [B, H_kv, P_max,
-    D] (padding masked). Row r of the batch is a sequence of prompt `row_prompt[r]`, in slot
+    """The keys and values of a decoding batch. While prefilling (`prefill`), `prefilling` holds
+    the lengths of the prompts packed into the call's one row, and each prompt's keys and values
+    are appended to `prefix_keys[layer]` ([H_kv, P, D] each); `start_decoding` stacks them into
+    [B, H_kv, P_max, D] (padding masked). Row r of the batch is a sequence of prompt `row_prompt[r]`, in slot
     `row_slot[r]` of that prompt's K; `own_keys[layer]` [rows, H_kv, T, D] holds what each
     sequence generated, `length` tokens of it so far, zeros after them.
 
@@ -54,6 +54,14 @@ class DecodeState:
         return cls(
             prefix_keys=[[] for _ in range(layers)], prefix_values=[[] for _ in range(layers)]
         )
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start prefilling `prompts` packed into one row: its input ids and positions ([1, L]
+        each, every prompt's positions from 0)."""
+        self.prefilling = tuple(map(len, prompts))
+        input_ids = torch.tensor([[token for ids in prompts for token in ids]])
+        positions = torch.cat([torch.arange(len(ids)) for ids in prompts]).unsqueeze(0)
+        return input_ids, positions
 
     def last_positions(self, length: int) -> torch.Tensor:
         """Where a call of `length` positions a row gives its next-token logits: each packed

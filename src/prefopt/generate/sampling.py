@@ -141,10 +141,7 @@ def _decode_shared(
     state = DecodeState.empty(model.config.num_hidden_layers)
     first_logits = []
     for pack in _packs(prompts, PREFILL_TOKENS):
-        state.prefilling = tuple(map(len, pack))
-        input_ids = torch.tensor([[token for ids in pack for token in ids]])
-        positions = torch.cat([torch.arange(len(ids)) for ids in pack]).unsqueeze(0)
-        first_logits.extend(forward(input_ids, positions, state))
+        first_logits.extend(forward(*state.prefill(pack), state))
     k = settings.k
     state.start_decoding(k, settings.max_new_tokens)
     rows = [(p, j) for p in range(len(prompts)) for j in range(k)]
