@@ -11,6 +11,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
+def cache_dir() -> Path:
+    """Where prefopt keeps what it can rebuild (converted models, reference log-probs, oracles'
+    answers, built kernels): $PREFOPT_CACHE, else prefopt under the user's cache folder."""
+    root = (
+        os.environ.get("PREFOPT_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prefopt"
+    )
+    return Path(root)
+
+
 def staging_path(path: Path) -> Path:
     """Where `path` is written before it is renamed into place (`write_atomic`, or a writer that
     streams into the staging file and renames it when done): named by the writing process, so

@@ -10,18 +10,25 @@ its own prefill. Each decoding step attends, for every sequence, to its prompt's
 its own generated tokens: scores = [q·K_prefixᵀ, q·K_ownᵀ], one softmax over both, output =
 P_prefix·V_prefix + P_own·V_own. The sequences of one prompt are stacked into one GEMM against
 its prefix (per key-value head; every prompt of the batch in one batched GEMM, prefixes padded
-to the longest and masked), so a prefix is read once a step for all its sequences. Sequences
-that finish are dropped from the batch (`DecodeState.keep`), so they stop costing compute.
+to the longest and masked), so a prefix is read once a step for all its sequences. In bf16 on a
+CPU a step's attention is instead one C call for every row (engine/kernels/decode_attention.c,
+float32 inside): PyTorch's batched GEMM takes about half a microsecond for each of those
+products of a few rows, more than reading their keys and values. Sequences that finish are
+dropped from the batch (`DecodeState.keep`), so they stop costing compute.
 
 The attention runs inside any transformers model that uses prefopt's attention implementation
 (`use_segment_attention`): a forward given `prefopt_decode=state` takes this path."""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
+
+from prefopt.engine import native
 
 
 @dataclasses.dataclass
@@ -41,6 +48,7 @@ class DecodeState:
     prefix_keys: list
     prefix_values: list
     prefix_mask: torch.Tensor | None = None  # [B, P_max] True at a prompt's own positions
+    prefix_lengths: torch.Tensor | None = None  # [B] each prompt's positions
     row_prompt: torch.Tensor | None = None
     row_slot: torch.Tensor | None = None
     slots: int = 0
@@ -75,6 +83,7 @@ class DecodeState:
         generated tokens at first (`make_room` doubles it as needed)."""
         prompts = len(self.prefix_keys[0])
         lengths = torch.tensor([keys.shape[1] for keys in self.prefix_keys[0]])
+        self.prefix_lengths = lengths
         self.prefix_mask = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
         self.prefix_keys = [_stack_padded(keys) for keys in self.prefix_keys]
         self.prefix_values = [_stack_padded(values) for values in self.prefix_values]
@@ -157,6 +166,9 @@ def decode_attention(module, query, key, value, state: DecodeState, scaling: flo
     own_keys, own_values = state.own_keys[layer], state.own_values[layer]
     own_keys[:, :, t] = key[:, :, 0]
     own_values[:, :, t] = value[:, :, 0]
+    scale = dim**-0.5 if scaling is None else scaling
+    if query.dtype == torch.bfloat16 and query.device.type == "cpu" and _kernel() is not None:
+        return _attention_in_c(query, state, layer, scale), None
 
     full = state.full
 
@@ -183,8 +195,36 @@ def decode_attention(module, query, key, value, state: DecodeState, scaling: flo
     )
     scores = torch.cat([by_row(prefix_scores), q @ own_keys.transpose(2, 3)], -1).float()
     scores[..., prompt_length + t + 1 :] = -torch.inf  # the own cache's unwritten places
-    scale = dim**-0.5 if scaling is None else scaling
     probs = torch.softmax(scores.mul_(scale), -1).to(value.dtype)
     from_prefix = by_row(by_prompt(probs[..., :prompt_length]) @ prefix_values)
     out = from_prefix + probs[..., prompt_length:] @ own_values
     return out.reshape(rows, 1, heads, dim), None
+
+
+@functools.cache
+def _kernel():
+    """engine/kernels/decode_attention.c's function, or None where it cannot be built."""
+    library = native.load("decode_attention")
+    if library is None:
+        return None
+    function = library.decode_attention_bf16
+    function.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int] * 7 + [ctypes.c_float]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _attention_in_c(query, state: DecodeState, layer: int, scale: float) -> torch.Tensor:
+    """The step's attention of every row in one C call (bf16 on a CPU): each row's scores, softmax
+    and weighted sums in float32 over its prompt's prefix and its own cache's written places."""
+    rows, heads, _, dim = query.shape
+    prefix_keys, own_keys = state.prefix_keys[layer], state.own_keys[layer]
+    tensors = tuple(t.contiguous() for t in (query, prefix_keys, state.prefix_values[layer],
+                    state.prefix_lengths, own_keys, state.own_values[layer], state.row_prompt))  # fmt: skip
+    out = query.new_empty(rows, 1, heads, dim)
+    failed = _kernel()(
+        *(t.data_ptr() for t in tensors), out.data_ptr(), rows, heads, prefix_keys.shape[1], dim,
+        prefix_keys.shape[2], own_keys.shape[2], state.length + 1, scale,
+    )  # fmt: skip
+    if failed:
+        raise MemoryError("the decode attention's scores did not fit in memory")
+    return out

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from prefopt.engine.norm import fuse_rms_norms
 from prefopt.engine.rewards import last_layer_at_rewards
 from prefopt.engine.settings import AppliedEngine, EngineSettings
 from prefopt.engine.swiglu import fuse_swiglu
-from prefopt.files import write_atomic
+from prefopt.files import cache_dir, write_atomic
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,14 +52,6 @@ class LoraSettings:
         "up_proj",
         "down_proj",
     )
-
-
-def cache_dir() -> Path:
-    root = (
-        os.environ.get("PREFOPT_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prefopt"
-    )
-    return Path(root)
 
 
 def _quiet_transformers() -> None:

@@ -24,8 +24,7 @@ from rich.progress import (
 )
 
 from prefopt.data import load_records
-from prefopt.engine.model import cache_dir
-from prefopt.files import staging_path
+from prefopt.files import cache_dir, staging_path
 from prefopt.oracles.base import ORACLES, ListToJudge, make_oracle
 from prefopt.oracles.cache import AnswerCache, judge
 from prefopt.registry import registered

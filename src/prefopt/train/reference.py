@@ -17,10 +17,9 @@ from rich.progress import Progress
 from prefopt.data import Batching, TokenizedList
 from prefopt.engine.attention import attention_kernel
 from prefopt.engine.logps import collate
-from prefopt.engine.model import cache_dir
 from prefopt.engine.refcache import ReferenceCache, list_key, weights_fingerprint
 from prefopt.engine.settings import ENGINE_VERSION
-from prefopt.files import write_atomic
+from prefopt.files import cache_dir, write_atomic
 from prefopt.processes import ONE_PROCESS, Processes
 from prefopt.train.sharding import is_sharded
 
