@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+from prefopt.engine import decode
 from prefopt.engine.attention import use_segment_attention
 from prefopt.engine.decode import DecodeState
 from prefopt.engine.decoder import Decoder
@@ -162,3 +163,22 @@ def test_a_model_whose_layers_or_windows_it_does_not_know_gets_none():
     windowed = tiny(MistralConfig, sliding_window=None)
     windowed.config.sliding_window = 16
     assert Decoder.of(windowed) is None
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3", "smollm3"])
+def test_bf16_layers_in_c_give_pytorch_s_tokens(name):
+    """The bf16 decoder's elementwise work in C (engine/kernels/decode.c) against the same
+    decoder in PyTorch's ops: the logits within bf16 rounding, the same greedy tokens."""
+    model = configs()[name]().to(torch.bfloat16)
+    decoder, layers = Decoder.of(model), model.config.num_hidden_layers
+    assert decoder.kernels is not None
+    in_c = decode_logits(decoder, layers, packed=True)
+    decoder.kernels = None
+    original, decode._kernel = decode._kernel, lambda: None
+    try:
+        in_pytorch = decode_logits(decoder, layers, packed=True)
+    finally:
+        decode._kernel = original
+    for a, b in zip(in_c, in_pytorch, strict=True):
+        torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
+        assert torch.equal(a.argmax(-1), b.argmax(-1))

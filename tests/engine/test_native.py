@@ -18,10 +18,8 @@ from prefopt.engine.decode import DecodeState, decode_attention
 @pytest.fixture(autouse=True)
 def fresh_builds():
     native.load.cache_clear()
-    decode._kernel.cache_clear()
     yield
     native.load.cache_clear()
-    decode._kernel.cache_clear()
 
 
 def decoding(dim: int, prompts: int = 5, k: int = 3, written: int = 6, kv_heads: int = 2):
@@ -90,11 +88,11 @@ def test_each_row_is_what_it_is_alone():
 
 def test_the_build_is_cached_and_leaves_float_handling_alone(isolated_cache):
     tiny = torch.tensor([1e-40])  # a float32 subnormal: flush-to-zero would make it 0
-    assert native.load("decode_attention") is not None
-    (built,) = (isolated_cache / "kernels").glob("decode_attention-*.so")
+    assert native.load("decode") is not None
+    (built,) = (isolated_cache / "kernels").glob("decode-*.so")
     stamp = built.stat().st_mtime_ns
     native.load.cache_clear()
-    assert native.load("decode_attention") is not None
+    assert native.load("decode") is not None
     assert built.stat().st_mtime_ns == stamp
     assert (tiny * 1.0).item() != 0.0
 
@@ -103,20 +101,63 @@ def test_without_a_compiler_or_with_a_failing_build_attention_stays_in_pytorch(m
     state, step = decoding(64)
     expected = attend_in_pytorch(copy.deepcopy(state), step)
     monkeypatch.setattr(native.shutil, "which", lambda name: None)
-    assert native.load("decode_attention") is None
+    assert native.load("decode") is None
     assert torch.equal(attend(copy.deepcopy(state), step), expected)
 
     native.load.cache_clear()
-    decode._kernel.cache_clear()
     monkeypatch.setenv("CC", "false")  # a "compiler" that fails
     monkeypatch.setattr(native, "COMPILE", [*native.COMPILE, "-DFAIL"])  # not in the cache
     monkeypatch.setattr(native.shutil, "which", lambda name: name if name == "false" else None)
     with caplog.at_level(logging.WARNING):
-        assert native.load("decode_attention") is None
-    assert "building decode_attention.c failed" in caplog.text
+        assert native.load("decode") is None
+    assert "building decode.c failed" in caplog.text
     assert torch.equal(attend(copy.deepcopy(state), step), expected)
 
 
 def test_prefopt_native_0_keeps_pytorch(monkeypatch):
     monkeypatch.setenv("PREFOPT_NATIVE", "0")
-    assert native.load("decode_attention") is None
+    assert native.load("decode") is None
+
+
+def within_a_rounding(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """bf16 values that differ at most by the roundings PyTorch makes between its ops: one unit
+    in the last place (2^-7 relative), or a few where a sum cancels."""
+    assert ours.dtype == theirs.dtype == torch.bfloat16 and ours.shape == theirs.shape
+    torch.testing.assert_close(ours.float(), theirs.float(), rtol=2**-7, atol=2**-9)
+
+
+def test_norm_rotary_and_swiglu_in_c_are_pytorch_s_ops_up_to_their_roundings():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from prefopt.engine.decoder import _rotate
+
+    kernels = native.load("decode")
+    torch.manual_seed(0)
+    tokens, width, heads, dim = 7, 96, 3, 32
+    norm = LlamaRMSNorm(width, eps=1e-5).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.2)
+    hidden, residual = (torch.randn(tokens, width).bfloat16() for _ in range(2))
+    out, summed = torch.empty_like(hidden), hidden.clone()
+    kernels.rms_norm_bf16(summed.data_ptr(), residual.data_ptr(), norm.weight.data_ptr(),
+                          out.data_ptr(), tokens, width, 1e-5)  # fmt: skip
+    assert torch.equal(summed, hidden + residual)
+    within_a_rounding(out, norm(hidden + residual))
+
+    x = torch.randn(tokens, heads * dim + 5).bfloat16()  # a row wider than its heads: a view
+    cos, sin = (torch.rand(tokens, dim).bfloat16() for _ in range(2))
+    # the rotation in float32, rounded once (PyTorch's bf16 ops round each product and the sum)
+    exact, _ = _rotate(*(x[:, None, : heads * dim].float().view(tokens, 1, heads, dim),) * 2,
+                       cos[:, None].float(), sin[:, None].float())  # fmt: skip
+    rotated = x.clone()
+    kernels.rotate_bf16(rotated.data_ptr(), cos.data_ptr(), sin.data_ptr(), tokens, heads, dim,
+                        rotated.stride(0))  # fmt: skip
+    ours = rotated[:, : heads * dim].view(tokens, 1, heads, dim).float()
+    torch.testing.assert_close(ours, exact, rtol=2**-8, atol=1e-6)
+    assert torch.equal(rotated[:, heads * dim :], x[:, heads * dim :])
+
+    gate_up = torch.randn(tokens, 2 * width).bfloat16()
+    act = torch.empty(tokens, width, dtype=torch.bfloat16)
+    kernels.swiglu_bf16(gate_up.data_ptr(), act.data_ptr(), tokens, width)
+    gate, up = gate_up.split(width, -1)
+    within_a_rounding(act, torch.nn.functional.silu(gate) * up)

@@ -2,6 +2,8 @@
 the same greedy tokens, the same log-probs, per-completion seeds that do not depend on the batch,
 finished sequences leaving the batch, and the sampling settings doing what they say."""
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -75,8 +77,10 @@ def test_log_probs_are_those_of_a_plain_forward(model, tokenizer, prompts, new_t
                 assert s.logp == pytest.approx(float(expected), abs=1e-4)
 
 
-def test_a_completion_depends_on_seed_prompt_and_k_only(model, tokenizer, prompts):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: the C kernels (engine/native.py)
+def test_a_completion_depends_on_seed_prompt_and_k_only(model, tokenizer, prompts, precision):
     settings = SamplingSettings(k=3, max_new_tokens=8, seed=5, batch_size=4)
+    sample = functools.partial(sampling.sample, precision=precision)
     together = tokens(sample(model, tokenizer, prompts, settings))
     alone = [tokens(sample(model, tokenizer, [p], settings))[0] for p in prompts]
     reordered = tokens(
@@ -266,3 +270,40 @@ def test_unrestricted_draws_follow_the_model_and_return_its_log_probs():
     assert all(
         abs(logp - float(log_probs[t])) < 1e-5 for t, logp in zip(tokens, logps, strict=True)
     )
+
+
+@pytest.mark.parametrize("count", [1000, 1024, 5], ids=["ragged blocks", "whole blocks", "tiny"])
+def test_bf16_draws_in_c_are_the_blocked_inverse_cdf(count, monkeypatch):
+    """bf16 logits at temperature 1 are drawn in C (engine/kernels/decode.c): for each row's own
+    uniform number the index inverse_cdf finds on the same logits in float32 (but where u falls
+    within float rounding of a boundary), never a token held back (-inf), the model's log-prob;
+    greedy, the first largest logit."""
+    from prefopt.generate.sampling import _draw, inverse_cdf
+
+    drawn_in_c = []
+    monkeypatch.setattr(
+        sampling, "_draw_in_c", lambda *a, f=sampling._draw_in_c: drawn_in_c.append(1) or f(*a)
+    )
+    torch.manual_seed(count)
+    values = (torch.randn(64, count) * 4).bfloat16()
+    values[:, ::7] = -torch.inf
+    generators = [torch.Generator().manual_seed(seed) for seed in range(64)]
+    drawn, logps = _draw(values, SamplingSettings(), generators)
+    assert drawn_in_c
+    uniform = torch.cat(
+        [torch.rand(1, generator=torch.Generator().manual_seed(s)) for s in range(64)]
+    )
+    expected, _ = inverse_cdf(values.float(), uniform.unsqueeze(1), block=256)
+    drawn = torch.tensor(drawn)
+    cumulative = values.float().softmax(-1).cumsum(-1)
+    near = (cumulative.gather(1, expected.clamp(max=count - 1)) - uniform[:, None]).abs() < 1e-5
+    assert ((drawn == expected.squeeze(1)) | near.squeeze(1)).all()
+    assert (drawn == expected.squeeze(1)).float().mean() > 0.9
+    assert torch.isfinite(values.float().gather(1, drawn[:, None])).all()
+    log_probs = values.float().log_softmax(-1)
+    torch.testing.assert_close(torch.tensor(logps), log_probs.gather(1, drawn[:, None]).squeeze(1))
+
+    values[3, 1] = values[3, 3] = values[3].max() + 1  # a tie: the first
+    greedy, logps = _draw(values, SamplingSettings(temperature=0), [])
+    assert greedy == values.float().argmax(-1).tolist() and greedy[3] == 1
+    torch.testing.assert_close(torch.tensor(logps), values.float().log_softmax(-1).max(-1).values)

@@ -11,7 +11,7 @@ its own generated tokens: scores = [q·K_prefixᵀ, q·K_ownᵀ], one softmax ov
 P_prefix·V_prefix + P_own·V_own. The sequences of one prompt are stacked into one GEMM against
 its prefix (per key-value head; every prompt of the batch in one batched GEMM, prefixes padded
 to the longest and masked), so a prefix is read once a step for all its sequences. In bf16 on a
-CPU a step's attention is instead one C call for every row (engine/kernels/decode_attention.c,
+CPU a step's attention is instead one C call for every row (engine/kernels/decode.c,
 float32 inside): PyTorch's batched GEMM takes about half a microsecond for each of those
 products of a few rows, more than reading their keys and values. Sequences that finish are
 dropped from the batch (`DecodeState.keep`), so they stop costing compute.
@@ -21,9 +21,7 @@ The attention runs inside any transformers model that uses prefopt's attention i
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -201,16 +199,10 @@ def decode_attention(module, query, key, value, state: DecodeState, scaling: flo
     return out.reshape(rows, 1, heads, dim), None
 
 
-@functools.cache
 def _kernel():
-    """engine/kernels/decode_attention.c's function, or None where it cannot be built."""
-    library = native.load("decode_attention")
-    if library is None:
-        return None
-    function = library.decode_attention_bf16
-    function.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int] * 7 + [ctypes.c_float]
-    function.restype = ctypes.c_int
-    return function
+    """engine/kernels/decode.c's attention, or None where it cannot be built."""
+    kernels = native.load("decode")
+    return None if kernels is None else kernels.decode_attention_bf16
 
 
 def _attention_in_c(query, state: DecodeState, layer: int, scale: float) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora.layer import LoraLayer
 
+from prefopt.engine import native
 from prefopt.engine.decode import DecodeState, decode_attention
 from prefopt.engine.decode_model import merged_weight
 
@@ -47,13 +48,18 @@ class _Layer:
 
 
 class Decoder:
-    """`decoder(input_ids, positions, state)` -> float32 logits: at each packed prompt's last
-    position for a prefill (one row [1, L]), at each row's for a decoding step ([rows, 1])."""
+    """`decoder(input_ids, positions, state)` -> logits in the weights' precision: at each packed
+    prompt's last position for a prefill (one row [1, L]), at each row's for a decoding step
+    ([rows, 1])."""
 
     def __init__(self, model, packed: bool):
         """`model`: a causal LM (under peft, its base model); `of` checks that it is one known."""
         self.body = model.model
         self.packed = packed
+        # bf16 on a CPU, the elementwise work between the GEMMs in C (engine/kernels/decode.c)
+        silu = getattr(model.config, "hidden_act", None) == "silu"
+        bf16 = self.body.norm.weight.dtype == torch.bfloat16
+        self.kernels = native.load("decode") if packed and silu and bf16 else None
         self.head = self._weights(model.get_output_embeddings())
         self.layers = [self._layer(layer) for layer in self.body.layers]
 
@@ -115,13 +121,14 @@ class Decoder:
     def __call__(self, input_ids, positions, state: DecodeState) -> torch.Tensor:
         hidden = self.body.embed_tokens(input_ids)
         rotary = self.body.rotary_emb(hidden, position_ids=positions)
+        forward = self._layer_forward if self.kernels is None else self._layer_forward_in_c
         for layer in self.layers:
-            hidden = self._layer_forward(layer, hidden, rotary, state)
+            hidden = forward(layer, hidden, rotary, state)
         if state.prefilling is None:
             last = hidden[:, -1]
         else:
             last = hidden[0, state.last_positions(hidden.shape[1])]
-        return self._project(self.body.norm(last), self.head)[0].float()
+        return self._project(self.body.norm(last), self.head)[0]
 
     def _layer_forward(self, layer: _Layer, hidden, rotary, state) -> torch.Tensor:
         module = layer.module
@@ -140,6 +147,44 @@ class Decoder:
         gate, up = self._project(module.post_attention_layernorm(hidden), layer.gate_up,
                                  (layer.intermediate, layer.intermediate))  # fmt: skip
         return hidden + self._project(module.mlp.act_fn(gate) * up, layer.down)[0]
+
+    def _layer_forward_in_c(self, layer: _Layer, hidden, rotary, state) -> torch.Tensor:
+        """`_layer_forward` with its norms, residual sum, rotary embedding and SwiGLU each one C
+        pass (float32 inside, one rounding to bf16 where PyTorch rounds after every op)."""
+        module, kernels = layer.module, self.kernels
+        attention = module.self_attn
+        rows, length, width = hidden.shape
+        tokens, dim = rows * length, attention.head_dim
+        qkv = self._project(self._norm(module.input_layernorm, hidden), layer.qkv)[0]
+        q, k, v = qkv.split(layer.sizes, -1)
+        if getattr(attention, "q_norm", None) is not None:  # Qwen 3
+            shape = (rows, length, -1, dim)
+            q, k = attention.q_norm(q.view(shape)), attention.k_norm(k.view(shape))
+        if getattr(attention, "use_rope", True):  # SmolLM3 leaves it out of some layers
+            cos, sin = (t.contiguous() for t in rotary)
+            for x in (q, k):
+                heads = x.shape[-2] if x.dim() == 4 else x.shape[-1] // dim
+                kernels.rotate_bf16(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), tokens, heads,
+                                    dim, x.stride(1))  # fmt: skip
+        q, k, v = (x.reshape(rows, length, -1, dim).transpose(1, 2) for x in (q, k, v))
+        out, _ = decode_attention(attention, q, k, v, state, attention.scaling)
+        delta = self._project(out.reshape(rows, length, -1), layer.o)[0]
+        normed = self._norm(module.post_attention_layernorm, hidden, residual=delta)
+        gate_up = self._project(normed, layer.gate_up)[0]
+        act = gate_up.new_empty(rows, length, layer.intermediate)
+        kernels.swiglu_bf16(gate_up.data_ptr(), act.data_ptr(), tokens, layer.intermediate)
+        return hidden + self._project(act, layer.down)[0]
+
+    def _norm(self, norm, hidden: torch.Tensor, residual=None) -> torch.Tensor:
+        """RMSNorm(hidden) in C; with `residual`, hidden += residual first (in place)."""
+        out = torch.empty_like(hidden)
+        tokens, width = hidden.shape[0] * hidden.shape[1], hidden.shape[2]
+        residual = None if residual is None else residual.contiguous()  # held through the call
+        self.kernels.rms_norm_bf16(
+            hidden.data_ptr(), None if residual is None else residual.data_ptr(),
+            norm.weight.data_ptr(), out.data_ptr(), tokens, width, norm.variance_epsilon,
+        )  # fmt: skip
+        return out
 
 
 def _rotate(q, k, cos, sin):

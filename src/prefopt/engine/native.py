@@ -10,7 +10,7 @@ ctypes (no PyTorch headers to compile against, a fraction of a second to build).
 loops on OpenMP, the same runtime PyTorch's CPU build already loaded, so it shares its threads.
 
 Where no C compiler is found, or the build fails, `load` returns None and the caller computes in
-PyTorch, as before; `PREFOPT_NATIVE=0` asks for that too."""
+PyTorch; `PREFOPT_NATIVE=0` asks for that too."""
 
 from __future__ import annotations
 
@@ -32,6 +32,15 @@ SOURCES = Path(__file__).with_name("kernels")
 # step alone, since linking with it would set flush-to-zero for the whole process
 COMPILE = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp", "-fPIC"]
 LINK = ["-shared", "-fopenmp"]
+_POINTER, _INT, _FLOAT, _LONG = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_int64
+# each kernel's arguments, as its C declaration gives them
+SIGNATURES = {
+    "decode_attention_bf16": ([_POINTER] * 8 + [_INT] * 7 + [_FLOAT], _INT),
+    "rms_norm_bf16": ([_POINTER] * 4 + [_INT, _INT, _FLOAT], None),
+    "rotate_bf16": ([_POINTER] * 3 + [_INT] * 3 + [_LONG], None),
+    "swiglu_bf16": ([_POINTER] * 2 + [_INT] * 2, None),
+    "draw_bf16": ([_POINTER] * 2 + [_INT] * 2 + [_POINTER] * 2, None),
+}
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +64,12 @@ def load(name: str) -> ctypes.CDLL | None:
             detail = getattr(error, "stderr", b"") or str(error).encode()
             log.warning("building %s.c failed, computing in PyTorch: %s", name, detail.decode())
             return None
-    return ctypes.CDLL(str(library))
+    kernels = ctypes.CDLL(str(library))
+    for function, (arguments, result) in SIGNATURES.items():
+        if hasattr(kernels, function):
+            getattr(kernels, function).argtypes = arguments
+            getattr(kernels, function).restype = result
+    return kernels
 
 
 def _build(compiler: str, source: Path) -> bytes:

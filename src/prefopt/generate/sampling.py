@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 
+from prefopt.engine import native
 from prefopt.engine.decode import DecodeState
 from prefopt.engine.decode_model import DecodeModel
 from prefopt.engine.decoder import Decoder
@@ -116,7 +117,8 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 
 def _forward(model) -> Callable:
-    """forward(input_ids, positions, state) -> float32 logits at each row's last position: the
+    """forward(input_ids, positions, state) -> logits at each row's last position, in the model's
+    precision: the
     model's layers run by prefopt.engine.decoder where it knows the architecture, else the model's
     own forward on prefopt's decode attention."""
     decoder = Decoder.of(model)
@@ -130,7 +132,7 @@ def _forward(model) -> Callable:
         last = state.last_positions(input_ids.shape[1])
         out = model(input_ids=input_ids, position_ids=positions, prefopt_decode=state,
                     use_cache=False, logits_to_keep=last)  # fmt: skip
-        return (out.logits[0] if state.prefilling is not None else out.logits[:, -1]).float()
+        return out.logits[0] if state.prefilling is not None else out.logits[:, -1]
 
     return forward
 
@@ -191,7 +193,16 @@ def _draw(
     """One token a row, and its log-prob under the model (temperature 1, nothing cut): greedy at
     temperature 0, else by inverse CDF over the warped distribution's support, each row's uniform
     number from its own generator. Only the support is ranked, and the vocabulary is summed in
-    blocks rather than cumulated token by token."""
+    blocks rather than cumulated token by token. bf16 logits on a CPU at temperature 1 with nothing
+    cut, or greedy, are drawn in one C pass a row (engine/kernels/decode.c), the same algorithm
+    without the float32 copies of the logits and their exponentials."""
+    plain = settings.temperature == 0 or (
+        settings.temperature == 1 and not settings.top_k and settings.top_p >= 1
+    )
+    if plain and logits.dtype == torch.bfloat16 and logits.device.type == "cpu":
+        kernels = native.load("decode")
+        if kernels is not None:
+            return _draw_in_c(kernels.draw_bf16, logits, settings, generators)
     logits = logits.float()
     if settings.temperature == 0:
         tokens = logits.argmax(-1)
@@ -205,6 +216,18 @@ def _draw(
         same = order is None and settings.temperature == 1
         log_total = log_mass.squeeze(1) if same else logits.logsumexp(-1)
     logps = logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - log_total
+    return tokens.tolist(), logps.tolist()
+
+
+def _draw_in_c(draw, logits, settings: SamplingSettings, generators) -> tuple[list, list]:
+    logits = logits.contiguous()
+    rows, vocab = logits.shape
+    uniform = None
+    if settings.temperature != 0:
+        uniform = torch.cat([torch.rand(1, generator=g) for g in generators])
+    tokens, logps = torch.empty(rows, dtype=torch.int64), torch.empty(rows)
+    draw(logits.data_ptr(), None if uniform is None else uniform.data_ptr(), rows, vocab,
+         tokens.data_ptr(), logps.data_ptr())  # fmt: skip
     return tokens.tolist(), logps.tolist()
 
 

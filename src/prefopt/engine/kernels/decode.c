@@ -11,6 +11,7 @@ Built by prefopt.engine.native with the machine's own instruction set: on CPUs w
 the products of bf16 pairs are summed by vdpbf16ps (each product exact, the sums in float32), and
 the loops below run portable C otherwise. */
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -191,4 +192,113 @@ int decode_attention_bf16(const uint16_t *query, const uint16_t *prefix_keys,
         free(scores);
     }
     return failed ? -1 : 0;
+}
+
+/* The elementwise work between a layer's GEMMs, one pass each over `tokens` rows, where PyTorch
+   makes three to eight passes (and as many roundings to bf16). */
+
+/* out = RMSNorm(x) as transformers' Llama computes it: x / sqrt(mean(x²) + eps) in float32,
+   rounded to bf16, times the bf16 weight; with `residual`, x = bf16(x + residual) first, written
+   back to `x` (the residual stream's sum and the norm of it in one pass). */
+void rms_norm_bf16(uint16_t *x, const uint16_t *residual, const uint16_t *weight, uint16_t *out,
+                   int tokens, int width, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tokens; t++) {
+        uint16_t *row = x + t * width;
+        if (residual)
+            for (int i = 0; i < width; i++)
+                row[i] = to_bf16(from_bf16(row[i]) + from_bf16(residual[t * width + i]));
+        float squares = 0.0f;
+        for (int i = 0; i < width; i++) squares += from_bf16(row[i]) * from_bf16(row[i]);
+        const float inverse = 1.0f / sqrtf(squares / width + eps);
+        for (int i = 0; i < width; i++)
+            out[t * width + i] =
+                to_bf16(from_bf16(to_bf16(from_bf16(row[i]) * inverse)) * from_bf16(weight[i]));
+    }
+}
+
+/* The rotary embedding in place: x·cos + rotate_half(x)·sin for each of a token's `heads` heads
+   of `dim` (rotate_half(x) = [-x₂, x₁] of its halves); row t of x starts at t · stride, and
+   cos and sin hold `dim` values a token. */
+void rotate_bf16(uint16_t *x, const uint16_t *cos, const uint16_t *sin, int tokens, int heads,
+                 int dim, int64_t stride) {
+    const int half = dim / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tokens; t++) {
+        const uint16_t *c = cos + t * dim, *s = sin + t * dim;
+        for (int h = 0; h < heads; h++) {
+            uint16_t *head = x + t * stride + (int64_t)h * dim;
+            float first[half], second[half];
+            for (int i = 0; i < half; i++) first[i] = from_bf16(head[i]);
+            for (int i = 0; i < half; i++) second[i] = from_bf16(head[half + i]);
+            for (int i = 0; i < half; i++)
+                head[i] = to_bf16(first[i] * from_bf16(c[i]) - second[i] * from_bf16(s[i]));
+            for (int i = 0; i < half; i++)
+                head[half + i] = to_bf16(second[i] * from_bf16(c[half + i]) +
+                                         first[i] * from_bf16(s[half + i]));
+        }
+    }
+}
+
+/* out = silu(gate) · up, gate and up the two halves of each token's row of gate_up */
+void swiglu_bf16(const uint16_t *gate_up, uint16_t *out, int tokens, int width) {
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tokens; t++) {
+        const uint16_t *gate = gate_up + t * 2 * width, *up = gate + width;
+        for (int i = 0; i < width; i++) {
+            const float g = from_bf16(gate[i]);
+            out[t * width + i] = to_bf16(g / (1.0f + expf(-g)) * from_bf16(up[i]));
+        }
+    }
+}
+
+/* A token a row from bf16 logits [rows, vocab], as prefopt.generate.sampling.inverse_cdf draws
+   at temperature 1 with nothing cut: exp(logit - max) summed in blocks of BLOCK, the block
+   holding u · total found among the blocks' running sums, then the token inside it. Where
+   `uniform` is NULL, the first largest logit (greedy). logps: each token's log-probability. */
+#define BLOCK 256
+
+/* a logit, -inf (a token held back) as the lowest float: the kernels are built assuming no
+   infinities, and exp of it is still 0 */
+static inline float logit(uint16_t x) {
+    const float value = from_bf16(x);
+    return value > -FLT_MAX ? value : -FLT_MAX;
+}
+
+void draw_bf16(const uint16_t *logits, const float *uniform, int rows, int vocab,
+               int64_t *tokens, float *logps) {
+    const int blocks = (vocab + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t *row = logits + r * vocab;
+        float top = -FLT_MAX, cumulative[blocks], total = 0.0f;
+        for (int j = 0; j < vocab; j++) top = fmaxf(top, logit(row[j]));
+        int64_t best = 0;
+        for (int b = 0; b < blocks; b++) {
+            const int end = (b + 1) * BLOCK < vocab ? (b + 1) * BLOCK : vocab;
+            float sum = 0.0f;
+            for (int j = b * BLOCK; j < end; j++) sum += expf(logit(row[j]) - top);
+            cumulative[b] = total += sum;
+        }
+        if (uniform) {
+            const float target = uniform[r] * total;
+            int chosen = 0;
+            while (chosen < blocks - 1 && cumulative[chosen] <= target) chosen++;
+            const float before = chosen > 0 ? cumulative[chosen - 1] : 0.0f;
+            const int start = chosen * BLOCK, count = vocab - start < BLOCK ? vocab - start : BLOCK;
+            float inside[BLOCK], running = 0.0f;
+            for (int i = 0; i < count; i++) inside[i] = running += expf(logit(row[start + i]) - top);
+            /* the block's own sum and its running sum round differently: stay inside its mass,
+               so that a token of weight 0 is never the first to exceed it */
+            float remaining = target - before, most = inside[count - 1] * (1.0f - 0x1p-20f);
+            remaining = remaining < most ? remaining : most;
+            int index = 0;
+            while (index < count - 1 && inside[index] <= remaining) index++;
+            best = start + index;
+        } else {
+            while (logit(row[best]) < top) best++;
+        }
+        tokens[r] = best;
+        logps[r] = logit(row[best]) - (top + logf(total));
+    }
 }
