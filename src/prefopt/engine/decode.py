@@ -161,12 +161,12 @@ def decode_attention(module, query, key, value, state: DecodeState, scaling: flo
     t = state.length
     if layer == 0:
         state.make_room()
+    scale = dim**-0.5 if scaling is None else scaling
+    if query.dtype == torch.bfloat16 and query.device.type == "cpu" and _kernel() is not None:
+        return _attention_in_c(query, key, value, state, layer, scale), None
     own_keys, own_values = state.own_keys[layer], state.own_values[layer]
     own_keys[:, :, t] = key[:, :, 0]
     own_values[:, :, t] = value[:, :, 0]
-    scale = dim**-0.5 if scaling is None else scaling
-    if query.dtype == torch.bfloat16 and query.device.type == "cpu" and _kernel() is not None:
-        return _attention_in_c(query, state, layer, scale), None
 
     full = state.full
 
@@ -205,16 +205,22 @@ def _kernel():
     return None if kernels is None else kernels.decode_attention_bf16
 
 
-def _attention_in_c(query, state: DecodeState, layer: int, scale: float) -> torch.Tensor:
-    """The step's attention of every row in one C call (bf16 on a CPU): each row's scores, softmax
-    and weighted sums in float32 over its prompt's prefix and its own cache's written places."""
+def _attention_in_c(query, key, value, state: DecodeState, layer: int, scale: float):
+    """The step's attention of every row in one C call (bf16 on a CPU), which also writes the
+    step's keys and values into the own cache: each row's scores, softmax and weighted sums in
+    float32 over its prompt's prefix and its own cache's written places."""
     rows, heads, _, dim = query.shape
+    # [rows, heads, 1, dim], each row's heads side by side: e.g. views of the q/k/v GEMM's output
+    query, key, value = (x if x.stride(3) == 1 and x.stride(1) == dim else x.contiguous()
+                         for x in (query, key, value))  # fmt: skip
+    strides = torch.tensor([x.stride(0) for x in (query, key, value)])
     prefix_keys, own_keys = state.prefix_keys[layer], state.own_keys[layer]
-    tensors = tuple(t.contiguous() for t in (query, prefix_keys, state.prefix_values[layer],
-                    state.prefix_lengths, own_keys, state.own_values[layer], state.row_prompt))  # fmt: skip
+    cached = tuple(t.contiguous() for t in (prefix_keys, state.prefix_values[layer],
+                   state.prefix_lengths, own_keys, state.own_values[layer], state.row_prompt))  # fmt: skip
     out = query.new_empty(rows, 1, heads, dim)
     failed = _kernel()(
-        *(t.data_ptr() for t in tensors), out.data_ptr(), rows, heads, prefix_keys.shape[1], dim,
+        query.data_ptr(), key.data_ptr(), value.data_ptr(), strides.data_ptr(),
+        *(t.data_ptr() for t in cached), out.data_ptr(), rows, heads, prefix_keys.shape[1], dim,
         prefix_keys.shape[2], own_keys.shape[2], state.length + 1, scale,
     )  # fmt: skip
     if failed:

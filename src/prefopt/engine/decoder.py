@@ -121,9 +121,14 @@ class Decoder:
     def __call__(self, input_ids, positions, state: DecodeState) -> torch.Tensor:
         hidden = self.body.embed_tokens(input_ids)
         rotary = self.body.rotary_emb(hidden, position_ids=positions)
-        forward = self._layer_forward if self.kernels is None else self._layer_forward_in_c
-        for layer in self.layers:
-            hidden = forward(layer, hidden, rotary, state)
+        if self.kernels is None:
+            for layer in self.layers:
+                hidden = self._layer_forward(layer, hidden, rotary, state)
+        else:
+            delta = None  # each layer's MLP output, added by the next layer's first norm
+            for layer in self.layers:
+                hidden, delta = self._layer_forward_in_c(layer, hidden, delta, rotary, state)
+            hidden = hidden + delta
         if state.prefilling is None:
             last = hidden[:, -1]
         else:
@@ -148,14 +153,17 @@ class Decoder:
                                  (layer.intermediate, layer.intermediate))  # fmt: skip
         return hidden + self._project(module.mlp.act_fn(gate) * up, layer.down)[0]
 
-    def _layer_forward_in_c(self, layer: _Layer, hidden, rotary, state) -> torch.Tensor:
-        """`_layer_forward` with its norms, residual sum, rotary embedding and SwiGLU each one C
-        pass (float32 inside, one rounding to bf16 where PyTorch rounds after every op)."""
+    def _layer_forward_in_c(self, layer: _Layer, hidden, delta, rotary, state) -> tuple:
+        """`_layer_forward` with its norms and residual sums, rotary embedding and SwiGLU each one
+        C pass (float32 inside, one rounding to bf16 where PyTorch rounds after every op). Takes
+        the residual stream and the last layer's output not yet added to it (or None), returns
+        the same pair."""
         module, kernels = layer.module, self.kernels
         attention = module.self_attn
         rows, length, width = hidden.shape
         tokens, dim = rows * length, attention.head_dim
-        qkv = self._project(self._norm(module.input_layernorm, hidden), layer.qkv)[0]
+        normed = self._norm(module.input_layernorm, hidden, residual=delta)
+        qkv = self._project(normed, layer.qkv)[0]
         q, k, v = qkv.split(layer.sizes, -1)
         if getattr(attention, "q_norm", None) is not None:  # Qwen 3
             shape = (rows, length, -1, dim)
@@ -173,7 +181,7 @@ class Decoder:
         gate_up = self._project(normed, layer.gate_up)[0]
         act = gate_up.new_empty(rows, length, layer.intermediate)
         kernels.swiglu_bf16(gate_up.data_ptr(), act.data_ptr(), tokens, layer.intermediate)
-        return hidden + self._project(act, layer.down)[0]
+        return hidden, self._project(act, layer.down)[0]
 
     def _norm(self, norm, hidden: torch.Tensor, residual=None) -> torch.Tensor:
         """RMSNorm(hidden) in C; with `residual`, hidden += residual first (in place)."""
