@@ -52,7 +52,7 @@ def load(name: str) -> ctypes.CDLL | None:
         return None
     compiler = next(filter(shutil.which, (os.environ.get("CC", "cc"), "gcc", "clang")), None)
     if compiler is None:
-        log.info("no C compiler found: decoding computes its attention in PyTorch")
+        log.warning("no C compiler found (cc, gcc, clang or $CC): decoding runs PyTorch's ops")
         return None
     source = (SOURCES / f"{name}.c").read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(COMPILE + LINK).encode(), _cpu()]))
@@ -62,7 +62,9 @@ def load(name: str) -> ctypes.CDLL | None:
             write_atomic(library, _build(compiler, SOURCES / f"{name}.c"))
         except (OSError, subprocess.CalledProcessError) as error:
             detail = getattr(error, "stderr", b"") or str(error).encode()
-            log.warning("building %s.c failed, computing in PyTorch: %s", name, detail.decode())
+            log.warning(
+                "building %s.c failed, decoding runs PyTorch's ops: %s", name, detail.decode()
+            )
             return None
     kernels = ctypes.CDLL(str(library))
     for function, (arguments, result) in SIGNATURES.items():
