@@ -1,9 +1,9 @@
-"""prefopt's C kernels (prefopt.engine.native): built here with the machine's compiler and run.
-The decode attention in C against the attention computed in float32 by PyTorch (head sizes 64,
+"""prefopt's C kernels (prefopt.engine.native): built here with the machine's compiler and run. The
+decode attention in C against the attention computed in float32 by PyTorch (head sizes 64 and 128,
 the AVX-512 BF16 path where the CPU has it, and 16, the portable loops), rows that left the batch
-and prompts of different lengths included; each row's numbers independent of the batch; the
-build cached, leaving the process's float handling alone, and PyTorch's attention where no
-compiler is found or the build fails."""
+and prompts of different lengths included; each row's numbers independent of the batch; the build
+cached, leaving the process's float handling alone, and PyTorch's attention where no compiler is
+found or the build fails."""
 
 import copy
 import logging
@@ -22,11 +22,12 @@ def fresh_builds():
     native.load.cache_clear()
 
 
-def decoding(dim: int, prompts: int = 5, k: int = 3, written: int = 6, kv_heads: int = 2):
-    """A DecodeState `written` tokens into decoding (bf16), after rows 1 and 7 left the batch, and
-    one step's query, key and value."""
+def decoding(dim: int, group: int = 3, prompts: int = 5, k: int = 3, written: int = 6):
+    """A DecodeState `written` tokens into decoding (bf16, 2 key-value heads of `group` query
+    heads each), after rows 1 and 7 left the batch, and one step's query, key and value."""
     torch.manual_seed(dim)
-    layers, heads = 2, 3 * kv_heads
+    layers, kv_heads = 2, 2
+    heads = group * kv_heads
     state = DecodeState.empty(layers)
     for layer in range(layers):
         for p in range(prompts):
@@ -56,9 +57,9 @@ def attend(state, step, layer=1):
         return decode_attention(module, *step, state, None)[0]
 
 
-@pytest.mark.parametrize("dim", [64, 16])
-def test_attention_in_c_is_float32_attention_rounded_once(dim):
-    state, step = decoding(dim)
+@pytest.mark.parametrize("dim, group", [(64, 3), (128, 7), (16, 3)])  # 16: the portable loops
+def test_attention_in_c_is_float32_attention_rounded_once(dim, group):
+    state, step = decoding(dim, group)
     assert decode._kernel() is not None, "a C compiler is on this machine: the kernel builds"
     ours = attend(copy.deepcopy(state), step)
     exact = attend(in_float32(state), [t.float() for t in step])

@@ -58,7 +58,7 @@ static void gather_portable(const float *probs, int group, int dim, const uint16
 
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
-#define SIMD_GROUP 4 /* query heads a key-value head serves, at most */
+#define SIMD_GROUP 8 /* query heads a key-value head serves, at most */
 #define SIMD_DIM 256 /* head size, at most; a multiple of 64 */
 
 /* lane i: the sum of the 16 lanes of the i-th argument */
