@@ -1,11 +1,13 @@
-/* One decoding step's attention for every sequence of a batch: bf16 in and out, float inside.
+/* The work of a bf16 decoding step on a CPU outside the weights' GEMMs (prefopt.engine.decode,
+decoder and prefopt.generate.sampling call them): the attention of every sequence, the norms with
+the residual sums, the rotary embedding, SwiGLU and the draw of a token. bf16 in and out, float32
+inside, one rounding to bf16 where PyTorch's bf16 ops round after each op.
 
-Row r is a sequence of prompt row_prompt[r]. It attends to that prompt's prefix (the first
-prefix_length[p] places of prefix_keys[p]) and to the first `length` places of its own cache.
-One task is one (row, key-value head): its `group` query heads share every key and value read,
-so the caches are read once a step, and only their written places. Scores, softmax and the
-weighted sums stay in float32 and the output is rounded to bf16 once, where PyTorch's batched
-GEMMs round the scores and each partial output to bf16; a row's numbers depend on that row alone.
+The attention: row r is a sequence of prompt row_prompt[r]. It attends to that prompt's prefix
+(the first prefix_length[p] places of prefix_keys[p]) and to the first `length` places of its own
+cache. One task is one (row, key-value head): its `group` query heads share every key and value
+read, so the caches are read once a step, and only their written places; PyTorch's batched GEMMs
+would round the scores and each partial output to bf16. A row's numbers depend on that row alone.
 
 Built by prefopt.engine.native with the machine's own instruction set: on CPUs with AVX-512 BF16
 the products of bf16 pairs are summed by vdpbf16ps (each product exact, the sums in float32), and
@@ -174,7 +176,8 @@ int decode_attention_bf16(const uint16_t *query, const uint16_t *key, const uint
             failed = 1;
             continue;
         }
-        float *q = scores + (size_t)group * stride, *acc = q + group * dim, *scratch = acc + group * dim;
+        float *q = scores + (size_t)group * stride, *acc = q + group * dim;
+        float *scratch = acc + group * dim;
         if (task + 1 < tasks) /* the next task's own cache, fetched while this one computes */
             for (int64_t at = 0; at < (int64_t)length * dim; at += 32) {
                 __builtin_prefetch(own_keys + (task + 1) * own_size + at);
@@ -291,7 +294,8 @@ void draw_bf16(const uint16_t *logits, const float *uniform, int rows, int vocab
             const float before = chosen > 0 ? cumulative[chosen - 1] : 0.0f;
             const int start = chosen * BLOCK, count = vocab - start < BLOCK ? vocab - start : BLOCK;
             float inside[BLOCK], running = 0.0f;
-            for (int i = 0; i < count; i++) inside[i] = running += expf(logit(row[start + i]) - top);
+            for (int i = 0; i < count; i++)
+                inside[i] = running += expf(logit(row[start + i]) - top);
             /* the block's own sum and its running sum round differently: stay inside its mass,
                so that a token of weight 0 is never the first to exceed it */
             float remaining = target - before, most = inside[count - 1] * (1.0f - 0x1p-20f);
