@@ -34,9 +34,9 @@ class DecodeState:
     """The keys and values of a decoding batch. While prefilling (`prefill`), `prefilling` holds
     the lengths of the prompts packed into the call's one row, and each prompt's keys and values
     are appended to `prefix_keys[layer]` ([H_kv, P, D] each); `start_decoding` stacks them into
-    [B, H_kv, P_max, D] (padding masked). Row r of the batch is a sequence of prompt `row_prompt[r]`, in slot
-    `row_slot[r]` of that prompt's K; `own_keys[layer]` [rows, H_kv, T, D] holds what each
-    sequence generated, `length` tokens of it so far, zeros after them.
+    [B, H_kv, P_max, D] (padding masked). Row r of the batch is a sequence of prompt
+    `row_prompt[r]`, in slot `row_slot[r]` of that prompt's K; `own_keys[layer]` [rows, H_kv, T,
+    D] holds what each sequence generated, `length` tokens of it so far, zeros after them.
 
     Each step attends to all T places of the own cache, the unwritten ones masked, and T doubles
     when it fills: a GEMM on the whole contiguous cache costs less than one on its written
@@ -153,17 +153,17 @@ def decode_attention(module, query, key, value, state: DecodeState, scaling: flo
         return _prefill_attention(query, key, value, state, layer, scaling), None
     if query.shape[2] != 1:
         raise ValueError("decoding takes one token per sequence a step")
+    if layer == 0:
+        state.make_room()
     rows, heads, _, dim = query.shape
+    scale = dim**-0.5 if scaling is None else scaling
+    if query.dtype == torch.bfloat16 and query.device.type == "cpu" and _kernel() is not None:
+        return _attention_in_c(query, key, value, state, layer, scale), None
     prefix_keys, prefix_values = state.prefix_keys[layer], state.prefix_values[layer]
     prompts, kv_heads, prompt_length, _ = prefix_keys.shape
     group, slots = heads // kv_heads, state.slots
     place = (state.row_prompt, state.row_slot)
     t = state.length
-    if layer == 0:
-        state.make_room()
-    scale = dim**-0.5 if scaling is None else scaling
-    if query.dtype == torch.bfloat16 and query.device.type == "cpu" and _kernel() is not None:
-        return _attention_in_c(query, key, value, state, layer, scale), None
     own_keys, own_values = state.own_keys[layer], state.own_values[layer]
     own_keys[:, :, t] = key[:, :, 0]
     own_values[:, :, t] = value[:, :, 0]
@@ -213,14 +213,13 @@ def _attention_in_c(query, key, value, state: DecodeState, layer: int, scale: fl
     # [rows, heads, 1, dim], each row's heads side by side: e.g. views of the q/k/v GEMM's output
     query, key, value = (x if x.stride(3) == 1 and x.stride(1) == dim else x.contiguous()
                          for x in (query, key, value))  # fmt: skip
-    strides = torch.tensor([x.stride(0) for x in (query, key, value)])
     prefix_keys, own_keys = state.prefix_keys[layer], state.own_keys[layer]
     cached = tuple(t.contiguous() for t in (prefix_keys, state.prefix_values[layer],
                    state.prefix_lengths, own_keys, state.own_values[layer], state.row_prompt))  # fmt: skip
     out = query.new_empty(rows, 1, heads, dim)
     failed = _kernel()(
-        query.data_ptr(), key.data_ptr(), value.data_ptr(), strides.data_ptr(),
-        *(t.data_ptr() for t in cached), out.data_ptr(), rows, heads, prefix_keys.shape[1], dim,
+        query.data_ptr(), key.data_ptr(), value.data_ptr(), query.stride(0), key.stride(0),
+        value.stride(0), *(t.data_ptr() for t in cached), out.data_ptr(), rows, heads, prefix_keys.shape[1], dim,
         prefix_keys.shape[2], own_keys.shape[2], state.length + 1, scale,
     )  # fmt: skip
     if failed:

@@ -125,6 +125,7 @@ class Decoder:
             for layer in self.layers:
                 hidden = self._layer_forward(layer, hidden, rotary, state)
         else:
+            rotary = tuple(t.contiguous() for t in rotary)  # the C rotation reads them flat
             delta = None  # each layer's MLP output, added by the next layer's first norm
             for layer in self.layers:
                 hidden, delta = self._layer_forward_in_c(layer, hidden, delta, rotary, state)
@@ -169,7 +170,7 @@ class Decoder:
             shape = (rows, length, -1, dim)
             q, k = attention.q_norm(q.view(shape)), attention.k_norm(k.view(shape))
         if getattr(attention, "use_rope", True):  # SmolLM3 leaves it out of some layers
-            cos, sin = (t.contiguous() for t in rotary)
+            cos, sin = rotary
             for x in (q, k):
                 heads = x.shape[-2] if x.dim() == 4 else x.shape[-1] // dim
                 kernels.rotate_bf16(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), tokens, heads,

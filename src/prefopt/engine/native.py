@@ -35,7 +35,10 @@ LINK = ["-shared", "-fopenmp"]
 _POINTER, _INT, _FLOAT, _LONG = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_int64
 # each kernel's arguments, as its C declaration gives them
 SIGNATURES = {
-    "decode_attention_bf16": ([_POINTER] * 11 + [_INT] * 7 + [_FLOAT], _INT),
+    "decode_attention_bf16": (
+        [_POINTER] * 3 + [_LONG] * 3 + [_POINTER] * 7 + [_INT] * 7 + [_FLOAT],
+        _INT,
+    ),
     "rms_norm_bf16": ([_POINTER] * 4 + [_INT, _INT, _FLOAT], None),
     "rotate_bf16": ([_POINTER] * 3 + [_INT] * 3 + [_LONG], None),
     "swiglu_bf16": ([_POINTER] * 2 + [_INT] * 2, None),

@@ -118,9 +118,8 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 def _forward(model) -> Callable:
     """forward(input_ids, positions, state) -> logits at each row's last position, in the model's
-    precision: the
-    model's layers run by prefopt.engine.decoder where it knows the architecture, else the model's
-    own forward on prefopt's decode attention."""
+    precision: the model's layers run by prefopt.engine.decoder where it knows the architecture,
+    else the model's own forward on prefopt's decode attention."""
     decoder = Decoder.of(model)
     if decoder is not None:
         return decoder
@@ -209,7 +208,7 @@ def _draw(
         log_total = logits.logsumexp(-1)
     else:
         values, order = support(logits, settings)
-        uniform = torch.cat([torch.rand(1, generator=g) for g in generators]).unsqueeze(1)
+        uniform = _uniforms(generators).unsqueeze(1)
         index, log_mass = inverse_cdf(values, uniform)
         tokens = (index if order is None else order.gather(1, index)).squeeze(1)
         # unwarped and unrestricted, the mass summed to draw is the model's own normalizer
@@ -222,13 +221,16 @@ def _draw(
 def _draw_in_c(draw, logits, settings: SamplingSettings, generators) -> tuple[list, list]:
     logits = logits.contiguous()
     rows, vocab = logits.shape
-    uniform = None
-    if settings.temperature != 0:
-        uniform = torch.cat([torch.rand(1, generator=g) for g in generators])
+    uniform = None if settings.temperature == 0 else _uniforms(generators)
     tokens, logps = torch.empty(rows, dtype=torch.int64), torch.empty(rows)
     draw(logits.data_ptr(), None if uniform is None else uniform.data_ptr(), rows, vocab,
          tokens.data_ptr(), logps.data_ptr())  # fmt: skip
     return tokens.tolist(), logps.tolist()
+
+
+def _uniforms(generators: list[torch.Generator]) -> torch.Tensor:
+    """Each row's uniform number in [0, 1), from its own generator."""
+    return torch.cat([torch.rand(1, generator=g) for g in generators])
 
 
 def inverse_cdf(

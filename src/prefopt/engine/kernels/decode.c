@@ -159,7 +159,8 @@ static void softmax(float *scores, int count) {
    dim]; own_keys, own_values: [rows, kv_heads, capacity, dim]; out: [rows, heads, dim]. Every
    prompt has a place or more. Returns 0, or -1 where memory for a task's scores ran out. */
 int decode_attention_bf16(const uint16_t *query, const uint16_t *key, const uint16_t *value,
-                          const int64_t *strides, const uint16_t *prefix_keys,
+                          int64_t query_stride, int64_t key_stride, int64_t value_stride,
+                          const uint16_t *prefix_keys,
                           const uint16_t *prefix_values, const int64_t *prefix_length,
                           uint16_t *own_keys, uint16_t *own_values, const int64_t *row_prompt,
                           uint16_t *out, int rows, int heads, int kv_heads, int dim, int prefix,
@@ -183,12 +184,12 @@ int decode_attention_bf16(const uint16_t *query, const uint16_t *key, const uint
                 __builtin_prefetch(own_keys + (task + 1) * own_size + at);
                 __builtin_prefetch(own_values + (task + 1) * own_size + at);
             }
-        const uint16_t *own_query = query + row * strides[0] + head * group * dim;
+        const uint16_t *own_query = query + row * query_stride + head * group * dim;
         for (int i = 0; i < group * dim; i++) q[i] = from_bf16(own_query[i]), acc[i] = 0.0f;
         const int64_t prefix_at = (p * kv_heads + head) * (int64_t)prefix * dim;
         const int64_t own_at = task * own_size, new_at = own_at + (int64_t)(length - 1) * dim;
-        memcpy(own_keys + new_at, key + row * strides[1] + head * dim, sizeof(uint16_t) * dim);
-        memcpy(own_values + new_at, value + row * strides[2] + head * dim, sizeof(uint16_t) * dim);
+        memcpy(own_keys + new_at, key + row * key_stride + head * dim, sizeof(uint16_t) * dim);
+        memcpy(own_values + new_at, value + row * value_stride + head * dim, sizeof(uint16_t) * dim);
         score(q, group, dim, prefix_keys + prefix_at, known, scale, scores, stride, scratch);
         score(q, group, dim, own_keys + own_at, length, scale, scores + known, stride, scratch);
         for (int g = 0; g < group; g++) softmax(scores + g * stride, count);
