@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -45,6 +47,28 @@ def machine_rates(dtype) -> dict:
     target = torch.empty_like(source)
     copy = 2 * source.numel() / timed(lambda: target.copy_(source), 5)
     return {"gemm_flops": gemm, "copy_bytes": copy}
+
+
+def machine() -> dict:
+    """The machine a result came from: the CPU's name, whether it has AMX tiles, AVX-512 BF16 and
+    AVX2, PyTorch's vector level, and the variables that hold a library to a lower level."""
+    flags, name = set(), platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    caps = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+    return {
+        "cpu": name,
+        "cores": torch.get_num_threads(),
+        "isa": {flag: flag in flags for flag in ("amx_tile", "amx_bf16", "avx512_bf16", "avx2")},
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "held_to": {name: os.environ[name] for name in caps if name in os.environ},
+    }
 
 
 def decoding_state(model, tokenizer, sequences: int, k: int, prompt_tokens: int, generated: int):
@@ -188,7 +212,9 @@ def main() -> None:
         print(f"{row['precision']}: a large GEMM {rates['gemm_flops'] / 1e9:.0f} GFLOP/s, a large "
               f"copy {rates['copy_bytes'] / 1e9:.1f} GB/s")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "results": rows}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"settings": vars(args), "machine": machine(), "results": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -224,7 +224,10 @@ def main() -> None:
               + (f"  vLLM {results['vllm']['seconds']:.1f} s" if args.vllm else ""),
               flush=True)  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "results": rows}, indent=1))
+        from decode_profile import machine
+
+        record = {"settings": vars(args), "machine": machine(), "results": rows}
+        Path(args.json).write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":
