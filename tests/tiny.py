@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 from pathlib import Path
 
 CHAT_TEMPLATE = (
@@ -125,6 +126,14 @@ def crash_at(step: int, error: type[BaseException] = Crash):
             raise error
 
     return on_step
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a two-process launch: test files run side by side
+    (pytest-xdist), and two launches on the default port (29500) at once would meet in one group."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from prefopt.loop import LoopConfig, loop
-from tiny import write_jsonl
+from tiny import free_port, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,8 @@ def test_two_processes_sample_and_score_as_one(tiny_model, tmp_path):
     )
     launcher = Path(sys.executable).parent / "torchrun"
     result = subprocess.run(
-        [str(launcher), "--nproc_per_node", "2", "-m", "prefopt.cli", "loop", str(tmp_path / "two.yaml")],
+        [str(launcher), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m",
+         "prefopt.cli", "loop", str(tmp_path / "two.yaml")],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from prefopt.reward import RewardConfig, reward_train
 from prefopt.train import TrainConfig, train
-from tiny import toy_rows, write_jsonl
+from tiny import free_port, toy_rows, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def launch(tmp_path, command: str, settings: dict, *extra: str) -> None:
     launcher = Path(sys.executable).parent / "accelerate"
     result = subprocess.run(
         [str(launcher), "launch", "--config_file", str(RECIPES / "fsdp.yaml"),
-         "--num_processes", "2", "-m", "prefopt.cli", *command.split(),
+         "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "prefopt.cli", *command.split(),
          str(tmp_path / "run.yaml"), *extra],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -13,7 +13,7 @@ from prefopt.errors import TrainingError
 from prefopt.losses import Objective
 from prefopt.train import TrainConfig, train
 from prefopt.train.checkpoint import latest_checkpoint
-from tiny import Crash, crash_at, tiny_train_config, toy_rows, write_jsonl
+from tiny import Crash, crash_at, free_port, tiny_train_config, toy_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +273,8 @@ def test_two_processes_equal_one_with_accumulation(tiny_model, pairs_file, tmp_p
             str(launcher),
             "--nproc_per_node",
             "2",
+            "--master_port",
+            str(free_port()),
             "-m",
             "prefopt.cli",
             "train",
