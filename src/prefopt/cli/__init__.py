@@ -3,6 +3,8 @@ library function; heavy imports happen inside the commands that need them."""
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from prefopt.cli import (
@@ -29,8 +31,18 @@ app = typer.Typer(
 
 
 @app.callback()
-def main() -> None:
+def main(context: typer.Context) -> None:
     """prefopt: align language models from comparisons and rankings."""
+    context.call_on_close(_leave_process_group)
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group of a run of several processes (torchrun, accelerate launch) when
+    the command ends, as PyTorch asks: left to the interpreter's exit, gloo's worker threads can
+    outlive it and abort the process (SIGABRT after a run that succeeded)."""
+    distributed = sys.modules.get("torch.distributed")  # a run of several imported it
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 from prefopt.cli.common import settings_command  # noqa: E402

@@ -1,6 +1,20 @@
 """`python -m prefopt.cli` (as `accelerate launch -m prefopt.cli` and `torchrun -m prefopt.cli` run it)."""
 
+import os
+import sys
+
 from prefopt.cli import app
 
 if __name__ == "__main__":
-    app()
+    try:
+        app()
+    except SystemExit as end:
+        if int(os.environ.get("RANK", "0")) == 0:
+            raise
+        # The other processes of a run end here, their work saved and their process group left:
+        # the interpreter's teardown of PyTorch's distributed threads can abort a finished process
+        # ("terminate called without an active exception", SIGABRT), failing the whole launch.
+        code = end.code if isinstance(end.code, int) else int(end.code is not None)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
