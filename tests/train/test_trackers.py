@@ -88,6 +88,7 @@ def test_wandb_offline_run_holds_the_history(tiny_model, pairs, tmp_path, monkey
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
     train(tiny_train_config(tiny_model, pairs, out, lora=False, max_steps=2, report_to=["wandb"]))
+    written_out()
     (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
     from wandb.proto import wandb_internal_pb2
     from wandb.sdk.internal.datastore import DataStore
@@ -141,10 +142,20 @@ def test_trackio_logs_an_rl_run_locally(tiny_model, tmp_path, monkeypatch):
     assert figures["step"] == 2 and figures["report/phases"]["_type"] == "trackio.image"
 
 
+def written_out() -> None:
+    """W&B's service process writes a run's file after the run has finished in this process: ended,
+    it has written everything (a file read at once sometimes lacked the history)."""
+    import wandb
+
+    wandb.teardown()
+
+
 def wandb_runs(folder):
     """(run record, config) of every W&B offline run file under `folder`."""
     from wandb.proto import wandb_internal_pb2
     from wandb.sdk.internal.datastore import DataStore
+
+    written_out()
 
     found = []
     for path in sorted(folder.rglob("run-*.wandb")):
