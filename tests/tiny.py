@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import sys
 from pathlib import Path
 
 CHAT_TEMPLATE = (
@@ -134,6 +135,14 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def on_two_processes(*arguments: str) -> list[str]:
+    """The command line of `prefopt ARGUMENTS` on two CPU processes, started by torchrun as
+    docs/scaling.md says, on a free port."""
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    return [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m",
+            "prefopt.cli", *arguments]  # fmt: skip
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -4,14 +4,13 @@ the other waits, and both train; the samples and scores are those of one process
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from prefopt.loop import LoopConfig, loop
-from tiny import free_port, write_jsonl
+from tiny import on_two_processes, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +51,8 @@ def test_two_processes_sample_and_score_as_one(tiny_model, tmp_path):
     (tmp_path / "two.yaml").write_text(
         yaml.safe_dump({**settings, "output_dir": str(tmp_path / "two")})
     )
-    launcher = Path(sys.executable).parent / "torchrun"
-    result = subprocess.run(
-        [str(launcher), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m",
-         "prefopt.cli", "loop", str(tmp_path / "two.yaml")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    result = subprocess.run(on_two_processes("loop", str(tmp_path / "two.yaml")),
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("round 2:") == 1  # the main process reports, once
     one, two = tmp_path / "one", tmp_path / "two"

@@ -12,7 +12,7 @@ from prefopt.errors import TrainingError
 from prefopt.oracles import Judgement
 from prefopt.rl import RLConfig, rl
 from prefopt.train.checkpoint import latest_checkpoint
-from tiny import free_port, write_jsonl
+from tiny import on_two_processes, write_jsonl
 
 # rewards the letter a: many answers of a group differ, so the groups carry signal
 VERIFIER = "def count_a(prompt, completion, record):\n    return completion.count('a') / 10\n"
@@ -318,8 +318,6 @@ def test_two_processes_reach_the_weights_of_one(tiny_model, setup, tmp_path, ove
     short of groups passing a masked one), and the run ends where one process's does."""
     import os
     import subprocess
-    import sys
-    from pathlib import Path
 
     import yaml
 
@@ -328,11 +326,8 @@ def test_two_processes_reach_the_weights_of_one(tiny_model, setup, tmp_path, ove
     (tmp_path / "ddp.yaml").write_text(
         yaml.safe_dump(config.model_dump() | {"output_dir": str(tmp_path / "ddp")})
     )
-    launcher = Path(sys.executable).parent / "torchrun"
     result = subprocess.run(
-        [str(launcher), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m",
-         "prefopt.cli", "rl",
-         str(tmp_path / "ddp.yaml")],
+        on_two_processes("rl", str(tmp_path / "ddp.yaml")),
         capture_output=True, text=True, timeout=300,
         env=os.environ | ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"} if sharded else {}),
     )  # fmt: skip

@@ -34,8 +34,8 @@ def launch(tmp_path, command: str, settings: dict, *extra: str) -> None:
     launcher = Path(sys.executable).parent / "accelerate"
     result = subprocess.run(
         [str(launcher), "launch", "--config_file", str(RECIPES / "fsdp.yaml"),
-         "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "prefopt.cli", *command.split(),
-         str(tmp_path / "run.yaml"), *extra],
+         "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "prefopt.cli",
+         *command.split(), str(tmp_path / "run.yaml"), *extra],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -13,7 +13,7 @@ from prefopt.errors import TrainingError
 from prefopt.losses import Objective
 from prefopt.train import TrainConfig, train
 from prefopt.train.checkpoint import latest_checkpoint
-from tiny import Crash, crash_at, free_port, tiny_train_config, toy_rows, write_jsonl
+from tiny import Crash, crash_at, on_two_processes, tiny_train_config, toy_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +246,6 @@ def test_two_processes_equal_one_with_accumulation(tiny_model, pairs_file, tmp_p
     """DDP over 2 CPU processes (gloo, started by torchrun): each process takes one micro-batch of
     the step, so the result equals one process accumulating both."""
     import subprocess
-    import sys
-    from pathlib import Path
 
     import yaml
 
@@ -267,19 +265,8 @@ def test_two_processes_equal_one_with_accumulation(tiny_model, pairs_file, tmp_p
     (tmp_path / "ddp.yaml").write_text(
         yaml.safe_dump({**settings, "output_dir": str(tmp_path / "ddp")})
     )
-    launcher = Path(sys.executable).parent / "torchrun"
     result = subprocess.run(
-        [
-            str(launcher),
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "prefopt.cli",
-            "train",
-            str(tmp_path / "ddp.yaml"),
-        ],
+        on_two_processes("train", str(tmp_path / "ddp.yaml")),
         capture_output=True,
         text=True,
         timeout=300,

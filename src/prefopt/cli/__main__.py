@@ -4,12 +4,13 @@ import os
 import sys
 
 from prefopt.cli import app
+from prefopt.cli.common import main_process
 
 if __name__ == "__main__":
     try:
         app()
     except SystemExit as end:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if main_process():
             raise
         # The other processes of a run end here, their work saved and their process group left:
         # the interpreter's teardown of PyTorch's distributed threads can abort a finished process
